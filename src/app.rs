@@ -1,0 +1,224 @@
+//! The running server: gRPC services, health, the database's start-up, and graceful shutdown.
+//!
+//! Health follows Kubernetes' gRPC probes: `""` is liveness and answers SERVING while the
+//! process runs, whatever the database does; `bulkimport.v1.ImportService` is readiness and
+//! answers SERVING once migrations ran and while the database answers, NOT_SERVING otherwise and
+//! from the moment shutdown starts.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::ServeArgs;
+use crate::grpc::ImportServiceImpl;
+use crate::import::Importer;
+use crate::proto::import_service_server::ImportServiceServer;
+use crate::store::{self, Store, StoreError};
+
+/// The readiness service name, as probes ask for it.
+pub const READINESS_SERVICE: &str = "bulkimport.v1.ImportService";
+/// How often readiness checks that the database answers.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// After uploads ended, how long other requests (watchers) get before the server stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request message: chunks of up to 4 MiB plus framing.
+const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Database(#[from] StoreError),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("the gRPC server stopped unexpectedly: {0}")]
+    Crashed(String),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    args: ServeArgs,
+    importer: Importer,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port), so the address is known before serving.
+    pub async fn bind(args: ServeArgs) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: args.listen,
+                source,
+            })?;
+        let importer = Importer::new(args.import_config());
+        Ok(Self {
+            listener,
+            args,
+            importer,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: readiness turns
+    /// NOT_SERVING, running uploads get the grace period to finish, and those still running
+    /// then end in ERROR_UNKNOWN before the process stops.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let service = ImportServiceServer::new(ImportServiceImpl::new(self.importer.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+        let addr = self.local_addr();
+        let (stop_server, server_stopped) = oneshot::channel::<()>();
+        let server = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                let _ = server_stopped.await;
+            });
+        let mut server = tokio::spawn(server);
+        tracing::info!(%addr, "serving gRPC");
+
+        let database = start_database(
+            self.args.database_url.clone(),
+            self.importer.clone(),
+            reporter.clone(),
+        );
+        tokio::pin!(shutdown);
+        tokio::select! {
+            result = database => {
+                // Only a database that cannot be opened at all ends up here.
+                let Err(e) = result;
+                let _ = stop_server.send(());
+                let _ = (&mut server).await;
+                return Err(e.into());
+            }
+            result = &mut server => {
+                return match result {
+                    Ok(served) => served.map_err(StartError::from),
+                    Err(e) => Err(StartError::Crashed(e.to_string())),
+                };
+            }
+            () = &mut shutdown => {}
+        }
+
+        tracing::info!("shutting down");
+        reporter
+            .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
+            .await;
+        self.importer.shutdown(self.args.shutdown_grace()).await;
+        let _ = stop_server.send(());
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await.is_err() {
+            tracing::warn!("requests still open after the drain timeout; closing them");
+            server.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Opens and migrates the database, ends imports a previous run left PROCESSING, then keeps
+/// readiness in step with the database. Returns only if the database cannot be opened.
+async fn start_database(
+    url: String,
+    importer: Importer,
+    reporter: HealthReporter,
+) -> Result<std::convert::Infallible, StoreError> {
+    let store = store::open(&url).await?;
+    let ended = store
+        .recover_interrupted(
+            "the server stopped before the import finished, so nothing was imported; upload the \
+             file again",
+        )
+        .await?;
+    if ended > 0 {
+        tracing::warn!(imports = ended, "ended imports interrupted by a previous stop");
+    }
+    importer.set_store(store.clone());
+    readiness_loop(store, reporter).await
+}
+
+async fn readiness_loop(
+    store: Arc<dyn Store>,
+    reporter: HealthReporter,
+) -> Result<std::convert::Infallible, StoreError> {
+    let mut serving = None;
+    let mut tick = tokio::time::interval(READINESS_INTERVAL);
+    loop {
+        tick.tick().await;
+        let ok = matches!(
+            tokio::time::timeout(PING_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if serving != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if ok {
+                tracing::info!("ready: the database answers");
+            } else {
+                tracing::warn!("not ready: the database does not answer");
+            }
+            reporter
+                .set_service_status(READINESS_SERVICE, status)
+                .await;
+            serving = Some(ok);
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

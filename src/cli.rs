@@ -1,0 +1,195 @@
+//! The service's own client: manual imports from a shell, without proto files or grpcurl.
+
+use std::io::Read;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::config::{GetArgs, ListArgs, TemplateArgs, UploadArgs, WatchArgs};
+use crate::proto::import_service_client::ImportServiceClient;
+use crate::proto::{self, upload_import_request::Payload};
+
+pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+async fn connect(server: &str) -> Result<ImportServiceClient<Channel>, tonic::transport::Error> {
+    Ok(ImportServiceClient::connect(server.to_owned())
+        .await?
+        .max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// Streams the file in chunks as it is read (memory stays flat), then the finish message with
+/// the size and SHA-256, so the server can tell a truncated upload.
+pub async fn upload(args: UploadArgs) -> CliResult {
+    let mut client = connect(&args.target.server).await?;
+    let filename = args
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut file = std::fs::File::open(&args.file)?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request(Payload::Metadata(proto::ImportMetadata {
+        account_id: args.target.account.clone(),
+        r#type: proto::ImportType::Users as i32,
+        filename,
+        import_id: args.import_id.clone(),
+    })))
+    .await?;
+    let chunk_size = args.chunk_size.max(1);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let mut buf = vec![0u8; chunk_size];
+            let n = read_full(&mut file, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            hasher.update(&buf);
+            size += n as u64;
+            if tx.blocking_send(request(Payload::Chunk(buf.into()))).is_err() {
+                return Ok(());
+            }
+        }
+        let _ = tx.blocking_send(request(Payload::Finish(proto::UploadFinish {
+            size_bytes: Some(size as i64),
+            sha256: hex::encode(hasher.finalize()),
+        })));
+        Ok(())
+    });
+    let response = client.upload_import(ReceiverStream::new(rx)).await;
+    reader.await??;
+    let import = response?.into_inner().import.unwrap_or_default();
+    print_import(&import);
+    Ok(())
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn request(payload: Payload) -> proto::UploadImportRequest {
+    proto::UploadImportRequest {
+        payload: Some(payload),
+    }
+}
+
+pub async fn get(args: GetArgs) -> CliResult {
+    let mut client = connect(&args.target.server).await?;
+    let mut token = String::new();
+    let mut shown = 0u32;
+    loop {
+        let page = client
+            .get_import(proto::GetImportRequest {
+                account_id: args.target.account.clone(),
+                import_id: args.import_id.clone(),
+                errors_page_size: (args.errors - shown).min(1000) as i32,
+                errors_page_token: token,
+            })
+            .await?
+            .into_inner();
+        if shown == 0 {
+            print_import(&page.import.unwrap_or_default());
+        }
+        for e in &page.errors {
+            let column = if e.column.is_empty() { "-" } else { &e.column };
+            println!("  row {:>7}  {:<12} {:<18} {}", e.row_number, column, e.code, e.message);
+        }
+        shown += page.errors.len() as u32;
+        token = page.next_errors_page_token;
+        if token.is_empty() || shown >= args.errors {
+            return Ok(());
+        }
+    }
+}
+
+pub async fn list(args: ListArgs) -> CliResult {
+    let mut client = connect(&args.target.server).await?;
+    let page = client
+        .list_imports(proto::ListImportsRequest {
+            account_id: args.target.account.clone(),
+            page_size: args.limit,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    for import in &page.imports {
+        println!(
+            "{:<38} {:<28} {:>9} imported {:>9} failed  {}",
+            import.import_id,
+            status_name(import.status),
+            import.rows_imported,
+            import.rows_failed,
+            import.filename
+        );
+    }
+    Ok(())
+}
+
+pub async fn watch(args: WatchArgs) -> CliResult {
+    let mut client = connect(&args.target.server).await?;
+    let mut updates = client
+        .watch_import(proto::WatchImportRequest {
+            account_id: args.target.account.clone(),
+            import_id: args.import_id.clone(),
+        })
+        .await?
+        .into_inner();
+    while let Some(update) = updates.next().await {
+        let import = update?.import.unwrap_or_default();
+        println!(
+            "{:<28} {:>12} bytes {:>9} rows {:>9} imported {:>9} failed",
+            status_name(import.status),
+            import.bytes_received,
+            import.rows_processed,
+            import.rows_imported,
+            import.rows_failed
+        );
+    }
+    Ok(())
+}
+
+pub async fn template(args: TemplateArgs) -> CliResult {
+    let mut client = connect(&args.server).await?;
+    let template = client
+        .get_import_template(proto::GetImportTemplateRequest {
+            r#type: proto::ImportType::Users as i32,
+        })
+        .await?
+        .into_inner();
+    match args.output {
+        Some(path) => std::fs::write(path, template.csv)?,
+        None => print!("{}", template.csv),
+    }
+    Ok(())
+}
+
+fn status_name(status: i32) -> &'static str {
+    proto::ImportStatus::try_from(status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("IMPORT_STATUS_UNKNOWN_VALUE")
+}
+
+fn print_import(import: &proto::Import) {
+    println!("import_id:      {}", import.import_id);
+    println!("filename:       {}", import.filename);
+    println!("status:         {}", status_name(import.status));
+    println!("bytes_received: {}", import.bytes_received);
+    println!("rows_processed: {}", import.rows_processed);
+    println!("rows_imported:  {}", import.rows_imported);
+    println!("rows_failed:    {}", import.rows_failed);
+    if !import.error_message.is_empty() {
+        println!("error_message:  {}", import.error_message);
+    }
+}

@@ -1,0 +1,135 @@
+//! Command line and environment: every `serve` flag has an environment fallback, so the same
+//! binary runs from a shell, a systemd unit or a Kubernetes manifest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::import::ImportConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "bulk-import", version, about = "Imports users into an account from CSV files")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API.
+    Serve(ServeArgs),
+    /// Upload a CSV file and wait for the import to finish.
+    Upload(UploadArgs),
+    /// Show an import and its row errors.
+    Get(GetArgs),
+    /// List an account's imports, newest first.
+    List(ListArgs),
+    /// Follow an import's progress until it ends.
+    Watch(WatchArgs),
+    /// Print (or save) the CSV template.
+    Template(TemplateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BULK_IMPORT_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Database URL: sqlite://PATH (created when missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://bulk-import.db")]
+    pub database_url: String,
+    /// Largest accepted file, in bytes.
+    #[arg(long, env = "BULK_IMPORT_MAX_UPLOAD_BYTES", default_value_t = 209_715_200)]
+    pub max_upload_bytes: u64,
+    /// Row errors stored per import; the counters stay exact beyond it.
+    #[arg(long, env = "BULK_IMPORT_MAX_STORED_ROW_ERRORS", default_value_t = 100_000)]
+    pub max_stored_row_errors: u64,
+    /// On SIGTERM, how long running uploads may take to finish before they are ended.
+    #[arg(long, env = "BULK_IMPORT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "BULK_IMPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    pub fn import_config(&self) -> ImportConfig {
+        ImportConfig {
+            max_upload_bytes: self.max_upload_bytes,
+            max_stored_row_errors: self.max_stored_row_errors,
+            ..ImportConfig::default()
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the client commands find the server.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The server's address.
+    #[arg(long, env = "BULK_IMPORT_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// The account to act in.
+    #[arg(long, env = "BULK_IMPORT_ACCOUNT")]
+    pub account: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    pub target: ServerArgs,
+    /// Your id for the import, so that a retry is recognised (default: one is made).
+    #[arg(long, default_value = "")]
+    pub import_id: String,
+    /// Bytes per chunk message.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub chunk_size: usize,
+    /// The CSV file.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub target: ServerArgs,
+    /// Row errors to show at the most.
+    #[arg(long, default_value_t = 100)]
+    pub errors: u32,
+    pub import_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub target: ServerArgs,
+    #[arg(long, default_value_t = 50)]
+    pub limit: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub target: ServerArgs,
+    pub import_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TemplateArgs {
+    /// The server's address.
+    #[arg(long, env = "BULK_IMPORT_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Save to this file instead of printing.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}

@@ -1,0 +1,151 @@
+//! Conversions between protobuf messages and domain types. Arguments are parsed here, once, so
+//! that the import layer only ever sees valid values.
+
+use std::time::SystemTime;
+
+use crate::domain::{
+    AccountId, ArgumentError, Filename, Import, ImportId, ImportStatus, ImportType, NewImport,
+    RowError,
+};
+use crate::import::pipeline::{FinishCheck, StreamError, UploadEvent};
+use crate::import::template::Template;
+use crate::proto;
+use proto::upload_import_request::Payload;
+
+pub fn account_id(value: &str) -> Result<AccountId, ArgumentError> {
+    AccountId::parse(value)
+}
+
+pub fn import_id(value: &str) -> Result<ImportId, ArgumentError> {
+    ImportId::parse(value)
+}
+
+pub fn import_type(value: i32) -> Result<ImportType, ArgumentError> {
+    match proto::ImportType::try_from(value) {
+        Ok(proto::ImportType::Unspecified | proto::ImportType::Users) => Ok(ImportType::Users),
+        Err(_) => Err(ArgumentError::new(
+            "type",
+            format!("unknown import type {value}; use IMPORT_TYPE_USERS"),
+        )),
+    }
+}
+
+/// One message of an upload stream, as the import layer wants it.
+pub fn upload_event(
+    message: Result<proto::UploadImportRequest, tonic::Status>,
+) -> Result<UploadEvent, StreamError> {
+    let message = message.map_err(|status| StreamError::Transport(status.message().to_owned()))?;
+    match message.payload {
+        Some(Payload::Metadata(m)) => new_import(&m).map(UploadEvent::Metadata),
+        Some(Payload::Chunk(bytes)) => Ok(UploadEvent::Chunk(bytes)),
+        Some(Payload::Finish(f)) => finish_check(&f).map(UploadEvent::Finish),
+        None => Err(ArgumentError::new(
+            "payload",
+            "the message has no payload; send metadata, chunk or finish",
+        )),
+    }
+    .map_err(StreamError::Invalid)
+}
+
+fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
+    let import_id = match m.import_id.as_str() {
+        "" => ImportId::generate(),
+        id => import_id(id)?,
+    };
+    Ok(NewImport {
+        account_id: account_id(&m.account_id)?,
+        import_id,
+        kind: import_type(m.r#type)?,
+        filename: Filename::parse(&m.filename)?,
+    })
+}
+
+fn finish_check(f: &proto::UploadFinish) -> Result<FinishCheck, ArgumentError> {
+    let size_bytes = match f.size_bytes {
+        Some(n) if n < 0 => {
+            return Err(ArgumentError::new(
+                "finish.size_bytes",
+                "must not be negative",
+            ));
+        }
+        n => n.map(|n| n as u64),
+    };
+    let sha256 = match f.sha256.trim() {
+        "" => None,
+        hex_digest => {
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(hex_digest, &mut digest).map_err(|_| {
+                ArgumentError::new(
+                    "finish.sha256",
+                    "must be the SHA-256 of the file as 64 hex digits",
+                )
+            })?;
+            Some(digest)
+        }
+    };
+    Ok(FinishCheck { size_bytes, sha256 })
+}
+
+pub fn import(import: &Import) -> proto::Import {
+    let c = &import.counters;
+    proto::Import {
+        import_id: import.import_id.to_string(),
+        account_id: import.account_id.to_string(),
+        r#type: match import.kind {
+            ImportType::Users => proto::ImportType::Users as i32,
+        },
+        filename: import.filename.as_str().to_owned(),
+        status: status(import.status) as i32,
+        bytes_received: c.bytes_received as i64,
+        rows_processed: c.rows_processed as i64,
+        rows_imported: c.rows_imported as i64,
+        rows_failed: c.rows_failed as i64,
+        error_message: import.error_message.clone(),
+        create_time: Some(timestamp(import.create_time)),
+        update_time: Some(timestamp(import.update_time)),
+        complete_time: import.complete_time.map(timestamp),
+    }
+}
+
+fn status(status: ImportStatus) -> proto::ImportStatus {
+    match status {
+        ImportStatus::Processing => proto::ImportStatus::Processing,
+        ImportStatus::CompletedSuccess => proto::ImportStatus::CompletedSuccess,
+        ImportStatus::CompletedPartial => proto::ImportStatus::CompletedPartial,
+        ImportStatus::CompletedNothingToImport => proto::ImportStatus::CompletedNothingToImport,
+        ImportStatus::ErrorParsing => proto::ImportStatus::ErrorParsing,
+        ImportStatus::ErrorUnknown => proto::ImportStatus::ErrorUnknown,
+    }
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+pub fn row_error(error: &RowError) -> proto::RowError {
+    proto::RowError {
+        row_number: error.row_number as i64,
+        column: error.column.map(|c| c.name().to_owned()).unwrap_or_default(),
+        code: error.code.as_str().to_owned(),
+        message: error.message.clone(),
+        value: error.value.clone(),
+    }
+}
+
+pub fn template(template: Template) -> proto::GetImportTemplateResponse {
+    proto::GetImportTemplateResponse {
+        filename: template.filename.to_owned(),
+        csv: template.csv,
+        columns: template
+            .columns
+            .into_iter()
+            .map(|c| proto::TemplateColumn {
+                name: c.name.to_owned(),
+                required: c.required,
+                description: c.description.to_owned(),
+                example: c.example.to_owned(),
+                aliases: c.aliases.iter().map(|a| (*a).to_owned()).collect(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,61 @@
+//! The one mapping from the import layer's errors to gRPC statuses (AIP-193: a code, a message
+//! that says what to do, and an `ErrorInfo` with a stable reason). Internal details are logged
+//! here and never sent to clients.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::import::ImportError;
+use crate::store::StoreError;
+
+/// The `ErrorInfo.domain` of this service's errors.
+const DOMAIN: &str = "bulkimport.v1";
+
+impl From<ImportError> for Status {
+    fn from(error: ImportError) -> Self {
+        let (code, reason) = match &error {
+            ImportError::InvalidArgument(e) => {
+                let mut details = ErrorDetails::with_bad_request_violation(e.field, &e.message);
+                details.set_error_info("INVALID_ARGUMENT", DOMAIN, []);
+                return Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("{}: {}", e.field, e.message),
+                    details,
+                );
+            }
+            ImportError::AlreadyExists { .. } => (Code::AlreadyExists, "IMPORT_ALREADY_EXISTS"),
+            ImportError::NotFound { .. } => (Code::NotFound, "IMPORT_NOT_FOUND"),
+            ImportError::TooLarge(_) => (Code::ResourceExhausted, "FILE_TOO_LARGE"),
+            ImportError::Cancelled(_) => (Code::Cancelled, "UPLOAD_CANCELLED"),
+            ImportError::NotReady => (Code::Unavailable, "NOT_READY"),
+            ImportError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
+            ImportError::Store(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "database unavailable");
+                return Status::with_error_details(
+                    Code::Unavailable,
+                    "the database is unavailable; retry shortly",
+                    ErrorDetails::with_error_info("DATABASE_UNAVAILABLE", DOMAIN, []),
+                );
+            }
+            ImportError::Store(_) | ImportError::Internal(_) => {
+                tracing::error!(error = %error, "internal error");
+                return Status::with_error_details(
+                    Code::Internal,
+                    "internal error; the details are in the server's log",
+                    ErrorDetails::with_error_info("INTERNAL", DOMAIN, []),
+                );
+            }
+        };
+        Status::with_error_details(
+            code,
+            error.to_string(),
+            ErrorDetails::with_error_info(reason, DOMAIN, []),
+        )
+    }
+}
+
+impl From<crate::domain::ArgumentError> for Status {
+    fn from(error: crate::domain::ArgumentError) -> Self {
+        ImportError::from(error).into()
+    }
+}

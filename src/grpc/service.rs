@@ -1,0 +1,126 @@
+//! The `ImportService` handlers: parse the request, call the import layer, convert the answer.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, page_token};
+use crate::import::{Importer, template};
+use crate::proto::{self, import_service_server::ImportService};
+
+const DEFAULT_ERRORS_PAGE: u32 = 100;
+const DEFAULT_IMPORTS_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
+
+pub struct ImportServiceImpl {
+    importer: Importer,
+}
+
+impl ImportServiceImpl {
+    pub fn new(importer: Importer) -> Self {
+        Self { importer }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchImportResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ImportService for ImportServiceImpl {
+    async fn upload_import(
+        &self,
+        request: Request<Streaming<proto::UploadImportRequest>>,
+    ) -> Result<Response<proto::UploadImportResponse>, Status> {
+        let events = request.into_inner().map(convert::upload_event);
+        let import = self.importer.upload(events).await?;
+        Ok(Response::new(proto::UploadImportResponse {
+            import: Some(convert::import(&import)),
+        }))
+    }
+
+    async fn get_import(
+        &self,
+        request: Request<proto::GetImportRequest>,
+    ) -> Result<Response<proto::GetImportResponse>, Status> {
+        let req = request.into_inner();
+        let account_id = convert::account_id(&req.account_id)?;
+        let import_id = convert::import_id(&req.import_id)?;
+        let limit = page_token::page_size(
+            "errors_page_size",
+            req.errors_page_size,
+            DEFAULT_ERRORS_PAGE,
+            MAX_PAGE,
+        )?;
+        let scope = page_token::scope(&[account_id.as_str(), import_id.as_str()]);
+        let after = page_token::decode("errors_page_token", &req.errors_page_token, scope)?;
+
+        let import = self.importer.get(&account_id, &import_id).await?;
+        let mut errors = self.importer.row_errors(import.key, after, limit + 1).await?;
+        let next_errors_page_token = if errors.len() > limit as usize {
+            errors.truncate(limit as usize);
+            page_token::encode(scope, errors.last().map_or(0, |e| e.seq))
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::GetImportResponse {
+            import: Some(convert::import(&import)),
+            errors: errors.iter().map(|e| convert::row_error(&e.error)).collect(),
+            next_errors_page_token,
+        }))
+    }
+
+    type WatchImportStream = WatchStream;
+
+    async fn watch_import(
+        &self,
+        request: Request<proto::WatchImportRequest>,
+    ) -> Result<Response<Self::WatchImportStream>, Status> {
+        let req = request.into_inner();
+        let account_id = convert::account_id(&req.account_id)?;
+        let import_id = convert::import_id(&req.import_id)?;
+        let updates = self.importer.watch(&account_id, &import_id).await?;
+        let stream = updates.map(|update| {
+            update
+                .map(|import| proto::WatchImportResponse {
+                    import: Some(convert::import(&import)),
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_imports(
+        &self,
+        request: Request<proto::ListImportsRequest>,
+    ) -> Result<Response<proto::ListImportsResponse>, Status> {
+        let req = request.into_inner();
+        let account_id = convert::account_id(&req.account_id)?;
+        let limit =
+            page_token::page_size("page_size", req.page_size, DEFAULT_IMPORTS_PAGE, MAX_PAGE)?;
+        let scope = page_token::scope(&[account_id.as_str()]);
+        let before = page_token::decode("page_token", &req.page_token, scope)?;
+
+        let mut imports = self
+            .importer
+            .list(&account_id, before.map(|k| k as i64), limit + 1)
+            .await?;
+        let next_page_token = if imports.len() > limit as usize {
+            imports.truncate(limit as usize);
+            page_token::encode(scope, imports.last().map_or(0, |i| i.key as u64))
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListImportsResponse {
+            imports: imports.iter().map(convert::import).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_import_template(
+        &self,
+        request: Request<proto::GetImportTemplateRequest>,
+    ) -> Result<Response<proto::GetImportTemplateResponse>, Status> {
+        let kind = convert::import_type(request.into_inner().r#type)?;
+        Ok(Response::new(convert::template(template::template(kind))))
+    }
+}

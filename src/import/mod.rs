@@ -1,0 +1,281 @@
+//! Imports: the upload pipeline and the queries on imports, independent of gRPC.
+//!
+//! Data flows chunk → parser → validator → store, with progress published on the way:
+//!
+//! - [`chunk`]: the size limit, the checksum, a first look at the content, the byte order mark;
+//! - [`parser`]: incremental CSV framing with spreadsheet row numbers and bounded records;
+//! - [`validator`]: the header's column mapping, then `NewUser` or row errors for each row;
+//! - [`pipeline`]: one upload's task, its writer task, and how it ends;
+//! - [`progress`]: live counters for watchers;
+//! - [`template`]: the downloadable template.
+
+pub mod chunk;
+pub mod parser;
+pub mod pipeline;
+pub mod progress;
+pub mod template;
+pub mod validator;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{AccountId, ArgumentError, Import, ImportId, ImportKey};
+use crate::store::{Store, StoreError, StoredRowError};
+use pipeline::{StreamError, UploadEvent};
+use progress::{FollowEnd, ProgressHub, WATCH_TICK, follow_local};
+
+/// The import layer's errors; the gRPC layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    InvalidArgument(#[from] ArgumentError),
+    #[error("import '{import_id}' already exists in account '{account_id}'")]
+    AlreadyExists {
+        account_id: AccountId,
+        import_id: ImportId,
+    },
+    #[error("import '{import_id}' was not found in account '{account_id}'")]
+    NotFound {
+        account_id: AccountId,
+        import_id: ImportId,
+    },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the upload stream broke: {0}")]
+    Cancelled(String),
+    #[error("the service is starting: the database is not ready yet; retry shortly")]
+    NotReady,
+    #[error("the server is shutting down; retry shortly")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportConfig {
+    pub max_upload_bytes: u64,
+    /// Row errors stored per import; the counters stay exact beyond it.
+    pub max_stored_row_errors: u64,
+    pub record_limits: parser::Limits,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 200 * 1024 * 1024,
+            max_stored_row_errors: 100_000,
+            record_limits: parser::Limits::default(),
+        }
+    }
+}
+
+/// The entry point of the import layer, shared by every request.
+#[derive(Clone)]
+pub struct Importer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Set once the database is open and migrated; requests before that get UNAVAILABLE.
+    store: OnceLock<Arc<dyn Store>>,
+    hub: ProgressHub,
+    config: ImportConfig,
+    /// Running uploads, so that shutdown can wait for them.
+    uploads: TaskTracker,
+    /// Cancelled when shutdown stops waiting: running uploads then end in ERROR_UNKNOWN.
+    shutdown: CancellationToken,
+}
+
+impl Importer {
+    pub fn new(config: ImportConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: OnceLock::new(),
+                hub: ProgressHub::default(),
+                config,
+                uploads: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Makes the importer ready: called once the store is open and migrated.
+    pub fn set_store(&self, store: Arc<dyn Store>) {
+        let _ = self.inner.store.set(store);
+    }
+
+    pub fn store(&self) -> Result<Arc<dyn Store>, ImportError> {
+        self.inner.store.get().cloned().ok_or(ImportError::NotReady)
+    }
+
+    pub fn config(&self) -> &ImportConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn hub(&self) -> &ProgressHub {
+        &self.inner.hub
+    }
+
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Runs one upload to its end and returns the finished import. The upload runs in its own
+    /// task: if the caller is dropped, the upload still ends properly.
+    pub async fn upload<S>(&self, events: S) -> Result<Import, ImportError>
+    where
+        S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
+    {
+        if self.inner.shutdown.is_cancelled() || self.inner.uploads.is_closed() {
+            return Err(ImportError::ShuttingDown);
+        }
+        let task = self.inner.uploads.spawn(pipeline::run(self.clone(), events));
+        task.await
+            .map_err(|e| ImportError::Internal(format!("the upload task failed: {e}")))?
+    }
+
+    /// Stops taking uploads and waits up to `grace` for the running ones; those still running
+    /// then end in ERROR_UNKNOWN, and this waits for them to record it.
+    pub async fn shutdown(&self, grace: Duration) {
+        let uploads = &self.inner.uploads;
+        uploads.close();
+        if tokio::time::timeout(grace, uploads.wait()).await.is_err() {
+            tracing::warn!(
+                running = uploads.len(),
+                "uploads still running after the grace period; ending them"
+            );
+            self.inner.shutdown.cancel();
+            uploads.wait().await;
+        }
+    }
+
+    pub async fn get(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<Import, ImportError> {
+        let stored = self.store()?.get_import(account_id, import_id).await?;
+        let import = stored.ok_or_else(|| ImportError::NotFound {
+            account_id: account_id.clone(),
+            import_id: import_id.clone(),
+        })?;
+        Ok(self.freshest(import))
+    }
+
+    /// Row errors of an import in file order, after sequence number `after`.
+    pub async fn row_errors(
+        &self,
+        key: ImportKey,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredRowError>, ImportError> {
+        Ok(self.store()?.list_row_errors(key, after, limit).await?)
+    }
+
+    /// The account's imports, newest first.
+    pub async fn list(
+        &self,
+        account_id: &AccountId,
+        before: Option<ImportKey>,
+        limit: u32,
+    ) -> Result<Vec<Import>, ImportError> {
+        let imports = self
+            .store()?
+            .list_imports(account_id, before, limit)
+            .await?;
+        Ok(imports.into_iter().map(|i| self.freshest(i)).collect())
+    }
+
+    /// Follows an import: see `WatchImport` in the proto. The stream is fed by a task through
+    /// a small bounded channel and stops when the watcher goes away.
+    pub async fn watch(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<ReceiverStream<Result<Import, ImportError>>, ImportError> {
+        let import = self.get(account_id, import_id).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move { this.feed_watcher(import, tx).await });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    async fn feed_watcher(&self, import: Import, out: mpsc::Sender<Result<Import, ImportError>>) {
+        if import.status.is_terminal() {
+            let _ = out.send(Ok(import)).await;
+            return;
+        }
+        let last = match self.hub().subscribe(import.key) {
+            Some(rx) => match follow_local(rx, &out, None).await {
+                FollowEnd::Finished | FollowEnd::WatcherGone => return,
+                FollowEnd::ChannelClosed(seen) => seen,
+            },
+            None => {
+                if out.send(Ok(import.clone())).await.is_err() {
+                    return;
+                }
+                Some(import.clone())
+            }
+        };
+        self.poll_store(import, last, out).await;
+    }
+
+    /// Follows an import that runs elsewhere (or just ended here) through the store.
+    async fn poll_store(
+        &self,
+        import: Import,
+        mut last: Option<Import>,
+        out: mpsc::Sender<Result<Import, ImportError>>,
+    ) {
+        let mut tick = tokio::time::interval(WATCH_TICK);
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                _ = out.closed() => return,
+                _ = tick.tick() => {}
+            }
+            let current = match self.get(&import.account_id, &import.import_id).await {
+                Ok(current) => current,
+                Err(e @ ImportError::NotFound { .. }) => {
+                    let _ = out.send(Err(e)).await;
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= 20 {
+                        let _ = out.send(Err(e)).await;
+                        return;
+                    }
+                    continue;
+                }
+            };
+            failures = 0;
+            let moved = last
+                .as_ref()
+                .is_none_or(|l| l.counters != current.counters || l.status != current.status);
+            let terminal = current.status.is_terminal();
+            if moved || terminal {
+                if out.send(Ok(current.clone())).await.is_err() || terminal {
+                    return;
+                }
+                last = Some(current);
+            }
+        }
+    }
+
+    /// The live snapshot of an import running in this process, else the stored one.
+    fn freshest(&self, stored: Import) -> Import {
+        if stored.status.is_terminal() {
+            return stored;
+        }
+        self.hub().snapshot(stored.key).unwrap_or(stored)
+    }
+}

@@ -1,0 +1,349 @@
+//! Incremental CSV framing: bytes cut anywhere in, records with their spreadsheet row numbers
+//! out.
+//!
+//! `csv_core` does the quoting rules and keeps its state between calls, so a record may span
+//! any number of chunks (a cut inside quotes, inside a multi-byte character or between CR and
+//! LF changes nothing). This module adds what a streaming importer needs on top:
+//!
+//! - row numbers as a spreadsheet shows them: every record and every blank line is a row, a
+//!   record with a quoted line break is still one row;
+//! - bounded memory: a record longer than `max_record_bytes` or with more than `max_fields`
+//!   fields is reported and skipped without being buffered, and parsing resumes at its end.
+
+use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
+
+/// Bounds that keep one record from taking unbounded memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_record_bytes: usize,
+    pub max_fields: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1024 * 1024,
+            max_fields: 1000,
+        }
+    }
+}
+
+/// Why a record was skipped instead of returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    TooLong,
+    TooManyFields,
+}
+
+/// One record of the file.
+#[derive(Debug)]
+pub enum Record<'a> {
+    Fields(Fields<'a>),
+    /// The record broke a limit; its content was discarded as it streamed by.
+    Oversized { row_number: u64, reason: Oversize },
+}
+
+/// The unescaped fields of one record, borrowed from the parser.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    pub row_number: u64,
+    bytes: &'a [u8],
+    ends: &'a [usize],
+}
+
+impl<'a> Fields<'a> {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> Option<&'a [u8]> {
+        let end = *self.ends.get(index)?;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        Some(&self.bytes[start..end])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// A record whose cells are all empty or white space: a blank row of the sheet, which
+    /// Excel writes as `,,,,,`.
+    pub fn is_blank(&self) -> bool {
+        self.bytes.iter().all(u8::is_ascii_whitespace)
+    }
+}
+
+pub struct CsvParser {
+    core: Reader,
+    limits: Limits,
+    /// Unescaped bytes of the record being read; grows up to `max_record_bytes`.
+    out: Vec<u8>,
+    nout: usize,
+    /// End offsets of the fields read so far; grows up to `max_fields`.
+    ends: Vec<usize>,
+    nend: usize,
+    /// Set once the record being read broke a limit: from then on its bytes are written over
+    /// the start of the buffers and thrown away.
+    oversize: Option<Oversize>,
+    /// No byte of the next record has been seen yet: line breaks here are blank rows.
+    at_record_start: bool,
+    /// The last byte consumed was a CR, so an LF right after it ends the same line.
+    after_cr: bool,
+    /// Spreadsheet rows before the record being read.
+    rows_before: u64,
+    done: bool,
+}
+
+const INITIAL_RECORD_BYTES: usize = 4 * 1024;
+const INITIAL_FIELDS: usize = 16;
+
+impl CsvParser {
+    pub fn new(delimiter: u8, limits: Limits) -> Self {
+        let core = ReaderBuilder::new().delimiter(delimiter).build();
+        Self {
+            core,
+            limits,
+            out: vec![0; INITIAL_RECORD_BYTES.min(limits.max_record_bytes).max(1)],
+            nout: 0,
+            ends: vec![0; INITIAL_FIELDS.min(limits.max_fields).max(1)],
+            nend: 0,
+            oversize: None,
+            at_record_start: true,
+            after_cr: false,
+            rows_before: 0,
+            done: false,
+        }
+    }
+
+    /// Spreadsheet rows seen so far, blank ones included.
+    pub fn rows_seen(&self) -> u64 {
+        self.rows_before
+    }
+
+    /// Parses `input`, calling `on_record` for each record it completes. A record that does not
+    /// end in `input` is kept and completed by later calls. Stops at the first error of
+    /// `on_record`.
+    pub fn feed<E>(
+        &mut self,
+        mut input: &[u8],
+        on_record: &mut impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !input.is_empty() {
+            if self.at_record_start {
+                self.count_blank_lines(input);
+            }
+            let (result, nin) = self.read(input);
+            let last = nin.checked_sub(1).map(|i| input[i]);
+            input = &input[nin..];
+            match result {
+                ReadRecordResult::Record => {
+                    self.emit(last == Some(b'\r'), on_record)?;
+                }
+                ReadRecordResult::InputEmpty => {}
+                ReadRecordResult::OutputFull => self.grow_output(),
+                ReadRecordResult::OutputEndsFull => self.grow_ends(),
+                ReadRecordResult::End => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the input: completes a last record that has no line break after it.
+    pub fn finish<E>(
+        &mut self,
+        on_record: &mut impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !self.done {
+            let (result, _) = self.read(&[]);
+            match result {
+                ReadRecordResult::Record => self.emit(false, on_record)?,
+                ReadRecordResult::End => self.done = true,
+                ReadRecordResult::OutputFull => self.grow_output(),
+                ReadRecordResult::OutputEndsFull => self.grow_ends(),
+                // Not returned for an empty input; stop rather than spin if it ever is.
+                ReadRecordResult::InputEmpty => self.done = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, input: &[u8]) -> (ReadRecordResult, usize) {
+        let (result, nin, nout, nend) =
+            self.core
+                .read_record(input, &mut self.out[self.nout..], &mut self.ends[self.nend..]);
+        self.nout += nout;
+        self.nend += nend;
+        (result, nin)
+    }
+
+    fn emit<E>(
+        &mut self,
+        ended_with_cr: bool,
+        on_record: &mut impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.rows_before += 1;
+        let row_number = self.rows_before;
+        let record = match self.oversize.take() {
+            Some(reason) => Record::Oversized { row_number, reason },
+            None => Record::Fields(Fields {
+                row_number,
+                bytes: &self.out[..self.nout],
+                ends: &self.ends[..self.nend],
+            }),
+        };
+        let result = on_record(record);
+        self.nout = 0;
+        self.nend = 0;
+        self.at_record_start = true;
+        self.after_cr = ended_with_cr;
+        result
+    }
+
+    /// Counts the blank lines before the next record. `csv_core` skips them silently, but a
+    /// spreadsheet shows each as a row, and row numbers must match what the user sees.
+    fn count_blank_lines(&mut self, input: &[u8]) {
+        for &byte in input {
+            match byte {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' => self.rows_before += 1,
+                b'\r' => {
+                    self.rows_before += 1;
+                    self.after_cr = true;
+                }
+                _ => {
+                    self.at_record_start = false;
+                    self.after_cr = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn grow_output(&mut self) {
+        if self.oversize.is_none() && self.out.len() < self.limits.max_record_bytes {
+            let len = (self.out.len() * 2).min(self.limits.max_record_bytes);
+            self.out.resize(len, 0);
+        } else {
+            self.oversize.get_or_insert(Oversize::TooLong);
+            self.nout = 0;
+        }
+    }
+
+    fn grow_ends(&mut self) {
+        if self.oversize.is_none() && self.ends.len() < self.limits.max_fields {
+            let len = (self.ends.len() * 2).min(self.limits.max_fields);
+            self.ends.resize(len, 0);
+        } else {
+            self.oversize = Some(Oversize::TooManyFields);
+            self.nend = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a test sees of a record: its row and its fields as strings.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Row(u64, Vec<String>),
+        Skipped(u64, Oversize),
+    }
+
+    fn parse_in_chunks(input: &[u8], chunk: usize, limits: Limits) -> Vec<Seen> {
+        let mut parser = CsvParser::new(b',', limits);
+        let mut seen = Vec::new();
+        let mut on_record = |r: Record<'_>| -> Result<(), ()> {
+            seen.push(match r {
+                Record::Fields(f) => Seen::Row(
+                    f.row_number,
+                    f.iter()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .collect(),
+                ),
+                Record::Oversized { row_number, reason } => Seen::Skipped(row_number, reason),
+            });
+            Ok(())
+        };
+        for piece in input.chunks(chunk.max(1)) {
+            parser.feed(piece, &mut on_record).unwrap();
+        }
+        parser.finish(&mut on_record).unwrap();
+        seen
+    }
+
+    fn row(n: u64, fields: &[&str]) -> Seen {
+        Seen::Row(n, fields.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn every_chunking(input: &[u8], limits: Limits) -> Vec<Seen> {
+        let whole = parse_in_chunks(input, input.len(), limits);
+        for chunk in 1..input.len() {
+            assert_eq!(parse_in_chunks(input, chunk, limits), whole, "chunk size {chunk}");
+        }
+        whole
+    }
+
+    #[test]
+    fn rows_are_numbered_as_a_spreadsheet_shows_them() {
+        let input = b"email,name\r\n\r\na@x.io,\"Ada\r\nLovelace\"\r\n\nb@x.io,Bob\rc@x.io,\"C, \"\"Jr\"\"\"";
+        assert_eq!(
+            every_chunking(input, Limits::default()),
+            vec![
+                row(1, &["email", "name"]),
+                row(3, &["a@x.io", "Ada\r\nLovelace"]),
+                row(5, &["b@x.io", "Bob"]),
+                row(6, &["c@x.io", "C, \"Jr\""]),
+            ]
+        );
+    }
+
+    #[test]
+    fn crlf_between_chunks_is_one_line_break() {
+        let input = b"h\r\nx\r\ny\r\n";
+        for chunk in 1..input.len() {
+            assert_eq!(
+                parse_in_chunks(input, chunk, Limits::default()),
+                vec![row(1, &["h"]), row(2, &["x"]), row(3, &["y"])]
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_skipped_and_parsing_resumes() {
+        let limits = Limits {
+            max_record_bytes: 16,
+            max_fields: 3,
+        };
+        let input = b"a,b,c\n\"0123456789abcdefghij\nklm\",x,y\n1,2,3,4\nd,e,f\n";
+        assert_eq!(
+            every_chunking(input, limits),
+            vec![
+                row(1, &["a", "b", "c"]),
+                Seen::Skipped(2, Oversize::TooLong),
+                Seen::Skipped(3, Oversize::TooManyFields),
+                row(4, &["d", "e", "f"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn blank_records_are_recognised() {
+        let mut parser = CsvParser::new(b',', Limits::default());
+        let mut blanks = Vec::new();
+        parser
+            .feed(b"a,b\n , \n,\nx,y\n", &mut |r: Record<'_>| -> Result<(), ()> {
+                if let Record::Fields(f) = r {
+                    blanks.push((f.row_number, f.is_blank()));
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(blanks, vec![(1, false), (2, true), (3, true), (4, false)]);
+    }
+}

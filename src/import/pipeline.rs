@@ -1,0 +1,591 @@
+//! One upload, from its first message to its terminal status.
+//!
+//! ```text
+//!   events ──► Intake ──► CsvParser ──► Header / NewUser ──► UserBatch ──► writer task ──► Store
+//!   (chunks)   (limit,     (records,     (validation)          (bounded         (one tx per
+//!              sniff,       row numbers)                        channel)          batch)
+//!              checksum)
+//! ```
+//!
+//! The reader (this task) parses and validates while the writer task writes the previous
+//! batches, and the channel between them is bounded, so a slow database slows the reading of
+//! the stream and backpressure reaches the client through HTTP/2 flow control; memory stays a
+//! few batches whatever the file size.
+//!
+//! The whole upload runs in its own task, which owns the request stream: if the client goes
+//! away or hyper drops the handler, the stream ends or breaks, and this task still ends the
+//! import (ERROR_UNKNOWN, users deleted) instead of leaving it PROCESSING.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::chunk::{Intake, IntakeError};
+use super::parser::{CsvParser, Oversize, Record};
+use super::progress::Live;
+use super::validator::{Header, InvalidText};
+use super::{ImportError, Importer};
+use crate::domain::{
+    AccountId, ArgumentError, Counters, ErrorCode, Import, ImportKey, ImportStatus, NewImport,
+    NewUser, RowError, UserBatch,
+};
+use crate::store::{BatchTarget, Conclusion, Store, StoreError};
+
+/// One message of an upload, as the transport layer decoded it.
+#[derive(Debug)]
+pub enum UploadEvent {
+    Metadata(NewImport),
+    Chunk(Bytes),
+    Finish(FinishCheck),
+}
+
+impl UploadEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            UploadEvent::Metadata(_) => "metadata",
+            UploadEvent::Chunk(_) => "chunk",
+            UploadEvent::Finish(_) => "finish",
+        }
+    }
+}
+
+/// What the client says the whole file was, checked when it finishes.
+#[derive(Debug, Clone, Default)]
+pub struct FinishCheck {
+    pub size_bytes: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// A message the transport could not turn into an event.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The message was malformed (a bad field).
+    Invalid(ArgumentError),
+    /// The stream broke.
+    Transport(String),
+}
+
+/// Why an upload stopped before a normal completion.
+#[derive(Debug)]
+enum Abort {
+    /// The content is not CSV: refused before anything was written; the import is removed.
+    Refused(IntakeError),
+    TooLarge(IntakeError),
+    /// The file cannot be read: ERROR_PARSING.
+    Parsing(String),
+    /// The finish message's size or checksum does not match what arrived.
+    Mismatch(String),
+    /// The stream ended without a finish message.
+    Incomplete,
+    Broken(String),
+    Protocol(ArgumentError),
+    Store(StoreError),
+    ShuttingDown,
+}
+
+/// Rows per batch: large enough to amortise a transaction, small enough that a few batches in
+/// flight stay well under a megabyte each.
+const BATCH_ROWS: usize = 4096;
+/// Batches queued for the writer: one being written, one waiting, one being filled.
+const WRITER_QUEUE: usize = 2;
+/// Chunks are parsed in slices of this size, so a batch is cut close to `BATCH_ROWS` even
+/// when a client sends multi-megabyte chunks.
+const PARSE_SLICE: usize = 64 * 1024;
+
+pub(super) async fn run<S>(importer: Importer, mut events: S) -> Result<Import, ImportError>
+where
+    S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
+{
+    let new = match events.next().await {
+        Some(Ok(UploadEvent::Metadata(new))) => new,
+        Some(Ok(other)) => {
+            return Err(ArgumentError::new(
+                "metadata",
+                format!(
+                    "the first message of an upload must be metadata; got {}",
+                    other.name()
+                ),
+            )
+            .into());
+        }
+        Some(Err(StreamError::Invalid(e))) => return Err(e.into()),
+        Some(Err(StreamError::Transport(e))) => return Err(ImportError::Cancelled(e)),
+        None => {
+            return Err(ArgumentError::new(
+                "metadata",
+                "the upload ended before its metadata message",
+            )
+            .into());
+        }
+    };
+    let store = importer.store()?;
+    let import = match store.create_import(&new).await {
+        Ok(import) => import,
+        Err(StoreError::AlreadyExists) => {
+            return Err(ImportError::AlreadyExists {
+                account_id: new.account_id,
+                import_id: new.import_id,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(
+        account_id = %import.account_id, import_id = %import.import_id,
+        filename = import.filename.as_str(), "upload started"
+    );
+    let live = importer.hub().start(import.clone());
+    let mut upload = Upload::new(importer, store, import, live);
+    let outcome = upload.receive(&mut events).await;
+    drop(events);
+    upload.conclude(outcome).await
+}
+
+struct Upload {
+    importer: Importer,
+    store: std::sync::Arc<dyn Store>,
+    import: Import,
+    live: Live,
+    intake: Intake,
+    parser: CsvParser,
+    reader: RowReader,
+    writer: Option<Writer>,
+}
+
+/// The parse/validate state that the record callback needs.
+struct RowReader {
+    header: Option<Header>,
+    batch: UserBatch,
+    processed: u64,
+    failed: u64,
+}
+
+impl Upload {
+    fn new(importer: Importer, store: std::sync::Arc<dyn Store>, import: Import, live: Live) -> Self {
+        let config = importer.config();
+        let writer = Writer::spawn(
+            store.clone(),
+            import.key,
+            import.account_id.clone(),
+            live.clone(),
+            config.max_stored_row_errors,
+        );
+        Self {
+            intake: Intake::new(config.max_upload_bytes),
+            parser: CsvParser::new(b',', config.record_limits),
+            reader: RowReader {
+                header: None,
+                batch: UserBatch::with_capacity(BATCH_ROWS),
+                processed: 0,
+                failed: 0,
+            },
+            writer: Some(writer),
+            importer,
+            store,
+            import,
+            live,
+        }
+    }
+
+    /// Reads the stream up to its finish message, parsing and writing as chunks arrive.
+    async fn receive<S>(&mut self, events: &mut S) -> Result<FinishCheck, Abort>
+    where
+        S: Stream<Item = Result<UploadEvent, StreamError>> + Unpin,
+    {
+        let shutdown = self.importer.shutdown_token();
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(Abort::ShuttingDown),
+                event = events.next() => event,
+            };
+            match event {
+                Some(Ok(UploadEvent::Chunk(chunk))) => self.chunk(&chunk).await?,
+                Some(Ok(UploadEvent::Finish(check))) => {
+                    let rest = self.intake.finish().map_err(Abort::Refused)?;
+                    let rows_before = self.reader.processed;
+                    self.parser.feed(rest, &mut |r| self.reader.record(r))?;
+                    self.parser.finish(&mut |r| self.reader.record(r))?;
+                    let bytes_received = self.intake.bytes_received();
+                    report(&self.live, bytes_received, self.reader.processed - rows_before);
+                    return Ok(check);
+                }
+                Some(Ok(UploadEvent::Metadata(_))) => {
+                    return Err(Abort::Protocol(ArgumentError::new(
+                        "metadata",
+                        "metadata may only be the first message of an upload",
+                    )));
+                }
+                Some(Err(StreamError::Invalid(e))) => return Err(Abort::Protocol(e)),
+                Some(Err(StreamError::Transport(e))) => return Err(Abort::Broken(e)),
+                None => return Err(Abort::Incomplete),
+            }
+        }
+    }
+
+    async fn chunk(&mut self, chunk: &[u8]) -> Result<(), Abort> {
+        let bytes_received = self.intake.bytes_received() + chunk.len() as u64;
+        let ready = self.intake.push(chunk).map_err(|e| match e {
+            IntakeError::TooLarge { .. } => Abort::TooLarge(e),
+            IntakeError::NotCsv { .. } => Abort::Refused(e),
+        })?;
+        // Parse slice by slice, handing full batches to the writer in between.
+        for slice in ready.chunks(PARSE_SLICE) {
+            let rows_before = self.reader.processed;
+            self.parser.feed(slice, &mut |r| self.reader.record(r))?;
+            report(&self.live, bytes_received, self.reader.processed - rows_before);
+            if self.reader.batch.len() >= BATCH_ROWS {
+                let batch = self.reader.take_batch();
+                send_batch(&mut self.writer, batch, bytes_received).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn conclude(mut self, outcome: Result<FinishCheck, Abort>) -> Result<Import, ImportError> {
+        let outcome = match outcome {
+            Ok(check) => self.complete(check).await,
+            Err(abort) => Err(abort),
+        };
+        let abort = match outcome {
+            Ok(import) => {
+                tracing::info!(
+                    account_id = %import.account_id, import_id = %import.import_id,
+                    status = import.status.as_str(),
+                    rows_processed = import.counters.rows_processed,
+                    rows_imported = import.counters.rows_imported,
+                    rows_failed = import.counters.rows_failed,
+                    "import completed"
+                );
+                return Ok(import);
+            }
+            Err(abort) => abort,
+        };
+        // Let the writer drain so that no batch lands after the users are deleted.
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.finish().await;
+        }
+        let key = self.import.key;
+        if let Abort::Refused(e) = abort {
+            tracing::info!(import_id = %self.import.import_id, reason = %e, "upload refused");
+            self.importer.hub().forget(key);
+            let store = self.store.clone();
+            (|| async { store.discard_import(key).await })
+                .retry(retry_policy())
+                .await?;
+            return Err(ArgumentError::new("chunk", e.to_string()).into());
+        }
+        let (status, message, reply) = match abort {
+            Abort::Refused(_) => unreachable!("handled above"),
+            Abort::Parsing(message) => (ImportStatus::ErrorParsing, message, None),
+            Abort::Mismatch(message) => (ImportStatus::ErrorUnknown, message, None),
+            Abort::TooLarge(e) => (
+                ImportStatus::ErrorUnknown,
+                e.to_string(),
+                Some(ImportError::TooLarge(e.to_string())),
+            ),
+            Abort::Incomplete => {
+                let message = "the upload ended before its finish message, so nothing was \
+                               imported; upload the whole file again"
+                    .to_owned();
+                let reply = ArgumentError::new("finish", message.clone());
+                (ImportStatus::ErrorUnknown, message, Some(reply.into()))
+            }
+            Abort::Broken(detail) => (
+                ImportStatus::ErrorUnknown,
+                "the upload stream broke before its finish message, so nothing was imported; \
+                 upload the whole file again"
+                    .to_owned(),
+                Some(ImportError::Cancelled(detail)),
+            ),
+            Abort::Protocol(e) => (
+                ImportStatus::ErrorUnknown,
+                format!("the upload was malformed ({e}), so nothing was imported"),
+                Some(e.into()),
+            ),
+            Abort::Store(e) => {
+                tracing::error!(import_id = %self.import.import_id, error = %e, "import failed");
+                (
+                    ImportStatus::ErrorUnknown,
+                    "the import failed because of a database error, so nothing was imported; \
+                     upload the file again"
+                        .to_owned(),
+                    Some(e.into()),
+                )
+            }
+            Abort::ShuttingDown => (
+                ImportStatus::ErrorUnknown,
+                "the server shut down during the upload, so nothing was imported; upload the \
+                 file again"
+                    .to_owned(),
+                Some(ImportError::ShuttingDown),
+            ),
+        };
+        let counters = Counters {
+            rows_imported: 0,
+            ..self.counters(0, 0)
+        };
+        let ended = self.end(status, counters, message).await;
+        match (reply, ended) {
+            (Some(error), _) => Err(error),
+            (None, ended) => ended,
+        }
+    }
+
+    /// The finish message arrived and every record was read: write the rest and commit.
+    async fn complete(&mut self, check: FinishCheck) -> Result<Import, Abort> {
+        let received = self.intake.bytes_received();
+        if let Some(size) = check.size_bytes {
+            if size != received {
+                return Err(Abort::Mismatch(format!(
+                    "the finish message says the file has {size} bytes but {received} arrived, \
+                     so nothing was imported; upload the file again"
+                )));
+            }
+        }
+        if let Some(expected) = check.sha256 {
+            let actual = self.intake.sha256();
+            if expected != actual {
+                return Err(Abort::Mismatch(format!(
+                    "the file's SHA-256 is {} but the finish message says {}, so nothing was \
+                     imported; upload the file again",
+                    hex::encode(actual),
+                    hex::encode(expected)
+                )));
+            }
+        }
+        if !self.reader.batch.is_empty() {
+            let batch = self.reader.take_batch();
+            send_batch(&mut self.writer, batch, received).await?;
+        }
+        let totals = self
+            .writer
+            .take()
+            .expect("writer runs until conclude")
+            .finish()
+            .await
+            .map_err(Abort::Store)?;
+        let counters = self.counters(totals.imported, totals.conflicts);
+        let status = ImportStatus::completed(counters.rows_processed, counters.rows_failed);
+        self.end(status, counters, String::new())
+            .await
+            .map_err(|e| match e {
+                ImportError::Store(e) => Abort::Store(e),
+                other => Abort::Store(StoreError::Corrupt(other.to_string())),
+            })
+    }
+
+    fn counters(&self, imported: u64, conflicts: u64) -> Counters {
+        Counters {
+            bytes_received: self.intake.bytes_received(),
+            rows_processed: self.reader.processed,
+            rows_imported: imported,
+            rows_failed: self.reader.failed + conflicts,
+        }
+    }
+
+    /// Stores the terminal status (retrying while the database hiccups) and tells watchers.
+    async fn end(
+        &self,
+        status: ImportStatus,
+        counters: Counters,
+        error_message: String,
+    ) -> Result<Import, ImportError> {
+        let conclusion = Conclusion {
+            status,
+            counters,
+            error_message,
+        };
+        let key = self.import.key;
+        let store = self.store.clone();
+        let result = (|| async { store.conclude_import(key, &conclusion).await })
+            .retry(retry_policy())
+            .when(|e| matches!(e, StoreError::Unavailable(_) | StoreError::Database(_)))
+            .await;
+        let import = match result {
+            Ok(import) => import,
+            Err(StoreError::NotProcessing) => {
+                // Someone else ended it (recovery on another replica): report what is stored.
+                self.store
+                    .get_import(&self.import.account_id, &self.import.import_id)
+                    .await?
+                    .ok_or_else(|| ImportError::Internal("the import disappeared".into()))?
+            }
+            Err(e) => {
+                tracing::error!(
+                    import_id = %self.import.import_id, error = %e,
+                    "could not store the end of an import; it will be ended at the next start"
+                );
+                self.importer.hub().forget(key);
+                return Err(e.into());
+            }
+        };
+        self.importer.hub().conclude(import.clone());
+        Ok(import)
+    }
+}
+
+/// Adds parsed rows to the live counters.
+fn report(live: &Live, bytes_received: u64, rows: u64) {
+    live.update(|c| {
+        c.bytes_received = bytes_received;
+        c.rows_processed += rows;
+    });
+}
+
+/// Hands a batch to the writer, waiting while the writer is behind: this is where
+/// backpressure starts.
+async fn send_batch(
+    writer: &mut Option<Writer>,
+    batch: UserBatch,
+    bytes_received: u64,
+) -> Result<(), Abort> {
+    let queue = &writer.as_ref().expect("the writer runs until the upload ends").tx;
+    if queue.send((batch, bytes_received)).await.is_ok() {
+        return Ok(());
+    }
+    // The writer stopped early: its error says why.
+    let stopped = writer.take().expect("checked above").finish().await;
+    Err(Abort::Store(stopped.err().unwrap_or(StoreError::NotProcessing)))
+}
+
+fn retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(5)
+}
+
+impl RowReader {
+    /// Validates one record into the batch. Errors here end the whole import.
+    fn record(&mut self, record: Record<'_>) -> Result<(), Abort> {
+        let fields = match record {
+            Record::Fields(fields) => fields,
+            Record::Oversized { row_number, reason } => {
+                if self.header.is_none() {
+                    return Err(Abort::Parsing(format!(
+                        "the header row (row {row_number}) is too large to be a header; check \
+                         that the file is a CSV file with one header row"
+                    )));
+                }
+                let error = match reason {
+                    Oversize::TooLong => RowError::new(
+                        row_number,
+                        None,
+                        ErrorCode::TooLong,
+                        "row is longer than 1 MiB; check for a quote that is never closed"
+                            .to_owned(),
+                        "",
+                    ),
+                    Oversize::TooManyFields => RowError::new(
+                        row_number,
+                        None,
+                        ErrorCode::FieldCount,
+                        "row has more than 1000 fields; check the delimiters".to_owned(),
+                        "",
+                    ),
+                };
+                self.failed_row(vec![error]);
+                return Ok(());
+            }
+        };
+        if fields.is_blank() {
+            return Ok(());
+        }
+        let Some(header) = &self.header else {
+            self.header = Some(Header::parse(&fields).map_err(|e| Abort::Parsing(e.to_string()))?);
+            return Ok(());
+        };
+        let row = header.row(&fields).map_err(invalid_text)?;
+        match NewUser::try_from(row) {
+            Ok(user) => {
+                self.batch.push_user(fields.row_number, &user);
+                self.processed += 1;
+            }
+            Err(errors) => self.failed_row(errors),
+        }
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> UserBatch {
+        std::mem::replace(&mut self.batch, UserBatch::with_capacity(BATCH_ROWS))
+    }
+
+    fn failed_row(&mut self, errors: Vec<RowError>) {
+        self.batch.push_failed_row(errors);
+        self.processed += 1;
+        self.failed += 1;
+    }
+}
+
+fn invalid_text(e: InvalidText) -> Abort {
+    let byte = e
+        .byte
+        .map(|b| format!(" (byte 0x{b:02X})"))
+        .unwrap_or_default();
+    Abort::Parsing(format!(
+        "the file is not valid UTF-8 text: row {}, column {} has an invalid byte{byte}; save \
+         the file as \"CSV UTF-8\" and upload it again",
+        e.row_number, e.column_index
+    ))
+}
+
+/// What the writer task did, summed over its batches.
+#[derive(Debug, Default, Clone, Copy)]
+struct WriterTotals {
+    imported: u64,
+    conflicts: u64,
+}
+
+/// The writer task and the bounded queue that feeds it.
+struct Writer {
+    tx: mpsc::Sender<(UserBatch, u64)>,
+    task: JoinHandle<Result<WriterTotals, StoreError>>,
+}
+
+impl Writer {
+    fn spawn(
+        store: std::sync::Arc<dyn Store>,
+        key: ImportKey,
+        account_id: AccountId,
+        live: Live,
+        max_stored_errors: u64,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(UserBatch, u64)>(WRITER_QUEUE);
+        let task = tokio::spawn(async move {
+            let mut totals = WriterTotals::default();
+            let mut stored_errors = 0;
+            while let Some((batch, bytes_received)) = rx.recv().await {
+                let target = BatchTarget {
+                    key,
+                    account_id: &account_id,
+                    next_error_seq: stored_errors,
+                    error_budget: max_stored_errors.saturating_sub(stored_errors),
+                    bytes_received,
+                };
+                let outcome = store.write_batch(&target, &batch).await?;
+                stored_errors += outcome.errors_stored;
+                totals.imported += outcome.imported;
+                totals.conflicts += outcome.conflicts;
+                live.update(|c| {
+                    c.rows_imported += outcome.imported;
+                    c.rows_failed += batch.rows_failed + outcome.conflicts;
+                });
+            }
+            Ok(totals)
+        });
+        Self { tx, task }
+    }
+
+    /// Closes the queue and waits for the batches in it to be written.
+    async fn finish(self) -> Result<WriterTotals, StoreError> {
+        drop(self.tx);
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::Corrupt(format!("the writer task failed: {e}"))),
+        }
+    }
+}

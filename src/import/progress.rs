@@ -1,0 +1,137 @@
+//! Live progress of running imports, for `WatchImport` and `GetImport`.
+//!
+//! A running upload publishes its `Import` into a `tokio::sync::watch` channel, which keeps
+//! only the latest value: the upload never waits for a watcher, and each watcher samples the
+//! channel at its own pace, so a slow watcher cannot slow an upload. The hub maps the imports
+//! running in this process to their channels; an import running elsewhere (another replica)
+//! is followed through the store instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use super::ImportError;
+use crate::domain::{Counters, Import, ImportKey};
+
+/// How often a watcher looks for moved counters: twice per promised 500 ms, so that a change
+/// is sent at most about 250 ms after it happened.
+pub const WATCH_TICK: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Default)]
+pub struct ProgressHub {
+    running: Arc<Mutex<HashMap<ImportKey, Live>>>,
+}
+
+/// The publishing side of one running import. Cheap to clone: the pipeline's reader and its
+/// writer task both move counters.
+#[derive(Clone)]
+pub struct Live {
+    tx: Arc<watch::Sender<Import>>,
+}
+
+impl ProgressHub {
+    /// Registers a running import; watchers can follow it until `conclude`.
+    pub fn start(&self, import: Import) -> Live {
+        let key = import.key;
+        let (tx, _) = watch::channel(import);
+        let live = Live { tx: Arc::new(tx) };
+        self.lock().insert(key, live.clone());
+        live
+    }
+
+    /// Publishes the import's final state, then forgets it: watchers read the terminal status
+    /// from their channel, later ones from the store.
+    pub fn conclude(&self, import: Import) {
+        if let Some(live) = self.lock().remove(&import.key) {
+            live.tx.send_replace(import);
+        }
+    }
+
+    /// Forgets an import that was refused and removed.
+    pub fn forget(&self, key: ImportKey) {
+        self.lock().remove(&key);
+    }
+
+    pub fn subscribe(&self, key: ImportKey) -> Option<watch::Receiver<Import>> {
+        self.lock().get(&key).map(|live| live.tx.subscribe())
+    }
+
+    /// The latest snapshot of an import running here, fresher than the stored counters.
+    pub fn snapshot(&self, key: ImportKey) -> Option<Import> {
+        self.lock().get(&key).map(|live| live.tx.borrow().clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ImportKey, Live>> {
+        // A panic while holding this lock cannot leave the map half-updated.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Live {
+    pub fn update(&self, change: impl FnOnce(&mut Counters)) {
+        self.tx.send_modify(|import| {
+            change(&mut import.counters);
+            import.update_time = SystemTime::now();
+        });
+    }
+
+    pub fn snapshot(&self) -> Import {
+        self.tx.borrow().clone()
+    }
+}
+
+/// Feeds one watcher from a local channel: the current snapshot at once, then one whenever
+/// the counters moved (sampled every `WATCH_TICK`), then the terminal one. Returns when the
+/// import ended, the channel closed (the caller then reads the final state from the store), or
+/// the watcher went away.
+pub async fn follow_local(
+    mut rx: watch::Receiver<Import>,
+    out: &mpsc::Sender<Result<Import, ImportError>>,
+    mut last: Option<Import>,
+) -> FollowEnd {
+    let mut tick = tokio::time::interval(WATCH_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let current = rx.borrow_and_update().clone();
+        let moved = last.as_ref().is_none_or(|l| l.counters != current.counters);
+        if current.status.is_terminal() {
+            return match out.send(Ok(current)).await {
+                Ok(()) => FollowEnd::Finished,
+                Err(_) => FollowEnd::WatcherGone,
+            };
+        }
+        if moved {
+            if out.send(Ok(current.clone())).await.is_err() {
+                return FollowEnd::WatcherGone;
+            }
+            last = Some(current);
+        }
+        tokio::select! {
+            _ = out.closed() => return FollowEnd::WatcherGone,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return FollowEnd::ChannelClosed(last);
+                }
+                // Terminal statuses go out at once; counters wait for the next tick.
+                if !rx.borrow().status.is_terminal() {
+                    tokio::select! {
+                        _ = out.closed() => return FollowEnd::WatcherGone,
+                        _ = tick.tick() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why `follow_local` returned.
+#[derive(Debug)]
+pub enum FollowEnd {
+    Finished,
+    WatcherGone,
+    /// The import left this process without a terminal value on the channel; the last
+    /// snapshot sent, if any.
+    ChannelClosed(Option<Import>),
+}

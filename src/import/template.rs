@@ -1,0 +1,98 @@
+//! The downloadable Users template: the header, one example row, and what each column takes.
+
+use crate::domain::{Column, ImportType};
+
+pub struct TemplateColumn {
+    pub name: &'static str,
+    pub required: bool,
+    pub description: &'static str,
+    pub example: &'static str,
+    pub aliases: &'static [&'static str],
+}
+
+pub struct Template {
+    pub filename: &'static str,
+    pub csv: String,
+    pub columns: Vec<TemplateColumn>,
+}
+
+pub fn template(kind: ImportType) -> Template {
+    match kind {
+        ImportType::Users => users(),
+    }
+}
+
+fn users() -> Template {
+    let columns: Vec<TemplateColumn> = Column::ALL
+        .into_iter()
+        .map(|column| {
+            let (required, description, example) = describe(column);
+            TemplateColumn {
+                name: column.name(),
+                required,
+                description,
+                example,
+                aliases: column.aliases(),
+            }
+        })
+        .collect();
+    // The csv crate quotes whatever needs quoting, so the example stays valid if it changes.
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let header = columns.iter().map(|c| c.name);
+    let example = columns.iter().map(|c| c.example);
+    let csv = writer
+        .write_record(header)
+        .and_then(|()| writer.write_record(example))
+        .map_err(std::io::Error::other)
+        .and_then(|()| writer.into_inner().map_err(std::io::Error::other))
+        .map(|bytes| String::from_utf8(bytes).expect("the template is UTF-8"))
+        .expect("writing to memory cannot fail");
+    Template {
+        filename: "users_import_template.csv",
+        csv,
+        columns,
+    }
+}
+
+fn describe(column: Column) -> (bool, &'static str, &'static str) {
+    match column {
+        Column::Email => (
+            true,
+            "The user's email address, at most 254 characters; unique in the account, ignoring \
+             case.",
+            "ada.lovelace@example.com",
+        ),
+        Column::FirstName => (false, "At most 100 characters.", "Ada"),
+        Column::LastName => (false, "At most 100 characters.", "Lovelace"),
+        Column::Role => (
+            false,
+            "One of admin, member, viewer, in any case; empty means member.",
+            "member",
+        ),
+        Column::JobTitle => (false, "At most 100 characters.", "Analyst"),
+        Column::ExternalId => (
+            false,
+            "Your own id for the user (an HR system's employee number), at most 64 \
+             characters; unique in the account when present.",
+            "EMP-0001",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_users_template_is_a_header_and_an_example() {
+        let t = template(ImportType::Users);
+        assert_eq!(
+            t.csv,
+            "email,first_name,last_name,role,job_title,external_id\n\
+             ada.lovelace@example.com,Ada,Lovelace,member,Analyst,EMP-0001\n"
+        );
+        assert_eq!(t.columns.len(), 6);
+        assert!(t.columns[0].required);
+        assert!(t.columns[1..].iter().all(|c| !c.required));
+    }
+}

@@ -1,0 +1,352 @@
+//! From records to users: the header row says which field is which column, then each data row
+//! becomes a `NewUser` or the list of everything wrong with it.
+
+use std::str::Utf8Error;
+
+use crate::domain::email::EmailError;
+use crate::domain::user::{TextError, parse_text};
+use crate::domain::{Column, Email, NewUser, Role, RowError};
+
+use super::parser::Fields;
+
+/// Where each template column sits in the file, found from the header row.
+#[derive(Debug, Clone)]
+pub struct Header {
+    positions: [Option<usize>; Column::ALL.len()],
+    /// Fields per record: a record with another count is a FIELD_COUNT error.
+    width: usize,
+}
+
+/// A header that cannot be read: the whole file is an ERROR_PARSING.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error(
+        "the file has no email column: its first row must be a header with an 'email' column \
+         (download the template to see the expected columns); found {found}"
+    )]
+    NoEmailColumn { found: String },
+    #[error(
+        "the header has two columns for {column} ('{first}' in column {first_index} and \
+         '{second}' in column {second_index}); keep only one of them"
+    )]
+    DuplicateColumn {
+        column: &'static str,
+        first: String,
+        first_index: usize,
+        second: String,
+        second_index: usize,
+    },
+}
+
+/// A cell that is not valid UTF-8: the file was not read with the right encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidText {
+    pub row_number: u64,
+    /// 1-based column of the file.
+    pub column_index: usize,
+    pub byte: Option<u8>,
+}
+
+impl Header {
+    pub fn parse(fields: &Fields<'_>) -> Result<Self, HeaderError> {
+        let mut positions: [Option<usize>; Column::ALL.len()] = [None; Column::ALL.len()];
+        let mut names: Vec<String> = Vec::with_capacity(fields.len());
+        for (index, raw) in fields.iter().enumerate() {
+            let name = String::from_utf8_lossy(raw).trim().to_owned();
+            if let Some(column) = column_for(&name) {
+                let slot = &mut positions[column as usize];
+                if let Some(first_index) = *slot {
+                    return Err(HeaderError::DuplicateColumn {
+                        column: column.name(),
+                        first: names[first_index].clone(),
+                        first_index: first_index + 1,
+                        second: name,
+                        second_index: index + 1,
+                    });
+                }
+                *slot = Some(index);
+            }
+            names.push(name);
+        }
+        if positions[Column::Email as usize].is_none() {
+            let found = match names.iter().filter(|n| !n.is_empty()).count() {
+                0 => "an empty first row".to_owned(),
+                _ => format!(
+                    "columns {}",
+                    names
+                        .iter()
+                        .filter(|n| !n.is_empty())
+                        .take(20)
+                        .map(|n| format!("'{}'", crate::domain::row_error::cut(n)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(HeaderError::NoEmailColumn { found });
+        }
+        Ok(Self {
+            positions,
+            width: fields.len(),
+        })
+    }
+
+    /// Picks this row's cells by column. Only the cells of known columns are decoded: the
+    /// others are ignored, whatever they hold.
+    pub fn row<'a>(&self, fields: &Fields<'a>) -> Result<CsvRow<'a>, InvalidText> {
+        let mut values = [""; Column::ALL.len()];
+        if fields.len() == self.width {
+            for (value, position) in values.iter_mut().zip(self.positions) {
+                let Some(index) = position else { continue };
+                let raw = fields.get(index).unwrap_or_default();
+                *value = std::str::from_utf8(raw).map_err(|e| InvalidText {
+                    row_number: fields.row_number,
+                    column_index: index + 1,
+                    byte: first_bad_byte(raw, e),
+                })?;
+            }
+        }
+        Ok(CsvRow {
+            row_number: fields.row_number,
+            field_count: fields.len(),
+            header_width: self.width,
+            values,
+        })
+    }
+}
+
+fn first_bad_byte(raw: &[u8], error: Utf8Error) -> Option<u8> {
+    raw.get(error.valid_up_to()).copied()
+}
+
+/// Folds a header for matching: case, spaces, '-', '_' and other punctuation are ignored, so
+/// `E-mail Address`, `email_address` and `EmailAddress` are one name.
+pub fn fold_header(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn column_for(name: &str) -> Option<Column> {
+    let folded = fold_header(name);
+    Column::ALL
+        .into_iter()
+        .find(|c| c.aliases().contains(&folded.as_str()))
+}
+
+/// One data row's cells, by template column.
+#[derive(Debug, Clone, Copy)]
+pub struct CsvRow<'a> {
+    pub row_number: u64,
+    field_count: usize,
+    header_width: usize,
+    values: [&'a str; Column::ALL.len()],
+}
+
+impl<'a> CsvRow<'a> {
+    fn value(&self, column: Column) -> &'a str {
+        self.values[column as usize].trim()
+    }
+}
+
+/// Every error of one row, in column order.
+pub type RowErrors = Vec<RowError>;
+
+impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
+    type Error = RowErrors;
+
+    fn try_from(row: CsvRow<'a>) -> Result<Self, Self::Error> {
+        let n = row.row_number;
+        if row.field_count != row.header_width {
+            return Err(vec![RowError::field_count(
+                n,
+                row.header_width,
+                row.field_count,
+            )]);
+        }
+        let mut errors = Vec::new();
+
+        let email_value = row.value(Column::Email);
+        let email = match Email::parse(email_value) {
+            Ok(email) => Some(email),
+            Err(EmailError::Empty) => {
+                errors.push(RowError::required(n, Column::Email));
+                None
+            }
+            Err(EmailError::TooLong) => {
+                errors.push(RowError::too_long(
+                    n,
+                    Column::Email,
+                    email_value,
+                    Column::Email.max_chars(),
+                ));
+                None
+            }
+            Err(EmailError::Invalid(reason)) => {
+                errors.push(RowError::invalid_email(n, email_value, reason));
+                None
+            }
+        };
+
+        let mut text = |column: Column| -> &'a str {
+            let value = row.value(column);
+            match parse_text(value, column) {
+                Ok(value) => value,
+                Err(TextError::TooLong { max }) => {
+                    errors.push(RowError::too_long(n, column, value, max));
+                    ""
+                }
+                Err(TextError::ControlCharacter) => {
+                    errors.push(RowError::control_character(n, column, value));
+                    ""
+                }
+            }
+        };
+        let first_name = text(Column::FirstName);
+        let last_name = text(Column::LastName);
+        let role_value = row.value(Column::Role);
+        let role = Role::parse(role_value);
+        let job_title = text(Column::JobTitle);
+        let external_id = text(Column::ExternalId);
+
+        if role.is_none() {
+            // Keep errors in column order: role comes between last_name and job_title.
+            let at = errors
+                .iter()
+                .position(|e| {
+                    matches!(e.column, Some(Column::JobTitle) | Some(Column::ExternalId))
+                })
+                .unwrap_or(errors.len());
+            errors.insert(at, RowError::invalid_role(n, role_value));
+        }
+
+        match (email, role) {
+            (Some(email), Some(role)) if errors.is_empty() => Ok(NewUser {
+                email,
+                first_name,
+                last_name,
+                role,
+                job_title,
+                external_id: (!external_id.is_empty()).then_some(external_id),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ErrorCode;
+    use crate::import::parser::{CsvParser, Limits, Record};
+
+    /// Parses `csv` and returns the header result and each data row's validation.
+    fn validate(csv: &str) -> Result<Vec<Result<String, Vec<(String, &'static str)>>>, HeaderError> {
+        let mut parser = CsvParser::new(b',', Limits::default());
+        let mut header: Option<Header> = None;
+        let mut out = Vec::new();
+        let mut on_record = |r: Record<'_>| -> Result<(), HeaderError> {
+            let Record::Fields(f) = r else { panic!() };
+            match &header {
+                None => header = Some(Header::parse(&f)?),
+                Some(h) => {
+                    let row = h.row(&f).expect("utf-8");
+                    out.push(match NewUser::try_from(row) {
+                        Ok(u) => Ok(format!(
+                            "{}|{}|{}|{}|{}|{:?}",
+                            u.email.as_str(),
+                            u.first_name,
+                            u.last_name,
+                            u.role.as_str(),
+                            u.job_title,
+                            u.external_id
+                        )),
+                        Err(errors) => Err(errors
+                            .into_iter()
+                            .map(|e| {
+                                (
+                                    e.column.map(Column::name).unwrap_or("").to_owned(),
+                                    e.code.as_str(),
+                                )
+                            })
+                            .collect()),
+                    });
+                }
+            }
+            Ok(())
+        };
+        parser.feed(csv.as_bytes(), &mut on_record)?;
+        parser.finish(&mut on_record)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn headers_match_aliases_in_any_order_and_case() {
+        let rows = validate(
+            " Surname ,E-mail Address,First_Name,Title,Notes,ROLE,Employee ID\n\
+             Lovelace, ADA@Example.com ,Ada,Countess,ignored,Admin,E1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![Ok(
+                "ada@example.com|Ada|Lovelace|admin|Countess|Some(\"E1\")".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_header_without_email_is_refused() {
+        let err = validate("name,role\nAda,admin\n").unwrap_err();
+        assert_eq!(
+            err,
+            HeaderError::NoEmailColumn {
+                found: "columns 'name', 'role'".into()
+            }
+        );
+        assert!(err.to_string().contains("no email column"));
+        assert!(matches!(
+            validate("email,Email Address\n").unwrap_err(),
+            HeaderError::DuplicateColumn { first_index: 1, second_index: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn every_error_of_a_row_is_reported_in_column_order() {
+        let long = "x".repeat(101);
+        let rows = validate(&format!(
+            "email,first_name,last_name,role,job_title,external_id\n\
+             ,{long},\"tab\there\",superuser,{long},\n\
+             ada at example.com,,,,,\n\
+             a@example.com,,\n\
+             b@example.com,Bo,,VIEWER,,\n"
+        ))
+        .unwrap();
+        let e = |c: &str, code| (c.to_owned(), code);
+        assert_eq!(
+            rows,
+            vec![
+                Err(vec![
+                    e("email", "REQUIRED"),
+                    e("first_name", "TOO_LONG"),
+                    e("last_name", "INVALID_CHARACTER"),
+                    e("role", "INVALID_ROLE"),
+                    e("job_title", "TOO_LONG"),
+                ]),
+                Err(vec![e("email", "INVALID_EMAIL")]),
+                Err(vec![e("", "FIELD_COUNT")]),
+                Ok("b@example.com|Bo||viewer||None".to_owned()),
+            ]
+        );
+        assert_eq!(ErrorCode::FieldCount.as_str(), "FIELD_COUNT");
+    }
+
+    #[test]
+    fn headers_fold_punctuation_and_case() {
+        assert_eq!(fold_header(" E-Mail_Address "), "emailaddress");
+        assert_eq!(column_for("Last Name"), Some(Column::LastName));
+        assert_eq!(column_for("Job-Title"), Some(Column::JobTitle));
+        assert_eq!(column_for("external_id"), Some(Column::ExternalId));
+        assert_eq!(column_for("Department"), None);
+    }
+}

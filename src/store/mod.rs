@@ -1,0 +1,266 @@
+//! Persistence: one trait, one module and one migrations folder per backend, chosen by the
+//! database URL's scheme.
+//!
+//! The all-or-nothing rule lives here. Valid rows are written into the users table while the
+//! upload runs, each tagged with its import; an import that ends in an ERROR_* status (or was
+//! left PROCESSING by a server that stopped) has its users deleted in the same transaction that
+//! sets its status. Uniqueness is the database's job: unique indexes on (account, email) and
+//! (account, external_id) catch duplicates in the file and in the account alike, so the server
+//! keeps no set of seen addresses and its memory stays flat whatever the file size.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    AccountId, Column, Counters, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError,
+    UserBatch,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("an import with this id already exists in the account")]
+    AlreadyExists,
+    /// The import was ended by someone else (recovery after a restart, or another replica).
+    #[error("the import is no longer processing")]
+    NotProcessing,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database url: {0}")]
+    Config(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &error {
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+                StoreError::Unavailable(error)
+            }
+            E::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+/// What writing one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Users inserted.
+    pub imported: u64,
+    /// Valid rows refused by a uniqueness rule (DUPLICATE_IN_FILE or ALREADY_EXISTS).
+    pub conflicts: u64,
+    /// Row errors stored, validation and conflict errors together.
+    pub errors_stored: u64,
+    /// Row errors left out because the import reached its cap.
+    pub errors_omitted: u64,
+}
+
+/// Where a batch goes and how its errors are numbered.
+#[derive(Debug, Clone)]
+pub struct BatchTarget<'a> {
+    pub key: ImportKey,
+    pub account_id: &'a AccountId,
+    /// Sequence number of the first row error this batch stores: errors are read back in
+    /// this order, which is file order.
+    pub next_error_seq: u64,
+    /// How many more row errors may be stored for this import.
+    pub error_budget: u64,
+    /// Bytes of the file received when the batch was cut, for the stored progress.
+    pub bytes_received: u64,
+}
+
+/// How an import ends.
+#[derive(Debug, Clone)]
+pub struct Conclusion {
+    pub status: ImportStatus,
+    pub counters: Counters,
+    pub error_message: String,
+}
+
+/// A stored row error with its position, for paging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRowError {
+    pub seq: u64,
+    pub error: RowError,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database does: readiness follows it.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Ends every import left PROCESSING by a server that stopped: ERROR_UNKNOWN with
+    /// `message`, users deleted. Returns how many.
+    async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError>;
+
+    /// Creates the import, PROCESSING. `AlreadyExists` when the id is taken in the account.
+    async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError>;
+
+    /// Removes an import that was refused before anything was written.
+    async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError>;
+
+    /// Writes a batch in one transaction: its users (duplicates refused by the unique
+    /// indexes and reported as row errors), its row errors, and the import's counters.
+    async fn write_batch(
+        &self,
+        target: &BatchTarget<'_>,
+        batch: &UserBatch,
+    ) -> Result<BatchOutcome, StoreError>;
+
+    /// Sets the terminal status; an ERROR_* status deletes the import's users in the same
+    /// transaction. `NotProcessing` when the import had already ended.
+    async fn conclude_import(
+        &self,
+        key: ImportKey,
+        conclusion: &Conclusion,
+    ) -> Result<Import, StoreError>;
+
+    async fn get_import(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<Option<Import>, StoreError>;
+
+    /// The account's imports, newest first, after `before` (an import key) when given.
+    async fn list_imports(
+        &self,
+        account_id: &AccountId,
+        before: Option<ImportKey>,
+        limit: u32,
+    ) -> Result<Vec<Import>, StoreError>;
+
+    /// Row errors in file order, after sequence number `after` when given.
+    async fn list_row_errors(
+        &self,
+        key: ImportKey,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredRowError>, StoreError>;
+}
+
+/// Opens the store a database URL names: `sqlite:` (the embedded default) or `postgres:`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(sqlite::SqliteStore::open(url).await?)),
+        _ => Err(StoreError::Config(format!(
+            "unsupported database url scheme '{scheme}:'; use sqlite://PATH"
+        ))),
+    }
+}
+
+/// A conflict found while inserting a row: which column, and the row already holding the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub import_key: ImportKey,
+    pub source_row: u64,
+}
+
+/// The row error for a valid row the unique indexes refused.
+pub(crate) fn conflict_error(
+    key: ImportKey,
+    row_number: u64,
+    column: Column,
+    value: &str,
+    holder: Option<Holder>,
+) -> RowError {
+    match holder {
+        Some(h) if h.import_key == key => {
+            RowError::duplicate_in_file(row_number, column, value, h.source_row)
+        }
+        _ => RowError::already_exists(row_number, column, value),
+    }
+}
+
+/// Merges two lists of row errors sorted by row, keeping each row's errors together.
+pub(crate) fn merge_by_row(a: &[RowError], b: Vec<RowError>) -> Vec<RowError> {
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter().peekable();
+    for error in a {
+        while let Some(next) = b.next_if(|e| e.row_number < error.row_number) {
+            merged.push(next);
+        }
+        merged.push(error.clone());
+    }
+    merged.extend(b);
+    merged
+}
+
+pub(crate) fn micros(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+pub(crate) fn from_micros(micros: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ErrorCode;
+
+    #[test]
+    fn merged_errors_follow_file_order() {
+        let a = vec![
+            RowError::required(2, Column::Email),
+            RowError::invalid_role(5, "x"),
+        ];
+        let b = vec![
+            RowError::already_exists(3, Column::Email, "a@x.io"),
+            RowError::already_exists(9, Column::Email, "b@x.io"),
+        ];
+        let rows: Vec<(u64, ErrorCode)> = merge_by_row(&a, b)
+            .iter()
+            .map(|e| (e.row_number, e.code))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (2, ErrorCode::Required),
+                (3, ErrorCode::AlreadyExists),
+                (5, ErrorCode::InvalidRole),
+                (9, ErrorCode::AlreadyExists),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_holder_in_the_same_import_is_a_duplicate_in_the_file() {
+        let same = conflict_error(
+            7,
+            12,
+            Column::Email,
+            "a@x.io",
+            Some(Holder {
+                import_key: 7,
+                source_row: 4,
+            }),
+        );
+        assert_eq!(same.code, ErrorCode::DuplicateInFile);
+        assert!(same.message.contains("row 4"));
+        let other = conflict_error(
+            7,
+            12,
+            Column::ExternalId,
+            "E1",
+            Some(Holder {
+                import_key: 3,
+                source_row: 4,
+            }),
+        );
+        assert_eq!(other.code, ErrorCode::AlreadyExists);
+        assert_eq!(other.column, Some(Column::ExternalId));
+    }
+}

@@ -1,0 +1,458 @@
+//! The embedded default: one file, one replica, zero set-up.
+//!
+//! Concurrency: WAL lets readers run beside the writer, and every write transaction starts with
+//! `BEGIN IMMEDIATE`, taking the write lock up front. A deferred transaction that reads and then
+//! writes fails with "database is locked" whatever the busy timeout, because SQLite cannot
+//! upgrade its read lock while another writer holds the lock; an immediate one just waits its
+//! turn. Batches are short transactions, so two uploads interleave instead of queueing.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::{
+    BatchOutcome, BatchTarget, Conclusion, Holder, Store, StoreError, StoredRowError,
+    conflict_error, from_micros, merge_by_row, micros,
+};
+use crate::domain::{
+    AccountId, Column, Counters, ErrorCode, Filename, Import, ImportId, ImportKey, ImportStatus,
+    ImportType, NewImport, RowError, UserBatch,
+};
+
+/// SQLite allows 32,766 bound values per statement; 10 per user.
+const USERS_PER_STATEMENT: usize = 1000;
+const ERRORS_PER_STATEMENT: usize = 1000;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file and applies `migrations/sqlite`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL survives a crash of the process; only a power loss may lose the
+            // last transactions, never corrupt the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ImportRow {
+    import_key: i64,
+    account_id: String,
+    import_id: String,
+    r#type: String,
+    filename: String,
+    status: String,
+    bytes_received: i64,
+    rows_processed: i64,
+    rows_imported: i64,
+    rows_failed: i64,
+    error_message: String,
+    create_time: i64,
+    update_time: i64,
+    complete_time: Option<i64>,
+}
+
+const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, status, \
+    bytes_received, rows_processed, rows_imported, rows_failed, error_message, \
+    create_time, update_time, complete_time";
+
+impl TryFrom<ImportRow> for Import {
+    type Error = StoreError;
+
+    fn try_from(row: ImportRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("import {}: {what}", row.import_key));
+        Ok(Import {
+            key: row.import_key,
+            account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account_id"))?,
+            import_id: ImportId::parse(&row.import_id).map_err(|_| corrupt("import_id"))?,
+            kind: ImportType::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
+            filename: Filename::from_stored(row.filename),
+            status: ImportStatus::from_stored(&row.status).ok_or_else(|| corrupt("status"))?,
+            counters: Counters {
+                bytes_received: row.bytes_received as u64,
+                rows_processed: row.rows_processed as u64,
+                rows_imported: row.rows_imported as u64,
+                rows_failed: row.rows_failed as u64,
+            },
+            error_message: row.error_message,
+            create_time: from_micros(row.create_time),
+            update_time: from_micros(row.update_time),
+            complete_time: row.complete_time.map(from_micros),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError> {
+        let now = micros(SystemTime::now());
+        let mut tx = self.begin_immediate().await?;
+        sqlx::query(
+            "DELETE FROM users WHERE import_key IN \
+             (SELECT import_key FROM imports WHERE status = 'PROCESSING')",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let ended = sqlx::query(
+            "UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = ?1, rows_imported = 0, \
+             update_time = ?2, complete_time = ?2 WHERE status = 'PROCESSING'",
+        )
+        .bind(message)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
+        let now = micros(SystemTime::now());
+        let sql = format!(
+            "INSERT INTO imports (account_id, import_id, type, filename, status, create_time, \
+             update_time) VALUES (?1, ?2, ?3, ?4, 'PROCESSING', ?5, ?5) RETURNING {IMPORT_COLUMNS}"
+        );
+        let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(new.account_id.as_str())
+            .bind(new.import_id.as_str())
+            .bind(new.kind.as_str())
+            .bind(new.filename.as_str())
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        row.try_into()
+    }
+
+    async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError> {
+        let mut tx = self.begin_immediate().await?;
+        sqlx::query("DELETE FROM users WHERE import_key = ?1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM imports WHERE import_key = ?1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn write_batch(
+        &self,
+        target: &BatchTarget<'_>,
+        batch: &UserBatch,
+    ) -> Result<BatchOutcome, StoreError> {
+        let now = micros(SystemTime::now());
+        let mut tx = self.begin_immediate().await?;
+        let conflicts = insert_users(&mut tx, target, batch, now).await?;
+        let conflict_rows = conflicts
+            .iter()
+            .map(|e| e.row_number)
+            .collect::<HashSet<_>>()
+            .len() as u64;
+        let imported = batch.len() as u64 - conflict_rows;
+
+        let errors = merge_by_row(&batch.errors, conflicts);
+        let stored = (errors.len() as u64).min(target.error_budget) as usize;
+        insert_errors(&mut tx, target.key, target.next_error_seq, &errors[..stored]).await?;
+
+        let updated = sqlx::query(
+            "UPDATE imports SET bytes_received = ?1, rows_processed = rows_processed + ?2, \
+             rows_imported = rows_imported + ?3, rows_failed = rows_failed + ?4, update_time = ?5 \
+             WHERE import_key = ?6 AND status = 'PROCESSING'",
+        )
+        .bind(target.bytes_received as i64)
+        .bind(batch.rows_processed as i64)
+        .bind(imported as i64)
+        .bind((batch.rows_failed + conflict_rows) as i64)
+        .bind(now)
+        .bind(target.key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotProcessing);
+        }
+        tx.commit().await?;
+        Ok(BatchOutcome {
+            imported,
+            conflicts: conflict_rows,
+            errors_stored: stored as u64,
+            errors_omitted: (errors.len() - stored) as u64,
+        })
+    }
+
+    async fn conclude_import(
+        &self,
+        key: ImportKey,
+        conclusion: &Conclusion,
+    ) -> Result<Import, StoreError> {
+        let now = micros(SystemTime::now());
+        let failed = !matches!(
+            conclusion.status,
+            ImportStatus::CompletedSuccess
+                | ImportStatus::CompletedPartial
+                | ImportStatus::CompletedNothingToImport
+        );
+        let mut tx = self.begin_immediate().await?;
+        if failed {
+            sqlx::query("DELETE FROM users WHERE import_key = ?1")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let c = &conclusion.counters;
+        let sql = format!(
+            "UPDATE imports SET status = ?1, error_message = ?2, bytes_received = ?3, \
+             rows_processed = ?4, rows_imported = ?5, rows_failed = ?6, update_time = ?7, \
+             complete_time = ?7 WHERE import_key = ?8 AND status = 'PROCESSING' \
+             RETURNING {IMPORT_COLUMNS}"
+        );
+        let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(conclusion.status.as_str())
+            .bind(&conclusion.error_message)
+            .bind(c.bytes_received as i64)
+            .bind(c.rows_processed as i64)
+            .bind(if failed { 0 } else { c.rows_imported as i64 })
+            .bind(c.rows_failed as i64)
+            .bind(now)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotProcessing);
+        };
+        tx.commit().await?;
+        row.try_into()
+    }
+
+    async fn get_import(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<Option<Import>, StoreError> {
+        let sql =
+            format!("SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = ?1 AND import_id = ?2");
+        let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(account_id.as_str())
+            .bind(import_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Import::try_from).transpose()
+    }
+
+    async fn list_imports(
+        &self,
+        account_id: &AccountId,
+        before: Option<ImportKey>,
+        limit: u32,
+    ) -> Result<Vec<Import>, StoreError> {
+        let sql = format!(
+            "SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = ?1 AND import_key < ?2 \
+             ORDER BY import_key DESC LIMIT ?3"
+        );
+        let rows: Vec<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(account_id.as_str())
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Import::try_from).collect()
+    }
+
+    async fn list_row_errors(
+        &self,
+        key: ImportKey,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredRowError>, StoreError> {
+        let rows: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT seq, row_number, column_name, code, message, value FROM import_row_errors \
+             WHERE import_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(key)
+        .bind(after.map_or(-1, |s| s as i64))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(seq, row_number, column, code, message, value)| {
+                let column = match column.as_str() {
+                    "" => None,
+                    name => Some(Column::from_name(name).ok_or_else(|| {
+                        StoreError::Corrupt(format!("row error column '{name}'"))
+                    })?),
+                };
+                let code = ErrorCode::from_stored(&code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("row error code '{code}'")))?;
+                Ok(StoredRowError {
+                    seq: seq as u64,
+                    error: RowError {
+                        row_number: row_number as u64,
+                        column,
+                        code,
+                        message,
+                        value,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+/// Inserts the batch's users; rows the unique indexes refuse come back as row errors, in row
+/// order.
+async fn insert_users(
+    conn: &mut SqliteConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    now: i64,
+) -> Result<Vec<RowError>, StoreError> {
+    let account: std::sync::Arc<str> = target.account_id.as_str().into();
+    let mut conflicts = Vec::new();
+    let indexes: Vec<usize> = (0..batch.len()).collect();
+    for part in indexes.chunks(USERS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO users (account_id, email, first_name, last_name, role, job_title, \
+             external_id, import_key, source_row, create_time) ",
+        );
+        query.push_values(part, |mut row, &i| {
+            let user = batch.user(i);
+            row.push_bind(account.clone())
+                .push_bind(user.email.to_owned())
+                .push_bind(user.first_name.to_owned())
+                .push_bind(user.last_name.to_owned())
+                .push_bind(user.role.as_str())
+                .push_bind(user.job_title.to_owned())
+                .push_bind(user.external_id.map(str::to_owned))
+                .push_bind(target.key)
+                .push_bind(user.row_number as i64)
+                .push_bind(now);
+        });
+        query.push(" ON CONFLICT DO NOTHING");
+        let inserted = query.build().execute(&mut *conn).await?.rows_affected();
+        if inserted as usize == part.len() {
+            continue;
+        }
+        let first = batch.user(part[0]).row_number as i64;
+        let last = batch.user(part[part.len() - 1]).row_number as i64;
+        let present: HashSet<i64> = sqlx::query_scalar(
+            "SELECT source_row FROM users WHERE import_key = ?1 AND source_row BETWEEN ?2 AND ?3",
+        )
+        .bind(target.key)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        for &i in part {
+            let user = batch.user(i);
+            if present.contains(&(user.row_number as i64)) {
+                continue;
+            }
+            let by_email = holder(&mut *conn, target.account_id, "email", user.email).await?;
+            let by_external_id = match user.external_id {
+                Some(id) => holder(&mut *conn, target.account_id, "external_id", id).await?,
+                None => None,
+            };
+            if by_email.is_some() || by_external_id.is_none() {
+                conflicts.push(conflict_error(
+                    target.key,
+                    user.row_number,
+                    Column::Email,
+                    user.email,
+                    by_email,
+                ));
+            }
+            if let (Some(id), Some(h)) = (user.external_id, by_external_id) {
+                conflicts.push(conflict_error(
+                    target.key,
+                    user.row_number,
+                    Column::ExternalId,
+                    id,
+                    Some(h),
+                ));
+            }
+        }
+    }
+    Ok(conflicts)
+}
+
+/// The user of the account holding `value` in `column` (email or external_id).
+async fn holder(
+    conn: &mut SqliteConnection,
+    account_id: &AccountId,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<Holder>, StoreError> {
+    let sql = match column {
+        "email" => "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND email = ?2",
+        _ => "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND external_id = ?2",
+    };
+    let row: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(account_id.as_str())
+        .bind(value)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|(import_key, source_row)| Holder {
+        import_key,
+        source_row: source_row as u64,
+    }))
+}
+
+async fn insert_errors(
+    conn: &mut SqliteConnection,
+    key: ImportKey,
+    first_seq: u64,
+    errors: &[RowError],
+) -> Result<(), StoreError> {
+    for (part_index, part) in errors.chunks(ERRORS_PER_STATEMENT).enumerate() {
+        let base = first_seq + (part_index * ERRORS_PER_STATEMENT) as u64;
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO import_row_errors (import_key, seq, row_number, column_name, code, \
+             message, value) ",
+        );
+        let numbered = part.iter().enumerate();
+        query.push_values(numbered, |mut row, (i, error)| {
+            row.push_bind(key)
+                .push_bind((base + i as u64) as i64)
+                .push_bind(error.row_number as i64)
+                .push_bind(error.column.map_or("", Column::name))
+                .push_bind(error.code.as_str())
+                .push_bind(error.message.clone())
+                .push_bind(error.value.clone());
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
