@@ -59,12 +59,13 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free port), so the address is known before serving.
     pub async fn bind(args: ServeArgs) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(args.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: args.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(args.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: args.listen,
+                    source,
+                })?;
         let importer = Importer::new(args.import_config());
         Ok(Self {
             listener,
@@ -82,7 +83,10 @@ impl Application {
     /// Serves until `shutdown` resolves, then shuts down gracefully: readiness turns
     /// NOT_SERVING, running uploads get the grace period to finish, and those still running
     /// then end in ERROR_UNKNOWN before the process stops.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter
             .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
@@ -140,7 +144,10 @@ impl Application {
             .await;
         self.importer.shutdown(self.args.shutdown_grace()).await;
         let _ = stop_server.send(());
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+            .await
+            .is_err()
+        {
             tracing::warn!("requests still open after the drain timeout; closing them");
             server.abort();
         }
@@ -164,7 +171,10 @@ async fn start_database(
         )
         .await?;
     if ended > 0 {
-        tracing::warn!(imports = ended, "ended imports interrupted by a previous stop");
+        tracing::warn!(
+            imports = ended,
+            "ended imports interrupted by a previous stop"
+        );
     }
     importer.set_store(store.clone());
     readiness_loop(store, reporter).await
@@ -193,9 +203,7 @@ async fn readiness_loop(
             } else {
                 tracing::warn!("not ready: the database does not answer");
             }
-            reporter
-                .set_service_status(READINESS_SERVICE, status)
-                .await;
+            reporter.set_service_status(READINESS_SERVICE, status).await;
             serving = Some(ok);
         }
     }

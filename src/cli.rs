@@ -51,7 +51,10 @@ pub async fn upload(args: UploadArgs) -> CliResult {
             buf.truncate(n);
             hasher.update(&buf);
             size += n as u64;
-            if tx.blocking_send(request(Payload::Chunk(buf.into()))).is_err() {
+            if tx
+                .blocking_send(request(Payload::Chunk(buf.into())))
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -104,7 +107,10 @@ pub async fn get(args: GetArgs) -> CliResult {
         }
         for e in &page.errors {
             let column = if e.column.is_empty() { "-" } else { &e.column };
-            println!("  row {:>7}  {:<12} {:<18} {}", e.row_number, column, e.code, e.message);
+            println!(
+                "  row {:>7}  {:<12} {:<18} {}",
+                e.row_number, column, e.code, e.message
+            );
         }
         shown += page.errors.len() as u32;
         token = page.next_errors_page_token;

@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::import::ImportConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "bulk-import", version, about = "Imports users into an account from CSV files")]
+#[command(
+    name = "bulk-import",
+    version,
+    about = "Imports users into an account from CSV files"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,10 +45,18 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://bulk-import.db")]
     pub database_url: String,
     /// Largest accepted file, in bytes.
-    #[arg(long, env = "BULK_IMPORT_MAX_UPLOAD_BYTES", default_value_t = 209_715_200)]
+    #[arg(
+        long,
+        env = "BULK_IMPORT_MAX_UPLOAD_BYTES",
+        default_value_t = 209_715_200
+    )]
     pub max_upload_bytes: u64,
     /// Row errors stored per import; the counters stay exact beyond it.
-    #[arg(long, env = "BULK_IMPORT_MAX_STORED_ROW_ERRORS", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "BULK_IMPORT_MAX_STORED_ROW_ERRORS",
+        default_value_t = 100_000
+    )]
     pub max_stored_row_errors: u64,
     /// On SIGTERM, how long running uploads may take to finish before they are ended.
     #[arg(long, env = "BULK_IMPORT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
@@ -78,7 +90,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// The server's address.
-    #[arg(long, env = "BULK_IMPORT_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "BULK_IMPORT_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// The account to act in.
     #[arg(long, env = "BULK_IMPORT_ACCOUNT")]
@@ -127,7 +143,11 @@ pub struct WatchArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TemplateArgs {
     /// The server's address.
-    #[arg(long, env = "BULK_IMPORT_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "BULK_IMPORT_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// Save to this file instead of printing.
     #[arg(long, short)]

@@ -15,6 +15,8 @@ pub struct BatchUser {
     /// later in the file can name the row of the first.
     pub row_number: u64,
     email: Range<u32>,
+    /// Set only when the file's spelling differs from the normalised address.
+    email_as_written: Option<Range<u32>>,
     first_name: Range<u32>,
     last_name: Range<u32>,
     pub role: Role,
@@ -38,7 +40,10 @@ pub struct UserBatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserRef<'a> {
     pub row_number: u64,
+    /// Normalised (lower-case).
     pub email: &'a str,
+    /// As the file has it, for row error values.
+    pub email_as_written: &'a str,
     pub first_name: &'a str,
     pub last_name: &'a str,
     pub role: Role,
@@ -57,6 +62,8 @@ impl UserBatch {
 
     pub fn push_user(&mut self, row_number: u64, user: &NewUser<'_>) {
         let email = self.push_text(user.email.as_str());
+        let email_as_written = (user.email.as_written() != user.email.as_str())
+            .then(|| self.push_text(user.email.as_written()));
         let first_name = self.push_text(user.first_name);
         let last_name = self.push_text(user.last_name);
         let job_title = self.push_text(user.job_title);
@@ -64,6 +71,7 @@ impl UserBatch {
         self.users.push(BatchUser {
             row_number,
             email,
+            email_as_written,
             first_name,
             last_name,
             role: user.role,
@@ -106,6 +114,7 @@ impl UserBatch {
         UserRef {
             row_number: u.row_number,
             email: text(&u.email),
+            email_as_written: text(u.email_as_written.as_ref().unwrap_or(&u.email)),
             first_name: text(&u.first_name),
             last_name: text(&u.last_name),
             role: u.role,
@@ -138,6 +147,7 @@ mod tests {
         assert_eq!(batch.rows_failed, 1);
         let u = batch.user(0);
         assert_eq!(u.email, "zoë@example.com");
+        assert_eq!(u.email_as_written, "Zoë@Example.com");
         assert_eq!(u.first_name, "Zoë");
         assert_eq!(u.last_name, "O'Brien");
         assert_eq!(u.external_id, Some("EMP-1"));

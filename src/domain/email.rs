@@ -21,7 +21,11 @@ const OPTIONS: Options = Options {
 /// is what the users table stores. Borrowed when the input is already lower case, which is
 /// nearly always, so the hot path allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Email<'a>(Cow<'a, str>);
+pub struct Email<'a> {
+    normalised: Cow<'a, str>,
+    /// As the file has it, for messages: the user searches their sheet for this.
+    as_written: &'a str,
+}
 
 /// Why an address was refused. The messages are completed by the validator with the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +58,19 @@ impl<'a> Email<'a> {
         } else {
             Cow::Borrowed(value)
         };
-        Ok(Self(normalised))
+        Ok(Self {
+            normalised,
+            as_written: value,
+        })
     }
 
+    /// The normalised (lower-case) address.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.normalised
+    }
+
+    pub fn as_written(&self) -> &'a str {
+        self.as_written
     }
 }
 
@@ -95,9 +107,10 @@ mod tests {
             "ada.lovelace@example.com"
         );
         assert!(matches!(
-            Email::parse("ada@example.com").unwrap().0,
+            Email::parse("ada@example.com").unwrap().normalised,
             Cow::Borrowed(_)
         ));
+        assert_eq!(Email::parse("Ada@x.io").unwrap().as_written(), "Ada@x.io");
         assert!(Email::parse("o'brien+tag@mail.example.io").is_ok());
         assert!(Email::parse("user@sub.corp.example.net").is_ok());
     }
@@ -112,7 +125,10 @@ mod tests {
         assert_eq!(reason("ada at example.com"), "it has no '@'");
         assert_eq!(reason("@example.com"), "nothing comes before the '@'");
         assert_eq!(reason("ada@"), "nothing comes after the '@'");
-        assert_eq!(reason("ada@localhost"), "the domain has no dot (as in example.com)");
+        assert_eq!(
+            reason("ada@localhost"),
+            "the domain has no dot (as in example.com)"
+        );
         assert_eq!(reason("ada lovelace@example.com"), "it contains a space");
         assert_eq!(reason("a@b@example.com"), "it has more than one '@'");
         assert!(matches!(
@@ -125,7 +141,11 @@ mod tests {
     #[test]
     fn length_is_counted_in_characters() {
         let domain = "@example.com";
-        let long = format!("{}{}", "a".repeat(MAX_EMAIL_CHARS + 1 - domain.len()), domain);
+        let long = format!(
+            "{}{}",
+            "a".repeat(MAX_EMAIL_CHARS + 1 - domain.len()),
+            domain
+        );
         assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
     }
 }

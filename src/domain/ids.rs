@@ -10,7 +10,6 @@ use super::ArgumentError;
 const MAX_ACCOUNT_ID_CHARS: usize = 128;
 const MAX_IMPORT_ID_CHARS: usize = 64;
 
-
 /// The account an import belongs to. Every query is scoped by it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccountId(String);
@@ -23,12 +22,14 @@ impl AccountId {
             return Err(ArgumentError::new(Self::FIELD, "account_id is required"));
         }
         if value.chars().count() > MAX_ACCOUNT_ID_CHARS {
-            return Err(ArgumentError::new(Self::FIELD, format!(
-                "account_id must be at most {MAX_ACCOUNT_ID_CHARS} characters"
-            )));
+            return Err(ArgumentError::new(
+                Self::FIELD,
+                format!("account_id must be at most {MAX_ACCOUNT_ID_CHARS} characters"),
+            ));
         }
         if value.trim() != value || value.chars().any(char::is_control) {
-            return Err(ArgumentError::new(Self::FIELD, 
+            return Err(ArgumentError::new(
+                Self::FIELD,
                 "account_id must not have surrounding spaces or control characters",
             ));
         }
@@ -63,9 +64,12 @@ impl ImportId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !well_formed {
-            return Err(ArgumentError::new(Self::FIELD, format!(
-                "import_id must be 1 to {MAX_IMPORT_ID_CHARS} characters of A-Z, a-z, 0-9, '_' and '-'"
-            )));
+            return Err(ArgumentError::new(
+                Self::FIELD,
+                format!(
+                    "import_id must be 1 to {MAX_IMPORT_ID_CHARS} characters of A-Z, a-z, 0-9, '_' and '-'"
+                ),
+            ));
         }
         Ok(Self(value.to_owned()))
     }

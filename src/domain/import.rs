@@ -104,7 +104,8 @@ impl Filename {
             return Err(ArgumentError::new("filename", "filename is required"));
         }
         if name.chars().count() > MAX_FILENAME_CHARS || name.chars().any(char::is_control) {
-            return Err(ArgumentError::new("filename", 
+            return Err(ArgumentError::new(
+                "filename",
                 "filename must be at most 255 characters, without control characters",
             ));
         }
@@ -113,10 +114,13 @@ impl Filename {
                 .get(name.len() - 4..)
                 .is_some_and(|ext| ext.eq_ignore_ascii_case(".csv"));
         if !is_csv {
-            return Err(ArgumentError::new("filename", format!(
-                "filename must end in .csv: only CSV files can be imported; got '{name}', \
+            return Err(ArgumentError::new(
+                "filename",
+                format!(
+                    "filename must end in .csv: only CSV files can be imported; got '{name}', \
                  save the sheet as CSV (for instance \"CSV UTF-8\" in Excel) and upload that file"
-            )));
+                ),
+            ));
         }
         Ok(Self(name.to_owned()))
     }
@@ -178,9 +182,18 @@ mod tests {
             ImportStatus::completed(0, 0),
             ImportStatus::CompletedNothingToImport
         );
-        assert_eq!(ImportStatus::completed(3, 0), ImportStatus::CompletedSuccess);
-        assert_eq!(ImportStatus::completed(3, 1), ImportStatus::CompletedPartial);
-        assert_eq!(ImportStatus::completed(3, 3), ImportStatus::CompletedPartial);
+        assert_eq!(
+            ImportStatus::completed(3, 0),
+            ImportStatus::CompletedSuccess
+        );
+        assert_eq!(
+            ImportStatus::completed(3, 1),
+            ImportStatus::CompletedPartial
+        );
+        assert_eq!(
+            ImportStatus::completed(3, 3),
+            ImportStatus::CompletedPartial
+        );
     }
 
     #[test]
@@ -188,7 +201,14 @@ mod tests {
         assert!(Filename::parse("users.csv").is_ok());
         assert!(Filename::parse("USERS.CSV").is_ok());
         assert!(Filename::parse("Team list.Csv").is_ok());
-        for bad in ["", "users.xlsx", "users.csv.zip", ".csv", "users.tsv", "users"] {
+        for bad in [
+            "",
+            "users.xlsx",
+            "users.csv.zip",
+            ".csv",
+            "users.tsv",
+            "users",
+        ] {
             assert!(Filename::parse(bad).is_err(), "{bad}");
         }
     }

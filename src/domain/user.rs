@@ -61,7 +61,13 @@ impl Column {
                 "nom",
                 "secondname",
             ],
-            Column::Role => &["role", "userrole", "accessrole", "accountrole", "permission"],
+            Column::Role => &[
+                "role",
+                "userrole",
+                "accessrole",
+                "accountrole",
+                "permission",
+            ],
             Column::JobTitle => &["jobtitle", "title", "position", "job", "jobposition"],
             Column::ExternalId => &[
                 "externalid",

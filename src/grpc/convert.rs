@@ -125,7 +125,10 @@ fn timestamp(time: SystemTime) -> prost_types::Timestamp {
 pub fn row_error(error: &RowError) -> proto::RowError {
     proto::RowError {
         row_number: error.row_number as i64,
-        column: error.column.map(|c| c.name().to_owned()).unwrap_or_default(),
+        column: error
+            .column
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default(),
         code: error.code.as_str().to_owned(),
         message: error.message.clone(),
         value: error.value.clone(),

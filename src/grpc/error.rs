@@ -17,11 +17,13 @@ impl From<ImportError> for Status {
             ImportError::InvalidArgument(e) => {
                 let mut details = ErrorDetails::with_bad_request_violation(e.field, &e.message);
                 details.set_error_info("INVALID_ARGUMENT", DOMAIN, []);
-                return Status::with_error_details(
-                    Code::InvalidArgument,
-                    format!("{}: {}", e.field, e.message),
-                    details,
-                );
+                // The message names the field, once.
+                let message = if e.message.starts_with(e.field) {
+                    e.message.clone()
+                } else {
+                    format!("{}: {}", e.field, e.message)
+                };
+                return Status::with_error_details(Code::InvalidArgument, message, details);
             }
             ImportError::AlreadyExists { .. } => (Code::AlreadyExists, "IMPORT_ALREADY_EXISTS"),
             ImportError::NotFound { .. } => (Code::NotFound, "IMPORT_NOT_FOUND"),

@@ -47,11 +47,18 @@ pub fn decode(field: &'static str, token: &str, scope: u64) -> Result<Option<u64
     if raw[0] != VERSION || token_scope != scope {
         return Err(invalid());
     }
-    Ok(Some(u64::from_be_bytes(raw[9..].try_into().expect("8 bytes"))))
+    Ok(Some(u64::from_be_bytes(
+        raw[9..].try_into().expect("8 bytes"),
+    )))
 }
 
 /// AIP-158 page sizes: 0 means the default, larger values are coerced to the maximum.
-pub fn page_size(field: &'static str, requested: i32, default: u32, max: u32) -> Result<u32, ArgumentError> {
+pub fn page_size(
+    field: &'static str,
+    requested: i32,
+    default: u32,
+    max: u32,
+) -> Result<u32, ArgumentError> {
     match requested {
         n if n < 0 => Err(ArgumentError::new(field, "must not be negative")),
         0 => Ok(default),

@@ -55,7 +55,10 @@ impl ImportService for ImportServiceImpl {
         let after = page_token::decode("errors_page_token", &req.errors_page_token, scope)?;
 
         let import = self.importer.get(&account_id, &import_id).await?;
-        let mut errors = self.importer.row_errors(import.key, after, limit + 1).await?;
+        let mut errors = self
+            .importer
+            .row_errors(import.key, after, limit + 1)
+            .await?;
         let next_errors_page_token = if errors.len() > limit as usize {
             errors.truncate(limit as usize);
             page_token::encode(scope, errors.last().map_or(0, |e| e.seq))
@@ -64,7 +67,10 @@ impl ImportService for ImportServiceImpl {
         };
         Ok(Response::new(proto::GetImportResponse {
             import: Some(convert::import(&import)),
-            errors: errors.iter().map(|e| convert::row_error(&e.error)).collect(),
+            errors: errors
+                .iter()
+                .map(|e| convert::row_error(&e.error))
+                .collect(),
             next_errors_page_token,
         }))
     }

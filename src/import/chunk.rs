@@ -28,7 +28,7 @@ pub struct Intake {
     limit: u64,
     received: u64,
     hasher: Sha256,
-    /// The first bytes, held until the content was looked at.
+    /// The first bytes, held until enough of the content was looked at.
     held: Vec<u8>,
     sniffed: bool,
     /// The bytes in `held` were handed out: drop them at the next push.
@@ -73,6 +73,9 @@ impl Intake {
             return Ok(strip_bom(chunk));
         }
         self.held.extend_from_slice(chunk);
+        // A known signature or a NUL byte is a verdict already; only "looks like text" needs
+        // the whole sniffing window.
+        sniff(&self.held)?;
         if self.held.len() < SNIFF_BYTES {
             return Ok(&[]);
         }
@@ -127,6 +130,10 @@ fn sniff(head: &[u8]) -> Result<(), IntakeError> {
 }
 
 fn describe(kind: infer::Type) -> String {
+    if kind.mime_type() == "application/x-ole-storage" {
+        // The container of .xls and .doc files; telling them apart needs the whole file.
+        return "an Excel 97-2003 workbook (.xls) or another old Office file".to_owned();
+    }
     let named = match kind.extension() {
         "xlsx" => "an Excel workbook (.xlsx)",
         "xls" => "an Excel 97-2003 workbook (.xls)",
@@ -179,7 +186,12 @@ mod tests {
 
     #[test]
     fn text_passes_whatever_the_chunking_and_loses_its_bom() {
-        let file = [UTF8_BOM, b"email\n".as_slice(), &b"a@example.com\n".repeat(1000)].concat();
+        let file = [
+            UTF8_BOM,
+            b"email\n".as_slice(),
+            &b"a@example.com\n".repeat(1000),
+        ]
+        .concat();
         for chunk in [1, 2, 3, 5, 4096, SNIFF_BYTES, file.len()] {
             let mut intake = Intake::new(u64::MAX);
             let mut out = Vec::new();

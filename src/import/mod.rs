@@ -137,7 +137,10 @@ impl Importer {
         if self.inner.shutdown.is_cancelled() || self.inner.uploads.is_closed() {
             return Err(ImportError::ShuttingDown);
         }
-        let task = self.inner.uploads.spawn(pipeline::run(self.clone(), events));
+        let task = self
+            .inner
+            .uploads
+            .spawn(pipeline::run(self.clone(), events));
         task.await
             .map_err(|e| ImportError::Internal(format!("the upload task failed: {e}")))?
     }

@@ -40,7 +40,10 @@ pub enum Oversize {
 pub enum Record<'a> {
     Fields(Fields<'a>),
     /// The record broke a limit; its content was discarded as it streamed by.
-    Oversized { row_number: u64, reason: Oversize },
+    Oversized {
+        row_number: u64,
+        reason: Oversize,
+    },
 }
 
 /// The unescaped fields of one record, borrowed from the parser.
@@ -172,9 +175,11 @@ impl CsvParser {
     }
 
     fn read(&mut self, input: &[u8]) -> (ReadRecordResult, usize) {
-        let (result, nin, nout, nend) =
-            self.core
-                .read_record(input, &mut self.out[self.nout..], &mut self.ends[self.nend..]);
+        let (result, nin, nout, nend) = self.core.read_record(
+            input,
+            &mut self.out[self.nout..],
+            &mut self.ends[self.nend..],
+        );
         self.nout += nout;
         self.nend += nend;
         (result, nin)
@@ -284,7 +289,11 @@ mod tests {
     fn every_chunking(input: &[u8], limits: Limits) -> Vec<Seen> {
         let whole = parse_in_chunks(input, input.len(), limits);
         for chunk in 1..input.len() {
-            assert_eq!(parse_in_chunks(input, chunk, limits), whole, "chunk size {chunk}");
+            assert_eq!(
+                parse_in_chunks(input, chunk, limits),
+                whole,
+                "chunk size {chunk}"
+            );
         }
         whole
     }
@@ -337,12 +346,15 @@ mod tests {
         let mut parser = CsvParser::new(b',', Limits::default());
         let mut blanks = Vec::new();
         parser
-            .feed(b"a,b\n , \n,\nx,y\n", &mut |r: Record<'_>| -> Result<(), ()> {
-                if let Record::Fields(f) = r {
-                    blanks.push((f.row_number, f.is_blank()));
-                }
-                Ok(())
-            })
+            .feed(
+                b"a,b\n , \n,\nx,y\n",
+                &mut |r: Record<'_>| -> Result<(), ()> {
+                    if let Record::Fields(f) = r {
+                        blanks.push((f.row_number, f.is_blank()));
+                    }
+                    Ok(())
+                },
+            )
             .unwrap();
         assert_eq!(blanks, vec![(1, false), (2, true), (3, true), (4, false)]);
     }

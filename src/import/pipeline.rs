@@ -164,7 +164,12 @@ struct RowReader {
 }
 
 impl Upload {
-    fn new(importer: Importer, store: std::sync::Arc<dyn Store>, import: Import, live: Live) -> Self {
+    fn new(
+        importer: Importer,
+        store: std::sync::Arc<dyn Store>,
+        import: Import,
+        live: Live,
+    ) -> Self {
         let config = importer.config();
         let writer = Writer::spawn(
             store.clone(),
@@ -210,7 +215,11 @@ impl Upload {
                     self.parser.feed(rest, &mut |r| self.reader.record(r))?;
                     self.parser.finish(&mut |r| self.reader.record(r))?;
                     let bytes_received = self.intake.bytes_received();
-                    report(&self.live, bytes_received, self.reader.processed - rows_before);
+                    report(
+                        &self.live,
+                        bytes_received,
+                        self.reader.processed - rows_before,
+                    );
                     return Ok(check);
                 }
                 Some(Ok(UploadEvent::Metadata(_))) => {
@@ -236,7 +245,11 @@ impl Upload {
         for slice in ready.chunks(PARSE_SLICE) {
             let rows_before = self.reader.processed;
             self.parser.feed(slice, &mut |r| self.reader.record(r))?;
-            report(&self.live, bytes_received, self.reader.processed - rows_before);
+            report(
+                &self.live,
+                bytes_received,
+                self.reader.processed - rows_before,
+            );
             if self.reader.batch.len() >= BATCH_ROWS {
                 let batch = self.reader.take_batch();
                 send_batch(&mut self.writer, batch, bytes_received).await?;
@@ -245,7 +258,10 @@ impl Upload {
         Ok(())
     }
 
-    async fn conclude(mut self, outcome: Result<FinishCheck, Abort>) -> Result<Import, ImportError> {
+    async fn conclude(
+        mut self,
+        outcome: Result<FinishCheck, Abort>,
+    ) -> Result<Import, ImportError> {
         let outcome = match outcome {
             Ok(check) => self.complete(check).await,
             Err(abort) => Err(abort),
@@ -341,8 +357,8 @@ impl Upload {
         if let Some(size) = check.size_bytes {
             if size != received {
                 return Err(Abort::Mismatch(format!(
-                    "the finish message says the file has {size} bytes but {received} arrived, \
-                     so nothing was imported; upload the file again"
+                    "the finish message says the file has {size} bytes but {received} bytes \
+                     arrived, so nothing was imported; upload the file again"
                 )));
             }
         }
@@ -443,13 +459,18 @@ async fn send_batch(
     batch: UserBatch,
     bytes_received: u64,
 ) -> Result<(), Abort> {
-    let queue = &writer.as_ref().expect("the writer runs until the upload ends").tx;
+    let queue = &writer
+        .as_ref()
+        .expect("the writer runs until the upload ends")
+        .tx;
     if queue.send((batch, bytes_received)).await.is_ok() {
         return Ok(());
     }
     // The writer stopped early: its error says why.
     let stopped = writer.take().expect("checked above").finish().await;
-    Err(Abort::Store(stopped.err().unwrap_or(StoreError::NotProcessing)))
+    Err(Abort::Store(
+        stopped.err().unwrap_or(StoreError::NotProcessing),
+    ))
 }
 
 fn retry_policy() -> ExponentialBuilder {

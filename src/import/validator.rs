@@ -213,9 +213,7 @@ impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
             // Keep errors in column order: role comes between last_name and job_title.
             let at = errors
                 .iter()
-                .position(|e| {
-                    matches!(e.column, Some(Column::JobTitle) | Some(Column::ExternalId))
-                })
+                .position(|e| matches!(e.column, Some(Column::JobTitle) | Some(Column::ExternalId)))
                 .unwrap_or(errors.len());
             errors.insert(at, RowError::invalid_role(n, role_value));
         }
@@ -241,7 +239,9 @@ mod tests {
     use crate::import::parser::{CsvParser, Limits, Record};
 
     /// Parses `csv` and returns the header result and each data row's validation.
-    fn validate(csv: &str) -> Result<Vec<Result<String, Vec<(String, &'static str)>>>, HeaderError> {
+    fn validate(
+        csv: &str,
+    ) -> Result<Vec<Result<String, Vec<(String, &'static str)>>>, HeaderError> {
         let mut parser = CsvParser::new(b',', Limits::default());
         let mut header: Option<Header> = None;
         let mut out = Vec::new();
@@ -307,7 +307,11 @@ mod tests {
         assert!(err.to_string().contains("no email column"));
         assert!(matches!(
             validate("email,Email Address\n").unwrap_err(),
-            HeaderError::DuplicateColumn { first_index: 1, second_index: 2, .. }
+            HeaderError::DuplicateColumn {
+                first_index: 1,
+                second_index: 2,
+                ..
+            }
         ));
     }
 

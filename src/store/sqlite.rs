@@ -84,7 +84,8 @@ impl TryFrom<ImportRow> for Import {
     type Error = StoreError;
 
     fn try_from(row: ImportRow) -> Result<Self, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("import {}: {what}", row.import_key));
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("import {}: {what}", row.import_key));
         Ok(Import {
             key: row.import_key,
             account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account_id"))?,
@@ -183,7 +184,13 @@ impl Store for SqliteStore {
 
         let errors = merge_by_row(&batch.errors, conflicts);
         let stored = (errors.len() as u64).min(target.error_budget) as usize;
-        insert_errors(&mut tx, target.key, target.next_error_seq, &errors[..stored]).await?;
+        insert_errors(
+            &mut tx,
+            target.key,
+            target.next_error_seq,
+            &errors[..stored],
+        )
+        .await?;
 
         let updated = sqlx::query(
             "UPDATE imports SET bytes_received = ?1, rows_processed = rows_processed + ?2, \
@@ -260,8 +267,9 @@ impl Store for SqliteStore {
         account_id: &AccountId,
         import_id: &ImportId,
     ) -> Result<Option<Import>, StoreError> {
-        let sql =
-            format!("SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = ?1 AND import_id = ?2");
+        let sql = format!(
+            "SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = ?1 AND import_id = ?2"
+        );
         let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(account_id.as_str())
             .bind(import_id.as_str())
@@ -390,7 +398,7 @@ async fn insert_users(
                     target.key,
                     user.row_number,
                     Column::Email,
-                    user.email,
+                    user.email_as_written,
                     by_email,
                 ));
             }

@@ -1,0 +1,9 @@
+//! Integration tests: the real server, a temporary database, the generated client.
+
+mod health;
+mod helpers;
+mod lifecycle;
+mod queries;
+mod rejections;
+mod upload;
+mod watch;
