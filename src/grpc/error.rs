@@ -39,6 +39,7 @@ impl From<ImportError> for Status {
                     ErrorDetails::with_error_info("DATABASE_UNAVAILABLE", DOMAIN, []),
                 );
             }
+            ImportError::Store(StoreError::NotProcessing) => (Code::Aborted, "IMPORT_ENDED"),
             ImportError::Store(_) | ImportError::Internal(_) => {
                 tracing::error!(error = %error, "internal error");
                 return Status::with_error_details(

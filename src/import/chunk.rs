@@ -110,12 +110,12 @@ fn strip_bom(bytes: &[u8]) -> &[u8] {
 /// Refuses what is plainly not CSV text: known binary formats by their magic numbers (the
 /// `infer` crate knows a few hundred) and anything with NUL bytes.
 fn sniff(head: &[u8]) -> Result<(), IntakeError> {
-    if let Some(kind) = infer::get(head) {
-        if kind.mime_type() != "text/x-shellscript" {
-            return Err(IntakeError::NotCsv {
-                what: describe(kind),
-            });
-        }
+    if let Some(kind) = infer::get(head)
+        && kind.mime_type() != "text/x-shellscript"
+    {
+        return Err(IntakeError::NotCsv {
+            what: describe(kind),
+        });
     }
     if head.contains(&0) {
         let utf16 = head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF");

@@ -281,21 +281,12 @@ impl Upload {
             Err(abort) => abort,
         };
         // Let the writer drain so that no batch lands after the users are deleted.
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.finish().await;
-        }
-        let key = self.import.key;
-        if let Abort::Refused(e) = abort {
-            tracing::info!(import_id = %self.import.import_id, reason = %e, "upload refused");
-            self.importer.hub().forget(key);
-            let store = self.store.clone();
-            (|| async { store.discard_import(key).await })
-                .retry(retry_policy())
-                .await?;
-            return Err(ArgumentError::new("chunk", e.to_string()).into());
-        }
+        let written = match self.writer.take() {
+            Some(writer) => writer.finish().await.unwrap_or_default(),
+            None => WriterTotals::default(),
+        };
         let (status, message, reply) = match abort {
-            Abort::Refused(_) => unreachable!("handled above"),
+            Abort::Refused(e) => return self.refuse(e).await,
             Abort::Parsing(message) => (ImportStatus::ErrorParsing, message, None),
             Abort::Mismatch(message) => (ImportStatus::ErrorUnknown, message, None),
             Abort::TooLarge(e) => (
@@ -323,7 +314,7 @@ impl Upload {
                 Some(e.into()),
             ),
             Abort::Store(e) => {
-                tracing::error!(import_id = %self.import.import_id, error = %e, "import failed");
+                tracing::error!(import_id = %self.import.import_id, error = %e, "database error");
                 (
                     ImportStatus::ErrorUnknown,
                     "the import failed because of a database error, so nothing was imported; \
@@ -340,10 +331,12 @@ impl Upload {
                 Some(ImportError::ShuttingDown),
             ),
         };
-        let counters = Counters {
-            rows_imported: 0,
-            ..self.counters(0, 0)
-        };
+        tracing::warn!(
+            account_id = %self.import.account_id, import_id = %self.import.import_id,
+            status = status.as_str(), error_message = message.as_str(), "import failed"
+        );
+        // Nothing is imported: the store deletes the users written so far.
+        let counters = self.counters(0, written.conflicts);
         let ended = self.end(status, counters, message).await;
         match (reply, ended) {
             (Some(error), _) => Err(error),
@@ -351,27 +344,39 @@ impl Upload {
         }
     }
 
+    /// The content is not CSV: nothing was written, so the import is removed as if it never
+    /// was, and the client gets INVALID_ARGUMENT.
+    async fn refuse(&self, reason: IntakeError) -> Result<Import, ImportError> {
+        tracing::info!(import_id = %self.import.import_id, %reason, "upload refused");
+        let key = self.import.key;
+        self.importer.hub().forget(key);
+        let store = self.store.clone();
+        (|| async { store.discard_import(key).await })
+            .retry(retry_policy())
+            .await?;
+        Err(ArgumentError::new("chunk", reason.to_string()).into())
+    }
+
     /// The finish message arrived and every record was read: write the rest and commit.
     async fn complete(&mut self, check: FinishCheck) -> Result<Import, Abort> {
         let received = self.intake.bytes_received();
-        if let Some(size) = check.size_bytes {
-            if size != received {
-                return Err(Abort::Mismatch(format!(
-                    "the finish message says the file has {size} bytes but {received} bytes \
-                     arrived, so nothing was imported; upload the file again"
-                )));
-            }
+        if let Some(size) = check.size_bytes
+            && size != received
+        {
+            return Err(Abort::Mismatch(format!(
+                "the finish message says the file has {size} bytes but {received} bytes \
+                 arrived, so nothing was imported; upload the file again"
+            )));
         }
-        if let Some(expected) = check.sha256 {
-            let actual = self.intake.sha256();
-            if expected != actual {
-                return Err(Abort::Mismatch(format!(
-                    "the file's SHA-256 is {} but the finish message says {}, so nothing was \
-                     imported; upload the file again",
-                    hex::encode(actual),
-                    hex::encode(expected)
-                )));
-            }
+        if let Some(expected) = check.sha256
+            && expected != self.intake.sha256()
+        {
+            return Err(Abort::Mismatch(format!(
+                "the file's SHA-256 is {} but the finish message says {}, so nothing was \
+                 imported; upload the file again",
+                hex::encode(self.intake.sha256()),
+                hex::encode(expected)
+            )));
         }
         if !self.reader.batch.is_empty() {
             let batch = self.reader.take_batch();

@@ -238,10 +238,11 @@ mod tests {
     use crate::domain::ErrorCode;
     use crate::import::parser::{CsvParser, Limits, Record};
 
+    /// A valid row as `email|first|last|role|title|external_id`, or its `(column, code)` pairs.
+    type Outcome = Result<String, Vec<(String, &'static str)>>;
+
     /// Parses `csv` and returns the header result and each data row's validation.
-    fn validate(
-        csv: &str,
-    ) -> Result<Vec<Result<String, Vec<(String, &'static str)>>>, HeaderError> {
+    fn validate(csv: &str) -> Result<Vec<Outcome>, HeaderError> {
         let mut parser = CsvParser::new(b',', Limits::default());
         let mut header: Option<Header> = None;
         let mut out = Vec::new();

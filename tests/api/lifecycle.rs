@@ -43,10 +43,11 @@ pub async fn wait_for_import(app: &TestApp, account: &str, import_id: &str) {
 /// Waits until the import has users written, so that ending it has something to undo.
 pub async fn wait_for_imported_rows(app: &TestApp, account: &str, import_id: &str) {
     for _ in 0..400 {
-        if let Ok(import) = app.get(account, import_id).await {
-            if import.rows_imported > 0 && app.users_of(account, import_id).await > 0 {
-                return;
-            }
+        if let Ok(import) = app.get(account, import_id).await
+            && import.rows_imported > 0
+            && app.users_of(account, import_id).await > 0
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

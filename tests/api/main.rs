@@ -5,5 +5,6 @@ mod helpers;
 mod lifecycle;
 mod queries;
 mod rejections;
+mod tools;
 mod upload;
 mod watch;
