@@ -388,9 +388,9 @@ async fn insert_users(
             if present.contains(&(user.row_number as i64)) {
                 continue;
             }
-            let by_email = holder(&mut *conn, target.account_id, "email", user.email).await?;
+            let by_email = holder(&mut *conn, target.account_id, Column::Email, user.email).await?;
             let by_external_id = match user.external_id {
-                Some(id) => holder(&mut *conn, target.account_id, "external_id", id).await?,
+                Some(id) => holder(&mut *conn, target.account_id, Column::ExternalId, id).await?,
                 None => None,
             };
             if by_email.is_some() || by_external_id.is_none() {
@@ -416,18 +416,20 @@ async fn insert_users(
     Ok(conflicts)
 }
 
-/// The user of the account holding `value` in `column` (email or external_id).
+/// The user of the account holding `value` in `column`, one of the unique columns.
 async fn holder(
     conn: &mut SqliteConnection,
     account_id: &AccountId,
-    column: &'static str,
+    column: Column,
     value: &str,
 ) -> Result<Option<Holder>, StoreError> {
     let sql = match column {
-        "email" => "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND email = ?2",
-        _ => "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND external_id = ?2",
+        Column::ExternalId => {
+            "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND external_id = ?2"
+        }
+        _ => "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND email = ?2",
     };
-    let row: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let row: Option<(i64, i64)> = sqlx::query_as(sql)
         .bind(account_id.as_str())
         .bind(value)
         .fetch_optional(&mut *conn)

@@ -32,7 +32,7 @@ async fn next_import(
         .map(|m| m.unwrap().import.unwrap())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_sees_progress_before_the_upload_ends_then_the_end() {
     let app = spawn_app().await;
     let (file, stats) = generate(&["--rows", "40000", "--seed", "21"]);
@@ -76,7 +76,7 @@ async fn a_watcher_sees_progress_before_the_upload_ends_then_the_end() {
     assert_eq!(last, finished);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watching_a_finished_import_sends_one_message_and_ends() {
     let app = spawn_app().await;
     let done = app
@@ -88,7 +88,7 @@ async fn watching_a_finished_import_sends_one_message_and_ends() {
     assert_eq!(next_import(&mut stream).await, None);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_come_at_least_every_500_ms_while_counters_move() {
     let app = spawn_app().await;
     let (file, _) = generate(&["--rows", "20000", "--seed", "22"]);
@@ -133,7 +133,7 @@ async fn updates_come_at_least_every_500_ms_while_counters_move() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_and_a_stalled_one_do_not_slow_the_upload() {
     let app = spawn_app().await;
     let (file, stats) = generate(&["--rows", "40000", "--seed", "23"]);
@@ -169,7 +169,7 @@ async fn many_watchers_and_a_stalled_one_do_not_slow_the_upload() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watching_another_accounts_import_is_not_found() {
     let app = spawn_app().await;
     app.upload(ACCOUNT, "mine", HEADER.as_bytes(), 10)
