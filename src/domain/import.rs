@@ -80,6 +80,57 @@ impl ImportStatus {
     }
 }
 
+/// The encoding a file was read with, as the `Import` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextEncoding {
+    Utf8,
+    Utf16Le,
+    Utf16Be,
+    Windows1252,
+}
+
+impl TextEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TextEncoding::Utf8 => "UTF-8",
+            TextEncoding::Utf16Le => "UTF-16LE",
+            TextEncoding::Utf16Be => "UTF-16BE",
+            TextEncoding::Windows1252 => "windows-1252",
+        }
+    }
+
+    pub fn from_stored(value: &str) -> Option<Self> {
+        [Self::Utf8, Self::Utf16Le, Self::Utf16Be, Self::Windows1252]
+            .into_iter()
+            .find(|e| e.as_str() == value)
+    }
+}
+
+/// How a file's text is written, as the `Import` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextFormat {
+    pub encoding: TextEncoding,
+    pub delimiter: u8,
+}
+
+impl TextFormat {
+    /// The delimiter as the API shows it: `,`, `;`, or `\t` for a tab.
+    pub fn delimiter_name(self) -> String {
+        match self.delimiter {
+            b'\t' => "\\t".to_owned(),
+            other => char::from(other).to_string(),
+        }
+    }
+
+    pub fn delimiter_from_name(name: &str) -> Option<u8> {
+        match name {
+            "\\t" => Some(b'\t'),
+            other if other.len() == 1 => Some(other.as_bytes()[0]),
+            _ => None,
+        }
+    }
+}
+
 /// The numbers an import reports while it runs and once it finished.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -89,6 +140,8 @@ pub struct Counters {
     pub rows_imported: u64,
     /// Rows with at least one error.
     pub rows_failed: u64,
+    /// Row errors not stored because the import reached its cap; the counters above stay exact.
+    pub row_errors_omitted: u64,
 }
 
 /// The file name the client gave: only `.csv` files are accepted, as the product promises.
@@ -157,6 +210,8 @@ pub struct Import {
     pub filename: Filename,
     pub status: ImportStatus,
     pub counters: Counters,
+    /// How the file's text is written, once its first bytes were read.
+    pub format: Option<TextFormat>,
     /// Why the import ended in an ERROR_* status; empty otherwise.
     pub error_message: String,
     pub create_time: SystemTime,

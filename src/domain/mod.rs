@@ -11,7 +11,10 @@ pub mod user;
 pub use batch::UserBatch;
 pub use email::Email;
 pub use ids::{AccountId, ImportId};
-pub use import::{Counters, Filename, Import, ImportKey, ImportStatus, ImportType, NewImport};
+pub use import::{
+    Counters, Filename, Import, ImportKey, ImportStatus, ImportType, NewImport, TextEncoding,
+    TextFormat,
+};
 pub use row_error::{ErrorCode, RowError};
 pub use user::{Column, NewUser, Role};
 

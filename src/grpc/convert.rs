@@ -104,6 +104,15 @@ pub fn import(import: &Import) -> proto::Import {
         create_time: Some(timestamp(import.create_time)),
         update_time: Some(timestamp(import.update_time)),
         complete_time: import.complete_time.map(timestamp),
+        encoding: import
+            .format
+            .map(|f| f.encoding.as_str().to_owned())
+            .unwrap_or_default(),
+        delimiter: import
+            .format
+            .map(|f| f.delimiter_name())
+            .unwrap_or_default(),
+        row_errors_omitted: c.row_errors_omitted as i64,
     }
 }
 

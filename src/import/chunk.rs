@@ -1,13 +1,13 @@
-//! The upload's bytes before parsing: the size limit, the checksum, a first look at the content
-//! (bad uploads are refused before anything is written) and the byte order mark.
+//! The upload's bytes before decoding: the size limit, the checksum, a first look at the
+//! content (bad uploads are refused before anything is written) and the byte order mark.
 
 use sha2::{Digest, Sha256};
+
+use super::decoder::{TextEncoding, sniff_bom};
 
 /// How much of the file is looked at before deciding that it is CSV text. Clients may send
 /// tiny chunks, so the first bytes are held until this many arrived (or the file ended).
 pub const SNIFF_BYTES: usize = 8 * 1024;
-
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntakeError {
@@ -23,6 +23,9 @@ pub enum IntakeError {
     NotCsv { what: String },
 }
 
+/// Bytes ready for decoding, and the encoding the byte order mark announced (if any).
+pub type Ready<'a> = (&'a [u8], Option<TextEncoding>);
+
 /// Receives the chunks of one upload.
 pub struct Intake {
     limit: u64,
@@ -33,6 +36,8 @@ pub struct Intake {
     sniffed: bool,
     /// The bytes in `held` were handed out: drop them at the next push.
     released: bool,
+    /// The encoding the byte order mark announced, once the first bytes were looked at.
+    bom: Option<TextEncoding>,
 }
 
 impl Intake {
@@ -44,6 +49,7 @@ impl Intake {
             held: Vec::new(),
             sniffed: false,
             released: false,
+            bom: None,
         }
     }
 
@@ -51,9 +57,9 @@ impl Intake {
         self.received
     }
 
-    /// Takes the next chunk and returns the bytes ready for parsing: none while the first
-    /// bytes are held, then everything.
-    pub fn push<'a>(&'a mut self, chunk: &'a [u8]) -> Result<&'a [u8], IntakeError> {
+    /// Takes the next chunk and returns the bytes ready for decoding (none while the first
+    /// bytes are held, then everything) and the encoding of the byte order mark, if any.
+    pub fn push<'a>(&'a mut self, chunk: &'a [u8]) -> Result<Ready<'a>, IntakeError> {
         let received = self.received + chunk.len() as u64;
         if received > self.limit {
             return Err(IntakeError::TooLarge { limit: self.limit });
@@ -65,36 +71,54 @@ impl Intake {
             self.released = false;
         }
         if self.sniffed {
-            return Ok(chunk);
+            return Ok((chunk, self.bom));
         }
         if self.held.is_empty() && chunk.len() >= SNIFF_BYTES {
             sniff(chunk)?;
             self.sniffed = true;
-            return Ok(strip_bom(chunk));
+            return Ok((self.strip_bom(chunk), self.bom));
         }
         self.held.extend_from_slice(chunk);
-        // A known signature or a NUL byte is a verdict already; only "looks like text" needs
-        // the whole sniffing window.
-        sniff(&self.held)?;
+        // The verdict waits for the whole window, so that it (and its message) is the same
+        // however the first bytes were cut.
         if self.held.len() < SNIFF_BYTES {
-            return Ok(&[]);
+            return Ok((&[], None));
         }
         self.release()
+    }
+
+    /// Looks at the first bytes held so far, for a stream that ended before the window was
+    /// full: a refusal then says what the content is rather than that the upload was cut.
+    pub fn check_held(&self) -> Result<(), IntakeError> {
+        if self.sniffed {
+            Ok(())
+        } else {
+            sniff(&self.held)
+        }
     }
 
     /// The file ended: returns the bytes still held.
-    pub fn finish(&mut self) -> Result<&[u8], IntakeError> {
+    pub fn finish(&mut self) -> Result<Ready<'_>, IntakeError> {
         if self.sniffed {
-            return Ok(&[]);
+            return Ok((&[], self.bom));
         }
         self.release()
     }
 
-    fn release(&mut self) -> Result<&[u8], IntakeError> {
+    fn release(&mut self) -> Result<Ready<'_>, IntakeError> {
         sniff(&self.held)?;
         self.sniffed = true;
         self.released = true;
-        Ok(strip_bom(&self.held))
+        let bom = sniff_bom(&self.held);
+        self.bom = bom.map(|(encoding, _)| encoding);
+        Ok((&self.held[bom.map_or(0, |(_, len)| len)..], self.bom))
+    }
+
+    /// Records and removes the byte order mark at the start of the file.
+    fn strip_bom<'a>(&mut self, head: &'a [u8]) -> &'a [u8] {
+        let bom = sniff_bom(head);
+        self.bom = bom.map(|(encoding, _)| encoding);
+        &head[bom.map_or(0, |(_, len)| len)..]
     }
 
     /// The SHA-256 of every byte received.
@@ -103,13 +127,15 @@ impl Intake {
     }
 }
 
-fn strip_bom(bytes: &[u8]) -> &[u8] {
-    bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes)
-}
-
 /// Refuses what is plainly not CSV text: known binary formats by their magic numbers (the
-/// `infer` crate knows a few hundred) and anything with NUL bytes.
+/// `infer` crate knows a few hundred) and NUL bytes in a file without a UTF-16 byte order mark.
 fn sniff(head: &[u8]) -> Result<(), IntakeError> {
+    if matches!(
+        sniff_bom(head),
+        Some((TextEncoding::Utf16Le | TextEncoding::Utf16Be, _))
+    ) {
+        return Ok(());
+    }
     if let Some(kind) = infer::get(head)
         && kind.mime_type() != "text/x-shellscript"
     {
@@ -118,9 +144,18 @@ fn sniff(head: &[u8]) -> Result<(), IntakeError> {
         });
     }
     if head.contains(&0) {
-        let utf16 = head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF");
-        let what = if utf16 {
-            "UTF-16 text (\"Unicode Text\"), which is not supported".to_owned()
+        // UTF-16 text without its mark: ASCII characters with a NUL beside each.
+        let nuls_at = |parity: usize| {
+            head.iter()
+                .skip(parity)
+                .step_by(2)
+                .filter(|&&b| b == 0)
+                .count()
+        };
+        let half = head.len() / 2;
+        let mostly = |n: usize| n * 10 >= half * 9;
+        let what = if half >= 2 && (mostly(nuls_at(0)) || mostly(nuls_at(1))) {
+            "UTF-16 text without a byte order mark".to_owned()
         } else {
             "binary data (it contains NUL bytes)".to_owned()
         };
@@ -180,14 +215,14 @@ mod tests {
         assert!(not_csv(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").starts_with("an image (image/png"));
         assert!(not_csv(b"PK\x03\x04\x14\0\x06\0").contains("ZIP"));
         assert_eq!(not_csv(b"\x1f\x8b\x08\0\0\0"), "a gzip-compressed file");
-        assert!(not_csv(b"\xFF\xFEe\0m\0").contains("UTF-16"));
+        assert!(not_csv(b"e\0m\0a\0i\0l\0").contains("UTF-16 text without"));
         assert!(not_csv(b"email,name\nada@x.io,A\0da\n").contains("NUL"));
     }
 
     #[test]
     fn text_passes_whatever_the_chunking_and_loses_its_bom() {
         let file = [
-            UTF8_BOM,
+            b"\xEF\xBB\xBF".as_slice(),
             b"email\n".as_slice(),
             &b"a@example.com\n".repeat(1000),
         ]
@@ -195,13 +230,28 @@ mod tests {
         for chunk in [1, 2, 3, 5, 4096, SNIFF_BYTES, file.len()] {
             let mut intake = Intake::new(u64::MAX);
             let mut out = Vec::new();
+            let mut bom = None;
             for piece in file.chunks(chunk) {
-                out.extend_from_slice(intake.push(piece).unwrap());
+                let (ready, mark) = intake.push(piece).unwrap();
+                out.extend_from_slice(ready);
+                bom = bom.or(mark);
             }
-            out.extend_from_slice(intake.finish().unwrap());
+            let (ready, mark) = intake.finish().unwrap();
+            out.extend_from_slice(ready);
             assert_eq!(out, &file[3..], "chunk size {chunk}");
+            assert_eq!(bom.or(mark), Some(TextEncoding::Utf8));
             assert_eq!(intake.bytes_received(), file.len() as u64);
         }
+    }
+
+    #[test]
+    fn utf16_with_its_mark_is_text() {
+        let mut intake = Intake::new(u64::MAX);
+        assert_eq!(intake.push(b"\xFF\xFEe\0m\0").unwrap(), (&b""[..], None));
+        assert_eq!(
+            intake.finish().unwrap(),
+            (&b"e\0m\0"[..], Some(TextEncoding::Utf16Le))
+        );
     }
 
     #[test]

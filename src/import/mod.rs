@@ -3,16 +3,20 @@
 //! Data flows chunk → parser → validator → store, with progress published on the way:
 //!
 //! - [`chunk`]: the size limit, the checksum, a first look at the content, the byte order mark;
+//! - [`decoder`]: UTF-8, UTF-16 and Windows-1252 to UTF-8, as the chunks stream;
 //! - [`parser`]: incremental CSV framing with spreadsheet row numbers and bounded records;
 //! - [`validator`]: the header's column mapping, then `NewUser` or row errors for each row;
+//! - [`reader`]: the above composed, bytes in, rows out, with the delimiter found on the way;
 //! - [`pipeline`]: one upload's task, its writer task, and how it ends;
 //! - [`progress`]: live counters for watchers;
 //! - [`template`]: the downloadable template.
 
 pub mod chunk;
+pub mod decoder;
 pub mod parser;
 pub mod pipeline;
 pub mod progress;
+pub mod reader;
 pub mod template;
 pub mod validator;
 

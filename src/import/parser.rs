@@ -8,7 +8,9 @@
 //! - row numbers as a spreadsheet shows them: every record and every blank line is a row, a
 //!   record with a quoted line break is still one row;
 //! - bounded memory: a record longer than `max_record_bytes` or with more than `max_fields`
-//!   fields is reported and skipped without being buffered, and parsing resumes at its end.
+//!   fields is reported and skipped without being buffered, and parsing resumes at its end;
+//! - a quote that is never closed is told apart from a long value: it swallows the rest of the
+//!   file (or a megabyte of it), and no row after it could be trusted.
 
 use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
 
@@ -43,6 +45,11 @@ pub enum Record<'a> {
     Oversized {
         row_number: u64,
         reason: Oversize,
+    },
+    /// A quoted value opened at this row is never closed: it ran to the end of the file, or
+    /// past the record limit, so parsing cannot resume at a row boundary.
+    Unterminated {
+        row_number: u64,
     },
 }
 
@@ -98,6 +105,10 @@ pub struct CsvParser {
     after_cr: bool,
     /// Spreadsheet rows before the record being read.
     rows_before: u64,
+    /// Whether the record being read has an odd number of quote characters so far, and a line
+    /// break inside it: both at the end of the file mean an unclosed quote.
+    odd_quotes: bool,
+    inner_line_break: bool,
     done: bool,
 }
 
@@ -118,8 +129,20 @@ impl CsvParser {
             at_record_start: true,
             after_cr: false,
             rows_before: 0,
+            odd_quotes: false,
+            inner_line_break: false,
             done: false,
         }
+    }
+
+    /// The row the next byte belongs to: where a decoding error is reported.
+    pub fn current_row(&self) -> u64 {
+        self.rows_before + 1
+    }
+
+    /// Bytes held for the record being read: bounded by the limits.
+    pub fn buffered_bytes(&self) -> usize {
+        self.out.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
     }
 
     /// Spreadsheet rows seen so far, blank ones included.
@@ -136,10 +159,13 @@ impl CsvParser {
         on_record: &mut impl FnMut(Record<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         while !input.is_empty() {
-            if self.at_record_start {
-                self.count_blank_lines(input);
-            }
+            let blank = if self.at_record_start {
+                self.count_blank_lines(input)
+            } else {
+                0
+            };
             let (result, nin) = self.read(input);
+            self.track(&input[blank.min(nin)..nin]);
             let last = nin.checked_sub(1).map(|i| input[i]);
             input = &input[nin..];
             match result {
@@ -163,7 +189,18 @@ impl CsvParser {
         while !self.done {
             let (result, _) = self.read(&[]);
             match result {
-                ReadRecordResult::Record => self.emit(false, on_record)?,
+                ReadRecordResult::Record => {
+                    // No line break ends the last record: any it has is inside a quoted value.
+                    if self.odd_quotes && self.inner_line_break {
+                        self.oversize = None;
+                        let row_number = self.rows_before + 1;
+                        self.reset_record(false);
+                        self.rows_before += 1;
+                        on_record(Record::Unterminated { row_number })?;
+                    } else {
+                        self.emit(false, on_record)?;
+                    }
+                }
                 ReadRecordResult::End => self.done = true,
                 ReadRecordResult::OutputFull => self.grow_output(),
                 ReadRecordResult::OutputEndsFull => self.grow_ends(),
@@ -193,6 +230,9 @@ impl CsvParser {
         self.rows_before += 1;
         let row_number = self.rows_before;
         let record = match self.oversize.take() {
+            // An odd number of quotes in a record cut short: the parser may be inside a quoted
+            // value, and every row boundary after this one is in doubt.
+            Some(_) if self.odd_quotes => Record::Unterminated { row_number },
             Some(reason) => Record::Oversized { row_number, reason },
             None => Record::Fields(Fields {
                 row_number,
@@ -201,17 +241,33 @@ impl CsvParser {
             }),
         };
         let result = on_record(record);
+        self.reset_record(ended_with_cr);
+        result
+    }
+
+    fn reset_record(&mut self, ended_with_cr: bool) {
         self.nout = 0;
         self.nend = 0;
         self.at_record_start = true;
         self.after_cr = ended_with_cr;
-        result
+        self.odd_quotes = false;
+        self.inner_line_break = false;
+    }
+
+    /// Notes the quotes and line breaks of bytes consumed for the current record.
+    fn track(&mut self, consumed: &[u8]) {
+        let quotes = consumed.iter().filter(|&&b| b == b'"').count();
+        self.odd_quotes ^= quotes % 2 == 1;
+        if !self.inner_line_break {
+            self.inner_line_break = consumed.iter().any(|&b| b == b'\n' || b == b'\r');
+        }
     }
 
     /// Counts the blank lines before the next record. `csv_core` skips them silently, but a
-    /// spreadsheet shows each as a row, and row numbers must match what the user sees.
-    fn count_blank_lines(&mut self, input: &[u8]) {
-        for &byte in input {
+    /// spreadsheet shows each as a row, and row numbers must match what the user sees. Returns
+    /// how many bytes of `input` are line breaks before the record.
+    fn count_blank_lines(&mut self, input: &[u8]) -> usize {
+        for (i, &byte) in input.iter().enumerate() {
             match byte {
                 b'\n' if self.after_cr => self.after_cr = false,
                 b'\n' => self.rows_before += 1,
@@ -222,10 +278,11 @@ impl CsvParser {
                 _ => {
                     self.at_record_start = false;
                     self.after_cr = false;
-                    return;
+                    return i;
                 }
             }
         }
+        input.len()
     }
 
     fn grow_output(&mut self) {
@@ -258,6 +315,7 @@ mod tests {
     enum Seen {
         Row(u64, Vec<String>),
         Skipped(u64, Oversize),
+        Unterminated(u64),
     }
 
     fn parse_in_chunks(input: &[u8], chunk: usize, limits: Limits) -> Vec<Seen> {
@@ -272,6 +330,7 @@ mod tests {
                         .collect(),
                 ),
                 Record::Oversized { row_number, reason } => Seen::Skipped(row_number, reason),
+                Record::Unterminated { row_number } => Seen::Unterminated(row_number),
             });
             Ok(())
         };
@@ -338,6 +397,30 @@ mod tests {
                 Seen::Skipped(3, Oversize::TooManyFields),
                 row(4, &["d", "e", "f"]),
             ]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_told_apart_from_a_long_value() {
+        let limits = Limits {
+            max_record_bytes: 64,
+            max_fields: 10,
+        };
+        // At the end of the file, over several lines.
+        assert_eq!(
+            every_chunking(b"a,b\nx,\"never closed\ny,z\n", limits),
+            vec![row(1, &["a", "b"]), Seen::Unterminated(2)]
+        );
+        // Cut short by the record limit.
+        let long = format!("a,b\nx,\"{}\ny,z\n", "v".repeat(100));
+        assert_eq!(
+            every_chunking(long.as_bytes(), limits),
+            vec![row(1, &["a", "b"]), Seen::Unterminated(2)]
+        );
+        // A stray quote on one line is only a character.
+        assert_eq!(
+            every_chunking(b"a,b\nx,5\" tall", limits),
+            vec![row(1, &["a", "b"]), row(2, &["x", "5\" tall"])]
         );
     }
 

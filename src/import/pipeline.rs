@@ -1,10 +1,9 @@
 //! One upload, from its first message to its terminal status.
 //!
 //! ```text
-//!   events ──► Intake ──► CsvParser ──► Header / NewUser ──► UserBatch ──► writer task ──► Store
-//!   (chunks)   (limit,     (records,     (validation)          (bounded         (one tx per
-//!              sniff,       row numbers)                        channel)          batch)
-//!              checksum)
+//!   events ──► FileReader ──────────────────────► UserBatch ──► writer task ──► Store
+//!   (chunks)   (intake, decoder, parser,           (bounded       (one transaction
+//!               validator: see reader.rs)           queue)          per batch)
 //! ```
 //!
 //! The reader (this task) parses and validates while the writer task writes the previous
@@ -16,22 +15,22 @@
 //! away or hyper drops the handler, the stream ends or breaks, and this task still ends the
 //! import (ERROR_UNKNOWN, users deleted) instead of leaving it PROCESSING.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::chunk::{Intake, IntakeError};
-use super::parser::{CsvParser, Oversize, Record};
+use super::chunk::IntakeError;
 use super::progress::Live;
-use super::validator::{Header, InvalidText};
+use super::reader::{FileReader, ReadError, RowSink};
 use super::{ImportError, Importer};
 use crate::domain::{
-    AccountId, ArgumentError, Counters, ErrorCode, Import, ImportKey, ImportStatus, NewImport,
-    NewUser, RowError, UserBatch,
+    AccountId, ArgumentError, Counters, Import, ImportKey, ImportStatus, NewImport, NewUser,
+    RowError, TextFormat, UserBatch,
 };
 use crate::store::{BatchTarget, Conclusion, Store, StoreError};
 
@@ -85,6 +84,8 @@ enum Abort {
     Protocol(ArgumentError),
     Store(StoreError),
     ShuttingDown,
+    /// A bug: reading the file panicked. The import still ends, instead of staying PROCESSING.
+    Panicked(String),
 }
 
 /// Rows per batch: large enough to amortise a transaction, small enough that a few batches in
@@ -139,7 +140,17 @@ where
     );
     let live = importer.hub().start(import.clone());
     let mut upload = Upload::new(importer, store, import, live);
-    let outcome = upload.receive(&mut events).await;
+    let outcome = AssertUnwindSafe(upload.receive(&mut events))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Abort::Panicked(message))
+        });
     drop(events);
     upload.conclude(outcome).await
 }
@@ -149,18 +160,35 @@ struct Upload {
     store: std::sync::Arc<dyn Store>,
     import: Import,
     live: Live,
-    intake: Intake,
-    parser: CsvParser,
-    reader: RowReader,
+    reader: FileReader,
+    rows: BatchSink,
     writer: Option<Writer>,
 }
 
-/// The parse/validate state that the record callback needs.
-struct RowReader {
-    header: Option<Header>,
+/// Collects rows into the batch being filled, and counts them.
+struct BatchSink {
     batch: UserBatch,
     processed: u64,
     failed: u64,
+}
+
+impl RowSink for BatchSink {
+    fn user(&mut self, row_number: u64, user: &NewUser<'_>) {
+        self.batch.push_user(row_number, user);
+        self.processed += 1;
+    }
+
+    fn failed(&mut self, errors: Vec<RowError>) {
+        self.batch.push_failed_row(errors);
+        self.processed += 1;
+        self.failed += 1;
+    }
+}
+
+impl BatchSink {
+    fn take_batch(&mut self) -> UserBatch {
+        std::mem::replace(&mut self.batch, UserBatch::with_capacity(BATCH_ROWS))
+    }
 }
 
 impl Upload {
@@ -179,10 +207,8 @@ impl Upload {
             config.max_stored_row_errors,
         );
         Self {
-            intake: Intake::new(config.max_upload_bytes),
-            parser: CsvParser::new(b',', config.record_limits),
-            reader: RowReader {
-                header: None,
+            reader: FileReader::new(config.max_upload_bytes, config.record_limits),
+            rows: BatchSink {
                 batch: UserBatch::with_capacity(BATCH_ROWS),
                 processed: 0,
                 failed: 0,
@@ -208,18 +234,18 @@ impl Upload {
                 event = events.next() => event,
             };
             match event {
-                Some(Ok(UploadEvent::Chunk(chunk))) => self.chunk(&chunk).await?,
+                Some(Ok(UploadEvent::Chunk(chunk))) => {
+                    // Parse slice by slice, handing full batches to the writer in between, so
+                    // that a batch stays near `BATCH_ROWS` even for multi-megabyte chunks.
+                    for slice in chunk.chunks(PARSE_SLICE) {
+                        self.read(|reader, rows| reader.push(slice, rows))?;
+                        if self.rows.batch.rows_processed >= BATCH_ROWS as u64 {
+                            self.send_batch().await?;
+                        }
+                    }
+                }
                 Some(Ok(UploadEvent::Finish(check))) => {
-                    let rest = self.intake.finish().map_err(Abort::Refused)?;
-                    let rows_before = self.reader.processed;
-                    self.parser.feed(rest, &mut |r| self.reader.record(r))?;
-                    self.parser.finish(&mut |r| self.reader.record(r))?;
-                    let bytes_received = self.intake.bytes_received();
-                    report(
-                        &self.live,
-                        bytes_received,
-                        self.reader.processed - rows_before,
-                    );
+                    self.read(|reader, rows| reader.finish(rows))?;
                     return Ok(check);
                 }
                 Some(Ok(UploadEvent::Metadata(_))) => {
@@ -230,32 +256,55 @@ impl Upload {
                 }
                 Some(Err(StreamError::Invalid(e))) => return Err(Abort::Protocol(e)),
                 Some(Err(StreamError::Transport(e))) => return Err(Abort::Broken(e)),
-                None => return Err(Abort::Incomplete),
+                None => {
+                    return Err(match self.reader.check_content() {
+                        Err(ReadError::Intake(e @ IntakeError::NotCsv { .. })) => Abort::Refused(e),
+                        _ => Abort::Incomplete,
+                    });
+                }
             }
         }
     }
 
-    async fn chunk(&mut self, chunk: &[u8]) -> Result<(), Abort> {
-        let bytes_received = self.intake.bytes_received() + chunk.len() as u64;
-        let ready = self.intake.push(chunk).map_err(|e| match e {
-            IntakeError::TooLarge { .. } => Abort::TooLarge(e),
-            IntakeError::NotCsv { .. } => Abort::Refused(e),
-        })?;
-        // Parse slice by slice, handing full batches to the writer in between.
-        for slice in ready.chunks(PARSE_SLICE) {
-            let rows_before = self.reader.processed;
-            self.parser.feed(slice, &mut |r| self.reader.record(r))?;
-            report(
-                &self.live,
-                bytes_received,
-                self.reader.processed - rows_before,
-            );
-            if self.reader.batch.len() >= BATCH_ROWS {
-                let batch = self.reader.take_batch();
-                send_batch(&mut self.writer, batch, bytes_received).await?;
-            }
+    /// Runs the reader and adds what it read to the live counters.
+    fn read(
+        &mut self,
+        step: impl FnOnce(&mut FileReader, &mut BatchSink) -> Result<(), ReadError>,
+    ) -> Result<(), Abort> {
+        let rows_before = self.rows.processed;
+        let result = step(&mut self.reader, &mut self.rows);
+        let bytes_received = self.reader.bytes_received();
+        let rows = self.rows.processed - rows_before;
+        self.live.set_format(self.reader.format());
+        self.live.update(|c| {
+            c.bytes_received = bytes_received;
+            c.rows_processed += rows;
+        });
+        result.map_err(|e| match e {
+            ReadError::Intake(e @ IntakeError::TooLarge { .. }) => Abort::TooLarge(e),
+            ReadError::Intake(e @ IntakeError::NotCsv { .. }) => Abort::Refused(e),
+            ReadError::Parsing(message) => Abort::Parsing(message),
+        })
+    }
+
+    /// Hands the current batch to the writer, waiting while the writer is behind: this is
+    /// where backpressure starts.
+    async fn send_batch(&mut self) -> Result<(), Abort> {
+        let batch = self.rows.take_batch();
+        let meta = (self.reader.bytes_received(), self.reader.format());
+        let queue = &self
+            .writer
+            .as_ref()
+            .expect("the writer runs until the upload ends")
+            .tx;
+        if queue.send((batch, meta)).await.is_ok() {
+            return Ok(());
         }
-        Ok(())
+        // The writer stopped early: its error says why.
+        let stopped = self.writer.take().expect("checked above").finish().await;
+        Err(Abort::Store(
+            stopped.err().unwrap_or(StoreError::NotProcessing),
+        ))
     }
 
     async fn conclude(
@@ -323,6 +372,18 @@ impl Upload {
                     Some(e.into()),
                 )
             }
+            Abort::Panicked(message) => {
+                tracing::error!(import_id = %self.import.import_id, panic = message, "import panicked");
+                (
+                    ImportStatus::ErrorUnknown,
+                    "an internal error ended the import, so nothing was imported; upload the \
+                     file again, and report it if it happens again"
+                        .to_owned(),
+                    Some(ImportError::Internal(format!(
+                        "the upload panicked: {message}"
+                    ))),
+                )
+            }
             Abort::ShuttingDown => (
                 ImportStatus::ErrorUnknown,
                 "the server shut down during the upload, so nothing was imported; upload the \
@@ -336,7 +397,10 @@ impl Upload {
             status = status.as_str(), error_message = message.as_str(), "import failed"
         );
         // Nothing is imported: the store deletes the users written so far.
-        let counters = self.counters(0, written.conflicts);
+        let counters = Counters {
+            rows_imported: 0,
+            ..self.counters(&written)
+        };
         let ended = self.end(status, counters, message).await;
         match (reply, ended) {
             (Some(error), _) => Err(error),
@@ -359,7 +423,7 @@ impl Upload {
 
     /// The finish message arrived and every record was read: write the rest and commit.
     async fn complete(&mut self, check: FinishCheck) -> Result<Import, Abort> {
-        let received = self.intake.bytes_received();
+        let received = self.reader.bytes_received();
         if let Some(size) = check.size_bytes
             && size != received
         {
@@ -369,18 +433,17 @@ impl Upload {
             )));
         }
         if let Some(expected) = check.sha256
-            && expected != self.intake.sha256()
+            && expected != self.reader.sha256()
         {
             return Err(Abort::Mismatch(format!(
                 "the file's SHA-256 is {} but the finish message says {}, so nothing was \
                  imported; upload the file again",
-                hex::encode(self.intake.sha256()),
+                hex::encode(self.reader.sha256()),
                 hex::encode(expected)
             )));
         }
-        if !self.reader.batch.is_empty() {
-            let batch = self.reader.take_batch();
-            send_batch(&mut self.writer, batch, received).await?;
+        if !self.rows.batch.is_empty() {
+            self.send_batch().await?;
         }
         let totals = self
             .writer
@@ -389,7 +452,7 @@ impl Upload {
             .finish()
             .await
             .map_err(Abort::Store)?;
-        let counters = self.counters(totals.imported, totals.conflicts);
+        let counters = self.counters(&totals);
         let status = ImportStatus::completed(counters.rows_processed, counters.rows_failed);
         self.end(status, counters, String::new())
             .await
@@ -399,12 +462,13 @@ impl Upload {
             })
     }
 
-    fn counters(&self, imported: u64, conflicts: u64) -> Counters {
+    fn counters(&self, written: &WriterTotals) -> Counters {
         Counters {
-            bytes_received: self.intake.bytes_received(),
-            rows_processed: self.reader.processed,
-            rows_imported: imported,
-            rows_failed: self.reader.failed + conflicts,
+            bytes_received: self.reader.bytes_received(),
+            rows_processed: self.rows.processed,
+            rows_imported: written.imported,
+            rows_failed: self.rows.failed + written.conflicts,
+            row_errors_omitted: written.errors_omitted,
         }
     }
 
@@ -418,6 +482,7 @@ impl Upload {
         let conclusion = Conclusion {
             status,
             counters,
+            format: self.reader.format(),
             error_message,
         };
         let key = self.import.key;
@@ -449,35 +514,6 @@ impl Upload {
     }
 }
 
-/// Adds parsed rows to the live counters.
-fn report(live: &Live, bytes_received: u64, rows: u64) {
-    live.update(|c| {
-        c.bytes_received = bytes_received;
-        c.rows_processed += rows;
-    });
-}
-
-/// Hands a batch to the writer, waiting while the writer is behind: this is where
-/// backpressure starts.
-async fn send_batch(
-    writer: &mut Option<Writer>,
-    batch: UserBatch,
-    bytes_received: u64,
-) -> Result<(), Abort> {
-    let queue = &writer
-        .as_ref()
-        .expect("the writer runs until the upload ends")
-        .tx;
-    if queue.send((batch, bytes_received)).await.is_ok() {
-        return Ok(());
-    }
-    // The writer stopped early: its error says why.
-    let stopped = writer.take().expect("checked above").finish().await;
-    Err(Abort::Store(
-        stopped.err().unwrap_or(StoreError::NotProcessing),
-    ))
-}
-
 fn retry_policy() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -485,90 +521,20 @@ fn retry_policy() -> ExponentialBuilder {
         .with_max_times(5)
 }
 
-impl RowReader {
-    /// Validates one record into the batch. Errors here end the whole import.
-    fn record(&mut self, record: Record<'_>) -> Result<(), Abort> {
-        let fields = match record {
-            Record::Fields(fields) => fields,
-            Record::Oversized { row_number, reason } => {
-                if self.header.is_none() {
-                    return Err(Abort::Parsing(format!(
-                        "the header row (row {row_number}) is too large to be a header; check \
-                         that the file is a CSV file with one header row"
-                    )));
-                }
-                let error = match reason {
-                    Oversize::TooLong => RowError::new(
-                        row_number,
-                        None,
-                        ErrorCode::TooLong,
-                        "row is longer than 1 MiB; check for a quote that is never closed"
-                            .to_owned(),
-                        "",
-                    ),
-                    Oversize::TooManyFields => RowError::new(
-                        row_number,
-                        None,
-                        ErrorCode::FieldCount,
-                        "row has more than 1000 fields; check the delimiters".to_owned(),
-                        "",
-                    ),
-                };
-                self.failed_row(vec![error]);
-                return Ok(());
-            }
-        };
-        if fields.is_blank() {
-            return Ok(());
-        }
-        let Some(header) = &self.header else {
-            self.header = Some(Header::parse(&fields).map_err(|e| Abort::Parsing(e.to_string()))?);
-            return Ok(());
-        };
-        let row = header.row(&fields).map_err(invalid_text)?;
-        match NewUser::try_from(row) {
-            Ok(user) => {
-                self.batch.push_user(fields.row_number, &user);
-                self.processed += 1;
-            }
-            Err(errors) => self.failed_row(errors),
-        }
-        Ok(())
-    }
-
-    fn take_batch(&mut self) -> UserBatch {
-        std::mem::replace(&mut self.batch, UserBatch::with_capacity(BATCH_ROWS))
-    }
-
-    fn failed_row(&mut self, errors: Vec<RowError>) {
-        self.batch.push_failed_row(errors);
-        self.processed += 1;
-        self.failed += 1;
-    }
-}
-
-fn invalid_text(e: InvalidText) -> Abort {
-    let byte = e
-        .byte
-        .map(|b| format!(" (byte 0x{b:02X})"))
-        .unwrap_or_default();
-    Abort::Parsing(format!(
-        "the file is not valid UTF-8 text: row {}, column {} has an invalid byte{byte}; save \
-         the file as \"CSV UTF-8\" and upload it again",
-        e.row_number, e.column_index
-    ))
-}
-
 /// What the writer task did, summed over its batches.
 #[derive(Debug, Default, Clone, Copy)]
 struct WriterTotals {
     imported: u64,
     conflicts: u64,
+    errors_omitted: u64,
 }
 
 /// The writer task and the bounded queue that feeds it.
+/// A batch, with the bytes received and the text format when it was cut.
+type Queued = (UserBatch, (u64, Option<TextFormat>));
+
 struct Writer {
-    tx: mpsc::Sender<(UserBatch, u64)>,
+    tx: mpsc::Sender<Queued>,
     task: JoinHandle<Result<WriterTotals, StoreError>>,
 }
 
@@ -580,25 +546,28 @@ impl Writer {
         live: Live,
         max_stored_errors: u64,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(UserBatch, u64)>(WRITER_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Queued>(WRITER_QUEUE);
         let task = tokio::spawn(async move {
             let mut totals = WriterTotals::default();
             let mut stored_errors = 0;
-            while let Some((batch, bytes_received)) = rx.recv().await {
+            while let Some((batch, (bytes_received, format))) = rx.recv().await {
                 let target = BatchTarget {
                     key,
                     account_id: &account_id,
                     next_error_seq: stored_errors,
                     error_budget: max_stored_errors.saturating_sub(stored_errors),
                     bytes_received,
+                    format,
                 };
                 let outcome = store.write_batch(&target, &batch).await?;
                 stored_errors += outcome.errors_stored;
                 totals.imported += outcome.imported;
                 totals.conflicts += outcome.conflicts;
+                totals.errors_omitted += outcome.errors_omitted;
                 live.update(|c| {
                     c.rows_imported += outcome.imported;
                     c.rows_failed += batch.rows_failed + outcome.conflicts;
+                    c.row_errors_omitted += outcome.errors_omitted;
                 });
             }
             Ok(totals)

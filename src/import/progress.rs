@@ -77,6 +77,12 @@ impl Live {
         });
     }
 
+    pub fn set_format(&self, format: Option<crate::domain::TextFormat>) {
+        if format.is_some() && self.tx.borrow().format != format {
+            self.tx.send_modify(|import| import.format = format);
+        }
+    }
+
     pub fn snapshot(&self) -> Import {
         self.tx.borrow().clone()
     }

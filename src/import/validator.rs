@@ -94,7 +94,15 @@ impl Header {
     /// others are ignored, whatever they hold.
     pub fn row<'a>(&self, fields: &Fields<'a>) -> Result<CsvRow<'a>, InvalidText> {
         let mut values = [""; Column::ALL.len()];
-        if fields.len() == self.width {
+        // Excel pads rows with empty fields when any row had more columns than the header.
+        let padded = fields.len() > self.width
+            && (self.width..fields.len()).all(|i| {
+                fields
+                    .get(i)
+                    .is_some_and(|f| f.iter().all(u8::is_ascii_whitespace))
+            });
+        let field_count = if padded { self.width } else { fields.len() };
+        if field_count == self.width {
             for (value, position) in values.iter_mut().zip(self.positions) {
                 let Some(index) = position else { continue };
                 let raw = fields.get(index).unwrap_or_default();
@@ -107,7 +115,7 @@ impl Header {
         }
         Ok(CsvRow {
             row_number: fields.row_number,
-            field_count: fields.len(),
+            field_count,
             header_width: self.width,
             values,
         })

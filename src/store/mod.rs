@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 use crate::domain::{
     AccountId, Column, Counters, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError,
-    UserBatch,
+    TextEncoding, TextFormat, UserBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,7 @@ pub struct BatchTarget<'a> {
     pub error_budget: u64,
     /// Bytes of the file received when the batch was cut, for the stored progress.
     pub bytes_received: u64,
+    pub format: Option<TextFormat>,
 }
 
 /// How an import ends.
@@ -84,6 +85,7 @@ pub struct BatchTarget<'a> {
 pub struct Conclusion {
     pub status: ImportStatus,
     pub counters: Counters,
+    pub format: Option<TextFormat>,
     pub error_message: String,
 }
 
@@ -194,6 +196,29 @@ pub(crate) fn merge_by_row(a: &[RowError], b: Vec<RowError>) -> Vec<RowError> {
     }
     merged.extend(b);
     merged
+}
+
+/// The stored form of a text format: encoding and delimiter names.
+pub(crate) fn format_columns(format: Option<TextFormat>) -> (Option<&'static str>, Option<String>) {
+    match format {
+        Some(f) => (Some(f.encoding.as_str()), Some(f.delimiter_name())),
+        None => (None, None),
+    }
+}
+
+pub(crate) fn format_from_columns(
+    encoding: Option<&str>,
+    delimiter: Option<&str>,
+) -> Result<Option<TextFormat>, StoreError> {
+    match (encoding, delimiter) {
+        (Some(e), Some(d)) => Ok(Some(TextFormat {
+            encoding: TextEncoding::from_stored(e)
+                .ok_or_else(|| StoreError::Corrupt(format!("encoding '{e}'")))?,
+            delimiter: TextFormat::delimiter_from_name(d)
+                .ok_or_else(|| StoreError::Corrupt(format!("delimiter '{d}'")))?,
+        })),
+        _ => Ok(None),
+    }
 }
 
 pub(crate) fn micros(time: SystemTime) -> i64 {

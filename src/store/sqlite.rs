@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{
     BatchOutcome, BatchTarget, Conclusion, Holder, Store, StoreError, StoredRowError,
-    conflict_error, from_micros, merge_by_row, micros,
+    conflict_error, format_columns, format_from_columns, from_micros, merge_by_row, micros,
 };
 use crate::domain::{
     AccountId, Column, Counters, ErrorCode, Filename, Import, ImportId, ImportKey, ImportStatus,
@@ -70,6 +70,9 @@ struct ImportRow {
     rows_processed: i64,
     rows_imported: i64,
     rows_failed: i64,
+    row_errors_omitted: i64,
+    encoding: Option<String>,
+    delimiter: Option<String>,
     error_message: String,
     create_time: i64,
     update_time: i64,
@@ -77,8 +80,8 @@ struct ImportRow {
 }
 
 const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, status, \
-    bytes_received, rows_processed, rows_imported, rows_failed, error_message, \
-    create_time, update_time, complete_time";
+    bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
+    delimiter, error_message, create_time, update_time, complete_time";
 
 impl TryFrom<ImportRow> for Import {
     type Error = StoreError;
@@ -98,7 +101,9 @@ impl TryFrom<ImportRow> for Import {
                 rows_processed: row.rows_processed as u64,
                 rows_imported: row.rows_imported as u64,
                 rows_failed: row.rows_failed as u64,
+                row_errors_omitted: row.row_errors_omitted as u64,
             },
+            format: format_from_columns(row.encoding.as_deref(), row.delimiter.as_deref())?,
             error_message: row.error_message,
             create_time: from_micros(row.create_time),
             update_time: from_micros(row.update_time),
@@ -192,15 +197,21 @@ impl Store for SqliteStore {
         )
         .await?;
 
+        let omitted = (errors.len() - stored) as u64;
+        let (encoding, delimiter) = format_columns(target.format);
         let updated = sqlx::query(
             "UPDATE imports SET bytes_received = ?1, rows_processed = rows_processed + ?2, \
-             rows_imported = rows_imported + ?3, rows_failed = rows_failed + ?4, update_time = ?5 \
-             WHERE import_key = ?6 AND status = 'PROCESSING'",
+             rows_imported = rows_imported + ?3, rows_failed = rows_failed + ?4, \
+             row_errors_omitted = row_errors_omitted + ?5, encoding = ?6, delimiter = ?7, \
+             update_time = ?8 WHERE import_key = ?9 AND status = 'PROCESSING'",
         )
         .bind(target.bytes_received as i64)
         .bind(batch.rows_processed as i64)
         .bind(imported as i64)
         .bind((batch.rows_failed + conflict_rows) as i64)
+        .bind(omitted as i64)
+        .bind(encoding)
+        .bind(delimiter)
         .bind(now)
         .bind(target.key)
         .execute(&mut *tx)
@@ -214,7 +225,7 @@ impl Store for SqliteStore {
             imported,
             conflicts: conflict_rows,
             errors_stored: stored as u64,
-            errors_omitted: (errors.len() - stored) as u64,
+            errors_omitted: omitted,
         })
     }
 
@@ -238,11 +249,12 @@ impl Store for SqliteStore {
                 .await?;
         }
         let c = &conclusion.counters;
+        let (encoding, delimiter) = format_columns(conclusion.format);
         let sql = format!(
             "UPDATE imports SET status = ?1, error_message = ?2, bytes_received = ?3, \
              rows_processed = ?4, rows_imported = ?5, rows_failed = ?6, update_time = ?7, \
-             complete_time = ?7 WHERE import_key = ?8 AND status = 'PROCESSING' \
-             RETURNING {IMPORT_COLUMNS}"
+             complete_time = ?7, row_errors_omitted = ?9, encoding = ?10, delimiter = ?11 \
+             WHERE import_key = ?8 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
         );
         let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(conclusion.status.as_str())
@@ -253,6 +265,9 @@ impl Store for SqliteStore {
             .bind(c.rows_failed as i64)
             .bind(now)
             .bind(key)
+            .bind(c.row_errors_omitted as i64)
+            .bind(encoding)
+            .bind(delimiter)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {

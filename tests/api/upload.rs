@@ -255,7 +255,8 @@ async fn header_only_and_empty_files_have_nothing_to_import() {
 async fn unreadable_files_end_in_error_parsing_with_nothing_imported() {
     let app = spawn_app().await;
     // Valid rows first, so that some were written before the problem was found.
-    let mut late_bad_byte = HEADER.as_bytes().to_vec();
+    // UTF-8 text first, so the file cannot be taken for Windows-1252.
+    let mut late_bad_byte = format!("{HEADER}zoe@example.com,Zoë,,,,\n").into_bytes();
     for i in 0..6000 {
         late_bad_byte.extend_from_slice(format!("user{i}@example.com,U,{i},,,\n").as_bytes());
     }
@@ -271,7 +272,7 @@ async fn unreadable_files_end_in_error_parsing_with_nothing_imported() {
             b"email,E-mail\na@x.io,b@x.io\n".to_vec(),
             "two columns for email",
         ),
-        ("latin1", late_bad_byte, "row 6002, column 2"),
+        ("bad-byte", late_bad_byte, "row 6003 has the byte 0xE9"),
     ];
     for (id, file, expected) in cases {
         let import = app.upload(ACCOUNT, id, &file, 8192).await.unwrap();

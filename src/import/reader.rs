@@ -1,0 +1,329 @@
+//! From the bytes of an upload to rows: intake → decoder → delimiter → parser → validator.
+//!
+//! Synchronous and free of the store, so that the property tests and the fuzzer run exactly
+//! the code uploads run. Whatever the chunking, the same file gives the same rows and errors.
+
+use super::chunk::{Intake, IntakeError};
+use super::decoder::Decoder;
+use super::parser::{CsvParser, Limits, Oversize, Record};
+use super::validator::{Header, InvalidText};
+use crate::domain::{ErrorCode, NewUser, RowError, TextFormat};
+
+/// Decoded text kept to find the delimiter, at most: the first line of a file is its header,
+/// and a header line longer than this is not one.
+const MAX_HEADER_LINE: usize = 64 * 1024;
+
+/// Where the rows of a file go.
+pub trait RowSink {
+    fn user(&mut self, row_number: u64, user: &NewUser<'_>);
+    /// A row that failed, with every error it has.
+    fn failed(&mut self, errors: Vec<RowError>);
+}
+
+/// Why a file cannot be read on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Refused at the door: too large, or not CSV text.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+    /// The file cannot be read: ERROR_PARSING, with a message that says why and how to fix it.
+    #[error("{0}")]
+    Parsing(String),
+}
+
+pub struct FileReader {
+    intake: Intake,
+    decoder: Option<Decoder>,
+    text: TextStage,
+}
+
+/// What comes after decoding; a separate struct so the decoder can feed it while borrowed.
+struct TextStage {
+    limits: Limits,
+    /// Decoded text held until the first line is complete, to choose the delimiter.
+    head: Vec<u8>,
+    parser: Option<CsvParser>,
+    delimiter: Option<u8>,
+    header: Option<Header>,
+}
+
+impl FileReader {
+    pub fn new(max_upload_bytes: u64, limits: Limits) -> Self {
+        Self {
+            intake: Intake::new(max_upload_bytes),
+            decoder: None,
+            text: TextStage {
+                limits,
+                head: Vec::new(),
+                parser: None,
+                delimiter: None,
+                header: None,
+            },
+        }
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.intake.bytes_received()
+    }
+
+    pub fn sha256(&self) -> [u8; 32] {
+        self.intake.sha256()
+    }
+
+    /// The encoding and delimiter, once the first bytes were read.
+    pub fn format(&self) -> Option<TextFormat> {
+        Some(TextFormat {
+            encoding: self.decoder.as_ref()?.encoding(),
+            delimiter: self.text.delimiter?,
+        })
+    }
+
+    /// For a stream that ended without its finish message: whether what arrived was already
+    /// plainly not CSV.
+    pub fn check_content(&self) -> Result<(), ReadError> {
+        Ok(self.intake.check_held()?)
+    }
+
+    /// Memory held between chunks: bounded whatever the input.
+    pub fn buffered_bytes(&self) -> usize {
+        self.text.head.capacity()
+            + self
+                .text
+                .parser
+                .as_ref()
+                .map_or(0, CsvParser::buffered_bytes)
+    }
+
+    /// Reads the next chunk of the file, handing its complete rows to `sink`.
+    pub fn push(&mut self, chunk: &[u8], sink: &mut impl RowSink) -> Result<(), ReadError> {
+        let (ready, bom) = self.intake.push(chunk)?;
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let decoder = self.decoder.get_or_insert_with(|| Decoder::new(bom));
+        decode(decoder, &mut self.text, ready, false, sink)
+    }
+
+    /// The file ended: reads what is left, including a last row without a line break.
+    pub fn finish(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {
+        let (rest, bom) = self.intake.finish()?;
+        let decoder = self.decoder.get_or_insert_with(|| Decoder::new(bom));
+        decode(decoder, &mut self.text, rest, true, sink)?;
+        self.text.finish(sink)
+    }
+}
+
+fn decode(
+    decoder: &mut Decoder,
+    text: &mut TextStage,
+    input: &[u8],
+    last: bool,
+    sink: &mut impl RowSink,
+) -> Result<(), ReadError> {
+    let decoded = decoder.decode(input, last, &mut |t: &[u8]| text.feed(t, sink))?;
+    decoded.map_err(|e| {
+        // Everything before the bad byte was parsed: the parser is on the byte's row.
+        let row = match text.start_parser(sink) {
+            Ok(parser) => parser.current_row(),
+            Err(_) => 1,
+        };
+        ReadError::Parsing(e.message(row))
+    })
+}
+
+impl TextStage {
+    fn feed(&mut self, text: &[u8], sink: &mut impl RowSink) -> Result<(), ReadError> {
+        if self.parser.is_none() {
+            self.head.extend_from_slice(text);
+            if !has_first_line(&self.head) && self.head.len() < MAX_HEADER_LINE {
+                return Ok(());
+            }
+            self.start_parser(sink)?;
+            return Ok(());
+        }
+        let (parser, mut rows) = self.parts();
+        parser.feed(text, &mut |record| rows.record(record, sink))
+    }
+
+    /// Chooses the delimiter from the text held so far and parses that text.
+    fn start_parser(&mut self, sink: &mut impl RowSink) -> Result<&CsvParser, ReadError> {
+        if self.parser.is_none() {
+            let head = std::mem::take(&mut self.head);
+            let (delimiter, skip) = detect_delimiter(&head[..head.len().min(MAX_HEADER_LINE)]);
+            self.delimiter = Some(delimiter);
+            self.parser = Some(CsvParser::new(delimiter, self.limits));
+            let (parser, mut rows) = self.parts();
+            parser.feed(&head[skip..], &mut |record| rows.record(record, sink))?;
+        }
+        Ok(self.parser.as_ref().expect("started above"))
+    }
+
+    fn finish(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {
+        self.start_parser(sink)?;
+        let (parser, mut rows) = self.parts();
+        parser.finish(&mut |record| rows.record(record, sink))
+    }
+
+    fn parts(&mut self) -> (&mut CsvParser, Rows<'_>) {
+        let parser = self.parser.as_mut().expect("the parser runs");
+        (
+            parser,
+            Rows {
+                header: &mut self.header,
+                limits: self.limits,
+            },
+        )
+    }
+}
+
+/// Whether `text` holds a whole first line (outside quotes).
+fn has_first_line(text: &[u8]) -> bool {
+    first_line(text).len() < text.len()
+}
+
+/// The first non-blank line of `text`, up to its line break (outside quotes) or the end.
+fn first_line(text: &[u8]) -> &[u8] {
+    let start = text
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(text.len());
+    let mut quoted = false;
+    for (i, &b) in text[start..].iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\r' | b'\n' if !quoted => return &text[start..start + i],
+            _ => {}
+        }
+    }
+    &text[start..]
+}
+
+/// The delimiter the header line uses: the most frequent of `,` `;` and tab outside quotes
+/// (`,` when none or on a tie), or the one an Excel `sep=;` line names. Returns it and the
+/// bytes to skip (the `sep=` line, which Excel does not show as a row).
+pub fn detect_delimiter(text: &[u8]) -> (u8, usize) {
+    let line = first_line(text);
+    if line.len() == 5 && line[..4].eq_ignore_ascii_case(b"sep=") {
+        let start = line.as_ptr() as usize - text.as_ptr() as usize;
+        let mut skip = start + line.len();
+        if text.get(skip) == Some(&b'\r') {
+            skip += 1;
+        }
+        if text.get(skip) == Some(&b'\n') {
+            skip += 1;
+        }
+        return (line[4], skip);
+    }
+    let mut counts = [0usize; 3];
+    let mut quoted = false;
+    for &b in line {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => counts[0] += 1,
+            b';' if !quoted => counts[1] += 1,
+            b'\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3)
+        .rev()
+        .max_by_key(|&i| (counts[i], i == 0))
+        .unwrap_or(0);
+    let delimiter = if counts[best] == 0 {
+        b','
+    } else {
+        [b',', b';', b'\t'][best]
+    };
+    (delimiter, 0)
+}
+
+/// Turns records into rows for the sink.
+struct Rows<'a> {
+    header: &'a mut Option<Header>,
+    limits: Limits,
+}
+
+impl Rows<'_> {
+    fn record(&mut self, record: Record<'_>, sink: &mut impl RowSink) -> Result<(), ReadError> {
+        let fields = match record {
+            Record::Fields(fields) => fields,
+            Record::Unterminated { row_number } => {
+                return Err(ReadError::Parsing(format!(
+                    "row {row_number} opens a quoted value that is never closed, so the rows \
+                     after it cannot be read; close the quote (a quote inside a value is \
+                     written twice: \"\")"
+                )));
+            }
+            Record::Oversized { row_number, reason } => {
+                if self.header.is_none() {
+                    return Err(ReadError::Parsing(format!(
+                        "the first row (row {row_number}) is too large to be a header; check \
+                         that the file is a CSV file with a header row"
+                    )));
+                }
+                let (code, message) = match reason {
+                    Oversize::TooLong => (
+                        ErrorCode::TooLong,
+                        format!(
+                            "row is longer than {} bytes; split the long values",
+                            self.limits.max_record_bytes
+                        ),
+                    ),
+                    Oversize::TooManyFields => (
+                        ErrorCode::FieldCount,
+                        format!(
+                            "row has more than {} fields; check the delimiters",
+                            self.limits.max_fields
+                        ),
+                    ),
+                };
+                sink.failed(vec![RowError::new(row_number, None, code, message, "")]);
+                return Ok(());
+            }
+        };
+        if fields.is_blank() {
+            return Ok(());
+        }
+        let Some(header) = self.header.as_ref() else {
+            let header = Header::parse(&fields).map_err(|e| ReadError::Parsing(e.to_string()))?;
+            *self.header = Some(header);
+            return Ok(());
+        };
+        let row = header.row(&fields).map_err(invalid_text)?;
+        match NewUser::try_from(row) {
+            Ok(user) => sink.user(fields.row_number, &user),
+            Err(errors) => sink.failed(errors),
+        }
+        Ok(())
+    }
+}
+
+fn invalid_text(e: InvalidText) -> ReadError {
+    let byte = e
+        .byte
+        .map(|b| format!(" (byte 0x{b:02X})"))
+        .unwrap_or_default();
+    ReadError::Parsing(format!(
+        "the file is not valid text: row {}, column {} has an invalid byte{byte}; save the file \
+         as \"CSV UTF-8\" and upload it again",
+        e.row_number, e.column_index
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delimiter_comes_from_the_header_line() {
+        assert_eq!(detect_delimiter(b"email,name\na;b;c;d\n"), (b',', 0));
+        assert_eq!(detect_delimiter(b"email;first_name;last_name\n"), (b';', 0));
+        assert_eq!(detect_delimiter(b"email\tname\tx,y\n"), (b'\t', 0));
+        assert_eq!(detect_delimiter(b"\"a;b\",c\n"), (b',', 0));
+        assert_eq!(detect_delimiter(b"\r\n\nemail;name"), (b';', 0));
+        assert_eq!(detect_delimiter(b"email\n"), (b',', 0));
+        assert_eq!(detect_delimiter(b"a,b;c\n"), (b',', 0));
+        assert_eq!(detect_delimiter(b"sep=;\r\nemail;name\r\n"), (b';', 7));
+        assert_eq!(detect_delimiter(b"SEP=|\nemail|name\n"), (b'|', 6));
+    }
+}
