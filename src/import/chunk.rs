@@ -29,6 +29,8 @@ pub type Ready<'a> = (&'a [u8], Option<TextEncoding>);
 /// Receives the chunks of one upload.
 pub struct Intake {
     limit: u64,
+    /// How many first bytes are looked at: `SNIFF_BYTES`, smaller in tests.
+    window: usize,
     received: u64,
     hasher: Sha256,
     /// The first bytes, held until enough of the content was looked at.
@@ -42,8 +44,15 @@ pub struct Intake {
 
 impl Intake {
     pub fn new(limit: u64) -> Self {
+        Self::with_window(limit, SNIFF_BYTES)
+    }
+
+    /// An intake that looks at the first `window` bytes: tests use a small one, so that short
+    /// files reach the code that runs after it.
+    pub fn with_window(limit: u64, window: usize) -> Self {
         Self {
             limit,
+            window: window.max(1),
             received: 0,
             hasher: Sha256::new(),
             held: Vec::new(),
@@ -73,15 +82,15 @@ impl Intake {
         if self.sniffed {
             return Ok((chunk, self.bom));
         }
-        if self.held.is_empty() && chunk.len() >= SNIFF_BYTES {
-            sniff(chunk)?;
+        if self.held.is_empty() && chunk.len() >= self.window {
+            sniff(&chunk[..self.window])?;
             self.sniffed = true;
             return Ok((self.strip_bom(chunk), self.bom));
         }
         self.held.extend_from_slice(chunk);
         // The verdict waits for the whole window, so that it (and its message) is the same
         // however the first bytes were cut.
-        if self.held.len() < SNIFF_BYTES {
+        if self.held.len() < self.window {
             return Ok((&[], None));
         }
         self.release()
@@ -93,7 +102,7 @@ impl Intake {
         if self.sniffed {
             Ok(())
         } else {
-            sniff(&self.held)
+            sniff(self.head())
         }
     }
 
@@ -106,12 +115,17 @@ impl Intake {
     }
 
     fn release(&mut self) -> Result<Ready<'_>, IntakeError> {
-        sniff(&self.held)?;
+        sniff(self.head())?;
         self.sniffed = true;
         self.released = true;
         let bom = sniff_bom(&self.held);
         self.bom = bom.map(|(encoding, _)| encoding);
         Ok((&self.held[bom.map_or(0, |(_, len)| len)..], self.bom))
+    }
+
+    /// The bytes looked at: exactly the first `window`, whatever the chunks were.
+    fn head(&self) -> &[u8] {
+        &self.held[..self.held.len().min(self.window)]
     }
 
     /// Records and removes the byte order mark at the start of the file.

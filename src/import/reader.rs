@@ -49,8 +49,12 @@ struct TextStage {
 
 impl FileReader {
     pub fn new(max_upload_bytes: u64, limits: Limits) -> Self {
+        Self::with_intake(Intake::new(max_upload_bytes), limits)
+    }
+
+    fn with_intake(intake: Intake, limits: Limits) -> Self {
         Self {
-            intake: Intake::new(max_upload_bytes),
+            intake,
             decoder: None,
             text: TextStage {
                 limits,
@@ -176,13 +180,18 @@ impl TextStage {
     }
 }
 
-/// Whether `text` holds a whole first line (outside quotes).
+/// Whether `text` holds a whole first non-blank line, with its line break.
 fn has_first_line(text: &[u8]) -> bool {
-    first_line(text).len() < text.len()
+    first_line_span(text).1
 }
 
 /// The first non-blank line of `text`, up to its line break (outside quotes) or the end.
 fn first_line(text: &[u8]) -> &[u8] {
+    first_line_span(text).0
+}
+
+/// The first non-blank line, and whether a line break ends it within `text`.
+fn first_line_span(text: &[u8]) -> (&[u8], bool) {
     let start = text
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
@@ -191,11 +200,11 @@ fn first_line(text: &[u8]) -> &[u8] {
     for (i, &b) in text[start..].iter().enumerate() {
         match b {
             b'"' => quoted = !quoted,
-            b'\r' | b'\n' if !quoted => return &text[start..start + i],
+            b'\r' | b'\n' if !quoted => return (&text[start..start + i], true),
             _ => {}
         }
     }
-    &text[start..]
+    (&text[start..], false)
 }
 
 /// The delimiter the header line uses: the most frequent of `,` `;` and tab outside quotes
@@ -310,9 +319,166 @@ fn invalid_text(e: InvalidText) -> ReadError {
     ))
 }
 
+/// Reading a whole file in a given chunking, with a comparable outcome: the property tests and
+/// the fuzz target (`fuzz/`) check that the chunking never changes it, and that memory stays
+/// bounded whatever the bytes.
+#[doc(hidden)]
+pub mod check {
+    use super::*;
+
+    /// Every row as a line (`row|email|...` or `row|CODE,CODE`), then how reading ended.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Outcome {
+        pub rows: Vec<String>,
+        pub end: Result<(), ReadError>,
+        pub format: Option<TextFormat>,
+    }
+
+    #[derive(Default)]
+    struct Collect(Vec<String>);
+
+    impl RowSink for Collect {
+        fn user(&mut self, row_number: u64, user: &NewUser<'_>) {
+            self.0.push(format!(
+                "{row_number}|{}|{}|{}|{}|{}|{:?}",
+                user.email.as_str(),
+                user.first_name,
+                user.last_name,
+                user.role.as_str(),
+                user.job_title,
+                user.external_id
+            ));
+        }
+
+        fn failed(&mut self, errors: Vec<RowError>) {
+            let codes: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}:{}", e.column.map_or("", |c| c.name()), e.code.as_str()))
+                .collect();
+            self.0.push(format!(
+                "{}|{}",
+                errors.first().map_or(0, |e| e.row_number),
+                codes.join(",")
+            ));
+        }
+    }
+
+    /// The most memory a reader may hold between chunks for these limits and chunk size.
+    pub fn memory_bound(limits: Limits, largest_chunk: usize) -> usize {
+        let record = limits.max_record_bytes + limits.max_fields * std::mem::size_of::<usize>();
+        // Buffers grow by doubling up to their limit; the header line is held once, plus the
+        // text decoded from one chunk (UTF-16 can grow by half).
+        2 * record + 2 * (MAX_HEADER_LINE + 2 * largest_chunk) + 64 * 1024
+    }
+
+    /// Reads `file` cut at `cuts` (offsets, any order, out of range ignored).
+    pub fn read(file: &[u8], cuts: &[usize], limits: Limits) -> Outcome {
+        let mut offsets: Vec<usize> = cuts.iter().copied().filter(|&c| c < file.len()).collect();
+        offsets.push(0);
+        offsets.push(file.len());
+        offsets.sort_unstable();
+        offsets.dedup();
+        // A small sniffing window, so that short files are cut after it too.
+        let mut reader = FileReader::with_intake(Intake::with_window(u64::MAX, 16), limits);
+        let mut rows = Collect::default();
+        let mut largest = 0;
+        let mut end = Ok(());
+        for pair in offsets.windows(2) {
+            let chunk = &file[pair[0]..pair[1]];
+            largest = largest.max(chunk.len());
+            end = reader.push(chunk, &mut rows);
+            assert!(
+                reader.buffered_bytes() <= memory_bound(limits, largest),
+                "{} bytes held",
+                reader.buffered_bytes()
+            );
+            if end.is_err() {
+                break;
+            }
+        }
+        if end.is_ok() {
+            end = reader.finish(&mut rows);
+        }
+        Outcome {
+            rows: rows.0,
+            end,
+            format: reader.format(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Small limits, so that short inputs reach them.
+    const LIMITS: Limits = Limits {
+        max_record_bytes: 64,
+        max_fields: 8,
+    };
+
+    /// Pieces that make CSV-like files with every hard case: quotes, all line ends, the three
+    /// delimiters, a `sep=` line, byte order marks, UTF-8, Windows-1252 and invalid bytes.
+    fn token() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => Just(b"email".to_vec()),
+            2 => Just(b"first_name".to_vec()),
+            1 => Just(b"role".to_vec()),
+            1 => Just(b"external_id".to_vec()),
+            4 => Just(b"a@example.com".to_vec()),
+            2 => Just(b"B@Example.com".to_vec()),
+            6 => Just(b",".to_vec()),
+            2 => Just(b";".to_vec()),
+            2 => Just(b"\t".to_vec()),
+            3 => Just(b"\"".to_vec()),
+            3 => Just(b"\n".to_vec()),
+            2 => Just(b"\r\n".to_vec()),
+            1 => Just(b"\r".to_vec()),
+            2 => Just(b" ".to_vec()),
+            2 => Just("Zoë".as_bytes().to_vec()),
+            1 => Just(b"Ren\xE9e".to_vec()),
+            1 => Just(b"\xC3".to_vec()),
+            1 => Just(b"\xC6\xC6\xC6".to_vec()),
+            1 => Just(b"\x81".to_vec()),
+            1 => Just(b"\xEF\xBB\xBF".to_vec()),
+            1 => Just(b"sep=;".to_vec()),
+            1 => Just(b"admin".to_vec()),
+            1 => Just(b"superuser".to_vec()),
+            1 => Just(b"\0".to_vec()),
+            2 => proptest::collection::vec(any::<u8>(), 1..4),
+        ]
+    }
+
+    fn file() -> impl Strategy<Value = Vec<u8>> {
+        let body = proptest::collection::vec(token(), 0..120).prop_map(|t| t.concat());
+        let start = prop_oneof![
+            6 => Just(Vec::new()),
+            1 => Just(b"\xEF\xBB\xBF".to_vec()),
+            1 => Just(b"\xFF\xFE".to_vec()),
+            1 => Just(b"\xFE\xFF".to_vec()),
+            2 => Just(b"email,first_name,role\n".to_vec()),
+        ];
+        (start, body).prop_map(|(a, b)| [a, b].concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the bytes and however they are cut: no panic, bounded memory, and the same
+        /// rows, errors, format and ending as the file read whole.
+        #[test]
+        fn the_chunking_never_changes_the_outcome(
+            file in file(),
+            cuts in proptest::collection::vec(0usize..1000, 0..12),
+        ) {
+            let whole = check::read(&file, &[], LIMITS);
+            let cut = check::read(&file, &cuts, LIMITS);
+            prop_assert_eq!(&cut, &whole);
+            let bytewise: Vec<usize> = (1..file.len()).collect();
+            prop_assert_eq!(check::read(&file, &bytewise, LIMITS), whole);
+        }
+    }
 
     #[test]
     fn the_delimiter_comes_from_the_header_line() {
