@@ -200,6 +200,9 @@ fn first_line_span(text: &[u8]) -> (&[u8], bool) {
     for (i, &b) in text[start..].iter().enumerate() {
         match b {
             b'"' => quoted = !quoted,
+            // A CR at the very end may be half of a CRLF: the line is complete with the next
+            // byte, so that a skipped `sep=` line never leaves its LF behind.
+            b'\r' if !quoted && start + i + 1 == text.len() => return (&text[start..start + i], false),
             b'\r' | b'\n' if !quoted => return (&text[start..start + i], true),
             _ => {}
         }
@@ -491,5 +494,8 @@ mod tests {
         assert_eq!(detect_delimiter(b"a,b;c\n"), (b',', 0));
         assert_eq!(detect_delimiter(b"sep=;\r\nemail;name\r\n"), (b';', 7));
         assert_eq!(detect_delimiter(b"SEP=|\nemail|name\n"), (b'|', 6));
+        assert!(!has_first_line(b"sep=;\r"));
+        assert!(has_first_line(b"sep=;\r\n"));
+        assert!(has_first_line(b"email\rx"));
     }
 }
