@@ -19,14 +19,16 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::ServeArgs;
 use crate::grpc::ImportServiceImpl;
-use crate::import::Importer;
+use crate::import::{INTERRUPTED, Importer};
 use crate::proto::import_service_server::ImportServiceServer;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Backend, Store, StoreError};
 
 /// The readiness service name, as probes ask for it.
 pub const READINESS_SERVICE: &str = "bulkimport.v1.ImportService";
 /// How often readiness checks that the database answers.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often leases are renewed and imports of dead replicas ended: well within the lease.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// After uploads ended, how long other requests (watchers) get before the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -157,27 +159,51 @@ impl Application {
 }
 
 /// Opens and migrates the database, ends imports a previous run left PROCESSING, then keeps
-/// readiness in step with the database. Returns only if the database cannot be opened.
+/// readiness in step with the database and runs the periodic upkeep. Returns only if the
+/// database cannot be opened: at once for a SQLite file (a wrong path is a configuration
+/// error), never for PostgreSQL, which is retried until it answers (readiness says
+/// NOT_SERVING meanwhile).
 async fn start_database(
     url: String,
     importer: Importer,
     reporter: HealthReporter,
 ) -> Result<std::convert::Infallible, StoreError> {
-    let store = store::open(&url).await?;
-    let ended = store
-        .recover_interrupted(
-            "the server stopped before the import finished, so nothing was imported; upload the \
-             file again",
-        )
-        .await?;
-    if ended > 0 {
-        tracing::warn!(
-            imports = ended,
-            "ended imports interrupted by a previous stop"
-        );
-    }
+    let backend = Backend::of(&url)?;
+    let mut delay = Duration::from_millis(200);
+    let store = loop {
+        let opened = async {
+            let store = store::open(&url).await?;
+            let ended = store.recover_interrupted(INTERRUPTED).await?;
+            if ended > 0 {
+                tracing::warn!(imports = ended, "ended imports interrupted by a stop");
+            }
+            Ok::<_, StoreError>(store)
+        };
+        match opened.await {
+            Ok(store) => break store,
+            Err(e) if backend == Backend::Postgres && !matches!(e, StoreError::Config(_)) => {
+                tracing::warn!(error = %e, "the database is not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     importer.set_store(store.clone());
-    readiness_loop(store, reporter).await
+    let upkeep = async {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = importer.maintain().await {
+                tracing::warn!(error = %e, "upkeep failed; retrying");
+            }
+        }
+    };
+    tokio::select! {
+        never = readiness_loop(store, reporter) => never,
+        never = upkeep => never,
+    }
 }
 
 async fn readiness_loop(

@@ -20,7 +20,7 @@ pub mod reader;
 pub mod template;
 pub mod validator;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
@@ -30,9 +30,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{AccountId, ArgumentError, Import, ImportId, ImportKey};
-use crate::store::{Store, StoreError, StoredRowError};
+use crate::store::{Conclusion, Store, StoreError, StoredRowError};
 use pipeline::{StreamError, UploadEvent};
 use progress::{FollowEnd, ProgressHub, WATCH_TICK, follow_local};
+
+/// How long a watcher of an import running elsewhere waits for a change notification before
+/// reading the stored state anyway.
+const POLL_FALLBACK: Duration = Duration::from_secs(1);
+
+/// The `error_message` of an import whose server stopped or died before it finished.
+pub const INTERRUPTED: &str = "the server stopped before the import finished, so nothing was \
+    imported; upload the file again";
 
 /// The import layer's errors; the gRPC layer maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +104,8 @@ struct Inner {
     uploads: TaskTracker,
     /// Cancelled when shutdown stops waiting: running uploads then end in ERROR_UNKNOWN.
     shutdown: CancellationToken,
+    /// Endings that could not be stored (the database was away), retried by `maintain`.
+    abandoned: Mutex<Vec<(ImportKey, Conclusion)>>,
 }
 
 impl Importer {
@@ -107,6 +117,7 @@ impl Importer {
                 config,
                 uploads: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                abandoned: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -162,6 +173,42 @@ impl Importer {
             self.inner.shutdown.cancel();
             uploads.wait().await;
         }
+    }
+
+    /// Keeps an ending that could not be stored, for `maintain` to store later.
+    pub(crate) fn abandon(&self, key: ImportKey, conclusion: Conclusion) {
+        self.abandoned().push((key, conclusion));
+    }
+
+    fn abandoned(&self) -> std::sync::MutexGuard<'_, Vec<(ImportKey, Conclusion)>> {
+        self.inner
+            .abandoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Periodic upkeep (every few seconds): stores endings that could not be stored when they
+    /// happened, keeps the leases of the uploads running here, and ends imports whose replica
+    /// is gone.
+    pub async fn maintain(&self) -> Result<(), ImportError> {
+        let store = self.store()?;
+        let pending = std::mem::take(&mut *self.abandoned());
+        for (key, conclusion) in pending {
+            match store.conclude_import(key, &conclusion).await {
+                Ok(_) | Err(StoreError::NotProcessing) => {
+                    tracing::info!(import_key = key, "stored the end of an interrupted import");
+                }
+                Err(e) => {
+                    self.abandon(key, conclusion);
+                    return Err(e.into());
+                }
+            }
+        }
+        store
+            .maintain(&self.hub().running(), INTERRUPTED)
+            .await
+            .map_err(ImportError::from)
+            .map(|_| ())
     }
 
     pub async fn get(
@@ -235,19 +282,33 @@ impl Importer {
         self.poll_store(import, last, out).await;
     }
 
-    /// Follows an import that runs elsewhere (or just ended here) through the store.
+    /// Follows an import that runs elsewhere (another replica) or just ended here, through the
+    /// store: woken by the store's change notifications when it has them (re-reading at most
+    /// every `WATCH_TICK`, and at least every `POLL_FALLBACK` in case one was missed), else
+    /// polled every `WATCH_TICK`.
     async fn poll_store(
         &self,
         import: Import,
         mut last: Option<Import>,
         out: mpsc::Sender<Result<Import, ImportError>>,
     ) {
+        let mut changes = self
+            .store()
+            .ok()
+            .and_then(|store| store.subscribe(import.key));
         let mut tick = tokio::time::interval(WATCH_TICK);
         let mut failures = 0;
         loop {
             tokio::select! {
                 _ = out.closed() => return,
                 _ = tick.tick() => {}
+            }
+            if let Some(changes) = &mut changes {
+                tokio::select! {
+                    _ = out.closed() => return,
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(POLL_FALLBACK) => {}
+                }
             }
             let current = match self.get(&import.account_id, &import.import_id).await {
                 Ok(current) => current,

@@ -93,6 +93,9 @@ enum Abort {
 const BATCH_ROWS: usize = 4096;
 /// Batches queued for the writer: one being written, one waiting, one being filled.
 const WRITER_QUEUE: usize = 2;
+/// A batch that is not full is still written after this long, so that the stored counters
+/// (which other replicas and GetImport read) and the heartbeat keep up with a slow upload.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// Chunks are parsed in slices of this size, so a batch is cut close to `BATCH_ROWS` even
 /// when a client sends multi-megabyte chunks.
 const PARSE_SLICE: usize = 64 * 1024;
@@ -163,6 +166,8 @@ struct Upload {
     reader: FileReader,
     rows: BatchSink,
     writer: Option<Writer>,
+    /// When the last batch went to the writer.
+    last_flush: tokio::time::Instant,
 }
 
 /// Collects rows into the batch being filled, and counts them.
@@ -214,6 +219,7 @@ impl Upload {
                 failed: 0,
             },
             writer: Some(writer),
+            last_flush: tokio::time::Instant::now(),
             importer,
             store,
             import,
@@ -239,7 +245,10 @@ impl Upload {
                     // that a batch stays near `BATCH_ROWS` even for multi-megabyte chunks.
                     for slice in chunk.chunks(PARSE_SLICE) {
                         self.read(|reader, rows| reader.push(slice, rows))?;
-                        if self.rows.batch.rows_processed >= BATCH_ROWS as u64 {
+                        let full = self.rows.batch.rows_processed >= BATCH_ROWS as u64;
+                        let due = !self.rows.batch.is_empty()
+                            && self.last_flush.elapsed() >= FLUSH_INTERVAL;
+                        if full || due {
                             self.send_batch().await?;
                         }
                     }
@@ -291,6 +300,7 @@ impl Upload {
     /// where backpressure starts.
     async fn send_batch(&mut self) -> Result<(), Abort> {
         let batch = self.rows.take_batch();
+        self.last_flush = tokio::time::Instant::now();
         let meta = (self.reader.bytes_received(), self.reader.format());
         let queue = &self
             .writer
@@ -503,9 +513,10 @@ impl Upload {
             Err(e) => {
                 tracing::error!(
                     import_id = %self.import.import_id, error = %e,
-                    "could not store the end of an import; it will be ended at the next start"
+                    "could not store the end of an import; retrying in the background"
                 );
                 self.importer.hub().forget(key);
+                self.importer.abandon(key, conclusion);
                 return Err(e.into());
             }
         };

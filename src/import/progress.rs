@@ -54,6 +54,11 @@ impl ProgressHub {
         self.lock().remove(&key);
     }
 
+    /// The imports running in this process, whose leases the store keeps.
+    pub fn running(&self) -> Vec<ImportKey> {
+        self.lock().keys().copied().collect()
+    }
+
     pub fn subscribe(&self, key: ImportKey) -> Option<watch::Receiver<Import>> {
         self.lock().get(&key).map(|live| live.tx.subscribe())
     }

@@ -202,7 +202,9 @@ fn first_line_span(text: &[u8]) -> (&[u8], bool) {
             b'"' => quoted = !quoted,
             // A CR at the very end may be half of a CRLF: the line is complete with the next
             // byte, so that a skipped `sep=` line never leaves its LF behind.
-            b'\r' if !quoted && start + i + 1 == text.len() => return (&text[start..start + i], false),
+            b'\r' if !quoted && start + i + 1 == text.len() => {
+                return (&text[start..start + i], false);
+            }
             b'\r' | b'\n' if !quoted => return (&text[start..start + i], true),
             _ => {}
         }

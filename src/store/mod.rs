@@ -8,16 +8,18 @@
 //! (account, external_id) catch duplicates in the file and in the account alike, so the server
 //! keeps no set of seen addresses and its memory stays flat whatever the file size.
 
+pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
 use crate::domain::{
-    AccountId, Column, Counters, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError,
-    TextEncoding, TextFormat, UserBatch,
+    AccountId, Column, Counters, ErrorCode, Filename, Import, ImportId, ImportKey, ImportStatus,
+    ImportType, NewImport, RowError, TextEncoding, TextFormat, UserBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,16 @@ impl From<sqlx::Error> for StoreError {
                 StoreError::Unavailable(error)
             }
             E::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
+            // Connection exceptions; a server shutting down, starting or full; a database closed
+            // to connections.
+            E::Database(db)
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "55000")
+                }) =>
+            {
+                StoreError::Unavailable(error)
+            }
             _ => StoreError::Database(error),
         }
     }
@@ -105,6 +117,21 @@ pub trait Store: Send + Sync + 'static {
     /// `message`, users deleted. Returns how many.
     async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError>;
 
+    /// Periodic upkeep, every few seconds: keeps the leases of the imports running here and
+    /// ends those whose replica is gone. Returns how many were ended. Nothing to do for a
+    /// single-replica store, which ends interrupted imports at start.
+    async fn maintain(&self, running: &[ImportKey], message: &str) -> Result<u64, StoreError> {
+        let _ = (running, message);
+        Ok(0)
+    }
+
+    /// Wakes when an import changes, whichever replica changed it. `None` when only this
+    /// process writes (watchers then poll).
+    fn subscribe(&self, key: ImportKey) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let _ = key;
+        None
+    }
+
     /// Creates the import, PROCESSING. `AlreadyExists` when the id is taken in the account.
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError>;
 
@@ -150,14 +177,81 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredRowError>, StoreError>;
 }
 
+/// The backends, by URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Result<Self, StoreError> {
+        match url.split(':').next().unwrap_or_default() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            scheme => Err(StoreError::Config(format!(
+                "unsupported database url scheme '{scheme}:'; use sqlite://PATH or \
+                 postgres://USER@HOST/DATABASE"
+            ))),
+        }
+    }
+}
+
 /// Opens the store a database URL names: `sqlite:` (the embedded default) or `postgres:`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let scheme = url.split(':').next().unwrap_or_default();
-    match scheme {
-        "sqlite" => Ok(Arc::new(sqlite::SqliteStore::open(url).await?)),
-        _ => Err(StoreError::Config(format!(
-            "unsupported database url scheme '{scheme}:'; use sqlite://PATH"
-        ))),
+    Ok(match Backend::of(url)? {
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(url).await?),
+        Backend::Postgres => Arc::new(postgres::PostgresStore::open(url).await?),
+    })
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ImportRow {
+    import_key: i64,
+    account_id: String,
+    import_id: String,
+    r#type: String,
+    filename: String,
+    status: String,
+    bytes_received: i64,
+    rows_processed: i64,
+    rows_imported: i64,
+    rows_failed: i64,
+    row_errors_omitted: i64,
+    encoding: Option<String>,
+    delimiter: Option<String>,
+    error_message: String,
+    create_time: i64,
+    update_time: i64,
+    complete_time: Option<i64>,
+}
+
+impl TryFrom<ImportRow> for Import {
+    type Error = StoreError;
+
+    fn try_from(row: ImportRow) -> Result<Self, StoreError> {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("import {}: {what}", row.import_key));
+        Ok(Import {
+            key: row.import_key,
+            account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account_id"))?,
+            import_id: ImportId::parse(&row.import_id).map_err(|_| corrupt("import_id"))?,
+            kind: ImportType::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
+            filename: Filename::from_stored(row.filename),
+            status: ImportStatus::from_stored(&row.status).ok_or_else(|| corrupt("status"))?,
+            counters: Counters {
+                bytes_received: row.bytes_received as u64,
+                rows_processed: row.rows_processed as u64,
+                rows_imported: row.rows_imported as u64,
+                rows_failed: row.rows_failed as u64,
+                row_errors_omitted: row.row_errors_omitted as u64,
+            },
+            format: format_from_columns(row.encoding.as_deref(), row.delimiter.as_deref())?,
+            error_message: row.error_message,
+            create_time: from_micros(row.create_time),
+            update_time: from_micros(row.update_time),
+            complete_time: row.complete_time.map(from_micros),
+        })
     }
 }
 
@@ -181,6 +275,74 @@ pub(crate) fn conflict_error(
             RowError::duplicate_in_file(row_number, column, value, h.source_row)
         }
         _ => RowError::already_exists(row_number, column, value),
+    }
+}
+
+/// The row errors of the batch users (by index) that the unique indexes refused, given who
+/// holds each refused email and external id.
+pub(crate) fn refusals(
+    key: ImportKey,
+    batch: &UserBatch,
+    refused: &[usize],
+    by_email: &HashMap<String, Holder>,
+    by_external_id: &HashMap<String, Holder>,
+) -> Vec<RowError> {
+    let mut errors = Vec::with_capacity(refused.len());
+    for &i in refused {
+        let user = batch.user(i);
+        let email_holder = by_email.get(user.email).copied();
+        let id_holder = user
+            .external_id
+            .and_then(|id| by_external_id.get(id).copied());
+        // When neither is found, the holder went away in between (another import ended):
+        // the row still was not imported, and the email is the likelier culprit.
+        if email_holder.is_some() || id_holder.is_none() {
+            let value = user.email_as_written;
+            errors.push(conflict_error(
+                key,
+                user.row_number,
+                Column::Email,
+                value,
+                email_holder,
+            ));
+        }
+        if let (Some(id), Some(holder)) = (user.external_id, id_holder) {
+            errors.push(conflict_error(
+                key,
+                user.row_number,
+                Column::ExternalId,
+                id,
+                Some(holder),
+            ));
+        }
+    }
+    errors
+}
+
+impl StoredRowError {
+    /// From the stored columns: seq, row_number, column_name, code, message, value.
+    pub(crate) fn from_columns(
+        (seq, row_number, column, code, message, value): (i64, i64, String, String, String, String),
+    ) -> Result<Self, StoreError> {
+        let column = match column.as_str() {
+            "" => None,
+            name => Some(
+                Column::from_name(name)
+                    .ok_or_else(|| StoreError::Corrupt(format!("row error column '{name}'")))?,
+            ),
+        };
+        let code = ErrorCode::from_stored(&code)
+            .ok_or_else(|| StoreError::Corrupt(format!("row error code '{code}'")))?;
+        Ok(StoredRowError {
+            seq: seq as u64,
+            error: RowError {
+                row_number: row_number as u64,
+                column,
+                code,
+                message,
+                value,
+            },
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 //! upgrade its read lock while another writer holds the lock; an immediate one just waits its
 //! turn. Batches are short transactions, so two uploads interleave instead of queueing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -17,17 +17,17 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{
-    BatchOutcome, BatchTarget, Conclusion, Holder, Store, StoreError, StoredRowError,
-    conflict_error, format_columns, format_from_columns, from_micros, merge_by_row, micros,
+    BatchOutcome, BatchTarget, Conclusion, Holder, ImportRow, Store, StoreError, StoredRowError,
+    format_columns, merge_by_row, micros, refusals,
 };
 use crate::domain::{
-    AccountId, Column, Counters, ErrorCode, Filename, Import, ImportId, ImportKey, ImportStatus,
-    ImportType, NewImport, RowError, UserBatch,
+    AccountId, Column, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError, UserBatch,
 };
 
 /// SQLite allows 32,766 bound values per statement; 10 per user.
 const USERS_PER_STATEMENT: usize = 1000;
 const ERRORS_PER_STATEMENT: usize = 1000;
+const LOOKUPS_PER_STATEMENT: usize = 500;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -58,59 +58,9 @@ impl SqliteStore {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct ImportRow {
-    import_key: i64,
-    account_id: String,
-    import_id: String,
-    r#type: String,
-    filename: String,
-    status: String,
-    bytes_received: i64,
-    rows_processed: i64,
-    rows_imported: i64,
-    rows_failed: i64,
-    row_errors_omitted: i64,
-    encoding: Option<String>,
-    delimiter: Option<String>,
-    error_message: String,
-    create_time: i64,
-    update_time: i64,
-    complete_time: Option<i64>,
-}
-
 const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, create_time, update_time, complete_time";
-
-impl TryFrom<ImportRow> for Import {
-    type Error = StoreError;
-
-    fn try_from(row: ImportRow) -> Result<Self, StoreError> {
-        let corrupt =
-            |what: &str| StoreError::Corrupt(format!("import {}: {what}", row.import_key));
-        Ok(Import {
-            key: row.import_key,
-            account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account_id"))?,
-            import_id: ImportId::parse(&row.import_id).map_err(|_| corrupt("import_id"))?,
-            kind: ImportType::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
-            filename: Filename::from_stored(row.filename),
-            status: ImportStatus::from_stored(&row.status).ok_or_else(|| corrupt("status"))?,
-            counters: Counters {
-                bytes_received: row.bytes_received as u64,
-                rows_processed: row.rows_processed as u64,
-                rows_imported: row.rows_imported as u64,
-                rows_failed: row.rows_failed as u64,
-                row_errors_omitted: row.row_errors_omitted as u64,
-            },
-            format: format_from_columns(row.encoding.as_deref(), row.delimiter.as_deref())?,
-            error_message: row.error_message,
-            create_time: from_micros(row.create_time),
-            update_time: from_micros(row.update_time),
-            complete_time: row.complete_time.map(from_micros),
-        })
-    }
-}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -327,28 +277,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(seq, row_number, column, code, message, value)| {
-                let column = match column.as_str() {
-                    "" => None,
-                    name => Some(Column::from_name(name).ok_or_else(|| {
-                        StoreError::Corrupt(format!("row error column '{name}'"))
-                    })?),
-                };
-                let code = ErrorCode::from_stored(&code)
-                    .ok_or_else(|| StoreError::Corrupt(format!("row error code '{code}'")))?;
-                Ok(StoredRowError {
-                    seq: seq as u64,
-                    error: RowError {
-                        row_number: row_number as u64,
-                        column,
-                        code,
-                        message,
-                        value,
-                    },
-                })
-            })
-            .collect()
+        rows.into_iter().map(StoredRowError::from_columns).collect()
     }
 }
 
@@ -398,61 +327,54 @@ async fn insert_users(
         .await?
         .into_iter()
         .collect();
-        for &i in part {
-            let user = batch.user(i);
-            if present.contains(&(user.row_number as i64)) {
-                continue;
-            }
-            let by_email = holder(&mut *conn, target.account_id, Column::Email, user.email).await?;
-            let by_external_id = match user.external_id {
-                Some(id) => holder(&mut *conn, target.account_id, Column::ExternalId, id).await?,
-                None => None,
-            };
-            if by_email.is_some() || by_external_id.is_none() {
-                conflicts.push(conflict_error(
-                    target.key,
-                    user.row_number,
-                    Column::Email,
-                    user.email_as_written,
-                    by_email,
-                ));
-            }
-            if let (Some(id), Some(h)) = (user.external_id, by_external_id) {
-                conflicts.push(conflict_error(
-                    target.key,
-                    user.row_number,
-                    Column::ExternalId,
-                    id,
-                    Some(h),
-                ));
-            }
-        }
+        let refused: Vec<usize> = part
+            .iter()
+            .copied()
+            .filter(|&i| !present.contains(&(batch.user(i).row_number as i64)))
+            .collect();
+        let emails = refused.iter().map(|&i| batch.user(i).email);
+        let by_email = holders(&mut *conn, target.account_id, Column::Email, emails).await?;
+        let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
+        let by_id = holders(&mut *conn, target.account_id, Column::ExternalId, ids).await?;
+        conflicts.extend(refusals(target.key, batch, &refused, &by_email, &by_id));
     }
     Ok(conflicts)
 }
 
-/// The user of the account holding `value` in `column`, one of the unique columns.
-async fn holder(
+/// Who holds each of `values` in `column` (email or external_id) in the account.
+async fn holders<'v>(
     conn: &mut SqliteConnection,
     account_id: &AccountId,
     column: Column,
-    value: &str,
-) -> Result<Option<Holder>, StoreError> {
-    let sql = match column {
-        Column::ExternalId => {
-            "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND external_id = ?2"
+    values: impl Iterator<Item = &'v str>,
+) -> Result<HashMap<String, Holder>, StoreError> {
+    let values: Vec<&str> = values.collect();
+    let mut found = HashMap::with_capacity(values.len());
+    for part in values.chunks(LOOKUPS_PER_STATEMENT) {
+        let name = match column {
+            Column::ExternalId => "external_id",
+            _ => "email",
+        };
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {name}, import_key, source_row FROM users WHERE account_id = "
+        ));
+        query.push_bind(account_id.as_str().to_owned());
+        query.push(format!(" AND {name} IN ("));
+        let mut list = query.separated(", ");
+        for value in part {
+            list.push_bind((*value).to_owned());
         }
-        _ => "SELECT import_key, source_row FROM users WHERE account_id = ?1 AND email = ?2",
-    };
-    let row: Option<(i64, i64)> = sqlx::query_as(sql)
-        .bind(account_id.as_str())
-        .bind(value)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.map(|(import_key, source_row)| Holder {
-        import_key,
-        source_row: source_row as u64,
-    }))
+        query.push(")");
+        let rows: Vec<(String, i64, i64)> = query.build_query_as().fetch_all(&mut *conn).await?;
+        found.extend(rows.into_iter().map(|(value, import_key, source_row)| {
+            let holder = Holder {
+                import_key,
+                source_row: source_row as u64,
+            };
+            (value, holder)
+        }));
+    }
+    Ok(found)
 }
 
 async fn insert_errors(

@@ -23,58 +23,60 @@ async fn check(app: &TestApp, service: &str) -> ServingStatus {
     ServingStatus::try_from(status).unwrap()
 }
 
-#[tokio::test]
-async fn liveness_and_readiness_answer_serving_once_migrations_ran() {
-    let app = spawn_app().await;
-    assert_eq!(check(&app, "").await, ServingStatus::Serving);
-    assert_eq!(check(&app, READINESS_SERVICE).await, ServingStatus::Serving);
-    let mut health = HealthClient::new(app.channel());
-    let unknown = health
-        .check(HealthCheckRequest {
-            service: "no.such.Service".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(unknown.code(), tonic::Code::NotFound);
+backend_tests! {
+    async fn liveness_and_readiness_answer_serving_once_migrations_ran(backend) {
+        let app = spawn_app(backend).await;
+        assert_eq!(check(&app, "").await, ServingStatus::Serving);
+        assert_eq!(check(&app, READINESS_SERVICE).await, ServingStatus::Serving);
+        let mut health = HealthClient::new(app.channel());
+        let unknown = health
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+    }
 }
 
-#[tokio::test]
-async fn readiness_turns_not_serving_as_soon_as_shutdown_starts() {
-    let mut app = spawn_app_with(|args| args.shutdown_grace_seconds = 3).await;
-    // An upload keeps the server in its grace period.
-    let upload = open_upload(&app, ACCOUNT, "holding").await;
-    upload.tx.send(chunk(HEADER.as_bytes())).await.unwrap();
-    crate::lifecycle::wait_for_import(&app, ACCOUNT, "holding").await;
-    let mut health = HealthClient::new(app.channel());
-    let mut readiness = health
-        .watch(HealthCheckRequest {
-            service: READINESS_SERVICE.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        readiness.message().await.unwrap().unwrap().status,
-        ServingStatus::Serving as i32
-    );
+backend_tests! {
+    async fn readiness_turns_not_serving_as_soon_as_shutdown_starts(backend) {
+        let mut app = spawn_app_with(backend, |args| args.shutdown_grace_seconds = 3).await;
+        // An upload keeps the server in its grace period.
+        let upload = open_upload(&app, ACCOUNT, "holding").await;
+        upload.tx.send(chunk(HEADER.as_bytes())).await.unwrap();
+        crate::lifecycle::wait_for_import(&app, ACCOUNT, "holding").await;
+        let mut health = HealthClient::new(app.channel());
+        let mut readiness = health
+            .watch(HealthCheckRequest {
+                service: READINESS_SERVICE.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            readiness.message().await.unwrap().unwrap().status,
+            ServingStatus::Serving as i32
+        );
 
-    let stopping = tokio::spawn(async move {
-        app.stop().await;
-        app
-    });
-    let next = tokio::time::timeout(Duration::from_secs(2), readiness.message())
-        .await
-        .expect("readiness changes at once")
-        .unwrap()
-        .unwrap();
-    assert_eq!(next.status, ServingStatus::NotServing as i32);
+        let stopping = tokio::spawn(async move {
+            app.stop().await;
+            app
+        });
+        let next = tokio::time::timeout(Duration::from_secs(2), readiness.message())
+            .await
+            .expect("readiness changes at once")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
 
-    // The running upload may still finish within the grace period.
-    upload.tx.send(finish_message(finish())).await.unwrap();
-    let import = upload.call.await.unwrap().unwrap();
-    assert_eq!(
-        status(&import),
-        bulk_import::proto::ImportStatus::CompletedNothingToImport
-    );
-    stopping.await.unwrap();
+        // The running upload may still finish within the grace period.
+        upload.tx.send(finish_message(finish())).await.unwrap();
+        let import = upload.call.await.unwrap().unwrap();
+        assert_eq!(
+            status(&import),
+            bulk_import::proto::ImportStatus::CompletedNothingToImport
+        );
+        stopping.await.unwrap();
+    }
 }

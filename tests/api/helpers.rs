@@ -1,5 +1,6 @@
-//! Test harness: the real server on port 0 with a temporary SQLite file, driven through the
-//! generated tonic client (as zero-to-production's `tests/api/helpers.rs`).
+//! Test harness: the real server on port 0 with a fresh database (a temporary SQLite file, or a
+//! new database on the `TEST_DATABASE_URL` PostgreSQL server), driven through the generated
+//! tonic client (as zero-to-production's `tests/api/helpers.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,11 @@ use bulk_import::config::{LogFormat, ServeArgs};
 use bulk_import::proto::import_service_client::ImportServiceClient;
 use bulk_import::proto::upload_import_request::Payload;
 use bulk_import::proto::{self, Import, ImportStatus, RowError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -22,20 +27,167 @@ use tonic_health::pb::health_client::HealthClient;
 pub const ACCOUNT: &str = "acme";
 pub const HEADER: &str = "email,first_name,last_name,role,job_title,external_id\n";
 
+/// The backends every test runs against (see `backend_tests!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Defines each test twice: `name::sqlite` and `name::postgres`, the same body with the
+/// backend as argument. The Postgres one runs only when `TEST_DATABASE_URL` is set, and says so
+/// when it is not.
+macro_rules! backend_tests {
+    ($($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($backend: $crate::helpers::Backend) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    run($crate::helpers::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::helpers::postgres_url().is_some() {
+                        run($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
+pub(crate) use backend_tests;
+
+/// The PostgreSQL server for tests, from `TEST_DATABASE_URL`; prints why when there is none.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped on Postgres: TEST_DATABASE_URL is not set (.ci/run sets it)");
+            None
+        }
+    }
+}
+
+/// A fresh, empty database for one test: a SQLite file in a temporary directory, or a new
+/// PostgreSQL database on the `TEST_DATABASE_URL` server, dropped afterwards.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+static POSTGRES_DATABASES: AtomicUsize = AtomicUsize::new(0);
+static STALE_DROPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("bulk-import.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                    postgres: None,
+                }
+            }
+            Backend::Postgres => {
+                let server = postgres_url().expect("TEST_DATABASE_URL");
+                let mut admin = PgConnection::connect(&server)
+                    .await
+                    .expect("TEST_DATABASE_URL answers");
+                let prefix = format!("bulk_import_test_{}_", std::process::id());
+                STALE_DROPPED
+                    .get_or_init(|| async {
+                        // Databases left by earlier runs that were interrupted.
+                        let mut admin = PgConnection::connect(&server).await.unwrap();
+                        let stale: Vec<String> = sqlx::query_scalar(
+                            "SELECT datname FROM pg_database WHERE datname LIKE 'bulk\\_import\\_test\\_%' \
+                             AND datname NOT LIKE $1",
+                        )
+                        .bind(format!("{prefix}%"))
+                        .fetch_all(&mut admin)
+                        .await
+                        .unwrap();
+                        for name in stale {
+                            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                            let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
+                        }
+                    })
+                    .await;
+                let name = format!(
+                    "{prefix}{}",
+                    POSTGRES_DATABASES.fetch_add(1, Ordering::SeqCst)
+                );
+                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let mut url = url::Url::parse(&server).unwrap();
+                url.set_path(&name);
+                Self {
+                    url: url.to_string(),
+                    _dir: None,
+                    postgres: Some((server, name)),
+                }
+            }
+        }
+    }
+
+    /// The database's name on the Postgres server.
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|(_, name)| name.as_str())
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((server, name)) = self.postgres.take() {
+            // Drop is not async: a thread with its own runtime drops the database.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(mut admin) = PgConnection::connect(&server).await {
+                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Read access to a test's database, for assertions on the users table.
+enum Reader {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: ImportServiceClient<Channel>,
-    pub db_path: PathBuf,
-    db: SqlitePool,
+    pub database_url: String,
+    db: Reader,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    _dir: Option<tempfile::TempDir>,
+    database: Option<TestDatabase>,
 }
 
-pub fn serve_args(db_path: &Path) -> ServeArgs {
+pub fn serve_args(database_url: &str) -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db_path.display()),
+        database_url: database_url.to_owned(),
         max_upload_bytes: 209_715_200,
         max_stored_row_errors: 100_000,
         shutdown_grace_seconds: 20,
@@ -43,23 +195,22 @@ pub fn serve_args(db_path: &Path) -> ServeArgs {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
 }
 
 /// Starts the server on a fresh database, with `configure` applied to its arguments.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("bulk-import.db");
-    let mut app = spawn_on(&db_path, configure).await;
-    app._dir = Some(dir);
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let database = TestDatabase::new(backend).await;
+    let mut app = spawn_on(&database.url, configure).await;
+    app.database = Some(database);
     app
 }
 
-/// Starts the server on the SQLite file `db_path`, which may already exist.
-pub async fn spawn_on(db_path: &Path, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+/// Starts the server on the database at `url`, which may already hold imports.
+pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     init_tracing();
-    let mut args = serve_args(db_path);
+    let mut args = serve_args(database_url);
     configure(&mut args);
     let app = Application::bind(args).await.expect("bind");
     let addr = app.local_addr();
@@ -78,21 +229,76 @@ pub async fn spawn_on(db_path: &Path, configure: impl FnOnce(&mut ServeArgs)) ->
         .expect("connect");
     wait_ready(channel.clone()).await;
     let client = ImportServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let db = SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(db_path)
-            .read_only(true),
-    )
-    .await
-    .unwrap();
+    let db = if database_url.starts_with("sqlite:") {
+        let path = database_url.trim_start_matches("sqlite://");
+        Reader::Sqlite(
+            SqlitePool::connect_with(SqliteConnectOptions::new().filename(path).read_only(true))
+                .await
+                .unwrap(),
+        )
+    } else {
+        Reader::Postgres(
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect(database_url)
+                .await
+                .unwrap(),
+        )
+    };
     TestApp {
         addr,
         client,
-        db_path: db_path.to_owned(),
+        database_url: database_url.to_owned(),
         db,
         shutdown: Some(shutdown),
         server: Some(server),
-        _dir: None,
+        database: None,
+    }
+}
+
+/// The real binary serving on a free port: for tests that kill a server or run several.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub channel: Channel,
+}
+
+impl ServerProcess {
+    pub async fn start(database_url: &str) -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", database_url])
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),
+            )
+            .spawn()
+            .unwrap();
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        wait_ready(channel.clone()).await;
+        Self { child, channel }
+    }
+
+    pub fn client(&self) -> ImportServiceClient<Channel> {
+        ImportServiceClient::new(self.channel.clone())
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -218,37 +424,56 @@ impl TestApp {
 
     /// Users stored for an import, read straight from the database.
     pub async fn users_of(&self, account: &str, import_id: &str) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM users u JOIN imports i ON i.import_key = u.import_key \
-             WHERE i.account_id = ?1 AND i.import_id = ?2",
-        )
-        .bind(account)
-        .bind(import_id)
-        .fetch_one(&self.db)
-        .await
+        let sql = "SELECT count(*) FROM users u JOIN imports i ON i.import_key = u.import_key \
+                   WHERE i.account_id = $1 AND i.import_id = $2";
+        match &self.db {
+            Reader::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(account)
+                    .bind(import_id)
+                    .fetch_one(pool)
+                    .await
+            }
+            Reader::Postgres(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(account)
+                    .bind(import_id)
+                    .fetch_one(pool)
+                    .await
+            }
+        }
         .unwrap()
     }
 
     pub async fn user_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM users")
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
+        let sql = "SELECT count(*) FROM users";
+        match &self.db {
+            Reader::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Reader::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .unwrap()
     }
 
     /// The stored users of an account as `email|first|last|role|title|external_id`, by email.
     pub async fn users(&self, account: &str) -> Vec<String> {
-        let rows: Vec<(String, String, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT email, first_name, last_name, role, job_title, external_id FROM users \
-                 WHERE account_id = ?1 ORDER BY email",
-        )
-        .bind(account)
-        .fetch_all(&self.db)
-        .await
+        type Row = (String, String, String, String, String, Option<String>);
+        // Byte order, the same on both backends whatever the collation.
+        let sql = "SELECT email, first_name, last_name, role, job_title, external_id FROM users \
+                   WHERE account_id = $1";
+        let mut rows: Vec<Row> = match &self.db {
+            Reader::Sqlite(pool) => sqlx::query_as(sql).bind(account).fetch_all(pool).await,
+            Reader::Postgres(pool) => sqlx::query_as(sql).bind(account).fetch_all(pool).await,
+        }
         .unwrap();
+        rows.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         rows.into_iter()
             .map(|(e, f, l, r, t, x)| format!("{e}|{f}|{l}|{r}|{t}|{}", x.unwrap_or_default()))
             .collect()
+    }
+
+    /// The fresh database this app was started on.
+    pub fn database(&self) -> &TestDatabase {
+        self.database.as_ref().expect("started by spawn_app")
     }
 }
 

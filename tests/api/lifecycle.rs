@@ -72,181 +72,152 @@ async fn send_chunks(upload: &OpenUpload, file: &[u8], size: usize, n: usize) {
     }
 }
 
-#[tokio::test]
-async fn a_client_that_goes_away_mid_stream_leaves_nothing_imported() {
-    let app = spawn_app().await;
-    let (file, _) = generate(&["--rows", "60000"]);
-    let upload = open_upload(&app, ACCOUNT, "gone").await;
-    send_chunks(&upload, &file, 64 * 1024, 40).await;
-    wait_for_imported_rows(&app, ACCOUNT, "gone").await;
+backend_tests! {
+    async fn a_client_that_goes_away_mid_stream_leaves_nothing_imported(backend) {
+        let app = spawn_app(backend).await;
+        let (file, _) = generate(&["--rows", "60000"]);
+        let upload = open_upload(&app, ACCOUNT, "gone").await;
+        send_chunks(&upload, &file, 64 * 1024, 40).await;
+        wait_for_imported_rows(&app, ACCOUNT, "gone").await;
 
-    // The client cancels its call: hyper resets the stream and drops the handler.
-    upload.call.abort();
-    drop(upload.tx);
+        // The client cancels its call: hyper resets the stream and drops the handler.
+        upload.call.abort();
+        drop(upload.tx);
 
-    let import = wait_for_terminal(&app, ACCOUNT, "gone").await;
-    assert_eq!(status(&import), ImportStatus::ErrorUnknown);
-    assert!(
-        import.error_message.contains("nothing was imported"),
-        "{}",
-        import.error_message
-    );
-    assert_eq!(import.rows_imported, 0);
-    assert_eq!(app.users_of(ACCOUNT, "gone").await, 0);
-}
-
-#[tokio::test]
-async fn a_stream_that_ends_without_finish_imports_nothing() {
-    let app = spawn_app().await;
-    let (file, _) = generate(&["--rows", "60000"]);
-    let upload = open_upload(&app, ACCOUNT, "no-finish").await;
-    send_chunks(&upload, &file, 64 * 1024, usize::MAX).await;
-    wait_for_imported_rows(&app, ACCOUNT, "no-finish").await;
-    drop(upload.tx);
-
-    let status_code = upload.call.await.unwrap().unwrap_err();
-    assert_eq!(status_code.code(), tonic::Code::InvalidArgument);
-    assert!(
-        status_code.message().contains("finish"),
-        "{}",
-        status_code.message()
-    );
-    let import = app.get(ACCOUNT, "no-finish").await.unwrap();
-    assert_eq!(status(&import), ImportStatus::ErrorUnknown);
-    assert!(import.error_message.contains("finish message"));
-    assert_eq!(app.users_of(ACCOUNT, "no-finish").await, 0);
-}
-
-#[tokio::test]
-async fn metadata_in_the_middle_of_a_stream_ends_the_import() {
-    let app = spawn_app().await;
-    let upload = open_upload(&app, ACCOUNT, "twice").await;
-    upload
-        .tx
-        .send(chunk(b"email\na@example.com\n"))
-        .await
-        .unwrap();
-    upload
-        .tx
-        .send(metadata(ACCOUNT, "twice", "users.csv"))
-        .await
-        .unwrap();
-    let status_code = upload.call.await.unwrap().unwrap_err();
-    assert_eq!(status_code.code(), tonic::Code::InvalidArgument);
-    let import = app.get(ACCOUNT, "twice").await.unwrap();
-    assert_eq!(status(&import), ImportStatus::ErrorUnknown);
-}
-
-#[tokio::test]
-async fn shutdown_ends_running_uploads_after_the_grace_period() {
-    let mut app = spawn_app_with(|args| args.shutdown_grace_seconds = 0).await;
-    let (file, _) = generate(&["--rows", "60000"]);
-    let upload = open_upload(&app, ACCOUNT, "cut-short").await;
-    send_chunks(&upload, &file, 64 * 1024, 40).await;
-    wait_for_imported_rows(&app, ACCOUNT, "cut-short").await;
-
-    app.stop().await;
-    let reply = upload.call.await.unwrap().unwrap_err();
-    assert_eq!(reply.code(), tonic::Code::Unavailable, "{reply:?}");
-
-    // Read what the server left behind, with the server gone.
-    let again = spawn_on(&app.db_path, |_| {}).await;
-    let import = again.get(ACCOUNT, "cut-short").await.unwrap();
-    assert_eq!(status(&import), ImportStatus::ErrorUnknown);
-    assert!(
-        import.error_message.contains("shut down"),
-        "{}",
-        import.error_message
-    );
-    assert_eq!(again.users_of(ACCOUNT, "cut-short").await, 0);
-}
-
-#[tokio::test]
-async fn an_import_left_processing_by_a_killed_server_is_ended_at_the_next_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("killed.db");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--database-url", &format!("sqlite://{}", db_path.display())])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let mut client = None;
-    for _ in 0..200 {
-        let endpoint = format!("http://127.0.0.1:{port}");
-        if let Ok(c) = proto::import_service_client::ImportServiceClient::connect(endpoint).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let import = wait_for_terminal(&app, ACCOUNT, "gone").await;
+        assert_eq!(status(&import), ImportStatus::ErrorUnknown);
+        assert!(
+            import.error_message.contains("nothing was imported"),
+            "{}",
+            import.error_message
+        );
+        assert_eq!(import.rows_imported, 0);
+        assert_eq!(app.users_of(ACCOUNT, "gone").await, 0);
     }
-    let mut client = client.expect("the server started");
+}
 
-    // A completed import, which must survive the crash untouched.
-    let (done, _) = generate(&["--rows", "100", "--seed", "5"]);
-    let messages = upload_messages(ACCOUNT, "done", "done.csv", &done, 4096, finish());
-    let mut attempts = 0;
-    loop {
-        match client
-            .upload_import(tokio_stream::iter(messages.clone()))
+backend_tests! {
+    async fn a_stream_that_ends_without_finish_imports_nothing(backend) {
+        let app = spawn_app(backend).await;
+        let (file, _) = generate(&["--rows", "60000"]);
+        let upload = open_upload(&app, ACCOUNT, "no-finish").await;
+        send_chunks(&upload, &file, 64 * 1024, usize::MAX).await;
+        wait_for_imported_rows(&app, ACCOUNT, "no-finish").await;
+        drop(upload.tx);
+
+        let status_code = upload.call.await.unwrap().unwrap_err();
+        assert_eq!(status_code.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status_code.message().contains("finish"),
+            "{}",
+            status_code.message()
+        );
+        let import = app.get(ACCOUNT, "no-finish").await.unwrap();
+        assert_eq!(status(&import), ImportStatus::ErrorUnknown);
+        assert!(import.error_message.contains("finish message"));
+        assert_eq!(app.users_of(ACCOUNT, "no-finish").await, 0);
+    }
+}
+
+backend_tests! {
+    async fn metadata_in_the_middle_of_a_stream_ends_the_import(backend) {
+        let app = spawn_app(backend).await;
+        let upload = open_upload(&app, ACCOUNT, "twice").await;
+        upload
+            .tx
+            .send(chunk(b"email\na@example.com\n"))
             .await
-        {
-            Ok(_) => break,
-            // The database may still be opening.
-            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(25)).await;
+            .unwrap();
+        upload
+            .tx
+            .send(metadata(ACCOUNT, "twice", "users.csv"))
+            .await
+            .unwrap();
+        let status_code = upload.call.await.unwrap().unwrap_err();
+        assert_eq!(status_code.code(), tonic::Code::InvalidArgument);
+        let import = app.get(ACCOUNT, "twice").await.unwrap();
+        assert_eq!(status(&import), ImportStatus::ErrorUnknown);
+    }
+}
+
+backend_tests! {
+    async fn shutdown_ends_running_uploads_after_the_grace_period(backend) {
+        let mut app = spawn_app_with(backend, |args| args.shutdown_grace_seconds = 0).await;
+        let (file, _) = generate(&["--rows", "60000"]);
+        let upload = open_upload(&app, ACCOUNT, "cut-short").await;
+        send_chunks(&upload, &file, 64 * 1024, 40).await;
+        wait_for_imported_rows(&app, ACCOUNT, "cut-short").await;
+
+        app.stop().await;
+        let reply = upload.call.await.unwrap().unwrap_err();
+        assert_eq!(reply.code(), tonic::Code::Unavailable, "{reply:?}");
+
+        // Read what the server left behind, with the server gone.
+        let again = spawn_on(&app.database_url, |_| {}).await;
+        let import = again.get(ACCOUNT, "cut-short").await.unwrap();
+        assert_eq!(status(&import), ImportStatus::ErrorUnknown);
+        assert!(
+            import.error_message.contains("shut down"),
+            "{}",
+            import.error_message
+        );
+        assert_eq!(again.users_of(ACCOUNT, "cut-short").await, 0);
+    }
+}
+
+backend_tests! {
+    async fn an_import_left_processing_by_a_killed_server_is_ended_at_the_next_start(backend) {
+        let database = TestDatabase::new(backend).await;
+        let mut server = ServerProcess::start(&database.url).await;
+        let mut client = server.client();
+
+        // A completed import, which must survive the crash untouched.
+        let (done, _) = generate(&["--rows", "100", "--seed", "5"]);
+        let messages = upload_messages(ACCOUNT, "done", "done.csv", &done, 4096, finish());
+        client.upload_import(tokio_stream::iter(messages)).await.unwrap();
+
+        // An upload in flight when the process is killed.
+        let (file, _) = generate(&["--rows", "60000", "--seed", "6"]);
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(metadata(ACCOUNT, "killed", "users.csv"))
+            .await
+            .unwrap();
+        let mut streaming = client.clone();
+        let call = tokio::spawn(async move { streaming.upload_import(ReceiverStream::new(rx)).await });
+        for piece in file.chunks(64 * 1024).take(40) {
+            tx.send(chunk(piece)).await.unwrap();
+        }
+        let mut written = false;
+        for _ in 0..400 {
+            let import = client
+                .get_import(proto::GetImportRequest {
+                    account_id: ACCOUNT.into(),
+                    import_id: "killed".into(),
+                    ..Default::default()
+                })
+                .await;
+            if import.is_ok_and(|r| r.into_inner().import.unwrap().rows_imported > 0) {
+                written = true;
+                break;
             }
-            Err(s) => panic!("{s:?}"),
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
+        assert!(written, "rows were written before the kill");
+        server.kill();
+        let _ = call.await;
 
-    // An upload in flight when the process is killed.
-    let (file, _) = generate(&["--rows", "60000", "--seed", "6"]);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(metadata(ACCOUNT, "killed", "users.csv"))
-        .await
-        .unwrap();
-    let mut streaming = client.clone();
-    let call = tokio::spawn(async move { streaming.upload_import(ReceiverStream::new(rx)).await });
-    for piece in file.chunks(64 * 1024).take(40) {
-        tx.send(chunk(piece)).await.unwrap();
+        let app = spawn_on(&database.url, |_| {}).await;
+        let import = app.get(ACCOUNT, "killed").await.unwrap();
+        assert_eq!(status(&import), ImportStatus::ErrorUnknown);
+        assert!(
+            import.error_message.contains("server stopped"),
+            "{}",
+            import.error_message
+        );
+        assert_eq!(import.rows_imported, 0);
+        assert_eq!(app.users_of(ACCOUNT, "killed").await, 0);
+        let done = app.get(ACCOUNT, "done").await.unwrap();
+        assert_eq!(status(&done), ImportStatus::CompletedSuccess);
+        assert_eq!(app.users_of(ACCOUNT, "done").await, 100);
     }
-    let mut written = false;
-    for _ in 0..400 {
-        let import = client
-            .get_import(proto::GetImportRequest {
-                account_id: ACCOUNT.into(),
-                import_id: "killed".into(),
-                ..Default::default()
-            })
-            .await;
-        if import.is_ok_and(|r| r.into_inner().import.unwrap().rows_imported > 0) {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(written, "rows were written before the kill");
-    server.kill().unwrap(); // SIGKILL: no chance to clean up.
-    server.wait().unwrap();
-    let _ = call.await;
-
-    let app = spawn_on(&db_path, |_| {}).await;
-    let import = app.get(ACCOUNT, "killed").await.unwrap();
-    assert_eq!(status(&import), ImportStatus::ErrorUnknown);
-    assert!(
-        import.error_message.contains("server stopped"),
-        "{}",
-        import.error_message
-    );
-    assert_eq!(import.rows_imported, 0);
-    assert_eq!(app.users_of(ACCOUNT, "killed").await, 0);
-    let done = app.get(ACCOUNT, "done").await.unwrap();
-    assert_eq!(status(&done), ImportStatus::CompletedSuccess);
-    assert_eq!(app.users_of(ACCOUNT, "done").await, 100);
 }

@@ -6,6 +6,7 @@ mod helpers;
 mod lifecycle;
 mod queries;
 mod rejections;
+mod replicas;
 mod tools;
 mod upload;
 mod watch;

@@ -58,7 +58,7 @@ async fn the_readme_grpcurl_examples_work_as_written() {
     if !available("grpcurl") || !available("jq") {
         return;
     }
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let users = format!(
         "{HEADER}ada@example.com,Ada,Lovelace,admin,Countess,E1\n\

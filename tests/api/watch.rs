@@ -32,149 +32,154 @@ async fn next_import(
         .map(|m| m.unwrap().import.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watcher_sees_progress_before_the_upload_ends_then_the_end() {
-    let app = spawn_app().await;
-    let (file, stats) = generate(&["--rows", "40000", "--seed", "21"]);
-    let pieces: Vec<&[u8]> = file.chunks(64 * 1024).collect();
-    let half = pieces.len() / 2;
-    let upload = open_upload(&app, ACCOUNT, "watched").await;
-    for piece in &pieces[..half] {
-        upload.tx.send(chunk(piece)).await.unwrap();
-    }
-
-    wait_for_import(&app, ACCOUNT, "watched").await;
-    let mut stream = watch(&app, ACCOUNT, "watched").await.unwrap();
-    let mut seen_running = None;
-    while let Some(import) = next_import(&mut stream).await {
-        assert_eq!(status(&import), ImportStatus::Processing);
-        if import.rows_processed > 0 {
-            seen_running = Some(import);
-            break;
+backend_tests! {
+    async fn a_watcher_sees_progress_before_the_upload_ends_then_the_end(backend) {
+        let app = spawn_app(backend).await;
+        let (file, stats) = generate(&["--rows", "40000", "--seed", "21"]);
+        let pieces: Vec<&[u8]> = file.chunks(64 * 1024).collect();
+        let half = pieces.len() / 2;
+        let upload = open_upload(&app, ACCOUNT, "watched").await;
+        for piece in &pieces[..half] {
+            upload.tx.send(chunk(piece)).await.unwrap();
         }
-    }
-    let running = seen_running.expect("progress while the upload runs");
-    assert!(running.rows_processed < stats.rows);
-    assert!(running.bytes_received > 0);
 
-    for piece in &pieces[half..] {
-        upload.tx.send(chunk(piece)).await.unwrap();
-    }
-    upload.tx.send(finish_message(finish())).await.unwrap();
-    let finished = upload.call.await.unwrap().unwrap();
-
-    let mut last = running;
-    while let Some(import) = next_import(&mut stream).await {
-        assert!(
-            import.rows_processed >= last.rows_processed,
-            "counters never go back"
-        );
-        last = import;
-    }
-    assert_eq!(status(&last), ImportStatus::CompletedSuccess);
-    assert_eq!(last.rows_imported, stats.valid);
-    assert_eq!(last, finished);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watching_a_finished_import_sends_one_message_and_ends() {
-    let app = spawn_app().await;
-    let done = app
-        .upload(ACCOUNT, "done", HEADER.as_bytes(), 10)
-        .await
-        .unwrap();
-    let mut stream = watch(&app, ACCOUNT, "done").await.unwrap();
-    assert_eq!(next_import(&mut stream).await, Some(done));
-    assert_eq!(next_import(&mut stream).await, None);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_come_at_least_every_500_ms_while_counters_move() {
-    let app = spawn_app().await;
-    let (file, _) = generate(&["--rows", "20000", "--seed", "22"]);
-    let upload = open_upload(&app, ACCOUNT, "paced").await;
-    upload.tx.send(chunk(&file[..1024])).await.unwrap();
-    wait_for_import(&app, ACCOUNT, "paced").await;
-    let mut stream = watch(&app, ACCOUNT, "paced").await.unwrap();
-    let watcher = tokio::spawn(async move {
-        let mut arrivals = Vec::new();
+        wait_for_import(&app, ACCOUNT, "watched").await;
+        let mut stream = watch(&app, ACCOUNT, "watched").await.unwrap();
+        let mut seen_running = None;
         while let Some(import) = next_import(&mut stream).await {
-            arrivals.push((Instant::now(), import));
-        }
-        arrivals
-    });
-    // A slow client: a chunk every 50 ms for about two and a half seconds.
-    for piece in file[1024..].chunks(file.len() / 50) {
-        upload.tx.send(chunk(piece)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    upload.tx.send(finish_message(finish())).await.unwrap();
-    upload.call.await.unwrap().unwrap();
-    let arrivals = watcher.await.unwrap();
-
-    let running: Vec<_> = arrivals
-        .iter()
-        .filter(|(_, i)| status(i) == ImportStatus::Processing)
-        .collect();
-    assert!(
-        running.len() >= 4,
-        "{} updates while running",
-        running.len()
-    );
-    let longest_gap = running.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
-    // The contract is 500 ms; the slack absorbs a loaded CI machine.
-    assert!(
-        longest_gap < Duration::from_millis(900),
-        "gap of {longest_gap:?}"
-    );
-    assert_eq!(
-        status(&arrivals.last().unwrap().1),
-        ImportStatus::CompletedSuccess
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_watchers_and_a_stalled_one_do_not_slow_the_upload() {
-    let app = spawn_app().await;
-    let (file, stats) = generate(&["--rows", "40000", "--seed", "23"]);
-    let upload = open_upload(&app, ACCOUNT, "crowd").await;
-    upload.tx.send(chunk(&file[..4096])).await.unwrap();
-    wait_for_import(&app, ACCOUNT, "crowd").await;
-
-    // One watcher never reads: its messages pile up in its own flow-control window only.
-    let _stalled = watch(&app, ACCOUNT, "crowd").await.unwrap();
-    let mut watchers = Vec::new();
-    for _ in 0..20 {
-        let mut stream = watch(&app, ACCOUNT, "crowd").await.unwrap();
-        watchers.push(tokio::spawn(async move {
-            let mut last = None;
-            while let Some(import) = next_import(&mut stream).await {
-                last = Some(import);
+            assert_eq!(status(&import), ImportStatus::Processing);
+            if import.rows_processed > 0 {
+                seen_running = Some(import);
+                break;
             }
-            last.unwrap()
-        }));
-    }
-    for piece in file[4096..].chunks(64 * 1024) {
-        upload.tx.send(chunk(piece)).await.unwrap();
-    }
-    upload.tx.send(finish_message(finish())).await.unwrap();
-    let finished = tokio::time::timeout(Duration::from_secs(30), upload.call)
-        .await
-        .expect("the upload is not held back by watchers")
-        .unwrap()
-        .unwrap();
-    assert_eq!(finished.rows_imported, stats.valid);
-    for watcher in watchers {
-        assert_eq!(watcher.await.unwrap(), finished);
+        }
+        let running = seen_running.expect("progress while the upload runs");
+        assert!(running.rows_processed < stats.rows);
+        assert!(running.bytes_received > 0);
+
+        for piece in &pieces[half..] {
+            upload.tx.send(chunk(piece)).await.unwrap();
+        }
+        upload.tx.send(finish_message(finish())).await.unwrap();
+        let finished = upload.call.await.unwrap().unwrap();
+
+        let mut last = running;
+        while let Some(import) = next_import(&mut stream).await {
+            assert!(
+                import.rows_processed >= last.rows_processed,
+                "counters never go back"
+            );
+            last = import;
+        }
+        assert_eq!(status(&last), ImportStatus::CompletedSuccess);
+        assert_eq!(last.rows_imported, stats.valid);
+        assert_eq!(last, finished);
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watching_another_accounts_import_is_not_found() {
-    let app = spawn_app().await;
-    app.upload(ACCOUNT, "mine", HEADER.as_bytes(), 10)
-        .await
-        .unwrap();
-    let status = watch(&app, "intruder", "mine").await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::NotFound);
+backend_tests! {
+    async fn watching_a_finished_import_sends_one_message_and_ends(backend) {
+        let app = spawn_app(backend).await;
+        let done = app
+            .upload(ACCOUNT, "done", HEADER.as_bytes(), 10)
+            .await
+            .unwrap();
+        let mut stream = watch(&app, ACCOUNT, "done").await.unwrap();
+        assert_eq!(next_import(&mut stream).await, Some(done));
+        assert_eq!(next_import(&mut stream).await, None);
+    }
+}
+
+backend_tests! {
+    async fn updates_come_at_least_every_500_ms_while_counters_move(backend) {
+        let app = spawn_app(backend).await;
+        let (file, _) = generate(&["--rows", "20000", "--seed", "22"]);
+        let upload = open_upload(&app, ACCOUNT, "paced").await;
+        upload.tx.send(chunk(&file[..1024])).await.unwrap();
+        wait_for_import(&app, ACCOUNT, "paced").await;
+        let mut stream = watch(&app, ACCOUNT, "paced").await.unwrap();
+        let watcher = tokio::spawn(async move {
+            let mut arrivals = Vec::new();
+            while let Some(import) = next_import(&mut stream).await {
+                arrivals.push((Instant::now(), import));
+            }
+            arrivals
+        });
+        // A slow client: a chunk every 50 ms for about two and a half seconds.
+        for piece in file[1024..].chunks(file.len() / 50) {
+            upload.tx.send(chunk(piece)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        upload.tx.send(finish_message(finish())).await.unwrap();
+        upload.call.await.unwrap().unwrap();
+        let arrivals = watcher.await.unwrap();
+
+        let running: Vec<_> = arrivals
+            .iter()
+            .filter(|(_, i)| status(i) == ImportStatus::Processing)
+            .collect();
+        assert!(
+            running.len() >= 4,
+            "{} updates while running",
+            running.len()
+        );
+        let longest_gap = running.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+        // The contract is 500 ms; the slack absorbs a loaded CI machine.
+        assert!(
+            longest_gap < Duration::from_millis(900),
+            "gap of {longest_gap:?}"
+        );
+        assert_eq!(
+            status(&arrivals.last().unwrap().1),
+            ImportStatus::CompletedSuccess
+        );
+    }
+}
+
+backend_tests! {
+    async fn many_watchers_and_a_stalled_one_do_not_slow_the_upload(backend) {
+        let app = spawn_app(backend).await;
+        let (file, stats) = generate(&["--rows", "40000", "--seed", "23"]);
+        let upload = open_upload(&app, ACCOUNT, "crowd").await;
+        upload.tx.send(chunk(&file[..4096])).await.unwrap();
+        wait_for_import(&app, ACCOUNT, "crowd").await;
+
+        // One watcher never reads: its messages pile up in its own flow-control window only.
+        let _stalled = watch(&app, ACCOUNT, "crowd").await.unwrap();
+        let mut watchers = Vec::new();
+        for _ in 0..20 {
+            let mut stream = watch(&app, ACCOUNT, "crowd").await.unwrap();
+            watchers.push(tokio::spawn(async move {
+                let mut last = None;
+                while let Some(import) = next_import(&mut stream).await {
+                    last = Some(import);
+                }
+                last.unwrap()
+            }));
+        }
+        for piece in file[4096..].chunks(64 * 1024) {
+            upload.tx.send(chunk(piece)).await.unwrap();
+        }
+        upload.tx.send(finish_message(finish())).await.unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(30), upload.call)
+            .await
+            .expect("the upload is not held back by watchers")
+            .unwrap()
+            .unwrap();
+        assert_eq!(finished.rows_imported, stats.valid);
+        for watcher in watchers {
+            assert_eq!(watcher.await.unwrap(), finished);
+        }
+    }
+}
+
+backend_tests! {
+    async fn watching_another_accounts_import_is_not_found(backend) {
+        let app = spawn_app(backend).await;
+        app.upload(ACCOUNT, "mine", HEADER.as_bytes(), 10)
+            .await
+            .unwrap();
+        let status = watch(&app, "intruder", "mine").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
 }

@@ -1,0 +1,296 @@
+//! Several replicas on one PostgreSQL: shared progress, uniqueness, a replica's death, and the
+//! database going away. Postgres only: skipped (with a line saying so) without
+//! `TEST_DATABASE_URL`.
+
+use std::time::{Duration, Instant};
+
+use bulk_import::app::READINESS_SERVICE;
+use bulk_import::proto::{self, ImportStatus};
+use futures::StreamExt;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::helpers::*;
+use crate::lifecycle::open_upload;
+
+async fn users_of(database: &TestDatabase, import_id: &str) -> i64 {
+    let mut conn = PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM users u JOIN imports i USING (import_key) WHERE i.import_id = $1",
+    )
+    .bind(import_id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+async fn get(
+    client: &mut proto::import_service_client::ImportServiceClient<tonic::transport::Channel>,
+    import_id: &str,
+) -> Result<proto::Import, tonic::Status> {
+    Ok(client
+        .get_import(proto::GetImportRequest {
+            account_id: ACCOUNT.into(),
+            import_id: import_id.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .import
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_follows_an_upload_live_and_ends_it_when_the_first_dies() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let mut first = ServerProcess::start(&database.url).await;
+    let second = ServerProcess::start(&database.url).await;
+    let (mut on_first, mut on_second) = (first.client(), second.client());
+
+    let (file, _) = generate(&["--rows", "60000", "--seed", "41"]);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(metadata(ACCOUNT, "shared", "users.csv"))
+        .await
+        .unwrap();
+    let upload = tokio::spawn(async move { on_first.upload_import(ReceiverStream::new(rx)).await });
+    let mut pieces = file.chunks(file.len() / 100);
+    tx.send(chunk(pieces.next().unwrap())).await.unwrap();
+    while get(&mut on_second, "shared").await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The second replica watches while the first receives a slow upload.
+    let mut stream = on_second
+        .watch_import(proto::WatchImportRequest {
+            account_id: ACCOUNT.into(),
+            import_id: "shared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(Ok(message)) = stream.next().await {
+            seen.push((Instant::now(), message.import.unwrap()));
+        }
+        seen
+    });
+    for piece in pieces.by_ref().take(60) {
+        tx.send(chunk(piece)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let live = get(&mut on_second, "shared").await.unwrap();
+    assert_eq!(
+        ImportStatus::try_from(live.status).unwrap(),
+        ImportStatus::Processing
+    );
+    assert!(
+        live.rows_processed > 0 && live.rows_imported > 0,
+        "{live:?}"
+    );
+    assert!(users_of(&database, "shared").await > 0);
+
+    // The first replica dies mid-upload.
+    let killed = Instant::now();
+    first.kill();
+    let _ = upload.await;
+    drop(tx);
+
+    let seen = tokio::time::timeout(Duration::from_secs(40), watcher)
+        .await
+        .expect("the watch ends")
+        .unwrap();
+    let running: Vec<_> = seen
+        .iter()
+        .filter(|(_, i)| ImportStatus::try_from(i.status) == Ok(ImportStatus::Processing))
+        .collect();
+    assert!(
+        running.len() >= 4,
+        "{} updates while running",
+        running.len()
+    );
+    assert!(
+        running
+            .windows(2)
+            .all(|w| w[1].1.rows_processed >= w[0].1.rows_processed),
+        "counters never go back"
+    );
+    let moving: Vec<_> = running
+        .iter()
+        .filter(|(at, _)| *at < killed)
+        .map(|(at, _)| *at)
+        .collect();
+    let longest_gap = moving.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest_gap < Duration::from_millis(900),
+        "gap of {longest_gap:?}"
+    );
+
+    let (ended_at, last) = seen.last().unwrap();
+    assert_eq!(
+        ImportStatus::try_from(last.status).unwrap(),
+        ImportStatus::ErrorUnknown
+    );
+    assert!(
+        last.error_message.contains("server stopped"),
+        "{}",
+        last.error_message
+    );
+    let took = *ended_at - killed;
+    assert!(
+        took < Duration::from_secs(30),
+        "ended after {took:?}, beyond the lease"
+    );
+    assert_eq!(users_of(&database, "shared").await, 0);
+    let stored = get(&mut on_second, "shared").await.unwrap();
+    assert_eq!(&stored, last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_importing_the_same_users_at_once_never_duplicate_one() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let (first, second) = tokio::join!(
+        ServerProcess::start(&database.url),
+        ServerProcess::start(&database.url)
+    );
+    let (file, stats) = generate(&["--rows", "30000", "--seed", "42"]);
+    let upload = |server: &ServerProcess, id: &'static str| {
+        let mut client = server.client();
+        let messages = upload_messages(ACCOUNT, id, "users.csv", &file, 16 * 1024, finish());
+        async move {
+            client
+                .upload_import(tokio_stream::iter(messages))
+                .await
+                .unwrap()
+                .into_inner()
+                .import
+                .unwrap()
+        }
+    };
+    let (a, b) = tokio::join!(upload(&first, "a"), upload(&second, "b"));
+    assert_eq!(a.rows_imported + b.rows_imported, stats.valid);
+    assert_eq!(a.rows_failed + b.rows_failed, stats.valid);
+    let mut conn = PgConnection::connect(&database.url).await.unwrap();
+    let (users, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT email) FROM users")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((users, distinct), (stats.valid, stats.valid));
+    let codes: Vec<String> = sqlx::query_scalar("SELECT DISTINCT code FROM import_row_errors")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(codes, vec!["ALREADY_EXISTS".to_owned()]);
+}
+
+/// Closes the database to new connections and drops the open ones: to the service, that is
+/// the database server going away.
+async fn take_database_away(database: &TestDatabase, away: bool) {
+    let name = database.postgres_name().unwrap();
+    let mut admin = PgConnection::connect(&postgres_url().unwrap())
+        .await
+        .unwrap();
+    let allow = format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {}", !away);
+    sqlx::query(AssertSqlSafe(allow))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    if away {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}
+
+async fn readiness(app: &TestApp) -> ServingStatus {
+    let mut health = HealthClient::new(app.channel());
+    let status = health
+        .check(HealthCheckRequest {
+            service: READINESS_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).unwrap()
+}
+
+async fn wait_readiness(app: &TestApp, wanted: ServingStatus) -> Duration {
+    let start = Instant::now();
+    while readiness(app).await != wanted {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "readiness never became {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_rides_out_the_database_going_away() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let app = spawn_app(Backend::Postgres).await;
+    let (file, stats) = generate(&["--rows", "60000", "--seed", "43"]);
+    let upload = open_upload(&app, ACCOUNT, "during-outage").await;
+    let mut pieces = file.chunks(64 * 1024);
+    for piece in pieces.by_ref().take(20) {
+        upload.tx.send(chunk(piece)).await.unwrap();
+    }
+    crate::lifecycle::wait_for_imported_rows(&app, ACCOUNT, "during-outage").await;
+
+    take_database_away(app.database(), true).await;
+    // The running upload fails; the client hears of it.
+    for piece in pieces {
+        if upload.tx.send(chunk(piece)).await.is_err() {
+            break;
+        }
+    }
+    let _ = upload.tx.send(finish_message(finish())).await;
+    let reply = upload.call.await.unwrap();
+    assert!(reply.is_err(), "{reply:?}");
+    wait_readiness(&app, ServingStatus::NotServing).await;
+    let refused = app.upload(ACCOUNT, "refused", HEADER.as_bytes(), 100).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
+
+    // The database comes back: the service recovers by itself.
+    take_database_away(app.database(), false).await;
+    wait_readiness(&app, ServingStatus::Serving).await;
+    let mut ended = None;
+    for _ in 0..300 {
+        let import = app.get(ACCOUNT, "during-outage").await.unwrap();
+        if ImportStatus::try_from(import.status) != Ok(ImportStatus::Processing) {
+            ended = Some(import);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = ended.expect("the interrupted import ends once the database is back");
+    assert_eq!(
+        ImportStatus::try_from(ended.status).unwrap(),
+        ImportStatus::ErrorUnknown
+    );
+    assert_eq!(ended.rows_imported, 0);
+    assert_eq!(app.users_of(ACCOUNT, "during-outage").await, 0);
+
+    let after = app
+        .upload(ACCOUNT, "after", &file, 64 * 1024)
+        .await
+        .unwrap();
+    assert_eq!(after.rows_imported, stats.valid);
+}
