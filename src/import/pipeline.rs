@@ -32,7 +32,7 @@ use crate::domain::{
     AccountId, ArgumentError, Counters, Import, ImportKey, ImportStatus, NewImport, NewUser,
     RowError, TextFormat, UserBatch,
 };
-use crate::store::{BatchTarget, Conclusion, Store, StoreError};
+use crate::store::{BatchTarget, Batching, Conclusion, Store, StoreError};
 
 /// One message of an upload, as the transport layer decoded it.
 #[derive(Debug)]
@@ -88,16 +88,10 @@ enum Abort {
     Panicked(String),
 }
 
-/// Rows per batch: large enough to amortise a transaction, small enough that a few batches in
-/// flight stay well under a megabyte each.
-const BATCH_ROWS: usize = 4096;
 /// Batches queued for the writer: one being written, one waiting, one being filled.
 const WRITER_QUEUE: usize = 2;
-/// A batch that is not full is still written after this long, so that the stored counters
-/// (which other replicas and GetImport read) and the heartbeat keep up with a slow upload.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
-/// Chunks are parsed in slices of this size, so a batch is cut close to `BATCH_ROWS` even
-/// when a client sends multi-megabyte chunks.
+/// Chunks are parsed in slices of this size, so a batch is cut close to its size even when a
+/// client sends multi-megabyte chunks.
 const PARSE_SLICE: usize = 64 * 1024;
 
 pub(super) async fn run<S>(importer: Importer, mut events: S) -> Result<Import, ImportError>
@@ -166,6 +160,8 @@ struct Upload {
     reader: FileReader,
     rows: BatchSink,
     writer: Option<Writer>,
+    /// How the store wants its batches.
+    batching: Batching,
     /// When the last batch went to the writer.
     last_flush: tokio::time::Instant,
 }
@@ -173,6 +169,7 @@ struct Upload {
 /// Collects rows into the batch being filled, and counts them.
 struct BatchSink {
     batch: UserBatch,
+    batch_rows: usize,
     processed: u64,
     failed: u64,
 }
@@ -192,7 +189,7 @@ impl RowSink for BatchSink {
 
 impl BatchSink {
     fn take_batch(&mut self) -> UserBatch {
-        std::mem::replace(&mut self.batch, UserBatch::with_capacity(BATCH_ROWS))
+        std::mem::replace(&mut self.batch, UserBatch::with_capacity(self.batch_rows))
     }
 }
 
@@ -204,6 +201,7 @@ impl Upload {
         live: Live,
     ) -> Self {
         let config = importer.config();
+        let batching = store.batching();
         let writer = Writer::spawn(
             store.clone(),
             import.key,
@@ -214,11 +212,13 @@ impl Upload {
         Self {
             reader: FileReader::new(config.max_upload_bytes, config.record_limits),
             rows: BatchSink {
-                batch: UserBatch::with_capacity(BATCH_ROWS),
+                batch: UserBatch::with_capacity(batching.rows),
+                batch_rows: batching.rows,
                 processed: 0,
                 failed: 0,
             },
             writer: Some(writer),
+            batching,
             last_flush: tokio::time::Instant::now(),
             importer,
             store,
@@ -242,12 +242,15 @@ impl Upload {
             match event {
                 Some(Ok(UploadEvent::Chunk(chunk))) => {
                     // Parse slice by slice, handing full batches to the writer in between, so
-                    // that a batch stays near `BATCH_ROWS` even for multi-megabyte chunks.
+                    // that a batch stays near its size even for multi-megabyte chunks.
                     for slice in chunk.chunks(PARSE_SLICE) {
                         self.read(|reader, rows| reader.push(slice, rows))?;
-                        let full = self.rows.batch.rows_processed >= BATCH_ROWS as u64;
+                        let full = self.rows.batch.rows_processed >= self.batching.rows as u64;
                         let due = !self.rows.batch.is_empty()
-                            && self.last_flush.elapsed() >= FLUSH_INTERVAL;
+                            && self
+                                .batching
+                                .flush_after
+                                .is_some_and(|after| self.last_flush.elapsed() >= after);
                         if full || due {
                             self.send_batch().await?;
                         }

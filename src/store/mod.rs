@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_insert;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub enum StoreError {
     Config(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// An error of the database engine outside sqlx (SQLite's C API).
+    #[error("database error: {0}")]
+    Engine(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -108,8 +112,20 @@ pub struct StoredRowError {
     pub error: RowError,
 }
 
+/// How the pipeline should cut batches for a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Rows per batch, and so per write transaction.
+    pub rows: usize,
+    /// A batch that is not full is still written after this long, when other replicas read
+    /// the stored counters.
+    pub flush_after: Option<Duration>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    fn batching(&self) -> Batching;
+
     /// Answers when the database does: readiness follows it.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    BatchOutcome, BatchTarget, Conclusion, Holder, ImportRow, Store, StoreError, StoredRowError,
+    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError, StoredRowError,
     format_columns, merge_by_row, refusals,
 };
 use crate::domain::{
@@ -44,6 +44,8 @@ const LOCK_NAMESPACE: i64 = 0x4249_4D50;
 pub const LEASE: Duration = Duration::from_secs(30);
 /// How often the owner lock's connection is checked.
 const LOCK_CHECK: Duration = Duration::from_secs(5);
+/// Batches that skip the `COPY` fast path after one failed on a duplicate.
+const COPY_BACKOFF_BATCHES: u32 = 8;
 /// Deadlocks between two imports writing overlapping keys are retried this many times.
 const MAX_ATTEMPTS: usize = 8;
 
@@ -83,6 +85,9 @@ const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename,
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Per running import, how many more batches skip the `COPY` fast path: a file with
+    /// duplicates would otherwise pay for a failed `COPY` in every batch.
+    copy_backoff: Mutex<HashMap<ImportKey, u32>>,
     /// This replica's number: its advisory lock, and the `owner` of the imports it runs.
     owner: i64,
     changes: Arc<Changes>,
@@ -123,10 +128,31 @@ impl PostgresStore {
         tracing::info!(owner, "postgres store ready");
         Ok(Self {
             pool,
+            copy_backoff: Mutex::new(HashMap::new()),
             owner,
             changes,
             tasks: vec![lock_task, listen_task],
         })
+    }
+
+    fn copy_worth_trying(&self, key: ImportKey) -> bool {
+        let mut backoff = self.copy_backoff.lock().unwrap_or_else(|e| e.into_inner());
+        match backoff.get_mut(&key) {
+            Some(0) | None => true,
+            Some(skip) => {
+                *skip -= 1;
+                false
+            }
+        }
+    }
+
+    /// After a batch whose `COPY` failed on a duplicate, the next batches go straight to the
+    /// slower path that tolerates duplicates.
+    fn note_conflicts(&self, key: ImportKey, copy_failed: bool) {
+        let mut backoff = self.copy_backoff.lock().unwrap_or_else(|e| e.into_inner());
+        if copy_failed {
+            backoff.insert(key, COPY_BACKOFF_BATCHES);
+        }
     }
 
     /// Ends the imports whose replica is gone: no owner lock, or no heartbeat for a lease.
@@ -299,6 +325,16 @@ async fn listen(pool: PgPool, changes: Arc<Changes>) {
 
 #[async_trait]
 impl Store for PostgresStore {
+    /// Batches of 4,096 rows, flushed at least every 250 ms while rows arrive: other replicas
+    /// read progress from the stored counters, and watchers are promised an update every
+    /// 500 ms.
+    fn batching(&self) -> Batching {
+        Batching {
+            rows: std::env::var("BI_PG_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(4096),
+            flush_after: Some(Duration::from_millis(250)),
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -362,8 +398,12 @@ impl Store for PostgresStore {
         target: &BatchTarget<'_>,
         batch: &UserBatch,
     ) -> Result<BatchOutcome, StoreError> {
-        let outcome = in_transaction!(self.pool, |tx| write_batch(&mut tx, target, batch))?;
-        outcome.ok_or(StoreError::NotProcessing)
+        let try_copy = self.copy_worth_trying(target.key);
+        let outcome =
+            in_transaction!(self.pool, |tx| write_batch(&mut tx, target, batch, try_copy))?;
+        let outcome = outcome.ok_or(StoreError::NotProcessing)?;
+        self.note_conflicts(target.key, try_copy && outcome.conflicts > 0);
+        Ok(outcome)
     }
 
     async fn conclude_import(
@@ -412,6 +452,10 @@ impl Store for PostgresStore {
             }
             Ok::<_, sqlx::Error>(row)
         })?;
+        self.copy_backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         row.ok_or(StoreError::NotProcessing)?.try_into()
     }
 
@@ -475,56 +519,29 @@ async fn write_batch(
     tx: &mut Transaction<'static, Postgres>,
     target: &BatchTarget<'_>,
     batch: &UserBatch,
+    copy_worth_trying: bool,
 ) -> Result<Option<BatchOutcome>, sqlx::Error> {
-    let users: Vec<_> = batch.users().collect();
-    // Column arrays for UNNEST: one statement per batch, in file order, so that of two equal
-    // values in the file the first is the one kept.
-    let emails: Vec<&str> = users.iter().map(|u| u.email).collect();
-    let first_names: Vec<&str> = users.iter().map(|u| u.first_name).collect();
-    let last_names: Vec<&str> = users.iter().map(|u| u.last_name).collect();
-    let roles: Vec<&str> = users.iter().map(|u| u.role.as_str()).collect();
-    let job_titles: Vec<&str> = users.iter().map(|u| u.job_title).collect();
-    let external_ids: Vec<Option<&str>> = users.iter().map(|u| u.external_id).collect();
-    let rows: Vec<i64> = users.iter().map(|u| u.row_number as i64).collect();
-    let inserted: HashSet<i64> = sqlx::query_scalar(
-        "INSERT INTO users (account_id, email, first_name, last_name, role, job_title, \
-         external_id, import_key, source_row) \
-         SELECT $1, u.email, u.first_name, u.last_name, u.role, u.job_title, u.external_id, $2, \
-                u.source_row \
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                     $9::bigint[]) WITH ORDINALITY \
-              AS u(email, first_name, last_name, role, job_title, external_id, source_row, n) \
-         ORDER BY u.n \
-         ON CONFLICT DO NOTHING \
-         RETURNING source_row",
-    )
-    .bind(target.account_id.as_str())
-    .bind(target.key)
-    .bind(&emails)
-    .bind(&first_names)
-    .bind(&last_names)
-    .bind(&roles)
-    .bind(&job_titles)
-    .bind(&external_ids)
-    .bind(&rows)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
-
-    let refused: Vec<usize> = (0..users.len())
-        .filter(|&i| !inserted.contains(&rows[i]))
-        .collect();
+    // A batch need not reach the disk before the next: if the server crashes, the import is
+    // PROCESSING and gets ended anyway. Its ending commits synchronously, which flushes every
+    // earlier batch too.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **tx)
+        .await?;
+    let refused = if copy_worth_trying && copy_users(tx, target, batch).await? {
+        Vec::new()
+    } else {
+        insert_users(tx, target, batch).await?
+    };
     let mut conflicts = Vec::new();
     if !refused.is_empty() {
-        let emails = refused.iter().map(|&i| users[i].email);
+        let emails = refused.iter().map(|&i| batch.user(i).email);
         let by_email = holders(tx, target.account_id, Column::Email, emails).await?;
-        let ids = refused.iter().filter_map(|&i| users[i].external_id);
+        let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
         let by_id = holders(tx, target.account_id, Column::ExternalId, ids).await?;
         conflicts = refusals(target.key, batch, &refused, &by_email, &by_id);
     }
     let conflict_rows = refused.len() as u64;
-    let imported = inserted.len() as u64;
+    let imported = batch.len() as u64 - conflict_rows;
 
     let errors = merge_by_row(&batch.errors, conflicts);
     let stored = (errors.len() as u64).min(target.error_budget) as usize;
@@ -560,6 +577,132 @@ async fn write_batch(
         errors_stored: stored as u64,
         errors_omitted: omitted,
     }))
+}
+
+/// The fast path: `COPY` straight into the users table, which skips the per-row index probes
+/// of `ON CONFLICT` and inserts pages at a time. Any duplicate fails the whole `COPY`; it then
+/// rolls back to its savepoint and returns `false`, and the batch goes through `insert_users`.
+async fn copy_users(
+    tx: &mut Transaction<'static, Postgres>,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+) -> Result<bool, sqlx::Error> {
+    if batch.len() == 0 {
+        return Ok(true);
+    }
+    let mut data = Vec::with_capacity(batch.len() * 128);
+    let account = target.account_id.as_str();
+    let key = target.key.to_string();
+    for user in batch.users() {
+        for value in [
+            account,
+            user.email,
+            user.first_name,
+            user.last_name,
+            user.role.as_str(),
+            user.job_title,
+        ] {
+            copy_text(&mut data, value);
+            data.push(b'\t');
+        }
+        match user.external_id {
+            Some(id) => copy_text(&mut data, id),
+            None => data.extend_from_slice(b"\\N"),
+        }
+        data.push(b'\t');
+        data.extend_from_slice(key.as_bytes());
+        data.push(b'\t');
+        data.extend_from_slice(user.row_number.to_string().as_bytes());
+        data.push(b'\n');
+    }
+    sqlx::query("SAVEPOINT copy_users").execute(&mut **tx).await?;
+    let copied = async {
+        let mut copy = (&mut **tx)
+            .copy_in_raw(
+                "COPY users (account_id, email, first_name, last_name, role, job_title, \
+                 external_id, import_key, source_row) FROM STDIN",
+            )
+            .await?;
+        copy.send(data).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(_) => {
+            sqlx::query("RELEASE SAVEPOINT copy_users")
+                .execute(&mut **tx)
+                .await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            sqlx::query("ROLLBACK TO SAVEPOINT copy_users")
+                .execute(&mut **tx)
+                .await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Escapes a value for `COPY`'s text format. Validation already refused control characters;
+/// the backslash is the one that can remain.
+fn copy_text(data: &mut Vec<u8>, value: &str) {
+    for byte in value.bytes() {
+        match byte {
+            b'\\' => data.extend_from_slice(b"\\\\"),
+            b'\t' => data.extend_from_slice(b"\\t"),
+            b'\n' => data.extend_from_slice(b"\\n"),
+            b'\r' => data.extend_from_slice(b"\\r"),
+            _ => data.push(byte),
+        }
+    }
+}
+
+/// The path for batches with duplicates: one `INSERT ... SELECT FROM unnest(...)` with every
+/// column bound as an array, `ON CONFLICT DO NOTHING`. Returns the indexes of the users the
+/// unique indexes refused. unnest yields the rows in array order and nothing in the plan
+/// reorders them, so of two equal values in the file the first is the one kept (the row error
+/// tests check it).
+async fn insert_users(
+    tx: &mut Transaction<'static, Postgres>,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+) -> Result<Vec<usize>, sqlx::Error> {
+    let users: Vec<_> = batch.users().collect();
+    let emails: Vec<&str> = users.iter().map(|u| u.email).collect();
+    let first_names: Vec<&str> = users.iter().map(|u| u.first_name).collect();
+    let last_names: Vec<&str> = users.iter().map(|u| u.last_name).collect();
+    let roles: Vec<&str> = users.iter().map(|u| u.role.as_str()).collect();
+    let job_titles: Vec<&str> = users.iter().map(|u| u.job_title).collect();
+    let external_ids: Vec<Option<&str>> = users.iter().map(|u| u.external_id).collect();
+    let rows: Vec<i64> = users.iter().map(|u| u.row_number as i64).collect();
+    let inserted: HashSet<i64> = sqlx::query_scalar(
+        "INSERT INTO users (account_id, email, first_name, last_name, role, job_title, \
+         external_id, import_key, source_row) \
+         SELECT $1, u.email, u.first_name, u.last_name, u.role, u.job_title, u.external_id, $2, \
+                u.source_row \
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                     $9::bigint[]) \
+              AS u(email, first_name, last_name, role, job_title, external_id, source_row) \
+         ON CONFLICT DO NOTHING \
+         RETURNING source_row",
+    )
+    .bind(target.account_id.as_str())
+    .bind(target.key)
+    .bind(&emails)
+    .bind(&first_names)
+    .bind(&last_names)
+    .bind(&roles)
+    .bind(&job_titles)
+    .bind(&external_ids)
+    .bind(&rows)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok((0..users.len())
+        .filter(|&i| !inserted.contains(&rows[i]))
+        .collect())
 }
 
 /// Who holds each of `values` in `column` (email or external_id) in the account.

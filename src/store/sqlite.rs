@@ -16,8 +16,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
+use super::sqlite_insert;
 use super::{
-    BatchOutcome, BatchTarget, Conclusion, Holder, ImportRow, Store, StoreError, StoredRowError,
+    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError, StoredRowError,
     format_columns, merge_by_row, micros, refusals,
 };
 use crate::domain::{
@@ -25,11 +26,18 @@ use crate::domain::{
 };
 
 /// SQLite allows 32,766 bound values per statement; 10 per user.
-const USERS_PER_STATEMENT: usize = 1000;
 const ERRORS_PER_STATEMENT: usize = 1000;
 const LOOKUPS_PER_STATEMENT: usize = 500;
 
+/// Page cache of the writing connection, in KiB: the hot part of the email index stays in
+/// memory across batches. Bounded, so memory stays flat whatever the file size.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
 pub struct SqliteStore {
+    /// One connection for every write. SQLite has one writer at a time anyway, and its page
+    /// cache is per connection: writes spread over a pool would fill a large cache in each.
+    writer: SqlitePool,
+    /// Readers, with SQLite's small default cache; WAL lets them run beside the writer.
     pool: SqlitePool,
 }
 
@@ -44,17 +52,33 @@ impl SqliteStore {
             // last transactions, never corrupt the file.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (a multi-row INSERT may need to undo itself) stay in memory.
+            .pragma("temp_store", "MEMORY");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // Kept open: the cache is the point of this connection.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", (-WRITER_CACHE_KIB).to_string()),
+            )
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { writer, pool })
     }
 
+    /// A write transaction on the writer connection. `BEGIN IMMEDIATE` also serialises with
+    /// other processes on the same file.
     async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
@@ -64,6 +88,17 @@ const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename,
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// Large transactions: every commit writes each page it dirtied to the WAL, and random
+    /// email-index inserts dirty a page per row or so, so committing every 4,096 rows wrote the
+    /// same index pages to the WAL hundreds of times over. Progress comes from the live
+    /// counters of this (only) replica, so there is no reason to flush early.
+    fn batching(&self) -> Batching {
+        Batching {
+            rows: 32 * 1024,
+            flush_after: None,
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -103,7 +138,7 @@ impl Store for SqliteStore {
             .bind(new.kind.as_str())
             .bind(new.filename.as_str())
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await?;
         row.try_into()
     }
@@ -289,56 +324,32 @@ async fn insert_users(
     batch: &UserBatch,
     now: i64,
 ) -> Result<Vec<RowError>, StoreError> {
-    let account: std::sync::Arc<str> = target.account_id.as_str().into();
-    let mut conflicts = Vec::new();
-    let indexes: Vec<usize> = (0..batch.len()).collect();
-    for part in indexes.chunks(USERS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO users (account_id, email, first_name, last_name, role, job_title, \
-             external_id, import_key, source_row, create_time) ",
-        );
-        query.push_values(part, |mut row, &i| {
-            let user = batch.user(i);
-            row.push_bind(account.clone())
-                .push_bind(user.email.to_owned())
-                .push_bind(user.first_name.to_owned())
-                .push_bind(user.last_name.to_owned())
-                .push_bind(user.role.as_str())
-                .push_bind(user.job_title.to_owned())
-                .push_bind(user.external_id.map(str::to_owned))
-                .push_bind(target.key)
-                .push_bind(user.row_number as i64)
-                .push_bind(now);
-        });
-        query.push(" ON CONFLICT DO NOTHING");
-        let inserted = query.build().execute(&mut *conn).await?.rows_affected();
-        if inserted as usize == part.len() {
-            continue;
+    let refused = {
+        let mut handle = conn.lock_handle().await?;
+        let db = handle.as_raw_handle();
+        let account = target.account_id.as_str();
+        // A few milliseconds of SQLite work per thousand rows: tell the runtime, so that other
+        // tasks move to another worker meanwhile. No `.await` between taking the handle and
+        // finishing with it, so the handle cannot be released early by a cancellation.
+        let insert = || {
+            // SAFETY: `handle` holds the connection for us alone, inside the write transaction
+            // opened by `begin_immediate`, until the end of this block.
+            unsafe { sqlite_insert::insert_users(db, account, target.key, now, batch) }
+        };
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(insert),
+            _ => insert(),
         }
-        let first = batch.user(part[0]).row_number as i64;
-        let last = batch.user(part[part.len() - 1]).row_number as i64;
-        let present: HashSet<i64> = sqlx::query_scalar(
-            "SELECT source_row FROM users WHERE import_key = ?1 AND source_row BETWEEN ?2 AND ?3",
-        )
-        .bind(target.key)
-        .bind(first)
-        .bind(last)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-        let refused: Vec<usize> = part
-            .iter()
-            .copied()
-            .filter(|&i| !present.contains(&(batch.user(i).row_number as i64)))
-            .collect();
-        let emails = refused.iter().map(|&i| batch.user(i).email);
-        let by_email = holders(&mut *conn, target.account_id, Column::Email, emails).await?;
-        let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
-        let by_id = holders(&mut *conn, target.account_id, Column::ExternalId, ids).await?;
-        conflicts.extend(refusals(target.key, batch, &refused, &by_email, &by_id));
+        .map_err(StoreError::Engine)?
+    };
+    if refused.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(conflicts)
+    let emails = refused.iter().map(|&i| batch.user(i).email);
+    let by_email = holders(&mut *conn, target.account_id, Column::Email, emails).await?;
+    let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
+    let by_id = holders(&mut *conn, target.account_id, Column::ExternalId, ids).await?;
+    Ok(refusals(target.key, batch, &refused, &by_email, &by_id))
 }
 
 /// Who holds each of `values` in `column` (email or external_id) in the account.
@@ -365,7 +376,12 @@ async fn holders<'v>(
             list.push_bind((*value).to_owned());
         }
         query.push(")");
-        let rows: Vec<(String, i64, i64)> = query.build_query_as().fetch_all(&mut *conn).await?;
+        // Not cached: the statement's length varies with the number of values.
+        let rows: Vec<(String, i64, i64)> = query
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
         found.extend(rows.into_iter().map(|(value, import_key, source_row)| {
             let holder = Holder {
                 import_key,
@@ -399,7 +415,9 @@ async fn insert_errors(
                 .push_bind(error.message.clone())
                 .push_bind(error.value.clone());
         });
-        query.build().execute(&mut *conn).await?;
+        // Cached only in its full size: a statement per length would fill the cache.
+        let persistent = part.len() == ERRORS_PER_STATEMENT;
+        query.build().persistent(persistent).execute(&mut *conn).await?;
     }
     Ok(())
 }
