@@ -1,0 +1,246 @@
+//! The import benchmark: the release server on a temporary database, files uploaded through
+//! the real gRPC client in 256 KiB chunks, against the databases' own CSV loaders on the same
+//! files.
+//!
+//! ```sh
+//! cargo bench --bench import                         # 199 MiB, both backends, scaling lines
+//! cargo bench --bench import -- --size-mb 50         # another size
+//! cargo bench --bench import -- --backend sqlite     # one backend
+//! ```
+//!
+//! PostgreSQL runs when `BENCH_DATABASE_URL` or `TEST_DATABASE_URL` names a server (default:
+//! postgres://postgres@127.0.0.1:5432/postgres, skipped when it does not answer).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::*;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+struct Options {
+    size_mb: u32,
+    backends: Vec<Backend>,
+    scaling: bool,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let backends = match value("--backend").as_deref() {
+        Some("sqlite") => vec![Backend::Sqlite],
+        Some("postgres") => vec![Backend::Postgres],
+        _ => vec![Backend::Sqlite, Backend::Postgres],
+    };
+    Options {
+        // 199: the generator stops once past the size, and 200 MiB is the upload limit.
+        size_mb: value("--size-mb").and_then(|v| v.parse().ok()).unwrap_or(199),
+        backends,
+        scaling: !args.iter().any(|a| a == "--no-scaling"),
+    }
+}
+
+/// A fresh database for one measurement, dropped afterwards.
+struct Database {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl Database {
+    fn new(backend: Backend, server: &str, label: &str) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                    postgres: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("bulk_import_bench_{label}_{}", std::process::id());
+                psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                assert!(psql_admin(server, &format!("CREATE DATABASE {name}")));
+                let mut url = url::Url::parse(server).unwrap();
+                url.set_path(&name);
+                Self {
+                    url: url.to_string(),
+                    _dir: None,
+                    postgres: Some((server.to_owned(), name)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some((server, name)) = &self.postgres {
+            psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+struct Run {
+    wall: Duration,
+    bytes: u64,
+    rows: u64,
+    peak_rss: u64,
+}
+
+impl Run {
+    fn mb_per_s(&self) -> f64 {
+        mib(self.bytes) / self.wall.as_secs_f64()
+    }
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bulk-import"))
+}
+
+/// Uploads each file concurrently, each into its own account, on one fresh server.
+async fn measure(backend: Backend, server: &str, files: &[PathBuf], label: &str) -> Run {
+    let database = Database::new(backend, server, label);
+    let app = Server::start(&binary(), &database.url).await;
+    let start = std::time::Instant::now();
+    let uploads = files.iter().enumerate().map(|(i, file)| {
+        let channel = app.channel.clone();
+        let file = file.clone();
+        async move { upload(channel, &format!("account-{i}"), &file).await }
+    });
+    let results = futures::future::join_all(uploads).await;
+    let wall = start.elapsed();
+    let mut rows = 0;
+    for (import, _) in &results {
+        assert_eq!(import.status, proto_success(), "{}", import.error_message);
+        rows += import.rows_imported as u64;
+    }
+    let bytes = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let peak_rss = app.peak_rss();
+    app.stop();
+    Run {
+        wall,
+        bytes,
+        rows,
+        peak_rss,
+    }
+}
+
+fn proto_success() -> i32 {
+    bulk_import::proto::ImportStatus::CompletedSuccess as i32
+}
+
+fn postgres_server() -> Option<String> {
+    let url = std::env::var("BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    psql_admin(&url, "SELECT 1").then_some(url)
+}
+
+fn tool(backend: Backend, server: &str, file: &Path) -> Option<(&'static str, Duration)> {
+    match backend {
+        Backend::Sqlite => sqlite3_import(file).map(|t| ("sqlite3 .import", t)),
+        Backend::Postgres => {
+            let name = format!("bulk_import_bench_copy_{}", std::process::id());
+            psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            psql_admin(server, &format!("CREATE DATABASE {name}"));
+            let time = psql_copy(server, &name, file);
+            psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            time.map(|t| ("psql \\copy", t))
+        }
+    }
+}
+
+fn print_run(label: &str, run: &Run) {
+    println!(
+        "  {label:<28} {:>8.2} s {:>8.1} MB/s {:>10.0} rows/s   peak RSS {:>6.1} MiB",
+        run.wall.as_secs_f64(),
+        run.mb_per_s(),
+        run.rows as f64 / run.wall.as_secs_f64(),
+        mib(run.peak_rss)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let options = options();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("bulk-import benchmark: {cores} cores, release build, 256 KiB chunks");
+    let big = users_file(options.size_mb, 1);
+    let big_rows = data_rows(&big);
+    println!(
+        "file: {} ({:.1} MiB, {big_rows} rows, all valid)",
+        big.display(),
+        mib(std::fs::metadata(&big).unwrap().len())
+    );
+    let postgres = postgres_server();
+    for backend in options.backends {
+        let server = match backend {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => match &postgres {
+                Some(url) => url.clone(),
+                None => {
+                    println!("\n{}: skipped, no server answers", backend.name());
+                    continue;
+                }
+            },
+        };
+        println!("\n{}", backend.name());
+        let run = measure(backend, &server, std::slice::from_ref(&big), "big").await;
+        assert_eq!(run.rows, big_rows);
+        print_run(&format!("service, {} MiB", options.size_mb), &run);
+        match tool(backend, &server, &big) {
+            Some((name, time)) => println!(
+                "  {name:<28} {:>8.2} s    ratio service/tool: {:.2}",
+                time.as_secs_f64(),
+                run.wall.as_secs_f64() / time.as_secs_f64()
+            ),
+            None => println!("  (the database's own loader is not installed: no ratio)"),
+        }
+        if !options.scaling {
+            continue;
+        }
+        let tenth = options.size_mb.div_ceil(10).max(1);
+        let small = users_file(tenth, 2);
+        let small_run = measure(backend, &server, &[small], "small").await;
+        print_run(&format!("service, {tenth} MiB"), &small_run);
+        println!(
+            "  scaling {tenth} -> {} MiB: time x{:.2}, peak RSS x{:.2}",
+            options.size_mb,
+            run.wall.as_secs_f64() / small_run.wall.as_secs_f64(),
+            run.peak_rss as f64 / small_run.peak_rss as f64
+        );
+        let eighth = options.size_mb.div_ceil(8).max(1);
+        let part = users_file(eighth, 3);
+        let parts = vec![part; 8];
+        let concurrent = measure(backend, &server, &parts, "concurrent").await;
+        print_run(&format!("service, 8 x {eighth} MiB at once"), &concurrent);
+        println!(
+            "  8 concurrent uploads: aggregate throughput x{:.2} of one upload",
+            concurrent.mb_per_s() / run.mb_per_s()
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! What the benchmark (`benches/import.rs`) and its small CI version (`tests/api/memory.rs`)
+//! share: a server process with its peak memory, an upload through the real gRPC client, and
+//! the databases' own loaders run on the same file for comparison.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulk_import::proto::import_service_client::ImportServiceClient;
+use bulk_import::proto::upload_import_request::Payload;
+use bulk_import::proto::{self, ImportMetadata, UploadFinish, UploadImportRequest};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Chunk size of the uploads, as a typical client sends them.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The team's generator beside the repository, or the vendored copy.
+pub fn generator() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/bench/gen_users_csv.py");
+    if shared.exists() {
+        shared
+    } else {
+        root.join("bench/gen_users_csv.py")
+    }
+}
+
+/// A generated Users file of about `size_mb` MiB (all rows valid), cached under
+/// `target/bench-data`.
+pub fn users_file(size_mb: u32, seed: u32) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("users-{size_mb}mb-seed{seed}.csv"));
+    if !path.exists() {
+        let partial = path.with_extension("partial");
+        let out = std::fs::File::create(&partial).unwrap();
+        let status = Command::new("python3")
+            .arg(generator())
+            .args(["--size-mb", &size_mb.to_string(), "--seed", &seed.to_string()])
+            .stdout(out)
+            .status()
+            .expect("python3 runs the generator");
+        assert!(status.success());
+        std::fs::rename(&partial, &path).unwrap();
+    }
+    path
+}
+
+pub fn data_rows(file: &Path) -> u64 {
+    let mut count = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut f = std::fs::File::open(file).unwrap();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        count += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    count.saturating_sub(1)
+}
+
+/// The server binary, serving on a free port.
+pub struct Server {
+    child: Child,
+    pub channel: Channel,
+}
+
+impl Server {
+    pub async fn start(binary: &Path, database_url: &str) -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = Command::new(binary)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", database_url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the server binary starts");
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let mut health = HealthClient::new(channel.clone());
+        let start = Instant::now();
+        loop {
+            let ready = health
+                .check(HealthCheckRequest {
+                    service: "bulkimport.v1.ImportService".into(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1);
+            if ready {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the server never got ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, channel }
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// SIGTERM, then wait: the server shuts down gracefully.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Uploads `file` the way a client does: read as it streams, in `CHUNK_BYTES` chunks, with the
+/// size and SHA-256 in the finish message. Returns the finished import and the wall time.
+pub async fn upload(
+    channel: Channel,
+    account: &str,
+    file: &Path,
+) -> (proto::Import, Duration) {
+    let mut client = ImportServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(8);
+    let start = Instant::now();
+    let path = file.to_owned();
+    let metadata = UploadImportRequest {
+        payload: Some(Payload::Metadata(ImportMetadata {
+            account_id: account.to_owned(),
+            r#type: proto::ImportType::Users as i32,
+            filename: "users.csv".into(),
+            import_id: String::new(),
+        })),
+    };
+    tx.send(metadata).await.unwrap();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(path).unwrap();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match f.read(&mut buf[filled..]).unwrap() {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            hasher.update(&buf);
+            size += filled as u64;
+            let chunk = UploadImportRequest {
+                payload: Some(Payload::Chunk(buf.into())),
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return;
+            }
+        }
+        let finish = UploadImportRequest {
+            payload: Some(Payload::Finish(UploadFinish {
+                size_bytes: Some(size as i64),
+                sha256: hex::encode(hasher.finalize()),
+            })),
+        };
+        let _ = tx.blocking_send(finish);
+    });
+    let response = client.upload_import(ReceiverStream::new(rx)).await;
+    reader.await.unwrap();
+    let import = response.expect("the upload succeeds").into_inner().import.unwrap();
+    (import, start.elapsed())
+}
+
+/// `sqlite3 .import` of `file` into a table with a case-insensitive unique index on email, with
+/// the CLI's default settings. `None` when the sqlite3 CLI is not installed.
+pub fn sqlite3_import(file: &Path) -> Option<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("import.db");
+    let script = format!(
+        "CREATE TABLE users (email TEXT, first_name TEXT, last_name TEXT, role TEXT, \
+         job_title TEXT, external_id TEXT);\n\
+         CREATE UNIQUE INDEX users_email ON users (email COLLATE NOCASE);\n\
+         .mode csv\n\
+         .import --skip 1 {} users\n",
+        file.display()
+    );
+    let start = Instant::now();
+    let mut child = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    use std::io::Write;
+    child.stdin.take()?.write_all(script.as_bytes()).ok()?;
+    let status = child.wait().ok()?;
+    status.success().then(|| start.elapsed())
+}
+
+/// `psql \copy` of `file` into a fresh database's table with a case-insensitive unique index on
+/// email. `None` when psql or the server is not there.
+pub fn psql_copy(server_url: &str, database: &str, file: &Path) -> Option<Duration> {
+    let mut url = url::Url::parse(server_url).ok()?;
+    url.set_path(database);
+    let create = "CREATE TABLE users (email text, first_name text, last_name text, role text, \
+                  job_title text, external_id text); \
+                  CREATE UNIQUE INDEX users_email ON users (lower(email));";
+    let ok = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", url.as_str(), "-c", create])
+        .stdout(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    if !ok {
+        return None;
+    }
+    let copy = format!("\\copy users FROM '{}' CSV HEADER", file.display());
+    let start = Instant::now();
+    let ok = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", url.as_str(), "-c", &copy])
+        .stdout(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    ok.then(|| start.elapsed())
+}
+
+/// Runs SQL on the Postgres server (as the admin database), for creating and dropping
+/// benchmark databases.
+pub fn psql_admin(server_url: &str, sql: &str) -> bool {
+    Command::new("psql")
+        .args(["-q", server_url, "-c", sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
