@@ -107,12 +107,13 @@ impl Store for SqliteStore {
     async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError> {
         let now = micros(SystemTime::now());
         let mut tx = self.begin_immediate().await?;
-        sqlx::query(
-            "DELETE FROM users WHERE import_key IN \
-             (SELECT import_key FROM imports WHERE status = 'PROCESSING')",
-        )
-        .execute(&mut *tx)
-        .await?;
+        let interrupted: Vec<i64> =
+            sqlx::query_scalar("SELECT import_key FROM imports WHERE status = 'PROCESSING'")
+                .fetch_all(&mut *tx)
+                .await?;
+        for key in interrupted {
+            delete_users(&mut tx, key).await?;
+        }
         let ended = sqlx::query(
             "UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = ?1, rows_imported = 0, \
              update_time = ?2, complete_time = ?2 WHERE status = 'PROCESSING'",
@@ -145,10 +146,7 @@ impl Store for SqliteStore {
 
     async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError> {
         let mut tx = self.begin_immediate().await?;
-        sqlx::query("DELETE FROM users WHERE import_key = ?1")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+        delete_users(&mut tx, key).await?;
         sqlx::query("DELETE FROM imports WHERE import_key = ?1")
             .bind(key)
             .execute(&mut *tx)
@@ -228,11 +226,12 @@ impl Store for SqliteStore {
         );
         let mut tx = self.begin_immediate().await?;
         if failed {
-            sqlx::query("DELETE FROM users WHERE import_key = ?1")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
+            delete_users(&mut tx, key).await?;
         }
+        sqlx::query("DELETE FROM import_user_ranges WHERE import_key = ?1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
         let c = &conclusion.counters;
         let (encoding, delimiter) = format_columns(conclusion.format);
         let sql = format!(
@@ -324,7 +323,7 @@ async fn insert_users(
     batch: &UserBatch,
     now: i64,
 ) -> Result<Vec<RowError>, StoreError> {
-    let refused = {
+    let inserted = {
         let mut handle = conn.lock_handle().await?;
         let db = handle.as_raw_handle();
         let account = target.account_id.as_str();
@@ -342,6 +341,18 @@ async fn insert_users(
         }
         .map_err(StoreError::Engine)?
     };
+    if let Some((first, last)) = inserted.rowids {
+        sqlx::query(
+            "INSERT INTO import_user_ranges (import_key, first_rowid, last_rowid) \
+             VALUES (?1, ?2, ?3)",
+        )
+        .bind(target.key)
+        .bind(first)
+        .bind(last)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let refused = inserted.refused;
     if refused.is_empty() {
         return Ok(Vec::new());
     }
@@ -350,6 +361,28 @@ async fn insert_users(
     let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
     let by_id = holders(&mut *conn, target.account_id, Column::ExternalId, ids).await?;
     Ok(refusals(target.key, batch, &refused, &by_email, &by_id))
+}
+
+/// Deletes the users an import wrote, by the rowid ranges its batches recorded.
+async fn delete_users(conn: &mut SqliteConnection, key: ImportKey) -> Result<(), StoreError> {
+    let ranges: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT first_rowid, last_rowid FROM import_user_ranges WHERE import_key = ?1",
+    )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (first, last) in ranges {
+        sqlx::query("DELETE FROM users WHERE rowid BETWEEN ?1 AND ?2")
+            .bind(first)
+            .bind(last)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM import_user_ranges WHERE import_key = ?1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Who holds each of `values` in `column` (email or external_id) in the account.

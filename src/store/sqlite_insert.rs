@@ -19,7 +19,16 @@ const INSERT_USER: &CStr = c"INSERT INTO users (account_id, email, first_name, l
     job_title, external_id, import_key, source_row, create_time) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING";
 
-/// Inserts every user of `batch`; returns the indexes of the users the unique indexes refused.
+/// What inserting a batch did.
+pub(super) struct Inserted {
+    /// Indexes (in the batch) of the users the unique indexes refused.
+    pub refused: Vec<usize>,
+    /// The rowids given to the users inserted: consecutive, as this connection is the only
+    /// writer while the transaction lasts.
+    pub rowids: Option<(i64, i64)>,
+}
+
+/// Inserts every user of `batch`.
 ///
 /// # Safety
 ///
@@ -31,10 +40,11 @@ pub(super) unsafe fn insert_users(
     import_key: i64,
     now: i64,
     batch: &UserBatch,
-) -> Result<Vec<usize>, String> {
+) -> Result<Inserted, String> {
     // SAFETY: the caller vouches for `db`.
     let mut statement = unsafe { Statement::prepare(db, INSERT_USER)? };
     let mut refused = Vec::new();
+    let mut rowids: Option<(i64, i64)> = None;
     for (index, user) in batch.users().enumerate() {
         statement.text(1, account_id)?;
         statement.text(2, user.email)?;
@@ -49,11 +59,15 @@ pub(super) unsafe fn insert_users(
         statement.int(8, import_key)?;
         statement.int(9, user.row_number as i64)?;
         statement.int(10, now)?;
-        if !statement.execute()? {
+        if statement.execute()? {
+            // SAFETY: `db` is valid and ours alone.
+            let rowid = unsafe { ffi::sqlite3_last_insert_rowid(db.as_ptr()) };
+            rowids = Some(rowids.map_or((rowid, rowid), |(first, _)| (first, rowid)));
+        } else {
             refused.push(index);
         }
     }
-    Ok(refused)
+    Ok(Inserted { refused, rowids })
 }
 
 /// A prepared statement, finalized on drop.
