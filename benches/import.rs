@@ -55,7 +55,9 @@ fn options() -> Options {
     };
     Options {
         // 199: the generator stops once past the size, and 200 MiB is the upload limit.
-        size_mb: value("--size-mb").and_then(|v| v.parse().ok()).unwrap_or(199),
+        size_mb: value("--size-mb")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(199),
         backends,
         scaling: !args.iter().any(|a| a == "--no-scaling"),
     }
@@ -82,7 +84,10 @@ impl Database {
             }
             Backend::Postgres => {
                 let name = format!("bulk_import_bench_{label}_{}", std::process::id());
-                psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                psql_admin(
+                    server,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                );
                 assert!(psql_admin(server, &format!("CREATE DATABASE {name}")));
                 let mut url = url::Url::parse(server).unwrap();
                 url.set_path(&name);
@@ -99,7 +104,10 @@ impl Database {
 impl Drop for Database {
     fn drop(&mut self) {
         if let Some((server, name)) = &self.postgres {
-            psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            psql_admin(
+                server,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
         }
     }
 }
@@ -138,7 +146,10 @@ async fn measure(backend: Backend, server: &str, files: &[PathBuf], label: &str)
         assert_eq!(import.status, proto_success(), "{}", import.error_message);
         rows += import.rows_imported as u64;
     }
-    let bytes = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
     let peak_rss = app.peak_rss();
     app.stop();
     Run {
@@ -165,10 +176,16 @@ fn tool(backend: Backend, server: &str, file: &Path) -> Option<(&'static str, Du
         Backend::Sqlite => sqlite3_import(file).map(|t| ("sqlite3 .import", t)),
         Backend::Postgres => {
             let name = format!("bulk_import_bench_copy_{}", std::process::id());
-            psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            psql_admin(
+                server,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
             psql_admin(server, &format!("CREATE DATABASE {name}"));
             let time = psql_copy(server, &name, file);
-            psql_admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            psql_admin(
+                server,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
             time.map(|t| ("psql \\copy", t))
         }
     }

@@ -44,7 +44,12 @@ pub fn users_file(size_mb: u32, seed: u32) -> PathBuf {
         let out = std::fs::File::create(&partial).unwrap();
         let status = Command::new("python3")
             .arg(generator())
-            .args(["--size-mb", &size_mb.to_string(), "--seed", &seed.to_string()])
+            .args([
+                "--size-mb",
+                &size_mb.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
             .stdout(out)
             .status()
             .expect("python3 runs the generator");
@@ -102,7 +107,10 @@ impl Server {
             if ready {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "the server never got ready");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the server never got ready"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Self { child, channel }
@@ -137,11 +145,7 @@ impl Drop for Server {
 
 /// Uploads `file` the way a client does: read as it streams, in `CHUNK_BYTES` chunks, with the
 /// size and SHA-256 in the finish message. Returns the finished import and the wall time.
-pub async fn upload(
-    channel: Channel,
-    account: &str,
-    file: &Path,
-) -> (proto::Import, Duration) {
+pub async fn upload(channel: Channel, account: &str, file: &Path) -> (proto::Import, Duration) {
     let mut client = ImportServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
     let start = Instant::now();
@@ -191,7 +195,11 @@ pub async fn upload(
     });
     let response = client.upload_import(ReceiverStream::new(rx)).await;
     reader.await.unwrap();
-    let import = response.expect("the upload succeeds").into_inner().import.unwrap();
+    let import = response
+        .expect("the upload succeeds")
+        .into_inner()
+        .import
+        .unwrap();
     (import, start.elapsed())
 }
 

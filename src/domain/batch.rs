@@ -8,6 +8,9 @@ use std::ops::Range;
 use super::row_error::RowError;
 use super::user::{NewUser, Role};
 
+/// Text bytes a typical row needs (a generated Users row is about 80).
+const TEXT_BYTES_PER_ROW: usize = 96;
+
 /// A valid row, its text held by the batch.
 #[derive(Debug, Clone)]
 pub struct BatchUser {
@@ -54,7 +57,7 @@ pub struct UserRef<'a> {
 impl UserBatch {
     pub fn with_capacity(rows: usize) -> Self {
         Self {
-            text: String::with_capacity(rows * 96),
+            text: String::with_capacity(rows * TEXT_BYTES_PER_ROW),
             users: Vec::with_capacity(rows),
             ..Self::default()
         }
@@ -95,6 +98,21 @@ impl UserBatch {
 
     pub fn len(&self) -> usize {
         self.users.len()
+    }
+
+    /// Heap memory held, roughly: what the batch costs while it waits to be written.
+    pub fn heap_bytes(&self) -> usize {
+        let errors: usize = self
+            .errors
+            .iter()
+            .map(|e| std::mem::size_of::<RowError>() + e.message.capacity() + e.value.capacity())
+            .sum();
+        self.text.capacity() + self.users.capacity() * std::mem::size_of::<BatchUser>() + errors
+    }
+
+    /// What a batch of `rows` typical rows holds, to reserve memory before filling it.
+    pub fn estimated_bytes(rows: usize) -> usize {
+        rows * (TEXT_BYTES_PER_ROW + std::mem::size_of::<BatchUser>())
     }
 
     pub fn is_empty(&self) -> bool {

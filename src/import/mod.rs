@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +33,9 @@ use crate::domain::{AccountId, ArgumentError, Import, ImportId, ImportKey};
 use crate::store::{Conclusion, Store, StoreError, StoredRowError};
 use pipeline::{StreamError, UploadEvent};
 use progress::{FollowEnd, ProgressHub, WATCH_TICK, follow_local};
+
+/// Memory for batches across all uploads, in KiB (see `Inner::batch_memory`).
+const BATCH_MEMORY_KIB: usize = 64 * 1024;
 
 /// How long a watcher of an import running elsewhere waits for a change notification before
 /// reading the stored state anyway.
@@ -106,6 +109,10 @@ struct Inner {
     shutdown: CancellationToken,
     /// Endings that could not be stored (the database was away), retried by `maintain`.
     abandoned: Mutex<Vec<(ImportKey, Conclusion)>>,
+    /// Memory for batches being filled, queued or written, in KiB, shared by every upload: a
+    /// batch is filled only once its memory is granted, so memory stays bounded however many
+    /// uploads run, and a full budget slows the readers of the streams (backpressure).
+    batch_memory: Arc<Semaphore>,
 }
 
 impl Importer {
@@ -118,6 +125,7 @@ impl Importer {
                 uploads: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 abandoned: Mutex::new(Vec::new()),
+                batch_memory: Arc::new(Semaphore::new(BATCH_MEMORY_KIB)),
             }),
         }
     }
@@ -137,6 +145,17 @@ impl Importer {
 
     pub(crate) fn hub(&self) -> &ProgressHub {
         &self.inner.hub
+    }
+
+    /// Waits until memory for a batch of `bytes` is free, and holds it.
+    pub(crate) async fn reserve_batch_memory(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let kib = (bytes / 1024).clamp(1, BATCH_MEMORY_KIB) as u32;
+        self.inner
+            .batch_memory
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the batch memory semaphore is never closed")
     }
 
     pub(crate) fn shutdown_token(&self) -> CancellationToken {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
 use super::chunk::IntakeError;
@@ -89,7 +89,7 @@ enum Abort {
 }
 
 /// Batches queued for the writer: one being written, one waiting, one being filled.
-const WRITER_QUEUE: usize = 2;
+const WRITER_QUEUE: usize = 1;
 /// Chunks are parsed in slices of this size, so a batch is cut close to its size even when a
 /// client sends multi-megabyte chunks.
 const PARSE_SLICE: usize = 64 * 1024;
@@ -136,7 +136,7 @@ where
         filename = import.filename.as_str(), "upload started"
     );
     let live = importer.hub().start(import.clone());
-    let mut upload = Upload::new(importer, store, import, live);
+    let mut upload = Upload::new(importer, store, import, live).await;
     let outcome = AssertUnwindSafe(upload.receive(&mut events))
         .catch_unwind()
         .await
@@ -169,6 +169,8 @@ struct Upload {
 /// Collects rows into the batch being filled, and counts them.
 struct BatchSink {
     batch: UserBatch,
+    /// The memory granted to the batch being filled.
+    permit: Option<OwnedSemaphorePermit>,
     batch_rows: usize,
     processed: u64,
     failed: u64,
@@ -194,7 +196,7 @@ impl BatchSink {
 }
 
 impl Upload {
-    fn new(
+    async fn new(
         importer: Importer,
         store: std::sync::Arc<dyn Store>,
         import: Import,
@@ -209,10 +211,14 @@ impl Upload {
             live.clone(),
             config.max_stored_row_errors,
         );
+        let permit = importer
+            .reserve_batch_memory(UserBatch::estimated_bytes(batching.rows))
+            .await;
         Self {
             reader: FileReader::new(config.max_upload_bytes, config.record_limits),
             rows: BatchSink {
                 batch: UserBatch::with_capacity(batching.rows),
+                permit: Some(permit),
                 batch_rows: batching.rows,
                 processed: 0,
                 failed: 0,
@@ -234,9 +240,25 @@ impl Upload {
     {
         let shutdown = self.importer.shutdown_token();
         loop {
+            // A batch that waits while the client is slow is written anyway once due.
+            let flush_at = self
+                .batching
+                .flush_after
+                .filter(|_| !self.rows.batch.is_empty())
+                .map(|after| self.last_flush + after);
+            let flush_due = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Err(Abort::ShuttingDown),
+                () = flush_due => {
+                    self.send_batch().await?;
+                    continue;
+                }
                 event = events.next() => event,
             };
             match event {
@@ -304,13 +326,22 @@ impl Upload {
     async fn send_batch(&mut self) -> Result<(), Abort> {
         let batch = self.rows.take_batch();
         self.last_flush = tokio::time::Instant::now();
-        let meta = (self.reader.bytes_received(), self.reader.format());
+        // The batch carries its memory grant until it is written.
+        let meta = (
+            self.reader.bytes_received(),
+            self.reader.format(),
+            self.rows.permit.take(),
+        );
         let queue = &self
             .writer
             .as_ref()
             .expect("the writer runs until the upload ends")
             .tx;
         if queue.send((batch, meta)).await.is_ok() {
+            // The next batch is filled once its memory is granted. Sending first matters:
+            // uploads waiting for memory while holding unsent batches would wait forever.
+            let next = UserBatch::estimated_bytes(self.rows.batch_rows);
+            self.rows.permit = Some(self.importer.reserve_batch_memory(next).await);
             return Ok(());
         }
         // The writer stopped early: its error says why.
@@ -544,8 +575,11 @@ struct WriterTotals {
 }
 
 /// The writer task and the bounded queue that feeds it.
-/// A batch, with the bytes received and the text format when it was cut.
-type Queued = (UserBatch, (u64, Option<TextFormat>));
+/// A batch, with the bytes received and the text format when it was cut, and its memory.
+type Queued = (
+    UserBatch,
+    (u64, Option<TextFormat>, Option<OwnedSemaphorePermit>),
+);
 
 struct Writer {
     tx: mpsc::Sender<Queued>,
@@ -564,7 +598,7 @@ impl Writer {
         let task = tokio::spawn(async move {
             let mut totals = WriterTotals::default();
             let mut stored_errors = 0;
-            while let Some((batch, (bytes_received, format))) = rx.recv().await {
+            while let Some((batch, (bytes_received, format, _memory))) = rx.recv().await {
                 let target = BatchTarget {
                     key,
                     account_id: &account_id,

@@ -18,8 +18,8 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::sqlite_insert;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError, StoredRowError,
-    format_columns, merge_by_row, micros, refusals,
+    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError,
+    StoredRowError, format_columns, merge_by_row, micros, refusals,
 };
 use crate::domain::{
     AccountId, Column, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError, UserBatch,
@@ -450,7 +450,11 @@ async fn insert_errors(
         });
         // Cached only in its full size: a statement per length would fill the cache.
         let persistent = part.len() == ERRORS_PER_STATEMENT;
-        query.build().persistent(persistent).execute(&mut *conn).await?;
+        query
+            .build()
+            .persistent(persistent)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

@@ -84,7 +84,13 @@ impl Statement {
         let mut stmt = std::ptr::null_mut();
         // SAFETY: `db` is valid; `sql` is NUL-terminated, and -1 tells SQLite to read up to it.
         let rc = unsafe {
-            ffi::sqlite3_prepare_v2(db.as_ptr(), sql.as_ptr(), -1, &mut stmt, std::ptr::null_mut())
+            ffi::sqlite3_prepare_v2(
+                db.as_ptr(),
+                sql.as_ptr(),
+                -1,
+                &mut stmt,
+                std::ptr::null_mut(),
+            )
         };
         let statement = NonNull::new(stmt).map(|stmt| Self { db, stmt });
         match (rc, statement) {

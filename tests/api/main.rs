@@ -4,6 +4,7 @@ mod fixtures;
 mod health;
 mod helpers;
 mod lifecycle;
+mod memory;
 mod queries;
 mod rejections;
 mod replicas;
