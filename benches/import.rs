@@ -125,14 +125,10 @@ impl Run {
     }
 }
 
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bulk-import"))
-}
-
 /// Uploads each file concurrently, each into its own account, on one fresh server.
 async fn measure(backend: Backend, server: &str, files: &[PathBuf], label: &str) -> Run {
     let database = Database::new(backend, server, label);
-    let app = Server::start(&binary(), &database.url).await;
+    let app = Server::start_this(&database.url).await;
     let start = std::time::Instant::now();
     let uploads = files.iter().enumerate().map(|(i, file)| {
         let channel = app.channel.clone();

@@ -40,8 +40,9 @@ pub fn users_file(size_mb: u32, seed: u32) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("users-{size_mb}mb-seed{seed}.csv"));
     if !path.exists() {
-        let partial = path.with_extension("partial");
-        let out = std::fs::File::create(&partial).unwrap();
+        // Written aside, then renamed: tests running at once may generate the same file.
+        let partial = tempfile::NamedTempFile::new_in(&dir).unwrap();
+        let out = partial.reopen().unwrap();
         let status = Command::new("python3")
             .arg(generator())
             .args([
@@ -54,7 +55,7 @@ pub fn users_file(size_mb: u32, seed: u32) -> PathBuf {
             .status()
             .expect("python3 runs the generator");
         assert!(status.success());
-        std::fs::rename(&partial, &path).unwrap();
+        partial.persist(&path).unwrap();
     }
     path
 }
@@ -80,6 +81,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The binary under test or bench.
+    pub async fn start_this(database_url: &str) -> Self {
+        Self::start(Path::new(env!("CARGO_BIN_EXE_bulk-import")), database_url).await
+    }
+
     pub async fn start(binary: &Path, database_url: &str) -> Self {
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -88,7 +94,10 @@ impl Server {
         let child = Command::new(binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("the server binary starts");
@@ -125,6 +134,16 @@ impl Server {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kib| kib * 1024)
+    }
+
+    pub fn client(&self) -> ImportServiceClient<Channel> {
+        ImportServiceClient::new(self.channel.clone())
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait: the server shuts down gracefully.

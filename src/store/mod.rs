@@ -9,6 +9,7 @@
 //! keeps no set of seen addresses and its memory stays flat whatever the file size.
 
 pub mod postgres;
+mod queries;
 pub mod sqlite;
 mod sqlite_insert;
 

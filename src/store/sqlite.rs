@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
+use super::queries;
 use super::sqlite_insert;
 use super::{
     BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError,
@@ -266,15 +267,7 @@ impl Store for SqliteStore {
         account_id: &AccountId,
         import_id: &ImportId,
     ) -> Result<Option<Import>, StoreError> {
-        let sql = format!(
-            "SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = ?1 AND import_id = ?2"
-        );
-        let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(account_id.as_str())
-            .bind(import_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(Import::try_from).transpose()
+        queries::get_import(&self.pool, IMPORT_COLUMNS, account_id, import_id).await
     }
 
     async fn list_imports(
@@ -283,17 +276,7 @@ impl Store for SqliteStore {
         before: Option<ImportKey>,
         limit: u32,
     ) -> Result<Vec<Import>, StoreError> {
-        let sql = format!(
-            "SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = ?1 AND import_key < ?2 \
-             ORDER BY import_key DESC LIMIT ?3"
-        );
-        let rows: Vec<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(account_id.as_str())
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(Import::try_from).collect()
+        queries::list_imports(&self.pool, IMPORT_COLUMNS, account_id, before, limit).await
     }
 
     async fn list_row_errors(
@@ -302,16 +285,7 @@ impl Store for SqliteStore {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredRowError>, StoreError> {
-        let rows: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
-            "SELECT seq, row_number, column_name, code, message, value FROM import_row_errors \
-             WHERE import_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )
-        .bind(key)
-        .bind(after.map_or(-1, |s| s as i64))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(StoredRowError::from_columns).collect()
+        queries::list_row_errors(&self.pool, key, after, limit).await
     }
 }
 

@@ -3,7 +3,6 @@
 //! tonic client (as zero-to-production's `tests/api/helpers.rs`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -256,52 +255,6 @@ pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut ServeArgs)
     }
 }
 
-/// The real binary serving on a free port: for tests that kill a server or run several.
-pub struct ServerProcess {
-    child: std::process::Child,
-    pub channel: Channel,
-}
-
-impl ServerProcess {
-    pub async fn start(database_url: &str) -> Self {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database-url", database_url])
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),
-            )
-            .spawn()
-            .unwrap();
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_lazy();
-        wait_ready(channel.clone()).await;
-        Self { child, channel }
-    }
-
-    pub fn client(&self) -> ImportServiceClient<Channel> {
-        ImportServiceClient::new(self.channel.clone())
-    }
-
-    /// SIGKILL: the process gets no chance to clean up.
-    pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn wait_ready(channel: Channel) {
     let mut health = HealthClient::new(channel);
     for _ in 0..200 {
@@ -551,22 +504,10 @@ pub struct GenStats {
     pub bytes: i64,
 }
 
-/// The team's generator: `../shared/bench/gen_users_csv.py` beside the repository, or the
-/// vendored copy in `bench/`.
-pub fn generator() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/bench/gen_users_csv.py");
-    if shared.exists() {
-        shared
-    } else {
-        root.join("bench/gen_users_csv.py")
-    }
-}
-
 /// Runs the generator with `args` and `--stats`; returns the file and its counts.
 pub fn generate(args: &[&str]) -> (Vec<u8>, GenStats) {
     let output = Command::new("python3")
-        .arg(generator())
+        .arg(crate::support::generator())
         .args(args)
         .arg("--stats")
         .output()

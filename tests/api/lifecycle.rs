@@ -168,7 +168,7 @@ backend_tests! {
 backend_tests! {
     async fn an_import_left_processing_by_a_killed_server_is_ended_at_the_next_start(backend) {
         let database = TestDatabase::new(backend).await;
-        let mut server = ServerProcess::start(&database.url).await;
+        let mut server = crate::support::Server::start_this(&database.url).await;
         let mut client = server.client();
 
         // A completed import, which must survive the crash untouched.

@@ -11,3 +11,8 @@ mod replicas;
 mod tools;
 mod upload;
 mod watch;
+
+/// Shared with the benchmark: the server process, the upload client, the loaders, the
+/// generator.
+#[path = "../../benches/support/mod.rs"]
+mod support;

@@ -3,14 +3,10 @@
 //! database's own loader. Timing is only printed, never asserted: `cargo test` builds the
 //! binary without optimisations, and CI machines are noisy.
 
-#[path = "../../benches/support/mod.rs"]
-mod support;
-
-use std::path::PathBuf;
-
 use bulk_import::proto::ImportStatus;
 
 use crate::helpers::*;
+use crate::support;
 
 /// The peak RSS the server may reach during a 200 MiB upload (issue 5's bound); a 20 MiB one
 /// must stay under it as well.
@@ -21,8 +17,7 @@ backend_tests! {
         let file = support::users_file(20, 2);
         let rows = support::data_rows(&file);
         let database = TestDatabase::new(backend).await;
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_bulk-import"));
-        let server = support::Server::start(&binary, &database.url).await;
+        let server = support::Server::start_this(&database.url).await;
         let (import, wall) = support::upload(server.channel.clone(), ACCOUNT, &file).await;
         let peak = server.peak_rss();
         server.stop();

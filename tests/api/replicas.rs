@@ -50,8 +50,8 @@ async fn a_second_replica_follows_an_upload_live_and_ends_it_when_the_first_dies
         return;
     }
     let database = TestDatabase::new(Backend::Postgres).await;
-    let mut first = ServerProcess::start(&database.url).await;
-    let second = ServerProcess::start(&database.url).await;
+    let mut first = crate::support::Server::start_this(&database.url).await;
+    let second = crate::support::Server::start_this(&database.url).await;
     let (mut on_first, mut on_second) = (first.client(), second.client());
 
     let (file, _) = generate(&["--rows", "60000", "--seed", "41"]);
@@ -160,11 +160,11 @@ async fn two_replicas_importing_the_same_users_at_once_never_duplicate_one() {
     }
     let database = TestDatabase::new(Backend::Postgres).await;
     let (first, second) = tokio::join!(
-        ServerProcess::start(&database.url),
-        ServerProcess::start(&database.url)
+        crate::support::Server::start_this(&database.url),
+        crate::support::Server::start_this(&database.url)
     );
     let (file, stats) = generate(&["--rows", "30000", "--seed", "42"]);
-    let upload = |server: &ServerProcess, id: &'static str| {
+    let upload = |server: &crate::support::Server, id: &'static str| {
         let mut client = server.client();
         let messages = upload_messages(ACCOUNT, id, "users.csv", &file, 16 * 1024, finish());
         async move {
