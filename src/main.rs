@@ -4,9 +4,19 @@ use bulk_import::app::{Application, shutdown_signal};
 use bulk_import::cli;
 use bulk_import::config::{Cli, Command, LogFormat};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime starts any thread.
     flat_malloc();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let args = Cli::parse();
     let result = match args.command {
         Command::Serve(serve) => {
@@ -48,7 +58,8 @@ fn init_tracing(format: LogFormat) {
 /// them on free: 66 and 71 MiB.
 fn flat_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any other thread runs.
+    // SAFETY: mallopt only sets an allocator parameter; `main` calls it before any other
+    // thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
