@@ -63,52 +63,10 @@ fn options() -> Options {
     }
 }
 
-/// A fresh database for one measurement, dropped afterwards.
-struct Database {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    postgres: Option<(String, String)>,
-}
-
-impl Database {
-    fn new(backend: Backend, server: &str, label: &str) -> Self {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                Self {
-                    url,
-                    _dir: Some(dir),
-                    postgres: None,
-                }
-            }
-            Backend::Postgres => {
-                let name = format!("bulk_import_bench_{label}_{}", std::process::id());
-                psql_admin(
-                    server,
-                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                );
-                assert!(psql_admin(server, &format!("CREATE DATABASE {name}")));
-                let mut url = url::Url::parse(server).unwrap();
-                url.set_path(&name);
-                Self {
-                    url: url.to_string(),
-                    _dir: None,
-                    postgres: Some((server.to_owned(), name)),
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Some((server, name)) = &self.postgres {
-            psql_admin(
-                server,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
-        }
+async fn fresh_database(backend: Backend, server: &str) -> FreshDatabase {
+    match backend {
+        Backend::Sqlite => FreshDatabase::sqlite(),
+        Backend::Postgres => FreshDatabase::postgres(server, "bulk_import_bench").await,
     }
 }
 
@@ -126,8 +84,8 @@ impl Run {
 }
 
 /// Uploads each file concurrently, each into its own account, on one fresh server.
-async fn measure(backend: Backend, server: &str, files: &[PathBuf], label: &str) -> Run {
-    let database = Database::new(backend, server, label);
+async fn measure(backend: Backend, server: &str, files: &[PathBuf]) -> Run {
+    let database = fresh_database(backend, server).await;
     let app = Server::start_this(&database.url).await;
     let start = std::time::Instant::now();
     let uploads = files.iter().enumerate().map(|(i, file)| {
@@ -167,22 +125,12 @@ fn postgres_server() -> Option<String> {
     psql_admin(&url, "SELECT 1").then_some(url)
 }
 
-fn tool(backend: Backend, server: &str, file: &Path) -> Option<(&'static str, Duration)> {
+async fn tool(backend: Backend, server: &str, file: &Path) -> Option<(&'static str, Duration)> {
     match backend {
         Backend::Sqlite => sqlite3_import(file).map(|t| ("sqlite3 .import", t)),
         Backend::Postgres => {
-            let name = format!("bulk_import_bench_copy_{}", std::process::id());
-            psql_admin(
-                server,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
-            psql_admin(server, &format!("CREATE DATABASE {name}"));
-            let time = psql_copy(server, &name, file);
-            psql_admin(
-                server,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
-            time.map(|t| ("psql \\copy", t))
+            let database = fresh_database(backend, server).await;
+            psql_copy(&database.url, file).map(|t| ("psql \\copy", t))
         }
     }
 }
@@ -222,10 +170,10 @@ async fn main() {
             },
         };
         println!("\n{}", backend.name());
-        let run = measure(backend, &server, std::slice::from_ref(&big), "big").await;
+        let run = measure(backend, &server, std::slice::from_ref(&big)).await;
         assert_eq!(run.rows, big_rows);
         print_run(&format!("service, {} MiB", options.size_mb), &run);
-        match tool(backend, &server, &big) {
+        match tool(backend, &server, &big).await {
             Some((name, time)) => println!(
                 "  {name:<28} {:>8.2} s    ratio service/tool: {:.2}",
                 time.as_secs_f64(),
@@ -238,7 +186,7 @@ async fn main() {
         }
         let tenth = options.size_mb.div_ceil(10).max(1);
         let small = users_file(tenth, 2);
-        let small_run = measure(backend, &server, &[small], "small").await;
+        let small_run = measure(backend, &server, &[small]).await;
         print_run(&format!("service, {tenth} MiB"), &small_run);
         println!(
             "  scaling {tenth} -> {} MiB: time x{:.2}, peak RSS x{:.2}",
@@ -249,7 +197,7 @@ async fn main() {
         let eighth = options.size_mb.div_ceil(8).max(1);
         let part = users_file(eighth, 3);
         let parts = vec![part; 8];
-        let concurrent = measure(backend, &server, &parts, "concurrent").await;
+        let concurrent = measure(backend, &server, &parts).await;
         print_run(&format!("service, 8 x {eighth} MiB at once"), &concurrent);
         println!(
             "  8 concurrent uploads: aggregate throughput x{:.2} of one upload",

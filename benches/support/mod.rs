@@ -7,17 +7,108 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bulk_import::proto::import_service_client::ImportServiceClient;
 use bulk_import::proto::upload_import_request::Payload;
 use bulk_import::proto::{self, ImportMetadata, UploadFinish, UploadImportRequest};
 use sha2::{Digest, Sha256};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+/// A fresh, empty database: a SQLite file in a temporary directory, or a new database on a
+/// PostgreSQL server, dropped afterwards.
+pub struct FreshDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    /// The server's URL and the database's name.
+    postgres: Option<(String, String)>,
+}
+
+static POSTGRES_DATABASES: AtomicUsize = AtomicUsize::new(0);
+static STALE_DROPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+impl FreshDatabase {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bulk-import.db").display());
+        Self {
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// A new database named `{prefix}_{pid}_{n}` on the server `server`. The first call of a
+    /// process also drops the databases of this prefix that earlier, interrupted runs left.
+    pub async fn postgres(server: &str, prefix: &str) -> Self {
+        let mut admin = PgConnection::connect(server)
+            .await
+            .expect("the PostgreSQL server answers");
+        let own = format!("{prefix}_{}_", std::process::id());
+        STALE_DROPPED
+            .get_or_init(|| async {
+                let mut admin = PgConnection::connect(server).await.unwrap();
+                let stale: Vec<String> = sqlx::query_scalar(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, $1) \
+                     AND NOT starts_with(datname, $2)",
+                )
+                .bind(format!("{prefix}_"))
+                .bind(&own)
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+                for name in stale {
+                    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
+                }
+            })
+            .await;
+        let name = format!("{own}{}", POSTGRES_DATABASES.fetch_add(1, Ordering::SeqCst));
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(server).unwrap();
+        url.set_path(&name);
+        Self {
+            url: url.to_string(),
+            _dir: None,
+            postgres: Some((server.to_owned(), name)),
+        }
+    }
+
+    /// The database's name on the Postgres server.
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|(_, name)| name.as_str())
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        if let Some((server, name)) = self.postgres.take() {
+            // Drop is not async: a thread with its own runtime drops the database.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(mut admin) = PgConnection::connect(&server).await {
+                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
 
 /// Chunk size of the uploads, as a typical client sends them.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -248,16 +339,14 @@ pub fn sqlite3_import(file: &Path) -> Option<Duration> {
     status.success().then(|| start.elapsed())
 }
 
-/// `psql \copy` of `file` into a fresh database's table with a case-insensitive unique index on
-/// email. `None` when psql or the server is not there.
-pub fn psql_copy(server_url: &str, database: &str, file: &Path) -> Option<Duration> {
-    let mut url = url::Url::parse(server_url).ok()?;
-    url.set_path(database);
+/// `psql \copy` of `file` into a table with a case-insensitive unique index on email, in the
+/// (fresh) database at `database_url`. `None` when psql is not installed.
+pub fn psql_copy(database_url: &str, file: &Path) -> Option<Duration> {
     let create = "CREATE TABLE users (email text, first_name text, last_name text, role text, \
                   job_title text, external_id text); \
                   CREATE UNIQUE INDEX users_email ON users (lower(email));";
     let ok = Command::new("psql")
-        .args(["-q", "-v", "ON_ERROR_STOP=1", url.as_str(), "-c", create])
+        .args(["-q", "-v", "ON_ERROR_STOP=1", database_url, "-c", create])
         .stdout(Stdio::null())
         .status()
         .ok()?
@@ -268,7 +357,7 @@ pub fn psql_copy(server_url: &str, database: &str, file: &Path) -> Option<Durati
     let copy = format!("\\copy users FROM '{}' CSV HEADER", file.display());
     let start = Instant::now();
     let ok = Command::new("psql")
-        .args(["-q", "-v", "ON_ERROR_STOP=1", url.as_str(), "-c", &copy])
+        .args(["-q", "-v", "ON_ERROR_STOP=1", database_url, "-c", &copy])
         .stdout(Stdio::null())
         .status()
         .ok()?

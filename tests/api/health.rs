@@ -10,7 +10,8 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::helpers::*;
 use crate::lifecycle::open_upload;
 
-async fn check(app: &TestApp, service: &str) -> ServingStatus {
+/// What the health service answers for `service`.
+pub async fn check(app: &TestApp, service: &str) -> ServingStatus {
     let mut health = HealthClient::new(app.channel());
     let status = health
         .check(HealthCheckRequest {

@@ -11,11 +11,8 @@ use bulk_import::config::{LogFormat, ServeArgs};
 use bulk_import::proto::import_service_client::ImportServiceClient;
 use bulk_import::proto::upload_import_request::Payload;
 use bulk_import::proto::{self, Import, ImportStatus, RowError};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -74,95 +71,18 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
-/// A fresh, empty database for one test: a SQLite file in a temporary directory, or a new
-/// PostgreSQL database on the `TEST_DATABASE_URL` server, dropped afterwards.
-pub struct TestDatabase {
-    pub url: String,
-    _dir: Option<tempfile::TempDir>,
-    postgres: Option<(String, String)>,
-}
-
-static POSTGRES_DATABASES: AtomicUsize = AtomicUsize::new(0);
-static STALE_DROPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+/// A fresh database for one test: a temporary SQLite file, or a new database on the
+/// `TEST_DATABASE_URL` server.
+pub use crate::support::FreshDatabase as TestDatabase;
 
 impl TestDatabase {
     pub async fn new(backend: Backend) -> Self {
         match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}", dir.path().join("bulk-import.db").display());
-                Self {
-                    url,
-                    _dir: Some(dir),
-                    postgres: None,
-                }
-            }
+            Backend::Sqlite => Self::sqlite(),
             Backend::Postgres => {
                 let server = postgres_url().expect("TEST_DATABASE_URL");
-                let mut admin = PgConnection::connect(&server)
-                    .await
-                    .expect("TEST_DATABASE_URL answers");
-                let prefix = format!("bulk_import_test_{}_", std::process::id());
-                STALE_DROPPED
-                    .get_or_init(|| async {
-                        // Databases left by earlier runs that were interrupted.
-                        let mut admin = PgConnection::connect(&server).await.unwrap();
-                        let stale: Vec<String> = sqlx::query_scalar(
-                            "SELECT datname FROM pg_database WHERE datname LIKE 'bulk\\_import\\_test\\_%' \
-                             AND datname NOT LIKE $1",
-                        )
-                        .bind(format!("{prefix}%"))
-                        .fetch_all(&mut admin)
-                        .await
-                        .unwrap();
-                        for name in stale {
-                            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                            let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
-                        }
-                    })
-                    .await;
-                let name = format!(
-                    "{prefix}{}",
-                    POSTGRES_DATABASES.fetch_add(1, Ordering::SeqCst)
-                );
-                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                let mut url = url::Url::parse(&server).unwrap();
-                url.set_path(&name);
-                Self {
-                    url: url.to_string(),
-                    _dir: None,
-                    postgres: Some((server, name)),
-                }
+                Self::postgres(&server, "bulk_import_test").await
             }
-        }
-    }
-
-    /// The database's name on the Postgres server.
-    pub fn postgres_name(&self) -> Option<&str> {
-        self.postgres.as_ref().map(|(_, name)| name.as_str())
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Some((server, name)) = self.postgres.take() {
-            // Drop is not async: a thread with its own runtime drops the database.
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    if let Ok(mut admin) = PgConnection::connect(&server).await {
-                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                        let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
-                    }
-                });
-            })
-            .join();
         }
     }
 }

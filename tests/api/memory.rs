@@ -37,13 +37,8 @@ backend_tests! {
         let tool = match backend {
             Backend::Sqlite => support::sqlite3_import(&file).map(|t| ("sqlite3 .import", t)),
             Backend::Postgres => {
-                let server = postgres_url().unwrap();
-                let name = format!("bulk_import_copy_{}", std::process::id());
-                support::psql_admin(&server, &format!("DROP DATABASE IF EXISTS {name}"));
-                support::psql_admin(&server, &format!("CREATE DATABASE {name}"));
-                let time = support::psql_copy(&server, &name, &file);
-                support::psql_admin(&server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-                time.map(|t| ("psql \\copy", t))
+                let copy_into = TestDatabase::new(Backend::Postgres).await;
+                support::psql_copy(&copy_into.url, &file).map(|t| ("psql \\copy", t))
             }
         };
         match tool {

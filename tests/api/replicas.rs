@@ -10,9 +10,7 @@ use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::*;
 use crate::lifecycle::open_upload;
@@ -215,22 +213,9 @@ async fn take_database_away(database: &TestDatabase, away: bool) {
     }
 }
 
-async fn readiness(app: &TestApp) -> ServingStatus {
-    let mut health = HealthClient::new(app.channel());
-    let status = health
-        .check(HealthCheckRequest {
-            service: READINESS_SERVICE.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    ServingStatus::try_from(status).unwrap()
-}
-
 async fn wait_readiness(app: &TestApp, wanted: ServingStatus) -> Duration {
     let start = Instant::now();
-    while readiness(app).await != wanted {
+    while crate::health::check(app, READINESS_SERVICE).await != wanted {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "readiness never became {wanted:?}"
