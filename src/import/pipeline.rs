@@ -189,12 +189,6 @@ impl RowSink for BatchSink {
     }
 }
 
-impl BatchSink {
-    fn take_batch(&mut self) -> UserBatch {
-        std::mem::replace(&mut self.batch, UserBatch::with_capacity(self.batch_rows))
-    }
-}
-
 impl Upload {
     async fn new(
         importer: Importer,
@@ -256,7 +250,7 @@ impl Upload {
                 biased;
                 _ = shutdown.cancelled() => return Err(Abort::ShuttingDown),
                 () = flush_due => {
-                    self.send_batch().await?;
+                    self.send_batch(true).await?;
                     continue;
                 }
                 event = events.next() => event,
@@ -274,7 +268,7 @@ impl Upload {
                                 .flush_after
                                 .is_some_and(|after| self.last_flush.elapsed() >= after);
                         if full || due {
-                            self.send_batch().await?;
+                            self.send_batch(true).await?;
                         }
                     }
                 }
@@ -323,8 +317,9 @@ impl Upload {
 
     /// Hands the current batch to the writer, waiting while the writer is behind: this is
     /// where backpressure starts.
-    async fn send_batch(&mut self) -> Result<(), Abort> {
-        let batch = self.rows.take_batch();
+    /// `more`: rows are still to come, so the next batch gets its memory.
+    async fn send_batch(&mut self, more: bool) -> Result<(), Abort> {
+        let batch = std::mem::take(&mut self.rows.batch);
         self.last_flush = tokio::time::Instant::now();
         // The batch carries its memory grant until it is written.
         let meta = (
@@ -340,8 +335,12 @@ impl Upload {
         if queue.send((batch, meta)).await.is_ok() {
             // The next batch is filled once its memory is granted. Sending first matters:
             // uploads waiting for memory while holding unsent batches would wait forever.
-            let next = UserBatch::estimated_bytes(self.rows.batch_rows);
-            self.rows.permit = Some(self.importer.reserve_batch_memory(next).await);
+            if more {
+                let rows = self.rows.batch_rows;
+                let next = UserBatch::estimated_bytes(rows);
+                self.rows.permit = Some(self.importer.reserve_batch_memory(next).await);
+                self.rows.batch = UserBatch::with_capacity(rows);
+            }
             return Ok(());
         }
         // The writer stopped early: its error says why.
@@ -487,7 +486,7 @@ impl Upload {
             )));
         }
         if !self.rows.batch.is_empty() {
-            self.send_batch().await?;
+            self.send_batch(false).await?;
         }
         let totals = self
             .writer
