@@ -6,6 +6,9 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/bulkimport/v1/import_service.proto";
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds migrations/ at compile time but does not tell cargo about them:
+    // without this, a new migration is left out of the binary until something else changes.
+    println!("cargo:rerun-if-changed=migrations");
 
     let fds = protox::compile([proto], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
