@@ -2,10 +2,16 @@
 //!
 //! What several replicas need, and how this module gives it:
 //!
-//! - **Uniqueness across replicas**: the unique indexes on (account, email) and (account,
-//!   external_id) decide, whichever replica writes; `INSERT ... ON CONFLICT DO NOTHING` makes
-//!   the loser's rows come back as refused, reported as ALREADY_EXISTS. Two imports writing
-//!   overlapping addresses can deadlock; the batch transaction is then retried.
+//! - **Uniqueness across replicas**: the unique indexes on (email, account) and (external_id,
+//!   account) decide, whichever replica writes; a `COPY` that meets a duplicate fails, and the
+//!   batch goes through `INSERT ... ON CONFLICT DO NOTHING`, whose refused rows are reported as
+//!   ALREADY_EXISTS (or DUPLICATE_IN_FILE when the holder is the same import). Two imports
+//!   writing overlapping addresses can deadlock; the transaction is then retried.
+//! - **Writes**: a batch's users go in by binary `COPY`, a large batch in two parts at once on
+//!   two connections (split by address, so that two rows of one address stay in order in one
+//!   part); then one short transaction stores its row errors and the import's counters. The
+//!   import row is locked (`FOR KEY SHARE`) while users are written, so that an import ended
+//!   by another replica never gets users after its end.
 //! - **Progress everywhere**: every batch and every ending sends `NOTIFY bulk_import_changes,
 //!   '<import key>'` in its transaction. Each replica listens (`PgListener`, which reconnects
 //!   by itself) and wakes its watchers, which read the stored import: the database stays the
@@ -24,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::queries;
@@ -32,6 +38,7 @@ use super::{
     BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError,
     StoredRowError, format_columns, merge_by_row, refusals,
 };
+use crate::domain::batch::UserRef;
 use crate::domain::{
     AccountId, Column, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError, UserBatch,
 };
@@ -51,6 +58,8 @@ const COPY_PIECE_BYTES: usize = 64 * 1024;
 const UNNEST_ROWS: usize = 2048;
 /// Batches that skip the `COPY` fast path after one failed on a duplicate.
 const COPY_BACKOFF_BATCHES: u32 = 8;
+/// Users per batch from which a batch is written in two parts at once (see `write_batch`).
+const PARALLEL_MIN_USERS: usize = 4096;
 /// Deadlocks between two imports writing overlapping keys are retried this many times.
 const MAX_ATTEMPTS: usize = 8;
 
@@ -96,6 +105,9 @@ pub struct PostgresStore {
     /// This replica's number: its advisory lock, and the `owner` of the imports it runs.
     owner: i64,
     changes: Arc<Changes>,
+    /// Second connections that batches may write with at once, across all uploads: one per
+    /// core beyond the first. When uploads already keep the cores busy, batches go in one part.
+    second_writers: Arc<Semaphore>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -136,6 +148,9 @@ impl PostgresStore {
             copy_backoff: Mutex::new(HashMap::new()),
             owner,
             changes,
+            second_writers: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get().max(2) - 1),
+            )),
             tasks: vec![lock_task, listen_task],
         })
     }
@@ -331,7 +346,8 @@ async fn listen(pool: PgPool, changes: Arc<Changes>) {
 #[async_trait]
 impl Store for PostgresStore {
     /// Batches of up to 32,768 rows (fewer, larger COPYs and commits: 4,096 took 16.9 s for
-    /// 199 MiB, 32,768 about 15), flushed at least every 250 ms while rows arrive: other
+    /// 199 MiB, 32,768 about 15; 65,536 no faster), flushed at least every 250 ms while rows
+    /// arrive: other
     /// replicas read progress from the stored counters, and watchers are promised an update
     /// every 500 ms.
     fn batching(&self) -> Batching {
@@ -405,12 +421,35 @@ impl Store for PostgresStore {
         batch: &UserBatch,
     ) -> Result<BatchOutcome, StoreError> {
         let try_copy = self.copy_worth_trying(target.key);
-        let outcome = in_transaction!(self.pool, |tx| write_batch(
-            &mut tx, target, batch, try_copy
+        // A large batch is written in two parts at once, on two connections, when a second
+        // writer is free: one server process inserting rows and maintaining the unique indexes
+        // is what limits a single upload: with one writer the two cores were about 55% busy,
+        // with two about 90%.
+        let second_writer = (batch.len() >= PARALLEL_MIN_USERS)
+            .then(|| self.second_writers.clone().try_acquire_owned().ok())
+            .flatten();
+        let parts = split(batch, if second_writer.is_some() { 2 } else { 1 });
+        let written = futures::future::join_all(parts.iter().map(|users| async move {
+            in_transaction!(self.pool, |tx| write_users(
+                &mut tx, target, batch, users, try_copy
+            ))
+        }))
+        .await;
+        drop(second_writer);
+        let mut refused = Vec::new();
+        let mut copy_failed = false;
+        for part in written {
+            let part = part?.ok_or(StoreError::NotProcessing)?;
+            refused.extend(part.refused);
+            copy_failed |= part.copy_failed;
+        }
+        self.note_conflicts(target.key, copy_failed);
+        // File order, for the row errors.
+        refused.sort_unstable();
+        let outcome = in_transaction!(self.pool, |tx| record_batch(
+            &mut tx, target, batch, &refused
         ))?;
-        let outcome = outcome.ok_or(StoreError::NotProcessing)?;
-        self.note_conflicts(target.key, try_copy && outcome.conflicts > 0);
-        Ok(outcome)
+        outcome.ok_or(StoreError::NotProcessing)
     }
 
     async fn conclude_import(
@@ -493,39 +532,114 @@ impl Store for PostgresStore {
     }
 }
 
-/// One batch in one transaction; `None` when the import is no longer PROCESSING (another
-/// replica ended it).
-async fn write_batch(
+/// Which of `parts` parts of a batch a user is written in: chosen by email, so that the rows
+/// of one address are always in the same part, written in file order, and the first is kept.
+fn part_of(email: &str, parts: usize) -> usize {
+    if parts <= 1 {
+        return 0;
+    }
+    // FNV-1a: cheap, and spreads addresses evenly enough to balance the parts.
+    let hash = email.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    (hash >> 8) as usize % parts
+}
+
+/// The users of a batch (their indexes), split into `parts` parts written at once. One part
+/// when an external id is in two parts: the parts commit in no particular order, and of two
+/// rows with one external id the first in the file must be the one kept.
+fn split(batch: &UserBatch, parts: usize) -> Vec<Vec<usize>> {
+    let all = || vec![(0..batch.len()).collect()];
+    if parts <= 1 {
+        return all();
+    }
+    let mut split = vec![Vec::with_capacity(batch.len() / parts + 1024); parts];
+    let mut part_of_id: foldhash::HashMap<&str, usize> =
+        foldhash::HashMapExt::with_capacity(batch.len());
+    for (index, user) in batch.users().enumerate() {
+        let part = part_of(user.email, parts);
+        if let Some(id) = user.external_id
+            && *part_of_id.entry(id).or_insert(part) != part
+        {
+            return all();
+        }
+        split[part].push(index);
+    }
+    split
+}
+
+/// What writing one part of a batch did.
+struct Written {
+    /// Indexes (in the batch) of the users the unique indexes refused.
+    refused: Vec<usize>,
+    /// The `COPY` fast path was tried and failed on a duplicate.
+    copy_failed: bool,
+}
+
+/// Writes some users of a batch (by index) in a transaction; `None` when the import is no
+/// longer PROCESSING (another replica ended it), in which case nothing is written.
+async fn write_users(
     tx: &mut Transaction<'static, Postgres>,
     target: &BatchTarget<'_>,
     batch: &UserBatch,
-    copy_worth_trying: bool,
-) -> Result<Option<BatchOutcome>, sqlx::Error> {
+    users: &[usize],
+    try_copy: bool,
+) -> Result<Option<Written>, sqlx::Error> {
     // A batch need not reach the disk before the next: if the server crashes, the import is
     // PROCESSING and gets ended anyway. Its ending commits synchronously, which flushes every
     // earlier batch too.
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut **tx)
         .await?;
-    let refused = if copy_worth_trying && copy_users(tx, target, batch).await? {
-        Vec::new()
-    } else {
-        insert_users(tx, target, batch).await?
-    };
+    // The import stays locked while its users are written: the reaper skips a locked import
+    // (`FOR UPDATE SKIP LOCKED`), so it cannot end the import and delete its users while more
+    // are being added; and an import it ended first gets no more users.
+    let processing: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING' FOR KEY SHARE",
+    )
+    .bind(target.key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if processing.is_none() {
+        return Ok(None);
+    }
+    if try_copy && copy_users(tx, target, batch, users).await? {
+        return Ok(Some(Written {
+            refused: Vec::new(),
+            copy_failed: false,
+        }));
+    }
+    let refused = insert_users(tx, target, batch, users).await?;
+    Ok(Some(Written {
+        refused,
+        copy_failed: try_copy,
+    }))
+}
+
+/// Once a batch's users are written: its row errors (validation errors and the refusals of
+/// the unique indexes, in file order), the import's counters and a change notification.
+/// `None` when the import is no longer PROCESSING.
+async fn record_batch(
+    tx: &mut Transaction<'static, Postgres>,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    refused: &[usize],
+) -> Result<Option<BatchOutcome>, sqlx::Error> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **tx)
+        .await?;
     let mut conflicts = Vec::new();
     if !refused.is_empty() {
         let emails = refused.iter().map(|&i| batch.user(i).email);
         let by_email = holders(tx, target.account_id, Column::Email, emails).await?;
         let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
         let by_id = holders(tx, target.account_id, Column::ExternalId, ids).await?;
-        conflicts = refusals(target.key, batch, &refused, &by_email, &by_id);
+        conflicts = refusals(target.key, batch, refused, &by_email, &by_id);
     }
     let conflict_rows = refused.len() as u64;
     let imported = batch.len() as u64 - conflict_rows;
-
     let errors = merge_by_row(&batch.errors, conflicts);
     let stored = (errors.len() as u64).min(target.error_budget) as usize;
-    insert_errors(tx, target.key, target.next_error_seq, &errors[..stored]).await?;
     let omitted = (errors.len() - stored) as u64;
 
     let (encoding, delimiter) = format_columns(target.format);
@@ -550,6 +664,7 @@ async fn write_batch(
     if updated == 0 {
         return Ok(None);
     }
+    insert_errors(tx, target.key, target.next_error_seq, &errors[..stored]).await?;
     notify(tx, &[target.key]).await?;
     Ok(Some(BatchOutcome {
         imported,
@@ -559,41 +674,23 @@ async fn write_batch(
     }))
 }
 
-/// The fast path: `COPY` straight into the users table, which skips the per-row index probes
-/// of `ON CONFLICT` and inserts pages at a time. Any duplicate fails the whole `COPY`; it then
-/// rolls back to its savepoint and returns `false`, and the batch goes through `insert_users`.
+/// The start of a binary `COPY` stream: signature, flags, no header extension.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// Fields per row of the `COPY` into users.
+const COPY_FIELDS: i16 = 9;
+
+/// The fast path: a binary `COPY` straight into the users table, which skips the per-row index
+/// probes of `ON CONFLICT`, inserts pages at a time, and leaves the server no text to parse.
+/// Any duplicate fails the whole `COPY`; it then rolls back to its savepoint and returns
+/// `false`, and the users go through `insert_users`.
 async fn copy_users(
     tx: &mut Transaction<'static, Postgres>,
     target: &BatchTarget<'_>,
     batch: &UserBatch,
+    users: &[usize],
 ) -> Result<bool, sqlx::Error> {
-    if batch.users().len() == 0 {
+    if users.is_empty() {
         return Ok(true);
-    }
-    let mut data = Vec::with_capacity(batch.len() * 128);
-    let account = target.account_id.as_str();
-    let key = target.key.to_string();
-    for user in batch.users() {
-        for value in [
-            account,
-            user.email,
-            user.first_name,
-            user.last_name,
-            user.role.as_str(),
-            user.job_title,
-        ] {
-            copy_text(&mut data, value);
-            data.push(b'\t');
-        }
-        match user.external_id {
-            Some(id) => copy_text(&mut data, id),
-            None => data.extend_from_slice(b"\\N"),
-        }
-        data.push(b'\t');
-        data.extend_from_slice(key.as_bytes());
-        data.push(b'\t');
-        data.extend_from_slice(user.row_number.to_string().as_bytes());
-        data.push(b'\n');
     }
     sqlx::query("SAVEPOINT copy_users")
         .execute(&mut **tx)
@@ -602,14 +699,23 @@ async fn copy_users(
         let mut copy = tx
             .copy_in_raw(
                 "COPY users (account_id, email, first_name, last_name, role, job_title, \
-                 external_id, import_key, source_row) FROM STDIN",
+                 external_id, import_key, source_row) FROM STDIN (FORMAT binary)",
             )
             .await?;
-        // In pieces: sqlx buffers a message whole, and a connection keeps the capacity its
-        // largest message needed.
-        for piece in data.chunks(COPY_PIECE_BYTES) {
-            copy.send(piece).await?;
+        // Sent in pieces as the rows are encoded: the server starts on the first rows at once,
+        // and neither side holds the whole batch in another form.
+        let mut data = Vec::with_capacity(COPY_PIECE_BYTES + 4 * 1024);
+        data.extend_from_slice(COPY_BINARY_HEADER);
+        let account = target.account_id.as_str();
+        for &index in users {
+            copy_row(&mut data, account, target.key, &batch.user(index));
+            if data.len() >= COPY_PIECE_BYTES {
+                copy.send(data.as_slice()).await?;
+                data.clear();
+            }
         }
+        data.extend_from_slice(&(-1_i16).to_be_bytes());
+        copy.send(data.as_slice()).await?;
         copy.finish().await
     }
     .await;
@@ -630,53 +736,69 @@ async fn copy_users(
     }
 }
 
-/// Escapes a value for `COPY`'s text format. Validation already refused control characters;
-/// the backslash is the one that can remain.
-fn copy_text(data: &mut Vec<u8>, value: &str) {
-    for byte in value.bytes() {
-        match byte {
-            b'\\' => data.extend_from_slice(b"\\\\"),
-            b'\t' => data.extend_from_slice(b"\\t"),
-            b'\n' => data.extend_from_slice(b"\\n"),
-            b'\r' => data.extend_from_slice(b"\\r"),
-            _ => data.push(byte),
-        }
+/// One user as a row of a binary `COPY`: the field count, then each field's length and bytes
+/// (text as UTF-8, bigints big-endian, -1 for NULL).
+fn copy_row(data: &mut Vec<u8>, account: &str, import_key: ImportKey, user: &UserRef<'_>) {
+    let text = |data: &mut Vec<u8>, value: &str| {
+        // Record limits keep every value far below 2 GiB.
+        data.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        data.extend_from_slice(value.as_bytes());
+    };
+    let bigint = |data: &mut Vec<u8>, value: i64| {
+        data.extend_from_slice(&8_i32.to_be_bytes());
+        data.extend_from_slice(&value.to_be_bytes());
+    };
+    data.extend_from_slice(&COPY_FIELDS.to_be_bytes());
+    for value in [
+        account,
+        user.email,
+        user.first_name,
+        user.last_name,
+        user.role.as_str(),
+        user.job_title,
+    ] {
+        text(data, value);
     }
+    match user.external_id {
+        Some(id) => text(data, id),
+        None => data.extend_from_slice(&(-1_i32).to_be_bytes()),
+    }
+    bigint(data, import_key);
+    bigint(data, user.row_number as i64);
 }
 
-/// The path for batches with duplicates: one `INSERT ... SELECT FROM unnest(...)` with every
-/// column bound as an array, `ON CONFLICT DO NOTHING`. Returns the indexes of the users the
-/// unique indexes refused. unnest yields the rows in array order and nothing in the plan
-/// reorders them, so of two equal values in the file the first is the one kept (the row error
-/// tests check it).
+/// The path for users with duplicates: `INSERT ... SELECT FROM unnest(...)` with every column
+/// bound as an array, `ON CONFLICT DO NOTHING`. Returns the indexes of the users the unique
+/// indexes refused. unnest yields the rows in array order and nothing in the plan reorders
+/// them, so of two equal values in the file the first is the one kept (the row error tests
+/// check it).
 async fn insert_users(
     tx: &mut Transaction<'static, Postgres>,
     target: &BatchTarget<'_>,
     batch: &UserBatch,
+    users: &[usize],
 ) -> Result<Vec<usize>, sqlx::Error> {
-    let all: Vec<_> = batch.users().collect();
+    let all: Vec<(usize, UserRef<'_>)> = users.iter().map(|&i| (i, batch.user(i))).collect();
     let mut refused = Vec::new();
-    for (part, users) in all.chunks(UNNEST_ROWS).enumerate() {
-        let offset = part * UNNEST_ROWS;
-        let part_refused = insert_part(tx, target, users).await?;
-        refused.extend(part_refused.into_iter().map(|i| offset + i));
+    for part in all.chunks(UNNEST_ROWS) {
+        refused.extend(insert_part(tx, target, part).await?);
     }
     Ok(refused)
 }
 
-/// `insert_users` for one statement's worth of users; returns indexes into `users`.
+/// `insert_users` for one statement's worth of users.
 async fn insert_part(
     tx: &mut Transaction<'static, Postgres>,
     target: &BatchTarget<'_>,
-    users: &[crate::domain::batch::UserRef<'_>],
+    users: &[(usize, UserRef<'_>)],
 ) -> Result<Vec<usize>, sqlx::Error> {
-    let emails: Vec<&str> = users.iter().map(|u| u.email).collect();
-    let first_names: Vec<&str> = users.iter().map(|u| u.first_name).collect();
-    let last_names: Vec<&str> = users.iter().map(|u| u.last_name).collect();
-    let roles: Vec<&str> = users.iter().map(|u| u.role.as_str()).collect();
-    let job_titles: Vec<&str> = users.iter().map(|u| u.job_title).collect();
-    let external_ids: Vec<Option<&str>> = users.iter().map(|u| u.external_id).collect();
-    let rows: Vec<i64> = users.iter().map(|u| u.row_number as i64).collect();
+    let emails: Vec<&str> = users.iter().map(|(_, u)| u.email).collect();
+    let first_names: Vec<&str> = users.iter().map(|(_, u)| u.first_name).collect();
+    let last_names: Vec<&str> = users.iter().map(|(_, u)| u.last_name).collect();
+    let roles: Vec<&str> = users.iter().map(|(_, u)| u.role.as_str()).collect();
+    let job_titles: Vec<&str> = users.iter().map(|(_, u)| u.job_title).collect();
+    let external_ids: Vec<Option<&str>> = users.iter().map(|(_, u)| u.external_id).collect();
+    let rows: Vec<i64> = users.iter().map(|(_, u)| u.row_number as i64).collect();
     let inserted: HashSet<i64> = sqlx::query_scalar(
         "INSERT INTO users (account_id, email, first_name, last_name, role, job_title, \
          external_id, import_key, source_row) \
@@ -701,8 +823,11 @@ async fn insert_part(
     .await?
     .into_iter()
     .collect();
-    Ok((0..users.len())
-        .filter(|&i| !inserted.contains(&rows[i]))
+    Ok(users
+        .iter()
+        .zip(&rows)
+        .filter(|(_, row)| !inserted.contains(row))
+        .map(|((index, _), _)| *index)
         .collect())
 }
 
@@ -780,4 +905,62 @@ async fn insert_errors(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Email, NewUser, Role};
+
+    fn batch(rows: &[(&str, Option<&str>)]) -> UserBatch {
+        let mut batch = UserBatch::with_capacity(rows.len());
+        for (i, (email, external_id)) in rows.iter().enumerate() {
+            let user = NewUser {
+                email: Email::parse(email).unwrap(),
+                first_name: "",
+                last_name: "",
+                role: Role::Member,
+                job_title: "",
+                external_id: *external_id,
+            };
+            batch.push_user(i as u64 + 2, &user);
+        }
+        batch
+    }
+
+    #[test]
+    fn a_batch_splits_by_address_in_file_order() {
+        let emails: Vec<String> = (0..1000).map(|i| format!("u{i}@example.com")).collect();
+        let mut rows: Vec<(&str, Option<&str>)> =
+            emails.iter().map(|e| (e.as_str(), None)).collect();
+        rows.push(("U7@example.com", None));
+        let batch = batch(&rows);
+        let parts = split(&batch, 2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].len() + parts[1].len(), 1001);
+        // Balanced enough to keep both writers busy.
+        assert!(parts[0].len().abs_diff(parts[1].len()) < 100, "{parts:?}");
+        for part in &parts {
+            assert!(part.windows(2).all(|w| w[0] < w[1]), "file order");
+        }
+        // Both rows of one address are in one part.
+        let part_of_row = |i| parts.iter().position(|p| p.contains(&i)).unwrap();
+        assert_eq!(part_of_row(7), part_of_row(1000));
+        assert_eq!(split(&batch, 1), vec![(0..1001).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn an_external_id_in_two_parts_keeps_the_batch_whole() {
+        let emails: Vec<String> = (0..100).map(|i| format!("u{i}@example.com")).collect();
+        let mut rows: Vec<(&str, Option<&str>)> =
+            emails.iter().map(|e| (e.as_str(), Some("E-1"))).collect();
+        assert_eq!(split(&batch(&rows), 2).len(), 1);
+        rows.iter_mut().enumerate().for_each(|(i, row)| {
+            row.1 = (i % 2 == 0).then_some("E-2");
+        });
+        // One external id on rows of both parts.
+        assert_eq!(split(&batch(&rows), 2).len(), 1);
+        rows.iter_mut().for_each(|row| row.1 = None);
+        assert_eq!(split(&batch(&rows), 2).len(), 2);
+    }
 }

@@ -8,6 +8,7 @@ mod memory;
 mod queries;
 mod rejections;
 mod replicas;
+mod store;
 mod tools;
 mod upload;
 mod watch;

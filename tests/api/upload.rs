@@ -423,3 +423,52 @@ backend_tests! {
         assert_eq!(app.users("same").await.len() as i64, stats_one.valid);
     }
 }
+
+backend_tests! {
+    /// A large batch may be written in parts at once (PostgreSQL): the first row of an address
+    /// or external id must still be the one kept, however far apart the two rows are. One file
+    /// repeats an address (its rows stay in one part), the other an external id with another
+    /// address (the batch is then written whole).
+    async fn the_first_of_two_rows_is_kept_however_far_apart_in_a_large_file(backend) {
+        let app = spawn_app(backend).await;
+        let file = |late: &str| {
+            let mut file = HEADER.to_owned();
+            for row in 2..20_002 {
+                if row == 16_000 {
+                    file.push_str(late);
+                } else {
+                    let i = row - 2;
+                    file.push_str(&format!("user{i}@example.com,First{i},Last,,,EMP-{i}\n"));
+                }
+            }
+            file
+        };
+        let cases = [
+            // Row 50's address in other case, with an external id of its own.
+            ("email", "USER48@EXAMPLE.COM,Late,Email,,,EMP-LATE\n", "row 50"),
+            // Another address with the external id of row 100.
+            ("id", "late@example.com,Late,Id,,,EMP-98\n", "row 100"),
+        ];
+        for (account, late, first_row) in cases {
+            let import = app
+                .upload(account, "far", file(late).as_bytes(), 256 * 1024)
+                .await
+                .unwrap();
+            assert_eq!(status(&import), ImportStatus::CompletedPartial);
+            assert_eq!(import.rows_imported, 19_999);
+            assert_eq!(import.rows_failed, 1);
+            let errors = app.errors(account, "far").await;
+            let column = if account == "email" { "email" } else { "external_id" };
+            assert_eq!(
+                codes(&errors),
+                vec![(16_000, column.to_owned(), "DUPLICATE_IN_FILE".to_owned())]
+            );
+            assert!(errors[0].message.contains(first_row), "{}", errors[0].message);
+            let users = app.users(account).await;
+            assert_eq!(users.len(), 19_999);
+            assert!(users.contains(&"user48@example.com|First48|Last|member||EMP-48".to_owned()));
+            assert!(users.contains(&"user98@example.com|First98|Last|member||EMP-98".to_owned()));
+            assert!(!users.iter().any(|u| u.contains("|Late|")));
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The store on its own, for what the API cannot provoke at will: a batch that arrives after
+//! its import was ended elsewhere (on PostgreSQL, by another replica that took it for dead).
+
+use bulk_import::domain::{
+    AccountId, Counters, Email, Filename, ImportId, ImportStatus, ImportType, NewImport, NewUser,
+    Role, UserBatch,
+};
+use bulk_import::store::{self, BatchTarget, Conclusion, StoreError};
+
+use crate::helpers::*;
+
+backend_tests! {
+    async fn a_batch_for_an_import_that_already_ended_writes_nothing(backend) {
+        let database = TestDatabase::new(backend).await;
+        let store = store::open(&database.url).await.unwrap();
+        let account_id = AccountId::parse(ACCOUNT).unwrap();
+        let import = store
+            .create_import(&NewImport {
+                account_id: account_id.clone(),
+                import_id: ImportId::parse("ended").unwrap(),
+                kind: ImportType::Users,
+                filename: Filename::parse("users.csv").unwrap(),
+            })
+            .await
+            .unwrap();
+        let ended = Conclusion {
+            status: ImportStatus::ErrorUnknown,
+            counters: Counters::default(),
+            format: None,
+            error_message: "ended by another replica".into(),
+        };
+        store.conclude_import(import.key, &ended).await.unwrap();
+
+        // Large enough to be written in parts at once on PostgreSQL.
+        let emails: Vec<String> = (0..5000).map(|i| format!("late{i}@example.com")).collect();
+        let mut batch = UserBatch::with_capacity(emails.len());
+        for (i, email) in emails.iter().enumerate() {
+            let user = NewUser {
+                email: Email::parse(email).unwrap(),
+                first_name: "Late",
+                last_name: "",
+                role: Role::Member,
+                job_title: "",
+                external_id: None,
+            };
+            batch.push_user(i as u64 + 2, &user);
+        }
+        let target = BatchTarget {
+            key: import.key,
+            account_id: &account_id,
+            next_error_seq: 0,
+            error_budget: 100,
+            bytes_received: 1000,
+            format: None,
+        };
+        let written = store.write_batch(&target, &batch).await;
+        assert!(matches!(written, Err(StoreError::NotProcessing)), "{written:?}");
+
+        let users: i64 = match backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&database.url).await.unwrap();
+                sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap()
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+                sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap()
+            }
+        };
+        assert_eq!(users, 0, "no user of an ended import may be left behind");
+        let stored = store
+            .get_import(&account_id, &ImportId::parse("ended").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, ImportStatus::ErrorUnknown);
+        assert_eq!(stored.counters, Counters::default());
+    }
+}
