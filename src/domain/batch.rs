@@ -37,6 +37,9 @@ pub struct UserBatch {
     pub rows_processed: u64,
     /// Rows of this batch that failed validation.
     pub rows_failed: u64,
+    /// Heap bytes of `errors`, kept as they are pushed: the pipeline checks the batch's size
+    /// after every slice of input.
+    error_bytes: usize,
 }
 
 /// A borrowed view of one user of a batch.
@@ -63,6 +66,13 @@ impl UserBatch {
         }
     }
 
+    /// Makes room for `rows` rows in all, so that filling the batch does not reallocate.
+    pub fn reserve_rows(&mut self, rows: usize) {
+        let more = rows.saturating_sub(self.users.len());
+        self.text.reserve(more * TEXT_BYTES_PER_ROW);
+        self.users.reserve(more);
+    }
+
     pub fn push_user(&mut self, row_number: u64, user: &NewUser<'_>) {
         let email = self.push_text(user.email.as_str());
         let email_as_written = (user.email.as_written() != user.email.as_str())
@@ -85,7 +95,11 @@ impl UserBatch {
     }
 
     pub fn push_failed_row(&mut self, errors: impl IntoIterator<Item = RowError>) {
-        self.errors.extend(errors);
+        for error in errors {
+            self.error_bytes +=
+                std::mem::size_of::<RowError>() + error.message.capacity() + error.value.capacity();
+            self.errors.push(error);
+        }
         self.rows_processed += 1;
         self.rows_failed += 1;
     }
@@ -100,14 +114,9 @@ impl UserBatch {
         self.users.len()
     }
 
-    /// Heap memory held, roughly: what the batch costs while it waits to be written.
+    /// Heap memory used, roughly: what the batch costs while it waits to be written.
     pub fn heap_bytes(&self) -> usize {
-        let errors: usize = self
-            .errors
-            .iter()
-            .map(|e| std::mem::size_of::<RowError>() + e.message.capacity() + e.value.capacity())
-            .sum();
-        self.text.capacity() + self.users.capacity() * std::mem::size_of::<BatchUser>() + errors
+        self.text.len() + self.users.len() * std::mem::size_of::<BatchUser>() + self.error_bytes
     }
 
     /// What a batch of `rows` typical rows holds, to reserve memory before filling it.
@@ -159,7 +168,10 @@ mod tests {
             external_id: Some("EMP-1"),
         };
         batch.push_user(2, &user);
+        let before = batch.heap_bytes();
+        assert!(before > 0);
         batch.push_failed_row([RowError::required(3, Column::Email)]);
+        assert!(batch.heap_bytes() > before + std::mem::size_of::<RowError>());
         assert_eq!(batch.len(), 1);
         assert_eq!(batch.rows_processed, 2);
         assert_eq!(batch.rows_failed, 1);

@@ -136,7 +136,7 @@ where
         filename = import.filename.as_str(), "upload started"
     );
     let live = importer.hub().start(import.clone());
-    let mut upload = Upload::new(importer, store, import, live).await;
+    let mut upload = Upload::new(importer, store, import, live);
     let outcome = AssertUnwindSafe(upload.receive(&mut events))
         .catch_unwind()
         .await
@@ -162,18 +162,26 @@ struct Upload {
     writer: Option<Writer>,
     /// How the store wants its batches.
     batching: Batching,
-    /// When the last batch went to the writer.
+    /// When the writer took the last batch.
     last_flush: tokio::time::Instant,
 }
 
 /// Collects rows into the batch being filled, and counts them.
 struct BatchSink {
     batch: UserBatch,
-    /// The memory granted to the batch being filled.
+    /// The memory granted to the batch being filled: taken once it has rows, so that an
+    /// upload that sends nothing holds nothing.
     permit: Option<OwnedSemaphorePermit>,
     batch_rows: usize,
     processed: u64,
     failed: u64,
+}
+
+impl BatchSink {
+    /// The memory granted to the batch being filled.
+    fn granted_bytes(&self) -> usize {
+        UserBatch::estimated_bytes(self.batch_rows)
+    }
 }
 
 impl RowSink for BatchSink {
@@ -190,7 +198,7 @@ impl RowSink for BatchSink {
 }
 
 impl Upload {
-    async fn new(
+    fn new(
         importer: Importer,
         store: std::sync::Arc<dyn Store>,
         import: Import,
@@ -205,14 +213,11 @@ impl Upload {
             live.clone(),
             config.max_stored_row_errors,
         );
-        let permit = importer
-            .reserve_batch_memory(UserBatch::estimated_bytes(batching.rows))
-            .await;
         Self {
             reader: FileReader::new(config.max_upload_bytes, config.record_limits),
             rows: BatchSink {
-                batch: UserBatch::with_capacity(batching.rows),
-                permit: Some(permit),
+                batch: UserBatch::default(),
+                permit: None,
                 batch_rows: batching.rows,
                 processed: 0,
                 failed: 0,
@@ -227,8 +232,9 @@ impl Upload {
         }
     }
 
-    /// Reads the stream up to its finish message, parsing and writing as chunks arrive.
-    async fn receive<S>(&mut self, events: &mut S) -> Result<FinishCheck, Abort>
+    /// Reads the stream up to its finish message, parsing and writing as chunks arrive, and
+    /// checks the file against that message.
+    async fn receive<S>(&mut self, events: &mut S) -> Result<(), Abort>
     where
         S: Stream<Item = Result<UploadEvent, StreamError>> + Unpin,
     {
@@ -250,7 +256,7 @@ impl Upload {
                 biased;
                 _ = shutdown.cancelled() => return Err(Abort::ShuttingDown),
                 () = flush_due => {
-                    self.send_batch(true).await?;
+                    self.send_batch().await?;
                     continue;
                 }
                 event = events.next() => event,
@@ -261,20 +267,29 @@ impl Upload {
                     // that a batch stays near its size even for multi-megabyte chunks.
                     for slice in chunk.chunks(PARSE_SLICE) {
                         self.read(|reader, rows| reader.push(slice, rows))?;
-                        let full = self.rows.batch.rows_processed >= self.batching.rows as u64;
+                        self.grant_batch_memory().await;
+                        // Full by rows, or by memory: long values or many errors per row make
+                        // a batch larger than its grant long before it has its rows.
+                        let full = self.rows.batch.rows_processed >= self.batching.rows as u64
+                            || self.rows.batch.heap_bytes() >= self.rows.granted_bytes();
                         let due = !self.rows.batch.is_empty()
                             && self
                                 .batching
                                 .flush_after
                                 .is_some_and(|after| self.last_flush.elapsed() >= after);
                         if full || due {
-                            self.send_batch(true).await?;
+                            self.send_batch().await?;
                         }
                     }
                 }
                 Some(Ok(UploadEvent::Finish(check))) => {
+                    // Checked before the last bytes are read: a truncated file would often
+                    // end in a parsing error (a quote or a character cut short) that hides
+                    // the real cause.
+                    self.verify(&check)?;
                     self.read(|reader, rows| reader.finish(rows))?;
-                    return Ok(check);
+                    self.grant_batch_memory().await;
+                    return Ok(());
                 }
                 Some(Ok(UploadEvent::Metadata(_))) => {
                     return Err(Abort::Protocol(ArgumentError::new(
@@ -315,12 +330,23 @@ impl Upload {
         })
     }
 
+    /// Once a batch has its first rows, takes its memory, waiting while other uploads hold
+    /// the budget, and gives the batch its capacity. Before that (a client that sent nothing
+    /// yet, or only the first bytes, which are held until the content was looked at) the
+    /// upload holds no memory of the budget.
+    async fn grant_batch_memory(&mut self) {
+        if self.rows.permit.is_none() && !self.rows.batch.is_empty() {
+            let rows = self.rows.batch_rows;
+            let bytes = UserBatch::estimated_bytes(rows);
+            self.rows.permit = Some(self.importer.reserve_batch_memory(bytes).await);
+            self.rows.batch.reserve_rows(rows);
+        }
+    }
+
     /// Hands the current batch to the writer, waiting while the writer is behind: this is
-    /// where backpressure starts.
-    /// `more`: rows are still to come, so the next batch gets its memory.
-    async fn send_batch(&mut self, more: bool) -> Result<(), Abort> {
+    /// where backpressure starts. The next batch takes its memory when its first chunk comes.
+    async fn send_batch(&mut self) -> Result<(), Abort> {
         let batch = std::mem::take(&mut self.rows.batch);
-        self.last_flush = tokio::time::Instant::now();
         // The batch carries its memory grant until it is written.
         let meta = (
             self.reader.bytes_received(),
@@ -333,14 +359,9 @@ impl Upload {
             .expect("the writer runs until the upload ends")
             .tx;
         if queue.send((batch, meta)).await.is_ok() {
-            // The next batch is filled once its memory is granted. Sending first matters:
-            // uploads waiting for memory while holding unsent batches would wait forever.
-            if more {
-                let rows = self.rows.batch_rows;
-                let next = UserBatch::estimated_bytes(rows);
-                self.rows.permit = Some(self.importer.reserve_batch_memory(next).await);
-                self.rows.batch = UserBatch::with_capacity(rows);
-            }
+            // The next batch's time starts once the writer took this one: counted from before
+            // the wait, a slow writer would have every batch after it flushed nearly empty.
+            self.last_flush = tokio::time::Instant::now();
             return Ok(());
         }
         // The writer stopped early: its error says why.
@@ -350,12 +371,9 @@ impl Upload {
         ))
     }
 
-    async fn conclude(
-        mut self,
-        outcome: Result<FinishCheck, Abort>,
-    ) -> Result<Import, ImportError> {
+    async fn conclude(mut self, outcome: Result<(), Abort>) -> Result<Import, ImportError> {
         let outcome = match outcome {
-            Ok(check) => self.complete(check).await,
+            Ok(()) => self.complete().await,
             Err(abort) => Err(abort),
         };
         let abort = match outcome {
@@ -464,8 +482,8 @@ impl Upload {
         Err(ArgumentError::new("chunk", reason.to_string()).into())
     }
 
-    /// The finish message arrived and every record was read: write the rest and commit.
-    async fn complete(&mut self, check: FinishCheck) -> Result<Import, Abort> {
+    /// The size and checksum the finish message gives, against what arrived.
+    fn verify(&self, check: &FinishCheck) -> Result<(), Abort> {
         let received = self.reader.bytes_received();
         if let Some(size) = check.size_bytes
             && size != received
@@ -485,8 +503,14 @@ impl Upload {
                 hex::encode(expected)
             )));
         }
+        Ok(())
+    }
+
+    /// The finish message arrived, checked, and every record was read: write the rest and
+    /// commit.
+    async fn complete(&mut self) -> Result<Import, Abort> {
         if !self.rows.batch.is_empty() {
-            self.send_batch(false).await?;
+            self.send_batch().await?;
         }
         let totals = self
             .writer

@@ -118,7 +118,8 @@ pub struct StoredRowError {
 pub struct Batching {
     /// Rows per batch, and so per write transaction.
     pub rows: usize,
-    /// A batch that is not full is still written after this long, when other replicas read
+    /// A batch that is not full is still written this long after the writer took the last
+    /// one: a quiet client must not hold batch memory, and other replicas read progress from
     /// the stored counters.
     pub flush_after: Option<Duration>,
 }

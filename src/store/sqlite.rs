@@ -92,11 +92,13 @@ impl Store for SqliteStore {
     /// Large transactions: every commit writes each page it dirtied to the WAL, and random
     /// email-index inserts dirty a page per row or so, so committing every 4,096 rows wrote the
     /// same index pages to the WAL hundreds of times over. Progress comes from the live
-    /// counters of this (only) replica, so there is no reason to flush early.
+    /// counters of this (only) replica; a batch is still written after a second when the
+    /// client is slow, so that it does not hold its share of the batch memory (and the rows
+    /// already read) while the client is quiet.
     fn batching(&self) -> Batching {
         Batching {
             rows: 32 * 1024,
-            flush_after: None,
+            flush_after: Some(Duration::from_secs(1)),
         }
     }
 

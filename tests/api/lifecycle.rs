@@ -221,3 +221,72 @@ backend_tests! {
         assert_eq!(app.users_of(ACCOUNT, "done").await, 100);
     }
 }
+
+backend_tests! {
+    /// Batches share a memory budget; uploads whose clients went quiet must not keep it from
+    /// the others.
+    async fn quiet_uploads_do_not_hold_back_other_uploads(backend) {
+        let app = spawn_app(backend).await;
+        let mut quiet = Vec::new();
+        for i in 0..20 {
+            let id = format!("quiet-{i}");
+            let upload = open_upload(&app, ACCOUNT, &id).await;
+            // More than the first 8 KiB, so that rows are read and a batch is being filled.
+            let mut rows = HEADER.to_owned();
+            for n in 0..200 {
+                rows.push_str(&format!("q{i}-{n}@example.com,Quiet,Client,,,\n"));
+            }
+            upload.tx.send(chunk(rows.as_bytes())).await.unwrap();
+            quiet.push((id, upload));
+        }
+
+        let (file, stats) = generate(&["--rows", "20000", "--seed", "8"]);
+        let other = tokio::time::timeout(
+            Duration::from_secs(30),
+            app.upload(ACCOUNT, "other", &file, 64 * 1024),
+        )
+        .await
+        .expect("an upload beside quiet ones is not held back")
+        .unwrap();
+        assert_eq!(status(&other), ImportStatus::CompletedSuccess);
+        assert_eq!(other.rows_imported, stats.valid);
+
+        for (id, upload) in quiet {
+            upload.tx.send(finish_message(finish())).await.unwrap();
+            let import = upload.call.await.unwrap().unwrap();
+            assert_eq!(status(&import), ImportStatus::CompletedSuccess, "{id}");
+            assert_eq!(import.rows_imported, 200, "{id}");
+        }
+    }
+}
+
+backend_tests! {
+    /// A file cut short in a quoted value would not parse; the finish message's size says
+    /// what really happened.
+    async fn a_truncated_file_is_reported_as_truncated_not_as_unreadable(backend) {
+        let app = spawn_app(backend).await;
+        let whole = format!("{HEADER}ada@example.com,Ada,Lovelace,,\"Countess\nof Lovelace\",\n");
+        // Cut inside the quoted value, after its line break.
+        let cut = &whole.as_bytes()[..whole.len() - 8];
+        let size = whole.len() as i64;
+        let messages = upload_messages(
+            ACCOUNT,
+            "cut",
+            "users.csv",
+            cut,
+            1024,
+            proto::UploadFinish {
+                size_bytes: Some(size),
+                sha256: String::new(),
+            },
+        );
+        let import = app.send(messages).await.unwrap();
+        assert_eq!(status(&import), ImportStatus::ErrorUnknown);
+        assert!(
+            import.error_message.contains(&format!("says the file has {size} bytes")),
+            "{}",
+            import.error_message
+        );
+        assert_eq!(app.users_of(ACCOUNT, "cut").await, 0);
+    }
+}
