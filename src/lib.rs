@@ -5,14 +5,20 @@
 //! The modules follow the data of an upload:
 //!
 //! ```text
-//!  gRPC stream ─► grpc::convert ─► import::chunk ─► import::parser ─► import::validator
-//!                 (messages to      (size limit,     (records and      (header mapping,
-//!                  domain events)    sniffing,        spreadsheet       NewUser or row
-//!                                    checksum)        row numbers)      errors)
-//!                                                                           │
-//!            WatchImport ◄─ import::progress ◄─ import::pipeline ◄──────────┘
-//!                           (live counters)      (batches to a writer task) ─► store (SQLite)
+//!  gRPC stream ─► grpc::convert ─► import::reader ─────────────────────────────────► UserBatch
+//!                 (messages to      chunk: size limit, sniffing, checksum, BOM            │
+//!                  domain events)   decoder: UTF-8 / UTF-16 / Windows-1252 → UTF-8         │
+//!                                   parser: csv-core, records across chunks, row numbers   │
+//!                                   validator: header mapping, NewUser or row errors       │
+//!                                                                                          ▼
+//!            WatchImport ◄─ import::progress ◄─ import::pipeline ─► writer task ─► store::{sqlite,postgres}
+//!                           (live counters)      (bounded queue,     (one batch at a time)
+//!                                                 batch memory budget)
 //! ```
+//!
+//! Each upload runs in a task of its own that owns the request stream, so that it ends its
+//! import (terminal status, nothing imported on an error) however the handler ends. The
+//! reader is synchronous and free of I/O: the property tests and the fuzzer run exactly it.
 //!
 //! - [`domain`]: the vocabulary (imports, users, row errors), parsed once at the edge;
 //! - [`import`]: the upload pipeline and the queries, independent of gRPC;
