@@ -186,6 +186,24 @@ impl RowError {
             value,
         )
     }
+
+    /// The value belongs to a user that another import, still running, is adding: if that
+    /// import fails, its users are removed and the row can be imported again.
+    pub fn being_imported(row: u64, column: Column, value: &str, import_id: &str) -> Self {
+        Self::new(
+            row,
+            Some(column),
+            ErrorCode::AlreadyExists,
+            format!(
+                "a user with {} '{}' is being added by import '{}', which is still running; \
+                 if that import does not complete, import this row again",
+                column.name(),
+                cut(value),
+                cut(import_id)
+            ),
+            value,
+        )
+    }
 }
 
 /// Cuts a value to `MAX_ERROR_VALUE_CHARS` characters, on a character boundary.

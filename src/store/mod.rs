@@ -273,11 +273,45 @@ impl TryFrom<ImportRow> for Import {
     }
 }
 
-/// A conflict found while inserting a row: which column, and the row already holding the value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who holds a value a row was refused for: the import and row that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Holder {
     pub import_key: ImportKey,
     pub source_row: u64,
+    /// The holder's import id while that import still runs: if it fails, its users are
+    /// deleted and the value is free again, which the row error must say.
+    pub running_import: Option<String>,
+}
+
+/// The columns the stores' holder lookups return: the value, then the holder.
+pub(crate) type HolderRow = (String, i64, i64, Option<String>);
+
+/// The select list of a holder lookup on `users u JOIN imports i`, for `column`.
+pub(crate) fn holder_columns(column: Column) -> &'static str {
+    match column {
+        Column::ExternalId => {
+            "u.external_id, u.import_key, u.source_row, \
+             CASE WHEN i.status = 'PROCESSING' THEN i.import_id END"
+        }
+        _ => {
+            "u.email, u.import_key, u.source_row, \
+             CASE WHEN i.status = 'PROCESSING' THEN i.import_id END"
+        }
+    }
+}
+
+/// Holders by value, from the rows of a holder lookup.
+pub(crate) fn holders_by_value(rows: Vec<HolderRow>) -> HashMap<String, Holder> {
+    rows.into_iter()
+        .map(|(value, import_key, source_row, running_import)| {
+            let holder = Holder {
+                import_key,
+                source_row: source_row as u64,
+                running_import,
+            };
+            (value, holder)
+        })
+        .collect()
 }
 
 /// The row error for a valid row the unique indexes refused.
@@ -292,6 +326,10 @@ pub(crate) fn conflict_error(
         Some(h) if h.import_key == key => {
             RowError::duplicate_in_file(row_number, column, value, h.source_row)
         }
+        Some(Holder {
+            running_import: Some(import_id),
+            ..
+        }) => RowError::being_imported(row_number, column, value, &import_id),
         _ => RowError::already_exists(row_number, column, value),
     }
 }
@@ -308,10 +346,10 @@ pub(crate) fn refusals(
     let mut errors = Vec::with_capacity(refused.len());
     for &i in refused {
         let user = batch.user(i);
-        let email_holder = by_email.get(user.email).copied();
+        let email_holder = by_email.get(user.email).cloned();
         let id_holder = user
             .external_id
-            .and_then(|id| by_external_id.get(id).copied());
+            .and_then(|id| by_external_id.get(id).cloned());
         // When neither is found, the holder went away in between (another import ended):
         // the row still was not imported, and the email is the likelier culprit.
         if email_holder.is_some() || id_holder.is_none() {
@@ -451,6 +489,7 @@ mod tests {
             Some(Holder {
                 import_key: 7,
                 source_row: 4,
+                running_import: Some("this-one".into()),
             }),
         );
         assert_eq!(same.code, ErrorCode::DuplicateInFile);
@@ -463,9 +502,34 @@ mod tests {
             Some(Holder {
                 import_key: 3,
                 source_row: 4,
+                running_import: None,
             }),
         );
         assert_eq!(other.code, ErrorCode::AlreadyExists);
         assert_eq!(other.column, Some(Column::ExternalId));
+        assert!(
+            other.message.contains("already exists"),
+            "{}",
+            other.message
+        );
+        let running = conflict_error(
+            7,
+            12,
+            Column::Email,
+            "a@x.io",
+            Some(Holder {
+                import_key: 3,
+                source_row: 4,
+                running_import: Some("march".into()),
+            }),
+        );
+        assert_eq!(running.code, ErrorCode::AlreadyExists);
+        assert!(
+            running
+                .message
+                .contains("import 'march', which is still running"),
+            "{}",
+            running.message
+        );
     }
 }

@@ -35,8 +35,9 @@ use tokio::task::JoinHandle;
 
 use super::queries;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError,
-    StoredRowError, format_columns, merge_by_row, refusals,
+    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, HolderRow, ImportRow, Store,
+    StoreError, StoredRowError, format_columns, holder_columns, holders_by_value, merge_by_row,
+    refusals,
 };
 use crate::domain::batch::UserRef;
 use crate::domain::{
@@ -842,31 +843,21 @@ async fn holders<'v>(
     if values.is_empty() {
         return Ok(HashMap::new());
     }
-    let sql = match column {
-        Column::ExternalId => {
-            "SELECT external_id, import_key, source_row FROM users \
-             WHERE account_id = $1 AND external_id = ANY($2)"
-        }
-        _ => {
-            "SELECT email, import_key, source_row FROM users \
-             WHERE account_id = $1 AND email = ANY($2)"
-        }
+    let name = match column {
+        Column::ExternalId => "external_id",
+        _ => "email",
     };
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(sql)
+    let sql = format!(
+        "SELECT {} FROM users u JOIN imports i ON i.import_key = u.import_key \
+         WHERE u.account_id = $1 AND u.{name} = ANY($2)",
+        holder_columns(column)
+    );
+    let rows: Vec<HolderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(account_id.as_str())
         .bind(&values)
         .fetch_all(&mut **tx)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(value, import_key, source_row)| {
-            let holder = Holder {
-                import_key,
-                source_row: source_row as u64,
-            };
-            (value, holder)
-        })
-        .collect())
+    Ok(holders_by_value(rows))
 }
 
 async fn insert_errors(

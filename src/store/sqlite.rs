@@ -19,8 +19,9 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use super::queries;
 use super::sqlite_insert;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, ImportRow, Store, StoreError,
-    StoredRowError, format_columns, merge_by_row, micros, refusals,
+    BatchOutcome, BatchTarget, Batching, Conclusion, Holder, HolderRow, ImportRow, Store,
+    StoreError, StoredRowError, format_columns, holder_columns, holders_by_value, merge_by_row,
+    micros, refusals,
 };
 use crate::domain::{
     AccountId, Column, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError, UserBatch,
@@ -376,28 +377,24 @@ async fn holders<'v>(
             _ => "email",
         };
         let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {name}, import_key, source_row FROM users WHERE account_id = "
+            "SELECT {} FROM users u JOIN imports i ON i.import_key = u.import_key \
+             WHERE u.account_id = ",
+            holder_columns(column)
         ));
         query.push_bind(account_id.as_str().to_owned());
-        query.push(format!(" AND {name} IN ("));
+        query.push(format!(" AND u.{name} IN ("));
         let mut list = query.separated(", ");
         for value in part {
             list.push_bind((*value).to_owned());
         }
         query.push(")");
         // Not cached: the statement's length varies with the number of values.
-        let rows: Vec<(String, i64, i64)> = query
+        let rows: Vec<HolderRow> = query
             .build_query_as()
             .persistent(false)
             .fetch_all(&mut *conn)
             .await?;
-        found.extend(rows.into_iter().map(|(value, import_key, source_row)| {
-            let holder = Holder {
-                import_key,
-                source_row: source_row as u64,
-            };
-            (value, holder)
-        }));
+        found.extend(holders_by_value(rows));
     }
     Ok(found)
 }

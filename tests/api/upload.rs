@@ -472,3 +472,48 @@ backend_tests! {
         }
     }
 }
+
+backend_tests! {
+    /// An address another import is adding is refused, but the message says that import is
+    /// still running: if it fails, its users go and the row can be imported again.
+    async fn a_row_held_by_a_running_import_says_so(backend) {
+        let app = spawn_app(backend).await;
+        let mut rows = HEADER.to_owned();
+        // More than the first 8 KiB, which are held until the content was looked at.
+        for n in 0..400 {
+            rows.push_str(&format!("held{n}@example.com,Held,Row,,,\n"));
+        }
+        let running = crate::lifecycle::open_upload(&app, ACCOUNT, "running").await;
+        running.tx.send(chunk(rows.as_bytes())).await.unwrap();
+        crate::lifecycle::wait_for_imported_rows(&app, ACCOUNT, "running").await;
+
+        let file = format!("{HEADER}held7@example.com,Other,Row,,,\nfree@example.com,Free,Row,,,\n");
+        let second = app
+            .upload(ACCOUNT, "second", file.as_bytes(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(status(&second), ImportStatus::CompletedPartial);
+        let errors = app.errors(ACCOUNT, "second").await;
+        assert_eq!(
+            codes(&errors),
+            vec![(2, "email".to_owned(), "ALREADY_EXISTS".to_owned())]
+        );
+        assert!(
+            errors[0]
+                .message
+                .contains("is being added by import 'running', which is still running"),
+            "{}",
+            errors[0].message
+        );
+
+        // The running import fails: its users go, the address is free again.
+        drop(running.tx);
+        let _ = running.call.await;
+        let ended = crate::lifecycle::wait_for_terminal(&app, ACCOUNT, "running").await;
+        assert_eq!(status(&ended), ImportStatus::ErrorUnknown);
+        assert_eq!(app.users_of(ACCOUNT, "running").await, 0);
+        let again = format!("{HEADER}held7@example.com,Other,Row,,,\n");
+        let third = app.upload(ACCOUNT, "third", again.as_bytes(), 1024).await.unwrap();
+        assert_eq!(status(&third), ImportStatus::CompletedSuccess);
+    }
+}
