@@ -217,9 +217,10 @@ impl Importer {
                 Ok(_) | Err(StoreError::NotProcessing) => {
                     tracing::info!(import_key = key, "stored the end of an interrupted import");
                 }
+                // Kept for the next round; the leases below must be kept meanwhile.
                 Err(e) => {
+                    tracing::warn!(import_key = key, error = %e, "cannot store the end of an import yet");
                     self.abandon(key, conclusion);
-                    return Err(e.into());
                 }
             }
         }

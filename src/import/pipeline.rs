@@ -476,9 +476,21 @@ impl Upload {
         let key = self.import.key;
         self.importer.hub().forget(key);
         let store = self.store.clone();
-        (|| async { store.discard_import(key).await })
+        let discarded = (|| async { store.discard_import(key).await })
             .retry(retry_policy())
-            .await?;
+            .await;
+        if let Err(e) = discarded {
+            // It cannot be removed now: it is ended instead, by the upkeep once the database
+            // answers, rather than left PROCESSING.
+            tracing::error!(import_id = %self.import.import_id, error = %e, "could not remove a refused import");
+            let conclusion = Conclusion {
+                status: ImportStatus::ErrorUnknown,
+                counters: self.counters(&WriterTotals::default()),
+                format: self.reader.format(),
+                error_message: reason.to_string(),
+            };
+            self.importer.abandon(key, conclusion);
+        }
         Err(ArgumentError::new("chunk", reason.to_string()).into())
     }
 
@@ -562,10 +574,21 @@ impl Upload {
             Ok(import) => import,
             Err(StoreError::NotProcessing) => {
                 // Someone else ended it (recovery on another replica): report what is stored.
-                self.store
+                let stored = self
+                    .store
                     .get_import(&self.import.account_id, &self.import.import_id)
-                    .await?
-                    .ok_or_else(|| ImportError::Internal("the import disappeared".into()))?
+                    .await;
+                match stored {
+                    Ok(Some(import)) => import,
+                    // Local watchers then follow the store, which has the ending.
+                    other => {
+                        self.importer.hub().forget(key);
+                        return Err(match other {
+                            Err(e) => e.into(),
+                            _ => ImportError::Internal("the import disappeared".into()),
+                        });
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(
