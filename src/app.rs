@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::ServeArgs;
-use crate::grpc::ImportServiceImpl;
+use crate::grpc::{ImportServiceImpl, MAX_MESSAGE_BYTES};
 use crate::import::{INTERRUPTED, Importer};
 use crate::proto::import_service_server::ImportServiceServer;
 use crate::store::{self, Backend, Store, StoreError};
@@ -32,8 +32,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// After uploads ended, how long other requests (watchers) get before the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request message: chunks of up to 4 MiB plus framing.
-const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -117,19 +115,27 @@ impl Application {
         let mut server = tokio::spawn(server);
         tracing::info!(%addr, "serving gRPC");
 
-        let database = start_database(
+        // Readiness and upkeep run until the uploads ended: during the grace period, leases
+        // must be kept and endings stored, while readiness says NOT_SERVING.
+        let readiness = Readiness {
+            reporter: reporter.clone(),
+            stopping: Arc::new(tokio::sync::Mutex::new(false)),
+        };
+        let mut database = tokio::spawn(start_database(
             self.args.database_url.clone(),
             self.importer.clone(),
-            reporter.clone(),
-        );
+            readiness.clone(),
+        ));
         tokio::pin!(shutdown);
         tokio::select! {
-            result = database => {
+            result = &mut database => {
                 // Only a database that cannot be opened at all ends up here.
-                let Err(e) = result;
                 let _ = stop_server.send(());
                 let _ = (&mut server).await;
-                return Err(e.into());
+                return match result {
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(StartError::Crashed(e.to_string())),
+                };
             }
             result = &mut server => {
                 return match result {
@@ -141,10 +147,9 @@ impl Application {
         }
 
         tracing::info!("shutting down");
-        reporter
-            .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
-            .await;
+        readiness.stop().await;
         self.importer.shutdown(self.args.shutdown_grace()).await;
+        database.abort();
         let _ = stop_server.send(());
         if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
             .await
@@ -166,7 +171,7 @@ impl Application {
 async fn start_database(
     url: String,
     importer: Importer,
-    reporter: HealthReporter,
+    readiness: Readiness,
 ) -> Result<std::convert::Infallible, StoreError> {
     let backend = Backend::of(&url)?;
     let mut delay = Duration::from_millis(200);
@@ -201,14 +206,48 @@ async fn start_database(
         }
     };
     tokio::select! {
-        never = readiness_loop(store, reporter) => never,
+        never = readiness_loop(store, readiness) => never,
         never = upkeep => never,
+    }
+}
+
+/// The readiness status, which shutdown turns NOT_SERVING for good.
+#[derive(Clone)]
+struct Readiness {
+    reporter: HealthReporter,
+    /// Set by shutdown; the lock orders a check of the database against it.
+    stopping: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Readiness {
+    /// Reports whether the database answers, unless shutdown started.
+    async fn set(&self, serving: bool) {
+        let stopping = self.stopping.lock().await;
+        if *stopping {
+            return;
+        }
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter
+            .set_service_status(READINESS_SERVICE, status)
+            .await;
+    }
+
+    async fn stop(&self) {
+        let mut stopping = self.stopping.lock().await;
+        *stopping = true;
+        self.reporter
+            .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
+            .await;
     }
 }
 
 async fn readiness_loop(
     store: Arc<dyn Store>,
-    reporter: HealthReporter,
+    readiness: Readiness,
 ) -> Result<std::convert::Infallible, StoreError> {
     let mut serving = None;
     let mut tick = tokio::time::interval(READINESS_INTERVAL);
@@ -219,17 +258,12 @@ async fn readiness_loop(
             Ok(Ok(()))
         );
         if serving != Some(ok) {
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
             if ok {
                 tracing::info!("ready: the database answers");
             } else {
                 tracing::warn!("not ready: the database does not answer");
             }
-            reporter.set_service_status(READINESS_SERVICE, status).await;
+            readiness.set(ok).await;
             serving = Some(ok);
         }
     }

@@ -97,7 +97,8 @@ pub async fn get(args: GetArgs) -> CliResult {
             .get_import(proto::GetImportRequest {
                 account_id: args.target.account.clone(),
                 import_id: args.import_id.clone(),
-                errors_page_size: (args.errors - shown).min(1000) as i32,
+                // 0 would mean the server's default page; `--errors 0` shows the import alone.
+                errors_page_size: (args.errors - shown).clamp(1, 1000) as i32,
                 errors_page_token: token,
             })
             .await?
@@ -105,7 +106,7 @@ pub async fn get(args: GetArgs) -> CliResult {
         if shown == 0 {
             print_import(&page.import.unwrap_or_default());
         }
-        for e in &page.errors {
+        for e in page.errors.iter().take((args.errors - shown) as usize) {
             let column = if e.column.is_empty() { "-" } else { &e.column };
             println!(
                 "  row {:>7}  {:<12} {:<18} {}",

@@ -16,11 +16,10 @@ pub enum ErrorCode {
     DuplicateInFile,
     AlreadyExists,
     FieldCount,
-    InvalidEncoding,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::Required,
         ErrorCode::InvalidEmail,
         ErrorCode::TooLong,
@@ -29,7 +28,6 @@ impl ErrorCode {
         ErrorCode::DuplicateInFile,
         ErrorCode::AlreadyExists,
         ErrorCode::FieldCount,
-        ErrorCode::InvalidEncoding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,7 +40,6 @@ impl ErrorCode {
             ErrorCode::DuplicateInFile => "DUPLICATE_IN_FILE",
             ErrorCode::AlreadyExists => "ALREADY_EXISTS",
             ErrorCode::FieldCount => "FIELD_COUNT",
-            ErrorCode::InvalidEncoding => "INVALID_ENCODING",
         }
     }
 

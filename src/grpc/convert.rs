@@ -34,7 +34,18 @@ pub fn import_type(value: i32) -> Result<ImportType, ArgumentError> {
 pub fn upload_event(
     message: Result<proto::UploadImportRequest, tonic::Status>,
 ) -> Result<UploadEvent, StreamError> {
-    let message = message.map_err(|status| StreamError::Transport(status.message().to_owned()))?;
+    let message = message.map_err(|status| match status.code() {
+        // tonic's answer to a message over the decoding limit.
+        tonic::Code::OutOfRange => StreamError::Invalid(ArgumentError::new(
+            "chunk",
+            format!(
+                "a message of the upload is larger than {} MiB; send the file in chunks of at \
+                 most 4 MiB (256 KiB is typical)",
+                super::MAX_MESSAGE_BYTES / (1024 * 1024)
+            ),
+        )),
+        _ => StreamError::Transport(status.message().to_owned()),
+    })?;
     match message.payload {
         Some(Payload::Metadata(m)) => new_import(&m).map(UploadEvent::Metadata),
         Some(Payload::Chunk(bytes)) => Ok(UploadEvent::Chunk(bytes)),

@@ -172,3 +172,25 @@ backend_tests! {
 fn status_of(import: &proto::Import) -> ImportStatus {
     ImportStatus::try_from(import.status).unwrap()
 }
+
+backend_tests! {
+    async fn a_chunk_over_the_message_limit_is_named_and_ends_the_import(backend) {
+        let app = spawn_app(backend).await;
+        let mut file = HEADER.as_bytes().to_vec();
+        file.resize(6 * 1024 * 1024, b'x');
+        let messages = upload_messages(ACCOUNT, "big-chunk", "users.csv", &file, file.len(), finish());
+        let status = app.send(messages).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("chunks of at most 4 MiB"),
+            "{}",
+            status.message()
+        );
+        let import = app.get(ACCOUNT, "big-chunk").await.unwrap();
+        assert_eq!(
+            ImportStatus::try_from(import.status),
+            Ok(ImportStatus::ErrorUnknown)
+        );
+        assert_eq!(app.users_of(ACCOUNT, "big-chunk").await, 0);
+    }
+}
