@@ -51,6 +51,9 @@ const CHANNEL: &str = "bulk_import_changes";
 const LOCK_NAMESPACE: i64 = 0x4249_4D50;
 /// How long an import may go without a heartbeat before another replica ends it.
 pub const LEASE: Duration = Duration::from_secs(30);
+/// How old the heartbeat of an import whose owner's lock is gone must be before it is ended:
+/// a live replica heartbeats every few seconds, even while its lock is being taken again.
+const LOCK_GRACE: Duration = Duration::from_secs(10);
 /// How often the owner lock's connection is checked.
 const LOCK_CHECK: Duration = Duration::from_secs(5);
 /// `COPY` data goes to the server in messages of this size.
@@ -177,7 +180,11 @@ impl PostgresStore {
     }
 
     /// Ends the imports whose replica is gone: no owner lock, or no heartbeat for a lease.
-    async fn reap(&self, message: &str) -> Result<u64, StoreError> {
+    ///
+    /// An import whose owner's lock is gone is ended once its heartbeat is also `lock_grace`
+    /// old: the lock's connection of a live replica may drop and be taken again, while its
+    /// heartbeats go on.
+    async fn reap(&self, message: &str, lock_grace: Duration) -> Result<u64, StoreError> {
         let reaped: Vec<i64> = in_transaction!(self.pool, |tx| async {
             let keys: Vec<i64> = sqlx::query_scalar(
                 "WITH dead AS ( \
@@ -185,12 +192,13 @@ impl PostgresStore {
                            WHERE status = 'PROCESSING' AND ( \
                              heartbeat_time IS NULL \
                              OR heartbeat_time < now() - make_interval(secs => $1) \
-                             OR NOT EXISTS ( \
+                             OR (heartbeat_time < now() - make_interval(secs => $4) \
+                                 AND NOT EXISTS ( \
                                SELECT 1 FROM pg_locks l \
                                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
                                  AND l.database = (SELECT oid FROM pg_database \
                                                    WHERE datname = current_database()) \
-                                 AND l.classid = $2::oid AND l.objid = i.owner::oid)) \
+                                 AND l.classid = $2::oid AND l.objid = i.owner::oid))) \
                            FOR UPDATE SKIP LOCKED), \
                          gone AS (DELETE FROM users u USING dead d \
                                   WHERE u.import_key = d.import_key) \
@@ -202,6 +210,7 @@ impl PostgresStore {
             .bind(LEASE.as_secs_f64())
             .bind(LOCK_NAMESPACE)
             .bind(message)
+            .bind(lock_grace.as_secs_f64())
             .fetch_all(&mut *tx)
             .await?;
             notify(&mut tx, &keys).await?;
@@ -363,8 +372,10 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    /// At start, an import whose owner's lock is gone is ended at once: a replica that
+    /// restarts ends what it (or a dead neighbour) left running.
     async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError> {
-        self.reap(message).await
+        self.reap(message, Duration::ZERO).await
     }
 
     async fn maintain(&self, running: &[ImportKey], message: &str) -> Result<u64, StoreError> {
@@ -378,7 +389,7 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         }
-        self.reap(message).await
+        self.reap(message, LOCK_GRACE).await
     }
 
     fn subscribe(&self, key: ImportKey) -> Option<watch::Receiver<u64>> {
