@@ -54,6 +54,8 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// How old the heartbeat of an import whose owner's lock is gone must be before it is ended:
 /// a live replica heartbeats every few seconds, even while its lock is being taken again.
 const LOCK_GRACE: Duration = Duration::from_secs(10);
+/// How long a starting replica waits for the batch of a dead one to be aborted.
+const REAP_WAIT: Duration = Duration::from_secs(5);
 /// How often the owner lock's connection is checked.
 const LOCK_CHECK: Duration = Duration::from_secs(5);
 /// `COPY` data goes to the server in messages of this size.
@@ -184,10 +186,24 @@ impl PostgresStore {
     /// An import whose owner's lock is gone is ended once its heartbeat is also `lock_grace`
     /// old: the lock's connection of a live replica may drop and be taken again, while its
     /// heartbeats go on.
-    async fn reap(&self, message: &str, lock_grace: Duration) -> Result<u64, StoreError> {
-        let reaped: Vec<i64> = in_transaction!(self.pool, |tx| async {
-            let keys: Vec<i64> = sqlx::query_scalar(
-                "WITH dead AS ( \
+    ///
+    /// An import whose row is locked by a batch being written is skipped, unless `wait`:
+    /// then the reaper waits (up to `REAP_WAIT`) for that transaction, which is what a replica
+    /// that starts wants, as the batch of its dead predecessor is aborted once the server
+    /// notices the lost connection.
+    async fn reap(
+        &self,
+        message: &str,
+        lock_grace: Duration,
+        wait: bool,
+    ) -> Result<u64, StoreError> {
+        let locking = if wait {
+            "FOR UPDATE"
+        } else {
+            "FOR UPDATE SKIP LOCKED"
+        };
+        let sql = format!(
+            "WITH dead AS ( \
                            SELECT import_key FROM imports i \
                            WHERE status = 'PROCESSING' AND ( \
                              heartbeat_time IS NULL \
@@ -199,20 +215,28 @@ impl PostgresStore {
                                  AND l.database = (SELECT oid FROM pg_database \
                                                    WHERE datname = current_database()) \
                                  AND l.classid = $2::oid AND l.objid = i.owner::oid))) \
-                           FOR UPDATE SKIP LOCKED), \
+                           {locking}), \
                          gone AS (DELETE FROM users u USING dead d \
                                   WHERE u.import_key = d.import_key) \
                          UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = $3, \
                            rows_imported = 0, update_time = now(), complete_time = now() \
                          FROM dead WHERE imports.import_key = dead.import_key \
-                         RETURNING imports.import_key",
-            )
-            .bind(LEASE.as_secs_f64())
-            .bind(LOCK_NAMESPACE)
-            .bind(message)
-            .bind(lock_grace.as_secs_f64())
-            .fetch_all(&mut *tx)
-            .await?;
+                         RETURNING imports.import_key"
+        );
+        let reaped: Vec<i64> = in_transaction!(self.pool, |tx| async {
+            if wait {
+                let timeout = format!("SET LOCAL lock_timeout = {}", REAP_WAIT.as_millis());
+                sqlx::query(sqlx::AssertSqlSafe(timeout))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let keys: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(LEASE.as_secs_f64())
+                .bind(LOCK_NAMESPACE)
+                .bind(message)
+                .bind(lock_grace.as_secs_f64())
+                .fetch_all(&mut *tx)
+                .await?;
             notify(&mut tx, &keys).await?;
             Ok::<_, sqlx::Error>(keys)
         })?;
@@ -375,7 +399,15 @@ impl Store for PostgresStore {
     /// At start, an import whose owner's lock is gone is ended at once: a replica that
     /// restarts ends what it (or a dead neighbour) left running.
     async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError> {
-        self.reap(message, Duration::ZERO).await
+        match self.reap(message, Duration::ZERO, true).await {
+            // Still locked after the wait: the upkeep ends it once the lock is gone.
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("55P03") =>
+            {
+                self.reap(message, Duration::ZERO, false).await
+            }
+            other => other,
+        }
     }
 
     async fn maintain(&self, running: &[ImportKey], message: &str) -> Result<u64, StoreError> {
@@ -389,7 +421,7 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         }
-        self.reap(message, LOCK_GRACE).await
+        self.reap(message, LOCK_GRACE, false).await
     }
 
     fn subscribe(&self, key: ImportKey) -> Option<watch::Receiver<u64>> {
@@ -580,6 +612,16 @@ fn split(batch: &UserBatch, parts: usize) -> Vec<Vec<usize>> {
     split
 }
 
+/// Lets the transaction commit without waiting for its WAL to reach the disk. A batch need
+/// not be durable before the next: if the server crashes, the import is PROCESSING and gets
+/// ended anyway. Its ending commits synchronously, which flushes every earlier batch too.
+async fn commit_lazily(tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// What writing one part of a batch did.
 struct Written {
     /// Indexes (in the batch) of the users the unique indexes refused.
@@ -597,12 +639,7 @@ async fn write_users(
     users: &[usize],
     try_copy: bool,
 ) -> Result<Option<Written>, sqlx::Error> {
-    // A batch need not reach the disk before the next: if the server crashes, the import is
-    // PROCESSING and gets ended anyway. Its ending commits synchronously, which flushes every
-    // earlier batch too.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut **tx)
-        .await?;
+    commit_lazily(tx).await?;
     // The import stays locked while its users are written: the reaper skips a locked import
     // (`FOR UPDATE SKIP LOCKED`), so it cannot end the import and delete its users while more
     // are being added; and an import it ended first gets no more users.
@@ -637,9 +674,7 @@ async fn record_batch(
     batch: &UserBatch,
     refused: &[usize],
 ) -> Result<Option<BatchOutcome>, sqlx::Error> {
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut **tx)
-        .await?;
+    commit_lazily(tx).await?;
     let mut conflicts = Vec::new();
     if !refused.is_empty() {
         let emails = refused.iter().map(|&i| batch.user(i).email);
