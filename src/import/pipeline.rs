@@ -336,10 +336,9 @@ impl Upload {
     /// upload holds no memory of the budget.
     async fn grant_batch_memory(&mut self) {
         if self.rows.permit.is_none() && !self.rows.batch.is_empty() {
-            let rows = self.rows.batch_rows;
-            let bytes = UserBatch::estimated_bytes(rows);
+            let bytes = self.rows.granted_bytes();
             self.rows.permit = Some(self.importer.reserve_batch_memory(bytes).await);
-            self.rows.batch.reserve_rows(rows);
+            self.rows.batch.reserve_rows(self.rows.batch_rows);
         }
     }
 

@@ -286,18 +286,15 @@ pub(crate) struct Holder {
 /// The columns the stores' holder lookups return: the value, then the holder.
 pub(crate) type HolderRow = (String, i64, i64, Option<String>);
 
-/// The select list of a holder lookup on `users u JOIN imports i`, for `column`.
-pub(crate) fn holder_columns(column: Column) -> &'static str {
-    match column {
-        Column::ExternalId => {
-            "u.external_id, u.import_key, u.source_row, \
-             CASE WHEN i.status = 'PROCESSING' THEN i.import_id END"
-        }
-        _ => {
-            "u.email, u.import_key, u.source_row, \
-             CASE WHEN i.status = 'PROCESSING' THEN i.import_id END"
-        }
-    }
+/// The start of a holder lookup of `column` (email or external_id), up to the account's
+/// placeholder, which each store writes its own way, as it does the list of values.
+pub(crate) fn holder_lookup(column: Column) -> String {
+    format!(
+        "SELECT u.{}, u.import_key, u.source_row, \
+         CASE WHEN i.status = 'PROCESSING' THEN i.import_id END \
+         FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_id = ",
+        column.name()
+    )
 }
 
 /// Holders by value, from the rows of a holder lookup.

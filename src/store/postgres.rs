@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use super::queries;
 use super::{
     BatchOutcome, BatchTarget, Batching, Conclusion, Holder, HolderRow, ImportRow, Store,
-    StoreError, StoredRowError, format_columns, holder_columns, holders_by_value, merge_by_row,
+    StoreError, StoredRowError, format_columns, holder_lookup, holders_by_value, merge_by_row,
     refusals,
 };
 use crate::domain::batch::UserRef;
@@ -381,9 +381,8 @@ async fn listen(pool: PgPool, changes: Arc<Changes>) {
 impl Store for PostgresStore {
     /// Batches of up to 32,768 rows (fewer, larger COPYs and commits: 4,096 took 16.9 s for
     /// 199 MiB, 32,768 about 15; 65,536 no faster), flushed at least every 250 ms while rows
-    /// arrive: other
-    /// replicas read progress from the stored counters, and watchers are promised an update
-    /// every 500 ms.
+    /// arrive: other replicas read progress from the stored counters, and watchers are
+    /// promised an update every 500 ms.
     fn batching(&self) -> Batching {
         Batching {
             rows: 32 * 1024,
@@ -579,9 +578,6 @@ impl Store for PostgresStore {
 /// Which of `parts` parts of a batch a user is written in: chosen by email, so that the rows
 /// of one address are always in the same part, written in file order, and the first is kept.
 fn part_of(email: &str, parts: usize) -> usize {
-    if parts <= 1 {
-        return 0;
-    }
     // FNV-1a: cheap, and spreads addresses evenly enough to balance the parts.
     let hash = email.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
@@ -889,14 +885,10 @@ async fn holders<'v>(
     if values.is_empty() {
         return Ok(HashMap::new());
     }
-    let name = match column {
-        Column::ExternalId => "external_id",
-        _ => "email",
-    };
     let sql = format!(
-        "SELECT {} FROM users u JOIN imports i ON i.import_key = u.import_key \
-         WHERE u.account_id = $1 AND u.{name} = ANY($2)",
-        holder_columns(column)
+        "{}$1 AND u.{} = ANY($2)",
+        holder_lookup(column),
+        column.name()
     );
     let rows: Vec<HolderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(account_id.as_str())

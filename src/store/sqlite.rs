@@ -20,7 +20,7 @@ use super::queries;
 use super::sqlite_insert;
 use super::{
     BatchOutcome, BatchTarget, Batching, Conclusion, Holder, HolderRow, ImportRow, Store,
-    StoreError, StoredRowError, format_columns, holder_columns, holders_by_value, merge_by_row,
+    StoreError, StoredRowError, format_columns, holder_lookup, holders_by_value, merge_by_row,
     micros, refusals,
 };
 use crate::domain::{
@@ -372,17 +372,9 @@ async fn holders<'v>(
     let values: Vec<&str> = values.collect();
     let mut found = HashMap::with_capacity(values.len());
     for part in values.chunks(LOOKUPS_PER_STATEMENT) {
-        let name = match column {
-            Column::ExternalId => "external_id",
-            _ => "email",
-        };
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {} FROM users u JOIN imports i ON i.import_key = u.import_key \
-             WHERE u.account_id = ",
-            holder_columns(column)
-        ));
+        let mut query = QueryBuilder::<Sqlite>::new(holder_lookup(column));
         query.push_bind(account_id.as_str().to_owned());
-        query.push(format!(" AND u.{name} IN ("));
+        query.push(format!(" AND u.{} IN (", column.name()));
         let mut list = query.separated(", ");
         for value in part {
             list.push_bind((*value).to_owned());
