@@ -17,19 +17,24 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use backon::{ExponentialBuilder, Retryable};
+
 use crate::config::ServeArgs;
 use crate::grpc::{ImportServiceImpl, MAX_MESSAGE_BYTES};
 use crate::import::{INTERRUPTED, Importer};
 use crate::proto::import_service_server::ImportServiceServer;
-use crate::store::{self, Backend, Store, StoreError};
+use crate::store::{self, OpenOptions, StoreError};
 
 /// The readiness service name, as probes ask for it.
 pub const READINESS_SERVICE: &str = "bulkimport.v1.ImportService";
-/// How often readiness checks that the database answers.
+/// How often readiness checks that the database answers and can be written...
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and how often while it does not, so that the service is back soon after the database.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often leases are renewed and imports of dead replicas ended: well within the lease.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3);
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A readiness check that takes longer fails: the write probe after a fault writes 16 MiB.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// After uploads ended, how long other requests (watchers) get before the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -123,6 +128,7 @@ impl Application {
         };
         let mut database = tokio::spawn(start_database(
             self.args.database_url.clone(),
+            self.args.store_options(),
             self.importer.clone(),
             readiness.clone(),
         ));
@@ -165,36 +171,40 @@ impl Application {
 
 /// Opens and migrates the database, ends imports a previous run left PROCESSING, then keeps
 /// readiness in step with the database and runs the periodic upkeep. Returns only if the
-/// database cannot be opened: at once for a SQLite file (a wrong path is a configuration
-/// error), never for PostgreSQL, which is retried until it answers (readiness says
-/// NOT_SERVING meanwhile).
+/// database cannot be opened for good (a wrong URL, a file that cannot be created, a failed
+/// migration); an error the store calls transient (a PostgreSQL server still starting) is
+/// retried until it goes, while readiness says NOT_SERVING.
 async fn start_database(
     url: String,
+    options: OpenOptions,
     importer: Importer,
     readiness: Readiness,
 ) -> Result<std::convert::Infallible, StoreError> {
-    let backend = Backend::of(&url)?;
-    let mut delay = Duration::from_millis(200);
-    let store = loop {
-        let opened = async {
-            let store = store::open(&url).await?;
-            let ended = store.recover_interrupted(INTERRUPTED).await?;
-            if ended > 0 {
-                tracing::warn!(imports = ended, "ended imports interrupted by a stop");
-            }
-            Ok::<_, StoreError>(store)
-        };
-        match opened.await {
-            Ok(store) => break store,
-            Err(e) if backend == Backend::Postgres && !matches!(e, StoreError::Config(_)) => {
-                tracing::warn!(error = %e, "the database is not ready; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e),
+    let open = || async {
+        let store = store::open(&url, options).await?;
+        let ended = store.recover_interrupted(INTERRUPTED).await?;
+        if ended > 0 {
+            tracing::warn!(imports = ended, "ended imports interrupted by a stop");
         }
+        Ok::<_, StoreError>(store)
     };
-    importer.set_store(store.clone());
+    let store = open
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .without_max_times(),
+        )
+        .when(StoreError::is_transient)
+        .notify(|e, delay| {
+            tracing::warn!(
+                error = e.detail(),
+                ?delay,
+                "the database is not ready; retrying"
+            )
+        })
+        .await?;
+    importer.set_store(store);
     let upkeep = async {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,7 +216,7 @@ async fn start_database(
         }
     };
     tokio::select! {
-        never = readiness_loop(store, readiness) => never,
+        never = readiness_loop(importer.clone(), readiness) => never,
         never = upkeep => never,
     }
 }
@@ -245,27 +255,30 @@ impl Readiness {
     }
 }
 
+/// Keeps readiness in step with the database: SERVING while it answers and can be written.
 async fn readiness_loop(
-    store: Arc<dyn Store>,
+    importer: Importer,
     readiness: Readiness,
 ) -> Result<std::convert::Infallible, StoreError> {
     let mut serving = None;
-    let mut tick = tokio::time::interval(READINESS_INTERVAL);
     loop {
-        tick.tick().await;
-        let ok = matches!(
-            tokio::time::timeout(PING_TIMEOUT, store.ping()).await,
-            Ok(Ok(()))
-        );
+        let checked = tokio::time::timeout(CHECK_TIMEOUT, importer.ready()).await;
+        let ok = matches!(checked, Ok(Ok(())));
         if serving != Some(ok) {
-            if ok {
-                tracing::info!("ready: the database answers");
-            } else {
-                tracing::warn!("not ready: the database does not answer");
+            match checked {
+                Ok(Ok(())) => tracing::info!("ready: the database answers and can be written"),
+                Ok(Err(e)) => tracing::warn!(reason = %e, "not ready"),
+                Err(_) => tracing::warn!("not ready: the database does not answer in time"),
             }
             readiness.set(ok).await;
             serving = Some(ok);
         }
+        let interval = if ok {
+            READINESS_INTERVAL
+        } else {
+            RECOVERY_INTERVAL
+        };
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::import::ImportConfig;
+use crate::store::OpenOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,6 +65,18 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "BULK_IMPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// SQLite only: how long a write waits for a lock that another process holds, in ms.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_SQLITE_BUSY_TIMEOUT_MS",
+        default_value_t = 30_000,
+        hide = true
+    )]
+    pub sqlite_busy_timeout_ms: u64,
+    /// SQLite only: the most pages the database file may have (`PRAGMA max_page_count`), past
+    /// which writes fail as on a full disk. For tests of that fault.
+    #[arg(long, env = "BULK_IMPORT_SQLITE_MAX_PAGES", hide = true)]
+    pub sqlite_max_pages: Option<u64>,
 }
 
 impl ServeArgs {
@@ -72,6 +85,13 @@ impl ServeArgs {
             max_upload_bytes: self.max_upload_bytes,
             max_stored_row_errors: self.max_stored_row_errors,
             ..ImportConfig::default()
+        }
+    }
+
+    pub fn store_options(&self) -> OpenOptions {
+        OpenOptions {
+            busy_timeout: Duration::from_millis(self.sqlite_busy_timeout_ms),
+            max_pages: self.sqlite_max_pages,
         }
     }
 

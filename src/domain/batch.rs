@@ -33,10 +33,9 @@ pub struct UserBatch {
     users: Vec<BatchUser>,
     /// Validation errors of this batch's rows, in file order.
     pub errors: Vec<RowError>,
-    /// Data rows validated into this batch, valid or not.
-    pub rows_processed: u64,
-    /// Rows of this batch that failed validation.
-    pub rows_failed: u64,
+    /// Data rows in this batch, valid or not: what the batch is cut by. (The upload's
+    /// counters are kept by its tally, not here.)
+    pub rows: u64,
     /// Heap bytes of `errors`, kept as they are pushed: the pipeline checks the batch's size
     /// after every slice of input.
     error_bytes: usize,
@@ -91,7 +90,7 @@ impl UserBatch {
             job_title,
             external_id,
         });
-        self.rows_processed += 1;
+        self.rows += 1;
     }
 
     pub fn push_failed_row(&mut self, errors: impl IntoIterator<Item = RowError>) {
@@ -100,8 +99,7 @@ impl UserBatch {
                 std::mem::size_of::<RowError>() + error.message.capacity() + error.value.capacity();
             self.errors.push(error);
         }
-        self.rows_processed += 1;
-        self.rows_failed += 1;
+        self.rows += 1;
     }
 
     fn push_text(&mut self, value: &str) -> Range<u32> {
@@ -110,6 +108,7 @@ impl UserBatch {
         start..self.text.len() as u32
     }
 
+    /// Valid rows, that is users.
     pub fn len(&self) -> usize {
         self.users.len()
     }
@@ -124,8 +123,9 @@ impl UserBatch {
         rows * (TEXT_BYTES_PER_ROW + std::mem::size_of::<BatchUser>())
     }
 
+    /// No row at all, valid or not.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.rows_processed == 0
+        self.rows == 0
     }
 
     pub fn users(&self) -> impl ExactSizeIterator<Item = UserRef<'_>> + '_ {
@@ -173,8 +173,8 @@ mod tests {
         batch.push_failed_row([RowError::required(3, Column::Email)]);
         assert!(batch.heap_bytes() > before + std::mem::size_of::<RowError>());
         assert_eq!(batch.len(), 1);
-        assert_eq!(batch.rows_processed, 2);
-        assert_eq!(batch.rows_failed, 1);
+        assert_eq!(batch.rows, 2);
+        assert_eq!(batch.errors.len(), 1);
         let u = batch.user(0);
         assert_eq!(u.email, "zoë@example.com");
         assert_eq!(u.email_as_written, "Zoë@Example.com");

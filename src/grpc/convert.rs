@@ -7,7 +7,7 @@ use crate::domain::{
     AccountId, ArgumentError, Filename, Import, ImportId, ImportStatus, ImportType, NewImport,
     RowError,
 };
-use crate::import::pipeline::{FinishCheck, StreamError, UploadEvent};
+use crate::import::pipeline::events::{FinishCheck, StreamError, UploadEvent};
 use crate::import::template::Template;
 use crate::proto;
 use proto::upload_import_request::Payload;

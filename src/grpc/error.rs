@@ -1,12 +1,12 @@
 //! The one mapping from the import layer's errors to gRPC statuses (AIP-193: a code, a message
-//! that says what to do, and an `ErrorInfo` with a stable reason). Internal details are logged
-//! here and never sent to clients.
+//! that says what to do, and an `ErrorInfo` with a stable reason). The match is exhaustive, so
+//! that a new error must be given its code here. Internal details are logged here and never
+//! sent to clients.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::import::ImportError;
-use crate::store::StoreError;
 
 /// The `ErrorInfo.domain` of this service's errors.
 const DOMAIN: &str = "bulkimport.v1";
@@ -31,17 +31,10 @@ impl From<ImportError> for Status {
             ImportError::Cancelled(_) => (Code::Cancelled, "UPLOAD_CANCELLED"),
             ImportError::NotReady => (Code::Unavailable, "NOT_READY"),
             ImportError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
-            ImportError::Store(StoreError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "database unavailable");
-                return Status::with_error_details(
-                    Code::Unavailable,
-                    "the database is unavailable; retry shortly",
-                    ErrorDetails::with_error_info("DATABASE_UNAVAILABLE", DOMAIN, []),
-                );
-            }
-            ImportError::Store(StoreError::NotProcessing) => (Code::Aborted, "IMPORT_ENDED"),
-            ImportError::Store(_) | ImportError::Internal(_) => {
-                tracing::error!(error = %error, "internal error");
+            ImportError::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
+            ImportError::Ended => (Code::Aborted, "IMPORT_ENDED"),
+            ImportError::Internal(detail) => {
+                tracing::error!(error = detail.as_str(), "internal error");
                 return Status::with_error_details(
                     Code::Internal,
                     "internal error; the details are in the server's log",

@@ -4,15 +4,22 @@
 //!
 //! - [`chunk`]: the size limit, the checksum, a first look at the content, the byte order mark;
 //! - [`decoder`]: UTF-8, UTF-16 and Windows-1252 to UTF-8, as the chunks stream;
+//! - [`delimiter`]: which of `,` `;` and tab the header line uses;
 //! - [`parser`]: incremental CSV framing with spreadsheet row numbers and bounded records;
 //! - [`validator`]: the header's column mapping, then `NewUser` or row errors for each row;
-//! - [`reader`]: the above composed, bytes in, rows out, with the delimiter found on the way;
-//! - [`pipeline`]: one upload's task, its writer task, and how it ends;
+//! - [`reader`]: the above composed, bytes in, rows out;
+//! - [`pipeline`]: one upload's task, its writer task, its counters, and how it ends;
 //! - [`progress`]: live counters for watchers;
+//! - [`error`]: this layer's errors, into which the store's are mapped;
 //! - [`template`]: the downloadable template.
+//!
+//! [`Importer`], here, is the entry point that requests share: it starts uploads, answers the
+//! queries (with the live state of imports running here), and runs the periodic upkeep.
 
 pub mod chunk;
 pub mod decoder;
+pub mod delimiter;
+pub mod error;
 pub mod parser;
 pub mod pipeline;
 pub mod progress;
@@ -20,77 +27,31 @@ pub mod reader;
 pub mod template;
 pub mod validator;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AccountId, ArgumentError, Import, ImportId, ImportKey};
-use crate::store::{Conclusion, Store, StoreError, StoredRowError};
-use pipeline::{StreamError, UploadEvent};
+use crate::domain::{AccountId, Import, ImportId, ImportKey};
+use crate::store::{Store, StoredRowError};
+pub use error::ImportError;
+pub use pipeline::ImportConfig;
+use pipeline::ending::Endings;
+pub use pipeline::ending::INTERRUPTED;
+use pipeline::events::{StreamError, UploadEvent};
+use pipeline::memory::BatchMemory;
 use progress::{FollowEnd, ProgressHub, WATCH_TICK, follow_local};
-
-/// Memory for batches across all uploads, in KiB (see `Inner::batch_memory`).
-const BATCH_MEMORY_KIB: usize = 64 * 1024;
 
 /// How long a watcher of an import running elsewhere waits for a change notification before
 /// reading the stored state anyway.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
-
-/// The `error_message` of an import whose server stopped or died before it finished.
-pub const INTERRUPTED: &str = "the server stopped before the import finished, so nothing was \
-    imported; upload the file again";
-
-/// The import layer's errors; the gRPC layer maps each to a status code.
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("{0}")]
-    InvalidArgument(#[from] ArgumentError),
-    #[error("import '{import_id}' already exists in account '{account_id}'")]
-    AlreadyExists {
-        account_id: AccountId,
-        import_id: ImportId,
-    },
-    #[error("import '{import_id}' was not found in account '{account_id}'")]
-    NotFound {
-        account_id: AccountId,
-        import_id: ImportId,
-    },
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("the upload stream broke: {0}")]
-    Cancelled(String),
-    #[error("the service is starting: the database is not ready yet; retry shortly")]
-    NotReady,
-    #[error("the server is shutting down; retry shortly")]
-    ShuttingDown,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct ImportConfig {
-    pub max_upload_bytes: u64,
-    /// Row errors stored per import; the counters stay exact beyond it.
-    pub max_stored_row_errors: u64,
-    pub record_limits: parser::Limits,
-}
-
-impl Default for ImportConfig {
-    fn default() -> Self {
-        Self {
-            max_upload_bytes: 200 * 1024 * 1024,
-            max_stored_row_errors: 100_000,
-            record_limits: parser::Limits::default(),
-        }
-    }
-}
+/// Reads of the store a watcher may fail in a row (about 5 s) before its stream ends with
+/// the error.
+const WATCH_FAILURES: u32 = 20;
 
 /// The entry point of the import layer, shared by every request.
 #[derive(Clone)]
@@ -107,12 +68,9 @@ struct Inner {
     uploads: TaskTracker,
     /// Cancelled when shutdown stops waiting: running uploads then end in ERROR_UNKNOWN.
     shutdown: CancellationToken,
-    /// Endings that could not be stored (the database was away), retried by `maintain`.
-    abandoned: Mutex<Vec<(ImportKey, Conclusion)>>,
-    /// Memory for batches being filled, queued or written, in KiB, shared by every upload: a
-    /// batch is filled only once its memory is granted, so memory stays bounded however many
-    /// uploads run, and a full budget slows the readers of the streams (backpressure).
-    batch_memory: Arc<Semaphore>,
+    /// Endings that could not be stored when they happened, stored by `maintain`.
+    endings: Endings,
+    memory: BatchMemory,
 }
 
 impl Importer {
@@ -124,8 +82,8 @@ impl Importer {
                 config,
                 uploads: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
-                abandoned: Mutex::new(Vec::new()),
-                batch_memory: Arc::new(Semaphore::new(BATCH_MEMORY_KIB)),
+                endings: Endings::default(),
+                memory: BatchMemory::default(),
             }),
         }
     }
@@ -135,31 +93,12 @@ impl Importer {
         let _ = self.inner.store.set(store);
     }
 
-    pub fn store(&self) -> Result<Arc<dyn Store>, ImportError> {
+    fn store(&self) -> Result<Arc<dyn Store>, ImportError> {
         self.inner.store.get().cloned().ok_or(ImportError::NotReady)
     }
 
     pub fn config(&self) -> &ImportConfig {
         &self.inner.config
-    }
-
-    pub(crate) fn hub(&self) -> &ProgressHub {
-        &self.inner.hub
-    }
-
-    /// Waits until memory for a batch of `bytes` is free, and holds it.
-    pub(crate) async fn reserve_batch_memory(&self, bytes: usize) -> OwnedSemaphorePermit {
-        let kib = (bytes / 1024).clamp(1, BATCH_MEMORY_KIB) as u32;
-        self.inner
-            .batch_memory
-            .clone()
-            .acquire_many_owned(kib)
-            .await
-            .expect("the batch memory semaphore is never closed")
-    }
-
-    pub(crate) fn shutdown_token(&self) -> CancellationToken {
-        self.inner.shutdown.clone()
     }
 
     /// Runs one upload to its end and returns the finished import. The upload runs in its own
@@ -171,10 +110,15 @@ impl Importer {
         if self.inner.shutdown.is_cancelled() || self.inner.uploads.is_closed() {
             return Err(ImportError::ShuttingDown);
         }
-        let task = self
-            .inner
-            .uploads
-            .spawn(pipeline::run(self.clone(), events));
+        let ctx = pipeline::Context {
+            store: self.store()?,
+            hub: self.inner.hub.clone(),
+            memory: self.inner.memory.clone(),
+            shutdown: self.inner.shutdown.clone(),
+            endings: self.inner.endings.clone(),
+            config: self.inner.config.clone(),
+        };
+        let task = self.inner.uploads.spawn(pipeline::run(ctx, events));
         task.await
             .map_err(|e| ImportError::Internal(format!("the upload task failed: {e}")))?
     }
@@ -194,41 +138,27 @@ impl Importer {
         }
     }
 
-    /// Keeps an ending that could not be stored, for `maintain` to store later.
-    pub(crate) fn abandon(&self, key: ImportKey, conclusion: Conclusion) {
-        self.abandoned().push((key, conclusion));
-    }
-
-    fn abandoned(&self) -> std::sync::MutexGuard<'_, Vec<(ImportKey, Conclusion)>> {
-        self.inner
-            .abandoned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// Whether new uploads can be taken: the database answers, and can be written. After a
+    /// write fault (a full disk) this writes as much as a batch, rolled back, until that works.
+    pub async fn ready(&self) -> Result<(), ImportError> {
+        let store = self.store()?;
+        store.ping().await?;
+        if store.fault().is_some() {
+            store.probe_write().await?;
+        }
+        Ok(())
     }
 
     /// Periodic upkeep (every few seconds): stores endings that could not be stored when they
-    /// happened, keeps the leases of the uploads running here, and ends imports whose replica
-    /// is gone.
+    /// happened, keeps the leases of the uploads running here (and of those endings), and ends
+    /// imports whose replica is gone.
     pub async fn maintain(&self) -> Result<(), ImportError> {
         let store = self.store()?;
-        let pending = std::mem::take(&mut *self.abandoned());
-        for (key, conclusion) in pending {
-            match store.conclude_import(key, &conclusion).await {
-                Ok(_) | Err(StoreError::NotProcessing) => {
-                    tracing::info!(import_key = key, "stored the end of an interrupted import");
-                }
-                // Kept for the next round; the leases below must be kept meanwhile.
-                Err(e) => {
-                    tracing::warn!(import_key = key, error = %e, "cannot store the end of an import yet");
-                    self.abandon(key, conclusion);
-                }
-            }
-        }
-        store
-            .maintain(&self.hub().running(), INTERRUPTED)
-            .await
-            .map_err(ImportError::from)
-            .map(|_| ())
+        self.inner.endings.store_pending(store.as_ref()).await;
+        let mut running = self.inner.hub.running();
+        running.extend(self.inner.endings.keys());
+        store.maintain(&running, INTERRUPTED).await?;
+        Ok(())
     }
 
     pub async fn get(
@@ -287,7 +217,7 @@ impl Importer {
             let _ = out.send(Ok(import)).await;
             return;
         }
-        let last = match self.hub().subscribe(import.key) {
+        let last = match self.inner.hub.subscribe(import.key) {
             Some(rx) => match follow_local(rx, &out, None).await {
                 FollowEnd::Finished | FollowEnd::WatcherGone => return,
                 FollowEnd::ChannelClosed(seen) => seen,
@@ -338,7 +268,7 @@ impl Importer {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures >= 20 {
+                    if failures >= WATCH_FAILURES {
                         let _ = out.send(Err(e)).await;
                         return;
                     }
@@ -359,11 +289,15 @@ impl Importer {
         }
     }
 
-    /// The live snapshot of an import running in this process, else the stored one.
+    /// The live snapshot of an import running in this process, or its decided ending while
+    /// that waits to be stored, else the stored one.
     fn freshest(&self, stored: Import) -> Import {
         if stored.status.is_terminal() {
             return stored;
         }
-        self.hub().snapshot(stored.key).unwrap_or(stored)
+        match self.inner.hub.snapshot(stored.key) {
+            Some(live) => live,
+            None => self.inner.endings.overlay(stored),
+        }
     }
 }

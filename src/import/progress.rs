@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use super::ImportError;
-use crate::domain::{Counters, Import, ImportKey};
+use crate::domain::{Counters, Import, ImportKey, TextFormat};
 
 /// How often a watcher looks for moved counters: twice per promised 500 ms, so that a change
 /// is sent at most about 250 ms after it happened.
@@ -24,8 +24,7 @@ pub struct ProgressHub {
     running: Arc<Mutex<HashMap<ImportKey, Live>>>,
 }
 
-/// The publishing side of one running import. Cheap to clone: the pipeline's reader and its
-/// writer task both move counters.
+/// The publishing side of one running import, fed by the upload's tally.
 #[derive(Clone)]
 pub struct Live {
     tx: Arc<watch::Sender<Import>>,
@@ -75,21 +74,17 @@ impl ProgressHub {
 }
 
 impl Live {
-    pub fn update(&self, change: impl FnOnce(&mut Counters)) {
-        self.tx.send_modify(|import| {
-            change(&mut import.counters);
+    /// Publishes the upload's counters and text format, as its tally has them.
+    pub fn publish(&self, counters: Counters, format: Option<TextFormat>) {
+        self.tx.send_if_modified(|import| {
+            if import.counters == counters && import.format == format {
+                return false;
+            }
+            import.counters = counters;
+            import.format = format;
             import.update_time = SystemTime::now();
+            true
         });
-    }
-
-    pub fn set_format(&self, format: Option<crate::domain::TextFormat>) {
-        if format.is_some() && self.tx.borrow().format != format {
-            self.tx.send_modify(|import| import.format = format);
-        }
-    }
-
-    pub fn snapshot(&self) -> Import {
-        self.tx.borrow().clone()
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::chunk::{Intake, IntakeError};
 use super::decoder::Decoder;
+use super::delimiter::{detect_delimiter, has_first_line};
 use super::parser::{CsvParser, Limits, Oversize, Record};
 use super::validator::{Header, InvalidText};
 use crate::domain::{ErrorCode, NewUser, RowError, TextFormat};
@@ -178,77 +179,6 @@ impl TextStage {
             },
         )
     }
-}
-
-/// Whether `text` holds a whole first non-blank line, with its line break.
-fn has_first_line(text: &[u8]) -> bool {
-    first_line_span(text).1
-}
-
-/// The first non-blank line of `text`, up to its line break (outside quotes) or the end.
-fn first_line(text: &[u8]) -> &[u8] {
-    first_line_span(text).0
-}
-
-/// The first non-blank line, and whether a line break ends it within `text`.
-fn first_line_span(text: &[u8]) -> (&[u8], bool) {
-    let start = text
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(text.len());
-    let mut quoted = false;
-    for (i, &b) in text[start..].iter().enumerate() {
-        match b {
-            b'"' => quoted = !quoted,
-            // A CR at the very end may be half of a CRLF: the line is complete with the next
-            // byte, so that a skipped `sep=` line never leaves its LF behind.
-            b'\r' if !quoted && start + i + 1 == text.len() => {
-                return (&text[start..start + i], false);
-            }
-            b'\r' | b'\n' if !quoted => return (&text[start..start + i], true),
-            _ => {}
-        }
-    }
-    (&text[start..], false)
-}
-
-/// The delimiter the header line uses: the most frequent of `,` `;` and tab outside quotes
-/// (`,` when none or on a tie), or the one an Excel `sep=;` line names. Returns it and the
-/// bytes to skip (the `sep=` line, which Excel does not show as a row).
-pub fn detect_delimiter(text: &[u8]) -> (u8, usize) {
-    let line = first_line(text);
-    if line.len() == 5 && line[..4].eq_ignore_ascii_case(b"sep=") {
-        let start = line.as_ptr() as usize - text.as_ptr() as usize;
-        let mut skip = start + line.len();
-        if text.get(skip) == Some(&b'\r') {
-            skip += 1;
-        }
-        if text.get(skip) == Some(&b'\n') {
-            skip += 1;
-        }
-        return (line[4], skip);
-    }
-    let mut counts = [0usize; 3];
-    let mut quoted = false;
-    for &b in line {
-        match b {
-            b'"' => quoted = !quoted,
-            b',' if !quoted => counts[0] += 1,
-            b';' if !quoted => counts[1] += 1,
-            b'\t' if !quoted => counts[2] += 1,
-            _ => {}
-        }
-    }
-    let best = (0..3)
-        .rev()
-        .max_by_key(|&i| (counts[i], i == 0))
-        .unwrap_or(0);
-    let delimiter = if counts[best] == 0 {
-        b','
-    } else {
-        [b',', b';', b'\t'][best]
-    };
-    (delimiter, 0)
 }
 
 /// Turns records into rows for the sink.
@@ -483,21 +413,5 @@ mod tests {
             let bytewise: Vec<usize> = (1..file.len()).collect();
             prop_assert_eq!(check::read(&file, &bytewise, LIMITS), whole);
         }
-    }
-
-    #[test]
-    fn the_delimiter_comes_from_the_header_line() {
-        assert_eq!(detect_delimiter(b"email,name\na;b;c;d\n"), (b',', 0));
-        assert_eq!(detect_delimiter(b"email;first_name;last_name\n"), (b';', 0));
-        assert_eq!(detect_delimiter(b"email\tname\tx,y\n"), (b'\t', 0));
-        assert_eq!(detect_delimiter(b"\"a;b\",c\n"), (b',', 0));
-        assert_eq!(detect_delimiter(b"\r\n\nemail;name"), (b';', 0));
-        assert_eq!(detect_delimiter(b"email\n"), (b',', 0));
-        assert_eq!(detect_delimiter(b"a,b;c\n"), (b',', 0));
-        assert_eq!(detect_delimiter(b"sep=;\r\nemail;name\r\n"), (b';', 7));
-        assert_eq!(detect_delimiter(b"SEP=|\nemail|name\n"), (b'|', 6));
-        assert!(!has_first_line(b"sep=;\r"));
-        assert!(has_first_line(b"sep=;\r\n"));
-        assert!(has_first_line(b"email\rx"));
     }
 }

@@ -1,9 +1,11 @@
-//! The read queries, the same SQL on both backends (SQLite accepts `$1` placeholders too);
-//! only the column list differs, since each backend stores times its own way.
+//! The read queries, the same SQL on both backends (SQLite accepts `$1` placeholders too), so
+//! that `GetImport`, `ListImports` and row error pages cannot differ between them; only the
+//! column list differs, since each backend stores times its own way.
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::{ImportRow, StoreError, StoredRowError};
+use super::codec::{ImportRow, RowErrorColumns};
+use super::{StoreError, StoredRowError};
 use crate::domain::{AccountId, Import, ImportId, ImportKey};
 
 pub(crate) async fn get_import<'c, DB: Database>(
@@ -59,11 +61,11 @@ pub(crate) async fn list_row_errors<'c, DB: Database>(
     limit: u32,
 ) -> Result<Vec<StoredRowError>, StoreError>
 where
-    for<'r> (i64, i64, String, String, String, String): FromRow<'r, DB::Row>,
+    for<'r> RowErrorColumns: FromRow<'r, DB::Row>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
 {
-    let rows: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
+    let rows: Vec<RowErrorColumns> = sqlx::query_as(
         "SELECT seq, row_number, column_name, code, message, value FROM import_row_errors \
          WHERE import_key = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
@@ -72,5 +74,5 @@ where
     .bind(i64::from(limit))
     .fetch_all(executor)
     .await?;
-    rows.into_iter().map(StoredRowError::from_columns).collect()
+    rows.into_iter().map(StoredRowError::try_from).collect()
 }

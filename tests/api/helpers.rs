@@ -111,6 +111,8 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         max_stored_row_errors: 100_000,
         shutdown_grace_seconds: 20,
         log_format: LogFormat::Text,
+        sqlite_busy_timeout_ms: 30_000,
+        sqlite_max_pages: None,
     }
 }
 

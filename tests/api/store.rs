@@ -5,14 +5,14 @@ use bulk_import::domain::{
     AccountId, Counters, Email, Filename, ImportId, ImportStatus, ImportType, NewImport, NewUser,
     Role, UserBatch,
 };
-use bulk_import::store::{self, BatchTarget, Conclusion, StoreError};
+use bulk_import::store::{self, BatchTarget, Conclusion, OpenOptions, StoreError};
 
 use crate::helpers::*;
 
 backend_tests! {
     async fn a_batch_for_an_import_that_already_ended_writes_nothing(backend) {
         let database = TestDatabase::new(backend).await;
-        let store = store::open(&database.url).await.unwrap();
+        let store = store::open(&database.url, OpenOptions::default()).await.unwrap();
         let account_id = AccountId::parse(ACCOUNT).unwrap();
         let import = store
             .create_import(&NewImport {
@@ -50,7 +50,7 @@ backend_tests! {
             account_id: &account_id,
             next_error_seq: 0,
             error_budget: 100,
-            bytes_received: 1000,
+            progress: Counters::default(),
             format: None,
         };
         let written = store.write_batch(&target, &batch).await;

@@ -1,0 +1,63 @@
+//! The import layer's errors, and the one mapping of the store's errors into them, so that the
+//! gRPC layer sees only these and maps each to a status code.
+
+use crate::domain::{AccountId, ArgumentError, ImportId};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    InvalidArgument(#[from] ArgumentError),
+    #[error("import '{import_id}' already exists in account '{account_id}'")]
+    AlreadyExists {
+        account_id: AccountId,
+        import_id: ImportId,
+    },
+    #[error("import '{import_id}' was not found in account '{account_id}'")]
+    NotFound {
+        account_id: AccountId,
+        import_id: ImportId,
+    },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the upload stream broke: {0}")]
+    Cancelled(String),
+    #[error("the service is starting: the database is not ready yet; retry shortly")]
+    NotReady,
+    #[error("the server is shutting down; retry shortly")]
+    ShuttingDown,
+    /// The database cannot be reached or written now. The message names the cause in plain
+    /// words and says what to do.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another server ended the import while this request ran on it.
+    #[error(
+        "the import was ended by another server while it ran, so nothing was imported; upload the file again"
+    )]
+    Ended,
+    /// A bug or an unexpected database error: the details are logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ImportError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable { outage, .. } => {
+                ImportError::Unavailable(format!("{outage}; retry shortly"))
+            }
+            StoreError::Fault { fault, .. } => ImportError::Unavailable(format!(
+                "{fault}; retry once the service reports ready again"
+            )),
+            StoreError::NotProcessing => ImportError::Ended,
+            // The callers that can meet a taken id handle it with its context.
+            StoreError::AlreadyExists => {
+                ImportError::Internal("unexpected uniqueness violation".to_owned())
+            }
+            e @ (StoreError::Config(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Database(_)) => ImportError::Internal(e.detail()),
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! One upload, from its first message to its ending.
+//!
+//! ```text
+//!  events ─► FileReader ──────────► UserBatch ─► writer task ─► Store
+//!  (chunks)  (reader.rs: intake,    (bounded      (one batch
+//!            decoder, parser,        queue)        at a time)
+//!            validator)
+//!     │             │                                  │
+//!     │             └── rows read ──► Tally ◄── rows written
+//!     │                                 └──► Live: GetImport, WatchImport
+//!     └─ any reason to stop: a Cause ──► ending: one decision, stored, answered
+//! ```
+//!
+//! - [`events`]: the upload's messages as events;
+//! - [`tally`]: the upload's counters, kept in one place;
+//! - [`memory`]: the batch memory budget shared by all uploads;
+//! - [`writer`]: the task that writes batches while the next is read;
+//! - [`ending`]: the state machine that owns how the import ends.
+//!
+//! The whole upload runs in a task of its own, which owns the request stream: if the client
+//! goes away or hyper drops the handler, the stream ends or breaks, and this task still ends
+//! the import (ERROR_UNKNOWN, users deleted) instead of leaving it PROCESSING.
+
+pub mod ending;
+pub mod events;
+pub mod memory;
+mod tally;
+mod writer;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::{FutureExt, Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::chunk::IntakeError;
+use super::error::ImportError;
+use super::parser;
+use super::progress::ProgressHub;
+use super::reader::{FileReader, ReadError, RowSink};
+use crate::domain::{ArgumentError, Import, NewUser, RowError, UserBatch};
+use crate::store::{Batching, Store, StoreError};
+use ending::{Cause, Ending, Endings};
+use events::{FinishCheck, StreamError, UploadEvent};
+use memory::BatchMemory;
+use tally::Tally;
+use writer::{Queued, Writer};
+
+/// Chunks are parsed in slices of this size, so a batch is cut close to its size even when a
+/// client sends multi-megabyte chunks.
+const PARSE_SLICE: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ImportConfig {
+    pub max_upload_bytes: u64,
+    /// Row errors stored per import; the counters stay exact beyond it.
+    pub max_stored_row_errors: u64,
+    pub record_limits: parser::Limits,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 200 * 1024 * 1024,
+            max_stored_row_errors: 100_000,
+            record_limits: parser::Limits::default(),
+        }
+    }
+}
+
+/// What an upload shares with the rest of the service.
+pub struct Context {
+    pub store: Arc<dyn Store>,
+    pub hub: ProgressHub,
+    pub memory: BatchMemory,
+    /// Cancelled when shutdown stops waiting: running uploads then end in ERROR_UNKNOWN.
+    pub shutdown: CancellationToken,
+    pub endings: Endings,
+    pub config: ImportConfig,
+}
+
+/// Runs one upload to its end and returns the finished import.
+pub async fn run<S>(ctx: Context, mut events: S) -> Result<Import, ImportError>
+where
+    S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
+{
+    let new = events::metadata(&mut events).await?;
+    if let Some(fault) = ctx.store.fault() {
+        return Err(ImportError::Unavailable(format!(
+            "{fault}, so no upload is taken until there is room; retry once the service \
+             reports ready again"
+        )));
+    }
+    let import = match ctx.store.create_import(&new).await {
+        Ok(import) => import,
+        Err(StoreError::AlreadyExists) => {
+            return Err(ImportError::AlreadyExists {
+                account_id: new.account_id,
+                import_id: new.import_id,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(
+        account_id = %import.account_id, import_id = %import.import_id,
+        filename = import.filename.as_str(), "upload started"
+    );
+    let tally = Tally::new(ctx.hub.start(import.clone()));
+    let mut upload = Upload::new(&ctx, &import, tally.clone());
+    let cause = AssertUnwindSafe(upload.receive(&mut events))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Cause::Panicked(message)
+        });
+    drop(events);
+    let cause = upload.stop_writing(cause).await;
+    let ending = Ending {
+        store: ctx.store.as_ref(),
+        hub: &ctx.hub,
+        endings: &ctx.endings,
+        import: &import,
+        counters: tally.counters(),
+        format: tally.format(),
+    };
+    ending.settle(cause).await
+}
+
+/// An upload while its stream is read.
+struct Upload<'a> {
+    ctx: &'a Context,
+    reader: FileReader,
+    tally: Tally,
+    /// The batch being filled.
+    batch: UserBatch,
+    /// The memory granted to the batch being filled: taken once it has rows, so that an
+    /// upload that sends nothing holds nothing.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// `None` once it stopped on a failed write.
+    writer: Option<Writer>,
+    /// How the store wants its batches.
+    batching: Batching,
+    /// When the writer took the last batch.
+    last_flush: tokio::time::Instant,
+}
+
+/// Where the reader puts rows: the batch being filled, with what this step read.
+struct BatchSink<'b> {
+    batch: &'b mut UserBatch,
+    rows: u64,
+    failed: u64,
+}
+
+impl RowSink for BatchSink<'_> {
+    fn user(&mut self, row_number: u64, user: &NewUser<'_>) {
+        self.batch.push_user(row_number, user);
+        self.rows += 1;
+    }
+
+    fn failed(&mut self, errors: Vec<RowError>) {
+        self.batch.push_failed_row(errors);
+        self.rows += 1;
+        self.failed += 1;
+    }
+}
+
+impl<'a> Upload<'a> {
+    fn new(ctx: &'a Context, import: &Import, tally: Tally) -> Self {
+        let writer = Writer::spawn(
+            ctx.store.clone(),
+            import.key,
+            import.account_id.clone(),
+            tally.clone(),
+            ctx.config.max_stored_row_errors,
+        );
+        Self {
+            ctx,
+            reader: FileReader::new(ctx.config.max_upload_bytes, ctx.config.record_limits),
+            tally,
+            batch: UserBatch::default(),
+            permit: None,
+            writer: Some(writer),
+            batching: ctx.store.batching(),
+            last_flush: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Reads the stream up to its finish message, parsing and handing batches to the writer as
+    /// chunks arrive, and checks the file against that message. Returns why it stopped:
+    /// `Completed` once every row was read and handed over.
+    async fn receive<S>(&mut self, events: &mut S) -> Cause
+    where
+        S: Stream<Item = Result<UploadEvent, StreamError>> + Unpin,
+    {
+        loop {
+            // A batch that waits while the client is slow is written anyway once due.
+            let flush_at = self
+                .batching
+                .flush_after
+                .filter(|_| !self.batch.is_empty())
+                .map(|after| self.last_flush + after);
+            let flush_due = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => return Cause::ShuttingDown,
+                error = failed(&mut self.writer) => {
+                    self.writer = None;
+                    return Cause::Store(error);
+                }
+                () = flush_due => {
+                    if let Err(cause) = self.send_batch().await {
+                        return cause;
+                    }
+                    continue;
+                }
+                event = events.next() => event,
+            };
+            let step = match event {
+                Some(Ok(UploadEvent::Chunk(chunk))) => self.chunk(&chunk).await,
+                Some(Ok(UploadEvent::Finish(check))) => {
+                    return match self.finish(&check).await {
+                        Ok(()) => Cause::Completed,
+                        Err(cause) => cause,
+                    };
+                }
+                Some(Ok(UploadEvent::Metadata(_))) => Err(Cause::Protocol(ArgumentError::new(
+                    "metadata",
+                    "metadata may only be the first message of an upload",
+                ))),
+                Some(Err(StreamError::Invalid(e))) => Err(Cause::Protocol(e)),
+                Some(Err(StreamError::Transport(e))) => Err(Cause::Broken(e)),
+                None => Err(match self.reader.check_content() {
+                    Err(ReadError::Intake(e @ IntakeError::NotCsv { .. })) => Cause::NotCsv(e),
+                    _ => Cause::Incomplete,
+                }),
+            };
+            if let Err(cause) = step {
+                return cause;
+            }
+        }
+    }
+
+    /// Parses a chunk slice by slice, handing full batches to the writer in between, so that a
+    /// batch stays near its size even for multi-megabyte chunks.
+    async fn chunk(&mut self, chunk: &[u8]) -> Result<(), Cause> {
+        for slice in chunk.chunks(PARSE_SLICE) {
+            self.read(|reader, sink| reader.push(slice, sink))?;
+            self.grant_batch_memory().await;
+            // Full by rows, or by memory: long values or many errors per row make a batch
+            // larger than its grant long before it has its rows.
+            let full = self.batch.rows >= self.batching.rows as u64
+                || self.batch.heap_bytes() >= self.granted_bytes();
+            let due = !self.batch.is_empty()
+                && self
+                    .batching
+                    .flush_after
+                    .is_some_and(|after| self.last_flush.elapsed() >= after);
+            if full || due {
+                self.send_batch().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The finish message: checks it against what arrived, reads the rest of the file, and
+    /// hands the last batch to the writer.
+    async fn finish(&mut self, check: &FinishCheck) -> Result<(), Cause> {
+        // Checked before the last bytes are read: a truncated file would often end in a
+        // parsing error (a quote or a character cut short) that hides the real cause.
+        self.verify(check)?;
+        self.read(|reader, sink| reader.finish(sink))?;
+        if !self.batch.is_empty() {
+            self.grant_batch_memory().await;
+            self.send_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the reader for one step and adds what it read to the tally.
+    fn read(
+        &mut self,
+        step: impl FnOnce(&mut FileReader, &mut BatchSink<'_>) -> Result<(), ReadError>,
+    ) -> Result<(), Cause> {
+        let mut sink = BatchSink {
+            batch: &mut self.batch,
+            rows: 0,
+            failed: 0,
+        };
+        let result = step(&mut self.reader, &mut sink);
+        let (rows, failed) = (sink.rows, sink.failed);
+        self.tally.read(
+            self.reader.bytes_received(),
+            rows,
+            failed,
+            self.reader.format(),
+        );
+        result.map_err(|e| match e {
+            ReadError::Intake(e @ IntakeError::TooLarge { .. }) => Cause::TooLarge(e),
+            ReadError::Intake(e @ IntakeError::NotCsv { .. }) => Cause::NotCsv(e),
+            ReadError::Parsing(message) => Cause::Parsing(message),
+        })
+    }
+
+    /// The memory granted to the batch being filled.
+    fn granted_bytes(&self) -> usize {
+        UserBatch::estimated_bytes(self.batching.rows)
+    }
+
+    /// Once a batch has its first rows, takes its memory, waiting while other uploads hold
+    /// the budget, and gives the batch its capacity. Before that (a client that sent nothing
+    /// yet, or only the first bytes, which are held until the content was looked at) the
+    /// upload holds no memory of the budget.
+    async fn grant_batch_memory(&mut self) {
+        if self.permit.is_none() && !self.batch.is_empty() {
+            self.permit = Some(self.ctx.memory.reserve(self.granted_bytes()).await);
+            self.batch.reserve_rows(self.batching.rows);
+        }
+    }
+
+    /// Hands the current batch to the writer, waiting while the writer is behind. The next
+    /// batch takes its memory when its first rows come.
+    async fn send_batch(&mut self) -> Result<(), Cause> {
+        let queued = Queued {
+            batch: std::mem::take(&mut self.batch),
+            format: self.reader.format(),
+            memory: self.permit.take(),
+        };
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(Cause::Store(StoreError::Database(
+                "a batch came after the writer stopped".into(),
+            )));
+        };
+        if writer.send(queued).await {
+            // The next batch's time starts once the writer took this one: counted from before
+            // the wait, a slow writer would have every batch after it flushed nearly empty.
+            self.last_flush = tokio::time::Instant::now();
+            return Ok(());
+        }
+        let error = writer.failed().await;
+        self.writer = None;
+        Err(Cause::Store(error))
+    }
+
+    /// The size and checksum the finish message gives, against what arrived.
+    fn verify(&self, check: &FinishCheck) -> Result<(), Cause> {
+        let received = self.reader.bytes_received();
+        if let Some(size) = check.size_bytes
+            && size != received
+        {
+            return Err(Cause::Mismatch(format!(
+                "the finish message says the file has {size} bytes but {received} bytes \
+                 arrived, so nothing was imported; upload the file again"
+            )));
+        }
+        if let Some(expected) = check.sha256
+            && expected != self.reader.sha256()
+        {
+            return Err(Cause::Mismatch(format!(
+                "the file's SHA-256 is {} but the finish message says {}, so nothing was \
+                 imported; upload the file again",
+                hex::encode(self.reader.sha256()),
+                hex::encode(expected)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Closes the writer's queue and waits for it: the batches of a completed upload must all
+    /// be written (a failed one makes it a store failure), and those of a failed one must
+    /// land before its ending deletes its users.
+    async fn stop_writing(&mut self, cause: Cause) -> Cause {
+        match (self.writer.take(), cause) {
+            (Some(writer), Cause::Completed) => match writer.finish().await {
+                Ok(()) => Cause::Completed,
+                Err(e) => Cause::Store(e),
+            },
+            (Some(writer), cause) => {
+                let _ = writer.finish().await;
+                cause
+            }
+            (None, cause) => cause,
+        }
+    }
+}
+
+/// Resolves when the writer stops on a failed write; never when there is none.
+async fn failed(writer: &mut Option<Writer>) -> StoreError {
+    match writer {
+        Some(writer) => writer.failed().await,
+        None => std::future::pending().await,
+    }
+}

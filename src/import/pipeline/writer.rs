@@ -1,0 +1,94 @@
+//! The writer task: writes an upload's batches one at a time while the reader fills the next.
+//!
+//! The queue between them is bounded (one batch waiting), so a slow database slows the reading
+//! of the stream and backpressure reaches the client through HTTP/2 flow control; memory stays
+//! a few batches whatever the file size. A failed write stops the task at once: the upload
+//! learns of it through [`Writer::failed`] and ends the import.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinHandle;
+
+use super::tally::Tally;
+use crate::domain::{AccountId, ImportKey, TextFormat, UserBatch};
+use crate::store::{BatchTarget, Store, StoreError};
+
+/// Batches queued for the writer: one being written, one waiting, one being filled.
+const WRITER_QUEUE: usize = 1;
+
+/// A batch on its way to the store.
+pub(super) struct Queued {
+    pub batch: UserBatch,
+    /// How the file's text is written, as far as the reader knew when the batch was cut.
+    pub format: Option<TextFormat>,
+    /// The batch's share of the memory budget, released once it is written.
+    pub memory: Option<OwnedSemaphorePermit>,
+}
+
+pub(super) struct Writer {
+    tx: mpsc::Sender<Queued>,
+    task: JoinHandle<Result<(), StoreError>>,
+}
+
+impl Writer {
+    pub(super) fn spawn(
+        store: Arc<dyn Store>,
+        key: ImportKey,
+        account_id: AccountId,
+        tally: Tally,
+        max_stored_errors: u64,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Queued>(WRITER_QUEUE);
+        let task = tokio::spawn(async move {
+            while let Some(Queued {
+                batch,
+                format,
+                memory,
+            }) = rx.recv().await
+            {
+                let before = tally.before_write(max_stored_errors);
+                let target = BatchTarget {
+                    key,
+                    account_id: &account_id,
+                    next_error_seq: before.next_error_seq,
+                    error_budget: before.error_budget,
+                    progress: before.progress,
+                    format,
+                };
+                let outcome = store.write_batch(&target, &batch).await?;
+                tally.written(&outcome);
+                drop((batch, memory));
+            }
+            Ok(())
+        });
+        Self { tx, task }
+    }
+
+    /// Hands a batch over, waiting while the writer is behind: this is where backpressure
+    /// starts. `false` when the writer stopped; `failed` then says why.
+    pub(super) async fn send(&self, queued: Queued) -> bool {
+        self.tx.send(queued).await.is_ok()
+    }
+
+    /// Resolves once the writer stopped on its own, which only a failed write does. Not to be
+    /// awaited again after it resolved.
+    pub(super) async fn failed(&mut self) -> StoreError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => StoreError::Database("the writer stopped with batches to come".into()),
+            Err(e) => StoreError::Database(format!("the writer task failed: {e}").into()),
+        }
+    }
+
+    /// Closes the queue and waits for the batches in it to be written.
+    pub(super) async fn finish(self) -> Result<(), StoreError> {
+        drop(self.tx);
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::Database(
+                format!("the writer task failed: {e}").into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! How domain values are stored in columns, and read back, the same way on both backends: a
+//! row read back is parsed again, so that a corrupt row is an error instead of a bad value.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{StoreError, StoredRowError};
+use crate::domain::{
+    AccountId, Column, Counters, ErrorCode, Filename, Import, ImportId, ImportStatus, ImportType,
+    RowError, TextEncoding, TextFormat,
+};
+
+/// An `imports` row as both backends select it (times in microseconds).
+#[derive(sqlx::FromRow)]
+pub(crate) struct ImportRow {
+    import_key: i64,
+    account_id: String,
+    import_id: String,
+    r#type: String,
+    filename: String,
+    status: String,
+    bytes_received: i64,
+    rows_processed: i64,
+    rows_imported: i64,
+    rows_failed: i64,
+    row_errors_omitted: i64,
+    encoding: Option<String>,
+    delimiter: Option<String>,
+    error_message: String,
+    create_time: i64,
+    update_time: i64,
+    complete_time: Option<i64>,
+}
+
+impl TryFrom<ImportRow> for Import {
+    type Error = StoreError;
+
+    fn try_from(row: ImportRow) -> Result<Self, StoreError> {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("import {}: {what}", row.import_key));
+        Ok(Import {
+            key: row.import_key,
+            account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account_id"))?,
+            import_id: ImportId::parse(&row.import_id).map_err(|_| corrupt("import_id"))?,
+            kind: ImportType::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
+            filename: Filename::from_stored(row.filename),
+            status: ImportStatus::from_stored(&row.status).ok_or_else(|| corrupt("status"))?,
+            counters: Counters {
+                bytes_received: row.bytes_received as u64,
+                rows_processed: row.rows_processed as u64,
+                rows_imported: row.rows_imported as u64,
+                rows_failed: row.rows_failed as u64,
+                row_errors_omitted: row.row_errors_omitted as u64,
+            },
+            format: format_from_columns(row.encoding.as_deref(), row.delimiter.as_deref())?,
+            error_message: row.error_message,
+            create_time: from_micros(row.create_time),
+            update_time: from_micros(row.update_time),
+            complete_time: row.complete_time.map(from_micros),
+        })
+    }
+}
+
+/// The columns of a stored row error: seq, row_number, column_name, code, message, value.
+pub(crate) type RowErrorColumns = (i64, i64, String, String, String, String);
+
+impl TryFrom<RowErrorColumns> for StoredRowError {
+    type Error = StoreError;
+
+    fn try_from(
+        (seq, row_number, column, code, message, value): RowErrorColumns,
+    ) -> Result<Self, StoreError> {
+        let column = match column.as_str() {
+            "" => None,
+            name => Some(
+                Column::from_name(name)
+                    .ok_or_else(|| StoreError::Corrupt(format!("row error column '{name}'")))?,
+            ),
+        };
+        let code = ErrorCode::from_stored(&code)
+            .ok_or_else(|| StoreError::Corrupt(format!("row error code '{code}'")))?;
+        Ok(StoredRowError {
+            seq: seq as u64,
+            error: RowError {
+                row_number: row_number as u64,
+                column,
+                code,
+                message,
+                value,
+            },
+        })
+    }
+}
+
+/// The stored form of a text format: encoding and delimiter names.
+pub(crate) fn format_columns(format: Option<TextFormat>) -> (Option<&'static str>, Option<String>) {
+    match format {
+        Some(f) => (Some(f.encoding.as_str()), Some(f.delimiter_name())),
+        None => (None, None),
+    }
+}
+
+fn format_from_columns(
+    encoding: Option<&str>,
+    delimiter: Option<&str>,
+) -> Result<Option<TextFormat>, StoreError> {
+    match (encoding, delimiter) {
+        (Some(e), Some(d)) => Ok(Some(TextFormat {
+            encoding: TextEncoding::from_stored(e)
+                .ok_or_else(|| StoreError::Corrupt(format!("encoding '{e}'")))?,
+            delimiter: TextFormat::delimiter_from_name(d)
+                .ok_or_else(|| StoreError::Corrupt(format!("delimiter '{d}'")))?,
+        })),
+        _ => Ok(None),
+    }
+}
+
+pub(crate) fn micros(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+fn from_micros(micros: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64)
+}

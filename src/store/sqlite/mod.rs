@@ -1,0 +1,550 @@
+//! The embedded default: one file, one replica, zero set-up.
+//!
+//! Concurrency: WAL lets readers run beside the writer, and every write transaction starts with
+//! `BEGIN IMMEDIATE`, taking the write lock up front. A deferred transaction that reads and then
+//! writes fails with "database is locked" whatever the busy timeout, because SQLite cannot
+//! upgrade its read lock while another writer holds the lock; an immediate one just waits its
+//! turn. Batches are short transactions, so two uploads interleave instead of queueing.
+//!
+//! Faults: every write goes through [`SqliteStore::write`], which closes the writer connection
+//! when its transaction fails. After some errors (a full disk, an I/O error) SQLite has already
+//! rolled the transaction back by itself; sqlx's own ROLLBACK then fails and would leave the
+//! connection marked as inside a transaction, refusing every later `BEGIN`. A fresh connection
+//! is opened for the next write instead.
+
+mod insert;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
+
+use super::codec::{ImportRow, format_columns, micros};
+use super::conflicts::{
+    Holder, HolderRow, holder_lookup, holders_by_value, merge_by_row, refusals,
+};
+use super::error::FaultLatch;
+use super::{
+    BatchOutcome, BatchTarget, Batching, Conclusion, Fault, OpenOptions, Store, StoreError,
+    StoredRowError, queries,
+};
+use crate::domain::{
+    AccountId, Column, Import, ImportId, ImportKey, NewImport, RowError, UserBatch,
+};
+
+/// SQLite allows 32,766 bound values per statement; 7 per row error.
+const ERRORS_PER_STATEMENT: usize = 1000;
+const LOOKUPS_PER_STATEMENT: usize = 500;
+
+/// Page cache of the writing connection, in KiB: the hot part of the email index stays in
+/// memory across batches. Bounded, so memory stays flat whatever the file size.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
+/// After a fault, the database takes batches again once this much can be written into it
+/// (then rolled back)...
+const PROBE_BYTES: i64 = 16 * 1024 * 1024;
+/// ...and its filesystem has this much room, for the write-ahead log and its checkpoints.
+const PROBE_DISK_ROOM: u64 = 64 * 1024 * 1024;
+
+pub struct SqliteStore {
+    /// One connection for every write. SQLite has one writer at a time anyway, and its page
+    /// cache is per connection: writes spread over a pool would fill a large cache in each.
+    writer: SqlitePool,
+    /// Readers, with SQLite's small default cache; WAL lets them run beside the writer.
+    pool: SqlitePool,
+    /// The database file, whose filesystem's free space the write probe checks.
+    path: PathBuf,
+    faults: FaultLatch,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file and applies `migrations/sqlite`.
+    pub async fn open(url: &str, settings: OpenOptions) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL survives a crash of the process; only a power loss may lose the
+            // last transactions, never corrupt the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(settings.busy_timeout)
+            .foreign_keys(true)
+            // Statement journals (a multi-row INSERT may need to undo itself) stay in memory.
+            .pragma("temp_store", "MEMORY");
+        let path = options.get_filename().to_owned();
+        let mut writer_options = options
+            .clone()
+            .pragma("cache_size", (-WRITER_CACHE_KIB).to_string());
+        if let Some(pages) = settings.max_pages {
+            writer_options = writer_options.pragma("max_page_count", pages.to_string());
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // Kept open: the cache is the point of this connection.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(writer_options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            writer,
+            pool,
+            path,
+            faults: FaultLatch::default(),
+        })
+    }
+
+    /// See `Store::probe_write`.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(stat) = rustix::fs::statvfs(dir) {
+            let room = stat.f_bavail.saturating_mul(stat.f_frsize);
+            if room < PROBE_DISK_ROOM {
+                return Err(StoreError::Fault {
+                    fault: Fault::DiskFull,
+                    source: format!("{room} bytes free beside {}", self.path.display()).into(),
+                });
+            }
+        }
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            sqlx::query("INSERT INTO write_probe (data) VALUES (zeroblob(?1))")
+                .bind(PROBE_BYTES)
+                .execute(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            Ok(())
+        }
+        .await;
+        self.release(conn, result)
+    }
+
+    /// Takes the writer connection for one write transaction (see the module's doc): the
+    /// caller runs its transaction on it, then hands it back with the result to `release`.
+    async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        Ok(self.writer.acquire().await?)
+    }
+
+    /// Returns the writer connection to the pool, or closes it when its transaction failed,
+    /// so that it is never reused mid-transaction; notes a fault.
+    fn release<T>(
+        &self,
+        mut conn: PoolConnection<Sqlite>,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if result.is_err() {
+            conn.close_on_drop();
+        }
+        self.faults.observe(&result);
+        result
+    }
+}
+
+/// `BEGIN IMMEDIATE` on the writer connection: takes the write lock up front, and serialises
+/// with other processes on the same file.
+async fn begin(conn: &mut SqliteConnection) -> Result<sqlx::Transaction<'_, Sqlite>, StoreError> {
+    Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, status, \
+    bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
+    delimiter, error_message, create_time, update_time, complete_time";
+
+#[async_trait]
+impl Store for SqliteStore {
+    /// Large transactions: every commit writes each page it dirtied to the WAL, and random
+    /// email-index inserts dirty a page per row or so, so committing every 4,096 rows wrote the
+    /// same index pages to the WAL hundreds of times over. Progress comes from the live
+    /// counters of this (only) replica; a batch is still written after a second when the
+    /// client is slow, so that it does not hold its share of the batch memory (and the rows
+    /// already read) while the client is quiet.
+    fn batching(&self) -> Batching {
+        Batching {
+            rows: 32 * 1024,
+            flush_after: Some(std::time::Duration::from_secs(1)),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn fault(&self) -> Option<Fault> {
+        self.faults.get()
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let result = self.probe().await;
+        self.faults.probed(&result);
+        result
+    }
+
+    async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError> {
+        let now = micros(SystemTime::now());
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            let interrupted: Vec<i64> =
+                sqlx::query_scalar("SELECT import_key FROM imports WHERE status = 'PROCESSING'")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for key in interrupted {
+                delete_users(&mut tx, key).await?;
+            }
+            let ended = sqlx::query(
+                "UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = ?1, \
+                 rows_imported = 0, update_time = ?2, complete_time = ?2 \
+                 WHERE status = 'PROCESSING'",
+            )
+            .bind(message)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(ended)
+        }
+        .await;
+        self.release(conn, result)
+    }
+
+    async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
+        let now = micros(SystemTime::now());
+        let sql = format!(
+            "INSERT INTO imports (account_id, import_id, type, filename, status, create_time, \
+             update_time) VALUES (?1, ?2, ?3, ?4, 'PROCESSING', ?5, ?5) RETURNING {IMPORT_COLUMNS}"
+        );
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(new.account_id.as_str())
+                .bind(new.import_id.as_str())
+                .bind(new.kind.as_str())
+                .bind(new.filename.as_str())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Import::try_from(row)
+        }
+        .await;
+        // A taken id is an answer, not a failure of the connection.
+        match result {
+            Err(StoreError::AlreadyExists) => Err(StoreError::AlreadyExists),
+            other => self.release(conn, other),
+        }
+    }
+
+    async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError> {
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            delete_users(&mut tx, key).await?;
+            sqlx::query("DELETE FROM imports WHERE import_key = ?1")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        self.release(conn, result)
+    }
+
+    async fn write_batch(
+        &self,
+        target: &BatchTarget<'_>,
+        batch: &UserBatch,
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            let outcome = write_batch(&mut tx, target, batch).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        }
+        .await;
+        match result {
+            // Nothing was written, and the transaction was rolled back cleanly.
+            Err(StoreError::NotProcessing) => Err(StoreError::NotProcessing),
+            other => self.release(conn, other),
+        }
+    }
+
+    async fn conclude_import(
+        &self,
+        key: ImportKey,
+        conclusion: &Conclusion,
+    ) -> Result<Import, StoreError> {
+        let now = micros(SystemTime::now());
+        let removes_users = conclusion.removes_users();
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            if removes_users {
+                delete_users(&mut tx, key).await?;
+            }
+            sqlx::query("DELETE FROM import_user_ranges WHERE import_key = ?1")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            let c = &conclusion.counters;
+            let (encoding, delimiter) = format_columns(conclusion.format);
+            let sql = format!(
+                "UPDATE imports SET status = ?1, error_message = ?2, bytes_received = ?3, \
+                 rows_processed = ?4, rows_imported = ?5, rows_failed = ?6, update_time = ?7, \
+                 complete_time = ?7, row_errors_omitted = ?9, encoding = ?10, delimiter = ?11 \
+                 WHERE import_key = ?8 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
+            );
+            let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(conclusion.status.as_str())
+                .bind(&conclusion.error_message)
+                .bind(c.bytes_received as i64)
+                .bind(c.rows_processed as i64)
+                .bind(if removes_users {
+                    0
+                } else {
+                    c.rows_imported as i64
+                })
+                .bind(c.rows_failed as i64)
+                .bind(now)
+                .bind(key)
+                .bind(c.row_errors_omitted as i64)
+                .bind(encoding)
+                .bind(delimiter)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Err(StoreError::NotProcessing);
+            };
+            tx.commit().await?;
+            Import::try_from(row)
+        }
+        .await;
+        match result {
+            Err(StoreError::NotProcessing) => Err(StoreError::NotProcessing),
+            other => self.release(conn, other),
+        }
+    }
+
+    async fn get_import(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<Option<Import>, StoreError> {
+        queries::get_import(&self.pool, IMPORT_COLUMNS, account_id, import_id).await
+    }
+
+    async fn list_imports(
+        &self,
+        account_id: &AccountId,
+        before: Option<ImportKey>,
+        limit: u32,
+    ) -> Result<Vec<Import>, StoreError> {
+        queries::list_imports(&self.pool, IMPORT_COLUMNS, account_id, before, limit).await
+    }
+
+    async fn list_row_errors(
+        &self,
+        key: ImportKey,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredRowError>, StoreError> {
+        queries::list_row_errors(&self.pool, key, after, limit).await
+    }
+}
+
+/// A batch inside its transaction: users, row errors, then the progress, which also tells
+/// whether the import still runs.
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+) -> Result<BatchOutcome, StoreError> {
+    let now = micros(SystemTime::now());
+    let conflicts = insert_users(conn, target, batch, now).await?;
+    let conflict_rows = conflicts
+        .iter()
+        .map(|e| e.row_number)
+        .collect::<HashSet<_>>()
+        .len() as u64;
+    let errors = merge_by_row(&batch.errors, conflicts);
+    let stored = (errors.len() as u64).min(target.error_budget) as usize;
+    insert_errors(conn, target.key, target.next_error_seq, &errors[..stored]).await?;
+    let outcome = BatchOutcome {
+        imported: batch.len() as u64 - conflict_rows,
+        conflicts: conflict_rows,
+        errors_stored: stored as u64,
+        errors_omitted: (errors.len() - stored) as u64,
+    };
+    let progress = outcome.applied_to(target.progress);
+    let (encoding, delimiter) = format_columns(target.format);
+    let updated = sqlx::query(
+        "UPDATE imports SET bytes_received = ?1, rows_processed = ?2, rows_imported = ?3, \
+         rows_failed = ?4, row_errors_omitted = ?5, encoding = ?6, delimiter = ?7, \
+         update_time = ?8 WHERE import_key = ?9 AND status = 'PROCESSING'",
+    )
+    .bind(progress.bytes_received as i64)
+    .bind(progress.rows_processed as i64)
+    .bind(progress.rows_imported as i64)
+    .bind(progress.rows_failed as i64)
+    .bind(progress.row_errors_omitted as i64)
+    .bind(encoding)
+    .bind(delimiter)
+    .bind(now)
+    .bind(target.key)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::NotProcessing);
+    }
+    Ok(outcome)
+}
+
+/// Inserts the batch's users; rows the unique indexes refuse come back as row errors, in row
+/// order.
+async fn insert_users(
+    conn: &mut SqliteConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    now: i64,
+) -> Result<Vec<RowError>, StoreError> {
+    let inserted = {
+        let mut handle = conn.lock_handle().await?;
+        let account = target.account_id.as_str();
+        // A few milliseconds of SQLite work per thousand rows: tell the runtime, so that other
+        // tasks move to another worker meanwhile. No `.await` between taking the handle and
+        // finishing with it, so the handle cannot be released early by a cancellation.
+        let mut insert = || insert::insert_users(&mut handle, account, target.key, now, batch);
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(insert),
+            _ => insert(),
+        }
+        .map_err(|e| StoreError::from_sqlite_code(e.code, e))?
+    };
+    if let Some((first, last)) = inserted.rowids {
+        sqlx::query(
+            "INSERT INTO import_user_ranges (import_key, first_rowid, last_rowid) \
+             VALUES (?1, ?2, ?3)",
+        )
+        .bind(target.key)
+        .bind(first)
+        .bind(last)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let refused = inserted.refused;
+    if refused.is_empty() {
+        return Ok(Vec::new());
+    }
+    let emails = refused.iter().map(|&i| batch.user(i).email);
+    let by_email = holders(&mut *conn, target.account_id, Column::Email, emails).await?;
+    let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
+    let by_id = holders(&mut *conn, target.account_id, Column::ExternalId, ids).await?;
+    Ok(refusals(target.key, batch, &refused, &by_email, &by_id))
+}
+
+/// Deletes the users an import wrote, by the rowid ranges its batches recorded.
+async fn delete_users(conn: &mut SqliteConnection, key: ImportKey) -> Result<(), StoreError> {
+    let ranges: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT first_rowid, last_rowid FROM import_user_ranges WHERE import_key = ?1",
+    )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (first, last) in ranges {
+        sqlx::query("DELETE FROM users WHERE rowid BETWEEN ?1 AND ?2")
+            .bind(first)
+            .bind(last)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM import_user_ranges WHERE import_key = ?1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Who holds each of `values` in `column` (email or external_id) in the account.
+async fn holders<'v>(
+    conn: &mut SqliteConnection,
+    account_id: &AccountId,
+    column: Column,
+    values: impl Iterator<Item = &'v str>,
+) -> Result<HashMap<String, Holder>, StoreError> {
+    let values: Vec<&str> = values.collect();
+    let mut found = HashMap::with_capacity(values.len());
+    for part in values.chunks(LOOKUPS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(holder_lookup(column));
+        query.push_bind(account_id.as_str().to_owned());
+        query.push(format!(" AND u.{} IN (", column.name()));
+        let mut list = query.separated(", ");
+        for value in part {
+            list.push_bind((*value).to_owned());
+        }
+        query.push(")");
+        // Not cached: the statement's length varies with the number of values.
+        let rows: Vec<HolderRow> = query
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
+        found.extend(holders_by_value(rows));
+    }
+    Ok(found)
+}
+
+async fn insert_errors(
+    conn: &mut SqliteConnection,
+    key: ImportKey,
+    first_seq: u64,
+    errors: &[RowError],
+) -> Result<(), StoreError> {
+    for (part_index, part) in errors.chunks(ERRORS_PER_STATEMENT).enumerate() {
+        let base = first_seq + (part_index * ERRORS_PER_STATEMENT) as u64;
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO import_row_errors (import_key, seq, row_number, column_name, code, \
+             message, value) ",
+        );
+        let numbered = part.iter().enumerate();
+        query.push_values(numbered, |mut row, (i, error)| {
+            row.push_bind(key)
+                .push_bind((base + i as u64) as i64)
+                .push_bind(error.row_number as i64)
+                .push_bind(error.column.map_or("", Column::name))
+                .push_bind(error.code.as_str())
+                .push_bind(error.message.clone())
+                .push_bind(error.value.clone());
+        });
+        // Cached only in its full size: a statement per length would fill the cache.
+        let persistent = part.len() == ERRORS_PER_STATEMENT;
+        query
+            .build()
+            .persistent(persistent)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
