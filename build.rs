@@ -1,9 +1,45 @@
 //! Compiles `proto/` with protox (a pure-Rust protobuf compiler), so that building needs no
 //! system `protoc`. The descriptor set is also written to `OUT_DIR` for server reflection.
+//!
+//! It also tells the tests what this machine can run them against, so that a test whose
+//! database or tool is missing is reported as ignored (with the reason) rather than passing:
+//!
+//! - `cfg(postgres_tests)`: `TEST_DATABASE_URL` names a PostgreSQL server;
+//! - `cfg(grpcurl_tests)`, `cfg(buf_tests)`: the outside clients are installed, or
+//!   `BULK_IMPORT_REQUIRE_TOOLS=1` (CI) asks for those tests whatever, so that a missing
+//!   tool fails them.
 
-use std::{env, path::PathBuf};
+use std::{env, path::PathBuf, process::Command};
+
+/// Whether `tool --version` runs.
+fn installed(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() || !o.stderr.is_empty())
+}
+
+fn test_environment() {
+    for cfg in ["postgres_tests", "grpcurl_tests", "buf_tests"] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
+    println!("cargo:rerun-if-env-changed=TEST_DATABASE_URL");
+    println!("cargo:rerun-if-env-changed=BULK_IMPORT_REQUIRE_TOOLS");
+    println!("cargo:rerun-if-env-changed=PATH");
+    if env::var("TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty()) {
+        println!("cargo:rustc-cfg=postgres_tests");
+    }
+    let required = env::var("BULK_IMPORT_REQUIRE_TOOLS").as_deref() == Ok("1");
+    if required || (installed("grpcurl") && installed("jq")) {
+        println!("cargo:rustc-cfg=grpcurl_tests");
+    }
+    if required || installed("buf") {
+        println!("cargo:rustc-cfg=buf_tests");
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    test_environment();
     let proto = "proto/bulkimport/v1/import_service.proto";
     println!("cargo:rerun-if-changed=proto");
     // `sqlx::migrate!` embeds migrations/ at compile time but does not tell cargo about them:

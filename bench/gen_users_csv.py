@@ -8,6 +8,7 @@ Columns (the Users template): email,first_name,last_name,role,job_title,external
   gen_users_csv.py --size-mb 200 > users.csv          # ~200 MB, all rows valid
   gen_users_csv.py --rows 100000 --invalid-rate 0.01 --dup-rate 0.005 > mixed.csv
   gen_users_csv.py --rows 10 --seed 7 --crlf --bom > excel.csv
+  gen_users_csv.py --size-mb 200 --start 10000000 > more.csv  # other users than the first file
 
 Invalid rows are of a few known kinds (bad email, unknown role, over-long name, missing
 email); duplicates repeat an earlier email with different case. With --stats the counts
@@ -41,6 +42,8 @@ def main():
     ap.add_argument("--invalid-rate", type=float, default=0.0)
     ap.add_argument("--dup-rate", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--start", type=int, default=0,
+                    help="number of the first user: files with ranges that do not overlap hold different users")
     ap.add_argument("--crlf", action="store_true", help="CRLF line endings, as Excel writes")
     ap.add_argument("--bom", action="store_true", help="start with a UTF-8 byte order mark")
     ap.add_argument("--stats", action="store_true", help="print counts as JSON to stderr")
@@ -66,10 +69,11 @@ def main():
         first, last = rnd.choice(FIRST), rnd.choice(LAST)
         local = "".join(ch for ch in f"{first}.{last}".lower() if ch in "abcdefghijklmnopqrstuvwxyz0123456789.")
         local = ".".join(part for part in local.split(".") if part) or "user"
-        email = f"{local}.{i}@{rnd.choice(DOMAINS)}"
+        n = a.start + i
+        email = f"{local}.{n}@{rnd.choice(DOMAINS)}"
         role = rnd.choice(ROLES)
         title = rnd.choice(TITLES)
-        ext = f"EMP-{i:08d}"
+        ext = f"EMP-{n:08d}"
         r = rnd.random()
         kind = "valid"
         if r < a.invalid_rate:

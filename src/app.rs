@@ -45,7 +45,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open the database: {0}")]
+    #[error("cannot open the database: {}", .0.detail())]
     Database(#[from] StoreError),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),

@@ -2,30 +2,43 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data of an upload:
+//! The modules follow the data of an upload, chunk → parser → validator → store → progress:
 //!
 //! ```text
-//!  gRPC stream ─► grpc::convert ─► import::reader ─────────────────────────────────► UserBatch
-//!                 (messages to      chunk: size limit, sniffing, checksum, BOM            │
-//!                  domain events)   decoder: UTF-8 / UTF-16 / Windows-1252 → UTF-8         │
-//!                                   parser: csv-core, records across chunks, row numbers   │
-//!                                   validator: header mapping, NewUser or row errors       │
-//!                                                                                          ▼
-//!            WatchImport ◄─ import::progress ◄─ import::pipeline ─► writer task ─► store::{sqlite,postgres}
-//!                           (live counters)      (bounded queue,     (one batch at a time)
-//!                                                 batch memory budget)
+//!  gRPC stream ─► grpc::convert ─► import::reader ──────────────────────────────► UserBatch
+//!                 (messages to      chunk: size limit, sniffing, checksum, BOM         │
+//!                  events)          decoder: UTF-8 / UTF-16 / Windows-1252 → UTF-8      │
+//!                                   delimiter: `,` `;` or tab, from the header line      │
+//!                                   parser: csv-core, records across chunks, row numbers │
+//!                                   validator: header mapping, NewUser or row errors     │
+//!                                                                                        ▼
+//!  WatchImport ◄─ import::progress ◄─ pipeline::tally ◄── pipeline ──► pipeline::writer ──► store
+//!  GetImport      (live view)         (the counters)      (batches,    (one batch at a time)
+//!                                                          memory)
+//!                         any reason to stop ──► pipeline::ending: one ending, stored, answered
 //! ```
 //!
-//! Each upload runs in a task of its own that owns the request stream, so that it ends its
-//! import (terminal status, nothing imported on an error) however the handler ends. The
-//! reader is synchronous and free of I/O: the property tests and the fuzzer run exactly it.
-//!
 //! - [`domain`]: the vocabulary (imports, users, row errors), parsed once at the edge;
-//! - [`import`]: the upload pipeline and the queries, independent of gRPC;
-//! - [`store`]: persistence behind one trait, one module per backend;
-//! - [`grpc`]: thin handlers, conversions, the one error mapping;
-//! - [`app`]: the server, health, start-up and graceful shutdown;
+//! - [`import`]: the upload pipeline and the queries, independent of gRPC:
+//!   - `chunk`, `decoder`, `delimiter`, `parser`, `validator`, composed by `reader`: bytes in,
+//!     rows out, synchronous and free of I/O, so that the property tests and the fuzzer run
+//!     exactly it;
+//!   - `pipeline`: one upload's task (`mod.rs`), its messages (`events`), its counters
+//!     (`tally`), the shared batch memory (`memory`), its writer task (`writer`), and the state
+//!     machine that owns its ending (`ending`);
+//!   - `progress`: live views for watchers; `error`: the layer's errors, into which the
+//!     store's are mapped once; `template`: the downloadable template;
+//! - [`store`]: persistence behind one trait (`mod.rs`), its classified errors (`error`),
+//!   conflict reporting (`conflicts`), column codecs (`codec`) and shared reads (`queries`);
+//!   one private module per backend: `sqlite/` (`mod.rs`, `write.rs`, the C API hot path in
+//!   `insert.rs`) and `postgres/` (`mod.rs`, `write.rs`, `copy.rs`, `liveness.rs`,
+//!   `notify.rs`, `tx.rs`);
+//! - [`grpc`]: thin handlers, conversions, the one error mapping, page tokens;
+//! - [`app`]: the server, health, start-up, upkeep and graceful shutdown;
 //! - [`config`] and [`cli`]: flags, environment, and the service's own client.
+//!
+//! Each upload runs in a task of its own that owns the request stream, so that it ends its
+//! import however the handler ends; whatever stops it becomes one event into its ending.
 
 pub mod app;
 pub mod cli;

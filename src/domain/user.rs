@@ -123,15 +123,6 @@ impl Role {
             Role::Viewer => "viewer",
         }
     }
-
-    pub fn from_stored(value: &str) -> Option<Self> {
-        match value {
-            "admin" => Some(Role::Admin),
-            "member" => Some(Role::Member),
-            "viewer" => Some(Role::Viewer),
-            _ => None,
-        }
-    }
 }
 
 /// Why a free-text cell was refused.

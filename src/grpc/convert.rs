@@ -1,5 +1,6 @@
 //! Conversions between protobuf messages and domain types. Arguments are parsed here, once, so
-//! that the import layer only ever sees valid values.
+//! that the import layer only ever sees valid values ("parse, don't validate"), and prost's
+//! generated types never leak past this layer: a change to the proto is a change here only.
 
 use std::time::SystemTime;
 

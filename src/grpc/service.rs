@@ -1,4 +1,9 @@
 //! The `ImportService` handlers: parse the request, call the import layer, convert the answer.
+//!
+//! Each handler stays a few lines (as qdrant's `tonic/api`): no SQL, no CSV and no decisions
+//! here, so that the import layer can be tested and changed without gRPC, and a reader sees
+//! the whole contract of an RPC at a glance. Page sizes and tokens are parsed here because they
+//! are a property of the API (AIP-158), not of imports.
 
 use std::pin::Pin;
 

@@ -52,6 +52,14 @@ impl DecodeError {
     }
 }
 
+/// Why decoding stopped: a byte that cannot be decoded, or an error of the consumer of the
+/// decoded text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop<E> {
+    Invalid(DecodeError),
+    Emit(E),
+}
+
 /// The byte order marks this decoder understands, and what they mean.
 pub fn sniff_bom(head: &[u8]) -> Option<(TextEncoding, usize)> {
     if head.starts_with(b"\xEF\xBB\xBF") {
@@ -104,13 +112,13 @@ impl Decoder {
 
     /// Decodes the next bytes of the file, handing UTF-8 text to `emit` (possibly in several
     /// pieces). `last` marks the end of the file. On an undecodable byte, everything before it
-    /// has been emitted when the error is returned.
+    /// has been emitted when the error is returned; an error of `emit` stops decoding at once.
     pub fn decode<E>(
         &mut self,
         input: &[u8],
         last: bool,
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<Result<(), DecodeError>, E> {
+    ) -> Result<(), Stop<E>> {
         match self.encoding {
             TextEncoding::Utf8 => self.decode_utf8(input, last, emit),
             TextEncoding::Windows1252 => self.decode_windows_1252(input, last, emit),
@@ -123,7 +131,7 @@ impl Decoder {
         mut input: &[u8],
         last: bool,
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<Result<(), DecodeError>, E> {
+    ) -> Result<(), Stop<E>> {
         if !self.pending.is_empty() {
             // Complete the character cut by the previous chunk, a byte at a time.
             while !input.is_empty() && utf8_sequence(&self.pending) == Sequence::Incomplete {
@@ -131,13 +139,13 @@ impl Decoder {
                 input = &input[1..];
             }
             if utf8_sequence(&self.pending) == Sequence::Incomplete && !last {
-                return Ok(Ok(()));
+                return Ok(());
             }
             let pending = std::mem::take(&mut self.pending);
             match std::str::from_utf8(&pending) {
                 Ok(_) => {
                     self.seen_non_ascii = true;
-                    emit(&pending)?;
+                    emit(&pending).map_err(Stop::Emit)?;
                 }
                 Err(_) => return self.fall_back(&pending, input, last, emit),
             }
@@ -145,12 +153,12 @@ impl Decoder {
         match std::str::from_utf8(input) {
             Ok(_) => {
                 self.note_text(input);
-                emit(input)?;
+                emit(input).map_err(Stop::Emit)?;
             }
             Err(e) => {
                 let (valid, rest) = input.split_at(e.valid_up_to());
                 self.note_text(valid);
-                emit(valid)?;
+                emit(valid).map_err(Stop::Emit)?;
                 if e.error_len().is_none() && !last {
                     // A character cut by the end of the chunk: finish it with the next one.
                     self.pending.extend_from_slice(rest);
@@ -159,7 +167,7 @@ impl Decoder {
                 }
             }
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// The first invalid UTF-8: switch to Windows-1252 if that is clearly right, else fail.
@@ -169,19 +177,17 @@ impl Decoder {
         rest: &[u8],
         last: bool,
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<Result<(), DecodeError>, E> {
+    ) -> Result<(), Stop<E>> {
         if !self.may_fall_back || self.seen_non_ascii {
-            return Ok(Err(DecodeError::InvalidUtf8 { byte: bad[0] }));
+            return Err(Stop::Invalid(DecodeError::InvalidUtf8 { byte: bad[0] }));
         }
         self.encoding = TextEncoding::Windows1252;
         self.converter = Some(WINDOWS_1252.new_decoder_without_bom_handling());
         if rest.is_empty() {
             return self.decode_windows_1252(bad, last, emit);
         }
-        match self.decode_windows_1252(bad, false, emit)? {
-            Ok(()) => self.decode_windows_1252(rest, last, emit),
-            Err(e) => Ok(Err(e)),
-        }
+        self.decode_windows_1252(bad, false, emit)?;
+        self.decode_windows_1252(rest, last, emit)
     }
 
     fn decode_windows_1252<E>(
@@ -189,7 +195,7 @@ impl Decoder {
         input: &[u8],
         last: bool,
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<Result<(), DecodeError>, E> {
+    ) -> Result<(), Stop<E>> {
         if self.pending.is_empty() {
             return self.windows_1252_checked(input, last, emit);
         }
@@ -207,7 +213,7 @@ impl Decoder {
         input: &[u8],
         last: bool,
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<Result<(), DecodeError>, E> {
+    ) -> Result<(), Stop<E>> {
         for (i, &byte) in input.iter().enumerate() {
             let problem = match byte {
                 0x81 | 0x8D | 0x8F | 0x90 | 0x9D => Some(DecodeError::NotWindows1252 { byte }),
@@ -215,11 +221,9 @@ impl Decoder {
                     Sequence::Complete => Some(DecodeError::MixedEncodings),
                     Sequence::Incomplete if !last => {
                         // Everything before is emitted; the rest waits for the next chunk.
-                        if let Err(e) = self.convert(&input[..i], false, emit)? {
-                            return Ok(Err(e));
-                        }
+                        self.convert(&input[..i], false, emit)?;
                         self.pending.extend_from_slice(&input[i..]);
-                        return Ok(Ok(()));
+                        return Ok(());
                     }
                     _ => None,
                 },
@@ -227,10 +231,8 @@ impl Decoder {
             };
             if let Some(problem) = problem {
                 // Everything before the byte is emitted, so the error lands on its row.
-                if let Err(e) = self.convert(&input[..i], false, emit)? {
-                    return Ok(Err(e));
-                }
-                return Ok(Err(problem));
+                self.convert(&input[..i], false, emit)?;
+                return Err(Stop::Invalid(problem));
             }
         }
         self.convert(input, last, emit)
@@ -242,7 +244,7 @@ impl Decoder {
         mut input: &[u8],
         last: bool,
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<Result<(), DecodeError>, E> {
+    ) -> Result<(), Stop<E>> {
         let converter = self
             .converter
             .as_mut()
@@ -262,12 +264,12 @@ impl Decoder {
             if !self.seen_non_ascii && !text.is_ascii() {
                 self.seen_non_ascii = true;
             }
-            emit(text)?;
+            emit(text).map_err(Stop::Emit)?;
             match result {
-                DecoderResult::InputEmpty => return Ok(Ok(())),
+                DecoderResult::InputEmpty => return Ok(()),
                 DecoderResult::OutputFull => continue,
                 DecoderResult::Malformed(..) => {
-                    return Ok(Err(match self.encoding {
+                    return Err(Stop::Invalid(match self.encoding {
                         TextEncoding::Windows1252 | TextEncoding::Utf8 => {
                             DecodeError::NotWindows1252 { byte: 0 }
                         }
@@ -326,16 +328,21 @@ mod tests {
             text.extend_from_slice(t);
             Ok(())
         };
+        let invalid = |result: Result<(), Stop<()>>| match result {
+            Ok(()) => None,
+            Err(Stop::Invalid(e)) => Some(e),
+            Err(Stop::Emit(())) => unreachable!("emit never fails here"),
+        };
         let mut error = None;
         let pieces: Vec<&[u8]> = input.chunks(size.max(1)).collect();
         for piece in &pieces {
-            if let Err(e) = decoder.decode(piece, false, &mut emit).unwrap() {
-                error = Some(e);
+            error = invalid(decoder.decode(piece, false, &mut emit));
+            if error.is_some() {
                 break;
             }
         }
         if error.is_none() {
-            error = decoder.decode(&[], true, &mut emit).unwrap().err();
+            error = invalid(decoder.decode(&[], true, &mut emit));
         }
         (String::from_utf8(text).unwrap(), error, decoder.encoding())
     }

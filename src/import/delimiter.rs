@@ -12,6 +12,25 @@ fn first_line(text: &[u8]) -> &[u8] {
     first_line_span(text).0
 }
 
+/// How many blank lines (spreadsheet rows) come before the first non-blank line of `text`: a
+/// CR, an LF and a CRLF each end one.
+pub(crate) fn blank_lines_before(text: &[u8]) -> u64 {
+    let mut lines = 0;
+    let mut after_cr = false;
+    for &b in text {
+        match b {
+            b'\n' if after_cr => after_cr = false,
+            b'\n' => lines += 1,
+            b'\r' => {
+                lines += 1;
+                after_cr = true;
+            }
+            _ => break,
+        }
+    }
+    lines
+}
+
 /// The first non-blank line, and whether a line break ends it within `text`.
 pub(crate) fn first_line_span(text: &[u8]) -> (&[u8], bool) {
     let start = text
@@ -91,5 +110,7 @@ mod tests {
         assert!(!has_first_line(b"sep=;\r"));
         assert!(has_first_line(b"sep=;\r\n"));
         assert!(has_first_line(b"email\rx"));
+        assert_eq!(blank_lines_before(b"\r\n\n\remail\n"), 3);
+        assert_eq!(blank_lines_before(b"email"), 0);
     }
 }

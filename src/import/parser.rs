@@ -62,12 +62,8 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
     }
 
     pub fn get(&self, index: usize) -> Option<&'a [u8]> {
@@ -143,11 +139,6 @@ impl CsvParser {
     /// Bytes held for the record being read: bounded by the limits.
     pub fn buffered_bytes(&self) -> usize {
         self.out.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
-    }
-
-    /// Spreadsheet rows seen so far, blank ones included.
-    pub fn rows_seen(&self) -> u64 {
-        self.rows_before
     }
 
     /// Parses `input`, calling `on_record` for each record it completes. A record that does not

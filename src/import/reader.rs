@@ -4,8 +4,8 @@
 //! the code uploads run. Whatever the chunking, the same file gives the same rows and errors.
 
 use super::chunk::{Intake, IntakeError};
-use super::decoder::Decoder;
-use super::delimiter::{detect_delimiter, has_first_line};
+use super::decoder::{Decoder, Stop};
+use super::delimiter::{blank_lines_before, detect_delimiter, has_first_line};
 use super::parser::{CsvParser, Limits, Oversize, Record};
 use super::validator::{Header, InvalidText};
 use crate::domain::{ErrorCode, NewUser, RowError, TextFormat};
@@ -118,6 +118,9 @@ impl FileReader {
     }
 }
 
+/// Decodes `input` and feeds the text on. A byte that cannot be decoded ends the file with
+/// ERROR_PARSING on the row it is in: everything before it was fed, so that is the row the
+/// text stage is on.
 fn decode(
     decoder: &mut Decoder,
     text: &mut TextStage,
@@ -125,33 +128,37 @@ fn decode(
     last: bool,
     sink: &mut impl RowSink,
 ) -> Result<(), ReadError> {
-    let decoded = decoder.decode(input, last, &mut |t: &[u8]| text.feed(t, sink))?;
-    decoded.map_err(|e| {
-        // Everything before the bad byte was parsed: the parser is on the byte's row.
-        let row = match text.start_parser(sink) {
-            Ok(parser) => parser.current_row(),
-            Err(_) => 1,
-        };
-        ReadError::Parsing(e.message(row))
-    })
+    match decoder.decode(input, last, &mut |t: &[u8]| text.feed(t, sink)) {
+        Ok(()) => Ok(()),
+        Err(Stop::Emit(e)) => Err(e),
+        Err(Stop::Invalid(e)) => Err(ReadError::Parsing(e.message(text.current_row()))),
+    }
 }
 
 impl TextStage {
+    /// The spreadsheet row the next text belongs to. Before the parser starts, the text held
+    /// is blank lines and the start of the first line, whose row follows the blank ones.
+    fn current_row(&self) -> u64 {
+        match &self.parser {
+            Some(parser) => parser.current_row(),
+            None => blank_lines_before(&self.head) + 1,
+        }
+    }
+
     fn feed(&mut self, text: &[u8], sink: &mut impl RowSink) -> Result<(), ReadError> {
         if self.parser.is_none() {
             self.head.extend_from_slice(text);
             if !has_first_line(&self.head) && self.head.len() < MAX_HEADER_LINE {
                 return Ok(());
             }
-            self.start_parser(sink)?;
-            return Ok(());
+            return self.start_parser(sink);
         }
         let (parser, mut rows) = self.parts();
         parser.feed(text, &mut |record| rows.record(record, sink))
     }
 
     /// Chooses the delimiter from the text held so far and parses that text.
-    fn start_parser(&mut self, sink: &mut impl RowSink) -> Result<&CsvParser, ReadError> {
+    fn start_parser(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {
         if self.parser.is_none() {
             let head = std::mem::take(&mut self.head);
             let (delimiter, skip) = detect_delimiter(&head[..head.len().min(MAX_HEADER_LINE)]);
@@ -160,7 +167,7 @@ impl TextStage {
             let (parser, mut rows) = self.parts();
             parser.feed(&head[skip..], &mut |record| rows.record(record, sink))?;
         }
-        Ok(self.parser.as_ref().expect("started above"))
+        Ok(())
     }
 
     fn finish(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {

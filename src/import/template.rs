@@ -1,4 +1,8 @@
 //! The downloadable Users template: the header, one example row, and what each column takes.
+//!
+//! Built from `Column`, the same source the validator reads headers with, so the template can
+//! never ask for a column, or spell an alias, that an upload would refuse. It lives here rather
+//! than as a file so that it needs no server state and is the same on every replica.
 
 use crate::domain::{Column, ImportType};
 

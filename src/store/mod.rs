@@ -10,7 +10,7 @@
 //! no set of seen addresses and its memory stays flat whatever the file size.
 //!
 //! - [`error`]: the errors, classified once (outage, fault, bug) with their plain words;
-//! - [`conflicts`]: rows the unique indexes refused, turned into row errors;
+//! - `conflicts`: rows the unique indexes refused, turned into row errors;
 //! - `codec`: domain values to columns and back; `queries`: the reads both backends share;
 //! - `sqlite`, `postgres`: the backends.
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real server, a temporary database, the generated client.
 
+mod faults;
 mod fixtures;
 mod health;
 mod helpers;

@@ -35,7 +35,8 @@ backend_tests! {
         let mut client = app.client.clone();
         let mut token = String::new();
         let mut pages = Vec::new();
-        loop {
+        // Bounded: a server that handed out tokens forever must fail the test, not hang it.
+        for _ in 0..1000 {
             let page = client
                 .list_imports(proto::ListImportsRequest {
                     account_id: ACCOUNT.into(),
@@ -95,7 +96,8 @@ backend_tests! {
         let mut token = String::new();
         let mut rows = Vec::new();
         let mut pages = 0;
-        loop {
+        // Bounded: a server that handed out tokens forever must fail the test, not hang it.
+        for _ in 0..1000 {
             let page = client
                 .get_import(proto::GetImportRequest {
                     account_id: ACCOUNT.into(),

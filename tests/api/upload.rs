@@ -390,11 +390,12 @@ backend_tests! {
     async fn two_uploads_at_once_both_succeed(backend) {
         let app = spawn_app(backend).await;
         let (one, stats_one) = generate(&["--rows", "40000", "--seed", "11"]);
-        let (two, stats_two) = generate(&["--rows", "40000", "--seed", "12"]);
+        // Other users (other addresses and external ids) than the first file's.
+        let (two, stats_two) = generate(&["--rows", "40000", "--seed", "12", "--start", "100000"]);
         // The same account: both write into the same unique indexes at the same time.
         let (a, b) = tokio::join!(
             app.upload("shared", "one", &one, 32 * 1024),
-            app.upload("shared-2", "two", &two, 32 * 1024),
+            app.upload("shared", "two", &two, 32 * 1024),
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(
@@ -411,6 +412,10 @@ backend_tests! {
         );
         assert_eq!(a.rows_imported, stats_one.valid);
         assert_eq!(b.rows_imported, stats_two.valid);
+        assert_eq!(
+            app.users("shared").await.len() as i64,
+            stats_one.valid + stats_two.valid
+        );
 
         // Two imports of one account at once, with overlapping addresses: no user twice.
         let (c, d) = tokio::join!(

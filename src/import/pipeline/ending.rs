@@ -1,6 +1,6 @@
 //! How an upload ends: the one owner of each import's ending.
 //!
-//! Every way an upload can stop is a [`Cause`]. [`Ending::settle`] turns it into exactly one
+//! Every way an upload can stop is a `Cause`. `Ending::settle` turns it into exactly one
 //! decision (a terminal status, or the removal of an import refused at the door) with the
 //! answer the client gets, and stores it. Nothing else decides how an import ends, so a new
 //! cause is one more variant here.

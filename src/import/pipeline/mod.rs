@@ -12,9 +12,9 @@
 //! ```
 //!
 //! - [`events`]: the upload's messages as events;
-//! - [`tally`]: the upload's counters, kept in one place;
+//! - `tally`: the upload's counters, kept in one place;
 //! - [`memory`]: the batch memory budget shared by all uploads;
-//! - [`writer`]: the task that writes batches while the next is read;
+//! - `writer`: the task that writes batches while the next is read;
 //! - [`ending`]: the state machine that owns how the import ends.
 //!
 //! The whole upload runs in a task of its own, which owns the request stream: if the client
