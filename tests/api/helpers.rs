@@ -427,7 +427,7 @@ pub fn upload_messages(
 
 /// A time the server stamped on an import.
 pub fn system_time(timestamp: Option<&prost_types::Timestamp>) -> std::time::SystemTime {
-    std::time::SystemTime::try_from(timestamp.expect("a timestamp").clone()).unwrap()
+    std::time::SystemTime::try_from(*timestamp.expect("a timestamp")).unwrap()
 }
 
 pub fn status(import: &Import) -> ImportStatus {
