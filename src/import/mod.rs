@@ -136,6 +136,12 @@ impl Importer {
             self.inner.shutdown.cancel();
             uploads.wait().await;
         }
+        // A last try for endings that wait: those still not stored are ended at the next
+        // start (or by another replica) as interrupted, which also removes their users.
+        if let Ok(store) = self.store() {
+            let stored = self.inner.endings.store_pending(store.as_ref());
+            let _ = tokio::time::timeout(Duration::from_secs(5), stored).await;
+        }
     }
 
     /// Whether new uploads can be taken: the database answers, and can be written. After a
