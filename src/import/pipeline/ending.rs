@@ -160,8 +160,8 @@ impl Ending<'_> {
                 self.hub.forget(key);
                 let (kept, reply) = if conclusion.removes_users() {
                     let reply = format!(
-                        "the import failed ({}) and its ending cannot be stored yet: {e}; it \
-                         will be stored once the database is back, with nothing imported",
+                        "{} (the server stores this ending once the database can be written \
+                         again: {e})",
                         conclusion.error_message
                     );
                     (conclusion, reply)
