@@ -164,6 +164,9 @@ impl Application {
             tracing::warn!("requests still open after the drain timeout; closing them");
             server.abort();
         }
+        let _ = database.await;
+        // Last: the database (and, for SQLite, its file) is free for the next server.
+        self.importer.close().await;
         tracing::info!("stopped");
         Ok(())
     }

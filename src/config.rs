@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// which writes fail as on a full disk. For tests of that fault.
     #[arg(long, env = "BULK_IMPORT_SQLITE_MAX_PAGES", hide = true)]
     pub sqlite_max_pages: Option<u64>,
+    /// Rows per batch instead of the store's choice. For tests: no batch size may change an
+    /// import's outcome.
+    #[arg(long, env = "BULK_IMPORT_BATCH_ROWS", hide = true)]
+    pub batch_rows: Option<usize>,
 }
 
 impl ServeArgs {
@@ -84,6 +88,7 @@ impl ServeArgs {
         ImportConfig {
             max_upload_bytes: self.max_upload_bytes,
             max_stored_row_errors: self.max_stored_row_errors,
+            batch_rows: self.batch_rows,
             ..ImportConfig::default()
         }
     }

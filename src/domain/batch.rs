@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use super::row_error::RowError;
-use super::user::{NewUser, Role};
+use super::user::{FailedRow, NewUser, Role};
 
 /// Text bytes a typical row needs (a generated Users row is about 80).
 const TEXT_BYTES_PER_ROW: usize = 96;
@@ -27,10 +27,29 @@ pub struct BatchUser {
     external_id: Option<Range<u32>>,
 }
 
+/// The valid values of a row that failed validation, still checked against their holders.
+#[derive(Debug, Clone)]
+struct Probe {
+    row_number: u64,
+    email: Option<(Range<u32>, Range<u32>)>,
+    external_id: Option<Range<u32>>,
+}
+
+/// A borrowed view of the values of a failed row: see `FailedRow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeRef<'a> {
+    pub row_number: u64,
+    /// Normalised, and as the file has it.
+    pub email: Option<(&'a str, &'a str)>,
+    pub external_id: Option<&'a str>,
+}
+
 #[derive(Debug, Default)]
 pub struct UserBatch {
     text: String,
     users: Vec<BatchUser>,
+    /// Failed rows whose address or external id is valid, in file order.
+    probes: Vec<Probe>,
     /// Validation errors of this batch's rows, in file order.
     pub errors: Vec<RowError>,
     /// Data rows in this batch, valid or not: what the batch is cut by. (The upload's
@@ -93,8 +112,23 @@ impl UserBatch {
         self.rows += 1;
     }
 
-    pub fn push_failed_row(&mut self, errors: impl IntoIterator<Item = RowError>) {
-        for error in errors {
+    pub fn push_failed_row(&mut self, row: FailedRow<'_>) {
+        if let Some(first) = row.errors.first()
+            && (row.email.is_some() || row.external_id.is_some())
+        {
+            let email = row.email.as_ref().map(|e| {
+                let normalised = self.push_text(e.as_str());
+                let written = self.push_text(e.as_written());
+                (normalised, written)
+            });
+            let external_id = row.external_id.map(|id| self.push_text(id));
+            self.probes.push(Probe {
+                row_number: first.row_number,
+                email,
+                external_id,
+            });
+        }
+        for error in row.errors {
             self.error_bytes +=
                 std::mem::size_of::<RowError>() + error.message.capacity() + error.value.capacity();
             self.errors.push(error);
@@ -115,7 +149,10 @@ impl UserBatch {
 
     /// Heap memory used, roughly: what the batch costs while it waits to be written.
     pub fn heap_bytes(&self) -> usize {
-        self.text.len() + self.users.len() * std::mem::size_of::<BatchUser>() + self.error_bytes
+        self.text.len()
+            + self.users.len() * std::mem::size_of::<BatchUser>()
+            + self.probes.len() * std::mem::size_of::<Probe>()
+            + self.error_bytes
     }
 
     /// What a batch of `rows` typical rows holds, to reserve memory before filling it.
@@ -126,6 +163,16 @@ impl UserBatch {
     /// No row at all, valid or not.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// The valid values of the failed rows, in file order.
+    pub fn probes(&self) -> impl ExactSizeIterator<Item = ProbeRef<'_>> + '_ {
+        let text = |r: &Range<u32>| &self.text[r.start as usize..r.end as usize];
+        self.probes.iter().map(move |p| ProbeRef {
+            row_number: p.row_number,
+            email: p.email.as_ref().map(|(n, w)| (text(n), text(w))),
+            external_id: p.external_id.as_ref().map(text),
+        })
     }
 
     pub fn users(&self) -> impl ExactSizeIterator<Item = UserRef<'_>> + '_ {
@@ -170,11 +217,24 @@ mod tests {
         batch.push_user(2, &user);
         let before = batch.heap_bytes();
         assert!(before > 0);
-        batch.push_failed_row([RowError::required(3, Column::Email)]);
+        batch.push_failed_row(FailedRow::with_errors(vec![RowError::required(
+            3,
+            Column::Email,
+        )]));
+        assert_eq!(batch.probes().len(), 0);
+        batch.push_failed_row(FailedRow {
+            errors: vec![RowError::invalid_role(4, "x")],
+            email: Some(Email::parse("Bo@x.io").unwrap()),
+            external_id: Some("E9"),
+        });
+        let probe = batch.probes().next().unwrap();
+        assert_eq!(probe.row_number, 4);
+        assert_eq!(probe.email, Some(("bo@x.io", "Bo@x.io")));
+        assert_eq!(probe.external_id, Some("E9"));
         assert!(batch.heap_bytes() > before + std::mem::size_of::<RowError>());
         assert_eq!(batch.len(), 1);
-        assert_eq!(batch.rows, 2);
-        assert_eq!(batch.errors.len(), 1);
+        assert_eq!(batch.rows, 3);
+        assert_eq!(batch.errors.len(), 2);
         let u = batch.user(0);
         assert_eq!(u.email, "zoë@example.com");
         assert_eq!(u.email_as_written, "Zoë@Example.com");

@@ -5,6 +5,8 @@ use std::borrow::Cow;
 
 use email_address::{EmailAddress, Options};
 
+use super::text::{Invisible, first_invisible};
+
 /// RFC 5321 caps a forward path at 256 octets including the angle brackets.
 pub const MAX_EMAIL_CHARS: usize = 254;
 
@@ -33,6 +35,8 @@ pub enum EmailError {
     Empty,
     TooLong,
     Invalid(&'static str),
+    /// A character no one can see, which would make a second user of the same mailbox.
+    Invisible(Invisible),
 }
 
 impl<'a> Email<'a> {
@@ -44,6 +48,22 @@ impl<'a> Email<'a> {
         // Bytes bound characters from above, so counting characters is rarely needed.
         if value.len() > MAX_EMAIL_CHARS && value.chars().count() > MAX_EMAIL_CHARS {
             return Err(EmailError::TooLong);
+        }
+        if let Some(invisible) = first_invisible(value) {
+            return Err(EmailError::Invisible(invisible));
+        }
+        // RFC 5322 allows a quoted local part (`"bob"@example.com`) and comments
+        // (`bob(work)@example.com`), which name the same mailbox as the plain form; identity
+        // providers refuse them, and so does this service, so that one mailbox is one user.
+        if value.starts_with('"') || value.contains("\"@") {
+            return Err(EmailError::Invalid(
+                "quoted addresses are not accepted; write it without the quotes",
+            ));
+        }
+        if value.contains(['(', ')']) {
+            return Err(EmailError::Invalid(
+                "comments in parentheses are not accepted; remove them",
+            ));
         }
         if let Err(e) = EmailAddress::parse_with_options(value, OPTIONS) {
             return Err(EmailError::Invalid(explain(value, e)));
@@ -136,6 +156,27 @@ mod tests {
             Err(EmailError::Invalid(_))
         ));
         assert_eq!(Email::parse(""), Err(EmailError::Empty));
+    }
+
+    #[test]
+    fn one_mailbox_has_one_spelling() {
+        let reason = |v| match Email::parse(v) {
+            Err(EmailError::Invalid(r)) => r,
+            other => panic!("{v}: {other:?}"),
+        };
+        assert!(reason("\"bob\"@example.com").contains("quoted"));
+        assert!(reason("bob(work)@example.com").contains("comments"));
+        assert!(reason("bob@(work)example.com").contains("comments"));
+        match Email::parse("bob\u{200B}@example.com") {
+            Err(EmailError::Invisible(found)) => {
+                assert_eq!(found.to_string(), "U+200B ZERO WIDTH SPACE at position 4")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Email::parse("bob@exa\u{200D}mple.com"),
+            Err(EmailError::Invisible(_))
+        ));
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum TextEncoding {
     Utf8,
     Utf16Le,
     Utf16Be,
+    /// PowerShell's `Export-Csv -Encoding UTF32`, with its byte order mark.
+    Utf32Le,
+    Utf32Be,
     Windows1252,
 }
 
@@ -95,14 +98,23 @@ impl TextEncoding {
             TextEncoding::Utf8 => "UTF-8",
             TextEncoding::Utf16Le => "UTF-16LE",
             TextEncoding::Utf16Be => "UTF-16BE",
+            TextEncoding::Utf32Le => "UTF-32LE",
+            TextEncoding::Utf32Be => "UTF-32BE",
             TextEncoding::Windows1252 => "windows-1252",
         }
     }
 
     pub fn from_stored(value: &str) -> Option<Self> {
-        [Self::Utf8, Self::Utf16Le, Self::Utf16Be, Self::Windows1252]
-            .into_iter()
-            .find(|e| e.as_str() == value)
+        [
+            Self::Utf8,
+            Self::Utf16Le,
+            Self::Utf16Be,
+            Self::Utf32Le,
+            Self::Utf32Be,
+            Self::Windows1252,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == value)
     }
 }
 
@@ -144,7 +156,9 @@ pub struct Counters {
     pub row_errors_omitted: u64,
 }
 
-/// The file name the client gave: only `.csv` files are accepted, as the product promises.
+/// The file name the client gave, kept as given (the proto says so; surrounding spaces
+/// included): only `.csv` files are accepted, as the product promises, judged on the name
+/// without those spaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filename(String);
 
@@ -156,7 +170,7 @@ impl Filename {
         if name.is_empty() {
             return Err(ArgumentError::new("filename", "filename is required"));
         }
-        if name.chars().count() > MAX_FILENAME_CHARS || name.chars().any(char::is_control) {
+        if value.chars().count() > MAX_FILENAME_CHARS || value.chars().any(char::is_control) {
             return Err(ArgumentError::new(
                 "filename",
                 "filename must be at most 255 characters, without control characters",
@@ -175,7 +189,7 @@ impl Filename {
                 ),
             ));
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(value.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -249,6 +263,13 @@ mod tests {
             ImportStatus::completed(3, 3),
             ImportStatus::CompletedPartial
         );
+    }
+
+    #[test]
+    fn a_filename_is_kept_as_given() {
+        assert_eq!(Filename::parse("a.csv ").unwrap().as_str(), "a.csv ");
+        assert!(Filename::parse("   ").is_err());
+        assert!(Filename::parse("a.csv\n").is_err());
     }
 
     #[test]

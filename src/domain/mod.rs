@@ -6,6 +6,7 @@ pub mod email;
 pub mod ids;
 pub mod import;
 pub mod row_error;
+pub mod text;
 pub mod user;
 
 pub use batch::UserBatch;
@@ -16,7 +17,7 @@ pub use import::{
     TextFormat,
 };
 pub use row_error::{ErrorCode, RowError};
-pub use user::{Column, NewUser, Role};
+pub use user::{Column, FailedRow, NewUser, Role};
 
 /// A request argument that was refused, with the field it concerns: the API layer turns it
 /// into INVALID_ARGUMENT naming that field.
@@ -32,6 +33,15 @@ impl ArgumentError {
         Self {
             field,
             message: message.into(),
+        }
+    }
+
+    /// The message, naming the field once: as the client is told it and the import stores it.
+    pub fn described(&self) -> String {
+        if self.message.starts_with(self.field) {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
         }
     }
 }

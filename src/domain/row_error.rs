@@ -114,6 +114,25 @@ impl RowError {
         )
     }
 
+    /// An invisible character inside a value that must be typed exactly (an external id).
+    pub fn invisible_character(
+        row: u64,
+        column: Column,
+        value: &str,
+        invisible: super::text::Invisible,
+    ) -> Self {
+        Self::new(
+            row,
+            Some(column),
+            ErrorCode::InvalidCharacter,
+            format!(
+                "{} must not contain invisible characters; it has {invisible}; retype the value",
+                column.name()
+            ),
+            value,
+        )
+    }
+
     pub fn invalid_email(row: u64, value: &str, reason: &str) -> Self {
         Self::new(
             row,
@@ -203,12 +222,14 @@ impl RowError {
     }
 }
 
-/// Cuts a value to `MAX_ERROR_VALUE_CHARS` characters, on a character boundary.
+/// A value as row errors and messages show it: cut to `MAX_ERROR_VALUE_CHARS` characters, on a
+/// character boundary, with control characters as `\u0000` escapes (see `text`).
 pub fn cut(value: &str) -> String {
-    match value.char_indices().nth(MAX_ERROR_VALUE_CHARS) {
-        Some((end, _)) => value[..end].to_owned(),
-        None => value.to_owned(),
-    }
+    let cut = match value.char_indices().nth(MAX_ERROR_VALUE_CHARS) {
+        Some((end, _)) => &value[..end],
+        None => value,
+    };
+    super::text::escape_controls(cut).into_owned()
 }
 
 #[cfg(test)]
@@ -221,6 +242,15 @@ mod tests {
         let error = RowError::too_long(2, Column::FirstName, &long, 100);
         assert_eq!(error.value.chars().count(), 200);
         assert!(error.message.contains("got 300"));
+    }
+
+    #[test]
+    fn values_and_messages_hold_no_control_characters() {
+        let e = RowError::invalid_role(3, "ad\0min");
+        assert_eq!(e.value, "ad\\u0000min");
+        assert!(e.message.contains("got 'ad\\u0000min'"), "{}", e.message);
+        let e = RowError::control_character(3, Column::FirstName, "Na\0me");
+        assert_eq!(e.value, "Na\\u0000me");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! A user to invite, and the columns of the Users file it is read from.
 
 use super::email::Email;
+use super::row_error::RowError;
+use super::text::{Invisible, first_invisible};
 
 /// The Users template's columns, in template order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,12 +130,18 @@ impl Role {
 /// Why a free-text cell was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextError {
-    TooLong { max: usize },
+    TooLong {
+        max: usize,
+    },
     ControlCharacter,
+    /// An invisible character inside an external id, which must be typed exactly.
+    Invisible(Invisible),
 }
 
 /// A trimmed free-text cell (names, job title, external id): bounded in characters, not bytes,
-/// and free of control characters, which would break the emails and screens it ends up in.
+/// and free of control characters, which would break the emails and screens it ends up in. An
+/// external id is also free of invisible characters, which would make a second id of the same
+/// one; names keep theirs, since some scripts need joiners.
 pub fn parse_text(value: &str, column: Column) -> Result<&str, TextError> {
     let max = column.max_chars();
     // A byte count bounds the character count from above: count characters only when needed.
@@ -148,7 +156,33 @@ pub fn parse_text(value: &str, column: Column) -> Result<&str, TextError> {
     if has_control {
         return Err(TextError::ControlCharacter);
     }
+    if column == Column::ExternalId
+        && let Some(invisible) = first_invisible(value)
+    {
+        return Err(TextError::Invisible(invisible));
+    }
     Ok(value)
+}
+
+/// A row that failed validation: every error it has, and its address and external id when
+/// those are valid, so that they are still checked against the rows and users that hold them
+/// (a row is told all that stands in its way, not only the first thing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRow<'a> {
+    pub errors: Vec<RowError>,
+    pub email: Option<Email<'a>>,
+    pub external_id: Option<&'a str>,
+}
+
+impl FailedRow<'_> {
+    /// A row with only these errors: none of its values can be checked.
+    pub fn with_errors(errors: Vec<RowError>) -> Self {
+        Self {
+            errors,
+            email: None,
+            external_id: None,
+        }
+    }
 }
 
 /// A user read from one valid row. Borrows the row's text, so validating allocates nothing
@@ -196,6 +230,15 @@ mod tests {
             Err(TextError::ControlCharacter)
         );
         assert!(parse_text(&"x".repeat(65), Column::ExternalId).is_err());
+        assert!(matches!(
+            parse_text("E\u{200B}1", Column::ExternalId),
+            Err(TextError::Invisible(_))
+        ));
+        // A joiner inside a name is part of the name.
+        assert_eq!(
+            parse_text("\u{0915}\u{094D}\u{200D}\u{0937}", Column::FirstName),
+            Ok("\u{0915}\u{094D}\u{200D}\u{0937}")
+        );
     }
 
     #[test]

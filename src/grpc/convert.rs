@@ -128,7 +128,7 @@ pub fn import(import: &Import) -> proto::Import {
     }
 }
 
-fn status(status: ImportStatus) -> proto::ImportStatus {
+pub fn status(status: ImportStatus) -> proto::ImportStatus {
     match status {
         ImportStatus::Processing => proto::ImportStatus::Processing,
         ImportStatus::CompletedSuccess => proto::ImportStatus::CompletedSuccess,

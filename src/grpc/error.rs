@@ -6,6 +6,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::convert;
 use crate::import::ImportError;
 
 /// The `ErrorInfo.domain` of this service's errors.
@@ -18,14 +19,29 @@ impl From<ImportError> for Status {
                 let mut details = ErrorDetails::with_bad_request_violation(e.field, &e.message);
                 details.set_error_info("INVALID_ARGUMENT", DOMAIN, []);
                 // The message names the field, once.
-                let message = if e.message.starts_with(e.field) {
-                    e.message.clone()
-                } else {
-                    format!("{}: {}", e.field, e.message)
-                };
+                let message = e.described();
                 return Status::with_error_details(Code::InvalidArgument, message, details);
             }
-            ImportError::AlreadyExists { .. } => (Code::AlreadyExists, "IMPORT_ALREADY_EXISTS"),
+            ImportError::AlreadyExists {
+                account_id,
+                import_id,
+                status,
+            } => {
+                // The existing import's status, for clients that retry by import id.
+                let mut metadata = std::collections::HashMap::from([
+                    ("account_id".to_owned(), account_id.to_string()),
+                    ("import_id".to_owned(), import_id.to_string()),
+                ]);
+                if let Some(status) = status {
+                    let name = convert::status(*status).as_str_name().to_owned();
+                    metadata.insert("status".to_owned(), name);
+                }
+                return Status::with_error_details(
+                    Code::AlreadyExists,
+                    error.to_string(),
+                    ErrorDetails::with_error_info("IMPORT_ALREADY_EXISTS", DOMAIN, metadata),
+                );
+            }
             ImportError::NotFound { .. } => (Code::NotFound, "IMPORT_NOT_FOUND"),
             ImportError::TooLarge(_) => (Code::ResourceExhausted, "FILE_TOO_LARGE"),
             ImportError::Cancelled(_) => (Code::Cancelled, "UPLOAD_CANCELLED"),

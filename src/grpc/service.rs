@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, page_token};
+use crate::import::ImportCursor;
 use crate::import::{Importer, template};
 use crate::proto::{self, import_service_server::ImportService};
 
@@ -109,15 +110,21 @@ impl ImportService for ImportServiceImpl {
         let limit =
             page_token::page_size("page_size", req.page_size, DEFAULT_IMPORTS_PAGE, MAX_PAGE)?;
         let scope = page_token::scope(&[account_id.as_str()]);
-        let before = page_token::decode("page_token", &req.page_token, scope)?;
+        let after = page_token::decode_cursor("page_token", &req.page_token, scope)?.map(
+            |(create_micros, import_id)| ImportCursor {
+                create_micros,
+                import_id,
+            },
+        );
 
         let mut imports = self
             .importer
-            .list(&account_id, before.map(|k| k as i64), limit + 1)
+            .list(&account_id, after.as_ref(), limit + 1)
             .await?;
         let next_page_token = if imports.len() > limit as usize {
             imports.truncate(limit as usize);
-            page_token::encode(scope, imports.last().map_or(0, |i| i.key as u64))
+            let last = ImportCursor::after(imports.last().expect("a full page"));
+            page_token::encode_cursor(scope, last.create_micros, &last.import_id)
         } else {
             String::new()
         };

@@ -69,11 +69,11 @@ impl Intake {
     /// Takes the next chunk and returns the bytes ready for decoding (none while the first
     /// bytes are held, then everything) and the encoding of the byte order mark, if any.
     pub fn push<'a>(&'a mut self, chunk: &'a [u8]) -> Result<Ready<'a>, IntakeError> {
-        let received = self.received + chunk.len() as u64;
-        if received > self.limit {
+        // Counted even past the limit: the import says how much arrived.
+        self.received += chunk.len() as u64;
+        if self.received > self.limit {
             return Err(IntakeError::TooLarge { limit: self.limit });
         }
-        self.received = received;
         self.hasher.update(chunk);
         if self.released {
             self.held = Vec::new();
@@ -146,7 +146,13 @@ impl Intake {
 fn sniff(head: &[u8]) -> Result<(), IntakeError> {
     if matches!(
         sniff_bom(head),
-        Some((TextEncoding::Utf16Le | TextEncoding::Utf16Be, _))
+        Some((
+            TextEncoding::Utf16Le
+                | TextEncoding::Utf16Be
+                | TextEncoding::Utf32Le
+                | TextEncoding::Utf32Be,
+            _
+        ))
     ) {
         return Ok(());
     }
@@ -158,22 +164,30 @@ fn sniff(head: &[u8]) -> Result<(), IntakeError> {
         });
     }
     if head.contains(&0) {
-        // UTF-16 text without its mark: ASCII characters with a NUL beside each.
-        let nuls_at = |parity: usize| {
-            head.iter()
-                .skip(parity)
-                .step_by(2)
+        // Text in a wide encoding without its mark: ASCII characters with a NUL beside each
+        // (UTF-16), or with three (UTF-32).
+        let nuls_at = |offset: usize, step: usize| {
+            let nuls = head
+                .iter()
+                .skip(offset)
+                .step_by(step)
                 .filter(|&&b| b == 0)
-                .count()
+                .count();
+            let slots = head.len().saturating_sub(offset).div_ceil(step);
+            slots >= 2 && nuls * 10 >= slots * 9
         };
-        let half = head.len() / 2;
-        let mostly = |n: usize| n * 10 >= half * 9;
-        let what = if half >= 2 && (mostly(nuls_at(0)) || mostly(nuls_at(1))) {
-            "UTF-16 text without a byte order mark".to_owned()
+        let utf32 = (nuls_at(1, 4) && nuls_at(2, 4) && nuls_at(3, 4))
+            || (nuls_at(0, 4) && nuls_at(1, 4) && nuls_at(2, 4));
+        let what = if utf32 {
+            "UTF-32 text without a byte order mark"
+        } else if nuls_at(0, 2) || nuls_at(1, 2) {
+            "UTF-16 text without a byte order mark"
         } else {
-            "binary data (it contains NUL bytes)".to_owned()
+            "binary data (it contains NUL bytes)"
         };
-        return Err(IntakeError::NotCsv { what });
+        return Err(IntakeError::NotCsv {
+            what: what.to_owned(),
+        });
     }
     Ok(())
 }
@@ -189,6 +203,7 @@ fn describe(kind: infer::Type) -> String {
         "ods" => "an OpenDocument spreadsheet (.ods)",
         "zip" => "a ZIP archive (an .xlsx or .ods workbook is one)",
         "pdf" => "a PDF document",
+        "rtf" => "an RTF document (.rtf)",
         "gz" => "a gzip-compressed file",
         "xml" => "an XML document (such as an Excel 2003 XML spreadsheet)",
         "html" => "an HTML page",
@@ -230,6 +245,12 @@ mod tests {
         assert!(not_csv(b"PK\x03\x04\x14\0\x06\0").contains("ZIP"));
         assert_eq!(not_csv(b"\x1f\x8b\x08\0\0\0"), "a gzip-compressed file");
         assert!(not_csv(b"e\0m\0a\0i\0l\0").contains("UTF-16 text without"));
+        assert!(not_csv(b"e\0\0\0m\0\0\0a\0\0\0i\0\0\0").contains("UTF-32 text without"));
+        assert!(not_csv(b"\0\0\0e\0\0\0m\0\0\0a\0\0\0i").contains("UTF-32 text without"));
+        assert_eq!(
+            not_csv(b"{\\rtf1\\ansi\\deff0 hello}"),
+            "an RTF document (.rtf)"
+        );
         assert!(not_csv(b"email,name\nada@x.io,A\0da\n").contains("NUL"));
     }
 
@@ -276,6 +297,7 @@ mod tests {
             intake.push(b"a@b.io\n"),
             Err(IntakeError::TooLarge { limit: 10 })
         );
+        assert_eq!(intake.bytes_received(), 13);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum DecodeError {
     MixedEncodings,
     /// An unpaired surrogate in UTF-16.
     InvalidUtf16,
+    /// A UTF-32 unit that is no character (a surrogate, or past U+10FFFF), or a file that ends
+    /// inside a unit.
+    InvalidUtf32,
 }
 
 impl DecodeError {
@@ -48,6 +51,9 @@ impl DecodeError {
             DecodeError::InvalidUtf16 => format!(
                 "the file is not valid UTF-16 text: row {row_number} has a broken character; {fix}"
             ),
+            DecodeError::InvalidUtf32 => format!(
+                "the file is not valid UTF-32 text: row {row_number} has a broken character; {fix}"
+            ),
         }
     }
 }
@@ -64,6 +70,10 @@ pub enum Stop<E> {
 pub fn sniff_bom(head: &[u8]) -> Option<(TextEncoding, usize)> {
     if head.starts_with(b"\xEF\xBB\xBF") {
         Some((TextEncoding::Utf8, 3))
+    } else if head.starts_with(b"\xFF\xFE\0\0") {
+        Some((TextEncoding::Utf32Le, 4))
+    } else if head.starts_with(b"\0\0\xFE\xFF") {
+        Some((TextEncoding::Utf32Be, 4))
     } else if head.starts_with(b"\xFF\xFE") {
         Some((TextEncoding::Utf16Le, 2))
     } else if head.starts_with(b"\xFE\xFF") {
@@ -94,7 +104,10 @@ impl Decoder {
         let converter = match encoding {
             TextEncoding::Utf16Le => Some(UTF_16LE.new_decoder_without_bom_handling()),
             TextEncoding::Utf16Be => Some(UTF_16BE.new_decoder_without_bom_handling()),
-            TextEncoding::Utf8 | TextEncoding::Windows1252 => None,
+            TextEncoding::Utf8
+            | TextEncoding::Windows1252
+            | TextEncoding::Utf32Le
+            | TextEncoding::Utf32Be => None,
         };
         Self {
             encoding,
@@ -123,7 +136,65 @@ impl Decoder {
             TextEncoding::Utf8 => self.decode_utf8(input, last, emit),
             TextEncoding::Windows1252 => self.decode_windows_1252(input, last, emit),
             TextEncoding::Utf16Le | TextEncoding::Utf16Be => self.convert(input, last, emit),
+            TextEncoding::Utf32Le => self.decode_utf32(input, last, emit, u32::from_le_bytes),
+            TextEncoding::Utf32Be => self.decode_utf32(input, last, emit, u32::from_be_bytes),
         }
+    }
+
+    /// UTF-32, which `encoding_rs` does not convert (the WHATWG encodings leave it out): each
+    /// four bytes are one character. A unit cut by the end of a chunk waits in `pending`.
+    fn decode_utf32<E>(
+        &mut self,
+        mut input: &[u8],
+        last: bool,
+        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        unit: fn([u8; 4]) -> u32,
+    ) -> Result<(), Stop<E>> {
+        self.out.clear();
+        let mut char_buffer = [0u8; 4];
+        let mut push = |out: &mut Vec<u8>, bytes: [u8; 4]| match char::from_u32(unit(bytes)) {
+            Some(c) => {
+                out.extend_from_slice(c.encode_utf8(&mut char_buffer).as_bytes());
+                true
+            }
+            None => false,
+        };
+        if !self.pending.is_empty() {
+            let take = (4 - self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.pending.len() < 4 {
+                return match last {
+                    true => Err(Stop::Invalid(DecodeError::InvalidUtf32)),
+                    false => Ok(()),
+                };
+            }
+            let bytes = [
+                self.pending[0],
+                self.pending[1],
+                self.pending[2],
+                self.pending[3],
+            ];
+            self.pending.clear();
+            if !push(&mut self.out, bytes) {
+                return Err(Stop::Invalid(DecodeError::InvalidUtf32));
+            }
+        }
+        let units = input.chunks_exact(4);
+        let rest = units.remainder();
+        for bytes in units {
+            if !push(&mut self.out, [bytes[0], bytes[1], bytes[2], bytes[3]]) {
+                // Everything before the bad unit is emitted, so the error lands on its row.
+                emit(&self.out).map_err(Stop::Emit)?;
+                return Err(Stop::Invalid(DecodeError::InvalidUtf32));
+            }
+        }
+        emit(&self.out).map_err(Stop::Emit)?;
+        self.pending.extend_from_slice(rest);
+        if last && !self.pending.is_empty() {
+            return Err(Stop::Invalid(DecodeError::InvalidUtf32));
+        }
+        Ok(())
     }
 
     fn decode_utf8<E>(
@@ -274,6 +345,7 @@ impl Decoder {
                             DecodeError::NotWindows1252 { byte: 0 }
                         }
                         TextEncoding::Utf16Le | TextEncoding::Utf16Be => DecodeError::InvalidUtf16,
+                        TextEncoding::Utf32Le | TextEncoding::Utf32Be => DecodeError::InvalidUtf32,
                     }));
                 }
             }
@@ -430,6 +502,29 @@ mod tests {
     }
 
     #[test]
+    fn utf32_is_converted_as_it_streams() {
+        let text = "email,name\r\nzoë@x.io,Zoë 😀\r\n";
+        let le: Vec<u8> = text
+            .chars()
+            .flat_map(|c| u32::from(c).to_le_bytes())
+            .collect();
+        let be: Vec<u8> = text
+            .chars()
+            .flat_map(|c| u32::from(c).to_be_bytes())
+            .collect();
+        assert_eq!(every_chunking(&le, Some(TextEncoding::Utf32Le)).0, text);
+        assert_eq!(every_chunking(&be, Some(TextEncoding::Utf32Be)).0, text);
+        // A surrogate is no character; a file cut inside a unit is broken.
+        let (text, error, _) = every_chunking(b"a\0\0\0\x00\xD8\0\0", Some(TextEncoding::Utf32Le));
+        assert_eq!(
+            (text.as_str(), error),
+            ("a", Some(DecodeError::InvalidUtf32))
+        );
+        let (_, error, _) = every_chunking(b"a\0\0\0b\0", Some(TextEncoding::Utf32Le));
+        assert_eq!(error, Some(DecodeError::InvalidUtf32));
+    }
+
+    #[test]
     fn byte_order_marks_are_recognised() {
         assert_eq!(
             sniff_bom(b"\xEF\xBB\xBFemail"),
@@ -442,6 +537,14 @@ mod tests {
         assert_eq!(
             sniff_bom(b"\xFE\xFF\x00e"),
             Some((TextEncoding::Utf16Be, 2))
+        );
+        assert_eq!(
+            sniff_bom(b"\xFF\xFE\0\0e\0\0\0"),
+            Some((TextEncoding::Utf32Le, 4))
+        );
+        assert_eq!(
+            sniff_bom(b"\0\0\xFE\xFF\0\0\0e"),
+            Some((TextEncoding::Utf32Be, 4))
         );
         assert_eq!(sniff_bom(b"email"), None);
     }

@@ -1,17 +1,21 @@
 //! The import layer's errors, and the one mapping of the store's errors into them, so that the
 //! gRPC layer sees only these and maps each to a status code.
 
-use crate::domain::{AccountId, ArgumentError, ImportId};
+use crate::domain::{AccountId, ArgumentError, ImportId, ImportStatus};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{0}")]
     InvalidArgument(#[from] ArgumentError),
-    #[error("import '{import_id}' already exists in account '{account_id}'")]
+    /// The id is taken: a retry of an upload that reached the server before. Says how that
+    /// import ended, so that a client can tell "already done" from "already failed".
+    #[error("{}", already_exists(account_id, import_id, *status))]
     AlreadyExists {
         account_id: AccountId,
         import_id: ImportId,
+        /// The existing import's status, when it could be read.
+        status: Option<ImportStatus>,
     },
     #[error("import '{import_id}' was not found in account '{account_id}'")]
     NotFound {
@@ -59,5 +63,33 @@ impl From<StoreError> for ImportError {
             | StoreError::Corrupt(_)
             | StoreError::Database(_)) => ImportError::Internal(e.detail()),
         }
+    }
+}
+
+fn already_exists(
+    account_id: &AccountId,
+    import_id: &ImportId,
+    status: Option<ImportStatus>,
+) -> String {
+    let head = format!("import '{import_id}' already exists in account '{account_id}'");
+    match status {
+        None => format!("{head}; look it up with GetImport"),
+        Some(ImportStatus::Processing) => format!(
+            "{head} and is still running; follow it with WatchImport, and if it fails, upload \
+             the file again with a new import_id"
+        ),
+        Some(
+            status @ (ImportStatus::CompletedSuccess
+            | ImportStatus::CompletedPartial
+            | ImportStatus::CompletedNothingToImport),
+        ) => format!(
+            "{head} and completed ({}): the file was imported, nothing more to do",
+            status.as_str()
+        ),
+        Some(status @ (ImportStatus::ErrorParsing | ImportStatus::ErrorUnknown)) => format!(
+            "{head} and ended in {}, with nothing imported; to import the file, upload it again \
+             with a new import_id",
+            status.as_str()
+        ),
     }
 }

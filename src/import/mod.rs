@@ -36,7 +36,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AccountId, Import, ImportId, ImportKey};
+use crate::domain::{AccountId, Counters, Import, ImportId, ImportKey};
+pub use crate::store::ImportCursor;
 use crate::store::{Store, StoredRowError};
 pub use error::ImportError;
 pub use pipeline::ImportConfig;
@@ -52,6 +53,26 @@ const POLL_FALLBACK: Duration = Duration::from_secs(1);
 /// Reads of the store a watcher may fail in a row (about 5 s) before its stream ends with
 /// the error.
 const WATCH_FAILURES: u32 = 20;
+
+/// Whether counters `a` are further along than `b`: two snapshots of one upload's stored
+/// progress, each counter of which only grows.
+fn later(a: &Counters, b: &Counters) -> bool {
+    let a = [
+        a.bytes_received,
+        a.rows_processed,
+        a.rows_imported,
+        a.rows_failed,
+        a.row_errors_omitted,
+    ];
+    let b = [
+        b.bytes_received,
+        b.rows_processed,
+        b.rows_imported,
+        b.rows_failed,
+        b.row_errors_omitted,
+    ];
+    a.iter().zip(&b).all(|(x, y)| x >= y) && a != b
+}
 
 /// The entry point of the import layer, shared by every request.
 #[derive(Clone)]
@@ -144,6 +165,13 @@ impl Importer {
         }
     }
 
+    /// Lets go of the database, once nothing runs on it any more.
+    pub async fn close(&self) {
+        if let Ok(store) = self.store() {
+            store.close().await;
+        }
+    }
+
     /// Whether new uploads can be taken: the database answers, and can be written. After a
     /// write fault (a full disk) this writes as much as a batch, rolled back, until that works.
     pub async fn ready(&self) -> Result<(), ImportError> {
@@ -190,17 +218,15 @@ impl Importer {
         Ok(self.store()?.list_row_errors(key, after, limit).await?)
     }
 
-    /// The account's imports, newest first.
+    /// The account's imports, newest first (by `create_time`, ties by `import_id`), after
+    /// `after` when given.
     pub async fn list(
         &self,
         account_id: &AccountId,
-        before: Option<ImportKey>,
+        after: Option<&ImportCursor>,
         limit: u32,
     ) -> Result<Vec<Import>, ImportError> {
-        let imports = self
-            .store()?
-            .list_imports(account_id, before, limit)
-            .await?;
+        let imports = self.store()?.list_imports(account_id, after, limit).await?;
         Ok(imports.into_iter().map(|i| self.freshest(i)).collect())
     }
 
@@ -302,7 +328,10 @@ impl Importer {
             return stored;
         }
         match self.inner.hub.snapshot(stored.key) {
-            Some(live) => live,
+            // Both are progress as stored, the live one published just after its batch
+            // committed: take the later, so that answers never go back.
+            Some(live) if !later(&stored.counters, &live.counters) => live,
+            Some(_) => stored,
             None => self.inner.endings.overlay(stored),
         }
     }

@@ -51,6 +51,11 @@ pub enum Record<'a> {
     Unterminated {
         row_number: u64,
     },
+    /// A record past a limit whose every field is empty or white space: a blank row of a wide
+    /// sheet (`,,,,` a thousand times), skipped like any blank row.
+    Blank {
+        row_number: u64,
+    },
 }
 
 /// The unescaped fields of one record, borrowed from the parser.
@@ -79,8 +84,12 @@ impl<'a> Fields<'a> {
     /// A record whose cells are all empty or white space: a blank row of the sheet, which
     /// Excel writes as `,,,,,`.
     pub fn is_blank(&self) -> bool {
-        self.bytes.iter().all(u8::is_ascii_whitespace)
+        is_blank(self.bytes)
     }
+}
+
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
 }
 
 pub struct CsvParser {
@@ -95,6 +104,9 @@ pub struct CsvParser {
     /// Set once the record being read broke a limit: from then on its bytes are written over
     /// the start of the buffers and thrown away.
     oversize: Option<Oversize>,
+    /// Bytes of the record being read that were thrown away held something besides white
+    /// space: the record is not blank.
+    discarded_text: bool,
     /// No byte of the next record has been seen yet: line breaks here are blank rows.
     at_record_start: bool,
     /// The last byte consumed was a CR, so an LF right after it ends the same line.
@@ -122,6 +134,7 @@ impl CsvParser {
             ends: vec![0; INITIAL_FIELDS.min(limits.max_fields).max(1)],
             nend: 0,
             oversize: None,
+            discarded_text: false,
             at_record_start: true,
             after_cr: false,
             rows_before: 0,
@@ -220,10 +233,12 @@ impl CsvParser {
     ) -> Result<(), E> {
         self.rows_before += 1;
         let row_number = self.rows_before;
+        let blank = !self.discarded_text && is_blank(&self.out[..self.nout]);
         let record = match self.oversize.take() {
             // An odd number of quotes in a record cut short: the parser may be inside a quoted
             // value, and every row boundary after this one is in doubt.
             Some(_) if self.odd_quotes => Record::Unterminated { row_number },
+            Some(_) if blank => Record::Blank { row_number },
             Some(reason) => Record::Oversized { row_number, reason },
             None => Record::Fields(Fields {
                 row_number,
@@ -239,6 +254,7 @@ impl CsvParser {
     fn reset_record(&mut self, ended_with_cr: bool) {
         self.nout = 0;
         self.nend = 0;
+        self.discarded_text = false;
         self.at_record_start = true;
         self.after_cr = ended_with_cr;
         self.odd_quotes = false;
@@ -282,6 +298,7 @@ impl CsvParser {
             self.out.resize(len, 0);
         } else {
             self.oversize.get_or_insert(Oversize::TooLong);
+            self.discarded_text |= !is_blank(&self.out[..self.nout]);
             self.nout = 0;
         }
     }
@@ -307,6 +324,7 @@ mod tests {
         Row(u64, Vec<String>),
         Skipped(u64, Oversize),
         Unterminated(u64),
+        Blank(u64),
     }
 
     fn parse_in_chunks(input: &[u8], chunk: usize, limits: Limits) -> Vec<Seen> {
@@ -322,6 +340,7 @@ mod tests {
                 ),
                 Record::Oversized { row_number, reason } => Seen::Skipped(row_number, reason),
                 Record::Unterminated { row_number } => Seen::Unterminated(row_number),
+                Record::Blank { row_number } => Seen::Blank(row_number),
             });
             Ok(())
         };
@@ -412,6 +431,33 @@ mod tests {
         assert_eq!(
             every_chunking(b"a,b\nx,5\" tall", limits),
             vec![row(1, &["a", "b"]), row(2, &["x", "5\" tall"])]
+        );
+    }
+
+    #[test]
+    fn a_blank_row_is_blank_at_any_width() {
+        let limits = Limits {
+            max_record_bytes: 16,
+            max_fields: 4,
+        };
+        let wide = format!("a,b\n{}\n{}\nc,d\n", ",".repeat(50), " ,".repeat(50));
+        assert_eq!(
+            every_chunking(wide.as_bytes(), limits),
+            vec![
+                row(1, &["a", "b"]),
+                Seen::Blank(2),
+                Seen::Blank(3),
+                row(4, &["c", "d"]),
+            ]
+        );
+        // Text anywhere in a wide row makes it a row, whichever limit it breaks.
+        let text = format!("a,b\n{}x{}\n", ",".repeat(10), " ".repeat(40));
+        assert_eq!(
+            every_chunking(text.as_bytes(), limits),
+            vec![
+                row(1, &["a", "b"]),
+                Seen::Skipped(2, Oversize::TooManyFields)
+            ]
         );
     }
 

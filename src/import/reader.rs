@@ -8,7 +8,7 @@ use super::decoder::{Decoder, Stop};
 use super::delimiter::{blank_lines_before, detect_delimiter, has_first_line};
 use super::parser::{CsvParser, Limits, Oversize, Record};
 use super::validator::{Header, InvalidText};
-use crate::domain::{ErrorCode, NewUser, RowError, TextFormat};
+use crate::domain::{ErrorCode, FailedRow, NewUser, RowError, TextFormat};
 
 /// Decoded text kept to find the delimiter, at most: the first line of a file is its header,
 /// and a header line longer than this is not one.
@@ -18,7 +18,7 @@ const MAX_HEADER_LINE: usize = 64 * 1024;
 pub trait RowSink {
     fn user(&mut self, row_number: u64, user: &NewUser<'_>);
     /// A row that failed, with every error it has.
-    fn failed(&mut self, errors: Vec<RowError>);
+    fn failed(&mut self, row: FailedRow<'_>);
 }
 
 /// Why a file cannot be read on.
@@ -205,6 +205,7 @@ impl Rows<'_> {
                      written twice: \"\")"
                 )));
             }
+            Record::Blank { .. } => return Ok(()),
             Record::Oversized { row_number, reason } => {
                 if self.header.is_none() {
                     return Err(ReadError::Parsing(format!(
@@ -228,7 +229,9 @@ impl Rows<'_> {
                         ),
                     ),
                 };
-                sink.failed(vec![RowError::new(row_number, None, code, message, "")]);
+                sink.failed(FailedRow::with_errors(vec![RowError::new(
+                    row_number, None, code, message, "",
+                )]));
                 return Ok(());
             }
         };
@@ -243,7 +246,7 @@ impl Rows<'_> {
         let row = header.row(&fields).map_err(invalid_text)?;
         match NewUser::try_from(row) {
             Ok(user) => sink.user(fields.row_number, &user),
-            Err(errors) => sink.failed(errors),
+            Err(failed) => sink.failed(failed),
         }
         Ok(())
     }
@@ -292,7 +295,8 @@ pub mod check {
             ));
         }
 
-        fn failed(&mut self, errors: Vec<RowError>) {
+        fn failed(&mut self, row: FailedRow<'_>) {
+            let errors = row.errors;
             let codes: Vec<String> = errors
                 .iter()
                 .map(|e| format!("{}:{}", e.column.map_or("", |c| c.name()), e.code.as_str()))
@@ -399,6 +403,8 @@ mod tests {
             1 => Just(b"\xEF\xBB\xBF".to_vec()),
             1 => Just(b"\xFF\xFE".to_vec()),
             1 => Just(b"\xFE\xFF".to_vec()),
+            1 => Just(b"\xFF\xFE\0\0".to_vec()),
+            1 => Just(b"\0\0\xFE\xFF".to_vec()),
             2 => Just(b"email,first_name,role\n".to_vec()),
         ];
         (start, body).prop_map(|(a, b)| [a, b].concat())

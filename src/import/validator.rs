@@ -4,8 +4,9 @@
 use std::str::Utf8Error;
 
 use crate::domain::email::EmailError;
+use crate::domain::text::trim_cell;
 use crate::domain::user::{TextError, parse_text};
-use crate::domain::{Column, Email, NewUser, Role, RowError};
+use crate::domain::{Column, Email, FailedRow, NewUser, Role, RowError};
 
 use super::parser::Fields;
 
@@ -152,25 +153,24 @@ pub struct CsvRow<'a> {
 }
 
 impl<'a> CsvRow<'a> {
+    /// A cell without the spaces and invisible characters at its ends.
     fn value(&self, column: Column) -> &'a str {
-        self.values[column as usize].trim()
+        trim_cell(self.values[column as usize])
     }
 }
 
-/// Every error of one row, in column order.
-pub type RowErrors = Vec<RowError>;
-
 impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
-    type Error = RowErrors;
+    /// Every error of the row, in column order, with its values that are valid.
+    type Error = FailedRow<'a>;
 
     fn try_from(row: CsvRow<'a>) -> Result<Self, Self::Error> {
         let n = row.row_number;
         if row.field_count != row.header_width {
-            return Err(vec![RowError::field_count(
+            return Err(FailedRow::with_errors(vec![RowError::field_count(
                 n,
                 row.header_width,
                 row.field_count,
-            )]);
+            )]));
         }
         let mut errors = Vec::new();
 
@@ -194,6 +194,11 @@ impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
                 errors.push(RowError::invalid_email(n, email_value, reason));
                 None
             }
+            Err(EmailError::Invisible(invisible)) => {
+                let reason = format!("it has an invisible character, {invisible}; retype it");
+                errors.push(RowError::invalid_email(n, email_value, &reason));
+                None
+            }
         };
 
         let mut text = |column: Column| -> &'a str {
@@ -206,6 +211,10 @@ impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
                 }
                 Err(TextError::ControlCharacter) => {
                     errors.push(RowError::control_character(n, column, value));
+                    ""
+                }
+                Err(TextError::Invisible(invisible)) => {
+                    errors.push(RowError::invisible_character(n, column, value, invisible));
                     ""
                 }
             }
@@ -226,6 +235,7 @@ impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
             errors.insert(at, RowError::invalid_role(n, role_value));
         }
 
+        let external_id = (!external_id.is_empty()).then_some(external_id);
         match (email, role) {
             (Some(email), Some(role)) if errors.is_empty() => Ok(NewUser {
                 email,
@@ -233,9 +243,13 @@ impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
                 last_name,
                 role,
                 job_title,
-                external_id: (!external_id.is_empty()).then_some(external_id),
+                external_id,
             }),
-            _ => Err(errors),
+            (email, _) => Err(FailedRow {
+                errors,
+                email,
+                external_id,
+            }),
         }
     }
 }
@@ -270,7 +284,8 @@ mod tests {
                             u.job_title,
                             u.external_id
                         )),
-                        Err(errors) => Err(errors
+                        Err(failed) => Err(failed
+                            .errors
                             .into_iter()
                             .map(|e| {
                                 (

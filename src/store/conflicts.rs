@@ -46,7 +46,7 @@ pub(crate) fn holders_by_value(rows: Vec<HolderRow>) -> HashMap<String, Holder> 
         .collect()
 }
 
-/// The row error for a valid row the unique indexes refused.
+/// The row error for a value held by someone else.
 fn conflict_error(
     key: ImportKey,
     row_number: u64,
@@ -66,8 +66,33 @@ fn conflict_error(
     }
 }
 
-/// The row errors of the batch users (by index) that the unique indexes refused, given who
-/// holds each refused email and external id.
+/// The values whose holders a batch must know: those of the users the unique indexes refused,
+/// and the valid ones of its failed rows. Emails, then external ids.
+pub(crate) fn looked_up<'b>(
+    batch: &'b UserBatch,
+    refused: &[usize],
+) -> (Vec<&'b str>, Vec<&'b str>) {
+    let users = refused.iter().map(|&i| batch.user(i));
+    let mut emails: Vec<&str> = users.clone().map(|u| u.email).collect();
+    let mut ids: Vec<&str> = users.filter_map(|u| u.external_id).collect();
+    for probe in batch.probes() {
+        emails.extend(probe.email.map(|(normalised, _)| normalised));
+        ids.extend(probe.external_id);
+    }
+    (emails, ids)
+}
+
+/// The row errors for values held by someone else, in file order (a row's email before its
+/// external id), exactly as a reading of the file row by row gives them:
+///
+/// - a value counts as held by another import's user, or by a row of this import that comes
+///   *before* the row in the file. The lookup runs after the whole batch was inserted, so it
+///   also finds later rows of this import that took a value the row would have held, had it
+///   been imported: those are not its conflicts;
+/// - a refused user gets an error for each value so held (at least one, since the unique
+///   indexes refused it; when its holder went away in between, the email is the likelier
+///   culprit);
+/// - a failed row gets one for each of its valid values so held, beside its validation errors.
 pub(crate) fn refusals(
     key: ImportKey,
     batch: &UserBatch,
@@ -75,35 +100,67 @@ pub(crate) fn refusals(
     by_email: &HashMap<String, Holder>,
     by_external_id: &HashMap<String, Holder>,
 ) -> Vec<RowError> {
+    let earlier = |holders: &HashMap<String, Holder>, value: &str, row: u64| {
+        holders
+            .get(value)
+            .filter(|h| h.import_key != key || h.source_row < row)
+            .cloned()
+    };
     let mut errors = Vec::with_capacity(refused.len());
     for &i in refused {
         let user = batch.user(i);
-        let email_holder = by_email.get(user.email).cloned();
+        let row = user.row_number;
+        let email_holder = earlier(by_email, user.email, row);
         let id_holder = user
             .external_id
-            .and_then(|id| by_external_id.get(id).cloned());
-        // When neither is found, the holder went away in between (another import ended):
-        // the row still was not imported, and the email is the likelier culprit.
+            .and_then(|id| earlier(by_external_id, id, row));
         if email_holder.is_some() || id_holder.is_none() {
-            let value = user.email_as_written;
             errors.push(conflict_error(
                 key,
-                user.row_number,
+                row,
                 Column::Email,
-                value,
+                user.email_as_written,
                 email_holder,
             ));
         }
         if let (Some(id), Some(holder)) = (user.external_id, id_holder) {
             errors.push(conflict_error(
                 key,
-                user.row_number,
+                row,
                 Column::ExternalId,
                 id,
                 Some(holder),
             ));
         }
     }
+    for probe in batch.probes() {
+        let row = probe.row_number;
+        if let Some((email, as_written)) = probe.email
+            && let Some(holder) = earlier(by_email, email, row)
+        {
+            errors.push(conflict_error(
+                key,
+                row,
+                Column::Email,
+                as_written,
+                Some(holder),
+            ));
+        }
+        if let Some(id) = probe.external_id
+            && let Some(holder) = earlier(by_external_id, id, row)
+        {
+            errors.push(conflict_error(
+                key,
+                row,
+                Column::ExternalId,
+                id,
+                Some(holder),
+            ));
+        }
+    }
+    // Refused users and failed rows, each in file order: one file order. Stable, so that a
+    // row's email stays before its external id.
+    errors.sort_by_key(|e| e.row_number);
     errors
 }
 
@@ -149,6 +206,73 @@ mod tests {
                 (9, ErrorCode::AlreadyExists),
             ]
         );
+    }
+
+    fn user<'a>(email: &'a str, external_id: Option<&'a str>) -> crate::domain::NewUser<'a> {
+        crate::domain::NewUser {
+            email: crate::domain::Email::parse(email).unwrap(),
+            first_name: "",
+            last_name: "",
+            role: crate::domain::Role::Member,
+            job_title: "",
+            external_id,
+        }
+    }
+
+    fn held(import_key: ImportKey, source_row: u64) -> Holder {
+        Holder {
+            import_key,
+            source_row,
+            running_import: None,
+        }
+    }
+
+    #[test]
+    fn a_value_taken_by_a_later_row_is_no_conflict_of_an_earlier_one() {
+        // a@x.com,E1 / a@x.com,E2 / c@x.com,E2: row 3 is refused for its email; row 4 then
+        // takes E2, which row 3 never held.
+        let mut batch = UserBatch::with_capacity(3);
+        batch.push_user(2, &user("a@x.com", Some("E1")));
+        batch.push_user(3, &user("a@x.com", Some("E2")));
+        batch.push_user(4, &user("c@x.com", Some("E2")));
+        let by_email = HashMap::from([("a@x.com".to_owned(), held(7, 2))]);
+        let by_id = HashMap::from([("E2".to_owned(), held(7, 4))]);
+        let errors = refusals(7, &batch, &[1], &by_email, &by_id);
+        let seen: Vec<_> = errors
+            .iter()
+            .map(|e| (e.row_number, e.column, e.code))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(3, Some(Column::Email), ErrorCode::DuplicateInFile)]
+        );
+        assert!(errors[0].message.contains("row 2"));
+    }
+
+    #[test]
+    fn a_failed_row_is_told_of_its_held_values_too() {
+        let mut batch = UserBatch::with_capacity(2);
+        batch.push_user(2, &user("a@x.com", Some("E1")));
+        batch.push_failed_row(crate::domain::FailedRow {
+            errors: vec![RowError::invalid_role(3, "boss")],
+            email: Some(crate::domain::Email::parse("A@x.com").unwrap()),
+            external_id: Some("E1"),
+        });
+        let by_email = HashMap::from([("a@x.com".to_owned(), held(7, 2))]);
+        let by_id = HashMap::from([("E1".to_owned(), held(3, 9))]);
+        let errors = refusals(7, &batch, &[], &by_email, &by_id);
+        let seen: Vec<_> = errors
+            .iter()
+            .map(|e| (e.row_number, e.column, e.code))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (3, Some(Column::Email), ErrorCode::DuplicateInFile),
+                (3, Some(Column::ExternalId), ErrorCode::AlreadyExists),
+            ]
+        );
+        assert_eq!(errors[0].value, "A@x.com");
     }
 
     #[test]

@@ -96,6 +96,25 @@ impl Conclusion {
     }
 }
 
+/// Where a page of the Imports list starts: after this import, in the list's order (newest
+/// `create_time` first, ties by `import_id`, also descending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportCursor {
+    /// `create_time` in microseconds since the Unix epoch, as stored.
+    pub create_micros: i64,
+    pub import_id: String,
+}
+
+impl ImportCursor {
+    /// The cursor of the page that follows `import`.
+    pub fn after(import: &Import) -> Self {
+        Self {
+            create_micros: codec::micros(import.create_time),
+            import_id: import.import_id.to_string(),
+        }
+    }
+}
+
 /// A stored row error with its position, for paging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRowError {
@@ -143,6 +162,10 @@ pub trait Store: Send + Sync + 'static {
     /// The fault that made a write fail (a full disk, a failing disk, a read-only database),
     /// until `probe_write` shows it gone. Readiness and new uploads follow it.
     fn fault(&self) -> Option<Fault>;
+
+    /// Lets go of the database at the end of a graceful shutdown: connections closed, and for
+    /// SQLite the file's lock released, so that another server may open it.
+    async fn close(&self);
 
     /// Whether the database can take a batch again after a fault: writes as much as a batch
     /// needs and rolls it back, and clears the fault when that works.
@@ -197,11 +220,12 @@ pub trait Store: Send + Sync + 'static {
         import_id: &ImportId,
     ) -> Result<Option<Import>, StoreError>;
 
-    /// The account's imports, newest first, after `before` (an import key) when given.
+    /// The account's imports, newest first (by `create_time`, ties by `import_id`), after
+    /// `after` when given.
     async fn list_imports(
         &self,
         account_id: &AccountId,
-        before: Option<ImportKey>,
+        after: Option<&ImportCursor>,
         limit: u32,
     ) -> Result<Vec<Import>, StoreError>;
 

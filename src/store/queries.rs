@@ -5,7 +5,7 @@
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::codec::{ImportRow, RowErrorColumns};
-use super::{StoreError, StoredRowError};
+use super::{ImportCursor, StoreError, StoredRowError};
 use crate::domain::{AccountId, Import, ImportId, ImportKey};
 
 pub(crate) async fn get_import<'c, DB: Database>(
@@ -28,11 +28,14 @@ where
     row.map(Import::try_from).transpose()
 }
 
+/// The Imports list. `time_param` is how the backend writes a `create_time` from the cursor's
+/// microseconds, bound as `$2`.
 pub(crate) async fn list_imports<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
     columns: &str,
+    time_param: &str,
     account_id: &AccountId,
-    before: Option<ImportKey>,
+    after: Option<&ImportCursor>,
     limit: u32,
 ) -> Result<Vec<Import>, StoreError>
 where
@@ -41,16 +44,31 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
 {
-    let sql = format!(
-        "SELECT {columns} FROM imports WHERE account_id = $1 AND import_key < $2 \
-         ORDER BY import_key DESC LIMIT $3"
-    );
-    let rows: Vec<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(account_id.as_str())
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(executor)
-        .await?;
+    let order = "ORDER BY create_time DESC, import_id DESC";
+    let rows: Vec<ImportRow> = match after {
+        None => {
+            let sql =
+                format!("SELECT {columns} FROM imports WHERE account_id = $1 {order} LIMIT $2");
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(account_id.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(executor)
+                .await?
+        }
+        Some(cursor) => {
+            let sql = format!(
+                "SELECT {columns} FROM imports WHERE account_id = $1 \
+                 AND (create_time, import_id) < ({time_param}, $3) {order} LIMIT $4"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(account_id.as_str())
+                .bind(cursor.create_micros)
+                .bind(cursor.import_id.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(executor)
+                .await?
+        }
+    };
     rows.into_iter().map(Import::try_from).collect()
 }
 

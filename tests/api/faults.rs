@@ -183,6 +183,8 @@ backend_tests! {
 
         let away = Away::start(&app, backend).await;
         upload.tx.send(finish_message(finish())).await.unwrap();
+        // The stream ends after finish: that commits the import.
+        drop(upload.tx);
         let reply = upload.call.await.unwrap().unwrap_err();
         assert_eq!(reply.code(), Code::Unavailable, "{reply:?}");
         assert!(reply.message().contains("could not be completed"), "{}", reply.message());

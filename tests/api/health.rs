@@ -73,6 +73,8 @@ backend_tests! {
 
         // The running upload may still finish within the grace period.
         upload.tx.send(finish_message(finish())).await.unwrap();
+        // The stream ends after finish: that commits the import.
+        drop(upload.tx);
         let import = upload.call.await.unwrap().unwrap();
         assert_eq!(
             status(&import),

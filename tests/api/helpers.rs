@@ -108,6 +108,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         log_format: LogFormat::Text,
         sqlite_busy_timeout_ms: 30_000,
         sqlite_max_pages: None,
+        batch_rows: None,
     }
 }
 

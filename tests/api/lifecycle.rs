@@ -253,6 +253,8 @@ backend_tests! {
 
         for (id, upload) in quiet {
             upload.tx.send(finish_message(finish())).await.unwrap();
+            // The stream ends after finish: that commits the import.
+            drop(upload.tx);
             let import = upload.call.await.unwrap().unwrap();
             assert_eq!(status(&import), ImportStatus::CompletedSuccess, "{id}");
             assert_eq!(import.rows_imported, 200, "{id}");

@@ -9,10 +9,15 @@ mod memory;
 mod queries;
 mod rejections;
 mod replicas;
+mod row_by_row;
 mod store;
 mod tools;
 mod upload;
 mod watch;
+
+/// The reference model of an import, shared with the fuzz target.
+#[path = "../model/mod.rs"]
+mod model;
 
 /// Shared with the benchmark: the server process, the upload client, the loaders, the
 /// generator.

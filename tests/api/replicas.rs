@@ -229,6 +229,8 @@ async fn the_service_rides_out_the_database_going_away() {
         }
     }
     let _ = upload.tx.send(finish_message(finish())).await;
+    // The stream ends after finish: that commits the import.
+    drop(upload.tx);
     let reply = upload.call.await.unwrap().unwrap_err();
     assert_eq!(reply.code(), tonic::Code::Unavailable, "{reply:?}");
     wait_readiness(&app, ServingStatus::NotServing).await;

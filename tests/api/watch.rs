@@ -61,6 +61,8 @@ backend_tests! {
             upload.tx.send(chunk(piece)).await.unwrap();
         }
         upload.tx.send(finish_message(finish())).await.unwrap();
+        // The stream ends after finish: that commits the import.
+        drop(upload.tx);
         let finished = upload.call.await.unwrap().unwrap();
 
         let mut last = running;
@@ -111,6 +113,8 @@ backend_tests! {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         upload.tx.send(finish_message(finish())).await.unwrap();
+        // The stream ends after finish: that commits the import.
+        drop(upload.tx);
         upload.call.await.unwrap().unwrap();
         let arrivals = watcher.await.unwrap();
 
@@ -170,6 +174,8 @@ backend_tests! {
             upload.tx.send(chunk(piece)).await.unwrap();
         }
         upload.tx.send(finish_message(finish())).await.unwrap();
+        // The stream ends after finish: that commits the import.
+        drop(upload.tx);
         let finished = tokio::time::timeout(Duration::from_secs(30), upload.call)
             .await
             .expect("the upload is not held back by watchers")

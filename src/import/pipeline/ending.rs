@@ -241,7 +241,8 @@ impl Ending<'_> {
             ),
             Cause::Protocol(e) => (
                 unknown(&format!(
-                    "the upload was malformed ({e}), so nothing was imported"
+                    "the upload was malformed ({}), so nothing was imported",
+                    e.described()
                 )),
                 Reply::Error(e.into()),
             ),

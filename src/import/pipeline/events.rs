@@ -16,7 +16,7 @@ pub enum UploadEvent {
 }
 
 impl UploadEvent {
-    fn name(&self) -> &'static str {
+    pub(super) fn name(&self) -> &'static str {
         match self {
             UploadEvent::Metadata(_) => "metadata",
             UploadEvent::Chunk(_) => "chunk",

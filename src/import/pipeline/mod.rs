@@ -38,7 +38,7 @@ use super::error::ImportError;
 use super::parser;
 use super::progress::ProgressHub;
 use super::reader::{FileReader, ReadError, RowSink};
-use crate::domain::{ArgumentError, Import, NewUser, RowError, UserBatch};
+use crate::domain::{ArgumentError, FailedRow, Import, NewUser, UserBatch};
 use crate::store::{Batching, Store, StoreError};
 use ending::{Cause, Ending, Endings};
 use events::{FinishCheck, StreamError, UploadEvent};
@@ -56,6 +56,9 @@ pub struct ImportConfig {
     /// Row errors stored per import; the counters stay exact beyond it.
     pub max_stored_row_errors: u64,
     pub record_limits: parser::Limits,
+    /// Rows per batch instead of the store's choice: tests use small batches to show that
+    /// batch boundaries change nothing.
+    pub batch_rows: Option<usize>,
 }
 
 impl Default for ImportConfig {
@@ -64,6 +67,7 @@ impl Default for ImportConfig {
             max_upload_bytes: 200 * 1024 * 1024,
             max_stored_row_errors: 100_000,
             record_limits: parser::Limits::default(),
+            batch_rows: None,
         }
     }
 }
@@ -94,9 +98,15 @@ where
     let import = match ctx.store.create_import(&new).await {
         Ok(import) => import,
         Err(StoreError::AlreadyExists) => {
+            // A retry: say how the first try ended (as this server knows it best).
+            let status = match ctx.store.get_import(&new.account_id, &new.import_id).await {
+                Ok(Some(existing)) => Some(ctx.endings.overlay(existing).status),
+                _ => None,
+            };
             return Err(ImportError::AlreadyExists {
                 account_id: new.account_id,
                 import_id: new.import_id,
+                status,
             });
         }
         Err(e) => return Err(e.into()),
@@ -162,8 +172,8 @@ impl RowSink for BatchSink<'_> {
         self.rows += 1;
     }
 
-    fn failed(&mut self, errors: Vec<RowError>) {
-        self.batch.push_failed_row(errors);
+    fn failed(&mut self, row: FailedRow<'_>) {
+        self.batch.push_failed_row(row);
         self.rows += 1;
         self.failed += 1;
     }
@@ -185,18 +195,26 @@ impl<'a> Upload<'a> {
             batch: UserBatch::default(),
             permit: None,
             writer: Some(writer),
-            batching: ctx.store.batching(),
+            batching: {
+                let mut batching = ctx.store.batching();
+                if let Some(rows) = ctx.config.batch_rows {
+                    batching.rows = rows.max(1);
+                }
+                batching
+            },
             last_flush: tokio::time::Instant::now(),
         }
     }
 
     /// Reads the stream up to its finish message, parsing and handing batches to the writer as
     /// chunks arrive, and checks the file against that message. Returns why it stopped:
-    /// `Completed` once every row was read and handed over.
+    /// `Completed` once every row was read and handed over and the stream ended after the
+    /// finish message, which must be the last.
     async fn receive<S>(&mut self, events: &mut S) -> Cause
     where
         S: Stream<Item = Result<UploadEvent, StreamError>> + Unpin,
     {
+        let mut finished = false;
         loop {
             // A batch that waits while the client is slow is written anyway once due.
             let flush_at = self
@@ -225,13 +243,27 @@ impl<'a> Upload<'a> {
                 }
                 event = events.next() => event,
             };
+            if finished {
+                return match event {
+                    None => Cause::Completed,
+                    Some(Ok(late)) => Cause::Protocol(ArgumentError::new(
+                        "finish",
+                        format!(
+                            "finish must be the last message of an upload, but a {} message \
+                             came after it; send the file again, ending with finish",
+                            late.name()
+                        ),
+                    )),
+                    Some(Err(StreamError::Invalid(e))) => Cause::Protocol(e),
+                    Some(Err(StreamError::Transport(e))) => Cause::Broken(e),
+                };
+            }
             let step = match event {
                 Some(Ok(UploadEvent::Chunk(chunk))) => self.chunk(&chunk).await,
                 Some(Ok(UploadEvent::Finish(check))) => {
-                    return match self.finish(&check).await {
-                        Ok(()) => Cause::Completed,
-                        Err(cause) => cause,
-                    };
+                    // Committed once the stream ends: nothing may follow.
+                    finished = true;
+                    self.finish(&check).await
                 }
                 Some(Ok(UploadEvent::Metadata(_))) => Err(Cause::Protocol(ArgumentError::new(
                     "metadata",

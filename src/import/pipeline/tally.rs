@@ -1,9 +1,12 @@
 //! The one source of an upload's counters.
 //!
 //! The reader adds what it read, the writer task what each committed batch did; everything
-//! else is read from here: the live view that `GetImport` and `WatchImport` show, the progress
-//! stored with each batch, the stored ending, and so the response. Every change is published
-//! to the live view under the same lock, so that the view never goes back.
+//! else is read from here: the progress stored with each batch, the live view that `GetImport`
+//! and `WatchImport` show, the stored ending, and so the response.
+//!
+//! The live view is the progress as stored with the last committed batch, not the reader's
+//! count, which runs ahead of it: another replica answers from the store, and a client polling
+//! both must never see the counters go back.
 
 use std::sync::{Arc, Mutex};
 
@@ -56,23 +59,28 @@ impl Tally {
         failed: u64,
         format: Option<TextFormat>,
     ) {
-        self.change(|counts| {
-            let c = &mut counts.counters;
-            c.bytes_received = bytes_received;
-            c.rows_processed += rows;
-            c.rows_failed += failed;
-            if format.is_some() {
-                counts.format = format;
-            }
-        });
+        let mut counts = self.lock();
+        let c = &mut counts.counters;
+        c.bytes_received = bytes_received;
+        c.rows_processed += rows;
+        c.rows_failed += failed;
+        if format.is_some() {
+            counts.format = format;
+        }
     }
 
-    /// A batch committed.
-    pub(super) fn written(&self, outcome: &BatchOutcome) {
-        self.change(|counts| {
-            counts.counters = outcome.applied_to(counts.counters);
-            counts.errors_stored += outcome.errors_stored;
-        });
+    /// A batch committed, with `stored` as the progress stored with it: that is what the live
+    /// view shows from now on.
+    pub(super) fn written(
+        &self,
+        outcome: &BatchOutcome,
+        stored: Counters,
+        format: Option<TextFormat>,
+    ) {
+        let mut counts = self.lock();
+        counts.counters = outcome.applied_to(counts.counters);
+        counts.errors_stored += outcome.errors_stored;
+        self.shared.live.publish(stored, format);
     }
 
     /// Where the next batch stands, for a cap of `max_stored_errors` row errors per import.
@@ -91,12 +99,6 @@ impl Tally {
 
     pub(super) fn format(&self) -> Option<TextFormat> {
         self.lock().format
-    }
-
-    fn change(&self, change: impl FnOnce(&mut Counts)) {
-        let mut counts = self.lock();
-        change(&mut counts);
-        self.shared.live.publish(counts.counters, counts.format);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {

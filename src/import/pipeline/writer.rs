@@ -57,7 +57,7 @@ impl Writer {
                     format,
                 };
                 let outcome = store.write_batch(&target, &batch).await?;
-                tally.written(&outcome);
+                tally.written(&outcome, outcome.applied_to(before.progress), format);
                 drop((batch, memory));
             }
             Ok(())

@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use super::codec::{ImportRow, format_columns};
 use super::error::FaultLatch;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, Fault, Store, StoreError, StoredRowError,
-    queries,
+    BatchOutcome, BatchTarget, Batching, Conclusion, Fault, ImportCursor, Store, StoreError,
+    StoredRowError, queries,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::{Changes, notify};
@@ -115,6 +115,13 @@ impl Store for PostgresStore {
 
     fn fault(&self) -> Option<Fault> {
         self.faults.get()
+    }
+
+    async fn close(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.pool.close().await;
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
@@ -232,10 +239,11 @@ impl Store for PostgresStore {
     async fn list_imports(
         &self,
         account_id: &AccountId,
-        before: Option<ImportKey>,
+        after: Option<&ImportCursor>,
         limit: u32,
     ) -> Result<Vec<Import>, StoreError> {
-        queries::list_imports(&self.pool, IMPORT_COLUMNS, account_id, before, limit).await
+        let time = "(TIMESTAMPTZ 'epoch' + $2 * INTERVAL '1 microsecond')";
+        queries::list_imports(&self.pool, IMPORT_COLUMNS, time, account_id, after, limit).await
     }
 
     async fn list_row_errors(

@@ -20,7 +20,7 @@ use crate::domain::batch::UserRef;
 use crate::domain::{AccountId, Column, ImportKey, RowError, UserBatch};
 use crate::store::codec::format_columns;
 use crate::store::conflicts::{
-    Holder, HolderRow, holder_lookup, holders_by_value, merge_by_row, refusals,
+    Holder, HolderRow, holder_lookup, holders_by_value, looked_up, merge_by_row, refusals,
 };
 use crate::store::{BatchOutcome, BatchTarget, StoreError};
 
@@ -212,10 +212,9 @@ async fn record_batch(
 ) -> Result<Option<BatchOutcome>, sqlx::Error> {
     commit_lazily(conn).await?;
     let mut conflicts = Vec::new();
-    if !refused.is_empty() {
-        let emails = refused.iter().map(|&i| batch.user(i).email);
+    if !refused.is_empty() || batch.probes().len() > 0 {
+        let (emails, ids) = looked_up(batch, refused);
         let by_email = holders(conn, target.account_id, Column::Email, emails).await?;
-        let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
         let by_id = holders(conn, target.account_id, Column::ExternalId, ids).await?;
         conflicts = refusals(target.key, batch, refused, &by_email, &by_id);
     }
@@ -319,13 +318,12 @@ async fn insert_part(
 }
 
 /// Who holds each of `values` in `column` (email or external_id) in the account.
-async fn holders<'v>(
+async fn holders(
     conn: &mut PgConnection,
     account_id: &AccountId,
     column: Column,
-    values: impl Iterator<Item = &'v str>,
+    values: Vec<&str>,
 ) -> Result<HashMap<String, Holder>, sqlx::Error> {
-    let values: Vec<&str> = values.collect();
     if values.is_empty() {
         return Ok(HashMap::new());
     }

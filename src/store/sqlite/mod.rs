@@ -13,6 +13,7 @@
 //! is opened for the next write instead.
 
 mod insert;
+mod lock;
 mod write;
 
 use std::path::PathBuf;
@@ -29,8 +30,8 @@ use sqlx::{Connection, Sqlite, SqliteConnection};
 use super::codec::{ImportRow, format_columns, micros};
 use super::error::FaultLatch;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, Fault, OpenOptions, Store, StoreError,
-    StoredRowError, queries,
+    BatchOutcome, BatchTarget, Batching, Conclusion, Fault, ImportCursor, OpenOptions, Store,
+    StoreError, StoredRowError, queries,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use write::{delete_users, write_batch};
@@ -54,6 +55,8 @@ pub struct SqliteStore {
     /// The database file, whose filesystem's free space the write probe checks.
     path: PathBuf,
     faults: FaultLatch,
+    /// This server's hold on the file, until `close`.
+    lock: std::sync::Mutex<Option<lock::FileLock>>,
 }
 
 impl SqliteStore {
@@ -71,6 +74,12 @@ impl SqliteStore {
             // Statement journals (a multi-row INSERT may need to undo itself) stay in memory.
             .pragma("temp_store", "MEMORY");
         let path = options.get_filename().to_owned();
+        let in_memory = path.as_os_str() == ":memory:";
+        // Before anything is read or written: a second server must not end the first one's
+        // running imports as interrupted.
+        let lock = (!in_memory)
+            .then(|| lock::FileLock::acquire(&path))
+            .transpose()?;
         let mut writer_options = options
             .clone()
             .pragma("cache_size", (-WRITER_CACHE_KIB).to_string());
@@ -95,6 +104,7 @@ impl SqliteStore {
             pool,
             path,
             faults: FaultLatch::default(),
+            lock: std::sync::Mutex::new(lock),
         })
     }
 
@@ -164,14 +174,14 @@ const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename,
 impl Store for SqliteStore {
     /// Large transactions: every commit writes each page it dirtied to the WAL, and random
     /// email-index inserts dirty a page per row or so, so committing every 4,096 rows wrote the
-    /// same index pages to the WAL hundreds of times over. Progress comes from the live
-    /// counters of this (only) replica; a batch is still written after a second when the
-    /// client is slow, so that it does not hold its share of the batch memory (and the rows
-    /// already read) while the client is quiet.
+    /// same index pages to the WAL hundreds of times over. A batch is still written 250 ms
+    /// after the last when the client is slow: progress is what was stored, and watchers are
+    /// promised an update every 500 ms; and a quiet client must not hold its share of the
+    /// batch memory. A fast client fills 32,768 rows sooner than that.
     fn batching(&self) -> Batching {
         Batching {
             rows: 32 * 1024,
-            flush_after: Some(std::time::Duration::from_secs(1)),
+            flush_after: Some(std::time::Duration::from_millis(250)),
         }
     }
 
@@ -182,6 +192,15 @@ impl Store for SqliteStore {
 
     fn fault(&self) -> Option<Fault> {
         self.faults.get()
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(lock) = lock {
+            lock.release();
+        }
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
@@ -350,10 +369,11 @@ impl Store for SqliteStore {
     async fn list_imports(
         &self,
         account_id: &AccountId,
-        before: Option<ImportKey>,
+        after: Option<&ImportCursor>,
         limit: u32,
     ) -> Result<Vec<Import>, StoreError> {
-        queries::list_imports(&self.pool, IMPORT_COLUMNS, account_id, before, limit).await
+        let time = "$2";
+        queries::list_imports(&self.pool, IMPORT_COLUMNS, time, account_id, after, limit).await
     }
 
     async fn list_row_errors(

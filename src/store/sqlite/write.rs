@@ -3,7 +3,7 @@
 //! import's progress. Also the removal of a failed import's users, by the rowid ranges its
 //! batches recorded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
@@ -12,7 +12,7 @@ use super::insert;
 use crate::domain::{AccountId, Column, ImportKey, RowError, UserBatch};
 use crate::store::codec::{format_columns, micros};
 use crate::store::conflicts::{
-    Holder, HolderRow, holder_lookup, holders_by_value, merge_by_row, refusals,
+    Holder, HolderRow, holder_lookup, holders_by_value, looked_up, merge_by_row, refusals,
 };
 use crate::store::{BatchOutcome, BatchTarget, StoreError};
 
@@ -28,12 +28,7 @@ pub(super) async fn write_batch(
     batch: &UserBatch,
 ) -> Result<BatchOutcome, StoreError> {
     let now = micros(SystemTime::now());
-    let conflicts = insert_users(conn, target, batch, now).await?;
-    let conflict_rows = conflicts
-        .iter()
-        .map(|e| e.row_number)
-        .collect::<HashSet<_>>()
-        .len() as u64;
+    let (conflict_rows, conflicts) = insert_users(conn, target, batch, now).await?;
     let errors = merge_by_row(&batch.errors, conflicts);
     let stored = (errors.len() as u64).min(target.error_budget) as usize;
     insert_errors(conn, target.key, target.next_error_seq, &errors[..stored]).await?;
@@ -68,14 +63,14 @@ pub(super) async fn write_batch(
     Ok(outcome)
 }
 
-/// Inserts the batch's users; rows the unique indexes refuse come back as row errors, in row
-/// order.
+/// Inserts the batch's users; returns how many the unique indexes refused, and the row
+/// errors for held values (see `conflicts::refusals`), in row order.
 async fn insert_users(
     conn: &mut SqliteConnection,
     target: &BatchTarget<'_>,
     batch: &UserBatch,
     now: i64,
-) -> Result<Vec<RowError>, StoreError> {
+) -> Result<(u64, Vec<RowError>), StoreError> {
     let inserted = {
         let mut handle = conn.lock_handle().await?;
         let account = target.account_id.as_str();
@@ -100,15 +95,25 @@ async fn insert_users(
         .execute(&mut *conn)
         .await?;
     }
-    let refused = inserted.refused;
-    if refused.is_empty() {
-        return Ok(Vec::new());
+    conflicts(conn, target, batch, &inserted.refused).await
+}
+
+/// The row errors for the values the batch's rows found held, and how many users were
+/// refused.
+async fn conflicts(
+    conn: &mut SqliteConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    refused: &[usize],
+) -> Result<(u64, Vec<RowError>), StoreError> {
+    if refused.is_empty() && batch.probes().len() == 0 {
+        return Ok((0, Vec::new()));
     }
-    let emails = refused.iter().map(|&i| batch.user(i).email);
+    let (emails, ids) = looked_up(batch, refused);
     let by_email = holders(&mut *conn, target.account_id, Column::Email, emails).await?;
-    let ids = refused.iter().filter_map(|&i| batch.user(i).external_id);
     let by_id = holders(&mut *conn, target.account_id, Column::ExternalId, ids).await?;
-    Ok(refusals(target.key, batch, &refused, &by_email, &by_id))
+    let errors = refusals(target.key, batch, refused, &by_email, &by_id);
+    Ok((refused.len() as u64, errors))
 }
 
 /// Deletes the users an import wrote, by the rowid ranges its batches recorded.
@@ -137,13 +142,12 @@ pub(super) async fn delete_users(
 }
 
 /// Who holds each of `values` in `column` (email or external_id) in the account.
-async fn holders<'v>(
+async fn holders(
     conn: &mut SqliteConnection,
     account_id: &AccountId,
     column: Column,
-    values: impl Iterator<Item = &'v str>,
+    values: Vec<&str>,
 ) -> Result<HashMap<String, Holder>, StoreError> {
-    let values: Vec<&str> = values.collect();
     let mut found = HashMap::with_capacity(values.len());
     for part in values.chunks(LOOKUPS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new(holder_lookup(column));

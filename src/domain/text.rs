@@ -1,0 +1,131 @@
+//! Characters a person cannot see in a spreadsheet, and text this service hands back.
+//!
+//! Unicode format characters (general category Cf: the byte order mark, zero-width spaces and
+//! joiners, direction marks, the soft hyphen) are invisible in a cell. At the ends of a cell
+//! they are trimmed like spaces: a BOM left by two Excel files joined together, or a
+//! zero-width space pasted from a web page, must not make `bob@example.com` a second user.
+//! Inside an address or an id they are a row error that names them, since no one could find
+//! them otherwise. Inside names they stay: some scripts need joiners.
+//!
+//! Control characters (NUL, tabs, line breaks...) never leave the service raw: a value shown
+//! in a row error has them as `\u0000` escapes, which PostgreSQL can store (it cannot store
+//! NUL) and a person can read.
+
+use std::fmt::Write;
+
+use unicode_general_category::{GeneralCategory, get_general_category};
+
+/// A Unicode format character (category Cf).
+pub fn is_invisible(c: char) -> bool {
+    // Every Cf character is outside ASCII: skip the table lookup for the common case.
+    !c.is_ascii() && get_general_category(c) == GeneralCategory::Format
+}
+
+/// A cell without the spaces and invisible characters at its ends.
+pub fn trim_cell(value: &str) -> &str {
+    let trimmed = value.trim();
+    let bytes = trimmed.as_bytes();
+    // Cf characters are not ASCII: a cell that starts and ends in ASCII is done.
+    if bytes.first().is_none_or(u8::is_ascii) && bytes.last().is_none_or(u8::is_ascii) {
+        return trimmed;
+    }
+    trimmed.trim_matches(|c: char| c.is_whitespace() || is_invisible(c))
+}
+
+/// The first invisible character of `value`, with its 1-based position in characters.
+pub fn first_invisible(value: &str) -> Option<Invisible> {
+    if value.is_ascii() {
+        return None;
+    }
+    value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| is_invisible(*c))
+        .map(|(i, character)| Invisible {
+            character,
+            position: i + 1,
+        })
+}
+
+/// An invisible character found in a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invisible {
+    pub character: char,
+    /// 1-based, in characters.
+    pub position: usize,
+}
+
+impl std::fmt::Display for Invisible {
+    /// `U+200B ZERO WIDTH SPACE at position 4`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at position {}",
+            character_name(self.character),
+            self.position
+        )
+    }
+}
+
+/// `U+200B ZERO WIDTH SPACE`: the code point and its Unicode name.
+pub fn character_name(c: char) -> String {
+    match unicode_names2::name(c) {
+        Some(name) => format!("U+{:04X} {name}", u32::from(c)),
+        None => format!("U+{:04X}", u32::from(c)),
+    }
+}
+
+/// `value` with its control characters written as `\u0000` escapes. Borrowed when it has none.
+pub fn escape_controls(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut escaped = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if c.is_control() {
+            let _ = write!(escaped, "\\u{:04x}", u32::from(c));
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invisible_characters_are_trimmed_at_the_ends_like_spaces() {
+        assert_eq!(trim_cell("\u{FEFF}bob@example.com"), "bob@example.com");
+        assert_eq!(
+            trim_cell(" \u{200B}bob@example.com\u{200F} "),
+            "bob@example.com"
+        );
+        assert_eq!(trim_cell("\u{00AD}\u{2060}"), "");
+        assert_eq!(trim_cell("  plain  "), "plain");
+        // Inside, they stay for the validator to judge.
+        assert_eq!(trim_cell("bo\u{200B}b"), "bo\u{200B}b");
+    }
+
+    #[test]
+    fn an_invisible_character_is_named_with_its_position() {
+        let found = first_invisible("bob\u{200B}@example.com").unwrap();
+        assert_eq!(found.to_string(), "U+200B ZERO WIDTH SPACE at position 4");
+        assert_eq!(first_invisible("zoë@example.com"), None);
+        assert_eq!(
+            character_name('\u{200F}'),
+            "U+200F RIGHT-TO-LEFT MARK".to_owned()
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("Na\0me"), "Na\\u0000me");
+        assert_eq!(escape_controls("a\tb\u{85}"), "a\\u0009b\\u0085");
+        assert!(matches!(
+            escape_controls("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+}

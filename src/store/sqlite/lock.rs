@@ -1,0 +1,88 @@
+//! One server per SQLite file. A second server on the same file would take the first one's
+//! running imports for interrupted ones at its start, and end them (users deleted). So the
+//! server holds an exclusive lock on a file beside the database for as long as it runs, and
+//! writes its process id in it, so that a second server can say who holds it. The kernel
+//! releases the lock when the process dies, however it dies.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::store::StoreError;
+
+pub(super) struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Takes the lock of the database at `database`: `<database>.lock`.
+    pub(super) fn acquire(database: &Path) -> Result<Self, StoreError> {
+        let mut path = database.as_os_str().to_owned();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        let cannot = |e: std::io::Error| {
+            StoreError::Config(format!("cannot open the lock file {}: {e}", path.display()))
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(cannot)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "another process".to_owned(),
+                    pid => format!("another process (pid {pid})"),
+                };
+                return Err(StoreError::Config(format!(
+                    "the database {} is in use: {holder} holds {}; only one server may use a \
+                     SQLite file (stop the other one, or give this one another --database-url; \
+                     several replicas need PostgreSQL)",
+                    database.display(),
+                    path.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(cannot(e)),
+        }
+        // Who holds it, for the next one that tries.
+        let pid = std::process::id().to_string();
+        file.set_len(0).map_err(cannot)?;
+        file.rewind().map_err(cannot)?;
+        file.write_all(pid.as_bytes()).map_err(cannot)?;
+        Ok(Self { file, path })
+    }
+
+    /// Lets another server use the database (a restart in the same process).
+    pub(super) fn release(self) {
+        if let Err(e) = self.file.unlock() {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot release the lock");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_and_told_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("x.db");
+        let first = FileLock::acquire(&database).unwrap();
+        let refused = FileLock::acquire(&database).err().unwrap().to_string();
+        assert!(refused.contains("x.db is in use"), "{refused}");
+        assert!(
+            refused.contains(&format!("pid {}", std::process::id())),
+            "{refused}"
+        );
+        assert!(refused.contains("x.db.lock"), "{refused}");
+        first.release();
+        FileLock::acquire(&database).unwrap();
+    }
+}

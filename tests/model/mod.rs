@@ -1,0 +1,208 @@
+//! A reference model of an import: the file read row by row, holding the values of the rows it
+//! imports. The service writes in batches, in parts at once, with its unique indexes deciding;
+//! whatever it does, its row errors must be exactly this model's. Shared by the property test
+//! (`tests/api/model.rs`) and the fuzz target (`fuzz/fuzz_targets/import_model.rs`).
+//!
+//! The files have the rows that matter for uniqueness: addresses from a small pool in any case,
+//! external ids from a small pool or none, and rows that fail validation (a missing or bad
+//! address, an unknown role) next to valid ones.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+/// One row of a generated file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub email: Email,
+    /// Index into `ROLES`.
+    pub role: usize,
+    /// An external id from the pool, or none.
+    pub external_id: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Email {
+    /// Address number `n` of the pool, with the letters whose bit is set in `case` upper-cased.
+    Pool {
+        n: u8,
+        case: u8,
+    },
+    Missing,
+    Invalid,
+}
+
+/// The roles a row may have: the last one is not a role.
+pub const ROLES: [&str; 4] = ["", "admin", "Viewer", "boss"];
+
+/// What an import of a file gives: its counters and every row error as
+/// `(row, column, code, the row a DUPLICATE_IN_FILE names)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub rows_processed: i64,
+    pub rows_imported: i64,
+    pub rows_failed: i64,
+    pub errors: Vec<(i64, String, String, Option<i64>)>,
+}
+
+impl Row {
+    fn email_text(&self) -> String {
+        match &self.email {
+            Email::Pool { n, case } => {
+                let base = format!("user{n}@example.com");
+                base.chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if case >> (i % 8) & 1 == 1 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            }
+            Email::Missing => String::new(),
+            Email::Invalid => "not-an-address".to_owned(),
+        }
+    }
+
+    fn external_id_text(&self) -> String {
+        self.external_id
+            .map(|n| format!("E{n}"))
+            .unwrap_or_default()
+    }
+}
+
+/// The file: a header, then the rows.
+pub fn csv(rows: &[Row]) -> Vec<u8> {
+    let mut file = String::from("email,first_name,role,external_id\n");
+    for row in rows {
+        file.push_str(&format!(
+            "{},Name,{},{}\n",
+            row.email_text(),
+            ROLES[row.role],
+            row.external_id_text()
+        ));
+    }
+    file.into_bytes()
+}
+
+/// Values held in an account: by whom (`None` for a user of another import).
+#[derive(Debug, Default, Clone)]
+pub struct Account {
+    emails: HashMap<String, Option<i64>>,
+    external_ids: HashMap<String, Option<i64>>,
+}
+
+impl Account {
+    /// The account after an import that completed: its users belong to another import for
+    /// the next one.
+    fn settled(&self) -> Account {
+        let settle =
+            |m: &HashMap<String, Option<i64>>| m.keys().map(|k| (k.clone(), None)).collect();
+        Account {
+            emails: settle(&self.emails),
+            external_ids: settle(&self.external_ids),
+        }
+    }
+}
+
+/// Imports `rows` into `account` row by row, as the service must; returns the outcome and the
+/// account afterwards.
+pub fn import(account: &Account, rows: &[Row]) -> (Outcome, Account) {
+    let mut held = account.settled();
+    let mut outcome = Outcome {
+        rows_processed: 0,
+        rows_imported: 0,
+        rows_failed: 0,
+        errors: Vec::new(),
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let n = i as i64 + 2;
+        outcome.rows_processed += 1;
+        let mut errors = Vec::new();
+        let email = match &row.email {
+            Email::Missing => {
+                errors.push((n, "email".to_owned(), "REQUIRED".to_owned(), None));
+                None
+            }
+            Email::Invalid => {
+                errors.push((n, "email".to_owned(), "INVALID_EMAIL".to_owned(), None));
+                None
+            }
+            Email::Pool { .. } => Some(row.email_text().to_lowercase()),
+        };
+        if row.role == ROLES.len() - 1 {
+            errors.push((n, "role".to_owned(), "INVALID_ROLE".to_owned(), None));
+        }
+        let valid = errors.is_empty();
+        let external_id = row.external_id.map(|_| row.external_id_text());
+        let conflict = |column: &str, holder: Option<i64>| match holder {
+            Some(first) => (
+                n,
+                column.to_owned(),
+                "DUPLICATE_IN_FILE".to_owned(),
+                Some(first),
+            ),
+            None => (n, column.to_owned(), "ALREADY_EXISTS".to_owned(), None),
+        };
+        let email_holder = email.as_ref().and_then(|e| held.emails.get(e).copied());
+        let id_holder = external_id
+            .as_ref()
+            .and_then(|x| held.external_ids.get(x).copied());
+        if let Some(holder) = email_holder {
+            errors.push(conflict("email", holder));
+        }
+        if let Some(holder) = id_holder {
+            errors.push(conflict("external_id", holder));
+        }
+        if errors.is_empty() {
+            outcome.rows_imported += 1;
+            held.emails.insert(email.expect("valid"), Some(n));
+            if let Some(x) = external_id {
+                held.external_ids.insert(x, Some(n));
+            }
+        } else {
+            outcome.rows_failed += 1;
+            debug_assert!(valid || !errors.is_empty());
+        }
+        outcome.errors.extend(errors);
+    }
+    (outcome, held)
+}
+
+/// The row a DUPLICATE_IN_FILE message names ("already appears in row 4 of this file").
+pub fn named_row(message: &str) -> Option<i64> {
+    let at = message.find("in row ")? + "in row ".len();
+    message[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A case from arbitrary bytes, for the fuzzer: the first byte picks the batch size, then
+/// each pair of bytes is a row.
+pub fn rows_from_bytes(data: &[u8]) -> (usize, Vec<Row>) {
+    let batch_rows = data.first().map_or(1, |b| usize::from(b % 8) + 1);
+    let rows = data
+        .get(1..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .take(200)
+        .map(|pair| {
+            let (a, b) = (pair[0], pair[1]);
+            let email = match a % 16 {
+                0 => Email::Missing,
+                1 => Email::Invalid,
+                n => Email::Pool { n: n % 6, case: b },
+            };
+            Row {
+                email,
+                role: usize::from(a >> 4) % ROLES.len(),
+                external_id: (b % 3 != 0).then_some(b % 5),
+            }
+        })
+        .collect();
+    (batch_rows, rows)
+}
