@@ -14,7 +14,7 @@ fn fixtures() -> (PathBuf, Vec<Value>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
     let cases: Vec<Value> = serde_json::from_slice(&manifest).unwrap();
-    assert!(cases.len() >= 30, "the corpus is all there");
+    assert!(cases.len() >= 39, "the corpus is all there");
     (dir, cases)
 }
 
@@ -72,6 +72,13 @@ backend_tests! {
                         import.error_message.contains(message),
                         "{context}: {}",
                         import.error_message
+                    );
+                }
+                if let Some(message) = case.get("row_error_message").and_then(Value::as_str) {
+                    let errors = app.errors(&account, "f").await;
+                    assert!(
+                        errors.iter().any(|e| e.message.contains(message)),
+                        "{context}: {errors:?}"
                     );
                 }
                 if let Some(errors) = case.get("errors").and_then(Value::as_array) {

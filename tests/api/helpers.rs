@@ -368,6 +368,19 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Runs a statement on the database directly, as another program would.
+    pub async fn execute(&self, sql: &'static str) {
+        if self.database_url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = PgConnection::connect(&self.database_url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+
     /// The fresh database this app was started on.
     pub fn database(&self) -> &TestDatabase {
         self.database.as_ref().expect("started by spawn_app")

@@ -1,5 +1,6 @@
 //! Integration tests: the real server, a temporary database, the generated client.
 
+mod correctness;
 mod faults;
 mod fixtures;
 mod health;
