@@ -19,11 +19,16 @@ use tonic_health::server::HealthReporter;
 
 use backon::{ExponentialBuilder, Retryable};
 
+use tonic::service::interceptor::InterceptedService;
+
+use crate::auth::Authenticator;
 use crate::config::ServeArgs;
+use crate::grpc::auth::CheckToken;
 use crate::grpc::{ImportServiceImpl, MAX_MESSAGE_BYTES};
 use crate::import::{INTERRUPTED, Importer};
 use crate::proto::import_service_server::ImportServiceServer;
 use crate::store::{self, OpenOptions, StoreError};
+use crate::tls::{Tls, TlsFiles};
 
 /// The readiness service name, as probes ask for it.
 pub const READINESS_SERVICE: &str = "bulkimport.v1.ImportService";
@@ -35,6 +40,10 @@ const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3);
 /// A readiness check that takes longer fails: the write probe after a fault writes 16 MiB.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings on idle connections, and how long an answer may take before the connection
+/// is taken for dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After uploads ended, how long other requests (watchers) get before the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -53,12 +62,19 @@ pub enum StartError {
     Crashed(String),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot read the auth tokens: {0}")]
+    Auth(String),
+    #[error("cannot read the TLS certificates: {0}")]
+    Tls(String),
 }
 
 pub struct Application {
     listener: TcpListener,
     args: ServeArgs,
     importer: Importer,
+    auth: Arc<Authenticator>,
+    /// `None` for plaintext.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Application {
@@ -71,11 +87,28 @@ impl Application {
                     addr: args.listen,
                     source,
                 })?;
+        let auth = match &args.auth_tokens_file {
+            Some(path) => Authenticator::from_file(path).map_err(StartError::Auth)?,
+            None => Authenticator::open(),
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                Tls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: args.tls_client_ca.clone(),
+                })
+                .map_err(StartError::Tls)?,
+            ),
+            _ => None,
+        };
         let importer = Importer::new(args.import_config());
         Ok(Self {
             listener,
             args,
             importer,
+            auth: Arc::new(auth),
+            tls,
         })
     }
 
@@ -104,21 +137,47 @@ impl Application {
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let service = ImportServiceServer::new(ImportServiceImpl::new(self.importer.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let service = InterceptedService::new(
+            ImportServiceServer::new(ImportServiceImpl::new(self.importer.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            CheckToken(self.auth.clone()),
+        );
+        if self.auth.is_open() {
+            tracing::warn!(
+                "no --auth-tokens-file: the server runs open, and anyone who reaches it may \
+                 import into any account"
+            );
+        }
+        let watchers = [
+            tokio::spawn(self.auth.clone().watch()),
+            tokio::spawn(match self.tls.clone() {
+                Some(tls) => futures::future::Either::Left(tls.watch()),
+                None => futures::future::Either::Right(std::future::ready(())),
+            }),
+        ];
 
         let addr = self.local_addr();
         let (stop_server, server_stopped) = oneshot::channel::<()>();
-        let server = Server::builder()
+        let router = Server::builder()
+            // Dead peers (a client gone without a word, a half-open connection) are found.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
-                let _ = server_stopped.await;
-            });
-        let mut server = tokio::spawn(server);
-        tracing::info!(%addr, "serving gRPC");
+            .add_service(service);
+        let stopped = async {
+            let _ = server_stopped.await;
+        };
+        let mut server = match self.tls.clone() {
+            Some(tls) => tokio::spawn(
+                router.serve_with_incoming_shutdown(tls.incoming(self.listener), stopped),
+            ),
+            None => tokio::spawn(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopped),
+            ),
+        };
+        tracing::info!(%addr, tls = self.tls.is_some(), "serving gRPC");
 
         // Readiness and upkeep run until the uploads ended: during the grace period, leases
         // must be kept and endings stored, while readiness says NOT_SERVING.
@@ -165,6 +224,9 @@ impl Application {
             server.abort();
         }
         let _ = database.await;
+        for watcher in watchers {
+            watcher.abort();
+        }
         // Last: the database (and, for SQLite, its file) is free for the next server.
         self.importer.close().await;
         tracing::info!("stopped");

@@ -6,24 +6,82 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::config::{GetArgs, ListArgs, TemplateArgs, UploadArgs, WatchArgs};
+use crate::config::{ConnectionArgs, GetArgs, ListArgs, TemplateArgs, UploadArgs, WatchArgs};
 use crate::proto::import_service_client::ImportServiceClient;
 use crate::proto::{self, upload_import_request::Payload};
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-async fn connect(server: &str) -> Result<ImportServiceClient<Channel>, tonic::transport::Error> {
-    Ok(ImportServiceClient::connect(server.to_owned())
-        .await?
+/// The generated client, with the bearer token on every call.
+pub type Client = ImportServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Puts `authorization: Bearer <token>` on every call, when there is a token.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// `None` when the token is not printable ASCII, which no token of a tokens file is.
+    pub fn new(token: Option<&str>) -> Option<Self> {
+        match token {
+            Some(token) => format!("Bearer {token}")
+                .parse()
+                .ok()
+                .map(|v| Self(Some(v))),
+            None => Some(Self(None)),
+        }
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Connects to `server`: with TLS when a CA is given or the URL is `https://`, with a client
+/// certificate when one is given, and with the bearer token when there is one.
+pub async fn connect(
+    server: &str,
+    connection: &ConnectionArgs,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    let mut endpoint = Endpoint::from_shared(server.to_owned())?;
+    if connection.tls_ca.is_some() || server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &connection.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&connection.tls_cert, &connection.tls_key) {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert)?,
+                std::fs::read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await?;
+    let bearer =
+        Bearer::new(connection.token.as_deref()).ok_or("the token must be printable ASCII")?;
+    Ok(ImportServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// Streams the file in chunks as it is read (memory stays flat), then the finish message with
 /// the size and SHA-256, so the server can tell a truncated upload.
 pub async fn upload(args: UploadArgs) -> CliResult {
-    let mut client = connect(&args.target.server).await?;
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
     let filename = args
         .file
         .file_name()
@@ -89,7 +147,7 @@ fn request(payload: Payload) -> proto::UploadImportRequest {
 }
 
 pub async fn get(args: GetArgs) -> CliResult {
-    let mut client = connect(&args.target.server).await?;
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
     let mut token = String::new();
     let mut shown = 0u32;
     loop {
@@ -122,7 +180,7 @@ pub async fn get(args: GetArgs) -> CliResult {
 }
 
 pub async fn list(args: ListArgs) -> CliResult {
-    let mut client = connect(&args.target.server).await?;
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
     let page = client
         .list_imports(proto::ListImportsRequest {
             account_id: args.target.account.clone(),
@@ -145,7 +203,7 @@ pub async fn list(args: ListArgs) -> CliResult {
 }
 
 pub async fn watch(args: WatchArgs) -> CliResult {
-    let mut client = connect(&args.target.server).await?;
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
     let mut updates = client
         .watch_import(proto::WatchImportRequest {
             account_id: args.target.account.clone(),
@@ -168,7 +226,7 @@ pub async fn watch(args: WatchArgs) -> CliResult {
 }
 
 pub async fn template(args: TemplateArgs) -> CliResult {
-    let mut client = connect(&args.server).await?;
+    let mut client = connect(&args.server, &args.connection).await?;
     let template = client
         .get_import_template(proto::GetImportTemplateRequest {
             r#type: proto::ImportType::Users as i32,

@@ -65,6 +65,35 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "BULK_IMPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// TOML file of bearer tokens scoped to accounts, read again when it changes. Without it
+    /// the server runs open, and says so at start.
+    #[arg(long, env = "BULK_IMPORT_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS (with --tls-key). Read again when it changes.
+    #[arg(long, env = "BULK_IMPORT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BULK_IMPORT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the CAs whose client certificates are required (mutual TLS).
+    #[arg(long, env = "BULK_IMPORT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Uploads running at once on this server; past it, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BULK_IMPORT_MAX_CONCURRENT_UPLOADS", default_value_t = 8)]
+    pub max_concurrent_uploads: usize,
+    /// Uploads of one account running at once on this server; past it, RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_MAX_CONCURRENT_UPLOADS_PER_ACCOUNT",
+        default_value_t = 4
+    )]
+    pub max_concurrent_uploads_per_account: usize,
+    /// An upload that sends nothing for this many seconds is ended (ERROR_UNKNOWN).
+    #[arg(long, env = "BULK_IMPORT_UPLOAD_IDLE_TIMEOUT", default_value_t = 60)]
+    pub upload_idle_timeout: u64,
+    /// WatchImport streams open at once on this server; past it, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BULK_IMPORT_MAX_WATCHERS", default_value_t = 256)]
+    pub max_watchers: usize,
     /// SQLite only: how long a write waits for a lock that another process holds, in ms.
     #[arg(
         long,
@@ -89,6 +118,10 @@ impl ServeArgs {
             max_upload_bytes: self.max_upload_bytes,
             max_stored_row_errors: self.max_stored_row_errors,
             batch_rows: self.batch_rows,
+            max_uploads: self.max_concurrent_uploads,
+            max_uploads_per_account: self.max_concurrent_uploads_per_account,
+            idle_timeout: Duration::from_secs(self.upload_idle_timeout),
+            max_watchers: self.max_watchers,
             ..ImportConfig::default()
         }
     }
@@ -124,6 +157,25 @@ pub struct ServerArgs {
     /// The account to act in.
     #[arg(long, env = "BULK_IMPORT_ACCOUNT")]
     pub account: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// How the client commands connect: TLS, a client certificate, a bearer token.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectionArgs {
+    /// PEM certificate of the CA that signed the server's certificate: connect with TLS.
+    #[arg(long, env = "BULK_IMPORT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires one (with --tls-key).
+    #[arg(long, env = "BULK_IMPORT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BULK_IMPORT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token, for a server with a tokens file.
+    #[arg(long, env = "BULK_IMPORT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +226,8 @@ pub struct TemplateArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Save to this file instead of printing.
     #[arg(long, short)]
     pub output: Option<PathBuf>,

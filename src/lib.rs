@@ -34,6 +34,8 @@
 //!   `insert.rs`) and `postgres/` (`mod.rs`, `write.rs`, `copy.rs`, `liveness.rs`,
 //!   `notify.rs`, `tx.rs`);
 //! - [`grpc`]: thin handlers, conversions, the one error mapping, page tokens;
+//! - [`auth`] and [`tls`]: bearer tokens scoped to accounts, and TLS, both read again from
+//!   their files when those change; `grpc::auth` checks the token of every call;
 //! - [`app`]: the server, health, start-up, upkeep and graceful shutdown;
 //! - [`config`] and [`cli`]: flags, environment, and the service's own client.
 //!
@@ -41,6 +43,7 @@
 //! import however the handler ends; whatever stops it becomes one event into its ending.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -48,3 +51,4 @@ pub mod grpc;
 pub mod import;
 pub mod proto;
 pub mod store;
+pub mod tls;

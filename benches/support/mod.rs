@@ -169,6 +169,8 @@ pub fn data_rows(file: &Path) -> u64 {
 pub struct Server {
     child: Child,
     pub channel: Channel,
+    /// `http://127.0.0.1:PORT`, for more connections.
+    pub url: String,
 }
 
 impl Server {
@@ -178,23 +180,41 @@ impl Server {
     }
 
     pub async fn start(binary: &Path, database_url: &str) -> Self {
+        Self::start_with(binary, database_url, &[], None).await
+    }
+
+    /// The server with more flags, its log (stdout) written to `log` when given, at debug
+    /// level there.
+    pub async fn start_with(
+        binary: &Path,
+        database_url: &str,
+        flags: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
+        let (level, stdout) = match log {
+            Some(path) => (
+                "debug".to_owned(),
+                Stdio::from(std::fs::File::create(path).unwrap()),
+            ),
+            None => (
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                Stdio::null(),
+            ),
+        };
         let child = Command::new(binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url])
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
+            .args(flags)
+            .env("RUST_LOG", level)
+            .stdout(stdout)
             .spawn()
             .expect("the server binary starts");
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_lazy();
+        let url = format!("http://127.0.0.1:{port}");
+        let channel = Channel::from_shared(url.clone()).unwrap().connect_lazy();
         let mut health = HealthClient::new(channel.clone());
         let start = Instant::now();
         loop {
@@ -213,7 +233,11 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { child, channel }
+        Self {
+            child,
+            channel,
+            url,
+        }
     }
 
     /// Peak resident memory so far (VmHWM), in bytes.

@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bulk_import::domain::{AccountId, Filename, ImportId, ImportType, NewImport};
+use bulk_import::domain::{AccountId, Caller, Filename, ImportId, ImportType, NewImport};
 use bulk_import::import::pipeline::events::{FinishCheck, UploadEvent};
 use bulk_import::import::{ImportConfig, Importer};
 use bulk_import::store::{self, OpenOptions};
@@ -62,6 +62,7 @@ async fn import(importer: &Importer, account: &AccountId, file: Vec<u8>, cut: us
         import_id: ImportId::generate(),
         kind: ImportType::Users,
         filename: Filename::parse("fuzz.csv").unwrap(),
+        created_by: String::new(),
     };
     let mut events = vec![Ok(UploadEvent::Metadata(new))];
     events.extend(
@@ -70,7 +71,7 @@ async fn import(importer: &Importer, account: &AccountId, file: Vec<u8>, cut: us
     );
     events.push(Ok(UploadEvent::Finish(FinishCheck::default())));
     let imported = importer
-        .upload(futures::stream::iter(events))
+        .upload(Caller::open(), futures::stream::iter(events))
         .await
         .expect("the import completes");
     let errors = importer

@@ -209,6 +209,8 @@ pub struct NewImport {
     pub import_id: ImportId,
     pub kind: ImportType,
     pub filename: Filename,
+    /// The name of the token that starts it; empty on an open server.
+    pub created_by: String,
 }
 
 /// The store's own handle on an import: a small integer is cheaper than the
@@ -222,6 +224,8 @@ pub struct Import {
     pub import_id: ImportId,
     pub kind: ImportType,
     pub filename: Filename,
+    /// The name of the token that started it; empty when the server ran open.
+    pub created_by: String,
     pub status: ImportStatus,
     pub counters: Counters,
     /// How the file's text is written, once its first bytes were read.

@@ -2,6 +2,7 @@
 //! only hold a valid value, so code that receives one needs no second check.
 
 pub mod batch;
+pub mod caller;
 pub mod email;
 pub mod ids;
 pub mod import;
@@ -10,6 +11,7 @@ pub mod text;
 pub mod user;
 
 pub use batch::UserBatch;
+pub use caller::Caller;
 pub use email::Email;
 pub use ids::{AccountId, ImportId};
 pub use import::{

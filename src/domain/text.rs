@@ -75,6 +75,19 @@ pub fn character_name(c: char) -> String {
     }
 }
 
+/// A cell as a spreadsheet should show it, never run it: a cell that starts with `=`, `+`,
+/// `-`, `@`, a tab or a CR is a formula to Excel and LibreOffice (OWASP's "CSV injection"), so
+/// it gets a leading `'`, which makes the cell text. Every CSV this service hands to a person
+/// goes through here.
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => {
+            std::borrow::Cow::Owned(format!("'{cell}"))
+        }
+        _ => std::borrow::Cow::Borrowed(cell),
+    }
+}
+
 /// `value` with its control characters written as `\u0000` escapes. Borrowed when it has none.
 pub fn escape_controls(value: &str) -> std::borrow::Cow<'_, str> {
     if !value.chars().any(char::is_control) {
@@ -117,6 +130,15 @@ mod tests {
             character_name('\u{200F}'),
             "U+200F RIGHT-TO-LEFT MARK".to_owned()
         );
+    }
+
+    #[test]
+    fn cells_that_would_be_formulas_are_made_text() {
+        for formula in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(spreadsheet_safe(formula), format!("'{formula}"));
+        }
+        assert_eq!(spreadsheet_safe("ada@example.com"), "ada@example.com");
+        assert_eq!(spreadsheet_safe(""), "");
     }
 
     #[test]

@@ -69,6 +69,8 @@ fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
         import_id,
         kind: import_type(m.r#type)?,
         filename: Filename::parse(&m.filename)?,
+        // Set by the import layer from the caller, never by the client.
+        created_by: String::new(),
     })
 }
 
@@ -125,6 +127,7 @@ pub fn import(import: &Import) -> proto::Import {
             .map(|f| f.delimiter_name())
             .unwrap_or_default(),
         row_errors_omitted: c.row_errors_omitted as i64,
+        created_by: import.created_by.clone(),
     }
 }
 

@@ -10,7 +10,7 @@ use super::convert;
 use crate::import::ImportError;
 
 /// The `ErrorInfo.domain` of this service's errors.
-const DOMAIN: &str = "bulkimport.v1";
+pub(super) const DOMAIN: &str = "bulkimport.v1";
 
 impl From<ImportError> for Status {
     fn from(error: ImportError) -> Self {
@@ -43,6 +43,9 @@ impl From<ImportError> for Status {
                 );
             }
             ImportError::NotFound { .. } => (Code::NotFound, "IMPORT_NOT_FOUND"),
+            ImportError::PermissionDenied(_) => (Code::PermissionDenied, "ACCOUNT_NOT_ALLOWED"),
+            ImportError::LimitReached(_) => (Code::ResourceExhausted, "LIMIT_REACHED"),
+            ImportError::Stalled(_) => (Code::DeadlineExceeded, "UPLOAD_STALLED"),
             ImportError::TooLarge(_) => (Code::ResourceExhausted, "FILE_TOO_LARGE"),
             ImportError::Cancelled(_) => (Code::Cancelled, "UPLOAD_CANCELLED"),
             ImportError::NotReady => (Code::Unavailable, "NOT_READY"),

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, page_token};
+use super::{auth, convert, page_token};
 use crate::import::ImportCursor;
 use crate::import::{Importer, template};
 use crate::proto::{self, import_service_server::ImportService};
@@ -37,8 +37,9 @@ impl ImportService for ImportServiceImpl {
         &self,
         request: Request<Streaming<proto::UploadImportRequest>>,
     ) -> Result<Response<proto::UploadImportResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let events = request.into_inner().map(convert::upload_event);
-        let import = self.importer.upload(events).await?;
+        let import = self.importer.upload(caller, events).await?;
         Ok(Response::new(proto::UploadImportResponse {
             import: Some(convert::import(&import)),
         }))
@@ -48,8 +49,10 @@ impl ImportService for ImportServiceImpl {
         &self,
         request: Request<proto::GetImportRequest>,
     ) -> Result<Response<proto::GetImportResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let req = request.into_inner();
         let account_id = convert::account_id(&req.account_id)?;
+        auth::allow(&caller, &account_id)?;
         let import_id = convert::import_id(&req.import_id)?;
         let limit = page_token::page_size(
             "errors_page_size",
@@ -87,8 +90,10 @@ impl ImportService for ImportServiceImpl {
         &self,
         request: Request<proto::WatchImportRequest>,
     ) -> Result<Response<Self::WatchImportStream>, Status> {
+        let caller = auth::caller(&request)?;
         let req = request.into_inner();
         let account_id = convert::account_id(&req.account_id)?;
+        auth::allow(&caller, &account_id)?;
         let import_id = convert::import_id(&req.import_id)?;
         let updates = self.importer.watch(&account_id, &import_id).await?;
         let stream = updates.map(|update| {
@@ -105,8 +110,10 @@ impl ImportService for ImportServiceImpl {
         &self,
         request: Request<proto::ListImportsRequest>,
     ) -> Result<Response<proto::ListImportsResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let req = request.into_inner();
         let account_id = convert::account_id(&req.account_id)?;
+        auth::allow(&caller, &account_id)?;
         let limit =
             page_token::page_size("page_size", req.page_size, DEFAULT_IMPORTS_PAGE, MAX_PAGE)?;
         let scope = page_token::scope(&[account_id.as_str()]);
@@ -138,6 +145,8 @@ impl ImportService for ImportServiceImpl {
         &self,
         request: Request<proto::GetImportTemplateRequest>,
     ) -> Result<Response<proto::GetImportTemplateResponse>, Status> {
+        // Any valid token: the template belongs to no account.
+        auth::caller(&request)?;
         let kind = convert::import_type(request.into_inner().r#type)?;
         Ok(Response::new(convert::template(template::template(kind))))
     }

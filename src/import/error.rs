@@ -17,6 +17,15 @@ pub enum ImportError {
         /// The existing import's status, when it could be read.
         status: Option<ImportStatus>,
     },
+    /// The caller's token does not cover the account.
+    #[error("this token may not act in account '{0}'; use a token whose accounts include it")]
+    PermissionDenied(AccountId),
+    /// A limit of the server: the message names it and says to retry later.
+    #[error("{0}")]
+    LimitReached(String),
+    /// The client sent nothing for too long.
+    #[error("{0}")]
+    Stalled(String),
     #[error("import '{import_id}' was not found in account '{account_id}'")]
     NotFound {
         account_id: AccountId,

@@ -36,11 +36,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AccountId, Counters, Import, ImportId, ImportKey};
+use crate::domain::{AccountId, Caller, Counters, Import, ImportId, ImportKey};
 pub use crate::store::ImportCursor;
 use crate::store::{Store, StoredRowError};
 pub use error::ImportError;
 pub use pipeline::ImportConfig;
+use pipeline::admission::Admission;
 use pipeline::ending::Endings;
 pub use pipeline::ending::INTERRUPTED;
 use pipeline::events::{StreamError, UploadEvent};
@@ -92,6 +93,9 @@ struct Inner {
     /// Endings that could not be stored when they happened, stored by `maintain`.
     endings: Endings,
     memory: BatchMemory,
+    admission: Admission,
+    /// `WatchImport` streams open at once.
+    watchers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Importer {
@@ -100,11 +104,13 @@ impl Importer {
             inner: Arc::new(Inner {
                 store: OnceLock::new(),
                 hub: ProgressHub::default(),
-                config,
                 uploads: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 endings: Endings::default(),
                 memory: BatchMemory::default(),
+                admission: Admission::new(config.max_uploads, config.max_uploads_per_account),
+                watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers.max(1))),
+                config,
             }),
         }
     }
@@ -122,9 +128,9 @@ impl Importer {
         &self.inner.config
     }
 
-    /// Runs one upload to its end and returns the finished import. The upload runs in its own
-    /// task: if the caller is dropped, the upload still ends properly.
-    pub async fn upload<S>(&self, events: S) -> Result<Import, ImportError>
+    /// Runs one upload for `caller` to its end and returns the finished import. The upload runs
+    /// in its own task: if the caller is dropped, the upload still ends properly.
+    pub async fn upload<S>(&self, caller: Caller, events: S) -> Result<Import, ImportError>
     where
         S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
     {
@@ -137,9 +143,10 @@ impl Importer {
             memory: self.inner.memory.clone(),
             shutdown: self.inner.shutdown.clone(),
             endings: self.inner.endings.clone(),
+            admission: self.inner.admission.clone(),
             config: self.inner.config.clone(),
         };
-        let task = self.inner.uploads.spawn(pipeline::run(ctx, events));
+        let task = self.inner.uploads.spawn(pipeline::run(ctx, caller, events));
         task.await
             .map_err(|e| ImportError::Internal(format!("the upload task failed: {e}")))?
     }
@@ -238,9 +245,25 @@ impl Importer {
         import_id: &ImportId,
     ) -> Result<ReceiverStream<Result<Import, ImportError>>, ImportError> {
         let import = self.get(account_id, import_id).await?;
+        // Held by the feeding task: a watcher counts until its stream ends.
+        let place = self
+            .inner
+            .watchers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ImportError::LimitReached(format!(
+                    "this server already has {} WatchImport streams open, its limit \
+                 (--max-watchers); retry later, or poll GetImport",
+                    self.inner.config.max_watchers
+                ))
+            })?;
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
-        tokio::spawn(async move { this.feed_watcher(import, tx).await });
+        tokio::spawn(async move {
+            this.feed_watcher(import, tx).await;
+            drop(place);
+        });
         Ok(ReceiverStream::new(rx))
     }
 
@@ -252,7 +275,7 @@ impl Importer {
         let last = match self.inner.hub.subscribe(import.key) {
             Some(rx) => match follow_local(rx, &out, None).await {
                 FollowEnd::Finished | FollowEnd::WatcherGone => return,
-                FollowEnd::ChannelClosed(seen) => seen,
+                FollowEnd::ChannelClosed(seen) => seen.map(|seen| *seen),
             },
             None => {
                 if out.send(Ok(import.clone())).await.is_err() {

@@ -118,7 +118,7 @@ pub async fn follow_local(
             _ = out.closed() => return FollowEnd::WatcherGone,
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return FollowEnd::ChannelClosed(last);
+                    return FollowEnd::ChannelClosed(last.map(Box::new));
                 }
                 // Terminal statuses go out at once; counters wait for the next tick.
                 if !rx.borrow().status.is_terminal() {
@@ -139,5 +139,5 @@ pub enum FollowEnd {
     WatcherGone,
     /// The import left this process without a terminal value on the channel; the last
     /// snapshot sent, if any.
-    ChannelClosed(Option<Import>),
+    ChannelClosed(Option<Box<Import>>),
 }

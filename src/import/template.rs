@@ -4,6 +4,7 @@
 //! never ask for a column, or spell an alias, that an upload would refuse. It lives here rather
 //! than as a file so that it needs no server state and is the same on every replica.
 
+use crate::domain::text::spreadsheet_safe;
 use crate::domain::{Column, ImportType};
 
 pub struct TemplateColumn {
@@ -40,13 +41,20 @@ fn users() -> Template {
             }
         })
         .collect();
-    // The csv crate quotes whatever needs quoting, so the example stays valid if it changes.
+    // The csv crate quotes whatever needs quoting, so the example stays valid if it changes;
+    // and no cell may run as a formula when the file is opened.
     let mut writer = csv::Writer::from_writer(Vec::new());
-    let header = columns.iter().map(|c| c.name);
-    let example = columns.iter().map(|c| c.example);
+    let header: Vec<_> = columns
+        .iter()
+        .map(|c| spreadsheet_safe(c.name).into_owned())
+        .collect();
+    let example: Vec<_> = columns
+        .iter()
+        .map(|c| spreadsheet_safe(c.example).into_owned())
+        .collect();
     let csv = writer
-        .write_record(header)
-        .and_then(|()| writer.write_record(example))
+        .write_record(&header)
+        .and_then(|()| writer.write_record(&example))
         .map_err(std::io::Error::other)
         .and_then(|()| writer.into_inner().map_err(std::io::Error::other))
         .map(|bytes| String::from_utf8(bytes).expect("the template is UTF-8"))

@@ -17,6 +17,7 @@ pub(crate) struct ImportRow {
     import_id: String,
     r#type: String,
     filename: String,
+    created_by: String,
     status: String,
     bytes_received: i64,
     rows_processed: i64,
@@ -43,6 +44,7 @@ impl TryFrom<ImportRow> for Import {
             import_id: ImportId::parse(&row.import_id).map_err(|_| corrupt("import_id"))?,
             kind: ImportType::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
             filename: Filename::from_stored(row.filename),
+            created_by: row.created_by,
             status: ImportStatus::from_stored(&row.status).ok_or_else(|| corrupt("status"))?,
             counters: Counters {
                 bytes_received: row.bytes_received as u64,

@@ -109,6 +109,15 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         sqlite_busy_timeout_ms: 30_000,
         sqlite_max_pages: None,
         batch_rows: None,
+        auth_tokens_file: None,
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
+        // Generous: some tests run many uploads and watchers at once on purpose.
+        max_concurrent_uploads: 64,
+        max_concurrent_uploads_per_account: 64,
+        upload_idle_timeout: 60,
+        max_watchers: 256,
     }
 }
 

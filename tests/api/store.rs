@@ -20,6 +20,7 @@ backend_tests! {
                 import_id: ImportId::parse("ended").unwrap(),
                 kind: ImportType::Users,
                 filename: Filename::parse("users.csv").unwrap(),
+                created_by: String::new(),
             })
             .await
             .unwrap();

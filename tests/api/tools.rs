@@ -56,8 +56,19 @@ fn readme_examples() -> String {
 async fn the_readme_grpcurl_examples_work_as_written() {
     require("grpcurl");
     require("jq");
-    let app = spawn_app(Backend::Sqlite).await;
+    // A server with tokens, as the examples say.
     let dir = tempfile::tempdir().unwrap();
+    let token = "readme-example-token";
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[tokens]]\nname = \"readme\"\nsha256 = \"{}\"\naccounts = [\"acme\"]\n",
+            bulk_import::auth::digest(token)
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(Backend::Sqlite, |args| args.auth_tokens_file = Some(tokens)).await;
     let users = format!(
         "{HEADER}ada@example.com,Ada,Lovelace,admin,Countess,E1\n\
          grace@example.com,Grace,Hopper,,,\n\
@@ -72,6 +83,7 @@ async fn the_readme_grpcurl_examples_work_as_written() {
         move || {
             Command::new("bash")
                 .args(["-euo", "pipefail", "-c", &script])
+                .env("TOKEN", token)
                 .current_dir(dir)
                 .output()
                 .unwrap()

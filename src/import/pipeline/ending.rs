@@ -56,10 +56,32 @@ pub(super) enum Cause {
     Protocol(ArgumentError),
     /// The server is shutting down and the grace period is over.
     ShuttingDown,
+    /// Nothing arrived for this long.
+    Stalled(Duration),
     /// A write failed.
     Store(StoreError),
     /// A bug: reading the file panicked. The import still ends.
     Panicked(String),
+}
+
+impl Cause {
+    /// A name for the audit log, which never quotes the file.
+    fn kind(&self) -> &'static str {
+        match self {
+            Cause::Completed => "completed",
+            Cause::Mismatch(_) => "size_or_checksum_mismatch",
+            Cause::Parsing(_) => "unreadable_file",
+            Cause::TooLarge(_) => "too_large",
+            Cause::NotCsv(_) => "not_csv",
+            Cause::Incomplete => "no_finish",
+            Cause::Broken(_) => "stream_broke",
+            Cause::Protocol(_) => "malformed_message",
+            Cause::ShuttingDown => "shutdown",
+            Cause::Stalled(_) => "stalled",
+            Cause::Store(_) => "database",
+            Cause::Panicked(_) => "internal",
+        }
+    }
 }
 
 /// What becomes of the import.
@@ -195,6 +217,7 @@ impl Ending<'_> {
     /// The one decision per cause: the import's ending and the client's answer.
     fn decide(&self, cause: Cause) -> (Disposal, Reply) {
         let id = &self.import.import_id;
+        let kind = cause.kind();
         let error = |status, message: String| Conclusion {
             status,
             counters: self.counters,
@@ -208,6 +231,7 @@ impl Ending<'_> {
                 let status = ImportStatus::completed(c.rows_processed, c.rows_failed);
                 tracing::info!(
                     account_id = %self.import.account_id, import_id = %id,
+                    created_by = self.import.created_by.as_str(),
                     status = status.as_str(), rows_processed = c.rows_processed,
                     rows_imported = c.rows_imported, rows_failed = c.rows_failed,
                     "import completed"
@@ -246,6 +270,13 @@ impl Ending<'_> {
                 )),
                 Reply::Error(e.into()),
             ),
+            Cause::Stalled(idle) => {
+                let message = super::stalled(idle);
+                (
+                    unknown(&message),
+                    Reply::Error(ImportError::Stalled(message)),
+                )
+            }
             Cause::ShuttingDown => (
                 unknown(
                     "the server shut down during the upload, so nothing was imported; upload \
@@ -284,10 +315,11 @@ impl Ending<'_> {
             }
         };
         if conclusion.removes_users() {
+            // Not the error message: it may quote the file (a header's columns).
             tracing::warn!(
                 account_id = %self.import.account_id, import_id = %id,
-                status = conclusion.status.as_str(),
-                error_message = conclusion.error_message.as_str(), "import failed"
+                created_by = self.import.created_by.as_str(), cause = kind,
+                status = conclusion.status.as_str(), "import failed"
             );
         }
         (Disposal::Conclude(conclusion), reply)

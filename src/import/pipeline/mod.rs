@@ -21,6 +21,7 @@
 //! goes away or hyper drops the handler, the stream ends or breaks, and this task still ends
 //! the import (ERROR_UNKNOWN, users deleted) instead of leaving it PROCESSING.
 
+pub mod admission;
 pub mod ending;
 pub mod events;
 pub mod memory;
@@ -29,6 +30,7 @@ mod writer;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -38,7 +40,7 @@ use super::error::ImportError;
 use super::parser;
 use super::progress::ProgressHub;
 use super::reader::{FileReader, ReadError, RowSink};
-use crate::domain::{ArgumentError, FailedRow, Import, NewUser, UserBatch};
+use crate::domain::{ArgumentError, Caller, FailedRow, Import, NewImport, NewUser, UserBatch};
 use crate::store::{Batching, Store, StoreError};
 use ending::{Cause, Ending, Endings};
 use events::{FinishCheck, StreamError, UploadEvent};
@@ -59,6 +61,13 @@ pub struct ImportConfig {
     /// Rows per batch instead of the store's choice: tests use small batches to show that
     /// batch boundaries change nothing.
     pub batch_rows: Option<usize>,
+    /// Uploads running at once, on the server and per account.
+    pub max_uploads: usize,
+    pub max_uploads_per_account: usize,
+    /// An upload that sends nothing for this long is ended.
+    pub idle_timeout: Duration,
+    /// `WatchImport` streams open at once.
+    pub max_watchers: usize,
 }
 
 impl Default for ImportConfig {
@@ -68,6 +77,10 @@ impl Default for ImportConfig {
             max_stored_row_errors: 100_000,
             record_limits: parser::Limits::default(),
             batch_rows: None,
+            max_uploads: 8,
+            max_uploads_per_account: 4,
+            idle_timeout: Duration::from_secs(60),
+            max_watchers: 256,
         }
     }
 }
@@ -80,15 +93,29 @@ pub struct Context {
     /// Cancelled when shutdown stops waiting: running uploads then end in ERROR_UNKNOWN.
     pub shutdown: CancellationToken,
     pub endings: Endings,
+    pub admission: admission::Admission,
     pub config: ImportConfig,
 }
 
-/// Runs one upload to its end and returns the finished import.
-pub async fn run<S>(ctx: Context, mut events: S) -> Result<Import, ImportError>
+/// Runs one upload for `caller` to its end and returns the finished import.
+pub async fn run<S>(ctx: Context, caller: Caller, mut events: S) -> Result<Import, ImportError>
 where
     S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
 {
-    let new = events::metadata(&mut events).await?;
+    let idle = ctx.config.idle_timeout;
+    let new = match tokio::time::timeout(idle, events::metadata(&mut events)).await {
+        Ok(new) => new?,
+        Err(_) => return Err(ImportError::Stalled(stalled(idle))),
+    };
+    // Before anything else, and before a byte of the file is read.
+    if !caller.may_act_in(&new.account_id) {
+        return Err(ImportError::PermissionDenied(new.account_id));
+    }
+    let _admitted = ctx.admission.admit(&new.account_id)?;
+    let new = NewImport {
+        created_by: caller.name().to_owned(),
+        ..new
+    };
     if let Some(fault) = ctx.store.fault() {
         return Err(ImportError::Unavailable(format!(
             "{fault}, so no upload is taken until there is room; retry once the service \
@@ -113,7 +140,7 @@ where
     };
     tracing::info!(
         account_id = %import.account_id, import_id = %import.import_id,
-        filename = import.filename.as_str(), "upload started"
+        created_by = import.created_by.as_str(), "upload started"
     );
     let tally = Tally::new(ctx.hub.start(import.clone()));
     let mut upload = Upload::new(&ctx, &import, tally.clone());
@@ -215,6 +242,8 @@ impl<'a> Upload<'a> {
         S: Stream<Item = Result<UploadEvent, StreamError>> + Unpin,
     {
         let mut finished = false;
+        let idle = self.ctx.config.idle_timeout;
+        let mut last_message = tokio::time::Instant::now();
         loop {
             // A batch that waits while the client is slow is written anyway once due.
             let flush_at = self
@@ -241,8 +270,12 @@ impl<'a> Upload<'a> {
                     }
                     continue;
                 }
+                () = tokio::time::sleep_until(last_message + idle) => {
+                    return Cause::Stalled(idle);
+                }
                 event = events.next() => event,
             };
+            last_message = tokio::time::Instant::now();
             if finished {
                 return match event {
                     None => Cause::Completed,
@@ -431,4 +464,13 @@ async fn failed(writer: &mut Option<Writer>) -> StoreError {
         Some(writer) => writer.failed().await,
         None => std::future::pending().await,
     }
+}
+
+/// What a stalled upload is told, and what its import stores.
+pub(super) fn stalled(idle: Duration) -> String {
+    format!(
+        "upload stalled: nothing arrived for {} s, so nothing was imported; upload the file \
+         again",
+        idle.as_secs()
+    )
 }

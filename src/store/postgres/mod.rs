@@ -35,7 +35,7 @@ use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch
 use notify::{Changes, notify};
 use tx::in_transaction;
 
-const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, status, \
+const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, \
     (extract(epoch FROM create_time) * 1000000)::bigint AS create_time, \
@@ -165,8 +165,8 @@ impl Store for PostgresStore {
 
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let sql = format!(
-            "INSERT INTO imports (account_id, import_id, type, filename, status, owner, \
-             heartbeat_time) VALUES ($1, $2, $3, $4, 'PROCESSING', $5, now()) \
+            "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
+             owner, heartbeat_time) VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, now()) \
              RETURNING {IMPORT_COLUMNS}"
         );
         let row: Result<ImportRow, StoreError> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -175,6 +175,7 @@ impl Store for PostgresStore {
             .bind(new.kind.as_str())
             .bind(new.filename.as_str())
             .bind(self.owner)
+            .bind(new.created_by.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::from);

@@ -166,7 +166,7 @@ async fn begin(conn: &mut SqliteConnection) -> Result<sqlx::Transaction<'_, Sqli
     Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
 }
 
-const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, status, \
+const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, create_time, update_time, complete_time";
 
@@ -241,8 +241,9 @@ impl Store for SqliteStore {
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let now = micros(SystemTime::now());
         let sql = format!(
-            "INSERT INTO imports (account_id, import_id, type, filename, status, create_time, \
-             update_time) VALUES (?1, ?2, ?3, ?4, 'PROCESSING', ?5, ?5) RETURNING {IMPORT_COLUMNS}"
+            "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
+             create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?6, 'PROCESSING', ?5, ?5) \
+             RETURNING {IMPORT_COLUMNS}"
         );
         let mut conn = self.writer().await?;
         let result = async {
@@ -253,6 +254,7 @@ impl Store for SqliteStore {
                 .bind(new.kind.as_str())
                 .bind(new.filename.as_str())
                 .bind(now)
+                .bind(new.created_by.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
