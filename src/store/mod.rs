@@ -131,6 +131,10 @@ pub struct Batching {
     /// one: a quiet client must not hold batch memory, and other replicas read progress from
     /// the stored counters.
     pub flush_after: Option<Duration>,
+    /// Other replicas answer for the same imports from the stored progress. The live view of
+    /// an upload must then be what is stored, or a client polling both would see counters go
+    /// back; with one replica it may show the rows as they are read.
+    pub shared: bool,
 }
 
 /// Settings of the embedded backend that tests and operators may need; PostgreSQL ignores them.

@@ -142,7 +142,7 @@ where
         account_id = %import.account_id, import_id = %import.import_id,
         created_by = import.created_by.as_str(), "upload started"
     );
-    let tally = Tally::new(ctx.hub.start(import.clone()));
+    let tally = Tally::new(ctx.hub.start(import.clone()), ctx.store.batching().shared);
     let mut upload = Upload::new(&ctx, &import, tally.clone());
     let cause = AssertUnwindSafe(upload.receive(&mut events))
         .catch_unwind()
@@ -245,16 +245,25 @@ impl<'a> Upload<'a> {
         let idle = self.ctx.config.idle_timeout;
         let mut last_message = tokio::time::Instant::now();
         loop {
-            // A batch that waits while the client is slow is written anyway once due.
+            // A batch that waits while the client is slow is written anyway once due, when
+            // the writer has nothing to do: while it writes, cutting the batch short would
+            // only make more, smaller writes (8 uploads at once on SQLite: 15% slower).
             let flush_at = self
                 .batching
                 .flush_after
                 .filter(|_| !self.batch.is_empty())
                 .map(|after| self.last_flush + after);
-            let flush_due = async {
-                match flush_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            let writer_idle = self.writer.as_ref().map(Writer::idle_signal);
+            let flush_due = async move {
+                match (flush_at, writer_idle) {
+                    (Some(at), Some(mut idle)) => {
+                        tokio::time::sleep_until(at).await;
+                        // An error: the writer stopped, which `failed` reports.
+                        if idle.wait_for(|idle| *idle).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    _ => std::future::pending().await,
                 }
             };
             let event = tokio::select! {
@@ -329,7 +338,8 @@ impl<'a> Upload<'a> {
                 && self
                     .batching
                     .flush_after
-                    .is_some_and(|after| self.last_flush.elapsed() >= after);
+                    .is_some_and(|after| self.last_flush.elapsed() >= after)
+                && self.writer.as_ref().is_some_and(Writer::is_idle);
             if full || due {
                 self.send_batch().await?;
             }

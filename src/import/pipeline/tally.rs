@@ -4,9 +4,10 @@
 //! else is read from here: the progress stored with each batch, the live view that `GetImport`
 //! and `WatchImport` show, the stored ending, and so the response.
 //!
-//! The live view is the progress as stored with the last committed batch, not the reader's
-//! count, which runs ahead of it: another replica answers from the store, and a client polling
-//! both must never see the counters go back.
+//! With several replicas (`Batching::shared`) the live view is the progress as stored with the
+//! last committed batch, not the reader's count, which runs ahead of it: another replica
+//! answers from the store, and a client polling both must never see the counters go back. With
+//! one replica it shows the rows as they are read.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +23,8 @@ pub(super) struct Tally {
 struct Shared {
     counts: Mutex<Counts>,
     live: Live,
+    /// The live view shows only what is stored (see the module's doc).
+    stored_only: bool,
 }
 
 #[derive(Default)]
@@ -41,11 +44,12 @@ pub(super) struct BeforeWrite {
 }
 
 impl Tally {
-    pub(super) fn new(live: Live) -> Self {
+    pub(super) fn new(live: Live, stored_only: bool) -> Self {
         Self {
             shared: Arc::new(Shared {
                 counts: Mutex::new(Counts::default()),
                 live,
+                stored_only,
             }),
         }
     }
@@ -67,10 +71,13 @@ impl Tally {
         if format.is_some() {
             counts.format = format;
         }
+        if !self.shared.stored_only {
+            self.shared.live.publish(counts.counters, counts.format);
+        }
     }
 
-    /// A batch committed, with `stored` as the progress stored with it: that is what the live
-    /// view shows from now on.
+    /// A batch committed, with `stored` as the progress stored with it: what a live view that
+    /// shows only stored progress shows from now on.
     pub(super) fn written(
         &self,
         outcome: &BatchOutcome,
@@ -80,7 +87,11 @@ impl Tally {
         let mut counts = self.lock();
         counts.counters = outcome.applied_to(counts.counters);
         counts.errors_stored += outcome.errors_stored;
-        self.shared.live.publish(stored, format);
+        if self.shared.stored_only {
+            self.shared.live.publish(stored, format);
+        } else {
+            self.shared.live.publish(counts.counters, counts.format);
+        }
     }
 
     /// Where the next batch stands, for a cap of `max_stored_errors` row errors per import.

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::tally::Tally;
@@ -29,6 +29,9 @@ pub(super) struct Queued {
 pub(super) struct Writer {
     tx: mpsc::Sender<Queued>,
     task: JoinHandle<Result<(), StoreError>>,
+    /// Whether the writer waits for a batch, with none queued: only then does cutting a batch
+    /// early (a slow client) get rows written sooner; while it writes, a batch keeps filling.
+    idle: watch::Receiver<bool>,
 }
 
 impl Writer {
@@ -40,13 +43,19 @@ impl Writer {
         max_stored_errors: u64,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Queued>(WRITER_QUEUE);
+        let (idle_tx, idle) = watch::channel(true);
         let task = tokio::spawn(async move {
-            while let Some(Queued {
-                batch,
-                format,
-                memory,
-            }) = rx.recv().await
-            {
+            loop {
+                idle_tx.send_replace(rx.is_empty());
+                let Some(Queued {
+                    batch,
+                    format,
+                    memory,
+                }) = rx.recv().await
+                else {
+                    break;
+                };
+                idle_tx.send_replace(false);
                 let before = tally.before_write(max_stored_errors);
                 let target = BatchTarget {
                     key,
@@ -62,7 +71,16 @@ impl Writer {
             }
             Ok(())
         });
-        Self { tx, task }
+        Self { tx, task, idle }
+    }
+
+    /// Whether the writer is idle, as it changes (see `idle`).
+    pub(super) fn idle_signal(&self) -> watch::Receiver<bool> {
+        self.idle.clone()
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        *self.idle.borrow()
     }
 
     /// Hands a batch over, waiting while the writer is behind: this is where backpressure

@@ -105,6 +105,7 @@ impl Store for PostgresStore {
         Batching {
             rows: 32 * 1024,
             flush_after: Some(Duration::from_millis(250)),
+            shared: true,
         }
     }
 

@@ -174,14 +174,16 @@ const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename,
 impl Store for SqliteStore {
     /// Large transactions: every commit writes each page it dirtied to the WAL, and random
     /// email-index inserts dirty a page per row or so, so committing every 4,096 rows wrote the
-    /// same index pages to the WAL hundreds of times over. A batch is still written 250 ms
-    /// after the last when the client is slow: progress is what was stored, and watchers are
-    /// promised an update every 500 ms; and a quiet client must not hold its share of the
-    /// batch memory. A fast client fills 32,768 rows sooner than that.
+    /// same index pages to the WAL hundreds of times over. Progress comes from the live
+    /// counters of this (only) replica; a batch is still written after a second when the
+    /// client is slow, so that it does not hold its share of the batch memory (and the rows
+    /// already read) while the client is quiet. (After 250 ms, 8 uploads at once made smaller
+    /// batches and were 15–20% slower.)
     fn batching(&self) -> Batching {
         Batching {
             rows: 32 * 1024,
-            flush_after: Some(std::time::Duration::from_millis(250)),
+            flush_after: Some(std::time::Duration::from_secs(1)),
+            shared: false,
         }
     }
 
