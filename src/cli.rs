@@ -11,7 +11,9 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::config::{ConnectionArgs, GetArgs, ListArgs, TemplateArgs, UploadArgs, WatchArgs};
+use crate::config::{
+    ConnectionArgs, GetArgs, ImportArgs, ListArgs, TemplateArgs, UploadArgs, UsersArgs, WatchArgs,
+};
 use crate::proto::import_service_client::ImportServiceClient;
 use crate::proto::{self, upload_import_request::Payload};
 
@@ -94,6 +96,9 @@ pub async fn upload(args: UploadArgs) -> CliResult {
         r#type: proto::ImportType::Users as i32,
         filename,
         import_id: args.import_id.clone(),
+        validate_only: args.dry_run,
+        on_conflict: args.on_conflict.proto() as i32,
+        retry_of_import_id: args.retry_of.clone().unwrap_or_default(),
     })))
     .await?;
     let chunk_size = args.chunk_size.max(1);
@@ -240,6 +245,93 @@ pub async fn template(args: TemplateArgs) -> CliResult {
     Ok(())
 }
 
+/// Writes the fix-up file to standard output as it arrives.
+pub async fn errors(args: ImportArgs) -> CliResult {
+    use std::io::Write;
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
+    let mut chunks = client
+        .get_import_error_report(proto::GetImportErrorReportRequest {
+            account_id: args.target.account.clone(),
+            import_id: args.import_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = chunks.next().await {
+        out.write_all(&chunk?.chunk)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub async fn cancel(args: ImportArgs) -> CliResult {
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
+    let import = client
+        .cancel_import(proto::CancelImportRequest {
+            account_id: args.target.account.clone(),
+            import_id: args.import_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .import
+        .unwrap_or_default();
+    print_import(&import);
+    Ok(())
+}
+
+pub async fn revert(args: ImportArgs) -> CliResult {
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
+    let reverted = client
+        .revert_import(proto::RevertImportRequest {
+            account_id: args.target.account.clone(),
+            import_id: args.import_id.clone(),
+        })
+        .await?
+        .into_inner();
+    print_import(&reverted.import.unwrap_or_default());
+    println!("users_removed:  {}", reverted.users_removed);
+    println!("message:        {}", reverted.message);
+    Ok(())
+}
+
+/// Prints the users, one per line, following the pages.
+pub async fn users(args: UsersArgs) -> CliResult {
+    let mut client = connect(&args.target.server, &args.target.connection).await?;
+    let mut token = String::new();
+    let mut shown = 0u64;
+    let limit = args.limit.unwrap_or(u64::MAX);
+    while shown < limit {
+        let page = client
+            .list_users(proto::ListUsersRequest {
+                account_id: args.target.account.clone(),
+                import_id: args.import_id.clone().unwrap_or_default(),
+                page_size: (limit - shown).min(1000) as i32,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        for user in page.users.iter().take((limit - shown) as usize) {
+            let role = proto::UserRole::try_from(user.role)
+                .map(|r| {
+                    r.as_str_name()
+                        .trim_start_matches("USER_ROLE_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            println!(
+                "{:<40} {:<8} {:<20} {:<20} {:<16} {}",
+                user.email, role, user.first_name, user.last_name, user.external_id, user.import_id
+            );
+        }
+        shown += page.users.len() as u64;
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn status_name(status: i32) -> &'static str {
     proto::ImportStatus::try_from(status)
         .map(|s| s.as_str_name())
@@ -254,6 +346,19 @@ fn print_import(import: &proto::Import) {
     println!("rows_processed: {}", import.rows_processed);
     println!("rows_imported:  {}", import.rows_imported);
     println!("rows_failed:    {}", import.rows_failed);
+    if import.validate_only {
+        println!("validate_only:  true (a dry run: no user was written)");
+    }
+    if import.rows_skipped > 0 || import.rows_updated > 0 {
+        println!("rows_skipped:   {}", import.rows_skipped);
+        println!("rows_updated:   {}", import.rows_updated);
+    }
+    if !import.retry_of_import_id.is_empty() {
+        println!("retry_of:       {}", import.retry_of_import_id);
+    }
+    if let Some(time) = &import.revert_time {
+        println!("revert_time:    {}", time);
+    }
     if !import.error_message.is_empty() {
         println!("error_message:  {}", import.error_message);
     }

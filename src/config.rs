@@ -35,6 +35,14 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print (or save) the CSV template.
     Template(TemplateArgs),
+    /// Write an import's failed rows as a CSV to fix and upload again (`errors ID > fix.csv`).
+    Errors(ImportArgs),
+    /// Cancel a running import: it ends CANCELLED, with nothing imported.
+    Cancel(ImportArgs),
+    /// Undo an import: remove the users it created (not those updated since by another).
+    Revert(ImportArgs),
+    /// List an account's users, or only those one import created.
+    Users(UsersArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -138,6 +146,27 @@ impl ServeArgs {
     }
 }
 
+/// `--on-conflict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnConflict {
+    /// The row fails with ALREADY_EXISTS.
+    Error,
+    /// The user is left as it is.
+    Skip,
+    /// The row's non-empty cells replace the user's values.
+    Update,
+}
+
+impl OnConflict {
+    pub fn proto(self) -> crate::proto::ConflictPolicy {
+        match self {
+            OnConflict::Error => crate::proto::ConflictPolicy::Error,
+            OnConflict::Skip => crate::proto::ConflictPolicy::Skip,
+            OnConflict::Update => crate::proto::ConflictPolicy::Update,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -188,6 +217,15 @@ pub struct UploadArgs {
     /// Bytes per chunk message.
     #[arg(long, default_value_t = 256 * 1024)]
     pub chunk_size: usize,
+    /// Check the file as an import would, writing no user.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// What happens to a row whose email already belongs to a user of the account.
+    #[arg(long, value_enum, default_value_t = OnConflict::Error)]
+    pub on_conflict: OnConflict,
+    /// The import whose failed rows this file corrects (its error report, fixed).
+    #[arg(long)]
+    pub retry_of: Option<String>,
     /// The CSV file.
     pub file: PathBuf,
 }
@@ -200,6 +238,26 @@ pub struct GetArgs {
     #[arg(long, default_value_t = 100)]
     pub errors: u32,
     pub import_id: String,
+}
+
+/// A command on one import.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub target: ServerArgs,
+    pub import_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsersArgs {
+    #[command(flatten)]
+    pub target: ServerArgs,
+    /// Only the users this import created.
+    #[arg(long = "import")]
+    pub import_id: Option<String>,
+    /// Users to show at the most (all of them when not given).
+    #[arg(long)]
+    pub limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -31,6 +31,10 @@ async fn run() -> std::process::ExitCode {
         Command::List(a) => cli::list(a).await,
         Command::Watch(a) => cli::watch(a).await,
         Command::Template(a) => cli::template(a).await,
+        Command::Errors(a) => cli::errors(a).await,
+        Command::Cancel(a) => cli::cancel(a).await,
+        Command::Revert(a) => cli::revert(a).await,
+        Command::Users(a) => cli::users(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -290,6 +290,7 @@ pub async fn upload(channel: Channel, account: &str, file: &Path) -> (proto::Imp
             r#type: proto::ImportType::Users as i32,
             filename: "users.csv".into(),
             import_id: String::new(),
+            ..Default::default()
         })),
     };
     tx.send(metadata).await.unwrap();

@@ -23,6 +23,7 @@ pub struct BatchUser {
     first_name: Range<u32>,
     last_name: Range<u32>,
     pub role: Role,
+    role_given: bool,
     job_title: Range<u32>,
     external_id: Option<Range<u32>>,
 }
@@ -50,6 +51,8 @@ pub struct UserBatch {
     users: Vec<BatchUser>,
     /// Failed rows whose address or external id is valid, in file order.
     probes: Vec<Probe>,
+    /// The cells of failed rows, for the error report, in file order.
+    failed_cells: Vec<(u64, [Range<u32>; 6])>,
     /// Validation errors of this batch's rows, in file order.
     pub errors: Vec<RowError>,
     /// Data rows in this batch, valid or not: what the batch is cut by. (The upload's
@@ -71,6 +74,8 @@ pub struct UserRef<'a> {
     pub first_name: &'a str,
     pub last_name: &'a str,
     pub role: Role,
+    /// The role cell was not empty.
+    pub role_given: bool,
     pub job_title: &'a str,
     pub external_id: Option<&'a str>,
 }
@@ -106,6 +111,7 @@ impl UserBatch {
             first_name,
             last_name,
             role: user.role,
+            role_given: user.role_given,
             job_title,
             external_id,
         });
@@ -127,6 +133,11 @@ impl UserBatch {
                 email,
                 external_id,
             });
+        }
+        if let (Some(cells), Some(first)) = (row.cells, row.errors.first()) {
+            let row_number = first.row_number;
+            let cells = cells.map(|cell| self.push_text(cell));
+            self.failed_cells.push((row_number, cells));
         }
         for error in row.errors {
             self.error_bytes +=
@@ -152,6 +163,7 @@ impl UserBatch {
         self.text.len()
             + self.users.len() * std::mem::size_of::<BatchUser>()
             + self.probes.len() * std::mem::size_of::<Probe>()
+            + self.failed_cells.len() * std::mem::size_of::<(u64, [Range<u32>; 6])>()
             + self.error_bytes
     }
 
@@ -163,6 +175,14 @@ impl UserBatch {
     /// No row at all, valid or not.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// The cells of the failed rows that have them, in file order.
+    pub fn failed_cells(&self) -> impl Iterator<Item = (u64, [&str; 6])> + '_ {
+        let text = |r: &Range<u32>| &self.text[r.start as usize..r.end as usize];
+        self.failed_cells
+            .iter()
+            .map(move |(row, cells)| (*row, cells.each_ref().map(text)))
     }
 
     /// The valid values of the failed rows, in file order.
@@ -192,6 +212,7 @@ impl UserBatch {
             first_name: text(&u.first_name),
             last_name: text(&u.last_name),
             role: u.role,
+            role_given: u.role_given,
             job_title: text(&u.job_title),
             external_id: u.external_id.as_ref().map(text),
         }
@@ -211,6 +232,7 @@ mod tests {
             first_name: "Zoë",
             last_name: "O'Brien",
             role: Role::Admin,
+            role_given: false,
             job_title: "",
             external_id: Some("EMP-1"),
         };
@@ -226,6 +248,7 @@ mod tests {
             errors: vec![RowError::invalid_role(4, "x")],
             email: Some(Email::parse("Bo@x.io").unwrap()),
             external_id: Some("E9"),
+            cells: None,
         });
         let probe = batch.probes().next().unwrap();
         assert_eq!(probe.row_number, 4);

@@ -1,9 +1,18 @@
 //! An email address that can be invited: checked by the `email_address` crate (RFC 5322 and
-//! the WHATWG rules) rather than a hand-written pattern, and normalised for uniqueness.
+//! the WHATWG rules) rather than a hand-written pattern, and normalised for uniqueness the way
+//! mail systems compare addresses, so that one mailbox is one user:
+//!
+//! - the domain in its IDNA form (UTS #46, the `idna` crate): `bücher.example` and
+//!   `xn--bcher-kva.example` are one domain;
+//! - the local part in Unicode NFC: a precomposed and a decomposed `é` are one letter;
+//! - then lower-cased.
+//!
+//! The users table stores that key; `readable` turns it back into Unicode for people.
 
 use std::borrow::Cow;
 
 use email_address::{EmailAddress, Options};
+use unicode_normalization::UnicodeNormalization;
 
 use super::text::{Invisible, first_invisible};
 
@@ -19,9 +28,9 @@ const OPTIONS: Options = Options {
     allow_long_local_parts: false,
 };
 
-/// A valid address, lower-cased: uniqueness per account ignores case, and the lower-cased form
-/// is what the users table stores. Borrowed when the input is already lower case, which is
-/// nearly always, so the hot path allocates nothing.
+/// A valid address, normalised (see the module's doc): uniqueness per account compares that
+/// form, and the users table stores it. Borrowed when the input is already a lower-case ASCII
+/// address, which is nearly always, so the hot path allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email<'a> {
     normalised: Cow<'a, str>,
@@ -68,13 +77,15 @@ impl<'a> Email<'a> {
         if let Err(e) = EmailAddress::parse_with_options(value, OPTIONS) {
             return Err(EmailError::Invalid(explain(value, e)));
         }
-        let normalised = if value.bytes().any(|b| b.is_ascii_uppercase()) || !value.is_ascii() {
-            let lower = value.to_lowercase();
-            if lower == value {
+        let normalised = if !value.is_ascii() || value.contains("xn--") {
+            let key = mailbox_key(value)?;
+            if key == value {
                 Cow::Borrowed(value)
             } else {
-                Cow::Owned(lower)
+                Cow::Owned(key)
             }
+        } else if value.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(value.to_ascii_lowercase())
         } else {
             Cow::Borrowed(value)
         };
@@ -91,6 +102,41 @@ impl<'a> Email<'a> {
 
     pub fn as_written(&self) -> &'a str {
         self.as_written
+    }
+}
+
+/// The key of an address outside the plain ASCII case: the local part in NFC, the domain in
+/// its IDNA ASCII form, both lower-cased. The address has been checked, so it has an '@'.
+fn mailbox_key(value: &str) -> Result<String, EmailError> {
+    let (local, domain) = value.rsplit_once('@').unwrap_or((value, ""));
+    let domain = idna::domain_to_ascii(domain).map_err(|_| {
+        EmailError::Invalid(
+            "the domain is not a valid international domain name (IDNA); check its spelling",
+        )
+    })?;
+    let local: String = local.nfc().flat_map(char::to_lowercase).collect();
+    Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
+}
+
+/// The key a stored address has today, when it differs: addresses stored before domains were
+/// kept in their IDNA form and local parts in NFC, for the start-up migration of old rows.
+/// `None` when it is already the key, or no longer parses (it is then left as it is).
+pub fn rekeyed(stored: &str) -> Option<String> {
+    let email = Email::parse(stored).ok()?;
+    (email.as_str() != stored).then(|| email.as_str().to_owned())
+}
+
+/// A stored (normalised) address as a person reads it: the domain in Unicode.
+pub fn readable(stored: &str) -> String {
+    match stored.rsplit_once('@') {
+        Some((local, domain)) if domain.contains("xn--") => {
+            let (unicode, result) = idna::domain_to_unicode(domain);
+            match result {
+                Ok(()) => format!("{local}@{unicode}"),
+                Err(_) => stored.to_owned(),
+            }
+        }
+        _ => stored.to_owned(),
     }
 }
 
@@ -176,6 +222,35 @@ mod tests {
         assert!(matches!(
             Email::parse("bob@exa\u{200D}mple.com"),
             Err(EmailError::Invisible(_))
+        ));
+    }
+
+    #[test]
+    fn one_mailbox_has_one_key_whatever_its_unicode_form() {
+        let key = |v| Email::parse(v).unwrap().as_str().to_owned();
+        assert_eq!(key("anna@bücher.example"), "anna@xn--bcher-kva.example");
+        assert_eq!(
+            key("anna@xn--bcher-kva.example"),
+            "anna@xn--bcher-kva.example"
+        );
+        assert_eq!(key("Anna@BÜCHER.example"), "anna@xn--bcher-kva.example");
+        // Precomposed U+00E9, and e + U+0301.
+        assert_eq!(key("jos\u{e9}@example.com"), key("jose\u{301}@example.com"));
+        assert_eq!(key("JOSE\u{301}@example.com"), "jos\u{e9}@example.com");
+        assert_eq!(
+            readable("anna@xn--bcher-kva.example"),
+            "anna@bücher.example"
+        );
+        assert_eq!(readable("ada@example.com"), "ada@example.com");
+        assert_eq!(
+            rekeyed("anna@bücher.example").as_deref(),
+            Some("anna@xn--bcher-kva.example")
+        );
+        assert_eq!(rekeyed("ada@example.com"), None);
+        // The ASCII hot path borrows.
+        assert!(matches!(
+            Email::parse("ada@x.io").unwrap().normalised,
+            Cow::Borrowed(_)
         ));
     }
 

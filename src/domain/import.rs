@@ -36,16 +36,19 @@ pub enum ImportStatus {
     CompletedNothingToImport,
     ErrorParsing,
     ErrorUnknown,
+    /// Stopped by `CancelImport`: nothing imported or updated.
+    Cancelled,
 }
 
 impl ImportStatus {
-    pub const ALL: [ImportStatus; 6] = [
+    pub const ALL: [ImportStatus; 7] = [
         ImportStatus::Processing,
         ImportStatus::CompletedSuccess,
         ImportStatus::CompletedPartial,
         ImportStatus::CompletedNothingToImport,
         ImportStatus::ErrorParsing,
         ImportStatus::ErrorUnknown,
+        ImportStatus::Cancelled,
     ];
 
     pub fn is_terminal(self) -> bool {
@@ -72,7 +75,18 @@ impl ImportStatus {
             ImportStatus::CompletedNothingToImport => "COMPLETED_NOTHING_TO_IMPORT",
             ImportStatus::ErrorParsing => "ERROR_PARSING",
             ImportStatus::ErrorUnknown => "ERROR_UNKNOWN",
+            ImportStatus::Cancelled => "CANCELLED",
         }
+    }
+
+    /// A COMPLETED_* status: its users stay.
+    pub fn is_completed(self) -> bool {
+        matches!(
+            self,
+            ImportStatus::CompletedSuccess
+                | ImportStatus::CompletedPartial
+                | ImportStatus::CompletedNothingToImport
+        )
     }
 
     pub fn from_stored(value: &str) -> Option<Self> {
@@ -143,6 +157,34 @@ impl TextFormat {
     }
 }
 
+/// What happens to a row whose email already belongs to a user of the account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// The row fails with ALREADY_EXISTS.
+    #[default]
+    Error,
+    /// The user is left as it is, and the row counted as skipped.
+    Skip,
+    /// The row's non-empty cells replace the user's values.
+    Update,
+}
+
+impl ConflictPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Error => "ERROR",
+            ConflictPolicy::Skip => "SKIP",
+            ConflictPolicy::Update => "UPDATE",
+        }
+    }
+
+    pub fn from_stored(value: &str) -> Option<Self> {
+        [Self::Error, Self::Skip, Self::Update]
+            .into_iter()
+            .find(|p| p.as_str() == value)
+    }
+}
+
 /// The numbers an import reports while it runs and once it finished.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -154,6 +196,10 @@ pub struct Counters {
     pub rows_failed: u64,
     /// Row errors not stored because the import reached its cap; the counters above stay exact.
     pub row_errors_omitted: u64,
+    /// Rows whose user existed and was left as it is (`ConflictPolicy::Skip`).
+    pub rows_skipped: u64,
+    /// Rows whose user existed and was updated (`ConflictPolicy::Update`).
+    pub rows_updated: u64,
 }
 
 /// The file name the client gave, kept as given (the proto says so; surrounding spaces
@@ -211,6 +257,11 @@ pub struct NewImport {
     pub filename: Filename,
     /// The name of the token that starts it; empty on an open server.
     pub created_by: String,
+    /// A dry run: checked like an import, with no user written.
+    pub validate_only: bool,
+    pub on_conflict: ConflictPolicy,
+    /// The import of the same account whose failed rows this file corrects.
+    pub retry_of: Option<ImportId>,
 }
 
 /// The store's own handle on an import: a small integer is cheaper than the
@@ -226,6 +277,9 @@ pub struct Import {
     pub filename: Filename,
     /// The name of the token that started it; empty when the server ran open.
     pub created_by: String,
+    pub validate_only: bool,
+    pub on_conflict: ConflictPolicy,
+    pub retry_of: Option<ImportId>,
     pub status: ImportStatus,
     pub counters: Counters,
     /// How the file's text is written, once its first bytes were read.
@@ -235,6 +289,9 @@ pub struct Import {
     pub create_time: SystemTime,
     pub update_time: SystemTime,
     pub complete_time: Option<SystemTime>,
+    /// When `RevertImport` removed its users, and what it did.
+    pub revert_time: Option<SystemTime>,
+    pub revert_note: String,
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ pub use caller::Caller;
 pub use email::Email;
 pub use ids::{AccountId, ImportId};
 pub use import::{
-    Counters, Filename, Import, ImportKey, ImportStatus, ImportType, NewImport, TextEncoding,
-    TextFormat,
+    ConflictPolicy, Counters, Filename, Import, ImportKey, ImportStatus, ImportType, NewImport,
+    TextEncoding, TextFormat,
 };
 pub use row_error::{ErrorCode, RowError};
 pub use user::{Column, FailedRow, NewUser, Role};

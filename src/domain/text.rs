@@ -88,6 +88,15 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A cell as an import reads it back: the `'` that `spreadsheet_safe` put before a formula
+/// character is dropped, so that a value survives a round trip through an error report.
+pub fn without_formula_guard(cell: &str) -> &str {
+    match cell.as_bytes() {
+        [b'\'', b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r', ..] => &cell[1..],
+        _ => cell,
+    }
+}
+
 /// `value` with its control characters written as `\u0000` escapes. Borrowed when it has none.
 pub fn escape_controls(value: &str) -> std::borrow::Cow<'_, str> {
     if !value.chars().any(char::is_control) {
@@ -139,6 +148,9 @@ mod tests {
         }
         assert_eq!(spreadsheet_safe("ada@example.com"), "ada@example.com");
         assert_eq!(spreadsheet_safe(""), "");
+        for value in ["=1+1", "-3", "@x", "'quoted", "plain", "'"] {
+            assert_eq!(without_formula_guard(&spreadsheet_safe(value)), value);
+        }
     }
 
     #[test]

@@ -172,15 +172,18 @@ pub struct FailedRow<'a> {
     pub errors: Vec<RowError>,
     pub email: Option<Email<'a>>,
     pub external_id: Option<&'a str>,
+    /// The row's cells by template column, as the file had them, for the error report.
+    pub cells: Option<[&'a str; 6]>,
 }
 
 impl FailedRow<'_> {
-    /// A row with only these errors: none of its values can be checked.
+    /// A row with only these errors: none of its values can be checked or shown.
     pub fn with_errors(errors: Vec<RowError>) -> Self {
         Self {
             errors,
             email: None,
             external_id: None,
+            cells: None,
         }
     }
 }
@@ -193,6 +196,8 @@ pub struct NewUser<'a> {
     pub first_name: &'a str,
     pub last_name: &'a str,
     pub role: Role,
+    /// The role cell was not empty: an UPDATE keeps the stored role otherwise.
+    pub role_given: bool,
     pub job_title: &'a str,
     /// `None` when the cell is empty: uniqueness applies only to present ids.
     pub external_id: Option<&'a str>,

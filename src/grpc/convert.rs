@@ -5,8 +5,8 @@
 use std::time::SystemTime;
 
 use crate::domain::{
-    AccountId, ArgumentError, Filename, Import, ImportId, ImportStatus, ImportType, NewImport,
-    RowError,
+    AccountId, ArgumentError, ConflictPolicy, Filename, Import, ImportId, ImportStatus, ImportType,
+    NewImport, RowError,
 };
 use crate::import::pipeline::events::{FinishCheck, StreamError, UploadEvent};
 use crate::import::template::Template;
@@ -71,7 +71,43 @@ fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
         filename: Filename::parse(&m.filename)?,
         // Set by the import layer from the caller, never by the client.
         created_by: String::new(),
+        validate_only: m.validate_only,
+        on_conflict: conflict_policy(m.on_conflict)?,
+        retry_of: match m.retry_of_import_id.as_str() {
+            "" => None,
+            id => Some(ImportId::parse(id).map_err(|e| {
+                ArgumentError::new(
+                    "retry_of_import_id",
+                    format!("retry_of_import_id: {}", e.message),
+                )
+            })?),
+        },
     })
+}
+
+fn conflict_policy(value: i32) -> Result<ConflictPolicy, ArgumentError> {
+    match proto::ConflictPolicy::try_from(value) {
+        Ok(proto::ConflictPolicy::Unspecified | proto::ConflictPolicy::Error) => {
+            Ok(ConflictPolicy::Error)
+        }
+        Ok(proto::ConflictPolicy::Skip) => Ok(ConflictPolicy::Skip),
+        Ok(proto::ConflictPolicy::Update) => Ok(ConflictPolicy::Update),
+        Err(_) => Err(ArgumentError::new(
+            "on_conflict",
+            format!(
+                "unknown conflict policy {value}; use CONFLICT_POLICY_ERROR, \
+                 CONFLICT_POLICY_SKIP or CONFLICT_POLICY_UPDATE"
+            ),
+        )),
+    }
+}
+
+fn proto_policy(policy: ConflictPolicy) -> proto::ConflictPolicy {
+    match policy {
+        ConflictPolicy::Error => proto::ConflictPolicy::Error,
+        ConflictPolicy::Skip => proto::ConflictPolicy::Skip,
+        ConflictPolicy::Update => proto::ConflictPolicy::Update,
+    }
 }
 
 fn finish_check(f: &proto::UploadFinish) -> Result<FinishCheck, ArgumentError> {
@@ -128,6 +164,17 @@ pub fn import(import: &Import) -> proto::Import {
             .unwrap_or_default(),
         row_errors_omitted: c.row_errors_omitted as i64,
         created_by: import.created_by.clone(),
+        validate_only: import.validate_only,
+        on_conflict: proto_policy(import.on_conflict) as i32,
+        rows_skipped: c.rows_skipped as i64,
+        rows_updated: c.rows_updated as i64,
+        retry_of_import_id: import
+            .retry_of
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        revert_time: import.revert_time.map(timestamp),
+        revert_note: import.revert_note.clone(),
     }
 }
 
@@ -139,6 +186,7 @@ pub fn status(status: ImportStatus) -> proto::ImportStatus {
         ImportStatus::CompletedNothingToImport => proto::ImportStatus::CompletedNothingToImport,
         ImportStatus::ErrorParsing => proto::ImportStatus::ErrorParsing,
         ImportStatus::ErrorUnknown => proto::ImportStatus::ErrorUnknown,
+        ImportStatus::Cancelled => proto::ImportStatus::Cancelled,
     }
 }
 
@@ -174,5 +222,24 @@ pub fn template(template: Template) -> proto::GetImportTemplateResponse {
                 aliases: c.aliases.iter().map(|a| (*a).to_owned()).collect(),
             })
             .collect(),
+    }
+}
+
+pub fn user(user: &crate::store::StoredUser) -> proto::User {
+    proto::User {
+        email: crate::domain::email::readable(&user.email),
+        first_name: user.first_name.clone(),
+        last_name: user.last_name.clone(),
+        role: match user.role.as_str() {
+            "admin" => proto::UserRole::Admin,
+            "viewer" => proto::UserRole::Viewer,
+            "member" => proto::UserRole::Member,
+            _ => proto::UserRole::Unspecified,
+        } as i32,
+        job_title: user.job_title.clone(),
+        external_id: user.external_id.clone().unwrap_or_default(),
+        import_id: user.import_id.clone(),
+        create_time: Some(timestamp(user.create_time)),
+        update_time: Some(timestamp(user.update_time)),
     }
 }

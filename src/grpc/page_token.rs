@@ -11,6 +11,7 @@ use crate::domain::ArgumentError;
 
 const VERSION: u8 = 1;
 const CURSOR_VERSION: u8 = 2;
+const KEY_VERSION: u8 = 3;
 
 /// A fingerprint of what a list is scoped to.
 pub fn scope(parts: &[&str]) -> u64 {
@@ -87,6 +88,37 @@ fn invalid(field: &'static str) -> ArgumentError {
         "the page token is not valid for this request; pass the token of the previous \
          response unchanged, with the same other arguments, or none for the first page",
     )
+}
+
+/// A token for a list ordered by a text key (the users, by email): after `key`.
+pub fn encode_key(scope: u64, key: &str) -> String {
+    let mut raw = Vec::with_capacity(9 + key.len());
+    raw.push(KEY_VERSION);
+    raw.extend_from_slice(&scope.to_be_bytes());
+    raw.extend_from_slice(key.as_bytes());
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// The key in a token of `encode_key`; `None` for an empty token (the first page).
+pub fn decode_key(
+    field: &'static str,
+    token: &str,
+    scope: u64,
+) -> Result<Option<String>, ArgumentError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid(field))?;
+    if raw.len() < 9 || raw[0] != KEY_VERSION {
+        return Err(invalid(field));
+    }
+    let token_scope = u64::from_be_bytes(raw[1..9].try_into().expect("8 bytes"));
+    if token_scope != scope {
+        return Err(invalid(field));
+    }
+    String::from_utf8(raw[9..].to_vec())
+        .map(Some)
+        .map_err(|_| invalid(field))
 }
 
 /// AIP-158 page sizes: 0 means the default, larger values are coerced to the maximum.

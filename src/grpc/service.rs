@@ -17,6 +17,7 @@ use crate::proto::{self, import_service_server::ImportService};
 
 const DEFAULT_ERRORS_PAGE: u32 = 100;
 const DEFAULT_IMPORTS_PAGE: u32 = 50;
+const DEFAULT_USERS_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
 pub struct ImportServiceImpl {
@@ -30,6 +31,22 @@ impl ImportServiceImpl {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchImportResponse, Status>> + Send>>;
+type ReportStream =
+    Pin<Box<dyn Stream<Item = Result<proto::GetImportErrorReportResponse, Status>> + Send>>;
+
+/// What a revert did, in words: the note it left on the import.
+fn revert_message(reverted: &crate::store::Reverted) -> String {
+    if reverted.removed == 0 && reverted.kept == 0 && reverted.import.revert_note.is_empty() {
+        return "nothing to revert".to_owned();
+    }
+    match reverted.removed {
+        0 if reverted.kept == 0 => format!(
+            "already reverted ({}); nothing removed now",
+            reverted.import.revert_note
+        ),
+        _ => reverted.import.revert_note.clone(),
+    }
+}
 
 #[tonic::async_trait]
 impl ImportService for ImportServiceImpl {
@@ -149,5 +166,90 @@ impl ImportService for ImportServiceImpl {
         auth::caller(&request)?;
         let kind = convert::import_type(request.into_inner().r#type)?;
         Ok(Response::new(convert::template(template::template(kind))))
+    }
+
+    async fn cancel_import(
+        &self,
+        request: Request<proto::CancelImportRequest>,
+    ) -> Result<Response<proto::CancelImportResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let req = request.into_inner();
+        let account_id = convert::account_id(&req.account_id)?;
+        auth::allow(&caller, &account_id)?;
+        let import_id = convert::import_id(&req.import_id)?;
+        let import = self.importer.cancel(&account_id, &import_id).await?;
+        Ok(Response::new(proto::CancelImportResponse {
+            import: Some(convert::import(&import)),
+        }))
+    }
+
+    async fn revert_import(
+        &self,
+        request: Request<proto::RevertImportRequest>,
+    ) -> Result<Response<proto::RevertImportResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let req = request.into_inner();
+        let account_id = convert::account_id(&req.account_id)?;
+        auth::allow(&caller, &account_id)?;
+        let import_id = convert::import_id(&req.import_id)?;
+        let reverted = self.importer.revert(&account_id, &import_id).await?;
+        Ok(Response::new(proto::RevertImportResponse {
+            message: revert_message(&reverted),
+            import: Some(convert::import(&reverted.import)),
+            users_removed: reverted.removed as i64,
+        }))
+    }
+
+    type GetImportErrorReportStream = ReportStream;
+
+    async fn get_import_error_report(
+        &self,
+        request: Request<proto::GetImportErrorReportRequest>,
+    ) -> Result<Response<Self::GetImportErrorReportStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let req = request.into_inner();
+        let account_id = convert::account_id(&req.account_id)?;
+        auth::allow(&caller, &account_id)?;
+        let import_id = convert::import_id(&req.import_id)?;
+        let chunks = self.importer.error_report(&account_id, &import_id).await?;
+        let stream = chunks.map(|chunk| {
+            chunk
+                .map(|chunk| proto::GetImportErrorReportResponse { chunk })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<proto::ListUsersRequest>,
+    ) -> Result<Response<proto::ListUsersResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let req = request.into_inner();
+        let account_id = convert::account_id(&req.account_id)?;
+        auth::allow(&caller, &account_id)?;
+        let import_id = match req.import_id.as_str() {
+            "" => None,
+            id => Some(convert::import_id(id)?),
+        };
+        let limit =
+            page_token::page_size("page_size", req.page_size, DEFAULT_USERS_PAGE, MAX_PAGE)?;
+        let scope_import = import_id.as_ref().map_or("", |id| id.as_str());
+        let scope = page_token::scope(&[account_id.as_str(), scope_import]);
+        let after = page_token::decode_key("page_token", &req.page_token, scope)?;
+        let mut users = self
+            .importer
+            .users(&account_id, import_id.as_ref(), after.as_deref(), limit + 1)
+            .await?;
+        let next_page_token = if users.len() > limit as usize {
+            users.truncate(limit as usize);
+            page_token::encode_key(scope, &users.last().expect("a full page").email)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListUsersResponse {
+            users: users.iter().map(convert::user).collect(),
+            next_page_token,
+        }))
     }
 }

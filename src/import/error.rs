@@ -26,6 +26,13 @@ pub enum ImportError {
     /// The client sent nothing for too long.
     #[error("{0}")]
     Stalled(String),
+    /// `CancelImport` ended the import while it was being uploaded.
+    #[error("{0}")]
+    ImportCancelled(String),
+    /// The import is not in a state that allows the request (cancel a finished import,
+    /// revert a running one).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("import '{import_id}' was not found in account '{account_id}'")]
     NotFound {
         account_id: AccountId,
@@ -63,6 +70,9 @@ impl From<StoreError> for ImportError {
                 "{fault}; retry once the service reports ready again"
             )),
             StoreError::NotProcessing => ImportError::Ended,
+            StoreError::StillRunning => ImportError::FailedPrecondition(
+                "the import is still running; wait for it to end, or cancel it".to_owned(),
+            ),
             // The callers that can meet a taken id handle it with its context.
             StoreError::AlreadyExists => {
                 ImportError::Internal("unexpected uniqueness violation".to_owned())
@@ -95,7 +105,11 @@ fn already_exists(
             "{head} and completed ({}): the file was imported, nothing more to do",
             status.as_str()
         ),
-        Some(status @ (ImportStatus::ErrorParsing | ImportStatus::ErrorUnknown)) => format!(
+        Some(
+            status @ (ImportStatus::ErrorParsing
+            | ImportStatus::ErrorUnknown
+            | ImportStatus::Cancelled),
+        ) => format!(
             "{head} and ended in {}, with nothing imported; to import the file, upload it again \
              with a new import_id",
             status.as_str()

@@ -24,6 +24,7 @@ pub mod parser;
 pub mod pipeline;
 pub mod progress;
 pub mod reader;
+mod report;
 pub mod template;
 pub mod validator;
 
@@ -36,12 +37,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AccountId, Caller, Counters, Import, ImportId, ImportKey};
+use crate::domain::{AccountId, Caller, Counters, Import, ImportId, ImportKey, ImportStatus};
 pub use crate::store::ImportCursor;
 use crate::store::{Store, StoredRowError};
 pub use error::ImportError;
 pub use pipeline::ImportConfig;
 use pipeline::admission::Admission;
+use pipeline::cancel::Cancels;
 use pipeline::ending::Endings;
 pub use pipeline::ending::INTERRUPTED;
 use pipeline::events::{StreamError, UploadEvent};
@@ -51,6 +53,8 @@ use progress::{FollowEnd, ProgressHub, WATCH_TICK, follow_local};
 /// How long a watcher of an import running elsewhere waits for a change notification before
 /// reading the stored state anyway.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
+/// How long `CancelImport` waits for the import to end.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
 /// Reads of the store a watcher may fail in a row (about 5 s) before its stream ends with
 /// the error.
 const WATCH_FAILURES: u32 = 20;
@@ -94,6 +98,7 @@ struct Inner {
     endings: Endings,
     memory: BatchMemory,
     admission: Admission,
+    cancels: Cancels,
     /// `WatchImport` streams open at once.
     watchers: Arc<tokio::sync::Semaphore>,
 }
@@ -109,6 +114,7 @@ impl Importer {
                 endings: Endings::default(),
                 memory: BatchMemory::default(),
                 admission: Admission::new(config.max_uploads, config.max_uploads_per_account),
+                cancels: Cancels::default(),
                 watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers.max(1))),
                 config,
             }),
@@ -144,6 +150,7 @@ impl Importer {
             shutdown: self.inner.shutdown.clone(),
             endings: self.inner.endings.clone(),
             admission: self.inner.admission.clone(),
+            cancels: self.inner.cancels.clone(),
             config: self.inner.config.clone(),
         };
         let task = self.inner.uploads.spawn(pipeline::run(ctx, caller, events));
@@ -213,6 +220,117 @@ impl Importer {
             import_id: import_id.clone(),
         })?;
         Ok(self.freshest(import))
+    }
+
+    /// Cancels a PROCESSING import, wherever it runs, and waits (a bounded while) for it to
+    /// end: see `CancelImport`.
+    pub async fn cancel(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<Import, ImportError> {
+        let import = self.get(account_id, import_id).await?;
+        let not_running = |import: &Import| {
+            ImportError::FailedPrecondition(format!(
+                "import '{}' already ended ({}); only a PROCESSING import can be cancelled",
+                import.import_id,
+                import.status.as_str()
+            ))
+        };
+        if import.status.is_terminal() {
+            return Err(not_running(&import));
+        }
+        if !self.inner.cancels.cancel(import.key) {
+            // It runs on another replica, which follows its import's changes.
+            match self.store()?.request_cancel(import.key).await {
+                Ok(()) => {}
+                Err(crate::store::StoreError::NotProcessing) => {
+                    let ended = self.get(account_id, import_id).await?;
+                    return Err(not_running(&ended));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let ended = tokio::time::timeout(CANCEL_WAIT, async {
+            let mut updates = self.watch(account_id, import_id).await?;
+            let mut last = None;
+            while let Some(update) = futures::StreamExt::next(&mut updates).await {
+                last = Some(update?);
+            }
+            last.ok_or_else(|| ImportError::Internal("a watch that said nothing".into()))
+        })
+        .await
+        .map_err(|_| {
+            ImportError::Unavailable(format!(
+                "the cancel of import '{import_id}' is asked, but the server that runs it has \
+                 not ended it yet; follow it with GetImport"
+            ))
+        })??;
+        match ended.status {
+            ImportStatus::Cancelled => Ok(ended),
+            status => Err(ImportError::FailedPrecondition(format!(
+                "import '{import_id}' ended ({}) before it could be cancelled",
+                status.as_str()
+            ))),
+        }
+    }
+
+    /// Removes the users an import created (see `RevertImport`): the import, how many were
+    /// removed by this call, and how many kept.
+    pub async fn revert(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<crate::store::Reverted, ImportError> {
+        let import = self.get(account_id, import_id).await?;
+        if !import.status.is_terminal() {
+            return Err(ImportError::FailedPrecondition(format!(
+                "import '{import_id}' is still running; wait for it to end (or cancel it), \
+                 then revert it"
+            )));
+        }
+        let reverted = self.store()?.revert_import(import.key).await?;
+        tracing::info!(
+            account_id = %account_id, import_id = %import_id, removed = reverted.removed,
+            kept = reverted.kept, "import reverted"
+        );
+        Ok(reverted)
+    }
+
+    /// The account's users, by email, after `after`; only those `import_id` created when given.
+    pub async fn users(
+        &self,
+        account_id: &AccountId,
+        import_id: Option<&ImportId>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::StoredUser>, ImportError> {
+        let import = match import_id {
+            Some(id) => Some(self.get(account_id, id).await?.key),
+            None => None,
+        };
+        Ok(self
+            .store()?
+            .list_users(account_id, import, after, limit)
+            .await?)
+    }
+
+    /// The error report of an import, as chunks of a CSV file (see `report`), fed by a task
+    /// through a small bounded channel, which stops when the reader goes away.
+    pub async fn error_report(
+        &self,
+        account_id: &AccountId,
+        import_id: &ImportId,
+    ) -> Result<ReceiverStream<Result<bytes::Bytes, ImportError>>, ImportError> {
+        let import = self.get(account_id, import_id).await?;
+        if !import.status.is_terminal() {
+            return Err(ImportError::FailedPrecondition(format!(
+                "import '{import_id}' is still running; its error report is ready once it ends"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(report::write(self.store()?, import.key, tx));
+        Ok(ReceiverStream::new(rx))
     }
 
     /// Row errors of an import in file order, after sequence number `after`.

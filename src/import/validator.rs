@@ -4,7 +4,7 @@
 use std::str::Utf8Error;
 
 use crate::domain::email::EmailError;
-use crate::domain::text::trim_cell;
+use crate::domain::text::{trim_cell, without_formula_guard};
 use crate::domain::user::{TextError, parse_text};
 use crate::domain::{Column, Email, FailedRow, NewUser, Role, RowError};
 
@@ -153,9 +153,10 @@ pub struct CsvRow<'a> {
 }
 
 impl<'a> CsvRow<'a> {
-    /// A cell without the spaces and invisible characters at its ends.
+    /// A cell without the spaces and invisible characters at its ends, and without the `'`
+    /// an error report puts before a formula character.
     fn value(&self, column: Column) -> &'a str {
-        trim_cell(self.values[column as usize])
+        without_formula_guard(trim_cell(self.values[column as usize]))
     }
 }
 
@@ -242,6 +243,7 @@ impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
                 first_name,
                 last_name,
                 role,
+                role_given: !role_value.is_empty(),
                 job_title,
                 external_id,
             }),
@@ -249,6 +251,7 @@ impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
                 errors,
                 email,
                 external_id,
+                cells: Some(row.values),
             }),
         }
     }

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{StoreError, StoredRowError};
 use crate::domain::{
-    AccountId, Column, Counters, ErrorCode, Filename, Import, ImportId, ImportStatus, ImportType,
-    RowError, TextEncoding, TextFormat,
+    AccountId, Column, ConflictPolicy, Counters, ErrorCode, Filename, Import, ImportId,
+    ImportStatus, ImportType, RowError, TextEncoding, TextFormat,
 };
 
 /// An `imports` row as both backends select it (times in microseconds).
@@ -30,6 +30,13 @@ pub(crate) struct ImportRow {
     create_time: i64,
     update_time: i64,
     complete_time: Option<i64>,
+    validate_only: bool,
+    on_conflict: String,
+    rows_skipped: i64,
+    rows_updated: i64,
+    retry_of_import_id: Option<String>,
+    revert_time: Option<i64>,
+    revert_note: String,
 }
 
 impl TryFrom<ImportRow> for Import {
@@ -45,6 +52,15 @@ impl TryFrom<ImportRow> for Import {
             kind: ImportType::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
             filename: Filename::from_stored(row.filename),
             created_by: row.created_by,
+            validate_only: row.validate_only,
+            on_conflict: ConflictPolicy::from_stored(&row.on_conflict)
+                .ok_or_else(|| corrupt("on_conflict"))?,
+            retry_of: row
+                .retry_of_import_id
+                .as_deref()
+                .map(ImportId::parse)
+                .transpose()
+                .map_err(|_| corrupt("retry_of_import_id"))?,
             status: ImportStatus::from_stored(&row.status).ok_or_else(|| corrupt("status"))?,
             counters: Counters {
                 bytes_received: row.bytes_received as u64,
@@ -52,12 +68,16 @@ impl TryFrom<ImportRow> for Import {
                 rows_imported: row.rows_imported as u64,
                 rows_failed: row.rows_failed as u64,
                 row_errors_omitted: row.row_errors_omitted as u64,
+                rows_skipped: row.rows_skipped as u64,
+                rows_updated: row.rows_updated as u64,
             },
             format: format_from_columns(row.encoding.as_deref(), row.delimiter.as_deref())?,
             error_message: row.error_message,
             create_time: from_micros(row.create_time),
             update_time: from_micros(row.update_time),
             complete_time: row.complete_time.map(from_micros),
+            revert_time: row.revert_time.map(from_micros),
+            revert_note: row.revert_note,
         })
     }
 }
@@ -122,6 +142,6 @@ pub(crate) fn micros(time: SystemTime) -> i64 {
         .unwrap_or_default()
 }
 
-fn from_micros(micros: i64) -> SystemTime {
+pub(crate) fn from_micros(micros: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64)
 }

@@ -67,15 +67,16 @@ fn conflict_error(
 }
 
 /// The values whose holders a batch must know: those of the users the unique indexes refused,
-/// and the valid ones of its failed rows. Emails, then external ids.
+/// and (with `probes`) the valid ones of its failed rows. Emails, then external ids.
 pub(crate) fn looked_up<'b>(
     batch: &'b UserBatch,
     refused: &[usize],
+    probes: bool,
 ) -> (Vec<&'b str>, Vec<&'b str>) {
     let users = refused.iter().map(|&i| batch.user(i));
     let mut emails: Vec<&str> = users.clone().map(|u| u.email).collect();
     let mut ids: Vec<&str> = users.filter_map(|u| u.external_id).collect();
-    for probe in batch.probes() {
+    for probe in batch.probes().filter(|_| probes) {
         emails.extend(probe.email.map(|(normalised, _)| normalised));
         ids.extend(probe.external_id);
     }
@@ -92,11 +93,13 @@ pub(crate) fn looked_up<'b>(
 /// - a refused user gets an error for each value so held (at least one, since the unique
 ///   indexes refused it; when its holder went away in between, the email is the likelier
 ///   culprit);
-/// - a failed row gets one for each of its valid values so held, beside its validation errors.
+/// - a failed row gets one for each of its valid values so held, beside its validation errors
+///   (with `probes`).
 pub(crate) fn refusals(
     key: ImportKey,
     batch: &UserBatch,
     refused: &[usize],
+    probes: bool,
     by_email: &HashMap<String, Holder>,
     by_external_id: &HashMap<String, Holder>,
 ) -> Vec<RowError> {
@@ -133,7 +136,7 @@ pub(crate) fn refusals(
             ));
         }
     }
-    for probe in batch.probes() {
+    for probe in batch.probes().filter(|_| probes) {
         let row = probe.row_number;
         if let Some((email, as_written)) = probe.email
             && let Some(holder) = earlier(by_email, email, row)
@@ -214,6 +217,7 @@ mod tests {
             first_name: "",
             last_name: "",
             role: crate::domain::Role::Member,
+            role_given: false,
             job_title: "",
             external_id,
         }
@@ -237,7 +241,7 @@ mod tests {
         batch.push_user(4, &user("c@x.com", Some("E2")));
         let by_email = HashMap::from([("a@x.com".to_owned(), held(7, 2))]);
         let by_id = HashMap::from([("E2".to_owned(), held(7, 4))]);
-        let errors = refusals(7, &batch, &[1], &by_email, &by_id);
+        let errors = refusals(7, &batch, &[1], true, &by_email, &by_id);
         let seen: Vec<_> = errors
             .iter()
             .map(|e| (e.row_number, e.column, e.code))
@@ -257,10 +261,11 @@ mod tests {
             errors: vec![RowError::invalid_role(3, "boss")],
             email: Some(crate::domain::Email::parse("A@x.com").unwrap()),
             external_id: Some("E1"),
+            cells: None,
         });
         let by_email = HashMap::from([("a@x.com".to_owned(), held(7, 2))]);
         let by_id = HashMap::from([("E1".to_owned(), held(3, 9))]);
-        let errors = refusals(7, &batch, &[], &by_email, &by_id);
+        let errors = refusals(7, &batch, &[], true, &by_email, &by_id);
         let seen: Vec<_> = errors
             .iter()
             .map(|e| (e.row_number, e.column, e.code))

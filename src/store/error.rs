@@ -15,6 +15,9 @@ pub enum StoreError {
     /// The import was ended by someone else (recovery after a restart, or another replica).
     #[error("the import is no longer processing")]
     NotProcessing,
+    /// The import still runs, and the request needs it ended.
+    #[error("the import is still running")]
+    StillRunning,
     /// The database cannot be reached for now; the same request may succeed in a moment.
     #[error("{outage}")]
     Unavailable {

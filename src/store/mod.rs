@@ -17,8 +17,11 @@
 mod codec;
 mod conflicts;
 pub mod error;
+mod failed;
+mod policy;
 mod postgres;
 mod queries;
+mod rekey;
 mod sqlite;
 
 use std::sync::Arc;
@@ -27,18 +30,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::{
-    AccountId, Counters, Import, ImportId, ImportKey, ImportStatus, NewImport, RowError,
-    TextFormat, UserBatch,
+    AccountId, ConflictPolicy, Counters, Import, ImportId, ImportKey, ImportStatus, NewImport,
+    RowError, TextFormat, UserBatch,
 };
 pub use error::{Fault, Outage, StoreError};
 
 /// What writing one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// Users inserted.
+    /// Users inserted (a dry run: users that would have been).
     pub imported: u64,
     /// Valid rows refused by a uniqueness rule (DUPLICATE_IN_FILE or ALREADY_EXISTS).
     pub conflicts: u64,
+    /// Rows whose user exists, left alone (SKIP) or updated (UPDATE).
+    pub skipped: u64,
+    pub updated: u64,
     /// Row errors stored, validation and conflict errors together.
     pub errors_stored: u64,
     /// Row errors left out because the import reached its cap.
@@ -54,6 +60,8 @@ impl BatchOutcome {
             rows_imported: before.rows_imported + self.imported,
             rows_failed: before.rows_failed + self.conflicts,
             row_errors_omitted: before.row_errors_omitted + self.errors_omitted,
+            rows_skipped: before.rows_skipped + self.skipped,
+            rows_updated: before.rows_updated + self.updated,
             ..before
         }
     }
@@ -73,6 +81,23 @@ pub struct BatchTarget<'a> {
     /// saves `BatchOutcome::applied_to(progress)` with the batch, for readers elsewhere.
     pub progress: Counters,
     pub format: Option<TextFormat>,
+    /// What becomes of a row whose user exists.
+    pub on_conflict: ConflictPolicy,
+    /// A dry run: every check, no user written.
+    pub validate_only: bool,
+}
+
+impl BatchTarget<'_> {
+    /// How rows are decided when the unique indexes alone cannot decide them: a dry run
+    /// writes no user, and SKIP and UPDATE must know the user before writing. `None` for the
+    /// plain import, which inserts and lets the indexes refuse.
+    fn planned(&self) -> Option<policy::Mode> {
+        (self.validate_only || self.on_conflict != ConflictPolicy::Error).then_some(policy::Mode {
+            key: self.key,
+            policy: self.on_conflict,
+            dry_run: self.validate_only,
+        })
+    }
 }
 
 /// How an import ends.
@@ -87,12 +112,7 @@ pub struct Conclusion {
 impl Conclusion {
     /// An ERROR_* ending removes the import's users: nothing of a failed import stays.
     pub fn removes_users(&self) -> bool {
-        !matches!(
-            self.status,
-            ImportStatus::CompletedSuccess
-                | ImportStatus::CompletedPartial
-                | ImportStatus::CompletedNothingToImport
-        )
+        !self.status.is_completed()
     }
 }
 
@@ -113,6 +133,51 @@ impl ImportCursor {
             import_id: import.import_id.to_string(),
         }
     }
+}
+
+/// The note a revert leaves on its import, and says in its answer.
+pub fn revert_note(removed: u64, kept: u64) -> String {
+    match kept {
+        0 => format!("reverted: {removed} users removed"),
+        kept => format!(
+            "reverted: {removed} users removed; {kept} kept, because another import has updated \
+             them since"
+        ),
+    }
+}
+
+/// What `RevertImport` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reverted {
+    /// The import, with its `revert_time` and note.
+    pub import: Import,
+    /// Users removed by this call: 0 when the import was reverted before.
+    pub removed: u64,
+    /// Users kept because another import updated them since.
+    pub kept: u64,
+}
+
+/// A user of an account, as `ListUsers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    /// As stored: the normalised address.
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub role: String,
+    pub job_title: String,
+    pub external_id: Option<String>,
+    /// The import that created the user.
+    pub import_id: String,
+    pub create_time: std::time::SystemTime,
+    pub update_time: std::time::SystemTime,
+}
+
+/// The cells of a failed row, in template column order, as the file had them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedCells {
+    pub row_number: u64,
+    pub cells: [String; 6],
 }
 
 /// A stored row error with its position, for paging.
@@ -194,6 +259,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Asks the server that runs the import to cancel it: sets its `cancel_requested` and
+    /// wakes its followers. `NotProcessing` when it had already ended.
+    async fn request_cancel(&self, key: ImportKey) -> Result<(), StoreError>;
+
+    /// Whether `CancelImport` asked to cancel the import.
+    async fn cancel_requested(&self, key: ImportKey) -> Result<bool, StoreError>;
+
     /// Creates the import, PROCESSING. `AlreadyExists` when the id is taken in the account.
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError>;
 
@@ -232,6 +304,30 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&ImportCursor>,
         limit: u32,
     ) -> Result<Vec<Import>, StoreError>;
+
+    /// Removes the users an import created, except those another import has updated since,
+    /// and sets its `revert_time` and note; a second call removes nothing and keeps the first
+    /// time. `StillRunning` for a PROCESSING import.
+    async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError>;
+
+    /// The account's users (of completed imports), by email, after `after`; only those
+    /// `import` created when given.
+    async fn list_users(
+        &self,
+        account_id: &AccountId,
+        import: Option<ImportKey>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredUser>, StoreError>;
+
+    /// The cells of an import's failed rows (as many as its stored row errors cover), in file
+    /// order, after row `after` when given.
+    async fn failed_rows(
+        &self,
+        key: ImportKey,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<FailedCells>, StoreError>;
 
     /// Row errors in file order, after sequence number `after` when given.
     async fn list_row_errors(

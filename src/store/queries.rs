@@ -4,8 +4,8 @@
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::codec::{ImportRow, RowErrorColumns};
-use super::{ImportCursor, StoreError, StoredRowError};
+use super::codec::{ImportRow, RowErrorColumns, from_micros};
+use super::{FailedCells, ImportCursor, StoreError, StoredRowError, StoredUser};
 use crate::domain::{AccountId, Import, ImportId, ImportKey};
 
 pub(crate) async fn get_import<'c, DB: Database>(
@@ -93,4 +93,104 @@ where
     .fetch_all(executor)
     .await?;
     rows.into_iter().map(StoredRowError::try_from).collect()
+}
+
+/// A user row as `list_users` selects it.
+type UserColumns = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    i64,
+);
+
+/// The users of an account's completed imports, by email (byte order on both backends). The
+/// backend says how its create and update times read as microseconds.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn list_users<'c, DB: Database>(
+    executor: impl Executor<'c, Database = DB>,
+    create_micros: &str,
+    update_micros: &str,
+    account_id: &AccountId,
+    import: Option<ImportKey>,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<StoredUser>, StoreError>
+where
+    for<'r> UserColumns: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+{
+    let sql = format!(
+        "SELECT u.email, u.first_name, u.last_name, u.role, u.job_title, u.external_id, \
+         i.import_id, {create_micros}, {update_micros} \
+         FROM users u JOIN imports i ON i.import_key = u.import_key \
+         WHERE u.account_id = $1 AND u.email > $2 AND ($3 < 0 OR u.import_key = $3) \
+         AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL', \
+                          'COMPLETED_NOTHING_TO_IMPORT') \
+         ORDER BY u.email LIMIT $4"
+    );
+    let rows: Vec<UserColumns> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(account_id.as_str())
+        .bind(after.unwrap_or(""))
+        .bind(import.unwrap_or(-1))
+        .bind(i64::from(limit))
+        .fetch_all(executor)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(email, first_name, last_name, role, job_title, external_id, import_id, c, u)| {
+                StoredUser {
+                    email,
+                    first_name,
+                    last_name,
+                    role,
+                    job_title,
+                    external_id,
+                    import_id,
+                    create_time: from_micros(c),
+                    update_time: from_micros(u),
+                }
+            },
+        )
+        .collect())
+}
+
+/// The cells of failed rows, in file order.
+pub(crate) async fn failed_rows<'c, DB: Database>(
+    executor: impl Executor<'c, Database = DB>,
+    key: ImportKey,
+    after: Option<u64>,
+    limit: u32,
+) -> Result<Vec<FailedCells>, StoreError>
+where
+    for<'r> (i64, String, String, String, String, String, String): FromRow<'r, DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+{
+    let rows: Vec<(i64, String, String, String, String, String, String)> = sqlx::query_as(
+        "SELECT row_number, email, first_name, last_name, role, job_title, external_id \
+         FROM import_failed_rows WHERE import_key = $1 AND row_number > $2 \
+         ORDER BY row_number LIMIT $3",
+    )
+    .bind(key)
+    .bind(after.map_or(-1, |r| r as i64))
+    .bind(i64::from(limit))
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(row, email, first, last, role, title, external_id)| FailedCells {
+                row_number: row as u64,
+                cells: [email, first, last, role, title, external_id],
+            },
+        )
+        .collect())
 }

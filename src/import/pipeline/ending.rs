@@ -58,6 +58,8 @@ pub(super) enum Cause {
     ShuttingDown,
     /// Nothing arrived for this long.
     Stalled(Duration),
+    /// `CancelImport`.
+    Cancelled,
     /// A write failed.
     Store(StoreError),
     /// A bug: reading the file panicked. The import still ends.
@@ -78,6 +80,7 @@ impl Cause {
             Cause::Protocol(_) => "malformed_message",
             Cause::ShuttingDown => "shutdown",
             Cause::Stalled(_) => "stalled",
+            Cause::Cancelled => "cancelled",
             Cause::Store(_) => "database",
             Cause::Panicked(_) => "internal",
         }
@@ -270,6 +273,14 @@ impl Ending<'_> {
                 )),
                 Reply::Error(e.into()),
             ),
+            Cause::Cancelled => {
+                let message = "the import was cancelled (CancelImport), so nothing was \
+                               imported or updated";
+                (
+                    error(ImportStatus::Cancelled, message.to_owned()),
+                    Reply::Error(ImportError::ImportCancelled(message.to_owned())),
+                )
+            }
             Cause::Stalled(idle) => {
                 let message = super::stalled(idle);
                 (

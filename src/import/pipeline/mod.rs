@@ -22,6 +22,7 @@
 //! the import (ERROR_UNKNOWN, users deleted) instead of leaving it PROCESSING.
 
 pub mod admission;
+pub mod cancel;
 pub mod ending;
 pub mod events;
 pub mod memory;
@@ -40,7 +41,9 @@ use super::error::ImportError;
 use super::parser;
 use super::progress::ProgressHub;
 use super::reader::{FileReader, ReadError, RowSink};
-use crate::domain::{ArgumentError, Caller, FailedRow, Import, NewImport, NewUser, UserBatch};
+use crate::domain::{
+    ArgumentError, Caller, FailedRow, Import, ImportKey, NewImport, NewUser, UserBatch,
+};
 use crate::store::{Batching, Store, StoreError};
 use ending::{Cause, Ending, Endings};
 use events::{FinishCheck, StreamError, UploadEvent};
@@ -94,6 +97,7 @@ pub struct Context {
     pub shutdown: CancellationToken,
     pub endings: Endings,
     pub admission: admission::Admission,
+    pub cancels: cancel::Cancels,
     pub config: ImportConfig,
 }
 
@@ -122,6 +126,23 @@ where
              reports ready again"
         )));
     }
+    if let Some(retry_of) = &new.retry_of
+        && ctx
+            .store
+            .get_import(&new.account_id, retry_of)
+            .await?
+            .is_none()
+    {
+        return Err(ArgumentError::new(
+            "retry_of_import_id",
+            format!(
+                "retry_of_import_id '{retry_of}' names no import of account '{}'; give the id of \
+                 the import whose error report this file corrects, or leave it empty",
+                new.account_id
+            ),
+        )
+        .into());
+    }
     let import = match ctx.store.create_import(&new).await {
         Ok(import) => import,
         Err(StoreError::AlreadyExists) => {
@@ -143,7 +164,8 @@ where
         created_by = import.created_by.as_str(), "upload started"
     );
     let tally = Tally::new(ctx.hub.start(import.clone()), ctx.store.batching().shared);
-    let mut upload = Upload::new(&ctx, &import, tally.clone());
+    let cancel = ctx.cancels.register(import.key);
+    let mut upload = Upload::new(&ctx, &import, tally.clone(), cancel.token.clone());
     let cause = AssertUnwindSafe(upload.receive(&mut events))
         .catch_unwind()
         .await
@@ -184,6 +206,9 @@ struct Upload<'a> {
     batching: Batching,
     /// When the writer took the last batch.
     last_flush: tokio::time::Instant,
+    /// Fired by `CancelImport` on this server.
+    cancel: CancellationToken,
+    key: ImportKey,
 }
 
 /// Where the reader puts rows: the batch being filled, with what this step read.
@@ -207,11 +232,10 @@ impl RowSink for BatchSink<'_> {
 }
 
 impl<'a> Upload<'a> {
-    fn new(ctx: &'a Context, import: &Import, tally: Tally) -> Self {
+    fn new(ctx: &'a Context, import: &Import, tally: Tally, cancel: CancellationToken) -> Self {
         let writer = Writer::spawn(
             ctx.store.clone(),
-            import.key,
-            import.account_id.clone(),
+            import,
             tally.clone(),
             ctx.config.max_stored_row_errors,
         );
@@ -230,6 +254,8 @@ impl<'a> Upload<'a> {
                 batching
             },
             last_flush: tokio::time::Instant::now(),
+            cancel,
+            key: import.key,
         }
     }
 
@@ -244,6 +270,9 @@ impl<'a> Upload<'a> {
         let mut finished = false;
         let idle = self.ctx.config.idle_timeout;
         let mut last_message = tokio::time::Instant::now();
+        // Cancelled from another replica: its request comes through the store.
+        let remote_cancel = cancelled_elsewhere(self.ctx.store.clone(), self.key);
+        tokio::pin!(remote_cancel);
         loop {
             // A batch that waits while the client is slow is written anyway once due, when
             // the writer has nothing to do: while it writes, cutting the batch short would
@@ -269,6 +298,8 @@ impl<'a> Upload<'a> {
             let event = tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return Cause::ShuttingDown,
+                _ = self.cancel.cancelled() => return Cause::Cancelled,
+                () = &mut remote_cancel => return Cause::Cancelled,
                 error = failed(&mut self.writer) => {
                     self.writer = None;
                     return Cause::Store(error);
@@ -466,6 +497,21 @@ impl<'a> Upload<'a> {
             (None, cause) => cause,
         }
     }
+}
+
+/// Resolves once `CancelImport` on another replica asked to cancel the import: the store
+/// wakes its followers on every change of the import, and the flag is read then. Never for a
+/// store that only this process writes (the local token covers it).
+async fn cancelled_elsewhere(store: Arc<dyn Store>, key: ImportKey) {
+    let Some(mut changes) = store.subscribe(key) else {
+        return std::future::pending().await;
+    };
+    while changes.changed().await.is_ok() {
+        if store.cancel_requested(key).await.unwrap_or(false) {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Resolves when the writer stops on a failed write; never when there is none.

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::tally::Tally;
-use crate::domain::{AccountId, ImportKey, TextFormat, UserBatch};
+use crate::domain::{Import, TextFormat, UserBatch};
 use crate::store::{BatchTarget, Store, StoreError};
 
 /// Batches queued for the writer: one being written, one waiting, one being filled.
@@ -37,12 +37,13 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn spawn(
         store: Arc<dyn Store>,
-        key: ImportKey,
-        account_id: AccountId,
+        import: &Import,
         tally: Tally,
         max_stored_errors: u64,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Queued>(WRITER_QUEUE);
+        let (key, account_id) = (import.key, import.account_id.clone());
+        let (on_conflict, validate_only) = (import.on_conflict, import.validate_only);
         let (idle_tx, idle) = watch::channel(true);
         let task = tokio::spawn(async move {
             loop {
@@ -64,6 +65,8 @@ impl Writer {
                     error_budget: before.error_budget,
                     progress: before.progress,
                     format,
+                    on_conflict,
+                    validate_only,
                 };
                 let outcome = store.write_batch(&target, &batch).await?;
                 tally.written(&outcome, outcome.applied_to(before.progress), format);

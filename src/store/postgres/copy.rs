@@ -115,6 +115,7 @@ mod tests {
             first_name: "Ada",
             last_name: "",
             role: Role::Admin,
+            role_given: true,
             job_title: "",
             external_id: None,
         };

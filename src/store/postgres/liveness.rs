@@ -137,7 +137,15 @@ pub(super) async fn reap(
                                    WHERE datname = current_database()) \
                  AND l.classid = $2::oid AND l.objid = i.owner::oid))) \
            {locking}), \
-         gone AS (DELETE FROM users u USING dead d WHERE u.import_key = d.import_key) \
+         restored AS (UPDATE users u SET first_name = s.first_name, last_name = s.last_name, \
+           role = s.role, job_title = s.job_title, external_id = s.external_id, \
+           update_time = s.update_time, updated_by = s.updated_by \
+           FROM import_user_updates s JOIN dead d ON d.import_key = s.import_key \
+           WHERE u.account_id = s.account_id AND u.email = s.email), \
+         gone AS (DELETE FROM users u USING dead d WHERE u.import_key = d.import_key), \
+         saved AS (DELETE FROM import_user_updates s USING dead d \
+                   WHERE s.import_key = d.import_key), \
+         held AS (DELETE FROM import_file_keys k USING dead d WHERE k.import_key = d.import_key) \
          UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = $3, \
            rows_imported = 0, update_time = now(), complete_time = now() \
          FROM dead WHERE imports.import_key = dead.import_key \

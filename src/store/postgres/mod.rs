@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use super::codec::{ImportRow, format_columns};
 use super::error::FaultLatch;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, Fault, ImportCursor, Store, StoreError,
-    StoredRowError, queries,
+    BatchOutcome, BatchTarget, Batching, Conclusion, FailedCells, Fault, ImportCursor, Reverted,
+    Store, StoreError, StoredRowError, StoredUser, queries,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::{Changes, notify};
@@ -40,7 +40,9 @@ const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename,
     delimiter, error_message, \
     (extract(epoch FROM create_time) * 1000000)::bigint AS create_time, \
     (extract(epoch FROM update_time) * 1000000)::bigint AS update_time, \
-    (extract(epoch FROM complete_time) * 1000000)::bigint AS complete_time";
+    (extract(epoch FROM complete_time) * 1000000)::bigint AS complete_time, validate_only, \
+    on_conflict, rows_skipped, rows_updated, retry_of_import_id, \
+    (extract(epoch FROM revert_time) * 1000000)::bigint AS revert_time, revert_note";
 
 /// Text written (and rolled back) by the write probe: as much as a batch writes.
 const PROBE_MIB: i32 = 16;
@@ -78,6 +80,7 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        rekey_emails(&pool).await?.log();
 
         let owner = liveness::new_owner();
         let lock_task = liveness::hold_owner_lock(options, owner).await?;
@@ -164,10 +167,42 @@ impl Store for PostgresStore {
         Some(self.changes.subscribe(key))
     }
 
+    async fn request_cancel(&self, key: ImportKey) -> Result<(), StoreError> {
+        let updated = in_transaction(&self.pool, &key, |tx, &key| {
+            Box::pin(async move {
+                let updated = sqlx::query(
+                    "UPDATE imports SET cancel_requested = true \
+                     WHERE import_key = $1 AND status = 'PROCESSING'",
+                )
+                .bind(key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                notify(tx, &[key]).await?;
+                Ok(updated)
+            })
+        })
+        .await?;
+        match updated {
+            0 => Err(StoreError::NotProcessing),
+            _ => Ok(()),
+        }
+    }
+
+    async fn cancel_requested(&self, key: ImportKey) -> Result<bool, StoreError> {
+        let requested: Option<bool> =
+            sqlx::query_scalar("SELECT cancel_requested FROM imports WHERE import_key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(requested.unwrap_or(false))
+    }
+
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let sql = format!(
             "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
-             owner, heartbeat_time) VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, now()) \
+             owner, heartbeat_time, validate_only, on_conflict, retry_of_import_id) \
+             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, now(), $7, $8, $9) \
              RETURNING {IMPORT_COLUMNS}"
         );
         let row: Result<ImportRow, StoreError> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -177,6 +212,9 @@ impl Store for PostgresStore {
             .bind(new.filename.as_str())
             .bind(self.owner)
             .bind(new.created_by.as_str())
+            .bind(new.validate_only)
+            .bind(new.on_conflict.as_str())
+            .bind(new.retry_of.as_ref().map(|id| id.as_str()))
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::from);
@@ -230,6 +268,37 @@ impl Store for PostgresStore {
         row.ok_or(StoreError::NotProcessing)?.try_into()
     }
 
+    async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError> {
+        let (row, removed, kept) =
+            in_transaction(&self.pool, &key, |tx, &key| Box::pin(revert(tx, key)))
+                .await?
+                .ok_or(StoreError::StillRunning)?;
+        Ok(Reverted {
+            import: row.try_into()?,
+            removed,
+            kept,
+        })
+    }
+
+    async fn list_users(
+        &self,
+        account_id: &AccountId,
+        import: Option<ImportKey>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredUser>, StoreError> {
+        queries::list_users(
+            &self.pool,
+            "(extract(epoch FROM u.create_time) * 1000000)::bigint",
+            "(extract(epoch FROM coalesce(u.update_time, u.create_time)) * 1000000)::bigint",
+            account_id,
+            import,
+            after,
+            limit,
+        )
+        .await
+    }
+
     async fn get_import(
         &self,
         account_id: &AccountId,
@@ -248,6 +317,15 @@ impl Store for PostgresStore {
         queries::list_imports(&self.pool, IMPORT_COLUMNS, time, account_id, after, limit).await
     }
 
+    async fn failed_rows(
+        &self,
+        key: ImportKey,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<FailedCells>, StoreError> {
+        queries::failed_rows(&self.pool, key, after, limit).await
+    }
+
     async fn list_row_errors(
         &self,
         key: ImportKey,
@@ -258,25 +336,22 @@ impl Store for PostgresStore {
     }
 }
 
-/// Stores an import's ending, in the caller's transaction; `None` when it had already ended.
+/// Stores an import's ending, in the caller's transaction; `None` when it had already ended,
+/// in which case nothing is touched (its users belong to whatever ending it has).
 async fn conclude(
     conn: &mut PgConnection,
     key: ImportKey,
     conclusion: &Conclusion,
 ) -> Result<Option<ImportRow>, sqlx::Error> {
     let removes_users = conclusion.removes_users();
-    if removes_users {
-        sqlx::query("DELETE FROM users WHERE import_key = $1")
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
-    }
     let c = &conclusion.counters;
     let (encoding, delimiter) = format_columns(conclusion.format);
+    // The status first: only an import that was still PROCESSING loses its users here.
     let sql = format!(
         "UPDATE imports SET status = $1, error_message = $2, bytes_received = $3, \
          rows_processed = $4, rows_imported = $5, rows_failed = $6, row_errors_omitted = $7, \
-         encoding = $8, delimiter = $9, update_time = now(), complete_time = now() \
+         encoding = $8, delimiter = $9, rows_skipped = $11, rows_updated = $12, \
+         update_time = now(), complete_time = now() \
          WHERE import_key = $10 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
     );
     let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -294,10 +369,121 @@ async fn conclude(
         .bind(encoding)
         .bind(delimiter)
         .bind(key)
+        .bind(if removes_users {
+            0
+        } else {
+            c.rows_skipped as i64
+        })
+        .bind(if removes_users {
+            0
+        } else {
+            c.rows_updated as i64
+        })
         .fetch_optional(&mut *conn)
         .await?;
-    if row.is_some() {
-        notify(conn, &[key]).await?;
+    if row.is_none() {
+        return Ok(None);
     }
+    if removes_users {
+        write::undo_import(conn, key).await?;
+    }
+    write::forget_file_keys(conn, key).await?;
+    notify(conn, &[key]).await?;
     Ok(row)
+}
+
+/// Removes the users of a finished import, except those another import updated since, and
+/// notes it; nothing to remove when it was reverted before. `None` while it runs.
+async fn revert(
+    conn: &mut PgConnection,
+    key: ImportKey,
+) -> Result<Option<(ImportRow, u64, u64)>, sqlx::Error> {
+    let state: Option<(String, bool)> = sqlx::query_as(
+        "SELECT status, revert_time IS NOT NULL FROM imports WHERE import_key = $1 FOR UPDATE",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (removed, kept) = match state {
+        None => return Err(sqlx::Error::RowNotFound),
+        Some((status, _)) if status == "PROCESSING" => return Ok(None),
+        Some((_, true)) => (0, 0),
+        Some((_, false)) => {
+            let kept: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM users WHERE import_key = $1 AND updated_by IS NOT NULL \
+                 AND updated_by <> $1",
+            )
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+            let removed = sqlx::query(
+                "DELETE FROM users WHERE import_key = $1 \
+                 AND (updated_by IS NULL OR updated_by = $1)",
+            )
+            .bind(key)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            (removed, kept as u64)
+        }
+    };
+    let sql = format!(
+        "UPDATE imports SET revert_time = coalesce(revert_time, now()), \
+         revert_note = CASE WHEN revert_time IS NULL THEN $2 ELSE revert_note END \
+         WHERE import_key = $1 RETURNING {IMPORT_COLUMNS}"
+    );
+    let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .bind(super::revert_note(removed, kept))
+        .fetch_one(&mut *conn)
+        .await?;
+    notify(conn, &[key]).await?;
+    Ok(Some((row, removed, kept)))
+}
+
+/// Brings old rows' email keys to today's form, once (see `store::rekey`). Replicas that
+/// start together: the first to insert the marker does it, the others wait for its commit and
+/// then find the marker.
+async fn rekey_emails(pool: &PgPool) -> Result<super::rekey::Rekeyed, StoreError> {
+    use super::rekey;
+    let mut tx = pool.begin().await?;
+    let first =
+        sqlx::query("INSERT INTO data_migrations (name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(rekey::NAME)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let mut done = rekey::Rekeyed::default();
+    if first == 0 {
+        return Ok(done);
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT account_id, email FROM users WHERE length(email) <> octet_length(email) \
+         ORDER BY create_time, email",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (account_id, old) in rows {
+        let Some(new) = crate::domain::email::rekeyed(&old) else {
+            continue;
+        };
+        let moved = sqlx::query(
+            "UPDATE users SET email = $1 WHERE account_id = $2 AND email = $3 \
+             AND NOT EXISTS (SELECT 1 FROM users WHERE account_id = $2 AND email = $1)",
+        )
+        .bind(&new)
+        .bind(&account_id)
+        .bind(&old)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            rekey::clash(&account_id, &old, &new);
+            done.clashes += 1;
+        } else {
+            done.changed += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(done)
 }

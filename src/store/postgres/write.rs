@@ -22,7 +22,7 @@ use crate::store::codec::format_columns;
 use crate::store::conflicts::{
     Holder, HolderRow, holder_lookup, holders_by_value, looked_up, merge_by_row, refusals,
 };
-use crate::store::{BatchOutcome, BatchTarget, StoreError};
+use crate::store::{BatchOutcome, BatchTarget, StoreError, failed, policy};
 
 /// Rows per `INSERT ... unnest` statement, so that one statement's arrays stay small.
 const UNNEST_ROWS: usize = 2048;
@@ -61,6 +61,14 @@ impl Writes {
         target: &BatchTarget<'_>,
         batch: &UserBatch,
     ) -> Result<BatchOutcome, StoreError> {
+        if let Some(mode) = target.planned() {
+            let args = (target, mode, batch);
+            let outcome = in_transaction(pool, &args, |tx, &(target, mode, batch)| {
+                Box::pin(write_planned(tx, target, mode, batch))
+            })
+            .await?;
+            return outcome.ok_or(StoreError::NotProcessing);
+        }
         let try_copy = self.copy_worth_trying(target.key);
         let second_writer = (batch.len() >= PARALLEL_MIN_USERS)
             .then(|| self.second_writers.clone().try_acquire_owned().ok())
@@ -179,13 +187,7 @@ async fn write_users(
     // The import stays locked while its users are written: the reaper skips a locked import
     // (`FOR UPDATE SKIP LOCKED`), so it cannot end the import and delete its users while more
     // are being added; and an import it ended first gets no more users.
-    let processing: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING' FOR KEY SHARE",
-    )
-    .bind(target.key)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if processing.is_none() {
+    if !lock_processing(conn, target.key).await? {
         return Ok(None);
     }
     if try_copy && copy_users(conn, target, batch, users).await? {
@@ -211,18 +213,64 @@ async fn record_batch(
     refused: &[usize],
 ) -> Result<Option<BatchOutcome>, sqlx::Error> {
     commit_lazily(conn).await?;
-    let mut conflicts = Vec::new();
-    if !refused.is_empty() || batch.probes().len() > 0 {
-        let (emails, ids) = looked_up(batch, refused);
-        let by_email = holders(conn, target.account_id, Column::Email, emails).await?;
-        let by_id = holders(conn, target.account_id, Column::ExternalId, ids).await?;
-        conflicts = refusals(target.key, batch, refused, &by_email, &by_id);
+    let conflicts = conflicts(conn, target, batch, refused, true).await?;
+    let written = Outcome {
+        imported: (batch.len() - refused.len()) as u64,
+        skipped: 0,
+        updated: 0,
+        conflicted: refused.to_vec(),
+        errors: conflicts,
+    };
+    finish_batch(conn, target, batch, written).await
+}
+
+/// What writing a batch's users did, on either path.
+struct Outcome {
+    /// Users inserted (a dry run: that would have been).
+    imported: u64,
+    skipped: u64,
+    updated: u64,
+    /// Valid rows that failed on a conflict (indexes in the batch), in file order.
+    conflicted: Vec<usize>,
+    /// Their row errors and those of failed rows whose values are held, in file order.
+    errors: Vec<RowError>,
+}
+
+/// The row errors for the values that `refused` users (and, with `probes`, the batch's
+/// failed rows) found held.
+async fn conflicts(
+    conn: &mut PgConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    refused: &[usize],
+    probes: bool,
+) -> Result<Vec<RowError>, sqlx::Error> {
+    if refused.is_empty() && (!probes || batch.probes().len() == 0) {
+        return Ok(Vec::new());
     }
-    let errors = merge_by_row(&batch.errors, conflicts);
+    let (emails, ids) = looked_up(batch, refused, probes);
+    let by_email = holders(conn, target.account_id, Column::Email, emails).await?;
+    let by_id = holders(conn, target.account_id, Column::ExternalId, ids).await?;
+    Ok(refusals(
+        target.key, batch, refused, probes, &by_email, &by_id,
+    ))
+}
+
+/// A batch's row errors, its failed rows' cells, the import's progress and a change
+/// notification. `None` when the import is no longer PROCESSING.
+async fn finish_batch(
+    conn: &mut PgConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    written: Outcome,
+) -> Result<Option<BatchOutcome>, sqlx::Error> {
+    let errors = merge_by_row(&batch.errors, written.errors);
     let stored = (errors.len() as u64).min(target.error_budget) as usize;
     let outcome = BatchOutcome {
-        imported: (batch.len() - refused.len()) as u64,
-        conflicts: refused.len() as u64,
+        imported: written.imported,
+        conflicts: written.conflicted.len() as u64,
+        skipped: written.skipped,
+        updated: written.updated,
         errors_stored: stored as u64,
         errors_omitted: (errors.len() - stored) as u64,
     };
@@ -231,7 +279,7 @@ async fn record_batch(
     let updated = sqlx::query(
         "UPDATE imports SET bytes_received = $1, rows_processed = $2, rows_imported = $3, \
          rows_failed = $4, row_errors_omitted = $5, encoding = $6, delimiter = $7, \
-         update_time = now(), heartbeat_time = now() \
+         rows_skipped = $9, rows_updated = $10, update_time = now(), heartbeat_time = now() \
          WHERE import_key = $8 AND status = 'PROCESSING'",
     )
     .bind(progress.bytes_received as i64)
@@ -242,6 +290,8 @@ async fn record_batch(
     .bind(encoding)
     .bind(delimiter)
     .bind(target.key)
+    .bind(progress.rows_skipped as i64)
+    .bind(progress.rows_updated as i64)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -249,8 +299,207 @@ async fn record_batch(
         return Ok(None);
     }
     insert_errors(conn, target.key, target.next_error_seq, &errors[..stored]).await?;
+    let lines = failed::lines(batch, &written.conflicted, &errors[..stored]);
+    insert_failed_rows(conn, target.key, &lines).await?;
     notify(conn, &[target.key]).await?;
     Ok(Some(outcome))
+}
+
+/// A dry run, or the SKIP and UPDATE policies, in one transaction: looks up who holds the
+/// batch's values, decides every row (`policy::decide`), then writes what the plan says:
+/// updates, then inserts (an update may free an external id a later row takes), then the
+/// values the rows took in the file, the row errors and the progress. `None` when the import
+/// is no longer PROCESSING.
+///
+/// Another replica may insert a value between the lookup and the insert: the unique indexes
+/// then refuse the row, which gets its row error as in a plain import.
+async fn write_planned(
+    conn: &mut PgConnection,
+    target: &BatchTarget<'_>,
+    mode: policy::Mode,
+    batch: &UserBatch,
+) -> Result<Option<BatchOutcome>, sqlx::Error> {
+    commit_lazily(conn).await?;
+    if !lock_processing(conn, target.key).await? {
+        return Ok(None);
+    }
+    let (emails, ids) = policy::values(batch);
+    let mut known = policy::Known::default();
+    for (column, values) in [(Column::Email, &emails), (Column::ExternalId, &ids)] {
+        if values.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "{}$1 AND u.{} = ANY($2)",
+            policy::existing_lookup(column),
+            column.name()
+        );
+        let rows: Vec<policy::ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(target.account_id.as_str())
+            .bind(values)
+            .fetch_all(&mut *conn)
+            .await?;
+        known
+            .users
+            .extend(rows.into_iter().map(policy::Existing::from));
+    }
+    let rows: Vec<policy::FileKeyRow> = sqlx::query_as(
+        "SELECT email, external_id, source_row, released_external_id FROM import_file_keys \
+         WHERE import_key = $1 AND (email = ANY($2) OR external_id = ANY($3) \
+                                    OR released_external_id = ANY($3))",
+    )
+    .bind(target.key)
+    .bind(&emails)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    known.file_keys = rows.into_iter().map(policy::FileKey::from).collect();
+    let plan = policy::decide(mode, batch, &known);
+    update_users(conn, target, batch, &plan.updates, plan.releases).await?;
+    let refused = insert_users(conn, target, batch, &plan.inserts).await?;
+    insert_file_keys(conn, target.key, &plan.claims).await?;
+    let refused_errors = conflicts(conn, target, batch, &refused, false).await?;
+    let mut conflicted = plan.conflicted;
+    conflicted.extend(&refused);
+    conflicted.sort_unstable();
+    let written = Outcome {
+        imported: plan.would_insert - refused.len() as u64,
+        skipped: plan.skipped,
+        updated: plan.updated,
+        conflicted,
+        errors: merge_by_row(&plan.errors, refused_errors),
+    };
+    finish_batch(conn, target, batch, written).await
+}
+
+/// Locks the import while its batch is written, if it still runs: see `write_users`.
+async fn lock_processing(conn: &mut PgConnection, key: ImportKey) -> Result<bool, sqlx::Error> {
+    let processing: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING' FOR KEY SHARE",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(processing.is_some())
+}
+
+/// Updates the users of `updates` with their rows' non-empty cells (an empty cell, bound as
+/// NULL, keeps the stored value), keeping the values they replace for an import that fails.
+async fn update_users(
+    conn: &mut PgConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    updates: &[policy::Update],
+    in_order: bool,
+) -> Result<(), sqlx::Error> {
+    // A statement checks the unique indexes row by row, in no particular order: when an
+    // update frees an external id that a later one takes, they go one at a time, in file order.
+    let rows = if in_order { 1 } else { UNNEST_ROWS };
+    for part in updates.chunks(rows) {
+        let users: Vec<UserRef<'_>> = part.iter().map(|u| batch.user(u.index)).collect();
+        let given = |value: &'_ str| (!value.is_empty()).then_some(value.to_owned());
+        let emails: Vec<&str> = users.iter().map(|u| u.email).collect();
+        let first_names: Vec<Option<String>> = users.iter().map(|u| given(u.first_name)).collect();
+        let last_names: Vec<Option<String>> = users.iter().map(|u| given(u.last_name)).collect();
+        let roles: Vec<Option<&str>> = users
+            .iter()
+            .map(|u| u.role_given.then(|| u.role.as_str()))
+            .collect();
+        let job_titles: Vec<Option<String>> = users.iter().map(|u| given(u.job_title)).collect();
+        let external_ids: Vec<Option<&str>> = users.iter().map(|u| u.external_id).collect();
+        sqlx::query(
+            "INSERT INTO import_user_updates (import_key, account_id, email, first_name, \
+             last_name, role, job_title, external_id, update_time, updated_by) \
+             SELECT $1, u.account_id, u.email, u.first_name, u.last_name, u.role, u.job_title, \
+                    u.external_id, u.update_time, u.updated_by \
+             FROM users u WHERE u.account_id = $2 AND u.email = ANY($3)",
+        )
+        .bind(target.key)
+        .bind(target.account_id.as_str())
+        .bind(&emails)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE users u SET first_name = coalesce(n.first_name, u.first_name), \
+             last_name = coalesce(n.last_name, u.last_name), role = coalesce(n.role, u.role), \
+             job_title = coalesce(n.job_title, u.job_title), \
+             external_id = coalesce(n.external_id, u.external_id), \
+             update_time = now(), updated_by = $2 \
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                         $8::text[]) \
+                  AS n(email, first_name, last_name, role, job_title, external_id) \
+             WHERE u.account_id = $1 AND u.email = n.email",
+        )
+        .bind(target.account_id.as_str())
+        .bind(target.key)
+        .bind(&emails)
+        .bind(&first_names)
+        .bind(&last_names)
+        .bind(&roles)
+        .bind(&job_titles)
+        .bind(&external_ids)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records the values that rows not inserted as users took in the file.
+async fn insert_file_keys(
+    conn: &mut PgConnection,
+    key: ImportKey,
+    claims: &[policy::Claim<'_>],
+) -> Result<(), sqlx::Error> {
+    for part in claims.chunks(UNNEST_ROWS * 4) {
+        let emails: Vec<&str> = part.iter().map(|c| c.email).collect();
+        let ids: Vec<Option<&str>> = part.iter().map(|c| c.external_id).collect();
+        let rows: Vec<i64> = part.iter().map(|c| c.row_number as i64).collect();
+        let released: Vec<Option<&str>> = part.iter().map(|c| c.released_external_id).collect();
+        sqlx::query(
+            "INSERT INTO import_file_keys (import_key, email, external_id, source_row, \
+             released_external_id) \
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[])",
+        )
+        .bind(key)
+        .bind(&emails)
+        .bind(&ids)
+        .bind(&rows)
+        .bind(&released)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Keeps the cells of the batch's failed rows, for the error report.
+async fn insert_failed_rows(
+    conn: &mut PgConnection,
+    key: ImportKey,
+    lines: &[failed::FailedLine<'_>],
+) -> Result<(), sqlx::Error> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<i64> = lines.iter().map(|(row, _)| *row as i64).collect();
+    let column =
+        |i: usize| -> Vec<&str> { lines.iter().map(|(_, cells)| cells[i].as_ref()).collect() };
+    sqlx::query(
+        "INSERT INTO import_failed_rows (import_key, row_number, email, first_name, last_name, \
+         role, job_title, external_id) \
+         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                                  $7::text[], $8::text[])",
+    )
+    .bind(key)
+    .bind(&rows)
+    .bind(column(0))
+    .bind(column(1))
+    .bind(column(2))
+    .bind(column(3))
+    .bind(column(4))
+    .bind(column(5))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The path for users with duplicates: `INSERT ... SELECT FROM unnest(...)` with every column
@@ -378,6 +627,46 @@ async fn insert_errors(
     Ok(())
 }
 
+/// Puts back what a failed or cancelled import changed: the users it updated get their
+/// values back, and the users it created go.
+pub(super) async fn undo_import(
+    conn: &mut PgConnection,
+    key: ImportKey,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users u SET first_name = s.first_name, last_name = s.last_name, role = s.role, \
+         job_title = s.job_title, external_id = s.external_id, update_time = s.update_time, \
+         updated_by = s.updated_by \
+         FROM import_user_updates s \
+         WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM users WHERE import_key = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// What an ended import no longer needs: the values its rows held in the file, and the
+/// values its updates replaced.
+pub(super) async fn forget_file_keys(
+    conn: &mut PgConnection,
+    key: ImportKey,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM import_file_keys WHERE import_key = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM import_user_updates WHERE import_key = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +680,7 @@ mod tests {
                 first_name: "",
                 last_name: "",
                 role: Role::Member,
+                role_given: false,
                 job_title: "",
                 external_id: *external_id,
             };

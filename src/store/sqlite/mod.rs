@@ -12,7 +12,7 @@
 //! connection marked as inside a transaction, refusing every later `BEGIN`. A fresh connection
 //! is opened for the next write instead.
 
-mod insert;
+mod capi;
 mod lock;
 mod write;
 
@@ -30,8 +30,8 @@ use sqlx::{Connection, Sqlite, SqliteConnection};
 use super::codec::{ImportRow, format_columns, micros};
 use super::error::FaultLatch;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, Fault, ImportCursor, OpenOptions, Store,
-    StoreError, StoredRowError, queries,
+    BatchOutcome, BatchTarget, Batching, Conclusion, FailedCells, Fault, ImportCursor, OpenOptions,
+    Reverted, Store, StoreError, StoredRowError, StoredUser, queries,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use write::{delete_users, write_batch};
@@ -95,6 +95,7 @@ impl SqliteStore {
             .connect_with(writer_options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        rekey_emails(&writer).await?.log();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -168,7 +169,8 @@ async fn begin(conn: &mut SqliteConnection) -> Result<sqlx::Transaction<'_, Sqli
 
 const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
-    delimiter, error_message, create_time, update_time, complete_time";
+    delimiter, error_message, create_time, update_time, complete_time, validate_only, \
+    on_conflict, rows_skipped, rows_updated, retry_of_import_id, revert_time, revert_note";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -221,7 +223,8 @@ impl Store for SqliteStore {
                     .fetch_all(&mut *tx)
                     .await?;
             for key in interrupted {
-                delete_users(&mut tx, key).await?;
+                write::undo_import(&mut tx, key).await?;
+                write::forget_file_keys(&mut tx, key).await?;
             }
             let ended = sqlx::query(
                 "UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = ?1, \
@@ -240,11 +243,46 @@ impl Store for SqliteStore {
         self.release(conn, result)
     }
 
+    async fn request_cancel(&self, key: ImportKey) -> Result<(), StoreError> {
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            let updated = sqlx::query(
+                "UPDATE imports SET cancel_requested = 1 \
+                 WHERE import_key = ?1 AND status = 'PROCESSING'",
+            )
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            match updated {
+                0 => Err(StoreError::NotProcessing),
+                _ => Ok(()),
+            }
+        }
+        .await;
+        match result {
+            Err(StoreError::NotProcessing) => Err(StoreError::NotProcessing),
+            other => self.release(conn, other),
+        }
+    }
+
+    async fn cancel_requested(&self, key: ImportKey) -> Result<bool, StoreError> {
+        let requested: Option<bool> =
+            sqlx::query_scalar("SELECT cancel_requested FROM imports WHERE import_key = ?1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(requested.unwrap_or(false))
+    }
+
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let now = micros(SystemTime::now());
         let sql = format!(
             "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
-             create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?6, 'PROCESSING', ?5, ?5) \
+             create_time, update_time, validate_only, on_conflict, retry_of_import_id) \
+             VALUES (?1, ?2, ?3, ?4, ?6, 'PROCESSING', ?5, ?5, ?7, ?8, ?9) \
              RETURNING {IMPORT_COLUMNS}"
         );
         let mut conn = self.writer().await?;
@@ -257,6 +295,9 @@ impl Store for SqliteStore {
                 .bind(new.filename.as_str())
                 .bind(now)
                 .bind(new.created_by.as_str())
+                .bind(new.validate_only)
+                .bind(new.on_conflict.as_str())
+                .bind(new.retry_of.as_ref().map(|id| id.as_str()))
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -316,18 +357,17 @@ impl Store for SqliteStore {
         let mut conn = self.writer().await?;
         let result = async {
             let mut tx = begin(&mut conn).await?;
+            // A completed import keeps its rowid ranges: a revert deletes its users by them.
             if removes_users {
-                delete_users(&mut tx, key).await?;
+                write::undo_import(&mut tx, key).await?;
             }
-            sqlx::query("DELETE FROM import_user_ranges WHERE import_key = ?1")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
+            write::forget_file_keys(&mut tx, key).await?;
             let c = &conclusion.counters;
             let (encoding, delimiter) = format_columns(conclusion.format);
             let sql = format!(
                 "UPDATE imports SET status = ?1, error_message = ?2, bytes_received = ?3, \
                  rows_processed = ?4, rows_imported = ?5, rows_failed = ?6, update_time = ?7, \
+                 rows_skipped = ?12, rows_updated = ?13, \
                  complete_time = ?7, row_errors_omitted = ?9, encoding = ?10, delimiter = ?11 \
                  WHERE import_key = ?8 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
             );
@@ -347,6 +387,16 @@ impl Store for SqliteStore {
                 .bind(c.row_errors_omitted as i64)
                 .bind(encoding)
                 .bind(delimiter)
+                .bind(if removes_users {
+                    0
+                } else {
+                    c.rows_skipped as i64
+                })
+                .bind(if removes_users {
+                    0
+                } else {
+                    c.rows_updated as i64
+                })
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else {
@@ -360,6 +410,59 @@ impl Store for SqliteStore {
             Err(StoreError::NotProcessing) => Err(StoreError::NotProcessing),
             other => self.release(conn, other),
         }
+    }
+
+    async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError> {
+        let now = micros(SystemTime::now());
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            // `None`: reverted before, so nothing more to remove.
+            let (removed, kept) = write::revert_users(&mut tx, key)
+                .await?
+                .unwrap_or_default();
+            let sql = format!(
+                "UPDATE imports SET revert_time = coalesce(revert_time, ?2), \
+                 revert_note = CASE WHEN revert_time IS NULL THEN ?3 ELSE revert_note END \
+                 WHERE import_key = ?1 RETURNING {IMPORT_COLUMNS}"
+            );
+            let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(key)
+                .bind(now)
+                .bind(super::revert_note(removed, kept))
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Reverted {
+                import: Import::try_from(row)?,
+                removed,
+                kept,
+            })
+        }
+        .await;
+        match result {
+            Err(StoreError::StillRunning) => Err(StoreError::StillRunning),
+            other => self.release(conn, other),
+        }
+    }
+
+    async fn list_users(
+        &self,
+        account_id: &AccountId,
+        import: Option<ImportKey>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredUser>, StoreError> {
+        queries::list_users(
+            &self.pool,
+            "u.create_time",
+            "coalesce(u.update_time, u.create_time)",
+            account_id,
+            import,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn get_import(
@@ -380,6 +483,15 @@ impl Store for SqliteStore {
         queries::list_imports(&self.pool, IMPORT_COLUMNS, time, account_id, after, limit).await
     }
 
+    async fn failed_rows(
+        &self,
+        key: ImportKey,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<FailedCells>, StoreError> {
+        queries::failed_rows(&self.pool, key, after, limit).await
+    }
+
     async fn list_row_errors(
         &self,
         key: ImportKey,
@@ -388,4 +500,49 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredRowError>, StoreError> {
         queries::list_row_errors(&self.pool, key, after, limit).await
     }
+}
+
+/// Brings old rows' email keys to today's form, once (see `store::rekey`).
+async fn rekey_emails(writer: &SqlitePool) -> Result<super::rekey::Rekeyed, StoreError> {
+    use super::rekey;
+    let mut tx = writer.begin().await?;
+    let first =
+        sqlx::query("INSERT INTO data_migrations (name) VALUES (?1) ON CONFLICT DO NOTHING")
+            .bind(rekey::NAME)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let mut done = rekey::Rekeyed::default();
+    if first == 0 {
+        return Ok(done);
+    }
+    // Non-ASCII addresses: more bytes than characters.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT account_id, email FROM users WHERE length(email) <> length(CAST(email AS BLOB)) \
+         ORDER BY create_time, user_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (account_id, old) in rows {
+        let Some(new) = crate::domain::email::rekeyed(&old) else {
+            continue;
+        };
+        let moved = sqlx::query(
+            "UPDATE OR IGNORE users SET email = ?1 WHERE account_id = ?2 AND email = ?3",
+        )
+        .bind(&new)
+        .bind(&account_id)
+        .bind(&old)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            rekey::clash(&account_id, &old, &new);
+            done.clashes += 1;
+        } else {
+            done.changed += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(done)
 }

@@ -8,33 +8,55 @@ use std::time::SystemTime;
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::insert;
-use crate::domain::{AccountId, Column, ImportKey, RowError, UserBatch};
+use sqlx::sqlite::LockedSqliteHandle;
+
+use super::capi;
+use crate::domain::{AccountId, Column, ConflictPolicy, ImportKey, RowError, UserBatch};
 use crate::store::codec::{format_columns, micros};
 use crate::store::conflicts::{
     Holder, HolderRow, holder_lookup, holders_by_value, looked_up, merge_by_row, refusals,
 };
 use crate::store::{BatchOutcome, BatchTarget, StoreError};
+use crate::store::{failed, policy};
 
 /// SQLite allows 32,766 bound values per statement; 7 per row error.
 const ERRORS_PER_STATEMENT: usize = 1000;
 const LOOKUPS_PER_STATEMENT: usize = 500;
 
-/// A batch inside its transaction: users, row errors, then the progress, which also tells
-/// whether the import still runs.
+/// What writing a batch's users did, on either path.
+struct Written {
+    /// Users inserted (a dry run: that would have been).
+    imported: u64,
+    skipped: u64,
+    updated: u64,
+    /// Valid rows that failed on a conflict (indexes in the batch), in file order.
+    conflicted: Vec<usize>,
+    /// Their row errors and those of failed rows whose values are held, in file order.
+    errors: Vec<RowError>,
+}
+
+/// A batch inside its transaction: users, row errors and failed rows' cells, then the
+/// progress, which also tells whether the import still runs.
 pub(super) async fn write_batch(
     conn: &mut SqliteConnection,
     target: &BatchTarget<'_>,
     batch: &UserBatch,
 ) -> Result<BatchOutcome, StoreError> {
     let now = micros(SystemTime::now());
-    let (conflict_rows, conflicts) = insert_users(conn, target, batch, now).await?;
-    let errors = merge_by_row(&batch.errors, conflicts);
+    let written = match target.planned() {
+        None => insert_users(conn, target, batch, now).await?,
+        Some(mode) => write_planned(conn, target, mode, batch, now).await?,
+    };
+    let errors = merge_by_row(&batch.errors, written.errors);
     let stored = (errors.len() as u64).min(target.error_budget) as usize;
     insert_errors(conn, target.key, target.next_error_seq, &errors[..stored]).await?;
+    let lines = failed::lines(batch, &written.conflicted, &errors[..stored]);
+    insert_failed_rows(conn, target.key, &lines).await?;
     let outcome = BatchOutcome {
-        imported: batch.len() as u64 - conflict_rows,
-        conflicts: conflict_rows,
+        imported: written.imported,
+        conflicts: written.conflicted.len() as u64,
+        skipped: written.skipped,
+        updated: written.updated,
         errors_stored: stored as u64,
         errors_omitted: (errors.len() - stored) as u64,
     };
@@ -43,7 +65,8 @@ pub(super) async fn write_batch(
     let updated = sqlx::query(
         "UPDATE imports SET bytes_received = ?1, rows_processed = ?2, rows_imported = ?3, \
          rows_failed = ?4, row_errors_omitted = ?5, encoding = ?6, delimiter = ?7, \
-         update_time = ?8 WHERE import_key = ?9 AND status = 'PROCESSING'",
+         update_time = ?8, rows_skipped = ?10, rows_updated = ?11 \
+         WHERE import_key = ?9 AND status = 'PROCESSING'",
     )
     .bind(progress.bytes_received as i64)
     .bind(progress.rows_processed as i64)
@@ -54,6 +77,8 @@ pub(super) async fn write_batch(
     .bind(delimiter)
     .bind(now)
     .bind(target.key)
+    .bind(progress.rows_skipped as i64)
+    .bind(progress.rows_updated as i64)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -63,57 +88,169 @@ pub(super) async fn write_batch(
     Ok(outcome)
 }
 
-/// Inserts the batch's users; returns how many the unique indexes refused, and the row
-/// errors for held values (see `conflicts::refusals`), in row order.
-async fn insert_users(
+/// Runs `work` on the connection's raw handle. A few milliseconds of SQLite work per thousand
+/// rows: tell the runtime, so that other tasks move to another worker meanwhile. No `.await`
+/// between taking the handle and finishing with it, so the handle cannot be released early by
+/// a cancellation.
+async fn on_handle<T>(
     conn: &mut SqliteConnection,
-    target: &BatchTarget<'_>,
-    batch: &UserBatch,
-    now: i64,
-) -> Result<(u64, Vec<RowError>), StoreError> {
-    let inserted = {
-        let mut handle = conn.lock_handle().await?;
-        let account = target.account_id.as_str();
-        // A few milliseconds of SQLite work per thousand rows: tell the runtime, so that other
-        // tasks move to another worker meanwhile. No `.await` between taking the handle and
-        // finishing with it, so the handle cannot be released early by a cancellation.
-        let mut insert = || insert::insert_users(&mut handle, account, target.key, now, batch);
-        match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(insert),
-            _ => insert(),
-        }
-        .map_err(|e| StoreError::from_sqlite_code(e.code, e))?
-    };
-    if let Some((first, last)) = inserted.rowids {
+    work: impl FnOnce(&mut LockedSqliteHandle<'_>) -> Result<T, capi::SqliteFailure>,
+) -> Result<T, StoreError> {
+    let mut handle = conn.lock_handle().await?;
+    let run = || work(&mut handle);
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
+    }
+    .map_err(|e| StoreError::from_sqlite_code(e.code, e))
+}
+
+/// Keeps the rowids an import's users were given: its ending, or a revert, deletes them by
+/// these ranges.
+async fn record_rowids(
+    conn: &mut SqliteConnection,
+    key: ImportKey,
+    rowids: Option<(i64, i64)>,
+) -> Result<(), StoreError> {
+    if let Some((first, last)) = rowids {
         sqlx::query(
             "INSERT INTO import_user_ranges (import_key, first_rowid, last_rowid) \
              VALUES (?1, ?2, ?3)",
         )
-        .bind(target.key)
+        .bind(key)
         .bind(first)
         .bind(last)
         .execute(&mut *conn)
         .await?;
     }
-    conflicts(conn, target, batch, &inserted.refused).await
+    Ok(())
 }
 
-/// The row errors for the values the batch's rows found held, and how many users were
-/// refused.
+/// The plain import: inserts the batch's users and lets the unique indexes refuse; the row
+/// errors for held values come from who holds them (see `conflicts::refusals`).
+async fn insert_users(
+    conn: &mut SqliteConnection,
+    target: &BatchTarget<'_>,
+    batch: &UserBatch,
+    now: i64,
+) -> Result<Written, StoreError> {
+    let account_id = target.account_id.as_str();
+    let at = capi::Target {
+        account_id,
+        import_key: target.key,
+        now,
+    };
+    let inserted = on_handle(conn, |handle| {
+        capi::insert_users(handle, at, batch, 0..batch.len())
+    })
+    .await?;
+    record_rowids(conn, target.key, inserted.rowids).await?;
+    let errors = conflicts(conn, target, batch, &inserted.refused, true).await?;
+    Ok(Written {
+        imported: (batch.len() - inserted.refused.len()) as u64,
+        skipped: 0,
+        updated: 0,
+        conflicted: inserted.refused,
+        errors,
+    })
+}
+
+/// A dry run, or the SKIP and UPDATE policies: looks up who holds the batch's values, decides
+/// every row (`policy::decide`), then writes what the plan says: updates, then inserts (an
+/// update may free an external id a later row takes), then the values the rows took in the
+/// file.
+async fn write_planned(
+    conn: &mut SqliteConnection,
+    target: &BatchTarget<'_>,
+    mode: policy::Mode,
+    batch: &UserBatch,
+    now: i64,
+) -> Result<Written, StoreError> {
+    let account_id = target.account_id.as_str();
+    let (emails, ids) = policy::values(batch);
+    let released = mode.policy == ConflictPolicy::Update;
+    let known = on_handle(conn, |handle| {
+        Ok(policy::Known {
+            users: capi::existing_users(handle, account_id, &emails, &ids)?,
+            file_keys: capi::file_keys(handle, target.key, &emails, &ids, released)?,
+        })
+    })
+    .await?;
+    let plan = policy::decide(mode, batch, &known);
+    let at = capi::Target {
+        account_id,
+        import_key: target.key,
+        now,
+    };
+    let inserted = on_handle(conn, |handle| {
+        capi::update_users(handle, at, batch, &plan.updates)?;
+        let inserted = capi::insert_users(handle, at, batch, plan.inserts.iter().copied())?;
+        capi::insert_file_keys(handle, target.key, &plan.claims)?;
+        Ok(inserted)
+    })
+    .await?;
+    record_rowids(conn, target.key, inserted.rowids).await?;
+    // The plan was made in this transaction, which no other writer shares: a refusal here
+    // would be a bug, but it is still told as a row error rather than lost.
+    let refused_errors = conflicts(conn, target, batch, &inserted.refused, false).await?;
+    let mut conflicted = plan.conflicted;
+    conflicted.extend(&inserted.refused);
+    conflicted.sort_unstable();
+    Ok(Written {
+        imported: plan.would_insert - inserted.refused.len() as u64,
+        skipped: plan.skipped,
+        updated: plan.updated,
+        conflicted,
+        errors: merge_by_row(&plan.errors, refused_errors),
+    })
+}
+
+/// The row errors for the values that `refused` users (and, with `probes`, the batch's
+/// failed rows) found held.
 async fn conflicts(
     conn: &mut SqliteConnection,
     target: &BatchTarget<'_>,
     batch: &UserBatch,
     refused: &[usize],
-) -> Result<(u64, Vec<RowError>), StoreError> {
-    if refused.is_empty() && batch.probes().len() == 0 {
-        return Ok((0, Vec::new()));
+    probes: bool,
+) -> Result<Vec<RowError>, StoreError> {
+    if refused.is_empty() && (!probes || batch.probes().len() == 0) {
+        return Ok(Vec::new());
     }
-    let (emails, ids) = looked_up(batch, refused);
+    let (emails, ids) = looked_up(batch, refused, probes);
     let by_email = holders(&mut *conn, target.account_id, Column::Email, emails).await?;
     let by_id = holders(&mut *conn, target.account_id, Column::ExternalId, ids).await?;
-    let errors = refusals(target.key, batch, refused, &by_email, &by_id);
-    Ok((refused.len() as u64, errors))
+    Ok(refusals(
+        target.key, batch, refused, probes, &by_email, &by_id,
+    ))
+}
+
+/// Keeps the cells of the batch's failed rows, for the error report.
+async fn insert_failed_rows(
+    conn: &mut SqliteConnection,
+    key: ImportKey,
+    lines: &[failed::FailedLine<'_>],
+) -> Result<(), StoreError> {
+    // 8 values a row, within SQLite's 32,766 per statement.
+    for part in lines.chunks(ERRORS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO import_failed_rows (import_key, row_number, email, first_name, \
+             last_name, role, job_title, external_id) ",
+        );
+        query.push_values(part, |mut row, (row_number, cells)| {
+            row.push_bind(key).push_bind(*row_number as i64);
+            for cell in cells {
+                row.push_bind(cell.clone().into_owned());
+            }
+        });
+        let persistent = part.len() == ERRORS_PER_STATEMENT;
+        query
+            .build()
+            .persistent(persistent)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Deletes the users an import wrote, by the rowid ranges its batches recorded.
@@ -199,5 +336,92 @@ async fn insert_errors(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(())
+}
+
+/// Removes the users of a finished import, except those another import updated since, by
+/// the rowid ranges its batches recorded; `None` when it was reverted before (nothing to do).
+/// `StillRunning` for a PROCESSING import.
+pub(super) async fn revert_users(
+    conn: &mut SqliteConnection,
+    key: ImportKey,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let state: Option<(String, Option<i64>)> =
+        sqlx::query_as("SELECT status, revert_time FROM imports WHERE import_key = ?1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match state {
+        None => return Err(StoreError::Corrupt(format!("import {key} is gone"))),
+        Some((status, _)) if status == "PROCESSING" => return Err(StoreError::StillRunning),
+        Some((_, Some(_))) => return Ok(None),
+        Some((_, None)) => {}
+    }
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE import_key = ?1 AND updated_by IS NOT NULL \
+         AND updated_by <> ?1",
+    )
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    let ranges: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT first_rowid, last_rowid FROM import_user_ranges WHERE import_key = ?1",
+    )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut removed = 0;
+    for (first, last) in ranges {
+        removed += sqlx::query(
+            "DELETE FROM users WHERE rowid BETWEEN ?1 AND ?2 AND import_key = ?3 \
+             AND (updated_by IS NULL OR updated_by = ?3)",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    sqlx::query("DELETE FROM import_user_ranges WHERE import_key = ?1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some((removed, kept as u64)))
+}
+
+/// Puts back what a failed or cancelled import changed: the users it updated get their
+/// values back, and the users it created go.
+pub(super) async fn undo_import(
+    conn: &mut SqliteConnection,
+    key: ImportKey,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE users SET first_name = s.first_name, last_name = s.last_name, role = s.role, \
+         job_title = s.job_title, external_id = s.external_id, update_time = s.update_time, \
+         updated_by = s.updated_by \
+         FROM import_user_updates AS s \
+         WHERE s.import_key = ?1 AND users.account_id = s.account_id AND users.email = s.email",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    delete_users(conn, key).await
+}
+
+/// What an ended import no longer needs: the values its rows held in the file, and the
+/// values its updates replaced.
+pub(super) async fn forget_file_keys(
+    conn: &mut SqliteConnection,
+    key: ImportKey,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM import_file_keys WHERE import_key = ?1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM import_user_updates WHERE import_key = ?1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
