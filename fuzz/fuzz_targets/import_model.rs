@@ -1,7 +1,8 @@
 //! The whole import (reader, batches, the store's unique indexes and conflict reporting) on
 //! files built from arbitrary bytes, against the reference model of `tests/model`: the row
 //! errors and counters must be exactly those of a row-by-row reading, whatever the batch size
-//! (1 to 8 rows, from the first byte) and however the file is cut.
+//! (1 to 8 rows, from the first byte), the conflict policy (from its high bits) and however the
+//! file is cut; a dry run first must give the same.
 //!
 //! Runs the real `Importer` on a SQLite file in a temporary directory, in this process.
 //! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run import_model --sanitizer none -- -max_total_time=600`
@@ -11,7 +12,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bulk_import::domain::{AccountId, Caller, Filename, ImportId, ImportType, NewImport};
+use bulk_import::domain::{
+    AccountId, Caller, ConflictPolicy, Filename, ImportId, ImportType, NewImport,
+};
 use bulk_import::import::pipeline::events::{FinishCheck, UploadEvent};
 use bulk_import::import::{ImportConfig, Importer};
 use bulk_import::store::{self, OpenOptions};
@@ -56,13 +59,27 @@ fn harness() -> &'static Harness {
 
 static ACCOUNTS: AtomicUsize = AtomicUsize::new(0);
 
-async fn import(importer: &Importer, account: &AccountId, file: Vec<u8>, cut: usize) -> model::Outcome {
+async fn import(
+    importer: &Importer,
+    account: &AccountId,
+    file: Vec<u8>,
+    cut: usize,
+    policy: model::Policy,
+    validate_only: bool,
+) -> model::Outcome {
     let new = NewImport {
         account_id: account.clone(),
         import_id: ImportId::generate(),
         kind: ImportType::Users,
         filename: Filename::parse("fuzz.csv").unwrap(),
         created_by: String::new(),
+        validate_only,
+        on_conflict: match policy {
+            model::Policy::Error => ConflictPolicy::Error,
+            model::Policy::Skip => ConflictPolicy::Skip,
+            model::Policy::Update => ConflictPolicy::Update,
+        },
+        retry_of: None,
     };
     let mut events = vec![Ok(UploadEvent::Metadata(new))];
     events.extend(
@@ -83,6 +100,8 @@ async fn import(importer: &Importer, account: &AccountId, file: Vec<u8>, cut: us
         rows_processed: c.rows_processed as i64,
         rows_imported: c.rows_imported as i64,
         rows_failed: c.rows_failed as i64,
+        rows_skipped: c.rows_skipped as i64,
+        rows_updated: c.rows_updated as i64,
         errors: errors
             .iter()
             .map(|stored| {
@@ -104,16 +123,24 @@ fuzz_target!(|data: &[u8]| {
     let split = rows.len() / 4;
     let (existing, rows) = rows.split_at(split);
     let (expected_first, held) = model::import(&Default::default(), existing);
-    let (expected, _) = model::import(&held, rows);
+    // The first byte's high bits pick the policy of the import under test.
+    let policy = match data.first().map_or(0, |b| (b >> 3) % 3) {
+        0 => model::Policy::Error,
+        1 => model::Policy::Skip,
+        _ => model::Policy::Update,
+    };
+    let (expected, _) = model::import_with(&held, rows, policy);
     let harness = harness();
     let importer = &harness.importers[batch_rows - 1];
     let account =
         AccountId::parse(&format!("fuzz-{}", ACCOUNTS.fetch_add(1, Ordering::SeqCst))).unwrap();
     let cut = data.get(1).map_or(1, |b| usize::from(*b) + 1);
     harness.runtime.block_on(async {
-        let first = import(importer, &account, model::csv(existing), 1 << 20).await;
+        let first = import(importer, &account, model::csv(existing), 1 << 20, model::Policy::Error, false).await;
         assert_eq!(first, expected_first);
-        let second = import(importer, &account, model::csv(rows), cut).await;
+        let dry = import(importer, &account, model::csv(rows), cut, policy, true).await;
+        assert_eq!(dry, expected, "the dry run");
+        let second = import(importer, &account, model::csv(rows), cut, policy, false).await;
         assert_eq!(second, expected);
     });
 });

@@ -238,6 +238,24 @@ impl TestApp {
         self.send(messages).await
     }
 
+    /// Uploads `file` with these options of `ImportMetadata` (`validate_only`, `on_conflict`,
+    /// `retry_of_import_id`).
+    pub async fn upload_with(
+        &self,
+        account: &str,
+        import_id: &str,
+        file: &[u8],
+        chunk_size: usize,
+        options: impl FnOnce(&mut proto::ImportMetadata),
+    ) -> Result<Import, tonic::Status> {
+        let mut messages =
+            upload_messages(account, import_id, "users.csv", file, chunk_size, finish());
+        if let Some(Payload::Metadata(metadata)) = &mut messages[0].payload {
+            options(metadata);
+        }
+        self.send(messages).await
+    }
+
     /// Sends these messages as one upload and returns the finished import.
     pub async fn send(
         &self,
@@ -418,6 +436,7 @@ pub fn metadata(account: &str, import_id: &str, filename: &str) -> proto::Upload
             r#type: proto::ImportType::Users as i32,
             filename: filename.into(),
             import_id: import_id.into(),
+            ..Default::default()
         })),
     }
 }

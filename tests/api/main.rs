@@ -2,6 +2,7 @@
 
 mod correctness;
 mod faults;
+mod features;
 mod fixtures;
 mod health;
 mod helpers;

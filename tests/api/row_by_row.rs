@@ -1,6 +1,8 @@
 //! The row errors are exactly those of reading the file row by row, whatever the chunking and
 //! however small the batches: the service against the reference model (`tests/model`), over
-//! random files full of collisions, into accounts that already hold some of their values.
+//! random files full of collisions, into accounts that already hold some of their values, under
+//! every conflict policy. Each file is first checked by a dry run, whose outcome must be the
+//! same, with nothing written.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -8,7 +10,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use crate::helpers::*;
-use crate::model::{self, Email, ROLES, Row};
+use crate::model::{self, Email, Policy, ROLES, Row};
 
 fn row() -> impl Strategy<Value = Row> {
     let email = prop_oneof![
@@ -25,15 +27,29 @@ fn row() -> impl Strategy<Value = Row> {
     })
 }
 
-/// A file already imported into the account, then the file under test, its chunk size, and
-/// which server (batch size) takes it.
-fn case() -> impl Strategy<Value = (Vec<Row>, Vec<Row>, usize, usize)> {
+/// A file already imported into the account, then the file under test, its chunk size, which
+/// server (batch size) takes it, and under which policy.
+fn case() -> impl Strategy<Value = (Vec<Row>, Vec<Row>, usize, usize, Policy)> {
     (
         proptest::collection::vec(row(), 0..6),
         proptest::collection::vec(row(), 0..40),
         1usize..200,
         0usize..BATCH_ROWS.len(),
+        prop_oneof![
+            Just(Policy::Error),
+            Just(Policy::Skip),
+            Just(Policy::Update)
+        ],
     )
+}
+
+fn proto_policy(policy: Policy) -> bulk_import::proto::ConflictPolicy {
+    use bulk_import::proto::ConflictPolicy as P;
+    match policy {
+        Policy::Error => P::Error,
+        Policy::Skip => P::Skip,
+        Policy::Update => P::Update,
+    }
 }
 
 /// Batch sizes of the servers: every row its own batch, a few rows, and more than a file.
@@ -52,6 +68,8 @@ async fn outcome(
         rows_processed: import.rows_processed,
         rows_imported: import.rows_imported,
         rows_failed: import.rows_failed,
+        rows_skipped: import.rows_skipped,
+        rows_updated: import.rows_updated,
         errors: errors
             .iter()
             .map(|e| {
@@ -79,26 +97,44 @@ fn check(backend: Backend, cases: u32) {
     });
     let mut runner = TestRunner::new(Config::with_cases(cases));
     runner
-        .run(&case(), |(existing, rows, chunk_size, server)| {
+        .run(&case(), |(existing, rows, chunk_size, server, policy)| {
             let app = &apps[server];
             let account = format!("model-{}", ACCOUNTS.fetch_add(1, Ordering::SeqCst));
             let (expected_first, held) = model::import(&Default::default(), &existing);
-            let (expected, _) = model::import(&held, &rows);
-            let (first, second) = runtime.block_on(async {
+            let (expected, _) = model::import_with(&held, &rows, policy);
+            let file = model::csv(&rows);
+            let (first, users_before, dry, users_after_dry, second) = runtime.block_on(async {
                 let first = app
                     .upload(&account, "existing", &model::csv(&existing), 1 << 20)
                     .await
                     .unwrap();
+                let users_before = app.users(&account).await;
+                let options = |dry_run: bool| {
+                    move |m: &mut bulk_import::proto::ImportMetadata| {
+                        m.validate_only = dry_run;
+                        m.on_conflict = proto_policy(policy) as i32;
+                    }
+                };
+                let dry = app
+                    .upload_with(&account, "dry-run", &file, chunk_size, options(true))
+                    .await
+                    .unwrap();
+                let users_after_dry = app.users(&account).await;
                 let second = app
-                    .upload(&account, "under-test", &model::csv(&rows), chunk_size)
+                    .upload_with(&account, "under-test", &file, chunk_size, options(false))
                     .await
                     .unwrap();
                 (
                     outcome(app, &account, &first).await,
+                    users_before,
+                    outcome(app, &account, &dry).await,
+                    users_after_dry,
                     outcome(app, &account, &second).await,
                 )
             });
             prop_assert_eq!(first, expected_first);
+            prop_assert_eq!(&dry, &expected, "the dry run");
+            prop_assert_eq!(users_before, users_after_dry, "a dry run writes nothing");
             prop_assert_eq!(second, expected);
             Ok(())
         })

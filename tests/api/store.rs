@@ -21,6 +21,9 @@ backend_tests! {
                 kind: ImportType::Users,
                 filename: Filename::parse("users.csv").unwrap(),
                 created_by: String::new(),
+                validate_only: false,
+                on_conflict: Default::default(),
+                retry_of: None,
             })
             .await
             .unwrap();
@@ -41,6 +44,7 @@ backend_tests! {
                 first_name: "Late",
                 last_name: "",
                 role: Role::Member,
+                role_given: false,
                 job_title: "",
                 external_id: None,
             };
@@ -53,6 +57,8 @@ backend_tests! {
             error_budget: 100,
             progress: Counters::default(),
             format: None,
+            on_conflict: Default::default(),
+            validate_only: false,
         };
         let written = store.write_batch(&target, &batch).await;
         assert!(matches!(written, Err(StoreError::NotProcessing)), "{written:?}");

@@ -35,6 +35,14 @@ pub enum Email {
 /// The roles a row may have: the last one is not a role.
 pub const ROLES: [&str; 4] = ["", "admin", "Viewer", "boss"];
 
+/// What a row whose user exists becomes (the service's `ConflictPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Error,
+    Skip,
+    Update,
+}
+
 /// What an import of a file gives: its counters and every row error as
 /// `(row, column, code, the row a DUPLICATE_IN_FILE names)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +50,8 @@ pub struct Outcome {
     pub rows_processed: i64,
     pub rows_imported: i64,
     pub rows_failed: i64,
+    pub rows_skipped: i64,
+    pub rows_updated: i64,
     pub errors: Vec<(i64, String, String, Option<i64>)>,
 }
 
@@ -87,34 +97,44 @@ pub fn csv(rows: &[Row]) -> Vec<u8> {
     file.into_bytes()
 }
 
-/// Values held in an account: by whom (`None` for a user of another import).
+/// The users of an account: each address with its external id.
 #[derive(Debug, Default, Clone)]
 pub struct Account {
-    emails: HashMap<String, Option<i64>>,
-    external_ids: HashMap<String, Option<i64>>,
+    users: HashMap<String, Option<String>>,
 }
 
 impl Account {
-    /// The account after an import that completed: its users belong to another import for
-    /// the next one.
-    fn settled(&self) -> Account {
-        let settle =
-            |m: &HashMap<String, Option<i64>>| m.keys().map(|k| (k.clone(), None)).collect();
-        Account {
-            emails: settle(&self.emails),
-            external_ids: settle(&self.external_ids),
-        }
+    /// The user (by address) that holds external id `x`.
+    fn holder_of(&self, x: &str) -> Option<&str> {
+        self.users
+            .iter()
+            .find(|(_, id)| id.as_deref() == Some(x))
+            .map(|(email, _)| email.as_str())
     }
 }
 
-/// Imports `rows` into `account` row by row, as the service must; returns the outcome and the
-/// account afterwards.
+/// Imports `rows` into `account` row by row under the ERROR policy.
 pub fn import(account: &Account, rows: &[Row]) -> (Outcome, Account) {
-    let mut held = account.settled();
+    import_with(account, rows, Policy::Error)
+}
+
+/// Imports `rows` into `account` row by row, as the service must; returns the outcome and the
+/// account afterwards (a dry run gives the same outcome and leaves the account as it was).
+///
+/// A row that does not fail (imported, skipped or updated) takes its address and external id
+/// for the rows after it: a second row with either is DUPLICATE_IN_FILE under every policy.
+/// A row whose address is a user's is ALREADY_EXISTS under ERROR, skipped under SKIP, and
+/// updates that user under UPDATE, where an external id held by another user is ALREADY_EXISTS.
+pub fn import_with(account: &Account, rows: &[Row], policy: Policy) -> (Outcome, Account) {
+    let mut account = account.clone();
+    let mut file_emails: HashMap<String, i64> = HashMap::new();
+    let mut file_ids: HashMap<String, i64> = HashMap::new();
     let mut outcome = Outcome {
         rows_processed: 0,
         rows_imported: 0,
         rows_failed: 0,
+        rows_skipped: 0,
+        rows_updated: 0,
         errors: Vec::new(),
     };
     for (i, row) in rows.iter().enumerate() {
@@ -135,40 +155,65 @@ pub fn import(account: &Account, rows: &[Row]) -> (Outcome, Account) {
         if row.role == ROLES.len() - 1 {
             errors.push((n, "role".to_owned(), "INVALID_ROLE".to_owned(), None));
         }
-        let valid = errors.is_empty();
         let external_id = row.external_id.map(|_| row.external_id_text());
-        let conflict = |column: &str, holder: Option<i64>| match holder {
-            Some(first) => (
+        let duplicate = |column: &str, first: i64| {
+            (
                 n,
                 column.to_owned(),
                 "DUPLICATE_IN_FILE".to_owned(),
                 Some(first),
-            ),
-            None => (n, column.to_owned(), "ALREADY_EXISTS".to_owned(), None),
+            )
         };
-        let email_holder = email.as_ref().and_then(|e| held.emails.get(e).copied());
-        let id_holder = external_id
-            .as_ref()
-            .and_then(|x| held.external_ids.get(x).copied());
-        if let Some(holder) = email_holder {
-            errors.push(conflict("email", holder));
-        }
-        if let Some(holder) = id_holder {
-            errors.push(conflict("external_id", holder));
-        }
-        if errors.is_empty() {
-            outcome.rows_imported += 1;
-            held.emails.insert(email.expect("valid"), Some(n));
-            if let Some(x) = external_id {
-                held.external_ids.insert(x, Some(n));
+        let exists = |column: &str| (n, column.to_owned(), "ALREADY_EXISTS".to_owned(), None);
+        // The existing user the policy applies to.
+        let mut target: Option<String> = None;
+        if let Some(e) = &email {
+            if let Some(&first) = file_emails.get(e) {
+                errors.push(duplicate("email", first));
+            } else if account.users.contains_key(e) {
+                match policy {
+                    Policy::Error => errors.push(exists("email")),
+                    Policy::Skip | Policy::Update => target = Some(e.clone()),
+                }
             }
-        } else {
-            outcome.rows_failed += 1;
-            debug_assert!(valid || !errors.is_empty());
         }
-        outcome.errors.extend(errors);
+        if let Some(x) = &external_id {
+            if let Some(&first) = file_ids.get(x) {
+                errors.push(duplicate("external_id", first));
+            } else if let Some(holder) = account.holder_of(x) {
+                let fine = target
+                    .as_deref()
+                    .is_some_and(|t| policy == Policy::Skip || t == holder);
+                if !fine {
+                    errors.push(exists("external_id"));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            outcome.rows_failed += 1;
+            outcome.errors.extend(errors);
+            continue;
+        }
+        let e = email.expect("valid");
+        file_emails.insert(e.clone(), n);
+        if let Some(x) = &external_id {
+            file_ids.insert(x.clone(), n);
+        }
+        match (target, policy) {
+            (None, _) => {
+                outcome.rows_imported += 1;
+                account.users.insert(e, external_id);
+            }
+            (Some(_), Policy::Skip | Policy::Error) => outcome.rows_skipped += 1,
+            (Some(t), Policy::Update) => {
+                outcome.rows_updated += 1;
+                if external_id.is_some() {
+                    account.users.insert(t, external_id);
+                }
+            }
+        }
     }
-    (outcome, held)
+    (outcome, account)
 }
 
 /// The row a DUPLICATE_IN_FILE message names ("already appears in row 4 of this file").
