@@ -52,10 +52,17 @@ impl Tokens {
         let file: TokensFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         let mut by_digest = HashMap::new();
         for (i, token) in file.tokens.iter().enumerate() {
-            let which = format!("token {} ('{}')", i + 1, token.name);
             if token.name.trim().is_empty() {
                 return Err(format!("token {}: name must not be empty", i + 1));
             }
+            // The name is stored as `created_by` and written in audit logs.
+            if token.name.chars().any(char::is_control) || token.name.chars().count() > 100 {
+                return Err(format!(
+                    "token {}: name must be at most 100 characters, without control characters",
+                    i + 1
+                ));
+            }
+            let which = format!("token {} ('{}')", i + 1, token.name);
             let mut digest = [0u8; 32];
             hex::decode_to_slice(token.sha256.trim(), &mut digest)
                 .map_err(|_| format!("{which}: sha256 must be 64 hex digits"))?;

@@ -18,13 +18,15 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// How often the certificate files are looked at.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// TLS handshakes in progress at once; more connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 256;
 /// A client that opens a connection and does not finish its handshake is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -149,26 +151,38 @@ impl Tls {
         listener: TcpListener,
     ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
         let (tx, rx) = mpsc::channel(16);
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                // A flood of connections that never finish their handshake waits here, rather
+                // than holding a task and a socket each.
+                let permit = tokio::select! {
+                    _ = tx.closed() => return,
+                    permit = handshakes.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
                 // Out of file descriptors and the like: wait, do not spin.
-                let accepted = (|| listener.accept())
+                let accept = (|| listener.accept())
                     .retry(
                         ConstantBuilder::default()
                             .with_delay(Duration::from_millis(100))
                             .without_max_times(),
                     )
-                    .notify(|e, _| tracing::warn!(error = %e, "cannot accept a connection"))
-                    .await;
+                    .notify(|e, _| tracing::warn!(error = %e, "cannot accept a connection"));
+                // The server stopped: let go of the port, even with no client coming.
+                let accepted = tokio::select! {
+                    _ = tx.closed() => return,
+                    accepted = accept => accepted,
+                };
                 let Ok((tcp, peer)) = accepted else {
                     return;
                 };
-                if tx.is_closed() {
-                    return;
-                }
                 let acceptor = TlsAcceptor::from(self.current());
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;

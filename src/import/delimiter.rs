@@ -58,7 +58,10 @@ pub(crate) fn first_line_span(text: &[u8]) -> (&[u8], bool) {
 /// bytes to skip (the `sep=` line, which Excel does not show as a row).
 pub fn detect_delimiter(text: &[u8]) -> (u8, usize) {
     let line = first_line(text);
-    if line.len() == 5 && line[..4].eq_ignore_ascii_case(b"sep=") {
+    // Only a visible character can delimit: `sep=` followed by a control character, a space,
+    // a quote or a byte of a multi-byte character is not Excel's line, but the header's.
+    let named = |b: u8| b.is_ascii_graphic() && b != b'"';
+    if line.len() == 5 && line[..4].eq_ignore_ascii_case(b"sep=") && named(line[4]) {
         let start = line.as_ptr() as usize - text.as_ptr() as usize;
         let mut skip = start + line.len();
         if text.get(skip) == Some(&b'\r') {
@@ -107,6 +110,10 @@ mod tests {
         assert_eq!(detect_delimiter(b"a,b;c\n"), (b',', 0));
         assert_eq!(detect_delimiter(b"sep=;\r\nemail;name\r\n"), (b';', 7));
         assert_eq!(detect_delimiter(b"SEP=|\nemail|name\n"), (b'|', 6));
+        // No invisible or quoting delimiter: such a line is the header.
+        assert_eq!(detect_delimiter(b"sep=\0\nemail,name\n"), (b',', 0));
+        assert_eq!(detect_delimiter(b"sep=\"\nemail,name\n"), (b',', 0));
+        assert_eq!(detect_delimiter(b"sep= \nemail;name\n"), (b',', 0));
         assert!(!has_first_line(b"sep=;\r"));
         assert!(has_first_line(b"sep=;\r\n"));
         assert!(has_first_line(b"email\rx"));

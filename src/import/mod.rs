@@ -169,7 +169,17 @@ impl Importer {
                 "uploads still running after the grace period; ending them"
             );
             self.inner.shutdown.cancel();
-            uploads.wait().await;
+            // Each upload stops at once on that token; a bound all the same, so that a wedged
+            // one cannot hold the process past its termination grace.
+            if tokio::time::timeout(Duration::from_secs(10), uploads.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    running = uploads.len(),
+                    "uploads did not stop; exiting anyway"
+                );
+            }
         }
         // A last try for endings that wait: those still not stored are ended at the next
         // start (or by another replica) as interrupted, which also removes their users.

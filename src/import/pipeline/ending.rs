@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
 
+use crate::domain::text::escape_controls;
 use crate::domain::{ArgumentError, Counters, Import, ImportKey, ImportStatus, TextFormat};
 use crate::import::chunk::IntakeError;
 use crate::import::error::ImportError;
@@ -221,11 +222,13 @@ impl Ending<'_> {
     fn decide(&self, cause: Cause) -> (Disposal, Reply) {
         let id = &self.import.import_id;
         let kind = cause.kind();
+        // Messages quote the file (a header name, a value): no control character, and so no
+        // NUL, which PostgreSQL text cannot hold, reaches the store or the client.
         let error = |status, message: String| Conclusion {
             status,
             counters: self.counters,
             format: self.format,
-            error_message: message,
+            error_message: escape_controls(&message).into_owned(),
         };
         let unknown = |message: &str| error(ImportStatus::ErrorUnknown, message.to_owned());
         let (conclusion, reply) = match cause {
@@ -406,25 +409,64 @@ impl Endings {
 
     /// Stores the endings that wait, each once; those that still cannot be stored wait on.
     pub async fn store_pending(&self, store: &dyn Store) {
-        let waiting: Vec<(ImportKey, Disposal)> = self
+        let waiting: Vec<(ImportKey, Import, Disposal)> = self
             .lock()
             .iter()
-            .map(|(key, p)| (*key, p.disposal.clone()))
+            .map(|(key, p)| (*key, p.decided.clone(), p.disposal.clone()))
             .collect();
-        for (key, disposal) in waiting {
+        for (key, decided, disposal) in waiting {
             let stored = match &disposal {
                 Disposal::Discard(_) => store.discard_import(key).await,
                 Disposal::Conclude(c) => store.conclude_import(key, c).await.map(|_| ()),
             };
             match stored {
-                // NotProcessing: another server ended it meanwhile, with nothing imported.
-                Ok(()) | Err(StoreError::NotProcessing) => {
+                Ok(()) => {
                     tracing::info!(
                         import_key = key,
                         status = disposal.conclusion().status.as_str(),
                         "stored the end of an import"
                     );
                     self.lock().remove(&key);
+                }
+                // Another server ended it meanwhile (it took this one for dead). Both endings
+                // import nothing; say so if the stored one differs from what the client heard.
+                Err(StoreError::NotProcessing) => {
+                    let ended = store
+                        .get_import(&decided.account_id, &decided.import_id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|i| i.status);
+                    if ended != Some(decided.status) && matches!(disposal, Disposal::Conclude(_)) {
+                        tracing::warn!(
+                            import_key = key,
+                            decided = decided.status.as_str(),
+                            stored = ended.map_or("gone", ImportStatus::as_str),
+                            "another server ended this import first; its ending stays"
+                        );
+                    }
+                    self.lock().remove(&key);
+                }
+                Err(e) if !e.is_transient() => {
+                    // Not a passing outage: this ending as it is cannot be stored (say, a
+                    // value the database refuses). The same ending with a plain message can.
+                    tracing::error!(
+                        import_key = key,
+                        error = e.detail(),
+                        "cannot store the end of an import; storing it with a plain message"
+                    );
+                    if let Disposal::Conclude(c) = &disposal {
+                        let plain = Conclusion {
+                            error_message: "the import ended with an error the server could \
+                                            not record in full; nothing was imported, upload \
+                                            the file again"
+                                .to_owned(),
+                            ..c.clone()
+                        };
+                        if let Some(pending) = self.lock().get_mut(&key) {
+                            pending.disposal = Disposal::Conclude(plain);
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(

@@ -107,9 +107,14 @@ where
     S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
 {
     let idle = ctx.config.idle_timeout;
-    let new = match tokio::time::timeout(idle, events::metadata(&mut events)).await {
-        Ok(new) => new?,
-        Err(_) => return Err(ImportError::Stalled(stalled(idle))),
+    let metadata = tokio::time::timeout(idle, events::metadata(&mut events));
+    let new = tokio::select! {
+        biased;
+        _ = ctx.shutdown.cancelled() => return Err(ImportError::ShuttingDown),
+        new = metadata => match new {
+            Ok(new) => new?,
+            Err(_) => return Err(ImportError::Stalled(stalled(idle))),
+        },
     };
     // Before anything else, and before a byte of the file is read.
     if !caller.may_act_in(&new.account_id) {
@@ -315,7 +320,6 @@ impl<'a> Upload<'a> {
                 }
                 event = events.next() => event,
             };
-            last_message = tokio::time::Instant::now();
             if finished {
                 return match event {
                     None => Cause::Completed,
@@ -331,12 +335,25 @@ impl<'a> Upload<'a> {
                     Some(Err(StreamError::Transport(e))) => Cause::Broken(e),
                 };
             }
+            // A step may wait on the writer or on batch memory, behind a slow database: a
+            // shutdown or a cancel must not wait for it.
+            let (shutdown, cancel) = (self.ctx.shutdown.clone(), self.cancel.clone());
             let step = match event {
-                Some(Ok(UploadEvent::Chunk(chunk))) => self.chunk(&chunk).await,
+                Some(Ok(UploadEvent::Chunk(chunk))) => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Err(Cause::ShuttingDown),
+                    _ = cancel.cancelled() => Err(Cause::Cancelled),
+                    step = self.chunk(&chunk) => step,
+                },
                 Some(Ok(UploadEvent::Finish(check))) => {
                     // Committed once the stream ends: nothing may follow.
                     finished = true;
-                    self.finish(&check).await
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => Err(Cause::ShuttingDown),
+                        _ = cancel.cancelled() => Err(Cause::Cancelled),
+                        step = self.finish(&check) => step,
+                    }
                 }
                 Some(Ok(UploadEvent::Metadata(_))) => Err(Cause::Protocol(ArgumentError::new(
                     "metadata",
@@ -352,6 +369,8 @@ impl<'a> Upload<'a> {
             if let Err(cause) = step {
                 return cause;
             }
+            // Time spent in the step (waiting on a slow database, say) is not the client's.
+            last_message = tokio::time::Instant::now();
         }
     }
 
