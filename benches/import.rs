@@ -6,7 +6,12 @@
 //! cargo bench --bench import                         # 199 MiB, both backends, scaling lines
 //! cargo bench --bench import -- --size-mb 50         # another size
 //! cargo bench --bench import -- --backend sqlite     # one backend
+//! cargo bench --bench import -- --policies-only      # dry run, SKIP and UPDATE only
 //! ```
+//!
+//! Besides the plain import, it times on one server a dry run of the file into an empty
+//! account, then SKIP and UPDATE of the same file into an account that already holds every
+//! one of its users, each against the plain import of that file on that server.
 //!
 //! PostgreSQL runs when `BENCH_DATABASE_URL` or `TEST_DATABASE_URL` names a server (default:
 //! postgres://postgres@127.0.0.1:5432/postgres, skipped when it does not answer).
@@ -38,6 +43,9 @@ struct Options {
     size_mb: u32,
     backends: Vec<Backend>,
     scaling: bool,
+    policies: bool,
+    /// Only the dry run and the policies.
+    policies_only: bool,
 }
 
 fn options() -> Options {
@@ -60,6 +68,8 @@ fn options() -> Options {
             .unwrap_or(199),
         backends,
         scaling: !args.iter().any(|a| a == "--no-scaling"),
+        policies: !args.iter().any(|a| a == "--no-policies"),
+        policies_only: args.iter().any(|a| a == "--policies-only"),
     }
 }
 
@@ -112,6 +122,46 @@ async fn measure(backend: Backend, server: &str, files: &[PathBuf]) -> Run {
         rows,
         peak_rss,
     }
+}
+
+/// A dry run, SKIP and UPDATE of `file`, each against a plain import of it, on one server: the
+/// plain import fills an account; the dry run goes into an empty one; SKIP and UPDATE go into
+/// the filled one, where every row's user exists.
+async fn policies(backend: Backend, server: &str, file: &Path, size_mb: u32) {
+    use bulk_import::proto::ConflictPolicy;
+    let database = fresh_database(backend, server).await;
+    let app = Server::start_this(&database.url).await;
+    let rows = data_rows(file) as i64;
+    let (plain, plain_time) = upload(app.channel.clone(), "filled", file).await;
+    assert_eq!(plain.rows_imported, rows, "{}", plain.error_message);
+    let line = |label: &str, time: Duration| {
+        println!(
+            "  {label:<40} {:>8.2} s   ratio to the plain import: {:.2}",
+            time.as_secs_f64(),
+            time.as_secs_f64() / plain_time.as_secs_f64()
+        );
+    };
+    line(&format!("plain import, {size_mb} MiB"), plain_time);
+    let (dry, dry_time) = upload_with(app.channel.clone(), "empty", file, |m| {
+        m.validate_only = true;
+    })
+    .await;
+    assert_eq!(dry.rows_imported, rows, "{}", dry.error_message);
+    line("dry run, empty account", dry_time);
+    for (label, policy) in [
+        ("SKIP, every user exists", ConflictPolicy::Skip),
+        ("UPDATE, every user exists", ConflictPolicy::Update),
+    ] {
+        let (import, time) = upload_with(app.channel.clone(), "filled", file, |m| {
+            m.on_conflict = policy as i32;
+        })
+        .await;
+        assert_eq!(import.status, proto_success(), "{}", import.error_message);
+        assert_eq!(import.rows_skipped + import.rows_updated, rows);
+        line(label, time);
+    }
+    println!("  peak RSS over the four: {:.1} MiB", mib(app.peak_rss()));
+    app.stop();
 }
 
 fn proto_success() -> i32 {
@@ -170,6 +220,12 @@ async fn main() {
             },
         };
         println!("\n{}", backend.name());
+        if options.policies || options.policies_only {
+            policies(backend, &server, &big, options.size_mb).await;
+        }
+        if options.policies_only {
+            continue;
+        }
         let run = measure(backend, &server, std::slice::from_ref(&big)).await;
         assert_eq!(run.rows, big_rows);
         print_run(&format!("service, {} MiB", options.size_mb), &run);

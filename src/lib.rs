@@ -24,15 +24,18 @@
 //!     rows out, synchronous and free of I/O, so that the property tests and the fuzzer run
 //!     exactly it;
 //!   - `pipeline`: one upload's task (`mod.rs`), its messages (`events`), its counters
-//!     (`tally`), the shared batch memory (`memory`), its writer task (`writer`), and the state
-//!     machine that owns its ending (`ending`);
-//!   - `progress`: live views for watchers; `error`: the layer's errors, into which the
-//!     store's are mapped once; `template`: the downloadable template;
+//!     (`tally`), the shared batch memory (`memory`), its writer task (`writer`), the
+//!     state machine that owns its ending (`ending`), admission limits (`admission`) and the
+//!     cancels asked of the uploads running here (`cancel`);
+//!   - `progress`: live views for watchers; `report`: the fix-up file; `error`: the layer's
+//!     errors, into which the store's are mapped once; `template`: the downloadable template;
 //! - [`store`]: persistence behind one trait (`mod.rs`), its classified errors (`error`),
-//!   conflict reporting (`conflicts`), column codecs (`codec`) and shared reads (`queries`);
-//!   one private module per backend: `sqlite/` (`mod.rs`, `write.rs`, the C API hot path in
-//!   `insert.rs`) and `postgres/` (`mod.rs`, `write.rs`, `copy.rs`, `liveness.rs`,
-//!   `notify.rs`, `tx.rs`);
+//!   conflict reporting (`conflicts`), the plan of dry runs and of the SKIP and UPDATE
+//!   policies (`policy`), the failed rows' cells kept for the fix-up file (`failed`), column
+//!   codecs (`codec`), shared reads (`queries`) and the one-off rekeying of old addresses
+//!   (`rekey`); one private module per backend: `sqlite/` (`mod.rs`, `write.rs`, the C API
+//!   hot path in `capi.rs`, the file lock in `lock.rs`) and `postgres/` (`mod.rs`,
+//!   `write.rs`, `copy.rs`, `liveness.rs`, `notify.rs`, `tx.rs`);
 //! - [`grpc`]: thin handlers, conversions, the one error mapping, page tokens;
 //! - [`auth`] and [`tls`]: bearer tokens scoped to accounts, and TLS, both read again from
 //!   their files when those change; `grpc::auth` checks the token of every call;

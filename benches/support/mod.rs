@@ -280,18 +280,30 @@ impl Drop for Server {
 /// Uploads `file` the way a client does: read as it streams, in `CHUNK_BYTES` chunks, with the
 /// size and SHA-256 in the finish message. Returns the finished import and the wall time.
 pub async fn upload(channel: Channel, account: &str, file: &Path) -> (proto::Import, Duration) {
+    upload_with(channel, account, file, |_| {}).await
+}
+
+/// `upload` with these options of `ImportMetadata` (a dry run, a conflict policy).
+pub async fn upload_with(
+    channel: Channel,
+    account: &str,
+    file: &Path,
+    options: impl FnOnce(&mut ImportMetadata),
+) -> (proto::Import, Duration) {
     let mut client = ImportServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
     let start = Instant::now();
     let path = file.to_owned();
+    let mut metadata = ImportMetadata {
+        account_id: account.to_owned(),
+        r#type: proto::ImportType::Users as i32,
+        filename: "users.csv".into(),
+        import_id: String::new(),
+        ..Default::default()
+    };
+    options(&mut metadata);
     let metadata = UploadImportRequest {
-        payload: Some(Payload::Metadata(ImportMetadata {
-            account_id: account.to_owned(),
-            r#type: proto::ImportType::Users as i32,
-            filename: "users.csv".into(),
-            import_id: String::new(),
-            ..Default::default()
-        })),
+        payload: Some(Payload::Metadata(metadata)),
     };
     tx.send(metadata).await.unwrap();
     let reader = tokio::task::spawn_blocking(move || {

@@ -101,10 +101,11 @@ async fn the_readme_grpcurl_examples_work_as_written() {
     // the template, saved to a file
     let template = std::fs::read_to_string(dir.path().join("template.csv")).unwrap();
     assert!(template.starts_with(HEADER), "{template}");
-    // the upload, the get, the watch and the list all show the finished import
+    // the upload, the get, the watch and the list all show the finished import; so does the
+    // dry run of the same file
     assert_eq!(
         stdout.matches("IMPORT_STATUS_COMPLETED_PARTIAL").count(),
-        4,
+        5,
         "{stdout}"
     );
     assert!(stdout.contains("\"rowsImported\": \"2\""));
@@ -119,6 +120,42 @@ async fn the_readme_grpcurl_examples_work_as_written() {
         "{stdout}"
     );
     assert_eq!(app.users_of("acme", "first-import").await, 2);
+
+    // the dry run, under UPDATE: both users exist, nothing written
+    assert!(stdout.contains("\"validateOnly\": true"), "{stdout}");
+    assert!(stdout.contains("\"rowsUpdated\": \"2\""), "{stdout}");
+    assert_eq!(app.users_of("acme", "check-first").await, 0);
+    // the fix-up file, fixed, and its upload
+    let fixed = std::fs::read_to_string(dir.path().join("fix.csv")).unwrap();
+    assert!(
+        fixed.starts_with(
+            "\u{feff}email,first_name,last_name,role,job_title,external_id,row_number,errors\r\n"
+        ),
+        "{fixed}"
+    );
+    assert!(
+        fixed.contains("\r\nalan@example.com,Alan,Turing,,,,4,email INVALID_EMAIL: "),
+        "{fixed}"
+    );
+    assert!(
+        stdout.contains("\"retryOfImportId\": \"first-import\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("IMPORT_STATUS_COMPLETED_SUCCESS"),
+        "{stdout}"
+    );
+    // the users, then the revert of the fix
+    assert!(
+        stdout.contains("\"email\": \"alan@example.com\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"usersRemoved\": \"1\""), "{stdout}");
+    assert_eq!(app.users_of("acme", "fix-1").await, 0);
+    // the cancel, and what its client got
+    assert!(stdout.contains("IMPORT_STATUS_CANCELLED"), "{stdout}");
+    assert!(stdout.contains("Code: Canceled"), "{stdout}");
+    assert_eq!(app.users("acme").await.len(), 2);
 }
 
 #[test]

@@ -418,9 +418,7 @@ impl Store for SqliteStore {
         let result = async {
             let mut tx = begin(&mut conn).await?;
             // `None`: reverted before, so nothing more to remove.
-            let (removed, kept) = write::revert_users(&mut tx, key)
-                .await?
-                .unwrap_or_default();
+            let (removed, kept) = write::revert_users(&mut tx, key).await?.unwrap_or_default();
             let sql = format!(
                 "UPDATE imports SET revert_time = coalesce(revert_time, ?2), \
                  revert_note = CASE WHEN revert_time IS NULL THEN ?3 ELSE revert_note END \
