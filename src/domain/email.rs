@@ -77,7 +77,13 @@ impl<'a> Email<'a> {
         if let Err(e) = EmailAddress::parse_with_options(value, OPTIONS) {
             return Err(EmailError::Invalid(explain(value, e)));
         }
-        let normalised = if !value.is_ascii() || value.contains("xn--") {
+        let punycode = || {
+            value
+                .as_bytes()
+                .windows(4)
+                .any(|w| w.eq_ignore_ascii_case(b"xn--"))
+        };
+        let normalised = if !value.is_ascii() || punycode() {
             let key = mailbox_key(value)?;
             if key == value {
                 Cow::Borrowed(value)
@@ -114,7 +120,9 @@ fn mailbox_key(value: &str) -> Result<String, EmailError> {
             "the domain is not a valid international domain name (IDNA); check its spelling",
         )
     })?;
-    let local: String = local.nfc().flat_map(char::to_lowercase).collect();
+    // `str::to_lowercase` rather than per character: it knows a final sigma (ς), as the keys
+    // stored before this did.
+    let local = local.nfc().collect::<String>().to_lowercase();
     Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
 }
 
@@ -247,6 +255,11 @@ mod tests {
             Some("anna@xn--bcher-kva.example")
         );
         assert_eq!(rekeyed("ada@example.com"), None);
+        assert_eq!(key("ΑΝΝΑΣ@x.gr"), "αννας@x.gr");
+        assert!(matches!(
+            Email::parse("a@XN--ZZ.com"),
+            Err(EmailError::Invalid(_))
+        ));
         // The ASCII hot path borrows.
         assert!(matches!(
             Email::parse("ada@x.io").unwrap().normalised,

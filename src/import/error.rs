@@ -73,6 +73,10 @@ impl From<StoreError> for ImportError {
             StoreError::StillRunning => ImportError::FailedPrecondition(
                 "the import is still running; wait for it to end, or cancel it".to_owned(),
             ),
+            StoreError::BeingUpdated(import_id) => ImportError::FailedPrecondition(format!(
+                "import '{import_id}', still running, is updating some of this import's users; \
+                 revert once it has ended"
+            )),
             // The callers that can meet a taken id handle it with its context.
             StoreError::AlreadyExists => {
                 ImportError::Internal("unexpected uniqueness violation".to_owned())

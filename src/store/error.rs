@@ -18,6 +18,10 @@ pub enum StoreError {
     /// The import still runs, and the request needs it ended.
     #[error("the import is still running")]
     StillRunning,
+    /// An UPDATE import still running (this id) has changed some of the import's users: a
+    /// revert must wait for it, whose ending decides whether those users are kept.
+    #[error("import '{0}' is updating some of its users")]
+    BeingUpdated(String),
     /// The database cannot be reached for now; the same request may succeed in a moment.
     #[error("{outage}")]
     Unavailable {

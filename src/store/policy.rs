@@ -29,34 +29,77 @@ pub(crate) struct Existing {
     /// That import's id while it still runs: it may yet fail and take the user away, so the
     /// row can be neither skipped nor used to update it.
     pub running_import: Option<String>,
+    /// The UPDATE import that changed the user last, and its id while it still runs: it may
+    /// yet fail and put the old values back, over those of another update.
+    pub updated_by: Option<ImportKey>,
+    pub running_update: Option<String>,
 }
 
-/// The columns of an `Existing` lookup: email, external id, import key, source row, running
-/// import's id.
-pub(crate) type ExistingRow = (String, Option<String>, i64, i64, Option<String>);
+impl Existing {
+    /// The import still running that holds the user for now, other than `key`: the one that
+    /// creates it, or one that updates it.
+    fn busy_with(&self, mode: Mode) -> Option<&str> {
+        let updating = self
+            .running_update
+            .as_deref()
+            .filter(|_| self.updated_by != Some(mode.key) && !mode.dry_run);
+        self.running_import.as_deref().or(updating)
+    }
+}
+
+/// The columns of an `Existing` lookup, in its order.
+pub(crate) type ExistingRow = (
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
 
 impl From<ExistingRow> for Existing {
-    fn from((email, external_id, import_key, source_row, running_import): ExistingRow) -> Self {
+    fn from(
+        (email, external_id, import_key, source_row, running_import, updated_by, running_update): ExistingRow,
+    ) -> Self {
         Self {
             email,
             external_id,
             import_key,
             source_row: source_row as u64,
             running_import,
+            updated_by,
+            running_update,
         }
     }
 }
 
-/// The start of a lookup of the account's users by `column`, up to the account's placeholder,
-/// which each store writes its own way, as it does the list of values.
-pub(crate) fn existing_lookup(column: Column) -> String {
+/// The columns an `Existing` lookup selects, from `users u` joined to its creator `imports i`.
+pub(crate) const EXISTING_COLUMNS: &str = "u.email, u.external_id, u.import_key, u.source_row, \
+    CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
+    (SELECT w.import_id FROM imports w \
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING')";
+
+/// The start of a lookup of the account's users, up to the account's placeholder, which each
+/// store writes its own way, as it does the condition on the values.
+pub(crate) fn existing_lookup() -> String {
     format!(
-        "SELECT u.email, u.external_id, u.import_key, u.source_row, \
-         CASE WHEN i.status = 'PROCESSING' THEN i.import_id END \
-         FROM users u JOIN imports i ON i.import_key = u.import_key \
-         WHERE u.{} IS NOT NULL AND u.account_id = ",
-        column.name()
+        "SELECT {EXISTING_COLUMNS} FROM users u JOIN imports i ON i.import_key = u.import_key \
+         WHERE u.account_id = "
     )
+}
+
+/// Logs the external ids that an undone UPDATE import could not give back: another import
+/// took them while it ran (see the stores' `undo_import`).
+pub(crate) fn lost_external_ids(import_key: ImportKey, lost: u64) {
+    if lost > 0 {
+        tracing::warn!(
+            import_key,
+            users = lost,
+            "an undone update could not give these users back their external id: another \
+             import has taken it since; they are restored without one"
+        );
+    }
 }
 
 /// A value an earlier row of the import took in its file, without being inserted as a user.
@@ -187,6 +230,8 @@ impl<'a> Holders<'a> {
                     holders.file_id.insert(id, user.source_row);
                 }
             } else if !(mode.dry_run && user.running_import.is_some()) {
+                // A dry run sees the account as it stands: not the users an import still
+                // running is adding, and the users an update is changing as they are.
                 holders.user_by_email.insert(&user.email, user);
                 if let Some(id) = &user.external_id {
                     holders.user_by_id.insert(id, user);
@@ -253,7 +298,7 @@ fn judge<'a>(
                 as_written,
                 first,
             )),
-            Some(Held::ByUser(existing)) => match (&existing.running_import, mode.policy) {
+            Some(Held::ByUser(existing)) => match (existing.busy_with(mode), mode.policy) {
                 (Some(import_id), _) => errors.push(RowError::being_imported(
                     row,
                     Column::Email,
@@ -282,7 +327,7 @@ fn judge<'a>(
                     mode.policy == ConflictPolicy::Skip || u.email == holder.email
                 });
                 if !fine {
-                    errors.push(match &holder.running_import {
+                    errors.push(match holder.busy_with(mode) {
                         Some(import_id) => {
                             RowError::being_imported(row, Column::ExternalId, id, import_id)
                         }
@@ -403,6 +448,8 @@ mod tests {
             import_key,
             source_row: 2,
             running_import: None,
+            updated_by: None,
+            running_update: None,
         }
     }
 

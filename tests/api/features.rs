@@ -324,6 +324,75 @@ backend_tests! {
         assert_eq!(app.users(ACCOUNT).await, before);
     }
 
+    /// An UPDATE import gives E1 up for E9 and a later row takes E1; undoing it (here, a
+    /// cancel) must remove the new user before E1 goes back, and give every value back.
+    async fn an_undone_update_gives_back_an_external_id_it_moved(backend) {
+        let app = spawn_app(backend).await;
+        let existing = format!("{HEADER}a@x.io,Ann,,admin,,E1\nb@x.io,Bob,,,,E2\n");
+        app.upload(ACCOUNT, "existing", existing.as_bytes(), 1 << 16).await.unwrap();
+        let before = app.users(ACCOUNT).await;
+        let (generated, _) = generate(&["--rows", "40000", "--seed", "6"]);
+        let mut file =
+            format!("{HEADER}a@x.io,,,,,E9\nn@x.io,New,,,,E1\nb@x.io,,,viewer,,E9b\nc@x.io,,,,,E2\n")
+                .into_bytes();
+        let body = generated.iter().position(|b| *b == b'\n').unwrap() + 1;
+        file.extend_from_slice(&generated[body..]);
+        let upload = open_upload_with(&app, ACCOUNT, "moves", policy(ConflictPolicy::Update)).await;
+        for piece in file.chunks(64 * 1024).take(20) {
+            upload.tx.send(chunk(piece)).await.unwrap();
+        }
+        wait_for_imported_rows(&app, ACCOUNT, "moves").await;
+        let cancelled = cancel(&app, ACCOUNT, "moves").await.unwrap();
+        assert_eq!(status(&cancelled), ImportStatus::Cancelled);
+        let _ = upload.call.await.unwrap().unwrap_err();
+        assert_eq!(app.users(ACCOUNT).await, before);
+    }
+
+    /// A user that an UPDATE import still running has changed is that import's until it ends:
+    /// a second UPDATE gets ALREADY_EXISTS naming it, and the user's creator cannot be
+    /// reverted meanwhile (the running import's ending decides whether the user stays).
+    async fn a_user_being_updated_is_held_by_that_import(backend) {
+        let app = spawn_app(backend).await;
+        let existing = format!("{HEADER}u@x.io,Una,,,,\n");
+        app.upload(ACCOUNT, "existing", existing.as_bytes(), 1 << 16).await.unwrap();
+        let (generated, _) = generate(&["--rows", "40000", "--seed", "8"]);
+        let mut file = format!("{HEADER}u@x.io,First,,,,\n").into_bytes();
+        let body = generated.iter().position(|b| *b == b'\n').unwrap() + 1;
+        file.extend_from_slice(&generated[body..]);
+        let upload = open_upload_with(&app, ACCOUNT, "first", policy(ConflictPolicy::Update)).await;
+        for piece in file.chunks(64 * 1024).take(20) {
+            upload.tx.send(chunk(piece)).await.unwrap();
+        }
+        wait_for_imported_rows(&app, ACCOUNT, "first").await;
+        let second = format!("{HEADER}u@x.io,Second,,,,\n");
+        for dry in [false, true] {
+            let id = if dry { "second-dry" } else { "second" };
+            let import = app
+                .upload_with(ACCOUNT, id, second.as_bytes(), 1 << 16, |m| {
+                    m.validate_only = dry;
+                    policy(ConflictPolicy::Update)(m);
+                })
+                .await
+                .unwrap();
+            if dry {
+                // A dry run sees the account as it stands: the user exists, and would update.
+                assert_eq!(import.rows_updated, 1);
+            } else {
+                assert_eq!(import.rows_failed, 1);
+                let errors = app.errors(ACCOUNT, "second").await;
+                assert_eq!(codes(&errors), vec![(2, "email".to_owned(), "ALREADY_EXISTS".to_owned())]);
+                assert!(errors[0].message.contains("'first', which is still running"), "{}", errors[0].message);
+            }
+        }
+        let refused = revert(&app, ACCOUNT, "existing").await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(refused.message().contains("'first'"), "{}", refused.message());
+        cancel(&app, ACCOUNT, "first").await.unwrap();
+        let _ = upload.call.await.unwrap().unwrap_err();
+        assert_eq!(app.users(ACCOUNT).await, vec!["u@x.io|Una||member||"]);
+        assert_eq!(revert(&app, ACCOUNT, "existing").await.unwrap().users_removed, 1);
+    }
+
     /// The fix-up file: failed rows with their cells and reasons, fixed in a "spreadsheet" and
     /// uploaded again as it is, formula-like cells kept exactly.
     async fn the_error_report_round_trips_through_a_spreadsheet(backend) {

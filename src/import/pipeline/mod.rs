@@ -503,9 +503,23 @@ impl<'a> Upload<'a> {
     /// Closes the writer's queue and waits for it: the batches of a completed upload must all
     /// be written (a failed one makes it a store failure), and those of a failed one must
     /// land before its ending deletes its users.
+    /// Whether `CancelImport` asked for this import, here or on another replica.
+    async fn cancel_asked(&self) -> bool {
+        self.cancel.is_cancelled()
+            || self
+                .ctx
+                .store
+                .cancel_requested(self.key)
+                .await
+                .unwrap_or(false)
+    }
+
     async fn stop_writing(&mut self, cause: Cause) -> Cause {
         match (self.writer.take(), cause) {
             (Some(writer), Cause::Completed) => match writer.finish().await {
+                // A cancel that came while the last batch was written still wins: the import
+                // is PROCESSING until its ending is stored.
+                Ok(()) if self.cancel_asked().await => Cause::Cancelled,
                 Ok(()) => Cause::Completed,
                 Err(e) => Cause::Store(e),
             },
@@ -519,12 +533,16 @@ impl<'a> Upload<'a> {
 }
 
 /// Resolves once `CancelImport` on another replica asked to cancel the import: the store
-/// wakes its followers on every change of the import, and the flag is read then. Never for a
-/// store that only this process writes (the local token covers it).
+/// wakes its followers on every change of the import, and the flag is read then (and once at
+/// first, for a request that came before the subscription). Never for a store that only this
+/// process writes (the local token covers it).
 async fn cancelled_elsewhere(store: Arc<dyn Store>, key: ImportKey) {
     let Some(mut changes) = store.subscribe(key) else {
         return std::future::pending().await;
     };
+    if store.cancel_requested(key).await.unwrap_or(false) {
+        return;
+    }
     while changes.changed().await.is_ok() {
         if store.cancel_requested(key).await.unwrap_or(false) {
             return;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::notify::notify;
 use super::tx::in_transaction;
+use super::write::{forget_file_keys, undo_import};
 use crate::domain::ImportKey;
 use crate::store::StoreError;
 
@@ -124,32 +125,18 @@ pub(super) async fn reap(
         "FOR UPDATE SKIP LOCKED"
     };
     let sql = format!(
-        "WITH dead AS ( \
-           SELECT import_key FROM imports i \
-           WHERE status = 'PROCESSING' AND ( \
-             heartbeat_time IS NULL \
-             OR heartbeat_time < now() - make_interval(secs => $1) \
-             OR (heartbeat_time < now() - make_interval(secs => $4) \
-                 AND NOT EXISTS ( \
-               SELECT 1 FROM pg_locks l \
-               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
-                 AND l.database = (SELECT oid FROM pg_database \
-                                   WHERE datname = current_database()) \
-                 AND l.classid = $2::oid AND l.objid = i.owner::oid))) \
-           {locking}), \
-         restored AS (UPDATE users u SET first_name = s.first_name, last_name = s.last_name, \
-           role = s.role, job_title = s.job_title, external_id = s.external_id, \
-           update_time = s.update_time, updated_by = s.updated_by \
-           FROM import_user_updates s JOIN dead d ON d.import_key = s.import_key \
-           WHERE u.account_id = s.account_id AND u.email = s.email), \
-         gone AS (DELETE FROM users u USING dead d WHERE u.import_key = d.import_key), \
-         saved AS (DELETE FROM import_user_updates s USING dead d \
-                   WHERE s.import_key = d.import_key), \
-         held AS (DELETE FROM import_file_keys k USING dead d WHERE k.import_key = d.import_key) \
-         UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = $3, \
-           rows_imported = 0, update_time = now(), complete_time = now() \
-         FROM dead WHERE imports.import_key = dead.import_key \
-         RETURNING imports.import_key"
+        "SELECT import_key FROM imports i \
+         WHERE status = 'PROCESSING' AND ( \
+           heartbeat_time IS NULL \
+           OR heartbeat_time < now() - make_interval(secs => $1) \
+           OR (heartbeat_time < now() - make_interval(secs => $3) \
+               AND NOT EXISTS ( \
+             SELECT 1 FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+               AND l.database = (SELECT oid FROM pg_database \
+                                 WHERE datname = current_database()) \
+               AND l.classid = $2::oid AND l.objid = i.owner::oid))) \
+         {locking}"
     );
     let args = (sql.as_str(), message, lock_grace.as_secs_f64(), wait);
     let reaped: Vec<i64> = in_transaction(pool, &args, |tx, &(sql, message, grace, wait)| {
@@ -160,13 +147,28 @@ pub(super) async fn reap(
                     .execute(&mut *tx)
                     .await?;
             }
-            let keys: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            let dead: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .bind(LEASE.as_secs_f64())
                 .bind(LOCK_NAMESPACE)
-                .bind(message)
                 .bind(grace)
                 .fetch_all(&mut *tx)
                 .await?;
+            // Each one as its own ending would do it: users created removed, users updated
+            // restored (`undo_import` knows the order that keeps the unique indexes happy).
+            for &key in &dead {
+                undo_import(tx, key).await?;
+                forget_file_keys(tx, key).await?;
+            }
+            let keys: Vec<i64> = sqlx::query_scalar(
+                "UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = $2, \
+                 rows_imported = 0, rows_skipped = 0, rows_updated = 0, update_time = now(), \
+                 complete_time = now() \
+                 WHERE import_key = ANY($1) RETURNING import_key",
+            )
+            .bind(&dead)
+            .bind(message)
+            .fetch_all(&mut *tx)
+            .await?;
             notify(tx, &keys).await?;
             Ok(keys)
         })

@@ -270,9 +270,7 @@ impl Store for PostgresStore {
 
     async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError> {
         let (row, removed, kept) =
-            in_transaction(&self.pool, &key, |tx, &key| Box::pin(revert(tx, key)))
-                .await?
-                .ok_or(StoreError::StillRunning)?;
+            in_transaction(&self.pool, &key, |tx, &key| Box::pin(revert(tx, key))).await??;
         Ok(Reverted {
             import: row.try_into()?,
             removed,
@@ -394,10 +392,12 @@ async fn conclude(
 
 /// Removes the users of a finished import, except those another import updated since, and
 /// notes it; nothing to remove when it was reverted before. `None` while it runs.
+/// The revert in its transaction; the inner error is an answer (`StillRunning`,
+/// `BeingUpdated`), with nothing changed.
 async fn revert(
     conn: &mut PgConnection,
     key: ImportKey,
-) -> Result<Option<(ImportRow, u64, u64)>, sqlx::Error> {
+) -> Result<Result<(ImportRow, u64, u64), StoreError>, sqlx::Error> {
     let state: Option<(String, bool)> = sqlx::query_as(
         "SELECT status, revert_time IS NOT NULL FROM imports WHERE import_key = $1 FOR UPDATE",
     )
@@ -406,16 +406,20 @@ async fn revert(
     .await?;
     let (removed, kept) = match state {
         None => return Err(sqlx::Error::RowNotFound),
-        Some((status, _)) if status == "PROCESSING" => return Ok(None),
+        Some((status, _)) if status == "PROCESSING" => return Ok(Err(StoreError::StillRunning)),
         Some((_, true)) => (0, 0),
         Some((_, false)) => {
-            let kept: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM users WHERE import_key = $1 AND updated_by IS NOT NULL \
-                 AND updated_by <> $1",
+            let (kept, updater): (i64, Option<String>) = sqlx::query_as(
+                "SELECT count(u.updated_by), max(w.import_id) FROM users u \
+                 LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
+                 WHERE u.import_key = $1 AND u.updated_by IS NOT NULL AND u.updated_by <> $1",
             )
             .bind(key)
             .fetch_one(&mut *conn)
             .await?;
+            if let Some(import_id) = updater {
+                return Ok(Err(StoreError::BeingUpdated(import_id)));
+            }
             let removed = sqlx::query(
                 "DELETE FROM users WHERE import_key = $1 \
                  AND (updated_by IS NULL OR updated_by = $1)",
@@ -438,7 +442,7 @@ async fn revert(
         .fetch_one(&mut *conn)
         .await?;
     notify(conn, &[key]).await?;
-    Ok(Some((row, removed, kept)))
+    Ok(Ok((row, removed, kept)))
 }
 
 /// Brings old rows' email keys to today's form, once (see `store::rekey`). Replicas that

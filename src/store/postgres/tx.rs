@@ -23,6 +23,21 @@ pub(super) async fn in_transaction<D, T>(
 where
     D: Sync + ?Sized,
 {
+    in_transaction_when(pool, data, body, |_| false).await
+}
+
+/// `in_transaction`, also run again after the errors `also` names: for a transaction that
+/// looks values up and then writes, a unique violation means another import took a value in
+/// between, which the next attempt's lookup sees.
+pub(super) async fn in_transaction_when<D, T>(
+    pool: &PgPool,
+    data: &D,
+    body: impl for<'c> Fn(&'c mut PgConnection, &'c D) -> BoxFuture<'c, Result<T, sqlx::Error>> + Sync,
+    also: fn(&sqlx::Error) -> bool,
+) -> Result<T, StoreError>
+where
+    D: Sync + ?Sized,
+{
     let body = &body;
     let attempt = move || async move {
         let mut tx = pool.begin().await?;
@@ -38,10 +53,15 @@ where
                 .with_max_times(7)
                 .with_jitter(),
         )
-        .when(lost_a_conflict)
+        .when(|e| lost_a_conflict(e) || also(e))
         .notify(|e, _| tracing::debug!(error = %e, "retrying a transaction"))
         .await
         .map_err(StoreError::from)
+}
+
+/// A unique violation (23505).
+pub(super) fn unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// A deadlock, or a serialization failure: the other transaction won, this one may retry.

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use super::copy::copy_users;
 use super::notify::notify;
-use super::tx::in_transaction;
+use super::tx::{in_transaction, in_transaction_when, unique_violation};
 use crate::domain::batch::UserRef;
 use crate::domain::{AccountId, Column, ImportKey, RowError, UserBatch};
 use crate::store::codec::format_columns;
@@ -63,9 +63,12 @@ impl Writes {
     ) -> Result<BatchOutcome, StoreError> {
         if let Some(mode) = target.planned() {
             let args = (target, mode, batch);
-            let outcome = in_transaction(pool, &args, |tx, &(target, mode, batch)| {
-                Box::pin(write_planned(tx, target, mode, batch))
-            })
+            let outcome = in_transaction_when(
+                pool,
+                &args,
+                |tx, &(target, mode, batch)| Box::pin(write_planned(tx, target, mode, batch)),
+                unique_violation,
+            )
             .await?;
             return outcome.ok_or(StoreError::NotProcessing);
         }
@@ -311,8 +314,10 @@ async fn finish_batch(
 /// values the rows took in the file, the row errors and the progress. `None` when the import
 /// is no longer PROCESSING.
 ///
-/// Another replica may insert a value between the lookup and the insert: the unique indexes
-/// then refuse the row, which gets its row error as in a plain import.
+/// Another replica may take a value between the lookup and the write: an insert is then
+/// refused by the unique indexes, and gets its row error as in a plain import; an update fails
+/// the transaction on the unique index, which runs again (`unique_violation`), its lookup
+/// seeing the new holder.
 async fn write_planned(
     conn: &mut PgConnection,
     target: &BatchTarget<'_>,
@@ -331,7 +336,7 @@ async fn write_planned(
         }
         let sql = format!(
             "{}$1 AND u.{} = ANY($2)",
-            policy::existing_lookup(column),
+            policy::existing_lookup(),
             column.name()
         );
         let rows: Vec<policy::ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -627,26 +632,50 @@ async fn insert_errors(
     Ok(())
 }
 
-/// Puts back what a failed or cancelled import changed: the users it updated get their
-/// values back, and the users it created go.
+/// Puts back what a failed or cancelled import changed: the users it created go, and the
+/// users it updated get their values back.
+///
+/// In that order, and with the restored users' external ids cleared first: the unique index
+/// checks row by row, and the import may have given an id one user released to another (or
+/// to a user it created). An old id that another import took meanwhile cannot come back; the
+/// user is restored without it, and the log says how many.
 pub(super) async fn undo_import(
     conn: &mut PgConnection,
     key: ImportKey,
 ) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM users WHERE import_key = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE users u SET external_id = NULL FROM import_user_updates s \
+         WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email \
+         AND u.external_id IS NOT NULL",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM import_user_updates s WHERE s.import_key = $1 \
+         AND s.external_id IS NOT NULL AND EXISTS (SELECT 1 FROM users o \
+             WHERE o.account_id = s.account_id AND o.external_id = s.external_id)",
+    )
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
     sqlx::query(
         "UPDATE users u SET first_name = s.first_name, last_name = s.last_name, role = s.role, \
-         job_title = s.job_title, external_id = s.external_id, update_time = s.update_time, \
-         updated_by = s.updated_by \
+         job_title = s.job_title, update_time = s.update_time, updated_by = s.updated_by, \
+         external_id = CASE WHEN EXISTS (SELECT 1 FROM users o \
+             WHERE o.account_id = s.account_id AND o.external_id = s.external_id) \
+             THEN NULL ELSE s.external_id END \
          FROM import_user_updates s \
          WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email",
     )
     .bind(key)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM users WHERE import_key = $1")
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
+    policy::lost_external_ids(key, lost as u64);
     Ok(())
 }
 

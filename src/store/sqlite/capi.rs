@@ -42,13 +42,18 @@ const UPDATE_USER: &CStr = c"UPDATE users SET first_name = coalesce(?3, first_na
 const INSERT_FILE_KEY: &CStr = c"INSERT INTO import_file_keys (import_key, email, external_id, \
     source_row, released_external_id) VALUES (?1, ?2, ?3, ?4, ?5)";
 
+/// The columns of `policy::EXISTING_COLUMNS`, by email and by external id.
 const USER_BY_EMAIL: &CStr = c"SELECT u.email, u.external_id, u.import_key, u.source_row, \
-    CASE WHEN i.status = 'PROCESSING' THEN i.import_id END \
+    CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
+    (SELECT w.import_id FROM imports w \
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING') \
     FROM users u JOIN imports i ON i.import_key = u.import_key \
     WHERE u.account_id = ?1 AND u.email = ?2";
 
 const USER_BY_EXTERNAL_ID: &CStr = c"SELECT u.email, u.external_id, u.import_key, \
-    u.source_row, CASE WHEN i.status = 'PROCESSING' THEN i.import_id END \
+    u.source_row, CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
+    (SELECT w.import_id FROM imports w \
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING') \
     FROM users u JOIN imports i ON i.import_key = u.import_key \
     WHERE u.account_id = ?1 AND u.external_id = ?2";
 
@@ -209,6 +214,8 @@ pub(super) fn existing_users(
                     import_key: row.int(2),
                     source_row: row.int(3) as u64,
                     running_import: row.text(4),
+                    updated_by: row.optional_int(5),
+                    running_update: row.text(6),
                 })
             })?;
         }
@@ -404,6 +411,13 @@ impl Row<'_> {
     fn int(&self, column: c_int) -> i64 {
         // SAFETY: the statement is on a row.
         unsafe { ffi::sqlite3_column_int64(self.stmt.as_ptr(), column) }
+    }
+
+    /// An integer column; `None` for NULL.
+    fn optional_int(&self, column: c_int) -> Option<i64> {
+        // SAFETY: the statement is on a row.
+        let kind = unsafe { ffi::sqlite3_column_type(self.stmt.as_ptr(), column) };
+        (kind != ffi::SQLITE_NULL).then(|| self.int(column))
     }
 }
 

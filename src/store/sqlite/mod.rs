@@ -228,8 +228,8 @@ impl Store for SqliteStore {
             }
             let ended = sqlx::query(
                 "UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = ?1, \
-                 rows_imported = 0, update_time = ?2, complete_time = ?2 \
-                 WHERE status = 'PROCESSING'",
+                 rows_imported = 0, rows_skipped = 0, rows_updated = 0, update_time = ?2, \
+                 complete_time = ?2 WHERE status = 'PROCESSING'",
             )
             .bind(message)
             .bind(now)
@@ -439,7 +439,8 @@ impl Store for SqliteStore {
         }
         .await;
         match result {
-            Err(StoreError::StillRunning) => Err(StoreError::StillRunning),
+            // Answers, not failures of the connection.
+            Err(e @ (StoreError::StillRunning | StoreError::BeingUpdated(_))) => Err(e),
             other => self.release(conn, other),
         }
     }

@@ -357,19 +357,31 @@ pub(super) async fn revert_users(
         Some((_, Some(_))) => return Ok(None),
         Some((_, None)) => {}
     }
-    let kept: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM users WHERE import_key = ?1 AND updated_by IS NOT NULL \
-         AND updated_by <> ?1",
-    )
-    .bind(key)
-    .fetch_one(&mut *conn)
-    .await?;
     let ranges: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT first_rowid, last_rowid FROM import_user_ranges WHERE import_key = ?1",
     )
     .bind(key)
     .fetch_all(&mut *conn)
     .await?;
+    // By the rowid ranges: the users table has no index on import_key.
+    let mut kept = 0;
+    for &(first, last) in &ranges {
+        let (in_range, updater): (i64, Option<String>) = sqlx::query_as(
+            "SELECT count(u.updated_by), max(w.import_id) FROM users u \
+             LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
+             WHERE u.rowid BETWEEN ?1 AND ?2 AND u.import_key = ?3 \
+             AND u.updated_by IS NOT NULL AND u.updated_by <> ?3",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+        if let Some(import_id) = updater {
+            return Err(StoreError::BeingUpdated(import_id));
+        }
+        kept += in_range as u64;
+    }
     let mut removed = 0;
     for (first, last) in ranges {
         removed += sqlx::query(
@@ -387,26 +399,51 @@ pub(super) async fn revert_users(
         .bind(key)
         .execute(&mut *conn)
         .await?;
-    Ok(Some((removed, kept as u64)))
+    Ok(Some((removed, kept)))
 }
 
-/// Puts back what a failed or cancelled import changed: the users it updated get their
-/// values back, and the users it created go.
+/// Puts back what a failed or cancelled import changed: the users it created go, and the
+/// users it updated get their values back.
+///
+/// In that order, and with the restored users' external ids cleared first: the unique index
+/// checks row by row, and the import may have given an id one user released to another (or
+/// to a user it created). An old id that another import took meanwhile cannot come back; the
+/// user is restored without it, and the log says how many.
 pub(super) async fn undo_import(
     conn: &mut SqliteConnection,
     key: ImportKey,
 ) -> Result<(), StoreError> {
+    delete_users(conn, key).await?;
     sqlx::query(
-        "UPDATE users SET first_name = s.first_name, last_name = s.last_name, role = s.role, \
-         job_title = s.job_title, external_id = s.external_id, update_time = s.update_time, \
-         updated_by = s.updated_by \
+        "UPDATE users SET external_id = NULL \
          FROM import_user_updates AS s \
          WHERE s.import_key = ?1 AND users.account_id = s.account_id AND users.email = s.email",
     )
     .bind(key)
     .execute(&mut *conn)
     .await?;
-    delete_users(conn, key).await
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM import_user_updates s WHERE s.import_key = ?1 \
+         AND s.external_id IS NOT NULL AND EXISTS (SELECT 1 FROM users o \
+             WHERE o.account_id = s.account_id AND o.external_id = s.external_id)",
+    )
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE users SET first_name = s.first_name, last_name = s.last_name, role = s.role, \
+         job_title = s.job_title, update_time = s.update_time, updated_by = s.updated_by, \
+         external_id = CASE WHEN EXISTS (SELECT 1 FROM users o \
+             WHERE o.account_id = s.account_id AND o.external_id = s.external_id) \
+             THEN NULL ELSE s.external_id END \
+         FROM import_user_updates AS s \
+         WHERE s.import_key = ?1 AND users.account_id = s.account_id AND users.email = s.email",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    policy::lost_external_ids(key, lost as u64);
+    Ok(())
 }
 
 /// What an ended import no longer needs: the values its rows held in the file, and the
