@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 
+use crate::domain::batch::UserRef;
 use crate::domain::{Column, ConflictPolicy, ImportKey, RowError, UserBatch};
 
 /// A user of the account that holds an email or external id of the batch.
@@ -33,6 +34,11 @@ pub(crate) struct Existing {
     /// yet fail and put the old values back, over those of another update.
     pub updated_by: Option<ImportKey>,
     pub running_update: Option<String>,
+    /// Its other values, to tell whether an update changes anything.
+    pub first_name: String,
+    pub last_name: String,
+    pub role: String,
+    pub job_title: String,
 }
 
 impl Existing {
@@ -45,6 +51,18 @@ impl Existing {
             .filter(|_| self.updated_by != Some(mode.key) && !mode.dry_run);
         self.running_import.as_deref().or(updating)
     }
+
+    /// Whether `row`'s non-empty cells change any of the user's values.
+    fn changed_by(&self, row: &UserRef<'_>) -> bool {
+        let differs = |cell: &str, stored: &str| !cell.is_empty() && cell != stored;
+        differs(row.first_name, &self.first_name)
+            || differs(row.last_name, &self.last_name)
+            || (row.role_given && row.role.as_str() != self.role)
+            || differs(row.job_title, &self.job_title)
+            || row
+                .external_id
+                .is_some_and(|id| self.external_id.as_deref() != Some(id))
+    }
 }
 
 /// The columns of an `Existing` lookup, in its order.
@@ -56,12 +74,16 @@ pub(crate) type ExistingRow = (
     Option<String>,
     Option<i64>,
     Option<String>,
+    String,
+    String,
+    String,
+    String,
 );
 
 impl From<ExistingRow> for Existing {
-    fn from(
-        (email, external_id, import_key, source_row, running_import, updated_by, running_update): ExistingRow,
-    ) -> Self {
+    fn from(row: ExistingRow) -> Self {
+        let (email, external_id, import_key, source_row, running_import, updated_by) =
+            (row.0, row.1, row.2, row.3, row.4, row.5);
         Self {
             email,
             external_id,
@@ -69,7 +91,11 @@ impl From<ExistingRow> for Existing {
             source_row: source_row as u64,
             running_import,
             updated_by,
-            running_update,
+            running_update: row.6,
+            first_name: row.7,
+            last_name: row.8,
+            role: row.9,
+            job_title: row.10,
         }
     }
 }
@@ -78,7 +104,8 @@ impl From<ExistingRow> for Existing {
 pub(crate) const EXISTING_COLUMNS: &str = "u.email, u.external_id, u.import_key, u.source_row, \
     CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
     (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING')";
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
+    u.first_name, u.last_name, u.role, u.job_title";
 
 /// The start of a lookup of the account's users, up to the account's placeholder, which each
 /// store writes its own way, as it does the condition on the values.
@@ -177,7 +204,8 @@ pub(crate) struct Claim<'a> {
 pub(crate) struct Plan<'a> {
     /// Users to insert (indexes in the batch); none for a dry run.
     pub inserts: Vec<usize>,
-    /// Users to update, in file order; none for a dry run.
+    /// Users to update, in file order: those whose row changes something; none for a dry
+    /// run. (A row that changes nothing still counts as updated.)
     pub updates: Vec<Update>,
     /// Valid rows whose user would be inserted (a dry run) or was found (every row).
     pub would_insert: u64,
@@ -380,7 +408,7 @@ pub(crate) fn decide<'a>(mode: Mode, batch: &'a UserBatch, known: &'a Known) -> 
             (Some(_), ConflictPolicy::Skip | ConflictPolicy::Error) => plan.skipped += 1,
             (Some(existing), ConflictPolicy::Update) => {
                 plan.updated += 1;
-                if !mode.dry_run {
+                if !mode.dry_run && existing.changed_by(&user) {
                     plan.updates.push(Update { index });
                 }
                 released = existing
@@ -450,6 +478,10 @@ mod tests {
             running_import: None,
             updated_by: None,
             running_update: None,
+            first_name: String::new(),
+            last_name: String::new(),
+            role: "member".to_owned(),
+            job_title: String::new(),
         }
     }
 
@@ -509,7 +541,8 @@ mod tests {
         };
         let plan = decide(mode(ConflictPolicy::Update, false), &batch, &known);
         assert_eq!(plan.updated, 2);
-        assert_eq!(plan.updates, vec![Update { index: 0 }, Update { index: 2 }]);
+        // Row 2 gives a@x.io the id it has: counted, but nothing to write.
+        assert_eq!(plan.updates, vec![Update { index: 2 }]);
         assert_eq!(
             codes(&plan),
             vec![(3, Column::ExternalId, ErrorCode::DuplicateInFile)]

@@ -412,28 +412,41 @@ async fn update_users(
             .collect();
         let job_titles: Vec<Option<String>> = users.iter().map(|u| given(u.job_title)).collect();
         let external_ids: Vec<Option<&str>> = users.iter().map(|u| u.external_id).collect();
+        // One pass over the users: each row found once, updated by its tuple id, and its old
+        // values, as the statement's snapshot has them, kept from its RETURNING. Only the
+        // rows that change something (the plan holds no other, but a concurrent change may
+        // have made one a no-op since its lookup): a row that changes nothing writes
+        // nothing, and the user keeps its update time. A row another transaction changed
+        // meanwhile has another tuple id: neither updated nor kept.
         sqlx::query(
-            "INSERT INTO import_user_updates (import_key, account_id, email, first_name, \
-             last_name, role, job_title, external_id, update_time, updated_by) \
-             SELECT $1, u.account_id, u.email, u.first_name, u.last_name, u.role, u.job_title, \
-                    u.external_id, u.update_time, u.updated_by \
-             FROM users u WHERE u.account_id = $2 AND u.email = ANY($3)",
-        )
-        .bind(target.key)
-        .bind(target.account_id.as_str())
-        .bind(&emails)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "UPDATE users u SET first_name = coalesce(n.first_name, u.first_name), \
-             last_name = coalesce(n.last_name, u.last_name), role = coalesce(n.role, u.role), \
-             job_title = coalesce(n.job_title, u.job_title), \
-             external_id = coalesce(n.external_id, u.external_id), \
-             update_time = now(), updated_by = $2 \
-             FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                         $8::text[]) \
-                  AS n(email, first_name, last_name, role, job_title, external_id) \
-             WHERE u.account_id = $1 AND u.email = n.email",
+            "WITH n AS (SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], \
+                                             $7::text[], $8::text[]) \
+                        AS n(email, first_name, last_name, role, job_title, external_id)), \
+             updated AS ( \
+               UPDATE users u SET first_name = coalesce(o.new_first_name, u.first_name), \
+                 last_name = coalesce(o.new_last_name, u.last_name), \
+                 role = coalesce(o.new_role, u.role), \
+                 job_title = coalesce(o.new_job_title, u.job_title), \
+                 external_id = coalesce(o.new_external_id, u.external_id), \
+                 update_time = now(), updated_by = $2 \
+               FROM (SELECT v.ctid AS tid, v.account_id, v.email, v.first_name, v.last_name, \
+                            v.role, v.job_title, v.external_id, v.update_time, v.updated_by, \
+                            n.first_name AS new_first_name, n.last_name AS new_last_name, \
+                            n.role AS new_role, n.job_title AS new_job_title, \
+                            n.external_id AS new_external_id \
+                     FROM n JOIN users v ON v.account_id = $1 AND v.email = n.email \
+                     WHERE v.first_name IS DISTINCT FROM coalesce(n.first_name, v.first_name) \
+                        OR v.last_name IS DISTINCT FROM coalesce(n.last_name, v.last_name) \
+                        OR v.role IS DISTINCT FROM coalesce(n.role, v.role) \
+                        OR v.job_title IS DISTINCT FROM coalesce(n.job_title, v.job_title) \
+                        OR v.external_id IS DISTINCT FROM \
+                           coalesce(n.external_id, v.external_id)) o \
+               WHERE u.ctid = o.tid \
+               RETURNING o.account_id, o.email, o.first_name, o.last_name, o.role, \
+                         o.job_title, o.external_id, o.update_time, o.updated_by) \
+             INSERT INTO import_user_updates (import_key, account_id, email, first_name, \
+               last_name, role, job_title, external_id, update_time, updated_by) \
+             SELECT $2, * FROM updated",
         )
         .bind(target.account_id.as_str())
         .bind(target.key)

@@ -27,13 +27,17 @@ const INSERT_USER: &CStr = c"INSERT INTO users (account_id, email, first_name, l
     job_title, external_id, import_key, source_row, create_time) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING";
 
-/// Keeps what an update replaces, for an import that fails or is cancelled.
+/// Keeps what an update replaces, for an import that fails or is cancelled; only when the row
+/// changes something (an empty cell, bound as NULL, keeps the stored value).
 const SAVE_USER: &CStr = c"INSERT INTO import_user_updates (import_key, account_id, email, \
     first_name, last_name, role, job_title, external_id, update_time, updated_by) \
     SELECT ?1, account_id, email, first_name, last_name, role, job_title, external_id, \
-    update_time, updated_by FROM users WHERE account_id = ?2 AND email = ?3";
+    update_time, updated_by FROM users WHERE account_id = ?2 AND email = ?3 \
+    AND (first_name IS NOT coalesce(?4, first_name) OR last_name IS NOT coalesce(?5, last_name) \
+         OR role IS NOT coalesce(?6, role) OR job_title IS NOT coalesce(?7, job_title) \
+         OR external_id IS NOT coalesce(?8, external_id))";
 
-/// An empty cell (bound as NULL) keeps the stored value.
+/// Run once `SAVE_USER` kept the old values, that is when the row changes something.
 const UPDATE_USER: &CStr = c"UPDATE users SET first_name = coalesce(?3, first_name), \
     last_name = coalesce(?4, last_name), role = coalesce(?5, role), \
     job_title = coalesce(?6, job_title), external_id = coalesce(?7, external_id), \
@@ -46,14 +50,16 @@ const INSERT_FILE_KEY: &CStr = c"INSERT INTO import_file_keys (import_key, email
 const USER_BY_EMAIL: &CStr = c"SELECT u.email, u.external_id, u.import_key, u.source_row, \
     CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
     (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING') \
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
+    u.first_name, u.last_name, u.role, u.job_title \
     FROM users u JOIN imports i ON i.import_key = u.import_key \
     WHERE u.account_id = ?1 AND u.email = ?2";
 
 const USER_BY_EXTERNAL_ID: &CStr = c"SELECT u.email, u.external_id, u.import_key, \
     u.source_row, CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
     (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING') \
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
+    u.first_name, u.last_name, u.role, u.job_title \
     FROM users u JOIN imports i ON i.import_key = u.import_key \
     WHERE u.account_id = ?1 AND u.external_id = ?2";
 
@@ -148,15 +154,24 @@ pub(super) fn update_users(
     };
     for &Update { index } in updates {
         let user = batch.user(index);
+        let role = user.role_given.then(|| user.role.as_str());
         save.int(1, target.import_key)?;
         save.text(2, target.account_id)?;
         save.text(3, user.email)?;
-        save.execute()?;
+        save.optional_text(4, given(user.first_name))?;
+        save.optional_text(5, given(user.last_name))?;
+        save.optional_text(6, role)?;
+        save.optional_text(7, given(user.job_title))?;
+        save.optional_text(8, user.external_id)?;
+        // A row that changes nothing writes nothing: the user keeps its update time.
+        if !save.execute()? {
+            continue;
+        }
         update.text(1, target.account_id)?;
         update.text(2, user.email)?;
         update.optional_text(3, given(user.first_name))?;
         update.optional_text(4, given(user.last_name))?;
-        update.optional_text(5, user.role_given.then(|| user.role.as_str()))?;
+        update.optional_text(5, role)?;
         update.optional_text(6, given(user.job_title))?;
         update.optional_text(7, user.external_id)?;
         update.int(8, target.now)?;
@@ -216,6 +231,10 @@ pub(super) fn existing_users(
                     running_import: row.text(4),
                     updated_by: row.optional_int(5),
                     running_update: row.text(6),
+                    first_name: row.text(7).unwrap_or_default(),
+                    last_name: row.text(8).unwrap_or_default(),
+                    role: row.text(9).unwrap_or_default(),
+                    job_title: row.text(10).unwrap_or_default(),
                 })
             })?;
         }
