@@ -748,3 +748,102 @@ async fn cancel_works_from_another_replica() {
         ImportStatus::Cancelled
     );
 }
+
+/// The service's own client covers the same workflow: a dry run, a policy, the fix-up file,
+/// its retry, the users, a revert, and a cancel refused for a finished import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_the_whole_workflow() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.csv");
+    std::fs::write(
+        &users,
+        format!("{HEADER}ada@x.io,Ada,,admin,,E1\nnot-an-address,Alan,,,,\n"),
+    )
+    .unwrap();
+    let server = format!("http://{}", app.addr);
+    let run = |args: Vec<String>| {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+                .args(&args[..1])
+                .args(["--server", &server, "--account", ACCOUNT])
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let path = users.to_str().unwrap();
+
+    let (ok, out, err) = run(args(&["upload", "--dry-run", "--import-id", "dry", path]))
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("validate_only:  true"), "{out}");
+    assert_eq!(app.user_count().await, 0);
+    let (ok, out, err) = run(args(&["upload", "--import-id", "first", path]))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("IMPORT_STATUS_COMPLETED_PARTIAL"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = run(args(&[
+        "upload",
+        "--on-conflict",
+        "update",
+        "--import-id",
+        "again",
+        path,
+    ]))
+    .await
+    .unwrap();
+    assert!(ok && out.contains("rows_updated:   1"), "{out}{err}");
+
+    let (ok, report, err) = run(args(&["errors", "first"])).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(report.starts_with('\u{feff}'), "{report}");
+    assert!(
+        report.contains("not-an-address,Alan,,,,,3,email INVALID_EMAIL"),
+        "{report}"
+    );
+    let fixed = dir.path().join("fix.csv");
+    std::fs::write(&fixed, report.replace("not-an-address,", "alan@x.io,")).unwrap();
+    let (ok, out, err) = run(args(&[
+        "upload",
+        "--retry-of",
+        "first",
+        "--import-id",
+        "fix",
+        fixed.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        ok && out.contains("IMPORT_STATUS_COMPLETED_SUCCESS"),
+        "{out}{err}"
+    );
+    assert!(out.contains("retry_of:       first"), "{out}");
+
+    let (ok, out, err) = run(args(&["users", "--import", "fix"])).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("alan@x.io "), "{out}");
+    let (ok, out, _) = run(args(&["users"])).await.unwrap();
+    assert!(ok && out.lines().count() == 2, "{out}");
+
+    let (ok, out, err) = run(args(&["revert", "fix"])).await.unwrap();
+    assert!(ok && out.contains("users_removed:  1"), "{out}{err}");
+    let (ok, _, err) = run(args(&["cancel", "first"])).await.unwrap();
+    assert!(!ok);
+    assert!(
+        err.contains("FailedPrecondition") || err.contains("only a PROCESSING import"),
+        "{err}"
+    );
+}
