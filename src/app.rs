@@ -70,6 +70,8 @@ pub enum StartError {
 
 pub struct Application {
     listener: TcpListener,
+    /// `--metrics-listen`, bound with the rest so that its address is known too.
+    metrics_listener: Option<TcpListener>,
     args: ServeArgs,
     importer: Importer,
     auth: Arc<Authenticator>,
@@ -102,9 +104,18 @@ impl Application {
             ),
             _ => None,
         };
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => Some(
+                crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let importer = Importer::new(args.import_config());
         Ok(Self {
             listener,
+            metrics_listener,
             args,
             importer,
             auth: Arc::new(auth),
@@ -116,6 +127,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully: readiness turns
@@ -178,12 +196,30 @@ impl Application {
             ),
         };
         tracing::info!(%addr, tls = self.tls.is_some(), "serving gRPC");
+        let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(
+                ?addr,
+                "serving metrics at /metrics, probes at /livez and /readyz"
+            );
+            let metrics = self.importer.metrics().clone();
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = metrics_stopped.await;
+                };
+                if let Err(error) = metrics.serve(listener, stopped).await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            })
+        });
 
         // Readiness and upkeep run until the uploads ended: during the grace period, leases
         // must be kept and endings stored, while readiness says NOT_SERVING.
         let readiness = Readiness {
             reporter: reporter.clone(),
             stopping: Arc::new(tokio::sync::Mutex::new(false)),
+            metrics: self.importer.metrics().clone(),
         };
         let mut database = tokio::spawn(start_database(
             self.args.database_url.clone(),
@@ -226,6 +262,10 @@ impl Application {
         let _ = database.await;
         for watcher in watchers {
             watcher.abort();
+        }
+        let _ = stop_metrics.send(());
+        if let Some(metrics_server) = metrics_server {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, metrics_server).await;
         }
         // Last: the database (and, for SQLite, its file) is free for the next server.
         self.importer.close().await;
@@ -292,6 +332,8 @@ struct Readiness {
     reporter: HealthReporter,
     /// Set by shutdown; the lock orders a check of the database against it.
     stopping: Arc<tokio::sync::Mutex<bool>>,
+    /// `/readyz` of the metrics listener says the same.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Readiness {
@@ -306,6 +348,7 @@ impl Readiness {
         } else {
             ServingStatus::NotServing
         };
+        self.metrics.set_ready(serving);
         self.reporter
             .set_service_status(READINESS_SERVICE, status)
             .await;
@@ -314,6 +357,7 @@ impl Readiness {
     async fn stop(&self) {
         let mut stopping = self.stopping.lock().await;
         *stopping = true;
+        self.metrics.set_ready(false);
         self.reporter
             .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
             .await;

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// On SIGTERM, how long running uploads may take to finish before they are ended.
     #[arg(long, env = "BULK_IMPORT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Serve Prometheus metrics at /metrics (and /livez, /readyz) on this address, for
+    /// example 0.0.0.0:9090. Off when not given.
+    #[arg(long, env = "BULK_IMPORT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, env = "BULK_IMPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

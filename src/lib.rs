@@ -52,6 +52,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod import;
+pub mod metrics;
 pub mod proto;
 pub mod store;
 pub mod tls;

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{AccountId, Caller, Counters, Import, ImportId, ImportKey, ImportStatus};
+use crate::metrics::Metrics;
 pub use crate::store::ImportCursor;
 use crate::store::{Store, StoredRowError};
 pub use error::ImportError;
@@ -101,6 +102,7 @@ struct Inner {
     cancels: Cancels,
     /// `WatchImport` streams open at once.
     watchers: Arc<tokio::sync::Semaphore>,
+    metrics: Metrics,
 }
 
 impl Importer {
@@ -116,6 +118,7 @@ impl Importer {
                 admission: Admission::new(config.max_uploads, config.max_uploads_per_account),
                 cancels: Cancels::default(),
                 watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers.max(1))),
+                metrics: Metrics::new(),
                 config,
             }),
         }
@@ -123,7 +126,14 @@ impl Importer {
 
     /// Makes the importer ready: called once the store is open and migrated.
     pub fn set_store(&self, store: Arc<dyn Store>) {
+        let pools = store.clone();
+        self.inner.metrics.watch_pools(move || pools.pool_stats());
         let _ = self.inner.store.set(store);
+    }
+
+    /// What the service counts, for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     fn store(&self) -> Result<Arc<dyn Store>, ImportError> {
@@ -151,6 +161,7 @@ impl Importer {
             endings: self.inner.endings.clone(),
             admission: self.inner.admission.clone(),
             cancels: self.inner.cancels.clone(),
+            metrics: self.inner.metrics.clone(),
             config: self.inner.config.clone(),
         };
         let task = self.inner.uploads.spawn(pipeline::run(ctx, caller, events));
@@ -388,9 +399,10 @@ impl Importer {
             })?;
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
+        let counted = self.inner.metrics.watcher_started();
         tokio::spawn(async move {
             this.feed_watcher(import, tx).await;
-            drop(place);
+            drop((place, counted));
         });
         Ok(ReceiverStream::new(rx))
     }

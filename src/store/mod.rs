@@ -228,6 +228,9 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the database does: readiness follows it.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Connections of the store's pools, in use and idle, for the metrics.
+    fn pool_stats(&self) -> crate::metrics::PoolStats;
+
     /// The fault that made a write fail (a full disk, a failing disk, a read-only database),
     /// until `probe_write` shows it gone. Readiness and new uploads follow it.
     fn fault(&self) -> Option<Fault>;

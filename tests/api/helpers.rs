@@ -90,6 +90,8 @@ enum Reader {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `/metrics`, when `metrics_listen` was set.
+    pub metrics_addr: Option<SocketAddr>,
     pub client: ImportServiceClient<Channel>,
     pub database_url: String,
     db: Reader,
@@ -118,6 +120,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         max_concurrent_uploads_per_account: 64,
         upload_idle_timeout: 60,
         max_watchers: 256,
+        metrics_listen: None,
     }
 }
 
@@ -140,6 +143,7 @@ pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut ServeArgs)
     configure(&mut args);
     let app = Application::bind(args).await.expect("bind");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.run_until(async {
@@ -173,6 +177,7 @@ pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut ServeArgs)
     };
     TestApp {
         addr,
+        metrics_addr,
         client,
         database_url: database_url.to_owned(),
         db,

@@ -9,6 +9,7 @@ mod helpers;
 mod lifecycle;
 mod load;
 mod memory;
+mod metrics;
 mod queries;
 mod rejections;
 mod replicas;

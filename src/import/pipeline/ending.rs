@@ -31,6 +31,7 @@ use crate::domain::{ArgumentError, Counters, Import, ImportKey, ImportStatus, Te
 use crate::import::chunk::IntakeError;
 use crate::import::error::ImportError;
 use crate::import::progress::ProgressHub;
+use crate::metrics::Metrics;
 use crate::store::{Conclusion, Store, StoreError};
 
 /// The `error_message` of an import whose server stopped or died before it finished.
@@ -122,9 +123,22 @@ pub(super) struct Ending<'a> {
     pub import: &'a Import,
     pub counters: Counters,
     pub format: Option<TextFormat>,
+    pub metrics: &'a Metrics,
+    /// When the upload's metadata was accepted, for its duration.
+    pub started: tokio::time::Instant,
 }
 
 impl Ending<'_> {
+    /// Counts the ending once it is decided for good: stored, or kept to be stored.
+    fn count(&self, conclusion: &Conclusion) {
+        self.metrics.import_ended(
+            conclusion.status,
+            &conclusion.counters,
+            self.import.validate_only,
+            self.started.elapsed(),
+        );
+    }
+
     /// Decides, stores and answers: see the module's doc.
     pub(super) async fn settle(self, cause: Cause) -> Result<Import, ImportError> {
         let (disposal, reply) = self.decide(cause);
@@ -163,6 +177,7 @@ impl Ending<'_> {
             .await;
         match stored {
             Ok(import) => {
+                self.count(&conclusion);
                 self.hub.conclude(import.clone());
                 match reply {
                     Reply::Import => Ok(import),
@@ -211,6 +226,7 @@ impl Ending<'_> {
                     status = kept.status.as_str(),
                     "cannot store the end of an import yet; storing it in the background"
                 );
+                self.count(&kept);
                 self.endings
                     .keep(self.decided(&kept), Disposal::Conclude(kept));
                 Err(ImportError::Unavailable(reply))

@@ -98,6 +98,7 @@ pub struct Context {
     pub endings: Endings,
     pub admission: admission::Admission,
     pub cancels: cancel::Cancels,
+    pub metrics: crate::metrics::Metrics,
     pub config: ImportConfig,
 }
 
@@ -168,6 +169,8 @@ where
         account_id = %import.account_id, import_id = %import.import_id,
         created_by = import.created_by.as_str(), "upload started"
     );
+    let started = tokio::time::Instant::now();
+    let _active = ctx.metrics.upload_started();
     let tally = Tally::new(ctx.hub.start(import.clone()), ctx.store.batching().shared);
     let cancel = ctx.cancels.register(import.key);
     let mut upload = Upload::new(&ctx, &import, tally.clone(), cancel.token.clone());
@@ -191,6 +194,8 @@ where
         import: &import,
         counters: tally.counters(),
         format: tally.format(),
+        metrics: &ctx.metrics,
+        started,
     };
     ending.settle(cause).await
 }
@@ -377,6 +382,7 @@ impl<'a> Upload<'a> {
     /// Parses a chunk slice by slice, handing full batches to the writer in between, so that a
     /// batch stays near its size even for multi-megabyte chunks.
     async fn chunk(&mut self, chunk: &[u8]) -> Result<(), Cause> {
+        self.ctx.metrics.received(chunk.len() as u64);
         for slice in chunk.chunks(PARSE_SLICE) {
             self.read(|reader, sink| reader.push(slice, sink))?;
             self.grant_batch_memory().await;

@@ -112,6 +112,14 @@ impl Store for PostgresStore {
         }
     }
 
+    fn pool_stats(&self) -> crate::metrics::PoolStats {
+        let idle = self.pool.num_idle() as u32;
+        crate::metrics::PoolStats {
+            in_use: self.pool.size().saturating_sub(idle),
+            idle,
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -189,6 +189,18 @@ impl Store for SqliteStore {
         }
     }
 
+    fn pool_stats(&self) -> crate::metrics::PoolStats {
+        let (size, idle) = [&self.writer, &self.pool]
+            .iter()
+            .fold((0, 0), |(size, idle), pool| {
+                (size + pool.size(), idle + pool.num_idle() as u32)
+            });
+        crate::metrics::PoolStats {
+            in_use: size.saturating_sub(idle),
+            idle,
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
