@@ -7,7 +7,9 @@
 //! - `cfg(postgres_tests)`: `TEST_DATABASE_URL` names a PostgreSQL server;
 //! - `cfg(grpcurl_tests)`, `cfg(buf_tests)`: the outside clients are installed, or
 //!   `BULK_IMPORT_REQUIRE_TOOLS=1` (CI) asks for those tests whatever, so that a missing
-//!   tool fails them.
+//!   tool fails them;
+//! - `cfg(helm_tests)`: the Python packages that check the Helm chart (`helm_python`,
+//!   `kubernetes_validate`) import, in `.ci/tools/venv` or the system's python3; or CI asks.
 
 use std::{env, path::PathBuf, process::Command};
 
@@ -20,7 +22,7 @@ fn installed(tool: &str) -> bool {
 }
 
 fn test_environment() {
-    for cfg in ["postgres_tests", "grpcurl_tests", "buf_tests"] {
+    for cfg in ["postgres_tests", "grpcurl_tests", "buf_tests", "helm_tests"] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
     println!("cargo:rerun-if-env-changed=TEST_DATABASE_URL");
@@ -35,6 +37,17 @@ fn test_environment() {
     }
     if required || installed("buf") {
         println!("cargo:rustc-cfg=buf_tests");
+    }
+    let venv = PathBuf::from(".ci/tools/venv/bin/python");
+    println!("cargo:rerun-if-changed=.ci/tools/venv/bin/python");
+    let chart_checker = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import helm_python, kubernetes_validate"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if required || chart_checker(&venv) || chart_checker("python3".as_ref()) {
+        println!("cargo:rustc-cfg=helm_tests");
     }
 }
 
