@@ -14,7 +14,11 @@ use crate::store::OpenOptions;
 #[command(
     name = "bulk-import",
     version,
-    about = "Imports users into an account from CSV files"
+    about = "Imports users into an account from CSV files",
+    after_help = "Exit codes of the client commands: 0 when the import is Completed - Success or \
+Completed - Nothing to Import (and for every other command that worked), 2 when it is \
+Completed - Partial, 1 when it is Error - Parsing, Error - Unknown or Cancelled, and for any \
+error (the server's answer, a server that cannot be reached, a file that cannot be read)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -192,6 +196,9 @@ pub struct ServerArgs {
     pub account: String,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// Print the answer as JSON (field names as in the proto), for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How the client commands connect: TLS, a client certificate, a bearer token.
@@ -281,16 +288,14 @@ pub struct WatchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct TemplateArgs {
-    /// The server's address.
-    #[arg(
-        long,
-        env = "BULK_IMPORT_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
-    #[command(flatten)]
-    pub connection: ConnectionArgs,
+    /// Not needed: the template is built into the binary, the same as the server's. Accepted
+    /// so that older scripts keep working.
+    #[arg(long, env = "BULK_IMPORT_SERVER", hide = true)]
+    pub server: Option<String>,
     /// Save to this file instead of printing.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// Print the template and its columns as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -40,6 +40,7 @@
 //! - [`auth`] and [`tls`]: bearer tokens scoped to accounts, and TLS, both read again from
 //!   their files when those change; `grpc::auth` checks the token of every call;
 //! - [`app`]: the server, health, start-up, upkeep and graceful shutdown;
+//! - [`metrics`]: Prometheus metrics, and the HTTP probes beside them;
 //! - [`config`] and [`cli`]: flags, environment, and the service's own client.
 //!
 //! Each upload runs in a task of its own that owns the request stream, so that it ends its

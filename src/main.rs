@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 use bulk_import::app::{Application, shutdown_signal};
@@ -21,10 +23,18 @@ async fn run() -> std::process::ExitCode {
     let result = match args.command {
         Command::Serve(serve) => {
             init_tracing(serve.log_format);
-            match Application::bind(serve).await {
-                Ok(app) => app.run_until(shutdown_signal()).await.map_err(Into::into),
-                Err(e) => Err(e.into()),
-            }
+            let served = match Application::bind(serve).await {
+                Ok(app) => app.run_until(shutdown_signal()).await,
+                Err(e) => Err(e),
+            };
+            return match served {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "the server stopped");
+                    eprintln!("error: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
         }
         Command::Upload(a) => cli::upload(a).await,
         Command::Get(a) => cli::get(a).await,
@@ -36,8 +46,9 @@ async fn run() -> std::process::ExitCode {
         Command::Revert(a) => cli::revert(a).await,
         Command::Users(a) => cli::users(a).await,
     };
+    // Exit codes: see `cli::Outcome` (0, 2 for Completed - Partial, 1 for the rest).
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(outcome) => std::process::ExitCode::from(outcome.exit_code()),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
@@ -48,7 +59,11 @@ async fn run() -> std::process::ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal: not in files, pipes, or log collectors.
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

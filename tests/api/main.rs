@@ -1,5 +1,7 @@
 //! Integration tests: the real server, a temporary database, the generated client.
 
+mod chart;
+mod cli;
 mod correctness;
 mod faults;
 mod features;
