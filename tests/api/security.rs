@@ -483,6 +483,8 @@ async fn no_token_is_ever_logged() {
     assert!(logged.contains("hr-sync"), "the token's name is: {logged}");
     assert!(!logged.contains("tok-visible-nowhere"), "{logged}");
     assert!(!logged.contains("ada@example.com"), "{logged}");
+    // A file is not a terminal: no colour codes in it.
+    assert!(!logged.contains('\u{1b}'), "{logged}");
 }
 
 /// The service's own client: `--token` on a server with tokens.
