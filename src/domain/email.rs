@@ -51,6 +51,35 @@ pub enum EmailError {
 impl<'a> Email<'a> {
     /// `value` must already be trimmed.
     pub fn parse(value: &'a str) -> Result<Self, EmailError> {
+        // Nearly every address in a real file is plain ASCII: checked in one pass over its
+        // bytes, with the same verdict as the general path below (a property test holds the
+        // two together). Anything else, and every refusal, takes the general path, which
+        // also explains the refusal.
+        if value.len() <= MAX_EMAIL_CHARS
+            && let Some(capitals) = plain_ascii_address(value.as_bytes())
+        {
+            return Ok(Self::ascii(value, capitals));
+        }
+        Self::parse_general(value)
+    }
+
+    /// An address `plain_ascii_address` accepted, or an ASCII one the crate accepted.
+    fn ascii(value: &'a str, capitals: bool) -> Self {
+        debug_assert!(value.is_ascii() && !punycode(value.as_bytes()));
+        let normalised = if capitals {
+            Cow::Owned(value.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(value)
+        };
+        Self {
+            normalised,
+            as_written: value,
+        }
+    }
+
+    /// Every rule, through the `email_address` crate: the reference the fast path must agree
+    /// with, and the path that explains refusals.
+    fn parse_general(value: &'a str) -> Result<Self, EmailError> {
         if value.is_empty() {
             return Err(EmailError::Empty);
         }
@@ -77,23 +106,15 @@ impl<'a> Email<'a> {
         if let Err(e) = EmailAddress::parse_with_options(value, OPTIONS) {
             return Err(EmailError::Invalid(explain(value, e)));
         }
-        let punycode = || {
-            value
-                .as_bytes()
-                .windows(4)
-                .any(|w| w.eq_ignore_ascii_case(b"xn--"))
-        };
-        let normalised = if !value.is_ascii() || punycode() {
-            let key = mailbox_key(value)?;
-            if key == value {
-                Cow::Borrowed(value)
-            } else {
-                Cow::Owned(key)
-            }
-        } else if value.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(value.to_ascii_lowercase())
-        } else {
+        if value.is_ascii() && !punycode(value.as_bytes()) {
+            let capitals = value.bytes().any(|b| b.is_ascii_uppercase());
+            return Ok(Self::ascii(value, capitals));
+        }
+        let key = mailbox_key(value)?;
+        let normalised = if key == value {
             Cow::Borrowed(value)
+        } else {
+            Cow::Owned(key)
         };
         Ok(Self {
             normalised,
@@ -109,6 +130,115 @@ impl<'a> Email<'a> {
     pub fn as_written(&self) -> &'a str {
         self.as_written
     }
+}
+
+/// Bytes allowed in an unquoted local part and a domain label: RFC 5322's `atext`, in ASCII.
+const ATEXT: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'/'
+                    | b'='
+                    | b'?'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'{'
+                    | b'|'
+                    | b'}'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+fn is_atext(b: u8) -> bool {
+    ATEXT.get(usize::from(b)).copied().unwrap_or(false)
+}
+
+/// Whether `value` is an ASCII address that `email_address` accepts under `OPTIONS` and that
+/// needs no IDNA work, in one pass over its bytes: a dot-atom local part of at most 64 bytes,
+/// an '@', and at least two domain labels of at most 63 bytes, each starting and ending with
+/// a letter or digit, and no `xn--` anywhere. `Some(capitals)` says whether it has capital
+/// letters; `None` means "ask the general path", not "invalid".
+fn plain_ascii_address(value: &[u8]) -> Option<bool> {
+    // An `xn--` ends at `i`, in any case: the general path gives such an address its IDNA key.
+    let punycode_at = |i: usize| {
+        i >= 3 && value[i - 1] == b'-' && value[i - 3..i - 1].eq_ignore_ascii_case(b"xn")
+    };
+    let mut capitals = false;
+    // The local part. Starting "after a dot" refuses a leading dot and an empty part.
+    let mut prev = b'.';
+    let mut i = 0;
+    loop {
+        let &b = value.get(i)?;
+        if b == b'@' {
+            break;
+        }
+        if b == b'.' {
+            if prev == b'.' {
+                return None;
+            }
+        } else if !is_atext(b) || (b == b'-' && punycode_at(i)) {
+            return None;
+        }
+        capitals |= b.is_ascii_uppercase();
+        prev = b;
+        i += 1;
+    }
+    if i > 64 || prev == b'.' || value.len() - (i + 1) > 254 {
+        return None;
+    }
+    // The domain, label by label; a second '@' is not atext, so the crate's split at the last
+    // '@' and this one at the first agree whenever this says `Some`.
+    let mut labels = 0;
+    let mut label_len = 0;
+    prev = b'.';
+    for (j, &b) in value.iter().enumerate().skip(i + 1) {
+        if b == b'.' {
+            if label_len == 0 || label_len > 63 || !prev.is_ascii_alphanumeric() {
+                return None;
+            }
+            labels += 1;
+            label_len = 0;
+        } else {
+            if !is_atext(b)
+                || (label_len == 0 && !b.is_ascii_alphanumeric())
+                || (b == b'-' && punycode_at(j))
+            {
+                return None;
+            }
+            capitals |= b.is_ascii_uppercase();
+            label_len += 1;
+        }
+        prev = b;
+    }
+    if label_len == 0 || label_len > 63 || !prev.is_ascii_alphanumeric() {
+        return None;
+    }
+    labels += 1;
+    (labels >= OPTIONS.minimum_sub_domains).then_some(capitals)
+}
+
+/// Whether an `xn--` (any case) appears: such an address takes the IDNA path, so that
+/// `xn--bcher-kva.example` and `bücher.example` get one key.
+fn punycode(value: &[u8]) -> bool {
+    value
+        .windows(4)
+        .any(|w| w[2] == b'-' && w[3] == b'-' && w[..2].eq_ignore_ascii_case(b"xn"))
 }
 
 /// The key of an address outside the plain ASCII case: the local part in NFC, the domain in
@@ -265,6 +395,70 @@ mod tests {
             Email::parse("ada@x.io").unwrap().normalised,
             Cow::Borrowed(_)
         ));
+    }
+
+    /// Address-like ASCII: the characters where the rules differ (dots, '@', quotes, brackets,
+    /// spaces, hyphens, specials), in the places where they matter.
+    fn ascii_address() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = r#"[a-zA-Z0-9._+!#$%&'*/=?^`{|}~"()<>\\ \[\]:,;@-]{0,12}"#;
+        let label = prop_oneof![
+            "[a-zA-Z0-9]{1,8}",
+            "[a-zA-Z0-9-]{0,8}",
+            "[xX][nN]--[a-z0-9-]{0,6}",
+            "[a-z0-9]{60,66}",
+            Just(String::new()),
+        ];
+        let domain = proptest::collection::vec(label, 0..5).prop_map(|l| l.join("."));
+        prop_oneof![
+            proptest::string::string_regex("[ -~]{0,40}").unwrap(),
+            (part, domain.clone()).prop_map(|(l, d)| format!("{l}@{d}")),
+            ("[a-zA-Z0-9._%+-]{0,70}", domain).prop_map(|(l, d)| format!("{l}@{d}")),
+            (part, part).prop_map(|(l, d)| format!("{l}@{d}")),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(10_000))]
+
+        /// The ASCII fast path gives the general path's verdict, key and reason, on every
+        /// ASCII input.
+        #[test]
+        fn fast_path_agrees_with_the_general_path(value in ascii_address()) {
+            proptest::prop_assert_eq!(Email::parse(&value), Email::parse_general(&value));
+            if plain_ascii_address(value.as_bytes()).is_some() {
+                proptest::prop_assert!(EmailAddress::parse_with_options(&value, OPTIONS).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_the_common_addresses() {
+        for v in [
+            "ada@example.com",
+            "Ada.Lovelace+tag@Mail.Example.co.uk",
+            "o'brien@x.io",
+            "a_b-c@sub-1.example.net",
+        ] {
+            assert!(plain_ascii_address(v.as_bytes()).is_some(), "{v}");
+        }
+        for v in [
+            "\"a\"@x.io",
+            "a..b@x.io",
+            ".a@x.io",
+            "a.@x.io",
+            "a@-x.io",
+            "a@x-.io",
+            "a@x..io",
+            "a@localhost",
+            "a b@x.io",
+            "a@[127.0.0.1]",
+            "a@xn--bcher-kva.example",
+            "XN--a@b.io",
+            "a@b.c@d.io",
+        ] {
+            assert!(plain_ascii_address(v.as_bytes()).is_none(), "{v}");
+        }
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub fn trim_cell(value: &str) -> &str {
     trimmed.trim_matches(|c: char| c.is_whitespace() || is_invisible(c))
 }
 
+/// Whether every byte is printable ASCII (space to `~`). Without an early exit, so that the
+/// compiler can check many bytes per instruction.
+pub fn printable_ascii(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b' '..=b'~').contains(&b))
+}
+
 /// The first invisible character of `value`, with its 1-based position in characters.
 pub fn first_invisible(value: &str) -> Option<Invisible> {
     if value.is_ascii() {

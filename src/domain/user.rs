@@ -2,7 +2,7 @@
 
 use super::email::Email;
 use super::row_error::RowError;
-use super::text::{Invisible, first_invisible};
+use super::text::{Invisible, first_invisible, printable_ascii};
 
 /// The Users template's columns, in template order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +144,11 @@ pub enum TextError {
 /// one; names keep theirs, since some scripts need joiners.
 pub fn parse_text(value: &str, column: Column) -> Result<&str, TextError> {
     let max = column.max_chars();
+    // Nearly every cell is short printable ASCII, which has no control and no invisible
+    // character: one pass, and done.
+    if value.len() <= max && printable_ascii(value.as_bytes()) {
+        return Ok(value);
+    }
     // A byte count bounds the character count from above: count characters only when needed.
     if value.len() > max && value.chars().count() > max {
         return Err(TextError::TooLong { max });

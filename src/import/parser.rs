@@ -81,10 +81,37 @@ impl<'a> Fields<'a> {
         (0..self.len()).filter_map(|i| self.get(i))
     }
 
+    /// The record's cells as text, when the whole record is UTF-8: one check per record
+    /// rather than one per cell.
+    pub fn text(&self) -> Option<TextFields<'a>> {
+        let text = std::str::from_utf8(self.bytes).ok()?;
+        Some(TextFields {
+            text,
+            ends: self.ends,
+        })
+    }
+
     /// A record whose cells are all empty or white space: a blank row of the sheet, which
     /// Excel writes as `,,,,,`.
     pub fn is_blank(&self) -> bool {
         is_blank(self.bytes)
+    }
+}
+
+/// `Fields` of a record that is all UTF-8.
+#[derive(Debug, Clone, Copy)]
+pub struct TextFields<'a> {
+    text: &'a str,
+    ends: &'a [usize],
+}
+
+impl<'a> TextFields<'a> {
+    /// `None` when the cell is missing, or (in theory) would cut a character: the caller then
+    /// checks the cell's bytes alone.
+    pub fn get(&self, index: usize) -> Option<&'a str> {
+        let end = *self.ends.get(index)?;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        self.text.get(start..end)
     }
 }
 
@@ -262,11 +289,13 @@ impl CsvParser {
     }
 
     /// Notes the quotes and line breaks of bytes consumed for the current record.
+    /// Called for every record with all its bytes: memchr's vector search, since most records
+    /// hold neither.
     fn track(&mut self, consumed: &[u8]) {
-        let quotes = consumed.iter().filter(|&&b| b == b'"').count();
+        let quotes = memchr::memchr_iter(b'"', consumed).count();
         self.odd_quotes ^= quotes % 2 == 1;
         if !self.inner_line_break {
-            self.inner_line_break = consumed.iter().any(|&b| b == b'\n' || b == b'\r');
+            self.inner_line_break = memchr::memchr2(b'\n', b'\r', consumed).is_some();
         }
     }
 

@@ -104,8 +104,13 @@ impl Header {
             });
         let field_count = if padded { self.width } else { fields.len() };
         if field_count == self.width {
+            let text = fields.text();
             for (value, position) in values.iter_mut().zip(self.positions) {
                 let Some(index) = position else { continue };
+                if let Some(cell) = text.and_then(|t| t.get(index)) {
+                    *value = cell;
+                    continue;
+                }
                 let raw = fields.get(index).unwrap_or_default();
                 *value = std::str::from_utf8(raw).map_err(|e| InvalidText {
                     row_number: fields.row_number,
