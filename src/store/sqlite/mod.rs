@@ -40,6 +40,17 @@ use write::{delete_users, write_batch};
 /// memory across batches. Bounded, so memory stays flat whatever the file size.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
+/// The write-ahead log is copied into the database file (a checkpoint, run by the commit
+/// that crosses this size) every 16,384 pages, 64 MiB, instead of SQLite's 1,000. Users go into
+/// the email and external id indexes in random order, so every batch dirties pages all over
+/// them: with small checkpoints the same index pages were copied again after nearly every
+/// batch (perf: 15% of the writer's time). Measured on three 199 MiB files into one account:
+/// 8.7, 10.3 and 11.4 s with the default, 8.7, 8.8 and 8.8 s with this; 65,536 pages gave no
+/// more. The price is disk, not memory: the log file grows to about this size.
+const WAL_CHECKPOINT_PAGES: i64 = 16 * 1024;
+/// After a checkpoint, the log file is cut back to this size, so an idle server keeps no more.
+const WAL_KEPT_BYTES: i64 = 64 * 1024 * 1024;
+
 /// After a fault, the database takes batches again once this much can be written into it
 /// (then rolled back)...
 const PROBE_BYTES: i64 = 16 * 1024 * 1024;
@@ -82,7 +93,9 @@ impl SqliteStore {
             .transpose()?;
         let mut writer_options = options
             .clone()
-            .pragma("cache_size", (-WRITER_CACHE_KIB).to_string());
+            .pragma("cache_size", (-WRITER_CACHE_KIB).to_string())
+            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
+            .pragma("journal_size_limit", WAL_KEPT_BYTES.to_string());
         if let Some(pages) = settings.max_pages {
             writer_options = writer_options.pragma("max_page_count", pages.to_string());
         }
