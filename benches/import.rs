@@ -7,7 +7,11 @@
 //! cargo bench --bench import -- --size-mb 50         # another size
 //! cargo bench --bench import -- --backend sqlite     # one backend
 //! cargo bench --bench import -- --policies-only      # dry run, SKIP and UPDATE only
+//! cargo bench --bench import -- --populated-only     # three files into one growing account
 //! ```
+//!
+//! Every server run prints its own CPU time (utime + stime) per million rows beside wall time
+//! and peak RSS; the parsing and validation alone are timed in this process (`parse_cost`).
 //!
 //! Besides the plain import, it times on one server a dry run of the file into an empty
 //! account, then SKIP and UPDATE of the same file into an account that already holds every
@@ -46,6 +50,10 @@ struct Options {
     policies: bool,
     /// Only the dry run and the policies.
     policies_only: bool,
+    /// Only the three files into one account.
+    populated_only: bool,
+    /// Only the cost of parsing and validation.
+    parse_only: bool,
 }
 
 fn options() -> Options {
@@ -70,6 +78,8 @@ fn options() -> Options {
         scaling: !args.iter().any(|a| a == "--no-scaling"),
         policies: !args.iter().any(|a| a == "--no-policies"),
         policies_only: args.iter().any(|a| a == "--policies-only"),
+        populated_only: args.iter().any(|a| a == "--populated-only"),
+        parse_only: args.iter().any(|a| a == "--parse-only"),
     }
 }
 
@@ -85,6 +95,8 @@ struct Run {
     bytes: u64,
     rows: u64,
     peak_rss: u64,
+    /// The server's CPU time (user and system) during the run.
+    cpu: Duration,
 }
 
 impl Run {
@@ -97,6 +109,7 @@ impl Run {
 async fn measure(backend: Backend, server: &str, files: &[PathBuf]) -> Run {
     let database = fresh_database(backend, server).await;
     let app = Server::start_this(&database.url).await;
+    let cpu_before = app.cpu_time();
     let start = std::time::Instant::now();
     let uploads = files.iter().enumerate().map(|(i, file)| {
         let channel = app.channel.clone();
@@ -115,12 +128,14 @@ async fn measure(backend: Backend, server: &str, files: &[PathBuf]) -> Run {
         .map(|f| std::fs::metadata(f).unwrap().len())
         .sum();
     let peak_rss = app.peak_rss();
+    let cpu = app.cpu_time().saturating_sub(cpu_before);
     app.stop();
     Run {
         wall,
         bytes,
         rows,
         peak_rss,
+        cpu,
     }
 }
 
@@ -228,12 +243,126 @@ async fn tool(backend: Backend, server: &str, file: &Path) -> Option<(&'static s
 
 fn print_run(label: &str, run: &Run) {
     println!(
-        "  {label:<28} {:>8.2} s {:>8.1} MB/s {:>10.0} rows/s   peak RSS {:>6.1} MiB",
+        "  {label:<28} {:>8.2} s {:>8.1} MB/s {:>10.0} rows/s   peak RSS {:>6.1} MiB   \
+         server CPU {:>6.2} s ({:.2} s per million rows)",
         run.wall.as_secs_f64(),
         run.mb_per_s(),
         run.rows as f64 / run.wall.as_secs_f64(),
-        mib(run.peak_rss)
+        mib(run.peak_rss),
+        run.cpu.as_secs_f64(),
+        per_million(run.cpu, run.rows)
     );
+}
+
+fn per_million(time: Duration, rows: u64) -> f64 {
+    time.as_secs_f64() * 1e6 / rows.max(1) as f64
+}
+
+/// Parsing and validation alone, as an upload runs them (chunks of `CHUNK_BYTES` into the
+/// reader, rows into batches), in this process on one core: CPU time per row.
+fn parse_cost(file: &Path) -> (u64, Duration) {
+    use bulk_import::domain::{FailedRow, NewUser, UserBatch};
+    use bulk_import::import::parser::Limits;
+    use bulk_import::import::reader::{FileReader, RowSink};
+    use std::io::Read;
+
+    struct Batches {
+        batch: UserBatch,
+        rows: u64,
+    }
+    impl RowSink for Batches {
+        fn user(&mut self, row_number: u64, user: &NewUser<'_>) {
+            self.batch.push_user(row_number, user);
+            self.rows += 1;
+            if self.batch.rows >= 32_768 {
+                self.batch = UserBatch::with_capacity(32_768);
+            }
+        }
+        fn failed(&mut self, row: FailedRow<'_>) {
+            self.batch.push_failed_row(row);
+            self.rows += 1;
+        }
+    }
+    let mut sink = Batches {
+        batch: UserBatch::with_capacity(32_768),
+        rows: 0,
+    };
+    let mut reader = FileReader::new(u64::MAX, Limits::default());
+    // Read beforehand: the server gets its chunks from gRPC messages, not from a file, and
+    // reading is no part of parsing and validation.
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let cpu_before = thread_cpu();
+    for chunk in bytes.chunks(CHUNK_BYTES) {
+        reader.push(chunk, &mut sink).unwrap();
+    }
+    reader.finish(&mut sink).unwrap();
+    (sink.rows, thread_cpu().saturating_sub(cpu_before))
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Three files of other users, one after another into one account, against each database's
+/// loader loading the same files into one growing table, file by file in the same run.
+async fn populated(backend: Backend, server: &str, size_mb: u32) {
+    // The generator's rows are about 80 bytes: 3 million per 199 MiB file is more than one.
+    let files: Vec<PathBuf> = (0..3u64)
+        .map(|i| users_file_from(size_mb, 11 + i as u32, i * 3_000_000))
+        .collect();
+    println!(
+        "  populated account: {} files of {size_mb} MiB into one account, each loader into one \
+         growing table",
+        files.len()
+    );
+    let database = fresh_database(backend, server).await;
+    let app = Server::start_this(&database.url).await;
+    let loader_db = tempfile::tempdir().unwrap();
+    let loader_pg = match backend {
+        Backend::Postgres => Some(fresh_database(backend, server).await),
+        Backend::Sqlite => None,
+    };
+    for (i, file) in files.iter().enumerate() {
+        let rows = data_rows(file);
+        let cpu_before = app.cpu_time();
+        let (import, wall) = upload(app.channel.clone(), "populated", file).await;
+        let cpu = app.cpu_time().saturating_sub(cpu_before);
+        assert_eq!(import.status, proto_success(), "{}", import.error_message);
+        assert_eq!(import.rows_imported as u64, rows);
+        let loader = match &loader_pg {
+            Some(db) => psql_copy_into(&db.url, file).map(|t| ("psql \\copy", t)),
+            None => sqlite3_import_into(&loader_db.path().join("loader.db"), file)
+                .map(|t| ("sqlite3 .import", t)),
+        };
+        let ratio = match loader {
+            Some((name, time)) => format!(
+                "{name} {:.2} s, ratio {:.2}",
+                time.as_secs_f64(),
+                wall.as_secs_f64() / time.as_secs_f64()
+            ),
+            None => "(no loader installed: no ratio)".to_owned(),
+        };
+        println!(
+            "    file {}: service {:>6.2} s, server CPU {:>6.2} s ({:.2} s per million rows); {ratio}",
+            i + 1,
+            wall.as_secs_f64(),
+            cpu.as_secs_f64(),
+            per_million(cpu, rows)
+        );
+    }
+    println!("    peak RSS {:.1} MiB", mib(app.peak_rss()));
+    app.stop();
 }
 
 #[tokio::main]
@@ -248,6 +377,15 @@ async fn main() {
         big.display(),
         mib(std::fs::metadata(&big).unwrap().len())
     );
+    let (rows, cpu) = parse_cost(&big);
+    println!(
+        "parsing and validation alone, one core: {:.2} s, {:.3} µs per row",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / rows.max(1) as f64
+    );
+    if options.parse_only {
+        return;
+    }
     let postgres = postgres_server();
     for backend in options.backends {
         let server = match backend {
@@ -261,6 +399,10 @@ async fn main() {
             },
         };
         println!("\n{}", backend.name());
+        if options.populated_only {
+            populated(backend, &server, options.size_mb).await;
+            continue;
+        }
         if options.policies || options.policies_only {
             policies(backend, &server, &big, options.size_mb).await;
         }
@@ -300,5 +442,6 @@ async fn main() {
             "  8 concurrent uploads: aggregate throughput x{:.2} of one upload",
             concurrent.mb_per_s() / run.mb_per_s()
         );
+        populated(backend, &server, options.size_mb).await;
     }
 }

@@ -127,9 +127,18 @@ pub fn generator() -> PathBuf {
 /// A generated Users file of about `size_mb` MiB (all rows valid), cached under
 /// `target/bench-data`.
 pub fn users_file(size_mb: u32, seed: u32) -> PathBuf {
+    users_file_from(size_mb, seed, 0)
+}
+
+/// `users_file` whose users are numbered from `start`: files with ranges that do not overlap
+/// hold different users (the generator's `--start`), for accounts that already hold some.
+pub fn users_file_from(size_mb: u32, seed: u32, start: u64) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("users-{size_mb}mb-seed{seed}.csv"));
+    let path = match start {
+        0 => dir.join(format!("users-{size_mb}mb-seed{seed}.csv")),
+        start => dir.join(format!("users-{size_mb}mb-seed{seed}-from{start}.csv")),
+    };
     if !path.exists() {
         // Written aside, then renamed: tests running at once may generate the same file.
         let partial = tempfile::NamedTempFile::new_in(&dir).unwrap();
@@ -141,6 +150,8 @@ pub fn users_file(size_mb: u32, seed: u32) -> PathBuf {
                 &size_mb.to_string(),
                 "--seed",
                 &seed.to_string(),
+                "--start",
+                &start.to_string(),
             ])
             .stdout(out)
             .status()
@@ -238,6 +249,28 @@ impl Server {
             channel,
             url,
         }
+    }
+
+    /// CPU time the server used so far, user and system (utime and stime of /proc/PID/stat).
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // After the command name in parentheses, which may hold spaces: fields 3 onwards.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15, that is 11 and 12 after the name.
+        // SAFETY: sysconf only reads a system setting.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / per_second)
     }
 
     /// Peak resident memory so far (VmHWM), in bytes.
@@ -354,18 +387,22 @@ pub async fn upload_with(
 /// the CLI's default settings. `None` when the sqlite3 CLI is not installed.
 pub fn sqlite3_import(file: &Path) -> Option<Duration> {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("import.db");
+    sqlite3_import_into(&dir.path().join("import.db"), file)
+}
+
+/// `sqlite3_import` into the database file `db`, whose table grows with each file.
+pub fn sqlite3_import_into(db: &Path, file: &Path) -> Option<Duration> {
     let script = format!(
-        "CREATE TABLE users (email TEXT, first_name TEXT, last_name TEXT, role TEXT, \
-         job_title TEXT, external_id TEXT);\n\
-         CREATE UNIQUE INDEX users_email ON users (email COLLATE NOCASE);\n\
+        "CREATE TABLE IF NOT EXISTS users (email TEXT, first_name TEXT, last_name TEXT, \
+         role TEXT, job_title TEXT, external_id TEXT);\n\
+         CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (email COLLATE NOCASE);\n\
          .mode csv\n\
          .import --skip 1 {} users\n",
         file.display()
     );
     let start = Instant::now();
     let mut child = Command::new("sqlite3")
-        .arg(&db)
+        .arg(db)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -379,12 +416,19 @@ pub fn sqlite3_import(file: &Path) -> Option<Duration> {
 /// `psql \copy` of `file` into a table with a case-insensitive unique index on email, in the
 /// (fresh) database at `database_url`. `None` when psql is not installed.
 pub fn psql_copy(database_url: &str, file: &Path) -> Option<Duration> {
-    let create = "CREATE TABLE users (email text, first_name text, last_name text, role text, \
-                  job_title text, external_id text); \
-                  CREATE UNIQUE INDEX users_email ON users (lower(email));";
+    psql_copy_into(database_url, file)
+}
+
+/// `psql_copy` into the table of `database_url`, made on the first call and growing with each
+/// file.
+pub fn psql_copy_into(database_url: &str, file: &Path) -> Option<Duration> {
+    let create = "CREATE TABLE IF NOT EXISTS users (email text, first_name text, \
+                  last_name text, role text, job_title text, external_id text); \
+                  CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (lower(email));";
     let ok = Command::new("psql")
         .args(["-q", "-v", "ON_ERROR_STOP=1", database_url, "-c", create])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .ok()?
         .success();
