@@ -41,9 +41,9 @@ use write::{delete_users, write_batch};
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// The write-ahead log is copied into the database file (a checkpoint, run by the commit
-/// that crosses this size) every 16,384 pages, 64 MiB, instead of SQLite's 1,000. Users go into
-/// the email and external id indexes in random order, so every batch dirties pages all over
-/// them: with small checkpoints the same index pages were copied again after nearly every
+/// that crosses this size) every 16,384 pages, 64 MiB, instead of SQLite's 1,000. A file's
+/// users reach the email index in no particular order, so every batch dirties pages all over
+/// it: with small checkpoints the same index pages were copied again after nearly every
 /// batch (perf: 15% of the writer's time). Measured on three 199 MiB files into one account:
 /// 8.7, 10.3 and 11.4 s with the default, 8.7, 8.8 and 8.8 s with this; 65,536 pages gave no
 /// more. The price is disk, not memory: the log file grows to about this size.
