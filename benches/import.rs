@@ -237,7 +237,7 @@ async fn tool(backend: Backend, server: &str, file: &Path) -> Option<(&'static s
         Backend::Sqlite => sqlite3_import(file).map(|t| ("sqlite3 .import", t)),
         Backend::Postgres => {
             let database = fresh_database(backend, server).await;
-            psql_copy(&database.url, file).map(|t| ("psql \\copy", t))
+            psql_copy_into(&database.url, file).map(|t| ("psql \\copy", t))
         }
     }
 }

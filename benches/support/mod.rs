@@ -414,13 +414,8 @@ pub fn sqlite3_import_into(db: &Path, file: &Path) -> Option<Duration> {
 }
 
 /// `psql \copy` of `file` into a table with a case-insensitive unique index on email, in the
-/// (fresh) database at `database_url`. `None` when psql is not installed.
-pub fn psql_copy(database_url: &str, file: &Path) -> Option<Duration> {
-    psql_copy_into(database_url, file)
-}
-
-/// `psql_copy` into the table of `database_url`, made on the first call and growing with each
-/// file.
+/// database at `database_url`: made on the first call, growing with each file (a fresh
+/// database gives the one-file figure). `None` when psql is not installed.
 pub fn psql_copy_into(database_url: &str, file: &Path) -> Option<Duration> {
     let create = "CREATE TABLE IF NOT EXISTS users (email text, first_name text, \
                   last_name text, role text, job_title text, external_id text); \

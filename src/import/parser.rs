@@ -72,9 +72,7 @@ impl<'a> Fields<'a> {
     }
 
     pub fn get(&self, index: usize) -> Option<&'a [u8]> {
-        let end = *self.ends.get(index)?;
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        Some(&self.bytes[start..end])
+        self.bytes.get(cell(self.ends, index)?)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
@@ -109,10 +107,15 @@ impl<'a> TextFields<'a> {
     /// `None` when the cell is missing, or (in theory) would cut a character: the caller then
     /// checks the cell's bytes alone.
     pub fn get(&self, index: usize) -> Option<&'a str> {
-        let end = *self.ends.get(index)?;
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        self.text.get(start..end)
+        self.text.get(cell(self.ends, index)?)
     }
+}
+
+/// Where cell `index` lies in a record's bytes, given the cells' end offsets.
+fn cell(ends: &[usize], index: usize) -> Option<std::ops::Range<usize>> {
+    let end = *ends.get(index)?;
+    let start = index.checked_sub(1).map_or(0, |previous| ends[previous]);
+    Some(start..end)
 }
 
 fn is_blank(bytes: &[u8]) -> bool {

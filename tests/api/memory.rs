@@ -38,7 +38,7 @@ backend_tests! {
             Backend::Sqlite => support::sqlite3_import(&file).map(|t| ("sqlite3 .import", t)),
             Backend::Postgres => {
                 let copy_into = TestDatabase::new(Backend::Postgres).await;
-                support::psql_copy(&copy_into.url, &file).map(|t| ("psql \\copy", t))
+                support::psql_copy_into(&copy_into.url, &file).map(|t| ("psql \\copy", t))
             }
         };
         match tool {
