@@ -9,6 +9,9 @@ Columns (the Users template): email,first_name,last_name,role,job_title,external
   gen_users_csv.py --rows 100000 --invalid-rate 0.01 --dup-rate 0.005 > mixed.csv
   gen_users_csv.py --rows 10 --seed 7 --crlf --bom > excel.csv
   gen_users_csv.py --size-mb 200 --start 10000000 > more.csv  # other users than the first file
+  gen_users_csv.py --size-mb 200 --changed-rate 0.05 --new-rate 0.05 > resync.csv
+      # the same users as the first line's file, 5% with another first name, 5% replaced by new users:
+      # a re-sync of an HR export, for UPDATE and SKIP imports
 
 Invalid rows are of a few known kinds (bad email, unknown role, over-long name, missing
 email); duplicates repeat an earlier email with different case. With --stats the counts
@@ -44,6 +47,10 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--start", type=int, default=0,
                     help="number of the first user: files with ranges that do not overlap hold different users")
+    ap.add_argument("--changed-rate", type=float, default=0.0,
+                    help="share of valid rows whose first name differs from the same seed's file without it")
+    ap.add_argument("--new-rate", type=float, default=0.0,
+                    help="share of valid rows replaced by users that the same seed's file does not hold")
     ap.add_argument("--crlf", action="store_true", help="CRLF line endings, as Excel writes")
     ap.add_argument("--bom", action="store_true", help="start with a UTF-8 byte order mark")
     ap.add_argument("--stats", action="store_true", help="print counts as JSON to stderr")
@@ -51,6 +58,8 @@ def main():
     if not a.rows and not a.size_mb:
         ap.error("give --rows or --size-mb")
     rnd = random.Random(a.seed)
+    resync = random.Random(a.seed * 7919 + 1)  # its own stream: the base rows stay as they are
+    changed = new = 0
     nl = "\r\n" if a.crlf else "\n"
     out = sys.stdout.buffer
     written = 0
@@ -93,6 +102,15 @@ def main():
             ext = ""
         elif len(seen) < 10000:
             seen.append(email)
+        if kind == "valid" and (a.changed_rate or a.new_rate):
+            x = resync.random()
+            if x < a.new_rate:
+                n2 = a.start + 50_000_000 + i
+                email, ext = f"{local}.{n2}@{email.rsplit('@', 1)[1]}", f"EMP-{n2:08d}"
+                new += 1
+            elif x < a.new_rate + a.changed_rate:
+                first = "Re" + first
+                changed += 1
         if kind == "valid":
             valid += 1
         elif kind == "invalid":
@@ -109,8 +127,10 @@ def main():
     out.write("".join(buf).encode())
     out.flush()
     if a.stats:
-        print(json.dumps({"rows": i, "valid": valid, "invalid": invalid, "duplicates": dups,
-                          "bytes": written}), file=sys.stderr)
+        stats = {"rows": i, "valid": valid, "invalid": invalid, "duplicates": dups, "bytes": written}
+        if a.changed_rate or a.new_rate:
+            stats.update(changed=changed, new=new)
+        print(json.dumps(stats), file=sys.stderr)
 
 
 if __name__ == "__main__":

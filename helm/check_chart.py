@@ -242,10 +242,12 @@ def common(case: str, manifests: list[dict], notes: str, values: dict) -> tuple[
     check(env.get("BULK_IMPORT_METRICS_LISTEN") == f"0.0.0.0:{port}", case, "BULK_IMPORT_METRICS_LISTEN")
     annotations = spec.get("template", {}).get("metadata", {}).get("annotations", {})
     scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
-    if metrics.get("podAnnotations", True):
+    monitored = metrics.get("serviceMonitor", {}).get("enabled", False)
+    if metrics.get("podAnnotations", True) and not monitored:
         check(scrape.items() <= annotations.items(), case, f"pod annotations {scrape}, got {annotations}")
     else:
-        check(not set(scrape) & set(annotations), case, "no prometheus.io annotations with metrics.podAnnotations: false")
+        check(not set(scrape) & set(annotations), case,
+              "no prometheus.io annotations with metrics.podAnnotations: false or a ServiceMonitor (scraped twice)")
 
     # The server's settings.
     config = {
@@ -256,13 +258,26 @@ def common(case: str, manifests: list[dict], notes: str, values: dict) -> tuple[
         "BULK_IMPORT_MAX_CONCURRENT_UPLOADS_PER_ACCOUNT": "4",
         "BULK_IMPORT_UPLOAD_IDLE_TIMEOUT": "60",
         "BULK_IMPORT_MAX_WATCHERS": "256",
+        "BULK_IMPORT_MAX_WATCHERS_PER_ACCOUNT": "64",
+        "BULK_IMPORT_MAX_CONNECTIONS": "512",
+        "BULK_IMPORT_MAX_STREAMS_PER_CONNECTION": "128",
+        "BULK_IMPORT_MAX_HEALTH_WATCHERS": "64",
+        "BULK_IMPORT_RETENTION": "90d",
+        "BULK_IMPORT_DRY_RUN_RETENTION": "7d",
         "BULK_IMPORT_LOG_FORMAT": "json",
         "RUST_LOG": "info",
     }
     for name, default in config.items():
         check(env.get(name) == default, case, f"env {name}={env.get(name)!r}, want {default!r}")
-    check(pod.get("terminationGracePeriodSeconds", 0) > int(config["BULK_IMPORT_SHUTDOWN_GRACE_SECONDS"]), case,
-          "terminationGracePeriodSeconds above the shutdown grace")
+    pre_stop = values.get("preStopSleepSeconds", 5)
+    check(pod.get("terminationGracePeriodSeconds", 0) > pre_stop + int(config["BULK_IMPORT_SHUTDOWN_GRACE_SECONDS"]), case,
+          "terminationGracePeriodSeconds above the preStop sleep and the shutdown grace")
+    if pre_stop:
+        check(container.get("lifecycle", {}).get("preStop") == {"sleep": {"seconds": pre_stop}}, case,
+              f"a preStop sleep of {pre_stop} s, so the Service lets go of the pod before SIGTERM")
+    else:
+        check("lifecycle" not in container, case, "no preStop with preStopSleepSeconds: 0")
+    check(("Ingress" in by_kind) == values.get("ingress", {}).get("enabled", False), case, "an Ingress only when enabled")
 
     # NOTES.txt: how to try it.
     check(f"port-forward service/{FULLNAME} 50051:" in notes, case, "NOTES: kubectl port-forward")
@@ -283,7 +298,8 @@ def data_volume(pod: dict, container: dict) -> dict:
     return next((v for v in pod.get("volumes", []) if v["name"] == mount.get("name")), {})
 
 
-def sqlite(case: str, manifests: list[dict], deployment: dict, pod: dict, container: dict, claim: bool = True) -> None:
+def sqlite(case: str, manifests: list[dict], notes: str, values: dict, deployment: dict, pod: dict, container: dict,
+           claim: bool = True) -> None:
     by_kind = kinds(manifests)
     check(deployment["spec"].get("replicas") == 1, case, "1 replica")
     check(deployment["spec"].get("strategy", {}).get("type") == "Recreate", case, "strategy Recreate")
@@ -292,6 +308,10 @@ def sqlite(case: str, manifests: list[dict], deployment: dict, pod: dict, contai
         made = one(case, by_kind, "PersistentVolumeClaim")
         check(data_volume(pod, container).get("persistentVolumeClaim", {}).get("claimName")
               == made.get("metadata", {}).get("name"), case, "the PersistentVolumeClaim is mounted at /data")
+        kept = made.get("metadata", {}).get("annotations", {}).get("helm.sh/resource-policy") == "keep"
+        keep = values.get("persistence", {}).get("keep", True)
+        check(kept == keep, case, f"helm.sh/resource-policy: keep on the claim is {kept}, want {keep}")
+        check((f"delete pvc {FULLNAME}" in notes) == keep, case, "NOTES: how to delete a kept claim")
     for kind in ("Secret", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
         check(kind not in by_kind, case, f"no {kind} on SQLite")
 
@@ -335,7 +355,7 @@ POSTGRES_URL = "postgres://u:p@db:5432/bulk"
 
 def case_defaults(case, manifests, notes, values):
     deployment, pod, container = common(case, manifests, notes, values)
-    sqlite(case, manifests, deployment, pod, container)
+    sqlite(case, manifests, notes, values, deployment, pod, container)
     grpc_probes(case, container)
     env = env_of(container)
     for name in ("BULK_IMPORT_AUTH_TOKENS_FILE", "BULK_IMPORT_TLS_CERT", "BULK_IMPORT_TLS_KEY", "BULK_IMPORT_TLS_CLIENT_CA"):
@@ -357,7 +377,7 @@ def case_postgres(case, manifests, notes, values):
 
 def case_tls(case, manifests, notes, values):
     deployment, pod, container = common(case, manifests, notes, values)
-    sqlite(case, manifests, deployment, pod, container)
+    sqlite(case, manifests, notes, values, deployment, pod, container)
     for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         check(container.get(probe, {}).get("httpGet") == {"path": path, "port": "metrics"}, case,
               f"{probe}: httpGet {path} on the metrics port (gRPC probes cannot speak TLS)")
@@ -406,7 +426,7 @@ def case_autoscaling(case, manifests, notes, values):
 
 def case_extras(case, manifests, notes, values):
     deployment, pod, container = common(case, manifests, notes, values)
-    sqlite(case, manifests, deployment, pod, container, claim=False)
+    sqlite(case, manifests, notes, values, deployment, pod, container, claim=False)
     check("PersistentVolumeClaim" not in kinds(manifests), case, "no claim made with persistence.existingClaim")
     check(data_volume(pod, container).get("persistentVolumeClaim") == {"claimName": "bulk-import-data"}, case,
           "the existing claim at /data")
@@ -415,11 +435,19 @@ def case_extras(case, manifests, notes, values):
     check(deployment["spec"]["template"]["metadata"].get("annotations", {}).get("team") == "hr", case, "podAnnotations")
     service = one(case, kinds(manifests), "Service")
     check(service.get("spec", {}).get("type") == "NodePort", case, "service.type NodePort")
+    ingress = one(case, kinds(manifests), "Ingress").get("spec", {})
+    check(ingress.get("ingressClassName") == "nginx", case, "the Ingress's class")
+    check(ingress.get("tls") == [{"hosts": ["imports.example.com"], "secretName": "imports-tls"}], case, "the Ingress's TLS")
+    rule = ingress.get("rules", [{}])[0]
+    check(rule.get("host") == "imports.example.com", case, "the Ingress's host")
+    backend = rule.get("http", {}).get("paths", [{}])[0].get("backend", {}).get("service", {})
+    check(backend == {"name": FULLNAME, "port": {"name": "grpc"}}, case, f"the Ingress sends to the gRPC port: {backend}")
+    check("grpcurl imports.example.com:443 list" in notes, case, "NOTES: grpcurl through the Ingress")
 
 
 def case_ephemeral(case, manifests, notes, values):
     deployment, pod, container = common(case, manifests, notes, values)
-    sqlite(case, manifests, deployment, pod, container, claim=False)
+    sqlite(case, manifests, notes, values, deployment, pod, container, claim=False)
     check("PersistentVolumeClaim" not in kinds(manifests), case, "no claim with persistence.enabled: false")
     check("emptyDir" in data_volume(pod, container), case, "an emptyDir at /data")
     check("LOST WITH THE POD" in notes, case, "NOTES: the database is lost with the pod")
@@ -431,13 +459,14 @@ CASES = [
     (
         "TLS, client CA, tokens",
         {"tls": {"enabled": True, "existingSecret": "bulk-import-tls", "clientCA": True},
-         "auth": {"existingSecret": "bulk-import-tokens"}},
+         "auth": {"existingSecret": "bulk-import-tokens"}, "persistence": {"keep": False},
+         "metrics": {"podAnnotations": False}, "preStopSleepSeconds": 0},
         case_tls,
     ),
     (
         "existing Secret, autoscaling, ServiceMonitor",
         {"database": {"existingSecret": "bulk-import-db"}, "autoscaling": {"enabled": True},
-         "metrics": {"podAnnotations": False, "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
          "serviceAccount": {"create": False, "name": "importer"}},
         case_autoscaling,
     ),
@@ -445,7 +474,9 @@ CASES = [
         "existing claim, extras",
         {"persistence": {"existingClaim": "bulk-import-data"}, "metrics": {"port": 9100},
          "imagePullSecrets": [{"name": "regcred"}], "nodeSelector": {"disk": "ssd"},
-         "podAnnotations": {"team": "hr"}, "service": {"type": "NodePort"}},
+         "podAnnotations": {"team": "hr"}, "service": {"type": "NodePort"},
+         "ingress": {"enabled": True, "className": "nginx", "host": "imports.example.com", "tlsSecret": "imports-tls",
+                     "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}}},
         case_extras,
     ),
     ("SQLite without persistence", {"persistence": {"enabled": False}}, case_ephemeral),
@@ -470,6 +501,14 @@ REFUSED = [
     ("TLS without a Secret", "fail", {"tls": {"enabled": True}}, "tls.enabled needs tls.existingSecret"),
     ("a grace period shorter than the shutdown's", "fail", {"terminationGracePeriodSeconds": 10},
      "terminationGracePeriodSeconds must exceed"),
+    ("a grace period shorter than the preStop sleep and the shutdown's", "fail", {"preStopSleepSeconds": 10},
+     "terminationGracePeriodSeconds must exceed preStopSleepSeconds + config.shutdownGraceSeconds"),
+    ("a SQLite file off the data volume", "fail", {"database": {"url": "sqlite:///var/lib/bulk-import.db"}},
+     "use sqlite:///data/NAME.db"),
+    ("a relative SQLite path", "fail", {"database": {"url": "sqlite://bulk-import.db"}}, "off the data volume"),
+    ("an Ingress without a host", "fail", {"ingress": {"enabled": True}}, "ingress.enabled needs ingress.host"),
+    ("a limit of 0", "schema", {"config": {"maxConnections": 0}}, "/config/maxConnections"),
+    ("a retention that is not a duration", "schema", {"config": {"retention": "ninety days"}}, "/config/retention"),
 ]
 
 
@@ -487,9 +526,20 @@ def refused(chart: helm.Chart, what: str, by: str, values: dict, reason: str) ->
         check(any(reason in e for e in report["errors"]), case, f"helm lint does not report {reason!r}: {report['errors']}")
 
 
+def readme_builds_the_charts_image() -> None:
+    """The README's `docker build` tags the image the chart installs by default, so that its
+    two lines work together as written."""
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    repository = yaml.safe_load((CHART / "values.yaml").read_text())["image"]["repository"]
+    builds = re.findall(r"^docker build -t (\S+) \.", (ROOT / "README.md").read_text(), re.M)
+    check(builds == [f"{repository}:{app_version}"], "README",
+          f"docker build tags {builds}, the chart installs {repository}:{app_version}")
+
+
 def main() -> int:
     started = time.monotonic()
     chart = helm.Chart.load(CHART)
+    readme_builds_the_charts_image()
     validator_is_strict()
     schema_is_closed(chart.schema or {})
     manifests_checked = 0

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data of an upload, chunk → parser → validator → store → progress:
+//! The modules follow the data of an upload, chunk → parser → validator → store → progress,
+//! and every way an import ends goes through one owner:
 //!
 //! ```text
 //!  gRPC stream ─► grpc::convert ─► import::reader ──────────────────────────────► UserBatch
@@ -15,38 +16,53 @@
 //!  WatchImport ◄─ import::progress ◄─ pipeline::tally ◄── pipeline ──► pipeline::writer ──► store
 //!  GetImport      (live view)         (the counters)      (batches,    (one batch at a time)
 //!                                                          memory)
-//!                         any reason to stop ──► pipeline::ending: one ending, stored, answered
+//!
+//!  an upload's Cause ─┐
+//!  start-up recovery ─┼─► import::ending::decide ─► Store::conclude_import ─► store::ending
+//!  the reaper ────────┘   (one Conclusion)          (one call, a Guard)       (both backends)
 //! ```
 //!
-//! - [`domain`]: the vocabulary (imports, users, row errors), parsed once at the edge;
+//! - [`domain`]: the vocabulary (imports, users, row errors, the checked `Scope` of a caller
+//!   in an account), parsed once at the edge;
 //! - [`import`]: the upload pipeline and the queries, independent of gRPC:
 //!   - `chunk`, `decoder`, `delimiter`, `parser`, `validator`, composed by `reader`: bytes in,
 //!     rows out, synchronous and free of I/O, so that the property tests and the fuzzer run
 //!     exactly it;
 //!   - `pipeline`: one upload's task (`mod.rs`), its messages (`events`), its counters
-//!     (`tally`), the shared batch memory (`memory`), its writer task (`writer`), the
-//!     state machine that owns its ending (`ending`), admission limits (`admission`) and the
-//!     cancels asked of the uploads running here (`cancel`);
-//!   - `progress`: live views for watchers; `report`: the fix-up file; `error`: the layer's
-//!     errors, into which the store's are mapped once; `template`: the downloadable template;
-//! - [`store`]: persistence behind one trait (`mod.rs`), its classified errors (`error`),
-//!   conflict reporting (`conflicts`), the plan of dry runs and of the SKIP and UPDATE
-//!   policies (`policy`), the failed rows' cells kept for the fix-up file (`failed`), column
-//!   codecs (`codec`), shared reads (`queries`) and the one-off rekeying of old addresses
-//!   (`rekey`); one private module per backend: `sqlite/` (`mod.rs`, `write.rs`, the C API
-//!   hot path in `capi.rs`, the file lock in `lock.rs`) and `postgres/` (`mod.rs`,
-//!   `write.rs`, `copy.rs`, `liveness.rs`, `notify.rs`, `tx.rs`);
-//! - [`grpc`]: thin handlers, conversions, the one error mapping, page tokens;
+//!     (`tally`), the shared batch memory (`memory`), its writer task (`writer`), admission
+//!     limits (`admission`) and the cancels asked of the uploads running here (`cancel`);
+//!   - `ending`: the one owner of every import's ending: the pure decision (`decide`), an
+//!     upload's ending stored while its client waits (`settle`), endings that wait for the
+//!     database (`pending`), and imports no server drives any more (`orphans`: recovery at
+//!     start, the reaper);
+//!   - `progress` and `watch`: live views, and `WatchImport` streams; `report`: the fix-up
+//!     file; `error`: the layer's errors, into which the store's are mapped once; `template`:
+//!     the downloadable template;
+//! - [`store`]: persistence behind one trait (`mod.rs`, `types`), its classified errors
+//!   (`error`); the flows both backends follow, written once over the `Steps` each backend
+//!   implements in its dialect (`steps`): endings (`ending`), reverts (`revert`), a batch's
+//!   record (`record`), dry runs and the SKIP and UPDATE policies (`planned`, with the pure
+//!   planner `plan`), lookups built once for every path (`lookup`), conflicts turned into row
+//!   errors (`conflicts`), the failed rows' cells (`failed`), column codecs (`codec`), shared
+//!   reads (`queries`) and the one-off rekeying of old addresses (`rekey`); one private module
+//!   per backend, `sqlite/` and `postgres/`, each with only what really differs;
+//! - [`grpc`]: thin handlers that start from `auth::scoped`, conversions, the one error
+//!   mapping, page tokens;
 //! - [`auth`] and [`tls`]: bearer tokens scoped to accounts, and TLS, both read again from
-//!   their files when those change; `grpc::auth` checks the token of every call;
-//! - [`app`]: the server, health, start-up, upkeep and graceful shutdown;
-//! - [`metrics`]: Prometheus metrics, and the HTTP probes beside them;
+//!   their files when those change; [`audit`]: the refusals of tokens and accounts, logged;
+//! - [`app`]: the server and graceful shutdown (`mod.rs`), the database's start, recovery and
+//!   upkeep (`database`), readiness (`readiness`);
+//! - [`metrics`]: Prometheus metrics, and the HTTP listener with the probes beside them;
 //! - [`config`] and [`cli`]: flags, environment, and the service's own client.
 //!
 //! Each upload runs in a task of its own that owns the request stream, so that it ends its
-//! import however the handler ends; whatever stops it becomes one event into its ending.
+//! import however the handler ends; whatever stops it becomes one `Cause` into its ending.
+
+// Every public item says what it is for: the build refuses one that does not.
+#![deny(missing_docs)]
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -1,3 +1,14 @@
+//! The `bulk-import` binary: `serve` runs the server, every other command is the client.
+//!
+//! One binary for both, so that a server's image carries the tool to operate it, and the
+//! client always speaks the proto of the release it came with. The library (`bulk_import`)
+//! does the work; this file only parses the command line, starts the runtime and logging, and
+//! turns how a command ended into the process's exit code.
+//!
+//! Exit codes: `serve` exits 0 after a graceful shutdown and 1 when it cannot start or its
+//! server fails; the client commands exit 0, 2 or 1 as `cli::Outcome` says; a command line
+//! that clap refuses exits 64 (`cli::USAGE`), and `--help` and `--version` exit 0.
+
 use std::io::IsTerminal;
 
 use clap::Parser;
@@ -6,6 +17,10 @@ use bulk_import::app::{Application, shutdown_signal};
 use bulk_import::cli;
 use bulk_import::config::{Cli, Command, LogFormat};
 
+/// Tunes the allocator, then runs the command on a multi-threaded tokio runtime.
+///
+/// The runtime is built by hand rather than with `#[tokio::main]`, so that `flat_malloc`
+/// runs before any worker thread exists, which its `SAFETY` comment relies on.
 fn main() -> std::process::ExitCode {
     // Before the runtime starts any thread.
     flat_malloc();
@@ -18,8 +33,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs the command that the arguments name.
+///
+/// `serve` logs to stdout with `tracing` and runs until SIGTERM or Ctrl-C; its errors are both
+/// logged (for the log collector) and printed to stderr (for a person at the terminal).
+/// Client commands do not set up logging: their output is the answer, on stdout, and their
+/// errors are one line on stderr, `error: ` first.
 async fn run() -> std::process::ExitCode {
-    let args = Cli::parse();
+    let args = match Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return refused(e),
+    };
+    if !matches!(args.command, Command::Serve(_)) {
+        quiet_broken_pipe();
+    }
     let result = match args.command {
         Command::Serve(serve) => {
             init_tracing(serve.log_format);
@@ -51,11 +78,31 @@ async fn run() -> std::process::ExitCode {
         Ok(outcome) => std::process::ExitCode::from(outcome.exit_code()),
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }
 
+/// A command line clap did not run: help and the version (asked for, exit 0), or a usage
+/// error, printed as clap writes it and exiting 64, not clap's 2, which is Completed -
+/// Partial's code (a script must never read a typo as a partial import).
+fn refused(error: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let asked = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    );
+    // Fails only when stdout or stderr is gone; there is nowhere to say so then.
+    let _ = error.print();
+    if asked {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(cli::USAGE)
+    }
+}
+
+/// Logging for `serve`: `RUST_LOG` when set (`info` otherwise), as text or as one JSON object
+/// per line (`--log-format json`, for log collectors).
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -81,5 +128,17 @@ fn flat_malloc() {
     // thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// A client command whose output goes to a pipe that closes early (`bulk-import users | head`)
+/// ends quietly, as Unix tools do, rather than panicking on the failed write: the default
+/// action of SIGPIPE, which Rust's runtime ignores, is restored. Not for `serve`, which must
+/// survive a client that goes away.
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: `signal` only sets the signal's disposition, to its default; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -1,7 +1,10 @@
 //! Code generated from `proto/` by build.rs.
 
-#[allow(clippy::all, clippy::pedantic)]
+/// The `bulkimport.v1` package: its messages and services, as prost and tonic generate them
+/// (their docs are the proto file's comments).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod bulkimport {
+    /// Version 1 of the API.
     pub mod v1 {
         tonic::include_proto!("bulkimport.v1");
     }

@@ -1,19 +1,31 @@
 //! The client's `--json` output: the server's messages with the proto's field names, enums by
 //! their proto names, timestamps in RFC 3339, and counters as numbers (a script reads them
 //! with `jq .rows_failed`).
+//!
+//! Written out field by field rather than derived from prost's types, which have no serde
+//! support and would show enums as numbers: the shape here is a contract with scripts, and a
+//! new proto field appears in it only when it is added here. Unlike the proto3 JSON mapping,
+//! fields keep the proto's snake_case names, are always present (empty strings, `0`, `false`,
+//! `null` for a time not set), and 64-bit counters are numbers, not strings.
 
 use serde_json::{Value, json};
 
 use crate::proto;
 
+/// A timestamp in RFC 3339 (UTC, `Z`), as prost's `Display` writes it; `null` when not set,
+/// as `complete_time` is while an import runs.
 fn time(timestamp: Option<&prost_types::Timestamp>) -> Value {
     timestamp.map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
+/// A status by its proto name (`IMPORT_STATUS_COMPLETED_PARTIAL`): the stable name scripts
+/// match on, not the help page's words. A number this client does not know (a newer server)
+/// shows as UNSPECIFIED rather than failing the command.
 fn status(value: i32) -> &'static str {
     proto::ImportStatus::try_from(value).map_or("IMPORT_STATUS_UNSPECIFIED", |s| s.as_str_name())
 }
 
+/// An import, every field of `proto::Import` under its proto name; enums by name.
 pub fn import(import: &proto::Import) -> Value {
     json!({
         "account_id": import.account_id,
@@ -41,10 +53,13 @@ pub fn import(import: &proto::Import) -> Value {
         "update_time": time(import.update_time.as_ref()),
         "complete_time": time(import.complete_time.as_ref()),
         "revert_time": time(import.revert_time.as_ref()),
+        "details_removed_time": time(import.details_removed_time.as_ref()),
         "revert_note": import.revert_note,
     })
 }
 
+/// A row error: `row_number` as a spreadsheet numbers it, `column` (`""` for the whole row),
+/// the stable `code`, the `message` and the offending `value`.
 pub fn row_error(error: &proto::RowError) -> Value {
     json!({
         "row_number": error.row_number,
@@ -55,6 +70,8 @@ pub fn row_error(error: &proto::RowError) -> Value {
     })
 }
 
+/// A user, as `ListUsers` sent it: the role by its proto name (`USER_ROLE_ADMIN`), unlike the
+/// table, which shows `admin`.
 pub fn user(user: &proto::User) -> Value {
     json!({
         "email": user.email,
@@ -71,6 +88,9 @@ pub fn user(user: &proto::User) -> Value {
 }
 
 /// One JSON document on its own line.
+///
+/// Compact, not pretty-printed, so that `watch --json` is JSON Lines (a document per line)
+/// and every other command's output is a single line that `jq` reads as it is.
 pub fn print(value: &Value) {
     println!("{value}");
 }

@@ -1,23 +1,43 @@
 //! The client's output for people: statuses in the help page's own words, counts with
 //! thousands separators, row errors as a table.
+//!
+//! The words are the product's, so that what a person reads in the terminal matches the help
+//! page (`Completed - Partial`, not `IMPORT_STATUS_COMPLETED_PARTIAL`). These strings are for
+//! people and may change; scripts use `--json` (`json`) and the exit code.
 
-use crate::proto::{self, ImportStatus};
+use crate::proto;
 
 /// A status as the product's help page names it.
+///
+/// `Unknown status` for UNSPECIFIED or a number this client does not know (a newer server),
+/// rather than a failed command.
 pub fn status_words(status: i32) -> &'static str {
-    match ImportStatus::try_from(status) {
-        Ok(ImportStatus::Processing) => "Processing",
-        Ok(ImportStatus::CompletedSuccess) => "Completed - Success",
-        Ok(ImportStatus::CompletedPartial) => "Completed - Partial",
-        Ok(ImportStatus::CompletedNothingToImport) => "Completed - Nothing to Import",
-        Ok(ImportStatus::ErrorParsing) => "Error - Parsing",
-        Ok(ImportStatus::ErrorUnknown) => "Error - Unknown",
-        Ok(ImportStatus::Cancelled) => "Cancelled",
-        Ok(ImportStatus::Unspecified) | Err(_) => "Unknown status",
+    match crate::grpc::convert::domain_status(status) {
+        Some(status) => status.words(),
+        None => "Unknown status",
     }
 }
 
+/// A note for an import some of whose row errors were not stored: how many, and that the
+/// fix-up file still holds every failed row. `None` when every error was stored.
+pub fn omitted(import: &proto::Import) -> Option<String> {
+    // Once the details are removed there is neither: `import` says so.
+    (import.row_errors_omitted > 0 && import.details_removed_time.is_none()).then(|| {
+        format!(
+            "{} more row errors were not stored (the server keeps at most \
+             --max-stored-row-errors per import); every failed row, with its reasons, is in the \
+             fix-up file: `bulk-import errors --account {} {} > fix.csv`",
+            count(import.row_errors_omitted),
+            import.account_id,
+            import.import_id
+        )
+    })
+}
+
 /// `196027` → `196,027`.
+///
+/// Takes the proto's `int64` as it comes; a negative number (which no counter is) keeps its
+/// sign in front of the groups.
 pub fn count(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut grouped = String::with_capacity(digits.len() + digits.len() / 3 + 1);
@@ -34,6 +54,10 @@ pub fn count(n: i64) -> String {
 }
 
 /// The outcome in one line: `Completed - Partial: 196,027 imported, 3,973 failed`.
+///
+/// A dry run says `would be imported` and ends with a reminder that nothing was written;
+/// `updated` and `skipped` appear only when the conflict policy made some, so the common line
+/// stays short. Printed by `upload` at the end and by `watch` for each snapshot.
 pub fn outcome(import: &proto::Import) -> String {
     let mut parts = Vec::new();
     let imported = if import.validate_only {
@@ -56,7 +80,10 @@ pub fn outcome(import: &proto::Import) -> String {
     line
 }
 
-/// An import, a field per line, then its outcome.
+/// An import, a field per line: id, file name, status, row counts and bytes received.
+///
+/// The lines that only some imports have (existing users updated or skipped, dry run, retry
+/// of, reverted, error) appear only when they apply. Used by `get`, `cancel` and `revert`.
 pub fn import(import: &proto::Import) -> String {
     let mut lines = vec![
         format!("import_id:   {}", import.import_id),
@@ -89,6 +116,12 @@ pub fn import(import: &proto::Import) -> String {
     if let Some(time) = &import.revert_time {
         lines.push(format!("reverted:    {time} ({})", import.revert_note));
     }
+    if let Some(time) = &import.details_removed_time {
+        lines.push(format!(
+            "details:     removed {time}, past the server's retention: no row errors or \
+             fix-up file (a dry run of the same file shows the errors again)"
+        ));
+    }
     if !import.error_message.is_empty() {
         lines.push(format!("error:       {}", import.error_message));
     }
@@ -96,6 +129,11 @@ pub fn import(import: &proto::Import) -> String {
 }
 
 /// Row errors as a table: row, column, code, message.
+///
+/// Columns are as wide as their longest cell; the message comes last and is never cut, so a
+/// long one wraps in the terminal rather than hiding its advice. An error of the whole row
+/// shows `-` as its column. The offending value is left out; `--json` and the fix-up file
+/// have it.
 pub fn row_errors(errors: &[proto::RowError]) -> String {
     let width = |f: fn(&proto::RowError) -> usize, header: &str| {
         errors.iter().map(f).max().unwrap_or(0).max(header.len())
@@ -123,6 +161,7 @@ pub fn row_errors(errors: &[proto::RowError]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ImportStatus;
 
     #[test]
     fn counts_have_thousands_separators() {

@@ -2,58 +2,87 @@
 //!
 //! The batch owns one text buffer and spans into it instead of six `String`s per user: a
 //! 200 MiB file is millions of rows, and per-field allocations were most of the hot path.
+//!
+//! A batch is a stretch of the file in file order: its valid users, the errors of its failed
+//! rows, and what the store needs of those failed rows (their valid values, to report their
+//! conflicts too; their cells, for the error report). The pipeline fills one, cuts it when it
+//! has the store's number of rows or fills its memory grant (`heap_bytes`), and hands it to
+//! the writer; the store reads it through the borrowed views `UserRef` and `ProbeRef`.
 
 use std::ops::Range;
 
 use super::row_error::RowError;
 use super::user::{FailedRow, NewUser, Role};
 
-/// Text bytes a typical row needs (a generated Users row is about 80).
+/// Text bytes a typical row needs (a generated Users row is about 80). It sizes the text
+/// buffer up front and the memory a batch is granted (`estimated_bytes`): a batch of longer
+/// rows fills its grant before it has its rows, and is simply cut early.
 const TEXT_BYTES_PER_ROW: usize = 96;
 
-/// A valid row, its text held by the batch.
+/// A valid row, its text held by the batch as byte ranges into `UserBatch::text`, so that a
+/// user costs no allocation. Read through `UserRef`.
 #[derive(Debug, Clone)]
 pub struct BatchUser {
     /// The spreadsheet row the user came from: kept in the users table so that a duplicate
     /// later in the file can name the row of the first.
     pub row_number: u64,
+    /// The key (normalised address).
     email: Range<u32>,
     /// Set only when the file's spelling differs from the normalised address.
     email_as_written: Option<Range<u32>>,
+    /// Trimmed; an empty range for an empty cell, as for the other text cells.
     first_name: Range<u32>,
+    /// Trimmed.
     last_name: Range<u32>,
+    /// `member` when the cell was empty: see `role_given`.
     pub role: Role,
+    /// The role cell was not empty: an UPDATE keeps the stored role otherwise.
     role_given: bool,
+    /// Trimmed.
     job_title: Range<u32>,
+    /// `None` when the cell was empty.
     external_id: Option<Range<u32>>,
 }
 
-/// The valid values of a row that failed validation, still checked against their holders.
+/// The valid values of a row that failed validation, still checked against their holders, so
+/// that the row is told of a duplicate or an existing user beside its validation errors.
 #[derive(Debug, Clone)]
 struct Probe {
+    /// The row's spreadsheet number.
     row_number: u64,
+    /// The key and the address as written, when the address is valid.
     email: Option<(Range<u32>, Range<u32>)>,
     external_id: Option<Range<u32>>,
 }
 
-/// A borrowed view of the values of a failed row: see `FailedRow`.
+/// A borrowed view of the values of a failed row: see `FailedRow`. The store looks up who
+/// holds them, and gives the row a DUPLICATE_IN_FILE or ALREADY_EXISTS error for each one
+/// held by an earlier row or another user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeRef<'a> {
+    /// The row's spreadsheet number: errors found for these values are the row's.
     pub row_number: u64,
     /// Normalised, and as the file has it.
     pub email: Option<(&'a str, &'a str)>,
+    /// The row's external id, when present and valid.
     pub external_id: Option<&'a str>,
 }
 
+/// A batch of rows on its way to the store, in file order. Every string lives in one text
+/// buffer (see the module's doc); the views borrow from it.
 #[derive(Debug, Default)]
 pub struct UserBatch {
+    /// Every string of the batch, back to back; the ranges index it.
     text: String,
+    /// The valid rows, in file order: the indexes `user` takes and the store reports refused
+    /// users by.
     users: Vec<BatchUser>,
     /// Failed rows whose address or external id is valid, in file order.
     probes: Vec<Probe>,
     /// The cells of failed rows, for the error report, in file order.
     failed_cells: Vec<(u64, [Range<u32>; 6])>,
-    /// Validation errors of this batch's rows, in file order.
+    /// Validation errors of this batch's rows, in file order. When it records the batch, the
+    /// store merges them, row by row, with the conflict errors it found.
     pub errors: Vec<RowError>,
     /// Data rows in this batch, valid or not: what the batch is cut by. (The upload's
     /// counters are kept by its tally, not here.)
@@ -63,24 +92,33 @@ pub struct UserBatch {
     error_bytes: usize,
 }
 
-/// A borrowed view of one user of a batch.
+/// A borrowed view of one user of a batch, as the stores write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserRef<'a> {
+    /// The spreadsheet row, stored with the user (`source_row`) so that a duplicate later in
+    /// the file can name it.
     pub row_number: u64,
     /// Normalised (lower-case).
     pub email: &'a str,
     /// As the file has it, for row error values.
     pub email_as_written: &'a str,
+    /// Trimmed; empty when the cell was.
     pub first_name: &'a str,
+    /// Trimmed; empty when the cell was.
     pub last_name: &'a str,
+    /// `member` when the cell was empty: see `role_given`.
     pub role: Role,
-    /// The role cell was not empty.
+    /// The role cell was not empty: an UPDATE keeps the stored role otherwise, and the error
+    /// report shows an empty cell.
     pub role_given: bool,
+    /// Trimmed; empty when the cell was.
     pub job_title: &'a str,
+    /// `None` when the cell was empty: uniqueness applies only to present ids.
     pub external_id: Option<&'a str>,
 }
 
 impl UserBatch {
+    /// An empty batch with room for `rows` users of typical length (`TEXT_BYTES_PER_ROW`).
     pub fn with_capacity(rows: usize) -> Self {
         Self {
             text: String::with_capacity(rows * TEXT_BYTES_PER_ROW),
@@ -96,6 +134,9 @@ impl UserBatch {
         self.users.reserve(more);
     }
 
+    /// Adds a valid row's user from spreadsheet row `row_number`, copying its text into the
+    /// batch, since the row borrows the reader's buffer. The address as written is copied only
+    /// when it differs from the key.
     pub fn push_user(&mut self, row_number: u64, user: &NewUser<'_>) {
         let email = self.push_text(user.email.as_str());
         let email_as_written = (user.email.as_written() != user.email.as_str())
@@ -118,6 +159,10 @@ impl UserBatch {
         self.rows += 1;
     }
 
+    /// Adds a failed row: its errors; its valid address and external id, when it has either,
+    /// for the store to probe; its cells, when it has them, for the error report. The row is
+    /// numbered by its first error, so `row.errors` must not be empty. It counts in `rows`,
+    /// not in `len`.
     pub fn push_failed_row(&mut self, row: FailedRow<'_>) {
         if let Some(first) = row.errors.first()
             && (row.email.is_some() || row.external_id.is_some())
@@ -147,18 +192,23 @@ impl UserBatch {
         self.rows += 1;
     }
 
+    /// Appends `value` to the text buffer and returns its range. The `u32` offsets keep the
+    /// per-row records small: a batch is cut when it fills its memory grant, a few MiB with the
+    /// stores' batch sizes, far below 4 GiB.
     fn push_text(&mut self, value: &str) -> Range<u32> {
         let start = self.text.len() as u32;
         self.text.push_str(value);
         start..self.text.len() as u32
     }
 
-    /// Valid rows, that is users.
+    /// Valid rows, that is users; `rows` counts the failed ones too.
     pub fn len(&self) -> usize {
         self.users.len()
     }
 
-    /// Heap memory used, roughly: what the batch costs while it waits to be written.
+    /// Heap memory used, roughly: what the batch costs while it waits to be written. The
+    /// pipeline compares it with the batch's grant after each slice of input, since long
+    /// values or many errors per row fill a batch before it has its rows.
     pub fn heap_bytes(&self) -> usize {
         self.text.len()
             + self.users.len() * std::mem::size_of::<BatchUser>()
@@ -172,12 +222,14 @@ impl UserBatch {
         rows * (TEXT_BYTES_PER_ROW + std::mem::size_of::<BatchUser>())
     }
 
-    /// No row at all, valid or not.
+    /// No row at all, valid or not. A batch with no user may still hold failed rows, whose
+    /// errors must be stored.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
 
-    /// The cells of the failed rows that have them, in file order.
+    /// The cells of the failed rows that have them, in file order: the row number and its six
+    /// cells in template column order.
     pub fn failed_cells(&self) -> impl Iterator<Item = (u64, [&str; 6])> + '_ {
         let text = |r: &Range<u32>| &self.text[r.start as usize..r.end as usize];
         self.failed_cells
@@ -185,7 +237,8 @@ impl UserBatch {
             .map(move |(row, cells)| (*row, cells.each_ref().map(text)))
     }
 
-    /// The valid values of the failed rows, in file order.
+    /// The valid values of the failed rows, in file order; only rows with a valid address or
+    /// external id have one.
     pub fn probes(&self) -> impl ExactSizeIterator<Item = ProbeRef<'_>> + '_ {
         let text = |r: &Range<u32>| &self.text[r.start as usize..r.end as usize];
         self.probes.iter().map(move |p| ProbeRef {
@@ -195,14 +248,19 @@ impl UserBatch {
         })
     }
 
+    /// The valid users, in file order; their positions are the indexes `user` takes.
     pub fn users(&self) -> impl ExactSizeIterator<Item = UserRef<'_>> + '_ {
         self.users.iter().map(|u| self.view(u))
     }
 
+    /// The valid user at `index`, in push order. Panics out of range: the stores only use
+    /// indexes below `len`.
     pub fn user(&self, index: usize) -> UserRef<'_> {
         self.view(&self.users[index])
     }
 
+    /// Resolves a user's ranges. The address as written falls back to the key, which is how the
+    /// file spelled it when no copy was kept.
     fn view<'a>(&'a self, u: &BatchUser) -> UserRef<'a> {
         let text = |r: &Range<u32>| &self.text[r.start as usize..r.end as usize];
         UserRef {

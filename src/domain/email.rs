@@ -8,19 +8,32 @@
 //! - then lower-cased.
 //!
 //! The users table stores that key; `readable` turns it back into Unicode for people.
+//!
+//! Almost every address in a real file is plain lower-case ASCII, and a file has millions of
+//! them, so `Email::parse` first tries a one-pass byte check, and the key borrows the cell
+//! when it has no capitals. Every other address, and every refusal, takes the general path,
+//! which also says in plain words why an address was refused. A property test holds the two
+//! paths to the same verdict on every ASCII input.
 
 use std::borrow::Cow;
 
 use email_address::{EmailAddress, Options};
+use icu_casemap::CaseMapper;
 use unicode_normalization::UnicodeNormalization;
 
 use super::text::{Invisible, first_invisible};
 
-/// RFC 5321 caps a forward path at 256 octets including the angle brackets.
+/// The longest address, in characters: RFC 5321 caps a forward path at 256 octets including
+/// the angle brackets, which leaves 254 for the address. Counted in characters, like every
+/// cell limit of the service, so a non-ASCII address can pass with more octets than that; the
+/// crate still holds the part before the '@' to 64 bytes and the domain to 254. Also the
+/// `email` column's limit (`Column::max_chars`), and the number the template states.
 pub const MAX_EMAIL_CHARS: usize = 254;
 
 /// Display names (`Ada <ada@example.com>`) and IP literals are refused: an invitation goes to
-/// a mailbox on a named domain, and a domain needs a dot (`ada@localhost` is refused).
+/// a mailbox on a named domain, and a domain needs a dot (`ada@localhost` is refused). The
+/// crate's length limits stay on: 64 bytes before the '@' (`allow_long_local_parts: false`),
+/// 254 for the domain and 63 for each of its labels.
 const OPTIONS: Options = Options {
     minimum_sub_domains: 2,
     allow_domain_literal: false,
@@ -33,23 +46,31 @@ const OPTIONS: Options = Options {
 /// address, which is nearly always, so the hot path allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email<'a> {
+    /// The key (see the module's doc); `Owned` only when it differs from the cell.
     normalised: Cow<'a, str>,
     /// As the file has it, for messages: the user searches their sheet for this.
     as_written: &'a str,
 }
 
-/// Why an address was refused. The messages are completed by the validator with the value.
+/// Why an address was refused. The messages are completed by the validator with the value,
+/// and each variant becomes one row error on the `email` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailError {
+    /// The cell is empty: REQUIRED, since every user needs an address.
     Empty,
+    /// Longer than `MAX_EMAIL_CHARS` characters: TOO_LONG.
     TooLong,
+    /// Not an address this service invites, with the reason in plain words ("it has no '@'"),
+    /// which the INVALID_EMAIL message quotes after the value.
     Invalid(&'static str),
-    /// A character no one can see, which would make a second user of the same mailbox.
+    /// A character no one can see, which would make a second user of the same mailbox:
+    /// INVALID_EMAIL, naming the character and its position so that it can be found.
     Invisible(Invisible),
 }
 
 impl<'a> Email<'a> {
-    /// `value` must already be trimmed.
+    /// Parses a cell into an address and its key. `value` must already be trimmed
+    /// (`text::trim_cell`): a space left at either end makes the address invalid.
     pub fn parse(value: &'a str) -> Result<Self, EmailError> {
         // Nearly every address in a real file is plain ASCII: checked in one pass over its
         // bytes, with the same verdict as the general path below (a property test holds the
@@ -78,7 +99,9 @@ impl<'a> Email<'a> {
     }
 
     /// Every rule, through the `email_address` crate: the reference the fast path must agree
-    /// with, and the path that explains refusals.
+    /// with, and the path that explains refusals. The service's own refusals come first:
+    /// invisible characters, whatever the crate would make of them, then quoted local parts
+    /// and comments, which RFC 5322 allows.
     fn parse_general(value: &'a str) -> Result<Self, EmailError> {
         if value.is_empty() {
             return Err(EmailError::Empty);
@@ -122,11 +145,14 @@ impl<'a> Email<'a> {
         })
     }
 
-    /// The normalised (lower-case) address.
+    /// The key: the normalised address (see the module's doc), as the users table stores it
+    /// and as uniqueness compares it.
     pub fn as_str(&self) -> &str {
         &self.normalised
     }
 
+    /// The address as the cell has it, trimmed: what row errors quote, since that is the
+    /// spelling the person can search their sheet for.
     pub fn as_written(&self) -> &'a str {
         self.as_written
     }
@@ -165,6 +191,8 @@ const ATEXT: [bool; 128] = {
     table
 };
 
+/// Whether `b` is `atext`. Bytes past ASCII are not: a non-ASCII address is left to the
+/// general path.
 fn is_atext(b: u8) -> bool {
     ATEXT.get(usize::from(b)).copied().unwrap_or(false)
 }
@@ -173,7 +201,9 @@ fn is_atext(b: u8) -> bool {
 /// needs no IDNA work, in one pass over its bytes: a dot-atom local part of at most 64 bytes,
 /// an '@', and at least two domain labels of at most 63 bytes, each starting and ending with
 /// a letter or digit, and no `xn--` anywhere. `Some(capitals)` says whether it has capital
-/// letters; `None` means "ask the general path", not "invalid".
+/// letters; `None` means "ask the general path", not "invalid". The limits are the crate's,
+/// in bytes (with 254 for the whole domain), and the property test
+/// `fast_path_agrees_with_the_general_path` holds this to the crate's verdict.
 fn plain_ascii_address(value: &[u8]) -> Option<bool> {
     // An `xn--` ends at `i`, in any case: the general path gives such an address its IDNA key.
     let punycode_at = |i: usize| {
@@ -234,7 +264,9 @@ fn plain_ascii_address(value: &[u8]) -> Option<bool> {
 }
 
 /// Whether an `xn--` (any case) appears: such an address takes the IDNA path, so that
-/// `xn--bcher-kva.example` and `bücher.example` get one key.
+/// `xn--bcher-kva.example` and `bücher.example` get one key, and so that a malformed `xn--`
+/// label is refused as IDNA refuses it (`a@XN--ZZ.com`). It looks at the local part too: a
+/// false alarm there only costs the general path, which gives the same key.
 fn punycode(value: &[u8]) -> bool {
     value
         .windows(4)
@@ -243,6 +275,12 @@ fn punycode(value: &[u8]) -> bool {
 
 /// The key of an address outside the plain ASCII case: the local part in NFC, the domain in
 /// its IDNA ASCII form, both lower-cased. The address has been checked, so it has an '@'.
+///
+/// Only the domain goes through IDNA (UTS #46, as `idna::domain_to_ascii` applies it), which
+/// also folds its case and compatibility forms and refuses a name that is not a valid
+/// international domain. The local part is the receiving mail server's, which IDNA does not
+/// cover: it is put in NFC, so that a precomposed and a decomposed letter are one, and
+/// lower-cased, since uniqueness in an account ignores case.
 fn mailbox_key(value: &str) -> Result<String, EmailError> {
     let (local, domain) = value.rsplit_once('@').unwrap_or((value, ""));
     let domain = idna::domain_to_ascii(domain).map_err(|_| {
@@ -250,21 +288,32 @@ fn mailbox_key(value: &str) -> Result<String, EmailError> {
             "the domain is not a valid international domain name (IDNA); check its spelling",
         )
     })?;
-    // `str::to_lowercase` rather than per character: it knows a final sigma (ς), as the keys
-    // stored before this did.
-    let local = local.nfc().collect::<String>().to_lowercase();
+    let local = fold_local(local);
     Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
+}
+
+/// A local part's key: its canonical caseless form (Unicode's `NFD(toCasefold(NFD(x)))`, kept
+/// in NFC). Full case folding, not lower-casing: lower-casing knows a final sigma, so `ΣΣ` and
+/// `σσ` were two keys while `ΣΣ` and `σς` were one; folding maps Σ, σ and ς alike, and ẞ and ß
+/// to `ss`, the Kelvin sign to `k`. The decomposition first makes a precomposed and a
+/// decomposed letter fold alike. The one rule for local parts, whichever backend stores it.
+pub fn fold_local(local: &str) -> String {
+    let decomposed: String = local.nfd().collect();
+    CaseMapper::new().fold_string(&decomposed).nfc().collect()
 }
 
 /// The key a stored address has today, when it differs: addresses stored before domains were
 /// kept in their IDNA form and local parts in NFC, for the start-up migration of old rows.
 /// `None` when it is already the key, or no longer parses (it is then left as it is).
+/// `store::rekey` runs it over the users table once, at start-up.
 pub fn rekeyed(stored: &str) -> Option<String> {
     let email = Email::parse(stored).ok()?;
     (email.as_str() != stored).then(|| email.as_str().to_owned())
 }
 
-/// A stored (normalised) address as a person reads it: the domain in Unicode.
+/// A stored (normalised) address as a person reads it: the domain in Unicode, the local part
+/// as stored (lower case, NFC). ListUsers shows addresses this way. A domain that does not
+/// convert back is shown as stored.
 pub fn readable(stored: &str) -> String {
     match stored.rsplit_once('@') {
         Some((local, domain)) if domain.contains("xn--") => {
@@ -278,7 +327,9 @@ pub fn readable(stored: &str) -> String {
     }
 }
 
-/// A short reason in plain words, for the row error message.
+/// A short reason in plain words, for the row error message. Several of the crate's errors
+/// share one reason: the person needs to know what to change, not which rule of the grammar
+/// failed. `value` tells apart the causes the crate reports as one `InvalidCharacter`.
 fn explain(value: &str, error: email_address::Error) -> &'static str {
     use email_address::Error as E;
     match error {
@@ -385,7 +436,7 @@ mod tests {
             Some("anna@xn--bcher-kva.example")
         );
         assert_eq!(rekeyed("ada@example.com"), None);
-        assert_eq!(key("ΑΝΝΑΣ@x.gr"), "αννας@x.gr");
+        assert_eq!(key("ΑΝΝΑΣ@x.gr"), "αννασ@x.gr");
         assert!(matches!(
             Email::parse("a@XN--ZZ.com"),
             Err(EmailError::Invalid(_))
@@ -395,6 +446,43 @@ mod tests {
             Email::parse("ada@x.io").unwrap().normalised,
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn local_parts_are_case_folded_not_lower_cased() {
+        let key = |v| Email::parse(v).unwrap().as_str().to_owned();
+        // Lower-casing knows a final sigma, so these were two users and one, by turns.
+        assert_eq!(key("ΣΣ@x.gr"), key("σσ@x.gr"));
+        assert_eq!(key("ΣΣ@x.gr"), key("σς@x.gr"));
+        assert_eq!(key("σς@x.gr"), "σσ@x.gr");
+        // Full folding: ẞ, ß and ss are one local part; the Kelvin sign is k; İ is i + a dot.
+        assert_eq!(key("STRAẞE@x.de"), "strasse@x.de");
+        assert_eq!(key("straße@x.de"), "strasse@x.de");
+        assert_eq!(key("\u{212A}im@x.io"), "kim@x.io");
+        assert_eq!(key("\u{130}pek@x.tr"), key("i\u{307}pek@x.tr"));
+        // Domains keep non-transitional IDNA: faß.de and fass.de are two domains.
+        assert_ne!(key("a@faß.de"), key("a@fass.de"));
+        assert_eq!(key("a@FASS.de"), "a@fass.de");
+        // A decomposed letter folds as its precomposed form does.
+        assert_eq!(key("JOSE\u{301}@x.io"), key("jos\u{c9}@x.io"));
+        assert_eq!(
+            rekeyed("σς@x.gr").as_deref(),
+            Some("σσ@x.gr"),
+            "an address stored under the old rule gets today's key"
+        );
+    }
+
+    proptest::proptest! {
+        /// Folding is a key: applying it again changes nothing, and case never matters. (Not
+        /// for the dotless ı, which default folding keeps apart from I and i, as Unicode does
+        /// outside Turkic locales.)
+        #[test]
+        fn folding_is_idempotent_and_ignores_case(local in "[a-zA-ZßẞσςΣİKk\\u{212A}\\u{301}éÉ]{1,12}") {
+            let once = fold_local(&local);
+            proptest::prop_assert_eq!(fold_local(&once), once.clone());
+            proptest::prop_assert_eq!(fold_local(&local.to_uppercase()), once.clone());
+            proptest::prop_assert_eq!(fold_local(&local.to_lowercase()), once);
+        }
     }
 
     /// Address-like ASCII: the characters where the rules differ (dots, '@', quotes, brackets,

@@ -8,6 +8,9 @@ use super::ArgumentError;
 /// Longest accepted `account_id`: account ids come from other services, so the rule is loose,
 /// but a bound keeps indexes and log lines sane.
 const MAX_ACCOUNT_ID_CHARS: usize = 128;
+/// Longest accepted `import_id`: the proto's `{1,64}`, room for a generated UUID (36
+/// characters) and for a client's own ids. Counted in bytes, which are characters in its
+/// ASCII alphabet.
 const MAX_IMPORT_ID_CHARS: usize = 64;
 
 /// The account an import belongs to. Every query is scoped by it.
@@ -15,8 +18,13 @@ const MAX_IMPORT_ID_CHARS: usize = 64;
 pub struct AccountId(String);
 
 impl AccountId {
+    /// The request field that refusals name.
     const FIELD: &'static str = "account_id";
 
+    /// Accepts 1 to 128 characters (not bytes) with no surrounding space and no control
+    /// character. Those are refused rather than trimmed: every query compares the id exactly, so
+    /// the service never guesses which account was meant. The store parses the ids it reads
+    /// back with this too, so a stored id that no longer passes is a corrupt row.
     pub fn parse(value: &str) -> Result<Self, ArgumentError> {
         if value.is_empty() {
             return Err(ArgumentError::new(Self::FIELD, "account_id is required"));
@@ -36,11 +44,13 @@ impl AccountId {
         Ok(Self(value.to_owned()))
     }
 
+    /// The id exactly as given: what queries bind and messages show.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
+/// The id as given, for log fields and messages.
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -53,8 +63,12 @@ impl fmt::Display for AccountId {
 pub struct ImportId(String);
 
 impl ImportId {
+    /// The request field that refusals name.
     const FIELD: &'static str = "import_id";
 
+    /// Accepts exactly the proto's `[A-Za-z0-9_-]{1,64}`, so that an id needs no escaping in the
+    /// messages and logs that show it. Whether the account already has the id is not checked
+    /// here: creating the import answers ALREADY_EXISTS, which is what makes a retry safe.
     pub fn parse(value: &str) -> Result<Self, ArgumentError> {
         if value.is_empty() {
             return Err(ArgumentError::new(Self::FIELD, "import_id is required"));
@@ -80,11 +94,13 @@ impl ImportId {
         Self(uuid::Uuid::now_v7().to_string())
     }
 
+    /// The id exactly as given or generated.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
+/// The id as given, for log fields and messages.
 impl fmt::Display for ImportId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -15,13 +15,17 @@ use std::fmt::Write;
 
 use unicode_general_category::{GeneralCategory, get_general_category};
 
-/// A Unicode format character (category Cf).
+/// A Unicode format character (category Cf). Most of them have no glyph: the byte order
+/// mark, zero-width spaces and joiners, direction marks, the soft hyphen. See the module's doc
+/// for what becomes of them.
 pub fn is_invisible(c: char) -> bool {
     // Every Cf character is outside ASCII: skip the table lookup for the common case.
     !c.is_ascii() && get_general_category(c) == GeneralCategory::Format
 }
 
-/// A cell without the spaces and invisible characters at its ends.
+/// A cell without the spaces and invisible characters at its ends. Every cell goes through
+/// this before it is judged. The rule is `trim_matches(white space or Cf)`; the shortcuts
+/// below only skip work, and a property test holds them to the rule.
 pub fn trim_cell(value: &str) -> &str {
     // Nearly every cell starts and ends with visible ASCII: neither white space nor Cf, so
     // nothing is trimmed, and the Unicode-aware `trim` need not look.
@@ -41,14 +45,17 @@ pub fn trim_cell(value: &str) -> &str {
 }
 
 /// Whether every byte is printable ASCII (space to `~`). Without an early exit, so that the
-/// compiler can check many bytes per instruction.
+/// compiler can check many bytes per instruction. The fast paths' test for a cell that needs
+/// no Unicode rule: it has no control, invisible or multi-byte character, so its length in
+/// bytes is its length in characters.
 pub fn printable_ascii(bytes: &[u8]) -> bool {
     bytes
         .iter()
         .fold(true, |ok, &b| ok & (b' '..=b'~').contains(&b))
 }
 
-/// The first invisible character of `value`, with its 1-based position in characters.
+/// The first invisible character of `value`, with its 1-based position in characters
+/// (Unicode scalar values). `None` at once for ASCII text: every Cf character is outside it.
 pub fn first_invisible(value: &str) -> Option<Invisible> {
     if value.is_ascii() {
         return None;
@@ -63,9 +70,11 @@ pub fn first_invisible(value: &str) -> Option<Invisible> {
         })
 }
 
-/// An invisible character found in a value.
+/// An invisible character found in a value: what a row error names
+/// (`U+200B ZERO WIDTH SPACE at position 4`), since the person cannot see it to remove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invisible {
+    /// The character itself, shown by its code point and Unicode name (`character_name`).
     pub character: char,
     /// 1-based, in characters.
     pub position: usize,
@@ -83,7 +92,8 @@ impl std::fmt::Display for Invisible {
     }
 }
 
-/// `U+200B ZERO WIDTH SPACE`: the code point and its Unicode name.
+/// `U+200B ZERO WIDTH SPACE`: the code point and its Unicode name. Only the code point when
+/// the name table (`unicode_names2`) has no name for the character.
 pub fn character_name(c: char) -> String {
     match unicode_names2::name(c) {
         Some(name) => format!("U+{:04X} {name}", u32::from(c)),
@@ -94,18 +104,42 @@ pub fn character_name(c: char) -> String {
 /// A cell as a spreadsheet should show it, never run it: a cell that starts with `=`, `+`,
 /// `-`, `@`, a tab or a CR is a formula to Excel and LibreOffice (OWASP's "CSV injection"), so
 /// it gets a leading `'`, which makes the cell text. Every CSV this service hands to a person
-/// goes through here.
+/// goes through here: the error report and the template. `read_cell` drops the `'` again when
+/// such a file comes back as an upload, so that the cell imports exactly as the original did.
+///
+/// A cell that is blank once trimmed (a lone tab, say) is no formula and stays as it is: with
+/// a `'` it would come back as a cell holding `'`.
 pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     match cell.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') if !trim_cell(cell).is_empty() => {
             std::borrow::Cow::Owned(format!("'{cell}"))
         }
         _ => std::borrow::Cow::Borrowed(cell),
     }
 }
 
+/// The value an import reads from a cell: trimmed (`trim_cell`), without the `'` an error
+/// report put before a formula character (`without_formula_guard`), trimmed again, since what
+/// followed the `'` may be a tab or a CR that the first trim could not reach, and so on until
+/// nothing changes. So a cell imports the same whether it comes from the person's file or
+/// from the error report that quoted it (`spreadsheet_safe`), whatever the cell: the report
+/// quotes the cell as it was, and reading it back first undoes the quote, then reads on as
+/// the original reading did. The property tests in `import::report` check it.
+pub fn read_cell(raw: &str) -> &str {
+    let mut value = trim_cell(raw);
+    loop {
+        let unquoted = without_formula_guard(value);
+        if unquoted.len() == value.len() {
+            return value;
+        }
+        value = trim_cell(unquoted);
+    }
+}
+
 /// A cell as an import reads it back: the `'` that `spreadsheet_safe` put before a formula
 /// character is dropped, so that a value survives a round trip through an error report.
+/// The validator applies it to every cell. A cell that really starts with `'` and one of
+/// those characters loses its `'` too; any other leading `'` stays.
 pub fn without_formula_guard(cell: &str) -> &str {
     match cell.as_bytes() {
         [b'\'', b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r', ..] => &cell[1..],
@@ -114,6 +148,9 @@ pub fn without_formula_guard(cell: &str) -> &str {
 }
 
 /// `value` with its control characters written as `\u0000` escapes. Borrowed when it has none.
+/// Control characters are category Cc (`char::is_control`): C0, DEL and C1. Each is written
+/// as four lower-case hex digits, the form JSON uses, so that the value stays on one line,
+/// a person can read it, and PostgreSQL can store it.
 pub fn escape_controls(value: &str) -> std::borrow::Cow<'_, str> {
     if !value.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(value);

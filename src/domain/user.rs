@@ -1,21 +1,38 @@
 //! A user to invite, and the columns of the Users file it is read from.
+//!
+//! The validator (`import::validator`) finds the columns by their headers, trims each cell
+//! (`text::trim_cell`), and parses it with the rules here: `Email::parse` for the address,
+//! `Role::parse` for the role, `parse_text` for the free-text cells. A row becomes a
+//! [`NewUser`] when every cell passes, else a [`FailedRow`] with every error it has.
 
 use super::email::Email;
 use super::row_error::RowError;
 use super::text::{Invisible, first_invisible, printable_ascii};
 
-/// The Users template's columns, in template order.
+/// The Users template's columns, in template order. A file may have them in any order, found
+/// by their headers (`aliases`); the arrays of a row's cells (`[&str; 6]`) are in this order,
+/// indexed by `column as usize`, so the variants' order must stay that of `ALL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Column {
+    /// The address to invite: required, and the user's identity in the account (unique,
+    /// compared by its key, see `Email`).
     Email,
+    /// Optional free text.
     FirstName,
+    /// Optional free text.
     LastName,
+    /// `admin`, `member` or `viewer` in any case; empty means `member`.
     Role,
+    /// Optional free text.
     JobTitle,
+    /// The account's own id for the user (an HR system's employee number): optional, unique in
+    /// the account when present, and compared exactly, so it may hold no invisible character.
     ExternalId,
 }
 
 impl Column {
+    /// Every column, in template order: the order of the template's header, of the error
+    /// report's columns and of a row's cells.
     pub const ALL: [Column; 6] = [
         Column::Email,
         Column::FirstName,
@@ -25,7 +42,8 @@ impl Column {
         Column::ExternalId,
     ];
 
-    /// The header the template writes, and the name row errors use.
+    /// The header the template writes, and the name row errors use. Also how a row error's
+    /// column is stored, which `from_name` reads back.
     pub fn name(self) -> &'static str {
         match self {
             Column::Email => "email",
@@ -37,12 +55,16 @@ impl Column {
         }
     }
 
+    /// A column by its exact template name, as row errors store it; `None` is a corrupt row.
+    /// Not for the headers of a file: those are matched by `aliases`, after folding.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.name() == name)
     }
 
     /// Other headers people write for this column, already folded (see
-    /// `validator::fold_header`): lower case, with spaces, '-' and '_' removed.
+    /// `validator::fold_header`): lower case, with every character that is not a letter or a
+    /// digit removed. The list includes the folded template name. An alias belongs to one
+    /// column only (a test checks), and the template lists them for clients.
     pub fn aliases(self) -> &'static [&'static str] {
         match self {
             Column::Email => &[
@@ -82,7 +104,11 @@ impl Column {
         }
     }
 
-    /// The longest value accepted, in characters.
+    /// The longest value accepted, in characters, not bytes, so that a name in a script of
+    /// multi-byte letters gets as much room as a Latin one. The email's 254 follows RFC 5321
+    /// (`MAX_EMAIL_CHARS`). The template's descriptions write these numbers out by hand:
+    /// change both. The role's 16 is never applied, since the role is parsed against its
+    /// three names instead.
     pub fn max_chars(self) -> usize {
         match self {
             Column::Email => super::email::MAX_EMAIL_CHARS,
@@ -93,19 +119,26 @@ impl Column {
     }
 }
 
-/// What a user may do in the account.
+/// What a user may do in the account. Stored and shown in lower case (`as_str`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
+    /// Written `admin` in a file, in any case.
     Admin,
+    /// Written `member` in a file, in any case, or left empty: the default.
     #[default]
     Member,
+    /// Written `viewer` in a file, in any case.
     Viewer,
 }
 
 impl Role {
+    /// The accepted names, as the INVALID_ROLE message lists them. Written by hand beside `ALL`
+    /// and the template's description of the column: change all three together.
     pub const ALLOWED: &'static str = "admin, member, viewer";
 
-    /// Any case; an empty value means `member`.
+    /// Parses a trimmed role cell: the three names in any (ASCII) case; an empty value means
+    /// `member`. `None` is an INVALID_ROLE row error. Whether the cell was empty is kept apart
+    /// (`NewUser::role_given`), so that an UPDATE does not reset a role the file left out.
     pub fn parse(value: &str) -> Option<Self> {
         if value.is_empty() || value.eq_ignore_ascii_case("member") {
             Some(Role::Member)
@@ -118,6 +151,16 @@ impl Role {
         }
     }
 
+    /// Every role, in the order the template lists them.
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Member, Role::Viewer];
+
+    /// A role as stored (`as_str`), read back: exactly one of the stored names, unlike
+    /// `parse`. `None` is a corrupt row.
+    pub fn from_stored(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == value)
+    }
+
+    /// How the role is stored and shown: lower case.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
@@ -127,21 +170,26 @@ impl Role {
     }
 }
 
-/// Why a free-text cell was refused.
+/// Why a free-text cell was refused: each variant becomes one row error on the cell's column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextError {
+    /// Longer than the column's limit, in characters: TOO_LONG.
     TooLong {
+        /// The column's limit (`Column::max_chars`), which the message states.
         max: usize,
     },
+    /// A control character, such as a tab or a line break inside quotes: INVALID_CHARACTER.
     ControlCharacter,
-    /// An invisible character inside an external id, which must be typed exactly.
+    /// An invisible character inside an external id, which must be typed exactly:
+    /// INVALID_CHARACTER, naming the character and its position.
     Invisible(Invisible),
 }
 
 /// A trimmed free-text cell (names, job title, external id): bounded in characters, not bytes,
 /// and free of control characters, which would break the emails and screens it ends up in. An
 /// external id is also free of invisible characters, which would make a second id of the same
-/// one; names keep theirs, since some scripts need joiners.
+/// one; names keep theirs, since some scripts need joiners. Not used for the email, which
+/// `Email::parse` judges, nor for the role.
 pub fn parse_text(value: &str, column: Column) -> Result<&str, TextError> {
     let max = column.max_chars();
     // Nearly every cell is short printable ASCII, which has no control and no invisible
@@ -174,10 +222,17 @@ pub fn parse_text(value: &str, column: Column) -> Result<&str, TextError> {
 /// (a row is told all that stands in its way, not only the first thing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRow<'a> {
+    /// Every error of the row, in column order: the validation errors of its cells, or one
+    /// whole-row error (a row with the wrong number of fields, or too long or too wide to read).
+    /// Never empty: the batch numbers the row by its first error.
     pub errors: Vec<RowError>,
+    /// The row's address when it is valid: still checked against earlier rows and the
+    /// account's users, so the row also learns of a DUPLICATE_IN_FILE or ALREADY_EXISTS.
     pub email: Option<Email<'a>>,
+    /// The row's external id when it is present and valid, for the same checks.
     pub external_id: Option<&'a str>,
     /// The row's cells by template column, as the file had them, for the error report.
+    /// `None` when they could not be picked: the row is then known only by its error.
     pub cells: Option<[&'a str; 6]>,
 }
 
@@ -194,15 +249,21 @@ impl FailedRow<'_> {
 }
 
 /// A user read from one valid row. Borrows the row's text, so validating allocates nothing
-/// unless the email needs lower-casing.
+/// unless the email's key differs from the cell (capitals, an international domain, a
+/// local part not in NFC).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewUser<'a> {
+    /// The address, with its key and its spelling in the file.
     pub email: Email<'a>,
+    /// Trimmed; empty when the cell is. At most 100 characters, none of them a control.
     pub first_name: &'a str,
+    /// Trimmed; empty when the cell is. At most 100 characters, none of them a control.
     pub last_name: &'a str,
+    /// `member` when the cell is empty: see `role_given`.
     pub role: Role,
     /// The role cell was not empty: an UPDATE keeps the stored role otherwise.
     pub role_given: bool,
+    /// Trimmed; empty when the cell is. At most 100 characters, none of them a control.
     pub job_title: &'a str,
     /// `None` when the cell is empty: uniqueness applies only to present ids.
     pub external_id: Option<&'a str>,

@@ -1,26 +1,49 @@
 //! Conversions between protobuf messages and domain types. Arguments are parsed here, once, so
 //! that the import layer only ever sees valid values ("parse, don't validate"), and prost's
 //! generated types never leak past this layer: a change to the proto is a change here only.
+//!
+//! Two directions:
+//!
+//! - inward (`account_id`, `import_id`, `import_type`, `upload_event` and its helpers): a
+//!   field the client sent becomes a domain value or an [`ArgumentError`] that names the
+//!   field, which `grpc::error` turns into INVALID_ARGUMENT with a `BadRequest` violation.
+//!   Proto3's zero values are read as the API documents them: an `UNSPECIFIED` enum is the
+//!   default (IMPORT_TYPE_USERS, CONFLICT_POLICY_ERROR), an empty optional id is "none";
+//! - outward (`import`, `status`, `row_error`, `template`, `role`, `user`): domain values
+//!   become messages. These cannot fail: every domain value has a proto form, and the
+//!   matches are exhaustive, so a new status or role fails to compile until it has one.
+//!
+//! Counters are `u64` in the domain and `int64` in the proto; they are cast with `as`, which
+//! is exact for the counts of a file of bounded size.
 
 use std::time::SystemTime;
 
 use crate::domain::{
     AccountId, ArgumentError, ConflictPolicy, Filename, Import, ImportId, ImportStatus, ImportType,
-    NewImport, RowError,
+    NewImport, Role, RowError,
 };
 use crate::import::pipeline::events::{FinishCheck, StreamError, UploadEvent};
 use crate::import::template::Template;
 use crate::proto;
 use proto::upload_import_request::Payload;
 
+/// An `account_id` field: required, at most 128 characters, without surrounding spaces or
+/// control characters (`AccountId::parse`). The error names the field `account_id`,
+/// whichever message it came in.
 pub fn account_id(value: &str) -> Result<AccountId, ArgumentError> {
     AccountId::parse(value)
 }
 
+/// An `import_id` field: required, 1 to 64 of `A-Z a-z 0-9 _ -` (`ImportId::parse`).
+/// Optional ids (the upload's own, `ListUsers`' filter) test for `""` before they call this.
 pub fn import_id(value: &str) -> Result<ImportId, ArgumentError> {
     ImportId::parse(value)
 }
 
+/// The `type` of an import. UNSPECIFIED means USERS, the only type, so that clients written
+/// before the field existed keep working; a number the proto does not know is
+/// INVALID_ARGUMENT rather than a silent default, in case a newer client asks for a type this
+/// server cannot import.
 pub fn import_type(value: i32) -> Result<ImportType, ArgumentError> {
     match proto::ImportType::try_from(value) {
         Ok(proto::ImportType::Unspecified | proto::ImportType::Users) => Ok(ImportType::Users),
@@ -32,6 +55,19 @@ pub fn import_type(value: i32) -> Result<ImportType, ArgumentError> {
 }
 
 /// One message of an upload stream, as the import layer wants it.
+///
+/// The handler maps the request stream through this, so the pipeline sees only events or
+/// one of two failures, which end the import differently:
+///
+/// - [`StreamError::Invalid`]: the client sent something wrong (a message over
+///   [`MAX_MESSAGE_BYTES`](super::MAX_MESSAGE_BYTES), a message without a payload, bad
+///   metadata, a bad finish). The client is told INVALID_ARGUMENT with the field;
+/// - [`StreamError::Transport`]: the stream itself failed (the client went away, the
+///   connection broke, a deadline passed). The client may not be there to hear the answer;
+///   the import ends with nothing imported (`ImportError::StreamBroke`).
+///
+/// Every tonic code is listed, rather than `_`, so that the one code that means "your message
+/// was too large" cannot be lost among the transport's.
 pub fn upload_event(
     message: Result<proto::UploadImportRequest, tonic::Status>,
 ) -> Result<UploadEvent, StreamError> {
@@ -45,7 +81,24 @@ pub fn upload_event(
                 super::MAX_MESSAGE_BYTES / (1024 * 1024)
             ),
         )),
-        _ => StreamError::Transport(status.message().to_owned()),
+        // Whatever else ends a stream early is the transport's: the client went away, the
+        // connection broke, a deadline passed.
+        tonic::Code::Ok
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown
+        | tonic::Code::InvalidArgument
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::NotFound
+        | tonic::Code::AlreadyExists
+        | tonic::Code::PermissionDenied
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::Aborted
+        | tonic::Code::Unimplemented
+        | tonic::Code::Internal
+        | tonic::Code::Unavailable
+        | tonic::Code::DataLoss
+        | tonic::Code::Unauthenticated => StreamError::Transport(status.message().to_owned()),
     })?;
     match message.payload {
         Some(Payload::Metadata(m)) => new_import(&m).map(UploadEvent::Metadata),
@@ -59,6 +112,11 @@ pub fn upload_event(
     .map_err(StreamError::Invalid)
 }
 
+/// The upload's metadata, parsed field by field; the first bad field is the error.
+///
+/// An empty `import_id` gets a fresh one (a UUIDv7). `created_by` is left empty here: the
+/// import layer sets it from the caller's token, so a client cannot claim to be someone
+/// else. A bad `retry_of_import_id` is reported under that field's name, not `import_id`.
 fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
     let import_id = match m.import_id.as_str() {
         "" => ImportId::generate(),
@@ -85,6 +143,9 @@ fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
     })
 }
 
+/// `on_conflict`: UNSPECIFIED is ERROR, the policy that changes no existing user, so that a
+/// client that does not know the field never overwrites anyone. An unknown number is
+/// INVALID_ARGUMENT, for the same reason as in [`import_type`].
 fn conflict_policy(value: i32) -> Result<ConflictPolicy, ArgumentError> {
     match proto::ConflictPolicy::try_from(value) {
         Ok(proto::ConflictPolicy::Unspecified | proto::ConflictPolicy::Error) => {
@@ -102,6 +163,8 @@ fn conflict_policy(value: i32) -> Result<ConflictPolicy, ArgumentError> {
     }
 }
 
+/// The stored policy as the API names it. Never UNSPECIFIED: the import shows the policy it
+/// ran with, not the one the client left out.
 fn proto_policy(policy: ConflictPolicy) -> proto::ConflictPolicy {
     match policy {
         ConflictPolicy::Error => proto::ConflictPolicy::Error,
@@ -110,6 +173,11 @@ fn proto_policy(policy: ConflictPolicy) -> proto::ConflictPolicy {
     }
 }
 
+/// The finish message's claims about the whole file, for the pipeline to check against what
+/// it received: a mismatch ends the import in ERROR_UNKNOWN with nothing imported, which is
+/// how a truncated or corrupted upload is caught. Both are optional (`None` skips the check);
+/// a negative size or a digest that is not 64 hex digits is INVALID_ARGUMENT. Surrounding
+/// spaces in the digest are forgiven, and hex digits of either case are accepted.
 fn finish_check(f: &proto::UploadFinish) -> Result<FinishCheck, ArgumentError> {
     let size_bytes = match f.size_bytes {
         Some(n) if n < 0 => {
@@ -136,6 +204,13 @@ fn finish_check(f: &proto::UploadFinish) -> Result<FinishCheck, ArgumentError> {
     Ok(FinishCheck { size_bytes, sha256 })
 }
 
+/// An import as every RPC shows it (`UploadImport`, `GetImport`, `WatchImport`,
+/// `ListImports`, `CancelImport`, `RevertImport`).
+///
+/// Optional parts become the proto's empty values: `encoding` and `delimiter` are `""` until
+/// the first bytes arrived, `complete_time`, `revert_time` and `details_removed_time` are
+/// absent until they happen,
+/// `retry_of_import_id` is `""` when the import retries nothing.
 pub fn import(import: &Import) -> proto::Import {
     let c = &import.counters;
     proto::Import {
@@ -175,9 +250,13 @@ pub fn import(import: &Import) -> proto::Import {
             .unwrap_or_default(),
         revert_time: import.revert_time.map(timestamp),
         revert_note: import.revert_note.clone(),
+        details_removed_time: import.details_removed_time.map(timestamp),
     }
 }
 
+/// A status as the API names it. Also used by `grpc::error` for the `status` metadata of
+/// ALREADY_EXISTS, so that a client retrying an upload by id can tell "done" from "failed"
+/// without another call.
 pub fn status(status: ImportStatus) -> proto::ImportStatus {
     match status {
         ImportStatus::Processing => proto::ImportStatus::Processing,
@@ -190,10 +269,32 @@ pub fn status(status: ImportStatus) -> proto::ImportStatus {
     }
 }
 
+/// A time as a protobuf `Timestamp` (seconds and nanoseconds since the Unix epoch).
+/// A status the API names, in the domain's terms; `None` for UNSPECIFIED or a number this
+/// build does not know (a newer server, seen by the client).
+pub fn domain_status(status: i32) -> Option<ImportStatus> {
+    match proto::ImportStatus::try_from(status) {
+        Ok(proto::ImportStatus::Processing) => Some(ImportStatus::Processing),
+        Ok(proto::ImportStatus::CompletedSuccess) => Some(ImportStatus::CompletedSuccess),
+        Ok(proto::ImportStatus::CompletedPartial) => Some(ImportStatus::CompletedPartial),
+        Ok(proto::ImportStatus::CompletedNothingToImport) => {
+            Some(ImportStatus::CompletedNothingToImport)
+        }
+        Ok(proto::ImportStatus::ErrorParsing) => Some(ImportStatus::ErrorParsing),
+        Ok(proto::ImportStatus::ErrorUnknown) => Some(ImportStatus::ErrorUnknown),
+        Ok(proto::ImportStatus::Cancelled) => Some(ImportStatus::Cancelled),
+        Ok(proto::ImportStatus::Unspecified) | Err(_) => None,
+    }
+}
+
+/// A time as the API's `Timestamp`.
 fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
 
+/// A row error as `GetImport` lists it: the row number as a spreadsheet shows it (the header
+/// is row 1), the template column's name (`""` for an error of the whole row), the stable code
+/// scripts match on, the message for people, and the offending value (cut to 200 characters).
 pub fn row_error(error: &RowError) -> proto::RowError {
     proto::RowError {
         row_number: error.row_number as i64,
@@ -207,6 +308,9 @@ pub fn row_error(error: &RowError) -> proto::RowError {
     }
 }
 
+/// The CSV template, with the description of each column, its example, and the other header
+/// names the validator accepts for it (`aliases`): the same `import::template` the CLI's
+/// `template` command prints without a server.
 pub fn template(template: Template) -> proto::GetImportTemplateResponse {
     proto::GetImportTemplateResponse {
         filename: template.filename.to_owned(),
@@ -225,17 +329,26 @@ pub fn template(template: Template) -> proto::GetImportTemplateResponse {
     }
 }
 
+/// A role as the API names it.
+pub fn role(role: Role) -> proto::UserRole {
+    match role {
+        Role::Admin => proto::UserRole::Admin,
+        Role::Member => proto::UserRole::Member,
+        Role::Viewer => proto::UserRole::Viewer,
+    }
+}
+
+/// A user of the account, as `ListUsers` shows it: the address with its domain in Unicode.
+///
+/// Only the display changes: users are ordered, and `ListUsers` page tokens keyed, by the
+/// stored address (its domain in punycode), which this function never returns. An empty
+/// `external_id` means the user has none.
 pub fn user(user: &crate::store::StoredUser) -> proto::User {
     proto::User {
         email: crate::domain::email::readable(&user.email),
         first_name: user.first_name.clone(),
         last_name: user.last_name.clone(),
-        role: match user.role.as_str() {
-            "admin" => proto::UserRole::Admin,
-            "viewer" => proto::UserRole::Viewer,
-            "member" => proto::UserRole::Member,
-            _ => proto::UserRole::Unspecified,
-        } as i32,
+        role: role(user.role) as i32,
         job_title: user.job_title.clone(),
         external_id: user.external_id.clone().unwrap_or_default(),
         import_id: user.import_id.clone(),

@@ -4,6 +4,19 @@
 //! here, so that the import layer can be tested and changed without gRPC, and a reader sees
 //! the whole contract of an RPC at a glance. Page sizes and tokens are parsed here because they
 //! are a property of the API (AIP-158), not of imports.
+//!
+//! Every handler follows the same order, so that every RPC refuses the same way:
+//!
+//! 1. the token, already checked by `auth::CheckToken` (UNAUTHENTICATED);
+//! 2. the account, with `auth::scoped` (INVALID_ARGUMENT, then PERMISSION_DENIED);
+//! 3. the other arguments, with `convert` and `page_token` (INVALID_ARGUMENT naming the field);
+//! 4. the import layer, whose errors `grpc::error` maps. Any call that needs the database is
+//!    UNAVAILABLE, `NOT_READY` until the database is open and `DATABASE_UNAVAILABLE` while
+//!    it cannot be reached. An import id that the account does not have is NOT_FOUND,
+//!    whether or not another account has it: an account never learns of another's imports.
+//!
+//! Lists ask the import layer for `limit + 1` rows: the extra row says a next page exists,
+//! and is dropped from the answer.
 
 use std::pin::Pin;
 
@@ -15,41 +28,78 @@ use crate::import::ImportCursor;
 use crate::import::{Importer, template};
 use crate::proto::{self, import_service_server::ImportService};
 
+/// Row errors `GetImport` returns when `errors_page_size` is 0.
 const DEFAULT_ERRORS_PAGE: u32 = 100;
+/// Imports `ListImports` returns when `page_size` is 0.
 const DEFAULT_IMPORTS_PAGE: u32 = 50;
+/// Users `ListUsers` returns when `page_size` is 0.
 const DEFAULT_USERS_PAGE: u32 = 100;
+/// The most rows of any page; a larger `page_size` is coerced to it (AIP-158), so that one
+/// request reads, and one answer holds, a bounded number of rows.
 const MAX_PAGE: u32 = 1000;
 
+/// The `ImportService`, as tonic serves it: a thin shell over the [`Importer`].
+///
+/// `app` builds one per server, behind `grpc::auth::CheckToken` and with the message size
+/// limit (`grpc::MAX_MESSAGE_BYTES`); tonic shares it between all calls. It holds nothing but
+/// the importer, a cheap handle to the state every request shares.
 pub struct ImportServiceImpl {
     importer: Importer,
 }
 
 impl ImportServiceImpl {
+    /// Serves `importer`, which may not have its database yet: calls that need it are
+    /// UNAVAILABLE until `app` gives it one.
     pub fn new(importer: Importer) -> Self {
         Self { importer }
     }
 }
 
+/// `WatchImport`'s answer, boxed: the importer's stream mapped to messages by a closure has no
+/// type that can be named.
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchImportResponse, Status>> + Send>>;
+/// `GetImportErrorReport`'s answer, boxed for the same reason as [`WatchStream`].
 type ReportStream =
     Pin<Box<dyn Stream<Item = Result<proto::GetImportErrorReportResponse, Status>> + Send>>;
 
-/// What a revert did, in words: the note it left on the import.
+/// What a revert did, in words: the note it left on the import (which says, when it removed
+/// nothing, why); a later revert quotes the first one's note and says it removed nothing now.
 fn revert_message(reverted: &crate::store::Reverted) -> String {
-    if reverted.removed == 0 && reverted.kept == 0 && reverted.import.revert_note.is_empty() {
-        return "nothing to revert".to_owned();
-    }
-    match reverted.removed {
-        0 if reverted.kept == 0 => format!(
+    if reverted.first {
+        reverted.import.revert_note.clone()
+    } else {
+        format!(
             "already reverted ({}); nothing removed now",
             reverted.import.revert_note
-        ),
-        _ => reverted.import.revert_note.clone(),
+        )
     }
 }
 
 #[tonic::async_trait]
 impl ImportService for ImportServiceImpl {
+    /// `UploadImport`: the stream is handed to the import layer, which runs the upload in a
+    /// task of its own and answers once the import has ended.
+    ///
+    /// The handler checks only the token: the account is in the stream's first message, which
+    /// the pipeline reads and scopes (PERMISSION_DENIED) before a byte of the file. The answer:
+    ///
+    /// - OK with the ended import for every ending the file itself decides: the COMPLETED
+    ///   statuses, ERROR_PARSING (the file could not be read), and ERROR_UNKNOWN for a finish
+    ///   whose size or SHA-256 does not match. The call worked; the status says how the file
+    ///   fared, and its row errors are in `GetImport`;
+    /// - an error, with no import left behind: a first message that is not valid metadata or
+    ///   a `retry_of_import_id` the account does not have, content that is plainly not CSV
+    ///   (INVALID_ARGUMENT), a taken `import_id` (ALREADY_EXISTS, with the existing import's
+    ///   status), too many uploads running (RESOURCE_EXHAUSTED, `LIMIT_REACHED`), a server
+    ///   starting, stopping or with a full disk (UNAVAILABLE);
+    /// - an error, with the import ended ERROR_UNKNOWN or CANCELLED and nothing imported: a file
+    ///   over the size limit (RESOURCE_EXHAUSTED, `FILE_TOO_LARGE`), a malformed message or a
+    ///   stream that ends before `finish` (INVALID_ARGUMENT), one that breaks (CANCELLED), a
+    ///   client silent for `--upload-idle-timeout` (DEADLINE_EXCEEDED), `CancelImport`
+    ///   (CANCELLED), shutdown (UNAVAILABLE), a failed write (UNAVAILABLE or INTERNAL), the
+    ///   import ended by another server meanwhile (ABORTED).
+    ///
+    /// If the client goes away, the upload's task still ends its import properly.
     async fn upload_import(
         &self,
         request: Request<Streaming<proto::UploadImportRequest>>,
@@ -62,14 +112,18 @@ impl ImportService for ImportServiceImpl {
         }))
     }
 
+    /// `GetImport`: the import, as fresh as this server knows it (the live counters of an
+    /// upload running here), and one page of its row errors in file order.
+    ///
+    /// `errors_page_size` follows AIP-158 (0 is 100, at most 1000); `errors_page_token` is
+    /// bound to the account and the import, so a token from another import is
+    /// INVALID_ARGUMENT. NOT_FOUND for an import the account does not have. Row errors past
+    /// `--max-stored-row-errors` were not stored, and are counted in `row_errors_omitted`.
     async fn get_import(
         &self,
         request: Request<proto::GetImportRequest>,
     ) -> Result<Response<proto::GetImportResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let req = request.into_inner();
-        let account_id = convert::account_id(&req.account_id)?;
-        auth::allow(&caller, &account_id)?;
+        let (scope, req) = auth::scoped(request)?;
         let import_id = convert::import_id(&req.import_id)?;
         let limit = page_token::page_size(
             "errors_page_size",
@@ -77,17 +131,14 @@ impl ImportService for ImportServiceImpl {
             DEFAULT_ERRORS_PAGE,
             MAX_PAGE,
         )?;
-        let scope = page_token::scope(&[account_id.as_str(), import_id.as_str()]);
-        let after = page_token::decode("errors_page_token", &req.errors_page_token, scope)?;
+        let list = page_token::scope(&[scope.account_id().as_str(), import_id.as_str()]);
+        let after = page_token::decode("errors_page_token", &req.errors_page_token, list)?;
 
-        let import = self.importer.get(&account_id, &import_id).await?;
-        let mut errors = self
-            .importer
-            .row_errors(import.key, after, limit + 1)
-            .await?;
+        let import = self.importer.get(&scope, &import_id).await?;
+        let mut errors = self.importer.row_errors(&import, after, limit + 1).await?;
         let next_errors_page_token = if errors.len() > limit as usize {
             errors.truncate(limit as usize);
-            page_token::encode(scope, errors.last().map_or(0, |e| e.seq))
+            page_token::encode(list, errors.last().map_or(0, |e| e.seq))
         } else {
             String::new()
         };
@@ -101,18 +152,24 @@ impl ImportService for ImportServiceImpl {
         }))
     }
 
+    /// Snapshots of the import, then the end of the stream once it is terminal.
     type WatchImportStream = WatchStream;
 
+    /// `WatchImport`: a snapshot at once, another whenever the counters moved (at least every
+    /// 500 ms while they do), then the terminal one, after which the stream ends.
+    ///
+    /// An import already ended gets its one terminal snapshot. One running on another replica
+    /// is followed through the database. NOT_FOUND before the stream starts for an import the
+    /// account does not have; RESOURCE_EXHAUSTED (`LIMIT_REACHED`) when this server already
+    /// has `--max-watchers` streams open. The stream ends with an error item when the
+    /// database cannot be read for about 5 s in a row.
     async fn watch_import(
         &self,
         request: Request<proto::WatchImportRequest>,
     ) -> Result<Response<Self::WatchImportStream>, Status> {
-        let caller = auth::caller(&request)?;
-        let req = request.into_inner();
-        let account_id = convert::account_id(&req.account_id)?;
-        auth::allow(&caller, &account_id)?;
+        let (scope, req) = auth::scoped(request)?;
         let import_id = convert::import_id(&req.import_id)?;
-        let updates = self.importer.watch(&account_id, &import_id).await?;
+        let updates = self.importer.watch(&scope, &import_id).await?;
         let stream = updates.map(|update| {
             update
                 .map(|import| proto::WatchImportResponse {
@@ -123,18 +180,20 @@ impl ImportService for ImportServiceImpl {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// `ListImports`: the account's imports, newest first (by `create_time`, ties by
+    /// `import_id`), running ones as fresh as this server knows them.
+    ///
+    /// `page_size` follows AIP-158 (0 is 50, at most 1000); `page_token` is bound to the
+    /// account. An account with no imports gets an empty list, not NOT_FOUND.
     async fn list_imports(
         &self,
         request: Request<proto::ListImportsRequest>,
     ) -> Result<Response<proto::ListImportsResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let req = request.into_inner();
-        let account_id = convert::account_id(&req.account_id)?;
-        auth::allow(&caller, &account_id)?;
+        let (scope, req) = auth::scoped(request)?;
         let limit =
             page_token::page_size("page_size", req.page_size, DEFAULT_IMPORTS_PAGE, MAX_PAGE)?;
-        let scope = page_token::scope(&[account_id.as_str()]);
-        let after = page_token::decode_cursor("page_token", &req.page_token, scope)?.map(
+        let list = page_token::scope(&[scope.account_id().as_str()]);
+        let after = page_token::decode_cursor("page_token", &req.page_token, list)?.map(
             |(create_micros, import_id)| ImportCursor {
                 create_micros,
                 import_id,
@@ -143,12 +202,12 @@ impl ImportService for ImportServiceImpl {
 
         let mut imports = self
             .importer
-            .list(&account_id, after.as_ref(), limit + 1)
+            .list(&scope, after.as_ref(), limit + 1)
             .await?;
         let next_page_token = if imports.len() > limit as usize {
             imports.truncate(limit as usize);
             let last = ImportCursor::after(imports.last().expect("a full page"));
-            page_token::encode_cursor(scope, last.create_micros, &last.import_id)
+            page_token::encode_cursor(list, last.create_micros, &last.import_id)
         } else {
             String::new()
         };
@@ -158,6 +217,11 @@ impl ImportService for ImportServiceImpl {
         }))
     }
 
+    /// `GetImportTemplate`: the CSV template of an import type, with its columns described.
+    ///
+    /// Built into the binary, so it needs no database: it answers while the server is not
+    /// ready yet. Any valid token will do, since the template belongs to no account.
+    /// INVALID_ARGUMENT for a type number this server does not know.
     async fn get_import_template(
         &self,
         request: Request<proto::GetImportTemplateRequest>,
@@ -168,31 +232,40 @@ impl ImportService for ImportServiceImpl {
         Ok(Response::new(convert::template(template::template(kind))))
     }
 
+    /// `CancelImport`: stops a PROCESSING import wherever it runs, and answers with it ended
+    /// CANCELLED, nothing imported or updated.
+    ///
+    /// An upload running here is told directly; one on another replica through the database.
+    /// The call then waits for the ending, at most 30 s: past that it is UNAVAILABLE (the
+    /// cancel stays asked; `GetImport` shows when it lands). FAILED_PRECONDITION for an import
+    /// that had already ended, or that ended some other way before the cancel reached it.
+    /// NOT_FOUND for an import the account does not have. The wait follows the import as
+    /// `WatchImport` does, so it takes one of the `--max-watchers` places while it lasts.
     async fn cancel_import(
         &self,
         request: Request<proto::CancelImportRequest>,
     ) -> Result<Response<proto::CancelImportResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let req = request.into_inner();
-        let account_id = convert::account_id(&req.account_id)?;
-        auth::allow(&caller, &account_id)?;
+        let (scope, req) = auth::scoped(request)?;
         let import_id = convert::import_id(&req.import_id)?;
-        let import = self.importer.cancel(&account_id, &import_id).await?;
+        let import = self.importer.cancel(&scope, &import_id).await?;
         Ok(Response::new(proto::CancelImportResponse {
             import: Some(convert::import(&import)),
         }))
     }
 
+    /// `RevertImport`: removes the users the import created, except those another import has
+    /// updated since, and says how many went in `users_removed` and in words in `message`.
+    ///
+    /// Idempotent: a second call removes nothing and keeps the first `revert_time` and note.
+    /// FAILED_PRECONDITION while the import runs, or while a running UPDATE import has changed
+    /// some of its users. Updates the import made to existing users are not undone.
     async fn revert_import(
         &self,
         request: Request<proto::RevertImportRequest>,
     ) -> Result<Response<proto::RevertImportResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let req = request.into_inner();
-        let account_id = convert::account_id(&req.account_id)?;
-        auth::allow(&caller, &account_id)?;
+        let (scope, req) = auth::scoped(request)?;
         let import_id = convert::import_id(&req.import_id)?;
-        let reverted = self.importer.revert(&account_id, &import_id).await?;
+        let reverted = self.importer.revert(&scope, &import_id).await?;
         Ok(Response::new(proto::RevertImportResponse {
             message: revert_message(&reverted),
             import: Some(convert::import(&reverted.import)),
@@ -200,18 +273,23 @@ impl ImportService for ImportServiceImpl {
         }))
     }
 
+    /// The report's bytes, a chunk per 500 failed rows; the first chunk starts with the byte
+    /// order mark and the header.
     type GetImportErrorReportStream = ReportStream;
 
+    /// `GetImportErrorReport`: the failed rows as a CSV file to fix and upload again, streamed
+    /// as it is read from the database, so that a large report costs little memory.
+    ///
+    /// FAILED_PRECONDITION while the import runs: its failed rows are not all known yet. An
+    /// import without failed rows gets a file with the header alone. A database error part
+    /// way ends the stream with an error item; the client must then discard what it got.
     async fn get_import_error_report(
         &self,
         request: Request<proto::GetImportErrorReportRequest>,
     ) -> Result<Response<Self::GetImportErrorReportStream>, Status> {
-        let caller = auth::caller(&request)?;
-        let req = request.into_inner();
-        let account_id = convert::account_id(&req.account_id)?;
-        auth::allow(&caller, &account_id)?;
+        let (scope, req) = auth::scoped(request)?;
         let import_id = convert::import_id(&req.import_id)?;
-        let chunks = self.importer.error_report(&account_id, &import_id).await?;
+        let chunks = self.importer.error_report(&scope, &import_id).await?;
         let stream = chunks.map(|chunk| {
             chunk
                 .map(|chunk| proto::GetImportErrorReportResponse { chunk })
@@ -220,14 +298,17 @@ impl ImportService for ImportServiceImpl {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// `ListUsers`: the account's users by email, or only those one import created when
+    /// `import_id` is set (NOT_FOUND for an import the account does not have).
+    ///
+    /// `page_size` follows AIP-158 (0 is 100, at most 1000); `page_token` is bound to the
+    /// account and to the `import_id` filter, so changing the filter between pages is
+    /// INVALID_ARGUMENT rather than a mix of two lists.
     async fn list_users(
         &self,
         request: Request<proto::ListUsersRequest>,
     ) -> Result<Response<proto::ListUsersResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let req = request.into_inner();
-        let account_id = convert::account_id(&req.account_id)?;
-        auth::allow(&caller, &account_id)?;
+        let (scope, req) = auth::scoped(request)?;
         let import_id = match req.import_id.as_str() {
             "" => None,
             id => Some(convert::import_id(id)?),
@@ -235,15 +316,15 @@ impl ImportService for ImportServiceImpl {
         let limit =
             page_token::page_size("page_size", req.page_size, DEFAULT_USERS_PAGE, MAX_PAGE)?;
         let scope_import = import_id.as_ref().map_or("", |id| id.as_str());
-        let scope = page_token::scope(&[account_id.as_str(), scope_import]);
-        let after = page_token::decode_key("page_token", &req.page_token, scope)?;
+        let list = page_token::scope(&[scope.account_id().as_str(), scope_import]);
+        let after = page_token::decode_key("page_token", &req.page_token, list)?;
         let mut users = self
             .importer
-            .users(&account_id, import_id.as_ref(), after.as_deref(), limit + 1)
+            .users(&scope, import_id.as_ref(), after.as_deref(), limit + 1)
             .await?;
         let next_page_token = if users.len() > limit as usize {
             users.truncate(limit as usize);
-            page_token::encode_key(scope, &users.last().expect("a full page").email)
+            page_token::encode_key(list, &users.last().expect("a full page").email)
         } else {
             String::new()
         };

@@ -1,5 +1,14 @@
 //! The upload's bytes before decoding: the size limit, the checksum, a first look at the
 //! content (bad uploads are refused before anything is written) and the byte order mark.
+//!
+//! [`Intake`] is the first stage of `reader::FileReader`. It sees every byte exactly as the
+//! client sent it, so the byte count and the SHA-256 it keeps are what the finish message is
+//! checked against. It holds back only the first `SNIFF_BYTES` of the file, and only until the
+//! verdict on them is in; after that every chunk passes through without a copy.
+//!
+//! A refusal here ([`IntakeError`]) ends the upload before the text is decoded: `TooLarge`
+//! becomes an ERROR_UNKNOWN import and a RESOURCE_EXHAUSTED answer, `NotCsv` removes the import
+//! as if it never was and answers INVALID_ARGUMENT (see `ending::decide`).
 
 use sha2::{Digest, Sha256};
 
@@ -9,32 +18,53 @@ use super::decoder::{TextEncoding, sniff_bom};
 /// tiny chunks, so the first bytes are held until this many arrived (or the file ended).
 pub const SNIFF_BYTES: usize = 8 * 1024;
 
+/// Why the intake refuses an upload. The messages go to the client as they are, so they say
+/// what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntakeError {
+    /// More bytes arrived than `--max-upload-bytes` allows. Raised by the chunk that crosses
+    /// the limit, so a client that lies about the size (or sends none) is cut off as soon as
+    /// it goes over, not at its finish message.
     #[error(
         "the file is larger than the limit of {limit} bytes; split it into smaller files and \
          import each"
     )]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The limit, in bytes, as configured.
+        limit: u64,
+    },
+    /// The first bytes are a known binary format, or hold NUL bytes: a workbook, an archive, a
+    /// PDF, text in a wide encoding without its mark. Decided from the first `SNIFF_BYTES` only.
     #[error(
         "the file is not CSV text: it looks like {what}; open it in a spreadsheet and save it as \
          CSV (in Excel: File > Save As > CSV UTF-8), then upload that file"
     )]
-    NotCsv { what: String },
+    NotCsv {
+        /// What the content looks like, in plain words ("an Excel workbook (.xlsx)").
+        what: String,
+    },
 }
 
 /// Bytes ready for decoding, and the encoding the byte order mark announced (if any).
 pub type Ready<'a> = (&'a [u8], Option<TextEncoding>);
 
 /// Receives the chunks of one upload.
+///
+/// Whatever the chunking, the bytes handed out (and so the rows read) are the same, and the
+/// verdict on the content is the same: it always looks at exactly the first `window` bytes.
+/// Memory is the held window at most; it is dropped at the push after it was handed out.
 pub struct Intake {
+    /// The most bytes the upload may have: `ImportConfig::max_upload_bytes`.
     limit: u64,
     /// How many first bytes are looked at: `SNIFF_BYTES`, smaller in tests.
     window: usize,
+    /// Every byte that arrived, including those of the chunk that crossed the limit.
     received: u64,
+    /// The SHA-256 of every byte received, BOM included, as the client computes it.
     hasher: Sha256,
     /// The first bytes, held until enough of the content was looked at.
     held: Vec<u8>,
+    /// The first bytes were looked at and passed: from now on chunks pass straight through.
     sniffed: bool,
     /// The bytes in `held` were handed out: drop them at the next push.
     released: bool,
@@ -43,6 +73,7 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// An intake for a file of at most `limit` bytes, that looks at the first `SNIFF_BYTES`.
     pub fn new(limit: u64) -> Self {
         Self::with_window(limit, SNIFF_BYTES)
     }
@@ -62,12 +93,18 @@ impl Intake {
         }
     }
 
+    /// How many bytes arrived so far, counted even past the limit: the import's
+    /// `bytes_received`, and what the finish message's `size_bytes` is checked against.
     pub fn bytes_received(&self) -> u64 {
         self.received
     }
 
     /// Takes the next chunk and returns the bytes ready for decoding (none while the first
     /// bytes are held, then everything) and the encoding of the byte order mark, if any.
+    ///
+    /// A first chunk at least as long as the window is looked at in place and passed on
+    /// without a copy; smaller first chunks are gathered in `held`. The encoding is returned
+    /// with every later chunk too, so that the caller may create its decoder at any of them.
     pub fn push<'a>(&'a mut self, chunk: &'a [u8]) -> Result<Ready<'a>, IntakeError> {
         // Counted even past the limit: the import says how much arrived.
         self.received += chunk.len() as u64;
@@ -98,6 +135,7 @@ impl Intake {
 
     /// Looks at the first bytes held so far, for a stream that ended before the window was
     /// full: a refusal then says what the content is rather than that the upload was cut.
+    /// Changes nothing: the held bytes stay held.
     pub fn check_held(&self) -> Result<(), IntakeError> {
         if self.sniffed {
             Ok(())
@@ -106,7 +144,8 @@ impl Intake {
         }
     }
 
-    /// The file ended: returns the bytes still held.
+    /// The file ended: returns the bytes still held. A file shorter than the window is looked
+    /// at here, so this can still refuse it as not CSV.
     pub fn finish(&mut self) -> Result<Ready<'_>, IntakeError> {
         if self.sniffed {
             return Ok((&[], self.bom));
@@ -114,6 +153,8 @@ impl Intake {
         self.release()
     }
 
+    /// Looks at the held bytes and, if they pass, hands them out without their byte order
+    /// mark. They stay in `held` until the next push, since the caller borrows them.
     fn release(&mut self) -> Result<Ready<'_>, IntakeError> {
         sniff(self.head())?;
         self.sniffed = true;
@@ -135,7 +176,8 @@ impl Intake {
         &head[bom.map_or(0, |(_, len)| len)..]
     }
 
-    /// The SHA-256 of every byte received.
+    /// The SHA-256 of every byte received. Computed on a copy of the hasher, so it can be read
+    /// at any point without ending the intake.
     pub fn sha256(&self) -> [u8; 32] {
         self.hasher.clone().finalize().into()
     }
@@ -143,6 +185,11 @@ impl Intake {
 
 /// Refuses what is plainly not CSV text: known binary formats by their magic numbers (the
 /// `infer` crate knows a few hundred) and NUL bytes in a file without a UTF-16 byte order mark.
+///
+/// A UTF-16 or UTF-32 byte order mark passes at once: such text is full of NUL bytes, and the
+/// decoder checks it. `infer` takes a `#!` line for a shell script, which a CSV file may well
+/// start with, so that one match is ignored. NUL bytes are named by their pattern (wide text
+/// without a mark, or binary data), so that the message points at the right fix.
 fn sniff(head: &[u8]) -> Result<(), IntakeError> {
     if matches!(
         sniff_bom(head),
@@ -192,6 +239,8 @@ fn sniff(head: &[u8]) -> Result<(), IntakeError> {
     Ok(())
 }
 
+/// What `infer` found, in words a spreadsheet user knows: the formats people upload by
+/// mistake by name, any other by its kind, MIME type and extension.
 fn describe(kind: infer::Type) -> String {
     if kind.mime_type() == "application/x-ole-storage" {
         // The container of .xls and .doc files; telling them apart needs the whole file.
@@ -229,6 +278,8 @@ fn describe(kind: infer::Type) -> String {
 mod tests {
     use super::*;
 
+    /// What the intake says a file with these first bytes looks like, pushed whole and then
+    /// finished: the refusal may come at either step.
     fn not_csv(head: &[u8]) -> String {
         let mut intake = Intake::new(u64::MAX);
         let first = intake.push(head).err();
@@ -238,6 +289,8 @@ mod tests {
         }
     }
 
+    /// The formats people upload by mistake get their own words; wide text without its mark
+    /// is told apart from binary data.
     #[test]
     fn binary_formats_are_named() {
         assert_eq!(not_csv(b"%PDF-1.7\n%\xE2\xE3"), "a PDF document");
@@ -254,6 +307,8 @@ mod tests {
         assert!(not_csv(b"email,name\nada@x.io,A\0da\n").contains("NUL"));
     }
 
+    /// Chunks smaller than, equal to and larger than the window give the same bytes out, the
+    /// mark removed and reported once.
     #[test]
     fn text_passes_whatever_the_chunking_and_loses_its_bom() {
         let file = [
@@ -279,6 +334,7 @@ mod tests {
         }
     }
 
+    /// NUL bytes are expected in UTF-16: its mark lets them pass the content check.
     #[test]
     fn utf16_with_its_mark_is_text() {
         let mut intake = Intake::new(u64::MAX);
@@ -289,6 +345,7 @@ mod tests {
         );
     }
 
+    /// The chunk that crosses the limit is refused, and still counted in the bytes received.
     #[test]
     fn the_limit_counts_every_byte() {
         let mut intake = Intake::new(10);
@@ -300,6 +357,7 @@ mod tests {
         assert_eq!(intake.bytes_received(), 13);
     }
 
+    /// The checksum is of the bytes as sent, across chunks, whatever is held back.
     #[test]
     fn the_checksum_covers_the_whole_file() {
         let mut intake = Intake::new(u64::MAX);

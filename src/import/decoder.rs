@@ -9,6 +9,17 @@
 //!   Windows-1252 character (not one of the five it leaves undefined) and no sequence is valid
 //!   multi-byte UTF-8 (which would mean a mix of two encodings). Otherwise the file is an
 //!   ERROR_PARSING that names the row of the first bad byte.
+//! - A UTF-32 mark (PowerShell's `Export-Csv -Encoding UTF32`) is decoded here, four bytes to
+//!   a character, since `encoding_rs` does not convert UTF-32.
+//!
+//! Whatever the chunking, the decoder emits the same text and stops at the same byte: a
+//! character cut by the end of a chunk waits in a buffer of at most 3 bytes for the next one.
+//! Memory is that buffer and one output buffer for the converted encodings: at most 256 KiB
+//! per conversion step for UTF-16 and Windows-1252, the text of one input for UTF-32 (which is
+//! smaller than the input).
+//!
+//! Decoding is not undone: text emitted before a bad byte has been parsed, and its rows may
+//! already be in a batch. That is fine, because ERROR_PARSING removes every user of the import.
 
 use encoding_rs::{Decoder as RsDecoder, DecoderResult, UTF_16BE, UTF_16LE, WINDOWS_1252};
 
@@ -18,10 +29,17 @@ pub use crate::domain::TextEncoding;
 /// parser's current row is the row of the byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {
-    /// Not UTF-8, and not clearly Windows-1252 either (non-ASCII UTF-8 came before).
-    InvalidUtf8 { byte: u8 },
+    /// Not UTF-8, and not clearly Windows-1252 either (non-ASCII UTF-8 came before, or the
+    /// file has a UTF-8 byte order mark).
+    InvalidUtf8 {
+        /// The first byte that is not valid UTF-8.
+        byte: u8,
+    },
     /// Read as Windows-1252, but the byte is undefined there.
-    NotWindows1252 { byte: u8 },
+    NotWindows1252 {
+        /// One of 0x81, 0x8D, 0x8F, 0x90 and 0x9D.
+        byte: u8,
+    },
     /// Read as Windows-1252, but a valid UTF-8 sequence follows: two encodings in one file.
     MixedEncodings,
     /// An unpaired surrogate in UTF-16.
@@ -32,7 +50,9 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The message for an ERROR_PARSING import.
+    /// The message for an ERROR_PARSING import: the row of the bad byte (as the parser
+    /// counted it when decoding stopped), the byte when there is one, and the fix, which is
+    /// always to save the file as "CSV UTF-8".
     pub fn message(self, row_number: u64) -> String {
         let fix = "save the file as \"CSV UTF-8\" and upload it again";
         match self {
@@ -62,11 +82,15 @@ impl DecodeError {
 /// decoded text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop<E> {
+    /// The input has a byte that cannot be decoded; everything before it was emitted.
     Invalid(DecodeError),
+    /// The consumer refused the text it was handed (the parser or the validator stopped the
+    /// file), returned as it is.
     Emit(E),
 }
 
-/// The byte order marks this decoder understands, and what they mean.
+/// The byte order marks this decoder understands, and what they mean: the encoding and the
+/// mark's length in bytes. UTF-32LE is tested before UTF-16LE, whose mark starts it.
 pub fn sniff_bom(head: &[u8]) -> Option<(TextEncoding, usize)> {
     if head.starts_with(b"\xEF\xBB\xBF") {
         Some((TextEncoding::Utf8, 3))
@@ -83,7 +107,13 @@ pub fn sniff_bom(head: &[u8]) -> Option<(TextEncoding, usize)> {
     }
 }
 
+/// Turns the bytes of one file, chunk by chunk, into UTF-8 text for the parser.
+///
+/// Created from the byte order mark the intake found; without one it starts as UTF-8 and may
+/// switch, once, to Windows-1252 (see the module's doc). `encoding` tells which it settled on,
+/// which the import reports.
 pub struct Decoder {
+    /// The encoding being read: the mark's, UTF-8, or Windows-1252 after a fall-back.
     encoding: TextEncoding,
     /// No byte order mark: Windows-1252 is still possible.
     may_fall_back: bool,
@@ -94,11 +124,14 @@ pub struct Decoder {
     pending: Vec<u8>,
     /// Converter for UTF-16 and Windows-1252, and its output buffer.
     converter: Option<RsDecoder>,
+    /// Text produced by `converter` or the UTF-32 decoding, reused from step to step; UTF-8
+    /// input never goes through it.
     out: Vec<u8>,
 }
 
 impl Decoder {
-    /// A decoder for a file whose byte order mark (if any) was `bom`.
+    /// A decoder for a file whose byte order mark (if any) was `bom`. Only UTF-16 needs an
+    /// `encoding_rs` converter from the start; Windows-1252 gets one if the file falls back.
     pub fn new(bom: Option<TextEncoding>) -> Self {
         let encoding = bom.unwrap_or(TextEncoding::Utf8);
         let converter = match encoding {
@@ -119,6 +152,8 @@ impl Decoder {
         }
     }
 
+    /// The encoding the file is read with so far. It may still change from UTF-8 to
+    /// Windows-1252 while only ASCII was read.
     pub fn encoding(&self) -> TextEncoding {
         self.encoding
     }
@@ -197,6 +232,8 @@ impl Decoder {
         Ok(())
     }
 
+    /// UTF-8: valid text is emitted as it is, without a copy. A character cut by the end of
+    /// the chunk waits in `pending`; the first invalid byte goes to `fall_back`.
     fn decode_utf8<E>(
         &mut self,
         mut input: &[u8],
@@ -242,6 +279,9 @@ impl Decoder {
     }
 
     /// The first invalid UTF-8: switch to Windows-1252 if that is clearly right, else fail.
+    /// `bad` starts at the invalid byte (or is the cut character that turned out invalid);
+    /// `rest` is the input after it, when `bad` came from `pending`. Both are then read again
+    /// as Windows-1252, which checks them for undefined bytes and UTF-8 like any later text.
     fn fall_back<E>(
         &mut self,
         bad: &[u8],
@@ -261,6 +301,8 @@ impl Decoder {
         self.decode_windows_1252(rest, last, emit)
     }
 
+    /// Windows-1252, after a fall-back: `pending` (a possible UTF-8 character cut by the last
+    /// chunk) is decided together with the bytes that follow it.
     fn decode_windows_1252<E>(
         &mut self,
         input: &[u8],
@@ -279,6 +321,10 @@ impl Decoder {
 
     /// Converts `input`, stopping at an undefined byte or a UTF-8 character; keeps a possible
     /// UTF-8 character cut by the end of `input` for the next call.
+    ///
+    /// Only the bytes 0xC2 to 0xF4 can lead a UTF-8 character, and Windows-1252 text has them
+    /// too (accented capitals, `Ã`): such a byte is a mix of encodings only when a valid
+    /// sequence follows it. At the end of the file a cut sequence is plain Windows-1252.
     fn windows_1252_checked<E>(
         &mut self,
         input: &[u8],
@@ -309,7 +355,10 @@ impl Decoder {
         self.convert(input, last, emit)
     }
 
-    /// Runs `encoding_rs` over `input` and emits the UTF-8 it produces.
+    /// Runs `encoding_rs` over `input` and emits the UTF-8 it produces, in steps whose output
+    /// is at most 256 KiB, so that a multi-megabyte chunk needs no buffer of its size.
+    /// (`encoding_rs` never reports Windows-1252 bytes as malformed: the undefined ones were
+    /// caught by `windows_1252_checked` before this.)
     fn convert<E>(
         &mut self,
         mut input: &[u8],
@@ -352,6 +401,7 @@ impl Decoder {
         }
     }
 
+    /// Notes non-ASCII text, after which a switch to Windows-1252 is no longer possible.
     fn note_text(&mut self, text: &[u8]) {
         if !self.seen_non_ascii && !text.is_ascii() {
             self.seen_non_ascii = true;
@@ -370,6 +420,8 @@ enum Sequence {
     Invalid,
 }
 
+/// Whether `bytes` start with a multi-byte UTF-8 character: complete, cut short, or not one.
+/// Only the lead bytes 0xC2 to 0xF4 can start one.
 fn utf8_sequence(bytes: &[u8]) -> Sequence {
     let len = match bytes.first() {
         Some(0xC2..=0xDF) => 2,
@@ -385,167 +437,4 @@ fn utf8_sequence(bytes: &[u8]) -> Sequence {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Decodes `input` cut into chunks of `size`; returns the text and the first error.
-    fn decode(
-        input: &[u8],
-        bom: Option<TextEncoding>,
-        size: usize,
-    ) -> (String, Option<DecodeError>, TextEncoding) {
-        let mut decoder = Decoder::new(bom);
-        let mut text = Vec::new();
-        let mut emit = |t: &[u8]| -> Result<(), ()> {
-            text.extend_from_slice(t);
-            Ok(())
-        };
-        let invalid = |result: Result<(), Stop<()>>| match result {
-            Ok(()) => None,
-            Err(Stop::Invalid(e)) => Some(e),
-            Err(Stop::Emit(())) => unreachable!("emit never fails here"),
-        };
-        let mut error = None;
-        let pieces: Vec<&[u8]> = input.chunks(size.max(1)).collect();
-        for piece in &pieces {
-            error = invalid(decoder.decode(piece, false, &mut emit));
-            if error.is_some() {
-                break;
-            }
-        }
-        if error.is_none() {
-            error = invalid(decoder.decode(&[], true, &mut emit));
-        }
-        (String::from_utf8(text).unwrap(), error, decoder.encoding())
-    }
-
-    fn every_chunking(
-        input: &[u8],
-        bom: Option<TextEncoding>,
-    ) -> (String, Option<DecodeError>, TextEncoding) {
-        let whole = decode(input, bom, input.len());
-        for size in 1..input.len() {
-            assert_eq!(decode(input, bom, size), whole, "chunks of {size}");
-        }
-        whole
-    }
-
-    #[test]
-    fn utf8_passes_through_whatever_the_cuts() {
-        let text = "email,name\nzoë@x.io,Zoë 😀 Łukasz\n";
-        assert_eq!(
-            every_chunking(text.as_bytes(), None),
-            (text.to_owned(), None, TextEncoding::Utf8)
-        );
-    }
-
-    #[test]
-    fn windows_1252_is_recognised_when_it_is_clearly_that() {
-        let text = b"email,name\nrene@x.io,Ren\xE9e \x80 \x93quoted\x94\n";
-        assert_eq!(
-            every_chunking(text, None),
-            (
-                "email,name\nrene@x.io,Renée € “quoted”\n".to_owned(),
-                None,
-                TextEncoding::Windows1252
-            )
-        );
-    }
-
-    #[test]
-    fn windows_1252_letters_that_look_like_utf8_lead_bytes_survive_any_cut() {
-        // Found by the fuzzer: Æ (0xC6) could start a UTF-8 character, so one at the end of a
-        // chunk waits for the next; a run of them must keep its order.
-        let text = b"a,Ren\xE9e\nb,\xC6\xC6\xC6\xC6x\xC3\n";
-        assert_eq!(
-            every_chunking(text, None),
-            (
-                "a,Renée\nb,ÆÆÆÆxÃ\n".to_owned(),
-                None,
-                TextEncoding::Windows1252
-            )
-        );
-    }
-
-    #[test]
-    fn a_bad_byte_after_utf8_text_is_an_error() {
-        let (text, error, encoding) = every_chunking("a,zoë\nb,\u{e9}".as_bytes(), None);
-        assert_eq!(
-            (text.as_str(), error, encoding),
-            ("a,zoë\nb,é", None, TextEncoding::Utf8)
-        );
-        let (text, error, _) = every_chunking(b"a,zo\xC3\xAB\nb,x\xE9y\n", None);
-        assert_eq!(text, "a,zoë\nb,x");
-        assert_eq!(error, Some(DecodeError::InvalidUtf8 { byte: 0xE9 }));
-    }
-
-    #[test]
-    fn windows_1252_stops_at_undefined_bytes_and_utf8_sequences() {
-        let (text, error, _) = every_chunking(b"a,Ren\xE9e\nb,\x81\n", None);
-        assert_eq!(text, "a,Renée\nb,");
-        assert_eq!(error, Some(DecodeError::NotWindows1252 { byte: 0x81 }));
-        let (text, error, _) = every_chunking(b"a,Ren\xE9e\nb,Zo\xC3\xAB\n", None);
-        assert_eq!(text, "a,Renée\nb,Zo");
-        assert_eq!(error, Some(DecodeError::MixedEncodings));
-    }
-
-    #[test]
-    fn utf16_is_converted_as_it_streams() {
-        let text = "email\tname\r\nzoë@x.io\tZoë 😀\r\n";
-        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
-        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
-        assert_eq!(every_chunking(&le, Some(TextEncoding::Utf16Le)).0, text);
-        assert_eq!(every_chunking(&be, Some(TextEncoding::Utf16Be)).0, text);
-        // An unpaired surrogate.
-        let (_, error, _) = every_chunking(b"a\x00\x00\xD8b\x00", Some(TextEncoding::Utf16Le));
-        assert_eq!(error, Some(DecodeError::InvalidUtf16));
-    }
-
-    #[test]
-    fn utf32_is_converted_as_it_streams() {
-        let text = "email,name\r\nzoë@x.io,Zoë 😀\r\n";
-        let le: Vec<u8> = text
-            .chars()
-            .flat_map(|c| u32::from(c).to_le_bytes())
-            .collect();
-        let be: Vec<u8> = text
-            .chars()
-            .flat_map(|c| u32::from(c).to_be_bytes())
-            .collect();
-        assert_eq!(every_chunking(&le, Some(TextEncoding::Utf32Le)).0, text);
-        assert_eq!(every_chunking(&be, Some(TextEncoding::Utf32Be)).0, text);
-        // A surrogate is no character; a file cut inside a unit is broken.
-        let (text, error, _) = every_chunking(b"a\0\0\0\x00\xD8\0\0", Some(TextEncoding::Utf32Le));
-        assert_eq!(
-            (text.as_str(), error),
-            ("a", Some(DecodeError::InvalidUtf32))
-        );
-        let (_, error, _) = every_chunking(b"a\0\0\0b\0", Some(TextEncoding::Utf32Le));
-        assert_eq!(error, Some(DecodeError::InvalidUtf32));
-    }
-
-    #[test]
-    fn byte_order_marks_are_recognised() {
-        assert_eq!(
-            sniff_bom(b"\xEF\xBB\xBFemail"),
-            Some((TextEncoding::Utf8, 3))
-        );
-        assert_eq!(
-            sniff_bom(b"\xFF\xFEe\x00"),
-            Some((TextEncoding::Utf16Le, 2))
-        );
-        assert_eq!(
-            sniff_bom(b"\xFE\xFF\x00e"),
-            Some((TextEncoding::Utf16Be, 2))
-        );
-        assert_eq!(
-            sniff_bom(b"\xFF\xFE\0\0e\0\0\0"),
-            Some((TextEncoding::Utf32Le, 4))
-        );
-        assert_eq!(
-            sniff_bom(b"\0\0\xFE\xFF\0\0\0e"),
-            Some((TextEncoding::Utf32Be, 4))
-        );
-        assert_eq!(sniff_bom(b"email"), None);
-    }
-}
+mod tests;

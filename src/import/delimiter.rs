@@ -1,8 +1,17 @@
 //! Which delimiter a file uses, read from its header line: the most frequent of `,` `;` and
 //! tab outside quotes, or the one an Excel `sep=` line names. Spreadsheets save "CSV" with the
 //! list separator of the user's locale, so a semicolon file is as common as a comma one.
+//!
+//! Only the header line is looked at: it is written by the same program as the rest, and it
+//! holds no user data whose commas could mislead the count. The reader holds the decoded text
+//! until that line is complete (at most `reader::MAX_HEADER_LINE`), then chooses once; the
+//! choice is never revised, so every chunking of a file gives the same delimiter. Blank lines
+//! before the header are rows too: `blank_lines_before` counts them for an error found while
+//! the header line is still held, so that it names the row a spreadsheet shows.
 
-/// Whether `text` holds a whole first non-blank line, with its line break.
+/// Whether `text` holds a whole first non-blank line, with its line break: the reader waits
+/// for this before it chooses the delimiter. A CR as the last byte does not count yet (it may
+/// be half of a CRLF).
 pub(crate) fn has_first_line(text: &[u8]) -> bool {
     first_line_span(text).1
 }
@@ -31,7 +40,8 @@ pub(crate) fn blank_lines_before(text: &[u8]) -> u64 {
     lines
 }
 
-/// The first non-blank line, and whether a line break ends it within `text`.
+/// The first non-blank line, and whether a line break ends it within `text`. Quotes are
+/// followed, so that a line break inside a quoted header name does not end the line.
 pub(crate) fn first_line_span(text: &[u8]) -> (&[u8], bool) {
     let start = text
         .iter()
@@ -56,6 +66,9 @@ pub(crate) fn first_line_span(text: &[u8]) -> (&[u8], bool) {
 /// The delimiter the header line uses: the most frequent of `,` `;` and tab outside quotes
 /// (`,` when none or on a tie), or the one an Excel `sep=;` line names. Returns it and the
 /// bytes to skip (the `sep=` line, which Excel does not show as a row).
+///
+/// `sep=` takes any visible ASCII character, not only the three counted ones, as Excel does.
+/// On a tie the order of preference is `,`, then `;`, then tab.
 pub fn detect_delimiter(text: &[u8]) -> (u8, usize) {
     let line = first_line(text);
     // Only a visible character can delimit: `sep=` followed by a control character, a space,
@@ -99,6 +112,8 @@ pub fn detect_delimiter(text: &[u8]) -> (u8, usize) {
 mod tests {
     use super::*;
 
+    /// Counts on the header line only, outside quotes, after blank lines; a `sep=` line names
+    /// any visible delimiter and is skipped with its line break.
     #[test]
     fn the_delimiter_comes_from_the_header_line() {
         assert_eq!(detect_delimiter(b"email,name\na;b;c;d\n"), (b',', 0));

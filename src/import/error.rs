@@ -1,56 +1,83 @@
 //! The import layer's errors, and the one mapping of the store's errors into them, so that the
 //! gRPC layer sees only these and maps each to a status code.
+//!
+//! Every message is written for the client: it says what is wrong and what to do, and never
+//! holds a secret or a database detail (`Internal` is logged by `grpc::error`, not sent). The
+//! status code and `ErrorInfo` reason of each variant are in `grpc::error`; the code is named
+//! below where it is not obvious.
 
 use crate::domain::{AccountId, ArgumentError, ImportId, ImportStatus};
 use crate::store::StoreError;
 
+/// An error of the import layer, as the client will see it.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// A field of the request, or a message of the upload, is malformed: INVALID_ARGUMENT
+    /// with the field named.
     #[error("{0}")]
     InvalidArgument(#[from] ArgumentError),
     /// The id is taken: a retry of an upload that reached the server before. Says how that
     /// import ended, so that a client can tell "already done" from "already failed".
     #[error("{}", already_exists(account_id, import_id, *status))]
     AlreadyExists {
+        /// The account the upload was for.
         account_id: AccountId,
+        /// The id that is taken.
         import_id: ImportId,
         /// The existing import's status, when it could be read.
         status: Option<ImportStatus>,
     },
-    /// The caller's token does not cover the account.
+    /// No valid token: what is wrong with it, never the token itself. UNAUTHENTICATED.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's token does not cover the account: PERMISSION_DENIED. Checked before
+    /// anything else of the request, an upload's first byte included.
     #[error("this token may not act in account '{0}'; use a token whose accounts include it")]
     PermissionDenied(AccountId),
     /// A limit of the server: the message names it and says to retry later.
+    /// RESOURCE_EXHAUSTED; nothing was created.
     #[error("{0}")]
     LimitReached(String),
-    /// The client sent nothing for too long.
+    /// The client sent nothing for too long (`--upload-idle-timeout`): DEADLINE_EXCEEDED.
     #[error("{0}")]
     Stalled(String),
-    /// `CancelImport` ended the import while it was being uploaded.
+    /// `CancelImport` ended the import while it was being uploaded: what the uploading client
+    /// is told (CANCELLED); the import is CANCELLED and keeps none of its users.
     #[error("{0}")]
     ImportCancelled(String),
     /// The import is not in a state that allows the request (cancel a finished import,
     /// revert a running one).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// No import with this id in this account: NOT_FOUND.
     #[error("import '{import_id}' was not found in account '{account_id}'")]
     NotFound {
+        /// The account looked in.
         account_id: AccountId,
+        /// The id looked for.
         import_id: ImportId,
     },
+    /// The file crossed `--max-upload-bytes`: RESOURCE_EXHAUSTED, and the import ended in
+    /// ERROR_UNKNOWN.
     #[error("{0}")]
     TooLarge(String),
+    /// The upload's stream broke before its finish message: the client went away, or the
+    /// network failed. (Not `ImportCancelled`, which `CancelImport` causes.)
     #[error("the upload stream broke: {0}")]
-    Cancelled(String),
+    StreamBroke(String),
+    /// The store is not open yet (the database is being opened or migrated): UNAVAILABLE.
     #[error("the service is starting: the database is not ready yet; retry shortly")]
     NotReady,
+    /// The server takes no new upload, or ended this one when its shutdown grace ran out:
+    /// UNAVAILABLE, so that the client retries.
     #[error("the server is shutting down; retry shortly")]
     ShuttingDown,
     /// The database cannot be reached or written now. The message names the cause in plain
     /// words and says what to do.
     #[error("{0}")]
     Unavailable(String),
-    /// Another server ended the import while this request ran on it.
+    /// Another server ended the import while this request ran on it (it took this one for
+    /// dead): ABORTED. Nothing of the upload stays.
     #[error(
         "the import was ended by another server while it ran, so nothing was imported; upload the file again"
     )]
@@ -60,6 +87,8 @@ pub enum ImportError {
     Internal(String),
 }
 
+/// The one mapping of the store's errors: outages and faults become `Unavailable` with their
+/// plain words, an import that ended under a write becomes `Ended`, and bugs become `Internal`.
 impl From<StoreError> for ImportError {
     fn from(error: StoreError) -> Self {
         match error {
@@ -69,6 +98,11 @@ impl From<StoreError> for ImportError {
             StoreError::Fault { fault, .. } => ImportError::Unavailable(format!(
                 "{fault}; retry once the service reports ready again"
             )),
+            StoreError::Conflict(_) => ImportError::Unavailable(
+                "the database kept aborting this write in favour of another import's; retry \
+                 shortly"
+                    .to_owned(),
+            ),
             StoreError::NotProcessing => ImportError::Ended,
             StoreError::StillRunning => ImportError::FailedPrecondition(
                 "the import is still running; wait for it to end, or cancel it".to_owned(),
@@ -89,6 +123,8 @@ impl From<StoreError> for ImportError {
     }
 }
 
+/// The message of `AlreadyExists`: what the existing import's status means for a client that
+/// retried, and what it should do next.
 fn already_exists(
     account_id: &AccountId,
     import_id: &ImportId,

@@ -8,25 +8,45 @@
 //! - [`parser`]: incremental CSV framing with spreadsheet row numbers and bounded records;
 //! - [`validator`]: the header's column mapping, then `NewUser` or row errors for each row;
 //! - [`reader`]: the above composed, bytes in, rows out;
-//! - [`pipeline`]: one upload's task, its writer task, its counters, and how it ends;
+//! - [`pipeline`]: one upload's task, its writer task and its counters;
+//! - [`ending`]: the one owner of every import's ending, whatever ends it;
 //! - [`progress`]: live counters for watchers;
 //! - [`error`]: this layer's errors, into which the store's are mapped;
-//! - [`template`]: the downloadable template.
+//! - [`template`]: the downloadable template;
+//! - [`retention`]: finished imports' details removed after a while;
+//! - `watch`: `WatchImport` streams, live here or followed through the store.
 //!
 //! [`Importer`], here, is the entry point that requests share: it starts uploads, answers the
 //! queries (with the live state of imports running here), and runs the periodic upkeep.
+//!
+//! # What a reader of an import sees
+//!
+//! An import's state can be in three places: the store, the live view of an upload running
+//! here (`progress`), and an ending decided here but not stored yet (`ending::pending`). Every
+//! query answers with the freshest of them (`Importer::freshest`), so that counters never go
+//! back between two answers and an import that has ended is never shown PROCESSING again.
+//! Another replica answers from its own store reads; with several replicas the live view shows
+//! only what is stored, so both agree (see `pipeline::tally`).
+//!
+//! # Errors
+//!
+//! Every method returns [`ImportError`], whose variants the gRPC layer maps to status codes.
+//! Before the store is open, every call that needs it fails with `NotReady` (UNAVAILABLE).
 
 pub mod chunk;
 pub mod decoder;
 pub mod delimiter;
+pub mod ending;
 pub mod error;
 pub mod parser;
 pub mod pipeline;
 pub mod progress;
 pub mod reader;
 mod report;
+pub mod retention;
 pub mod template;
 pub mod validator;
+mod watch;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -37,59 +57,40 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AccountId, Caller, Counters, Import, ImportId, ImportKey, ImportStatus};
+use crate::domain::{AccountId, Caller, Import, ImportId, ImportStatus, Scope};
 use crate::metrics::Metrics;
 pub use crate::store::ImportCursor;
 use crate::store::{Store, StoredRowError};
+use ending::{Endings, Reaper};
 pub use error::ImportError;
 pub use pipeline::ImportConfig;
-use pipeline::admission::Admission;
+use pipeline::admission::{Admission, Kind};
 use pipeline::cancel::Cancels;
-use pipeline::ending::Endings;
-pub use pipeline::ending::INTERRUPTED;
 use pipeline::events::{StreamError, UploadEvent};
 use pipeline::memory::BatchMemory;
-use progress::{FollowEnd, ProgressHub, WATCH_TICK, follow_local};
+use progress::ProgressHub;
 
-/// How long a watcher of an import running elsewhere waits for a change notification before
-/// reading the stored state anyway.
-const POLL_FALLBACK: Duration = Duration::from_secs(1);
-/// How long `CancelImport` waits for the import to end.
+/// How long `CancelImport` waits for the import to end. An upload stops at once on its cancel;
+/// the time is for its ending to be stored, or for another replica to see the request (through
+/// its store's notifications) and end it.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
-/// Reads of the store a watcher may fail in a row (about 5 s) before its stream ends with
-/// the error.
-const WATCH_FAILURES: u32 = 20;
-
-/// Whether counters `a` are further along than `b`: two snapshots of one upload's stored
-/// progress, each counter of which only grows.
-fn later(a: &Counters, b: &Counters) -> bool {
-    let a = [
-        a.bytes_received,
-        a.rows_processed,
-        a.rows_imported,
-        a.rows_failed,
-        a.row_errors_omitted,
-    ];
-    let b = [
-        b.bytes_received,
-        b.rows_processed,
-        b.rows_imported,
-        b.rows_failed,
-        b.row_errors_omitted,
-    ];
-    a.iter().zip(&b).all(|(x, y)| x >= y) && a != b
-}
 
 /// The entry point of the import layer, shared by every request.
+///
+/// Cheap to clone: every clone shares one state. Made before the database is open (the server
+/// answers health checks meanwhile), then given the store with `set_store`.
 #[derive(Clone)]
 pub struct Importer {
     inner: Arc<Inner>,
 }
 
+/// The state every clone of an `Importer` shares.
 struct Inner {
     /// Set once the database is open and migrated; requests before that get UNAVAILABLE.
     store: OnceLock<Arc<dyn Store>>,
+    /// The live views of the uploads running here.
     hub: ProgressHub,
+    /// The settings every upload runs with.
     config: ImportConfig,
     /// Running uploads, so that shutdown can wait for them.
     uploads: TaskTracker,
@@ -97,15 +98,23 @@ struct Inner {
     shutdown: CancellationToken,
     /// Endings that could not be stored when they happened, stored by `maintain`.
     endings: Endings,
+    /// Watches the imports of other servers, and ends those whose server is gone.
+    reaper: Reaper,
+    /// The batch memory budget all uploads share.
     memory: BatchMemory,
+    /// The limits on uploads running at once, per server and per account.
     admission: Admission,
+    /// The cancel tokens of the uploads running here, for `CancelImport`.
     cancels: Cancels,
     /// `WatchImport` streams open at once.
-    watchers: Arc<tokio::sync::Semaphore>,
+    watchers: Admission,
+    /// What the service counts, for `/metrics`.
     metrics: Metrics,
 }
 
 impl Importer {
+    /// An importer with `config`, without a store yet: every call that needs the database
+    /// answers `NotReady` until `set_store`.
     pub fn new(config: ImportConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -114,17 +123,28 @@ impl Importer {
                 uploads: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 endings: Endings::default(),
+                reaper: Reaper::default(),
                 memory: BatchMemory::default(),
-                admission: Admission::new(config.max_uploads, config.max_uploads_per_account),
+                admission: Admission::new(
+                    Kind::Uploads,
+                    config.max_uploads,
+                    config.max_uploads_per_account,
+                ),
                 cancels: Cancels::default(),
-                watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers.max(1))),
+                watchers: Admission::new(
+                    Kind::Watchers,
+                    config.max_watchers,
+                    config.max_watchers_per_account,
+                ),
                 metrics: Metrics::new(),
                 config,
             }),
         }
     }
 
-    /// Makes the importer ready: called once the store is open and migrated.
+    /// Makes the importer ready: called once the store is open and migrated (and, on SQLite,
+    /// after recovery ended the imports a stopped server left). A second call does not
+    /// replace the store.
     pub fn set_store(&self, store: Arc<dyn Store>) {
         let pools = store.clone();
         self.inner.metrics.watch_pools(move || pools.pool_stats());
@@ -136,16 +156,21 @@ impl Importer {
         &self.inner.metrics
     }
 
+    /// The store, or `NotReady` while the database is not open yet.
     fn store(&self) -> Result<Arc<dyn Store>, ImportError> {
         self.inner.store.get().cloned().ok_or(ImportError::NotReady)
     }
 
+    /// The settings uploads run with.
     pub fn config(&self) -> &ImportConfig {
         &self.inner.config
     }
 
     /// Runs one upload for `caller` to its end and returns the finished import. The upload runs
     /// in its own task: if the caller is dropped, the upload still ends properly.
+    ///
+    /// Refused with `ShuttingDown` once shutdown has begun (the tracker of uploads is closed),
+    /// so that no upload starts while shutdown waits for the running ones.
     pub async fn upload<S>(&self, caller: Caller, events: S) -> Result<Import, ImportError>
     where
         S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
@@ -171,6 +196,10 @@ impl Importer {
 
     /// Stops taking uploads and waits up to `grace` for the running ones; those still running
     /// then end in ERROR_UNKNOWN, and this waits for them to record it.
+    ///
+    /// `grace` is `--shutdown-grace-seconds`. After it, at most 10 s more for the uploads to
+    /// stop and 5 s for the endings that wait, so that the process exits within its
+    /// orchestrator's termination grace even with the database away.
     pub async fn shutdown(&self, grace: Duration) {
         let uploads = &self.inner.uploads;
         uploads.close();
@@ -209,6 +238,7 @@ impl Importer {
 
     /// Whether new uploads can be taken: the database answers, and can be written. After a
     /// write fault (a full disk) this writes as much as a batch, rolled back, until that works.
+    /// Behind the readiness checks (`app::readiness`: the gRPC health service and `/readyz`).
     pub async fn ready(&self) -> Result<(), ImportError> {
         let store = self.store()?;
         store.ping().await?;
@@ -218,19 +248,49 @@ impl Importer {
         Ok(())
     }
 
-    /// Periodic upkeep (every few seconds): stores endings that could not be stored when they
-    /// happened, keeps the leases of the uploads running here (and of those endings), and ends
-    /// imports whose replica is gone.
+    /// Periodic upkeep (every `app::MAINTENANCE_INTERVAL`, 3 s): renews the life signs of the
+    /// imports running here (and of those whose ending waits), stores endings that could not
+    /// be stored when they happened, and ends imports whose server is gone.
+    ///
+    /// Life signs are renewed first, before the slower steps. The running set is read again
+    /// before reaping, since uploads start and end meanwhile, and an import running here (or
+    /// whose ending waits here) is never judged. A failed heartbeat means the database was out
+    /// of sight: the reaper starts its watch again.
     pub async fn maintain(&self) -> Result<(), ImportError> {
         let store = self.store()?;
+        let mut here = self.inner.hub.running();
+        here.extend(self.inner.endings.keys());
+        if let Err(e) = store.heartbeat(&here).await {
+            self.inner.reaper.lose_sight();
+            return Err(e.into());
+        }
         self.inner.endings.store_pending(store.as_ref()).await;
-        let mut running = self.inner.hub.running();
-        running.extend(self.inner.endings.keys());
-        store.maintain(&running, INTERRUPTED).await?;
+        let mut here = self.inner.hub.running();
+        here.extend(self.inner.endings.keys());
+        self.inner
+            .reaper
+            .reap(store.as_ref(), &self.inner.metrics, &here)
+            .await?;
         Ok(())
     }
 
-    pub async fn get(
+    /// One round of the retention's clean-up (see `retention`).
+    pub async fn clean_up(
+        &self,
+        policy: &retention::Retention,
+    ) -> Result<retention::Round, ImportError> {
+        let store = self.store()?;
+        Ok(retention::round(store.as_ref(), &self.inner.metrics, policy).await?)
+    }
+
+    /// The import, as fresh as this server knows it (see `freshest`).
+    pub async fn get(&self, scope: &Scope, import_id: &ImportId) -> Result<Import, ImportError> {
+        self.find(scope.account_id(), import_id).await
+    }
+
+    /// `get`, inside the layer, for an account a scope already checked. `NotFound` when the
+    /// account has no import with this id.
+    async fn find(
         &self,
         account_id: &AccountId,
         import_id: &ImportId,
@@ -245,12 +305,14 @@ impl Importer {
 
     /// Cancels a PROCESSING import, wherever it runs, and waits (a bounded while) for it to
     /// end: see `CancelImport`.
-    pub async fn cancel(
-        &self,
-        account_id: &AccountId,
-        import_id: &ImportId,
-    ) -> Result<Import, ImportError> {
-        let import = self.get(account_id, import_id).await?;
+    ///
+    /// Answers the CANCELLED import; `FailedPrecondition` when it had ended, or ended another
+    /// way before the cancel took; `Unavailable` when `CANCEL_WAIT` passed without an ending
+    /// (the cancel stays asked). The wait is a `watch`, so it takes one of `--max-watchers`
+    /// places while it lasts.
+    pub async fn cancel(&self, scope: &Scope, import_id: &ImportId) -> Result<Import, ImportError> {
+        let account_id = scope.account_id();
+        let import = self.find(account_id, import_id).await?;
         let not_running = |import: &Import| {
             ImportError::FailedPrecondition(format!(
                 "import '{}' already ended ({}); only a PROCESSING import can be cancelled",
@@ -266,14 +328,15 @@ impl Importer {
             match self.store()?.request_cancel(import.key).await {
                 Ok(()) => {}
                 Err(crate::store::StoreError::NotProcessing) => {
-                    let ended = self.get(account_id, import_id).await?;
+                    let ended = self.find(account_id, import_id).await?;
                     return Err(not_running(&ended));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         let ended = tokio::time::timeout(CANCEL_WAIT, async {
-            let mut updates = self.watch(account_id, import_id).await?;
+            // Without a watcher's place: the cancel is asked, and must not be refused now.
+            let mut updates = self.follow(self.find(account_id, import_id).await?, ());
             let mut last = None;
             while let Some(update) = futures::StreamExt::next(&mut updates).await {
                 last = Some(update?);
@@ -297,13 +360,15 @@ impl Importer {
     }
 
     /// Removes the users an import created (see `RevertImport`): the import, how many were
-    /// removed by this call, and how many kept.
+    /// removed by this call, and how many kept. Only an ended import can be reverted; the
+    /// store refuses while another running import is updating some of its users.
     pub async fn revert(
         &self,
-        account_id: &AccountId,
+        scope: &Scope,
         import_id: &ImportId,
     ) -> Result<crate::store::Reverted, ImportError> {
-        let import = self.get(account_id, import_id).await?;
+        let account_id = scope.account_id();
+        let import = self.find(account_id, import_id).await?;
         if !import.status.is_terminal() {
             return Err(ImportError::FailedPrecondition(format!(
                 "import '{import_id}' is still running; wait for it to end (or cancel it), \
@@ -319,15 +384,17 @@ impl Importer {
     }
 
     /// The account's users, by email, after `after`; only those `import_id` created when given.
+    /// `NotFound` when `import_id` names no import of the account.
     pub async fn users(
         &self,
-        account_id: &AccountId,
+        scope: &Scope,
         import_id: Option<&ImportId>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<crate::store::StoredUser>, ImportError> {
+        let account_id = scope.account_id();
         let import = match import_id {
-            Some(id) => Some(self.get(account_id, id).await?.key),
+            Some(id) => Some(self.find(account_id, id).await?.key),
             None => None,
         };
         Ok(self
@@ -338,154 +405,56 @@ impl Importer {
 
     /// The error report of an import, as chunks of a CSV file (see `report`), fed by a task
     /// through a small bounded channel, which stops when the reader goes away.
+    /// `FailedPrecondition` while the import runs: its rows are still being written.
     pub async fn error_report(
         &self,
-        account_id: &AccountId,
+        scope: &Scope,
         import_id: &ImportId,
     ) -> Result<ReceiverStream<Result<bytes::Bytes, ImportError>>, ImportError> {
-        let import = self.get(account_id, import_id).await?;
-        if !import.status.is_terminal() {
-            return Err(ImportError::FailedPrecondition(format!(
-                "import '{import_id}' is still running; its error report is ready once it ends"
-            )));
+        let account_id = scope.account_id();
+        let import = self.find(account_id, import_id).await?;
+        if let Some(why) = report::unavailable(&import) {
+            return Err(ImportError::FailedPrecondition(why));
         }
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(report::write(self.store()?, import.key, tx));
+        tokio::spawn(report::write(self.store()?, import, tx));
         Ok(ReceiverStream::new(rx))
     }
 
-    /// Row errors of an import in file order, after sequence number `after`.
+    /// Row errors of an import in file order, after sequence number `after`. Takes the import,
+    /// not the id: the caller has already found it in its account. None once the retention
+    /// removed its details (or began to: what is left is no longer the whole).
     pub async fn row_errors(
         &self,
-        key: ImportKey,
+        import: &Import,
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredRowError>, ImportError> {
-        Ok(self.store()?.list_row_errors(key, after, limit).await?)
+        if import.details_removed_time.is_some() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .store()?
+            .list_row_errors(import.key, after, limit)
+            .await?)
     }
 
     /// The account's imports, newest first (by `create_time`, ties by `import_id`), after
-    /// `after` when given.
+    /// `after` when given. Each running one is answered as fresh as `get` would.
     pub async fn list(
         &self,
-        account_id: &AccountId,
+        scope: &Scope,
         after: Option<&ImportCursor>,
         limit: u32,
     ) -> Result<Vec<Import>, ImportError> {
+        let account_id = scope.account_id();
         let imports = self.store()?.list_imports(account_id, after, limit).await?;
         Ok(imports.into_iter().map(|i| self.freshest(i)).collect())
     }
 
-    /// Follows an import: see `WatchImport` in the proto. The stream is fed by a task through
-    /// a small bounded channel and stops when the watcher goes away.
-    pub async fn watch(
-        &self,
-        account_id: &AccountId,
-        import_id: &ImportId,
-    ) -> Result<ReceiverStream<Result<Import, ImportError>>, ImportError> {
-        let import = self.get(account_id, import_id).await?;
-        // Held by the feeding task: a watcher counts until its stream ends.
-        let place = self
-            .inner
-            .watchers
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                ImportError::LimitReached(format!(
-                    "this server already has {} WatchImport streams open, its limit \
-                 (--max-watchers); retry later, or poll GetImport",
-                    self.inner.config.max_watchers
-                ))
-            })?;
-        let (tx, rx) = mpsc::channel(4);
-        let this = self.clone();
-        let counted = self.inner.metrics.watcher_started();
-        tokio::spawn(async move {
-            this.feed_watcher(import, tx).await;
-            drop((place, counted));
-        });
-        Ok(ReceiverStream::new(rx))
-    }
-
-    async fn feed_watcher(&self, import: Import, out: mpsc::Sender<Result<Import, ImportError>>) {
-        if import.status.is_terminal() {
-            let _ = out.send(Ok(import)).await;
-            return;
-        }
-        let last = match self.inner.hub.subscribe(import.key) {
-            Some(rx) => match follow_local(rx, &out, None).await {
-                FollowEnd::Finished | FollowEnd::WatcherGone => return,
-                FollowEnd::ChannelClosed(seen) => seen.map(|seen| *seen),
-            },
-            None => {
-                if out.send(Ok(import.clone())).await.is_err() {
-                    return;
-                }
-                Some(import.clone())
-            }
-        };
-        self.poll_store(import, last, out).await;
-    }
-
-    /// Follows an import that runs elsewhere (another replica) or just ended here, through the
-    /// store: woken by the store's change notifications when it has them (re-reading at most
-    /// every `WATCH_TICK`, and at least every `POLL_FALLBACK` in case one was missed), else
-    /// polled every `WATCH_TICK`.
-    async fn poll_store(
-        &self,
-        import: Import,
-        mut last: Option<Import>,
-        out: mpsc::Sender<Result<Import, ImportError>>,
-    ) {
-        let mut changes = self
-            .store()
-            .ok()
-            .and_then(|store| store.subscribe(import.key));
-        let mut tick = tokio::time::interval(WATCH_TICK);
-        let mut failures = 0;
-        loop {
-            tokio::select! {
-                _ = out.closed() => return,
-                _ = tick.tick() => {}
-            }
-            if let Some(changes) = &mut changes {
-                tokio::select! {
-                    _ = out.closed() => return,
-                    _ = changes.changed() => {}
-                    _ = tokio::time::sleep(POLL_FALLBACK) => {}
-                }
-            }
-            let current = match self.get(&import.account_id, &import.import_id).await {
-                Ok(current) => current,
-                Err(e @ ImportError::NotFound { .. }) => {
-                    let _ = out.send(Err(e)).await;
-                    return;
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures >= WATCH_FAILURES {
-                        let _ = out.send(Err(e)).await;
-                        return;
-                    }
-                    continue;
-                }
-            };
-            failures = 0;
-            let moved = last
-                .as_ref()
-                .is_none_or(|l| l.counters != current.counters || l.status != current.status);
-            let terminal = current.status.is_terminal();
-            if moved || terminal {
-                if out.send(Ok(current.clone())).await.is_err() || terminal {
-                    return;
-                }
-                last = Some(current);
-            }
-        }
-    }
-
     /// The live snapshot of an import running in this process, or its decided ending while
-    /// that waits to be stored, else the stored one.
+    /// that waits to be stored, else the stored one. A stored terminal import is answered as it
+    /// is: once stored, an ending is final.
     fn freshest(&self, stored: Import) -> Import {
         if stored.status.is_terminal() {
             return stored;
@@ -493,7 +462,7 @@ impl Importer {
         match self.inner.hub.snapshot(stored.key) {
             // Both are progress as stored, the live one published just after its batch
             // committed: take the later, so that answers never go back.
-            Some(live) if !later(&stored.counters, &live.counters) => live,
+            Some(live) if !stored.counters.is_later_than(&live.counters) => live,
             Some(_) => stored,
             None => self.inner.endings.overlay(stored),
         }

@@ -11,13 +11,25 @@
 //!   fields is reported and skipped without being buffered, and parsing resumes at its end;
 //! - a quote that is never closed is told apart from a long value: it swallows the rest of the
 //!   file (or a megabyte of it), and no row after it could be trusted.
+//!
+//! The parser knows nothing of headers or users: it hands each [`Record`] to a callback,
+//! borrowed from its own buffers, and the validator copies out only what a batch keeps. Its
+//! buffers start small (4 KiB and 16 fields) and double up to the limits, so a typical file
+//! never reaches them.
 
 use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
 
-/// Bounds that keep one record from taking unbounded memory.
+/// Bounds that keep one record from taking unbounded memory. Not configurable from the
+/// command line: `ImportConfig::record_limits` takes the default; tests and the fuzzer use
+/// small ones so that short inputs reach them.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Unescaped bytes of one record, at most (1 MiB by default). A longer record is a
+    /// TOO_LONG row error, an unclosed quote (see [`Record::Unterminated`]), or, as the header,
+    /// an ERROR_PARSING.
     pub max_record_bytes: usize,
+    /// Fields of one record, at most (1000 by default). More is a FIELD_COUNT row error:
+    /// usually a wrong delimiter.
     pub max_fields: usize,
 }
 
@@ -33,48 +45,67 @@ impl Default for Limits {
 /// Why a record was skipped instead of returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Oversize {
+    /// More bytes than `Limits::max_record_bytes`.
     TooLong,
+    /// More fields than `Limits::max_fields`. Also what a record that is already too long
+    /// reports once its fields outgrow the field buffer, which stops growing at that point: such
+    /// a row may be called too wide with fewer than `max_fields` fields.
     TooManyFields,
 }
 
 /// One record of the file.
 #[derive(Debug)]
 pub enum Record<'a> {
+    /// A record within the limits: its fields, which may all be blank (see
+    /// [`Fields::is_blank`]).
     Fields(Fields<'a>),
-    /// The record broke a limit; its content was discarded as it streamed by.
+    /// The record broke a limit; its content was discarded as it streamed by. Reading goes on
+    /// at the next record: the row is only a row error.
     Oversized {
+        /// The spreadsheet row the record starts on.
         row_number: u64,
+        /// Which limit it broke (see [`Oversize::TooManyFields`] for a record that broke both).
         reason: Oversize,
     },
     /// A quoted value opened at this row is never closed: it ran to the end of the file, or
-    /// past the record limit, so parsing cannot resume at a row boundary.
+    /// past the record limit, so parsing cannot resume at a row boundary. The reader ends the
+    /// file with ERROR_PARSING on this row.
     Unterminated {
+        /// The row the quote was opened on.
         row_number: u64,
     },
     /// A record past a limit whose every field is empty or white space: a blank row of a wide
     /// sheet (`,,,,` a thousand times), skipped like any blank row.
     Blank {
+        /// The row, which still counts in the numbering.
         row_number: u64,
     },
 }
 
-/// The unescaped fields of one record, borrowed from the parser.
+/// The unescaped fields of one record, borrowed from the parser: valid only for the callback
+/// that receives them, since the next record is written over them.
 #[derive(Debug, Clone, Copy)]
 pub struct Fields<'a> {
+    /// The spreadsheet row the record starts on (a quoted line break does not make a new row).
     pub row_number: u64,
+    /// The unescaped bytes of every field, one after another, quotes removed.
     bytes: &'a [u8],
+    /// Where each field ends in `bytes`.
     ends: &'a [usize],
 }
 
 impl<'a> Fields<'a> {
+    /// How many fields the record has.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// The bytes of field `index` (0-based), or `None` past the last field.
     pub fn get(&self, index: usize) -> Option<&'a [u8]> {
         self.bytes.get(cell(self.ends, index)?)
     }
 
+    /// Every field's bytes, in order.
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
         (0..self.len()).filter_map(|i| self.get(i))
     }
@@ -99,7 +130,9 @@ impl<'a> Fields<'a> {
 /// `Fields` of a record that is all UTF-8.
 #[derive(Debug, Clone, Copy)]
 pub struct TextFields<'a> {
+    /// The record's bytes, checked once as a whole.
     text: &'a str,
+    /// Where each field ends in `text`, as in [`Fields`].
     ends: &'a [usize],
 }
 
@@ -118,18 +151,26 @@ fn cell(ends: &[usize], index: usize) -> Option<std::ops::Range<usize>> {
     Some(start..end)
 }
 
+/// Only ASCII white space, or nothing: what a blank cell or a blank row holds.
 fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
 }
 
+/// An incremental CSV parser for one file, with one delimiter, fed decoded UTF-8 text.
+///
+/// Holds at most one record: `max_record_bytes` of text and `max_fields` field ends, plus
+/// `csv_core`'s small fixed state. A record that does not fit is streamed over, not kept.
 pub struct CsvParser {
+    /// `csv_core`'s reader: the quoting state machine, which keeps its state across calls.
     core: Reader,
     limits: Limits,
     /// Unescaped bytes of the record being read; grows up to `max_record_bytes`.
     out: Vec<u8>,
+    /// How much of `out` the record being read fills.
     nout: usize,
     /// End offsets of the fields read so far; grows up to `max_fields`.
     ends: Vec<usize>,
+    /// How much of `ends` the record being read fills.
     nend: usize,
     /// Set once the record being read broke a limit: from then on its bytes are written over
     /// the start of the buffers and thrown away.
@@ -146,14 +187,63 @@ pub struct CsvParser {
     /// Whether the record being read has an odd number of quote characters so far, and a line
     /// break inside it: both at the end of the file mean an unclosed quote.
     odd_quotes: bool,
+    /// The record being read has a line break inside it (see `odd_quotes`).
     inner_line_break: bool,
+    /// Where the record being read stands, quote-wise, as far as its bytes that `csv_core`
+    /// did not complete it with: at the end of the file, inside a quoted value means an
+    /// unclosed quote (see `Quote`).
+    quote: Quote,
+    /// The field delimiter, for `Quote`.
+    delimiter: u8,
+    /// `csv_core` reported the end of the input: `finish` has nothing more to do.
     done: bool,
 }
 
+/// Where a record stands, quote-wise, as `csv_core` reads it (its default rules: a quote opens
+/// a quoted value only at the start of a field, two quotes inside one are a quote, and after
+/// the closing quote the field goes on unquoted). `csv_core` keeps this state to itself, and
+/// at the end of the input completes a quoted value as if it were closed; this tells an
+/// unclosed quote apart. It is followed only over the bytes of a record that a chunk did not
+/// complete: the record a file ends in always is one, and a record completed within its chunk
+/// never needs it, so the common path pays nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted value: its end, or the first of two.
+    EndOrDoubled,
+}
+
+impl Quote {
+    /// The state after `bytes` of the same record.
+    fn after(self, bytes: &[u8], delimiter: u8) -> Self {
+        bytes
+            .iter()
+            .fold(self, |state, &b| state.step(b, delimiter))
+    }
+
+    /// The state after one more byte.
+    fn step(self, b: u8, delimiter: u8) -> Self {
+        match self {
+            Quote::Quoted if b == b'"' => Quote::EndOrDoubled,
+            Quote::Quoted => Quote::Quoted,
+            Quote::EndOrDoubled | Quote::FieldStart if b == b'"' => Quote::Quoted,
+            _ if b == b'\n' || b == b'\r' || b == delimiter => Quote::FieldStart,
+            Quote::FieldStart | Quote::Unquoted | Quote::EndOrDoubled => Quote::Unquoted,
+        }
+    }
+}
+
+/// The record buffer's first size: rows of a Users file are short (a generated one is about
+/// 80 bytes), so it rarely grows.
 const INITIAL_RECORD_BYTES: usize = 4 * 1024;
+/// The field buffer's first size: the template has 6 columns.
 const INITIAL_FIELDS: usize = 16;
 
 impl CsvParser {
+    /// A parser for fields separated by `delimiter` (`,`, `;`, tab, or what a `sep=` line
+    /// named), with double quotes for quoting.
     pub fn new(delimiter: u8, limits: Limits) -> Self {
         let core = ReaderBuilder::new().delimiter(delimiter).build();
         Self {
@@ -170,6 +260,8 @@ impl CsvParser {
             rows_before: 0,
             odd_quotes: false,
             inner_line_break: false,
+            quote: Quote::FieldStart,
+            delimiter,
             done: false,
         }
     }
@@ -187,6 +279,10 @@ impl CsvParser {
     /// Parses `input`, calling `on_record` for each record it completes. A record that does not
     /// end in `input` is kept and completed by later calls. Stops at the first error of
     /// `on_record`.
+    ///
+    /// Line breaks between records are counted here as blank rows before `csv_core` skips
+    /// them; the quotes and line breaks of the bytes a record consumes are noted on the way,
+    /// for telling an unclosed quote from a long value.
     pub fn feed<E>(
         &mut self,
         mut input: &[u8],
@@ -199,7 +295,12 @@ impl CsvParser {
                 0
             };
             let (result, nin) = self.read(input);
-            self.track(&input[blank.min(nin)..nin]);
+            let consumed = &input[blank.min(nin)..nin];
+            self.track(consumed);
+            if !matches!(result, ReadRecordResult::Record) {
+                // The record goes on past these bytes: it may be the file's last.
+                self.quote = self.quote.after(consumed, self.delimiter);
+            }
             let last = nin.checked_sub(1).map(|i| input[i]);
             input = &input[nin..];
             match result {
@@ -215,17 +316,23 @@ impl CsvParser {
         Ok(())
     }
 
-    /// Ends the input: completes a last record that has no line break after it.
+    /// Ends the input: completes a last record that has no line break after it. A last
+    /// record with an odd number of quotes and a line break inside is an unclosed quote
+    /// ([`Record::Unterminated`]), not a value that happens to hold line breaks.
     pub fn finish<E>(
         &mut self,
         on_record: &mut impl FnMut(Record<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        // Asked before the end of input completes the record.
+        let unclosed = self.quote == Quote::Quoted;
         while !self.done {
             let (result, _) = self.read(&[]);
             match result {
                 ReadRecordResult::Record => {
-                    // No line break ends the last record: any it has is inside a quoted value.
-                    if self.odd_quotes && self.inner_line_break {
+                    // The file ends inside a quoted value: whether or not the value has a line
+                    // break, and whether or not the file ends with one (which would be inside
+                    // the value), it is an unclosed quote, never a value.
+                    if unclosed {
                         self.oversize = None;
                         let row_number = self.rows_before + 1;
                         self.reset_record(false);
@@ -245,6 +352,8 @@ impl CsvParser {
         Ok(())
     }
 
+    /// One call to `csv_core` into the free part of the buffers; returns how many input
+    /// bytes it consumed.
     fn read(&mut self, input: &[u8]) -> (ReadRecordResult, usize) {
         let (result, nin, nout, nend) = self.core.read_record(
             input,
@@ -256,6 +365,9 @@ impl CsvParser {
         (result, nin)
     }
 
+    /// Hands the completed record to `on_record` as the right kind of [`Record`], then makes
+    /// room for the next, whatever the callback returned. `ended_with_cr`: the record's line
+    /// ended with a CR, so an LF right after it belongs to the same line break.
     fn emit<E>(
         &mut self,
         ended_with_cr: bool,
@@ -281,6 +393,7 @@ impl CsvParser {
         result
     }
 
+    /// Empties the buffers for the next record; they keep their capacity.
     fn reset_record(&mut self, ended_with_cr: bool) {
         self.nout = 0;
         self.nend = 0;
@@ -289,6 +402,7 @@ impl CsvParser {
         self.after_cr = ended_with_cr;
         self.odd_quotes = false;
         self.inner_line_break = false;
+        self.quote = Quote::FieldStart;
     }
 
     /// Notes the quotes and line breaks of bytes consumed for the current record.
@@ -324,6 +438,9 @@ impl CsvParser {
         input.len()
     }
 
+    /// `csv_core` filled the record buffer: double it, up to the limit. At the limit the record
+    /// is oversized: its bytes so far are dropped (noting whether any was not blank) and the
+    /// rest is written over the start of the buffer, so memory stays at the limit.
     fn grow_output(&mut self) {
         if self.oversize.is_none() && self.out.len() < self.limits.max_record_bytes {
             let len = (self.out.len() * 2).min(self.limits.max_record_bytes);
@@ -335,6 +452,8 @@ impl CsvParser {
         }
     }
 
+    /// `csv_core` filled the field buffer: double it, up to the limit, past which the record
+    /// has too many fields and its field ends are written over and thrown away.
     fn grow_ends(&mut self) {
         if self.oversize.is_none() && self.ends.len() < self.limits.max_fields {
             let len = (self.ends.len() * 2).min(self.limits.max_fields);
@@ -347,167 +466,4 @@ impl CsvParser {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What a test sees of a record: its row and its fields as strings.
-    #[derive(Debug, PartialEq, Eq)]
-    enum Seen {
-        Row(u64, Vec<String>),
-        Skipped(u64, Oversize),
-        Unterminated(u64),
-        Blank(u64),
-    }
-
-    fn parse_in_chunks(input: &[u8], chunk: usize, limits: Limits) -> Vec<Seen> {
-        let mut parser = CsvParser::new(b',', limits);
-        let mut seen = Vec::new();
-        let mut on_record = |r: Record<'_>| -> Result<(), ()> {
-            seen.push(match r {
-                Record::Fields(f) => Seen::Row(
-                    f.row_number,
-                    f.iter()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .collect(),
-                ),
-                Record::Oversized { row_number, reason } => Seen::Skipped(row_number, reason),
-                Record::Unterminated { row_number } => Seen::Unterminated(row_number),
-                Record::Blank { row_number } => Seen::Blank(row_number),
-            });
-            Ok(())
-        };
-        for piece in input.chunks(chunk.max(1)) {
-            parser.feed(piece, &mut on_record).unwrap();
-        }
-        parser.finish(&mut on_record).unwrap();
-        seen
-    }
-
-    fn row(n: u64, fields: &[&str]) -> Seen {
-        Seen::Row(n, fields.iter().map(|s| s.to_string()).collect())
-    }
-
-    fn every_chunking(input: &[u8], limits: Limits) -> Vec<Seen> {
-        let whole = parse_in_chunks(input, input.len(), limits);
-        for chunk in 1..input.len() {
-            assert_eq!(
-                parse_in_chunks(input, chunk, limits),
-                whole,
-                "chunk size {chunk}"
-            );
-        }
-        whole
-    }
-
-    #[test]
-    fn rows_are_numbered_as_a_spreadsheet_shows_them() {
-        let input = b"email,name\r\n\r\na@x.io,\"Ada\r\nLovelace\"\r\n\nb@x.io,Bob\rc@x.io,\"C, \"\"Jr\"\"\"";
-        assert_eq!(
-            every_chunking(input, Limits::default()),
-            vec![
-                row(1, &["email", "name"]),
-                row(3, &["a@x.io", "Ada\r\nLovelace"]),
-                row(5, &["b@x.io", "Bob"]),
-                row(6, &["c@x.io", "C, \"Jr\""]),
-            ]
-        );
-    }
-
-    #[test]
-    fn crlf_between_chunks_is_one_line_break() {
-        let input = b"h\r\nx\r\ny\r\n";
-        for chunk in 1..input.len() {
-            assert_eq!(
-                parse_in_chunks(input, chunk, Limits::default()),
-                vec![row(1, &["h"]), row(2, &["x"]), row(3, &["y"])]
-            );
-        }
-    }
-
-    #[test]
-    fn oversized_records_are_skipped_and_parsing_resumes() {
-        let limits = Limits {
-            max_record_bytes: 16,
-            max_fields: 3,
-        };
-        let input = b"a,b,c\n\"0123456789abcdefghij\nklm\",x,y\n1,2,3,4\nd,e,f\n";
-        assert_eq!(
-            every_chunking(input, limits),
-            vec![
-                row(1, &["a", "b", "c"]),
-                Seen::Skipped(2, Oversize::TooLong),
-                Seen::Skipped(3, Oversize::TooManyFields),
-                row(4, &["d", "e", "f"]),
-            ]
-        );
-    }
-
-    #[test]
-    fn an_unclosed_quote_is_told_apart_from_a_long_value() {
-        let limits = Limits {
-            max_record_bytes: 64,
-            max_fields: 10,
-        };
-        // At the end of the file, over several lines.
-        assert_eq!(
-            every_chunking(b"a,b\nx,\"never closed\ny,z\n", limits),
-            vec![row(1, &["a", "b"]), Seen::Unterminated(2)]
-        );
-        // Cut short by the record limit.
-        let long = format!("a,b\nx,\"{}\ny,z\n", "v".repeat(100));
-        assert_eq!(
-            every_chunking(long.as_bytes(), limits),
-            vec![row(1, &["a", "b"]), Seen::Unterminated(2)]
-        );
-        // A stray quote on one line is only a character.
-        assert_eq!(
-            every_chunking(b"a,b\nx,5\" tall", limits),
-            vec![row(1, &["a", "b"]), row(2, &["x", "5\" tall"])]
-        );
-    }
-
-    #[test]
-    fn a_blank_row_is_blank_at_any_width() {
-        let limits = Limits {
-            max_record_bytes: 16,
-            max_fields: 4,
-        };
-        let wide = format!("a,b\n{}\n{}\nc,d\n", ",".repeat(50), " ,".repeat(50));
-        assert_eq!(
-            every_chunking(wide.as_bytes(), limits),
-            vec![
-                row(1, &["a", "b"]),
-                Seen::Blank(2),
-                Seen::Blank(3),
-                row(4, &["c", "d"]),
-            ]
-        );
-        // Text anywhere in a wide row makes it a row, whichever limit it breaks.
-        let text = format!("a,b\n{}x{}\n", ",".repeat(10), " ".repeat(40));
-        assert_eq!(
-            every_chunking(text.as_bytes(), limits),
-            vec![
-                row(1, &["a", "b"]),
-                Seen::Skipped(2, Oversize::TooManyFields)
-            ]
-        );
-    }
-
-    #[test]
-    fn blank_records_are_recognised() {
-        let mut parser = CsvParser::new(b',', Limits::default());
-        let mut blanks = Vec::new();
-        parser
-            .feed(
-                b"a,b\n , \n,\nx,y\n",
-                &mut |r: Record<'_>| -> Result<(), ()> {
-                    if let Record::Fields(f) = r {
-                        blanks.push((f.row_number, f.is_blank()));
-                    }
-                    Ok(())
-                },
-            )
-            .unwrap();
-        assert_eq!(blanks, vec![(1, false), (2, true), (3, true), (4, false)]);
-    }
-}
+mod tests;

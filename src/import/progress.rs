@@ -5,6 +5,12 @@
 //! channel at its own pace, so a slow watcher cannot slow an upload. The hub maps the imports
 //! running in this process to their channels; an import running elsewhere (another replica)
 //! is followed through the store instead.
+//!
+//! An entry lives from the import's creation to its ending: `conclude` publishes the stored
+//! ending and removes it, `forget` removes it without a final value (the import was discarded,
+//! ended by another server, or its ending waits in `Endings`). Either way the channel closes
+//! once the upload's task lets go of its [`Live`], and a watcher still on it goes on through
+//! the store. The hub's keys are also the imports whose life sign this server renews.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,14 +25,21 @@ use crate::domain::{Counters, Import, ImportKey, TextFormat};
 /// is sent at most about 250 ms after it happened.
 pub const WATCH_TICK: Duration = Duration::from_millis(250);
 
+/// The live views of the imports running in this process. Cheap to clone; one per
+/// `Importer`.
 #[derive(Clone, Default)]
 pub struct ProgressHub {
+    /// By import, its publishing side. The lock is held only for a map operation.
     running: Arc<Mutex<HashMap<ImportKey, Live>>>,
 }
 
 /// The publishing side of one running import, fed by the upload's tally.
+///
+/// Holds the whole `Import`, not only its counters, so that a watcher or `GetImport` gets a
+/// complete answer from it without reading the store.
 #[derive(Clone)]
 pub struct Live {
+    /// Shared by the hub and the tally; the channel closes when both let go.
     tx: Arc<watch::Sender<Import>>,
 }
 
@@ -48,7 +61,9 @@ impl ProgressHub {
         }
     }
 
-    /// Forgets an import that was refused and removed.
+    /// Forgets an import without a final value: one that was refused and removed, one that
+    /// another server ended, or one whose ending waits to be stored. Readers then get it from
+    /// the store (with its pending ending laid over it).
     pub fn forget(&self, key: ImportKey) {
         self.lock().remove(&key);
     }
@@ -58,6 +73,8 @@ impl ProgressHub {
         self.lock().keys().copied().collect()
     }
 
+    /// A receiver on the live view of an import running here; `None` when it does not run
+    /// here (or no longer).
     pub fn subscribe(&self, key: ImportKey) -> Option<watch::Receiver<Import>> {
         self.lock().get(&key).map(|live| live.tx.subscribe())
     }
@@ -74,7 +91,8 @@ impl ProgressHub {
 }
 
 impl Live {
-    /// Publishes the upload's counters and text format, as its tally has them.
+    /// Publishes the upload's counters and text format, as its tally has them. Watchers are
+    /// woken only when something changed, and `update_time` moves with it.
     pub fn publish(&self, counters: Counters, format: Option<TextFormat>) {
         self.tx.send_if_modified(|import| {
             if import.counters == counters && import.format == format {
@@ -91,7 +109,12 @@ impl Live {
 /// Feeds one watcher from a local channel: the current snapshot at once, then one whenever
 /// the counters moved (sampled every `WATCH_TICK`), then the terminal one. Returns when the
 /// import ended, the channel closed (the caller then reads the final state from the store), or
-/// the watcher went away.
+/// the watcher went away. `last` is what this watcher was sent already, if anything, so that
+/// it is not sent again.
+///
+/// Each send is the latest state, never a queue of old ones. The tick is delayed rather than
+/// caught up after a slow send, so a watcher that fell behind is not then sent snapshots faster
+/// than one per tick.
 pub async fn follow_local(
     mut rx: watch::Receiver<Import>,
     out: &mpsc::Sender<Result<Import, ImportError>>,
@@ -135,7 +158,9 @@ pub async fn follow_local(
 /// Why `follow_local` returned.
 #[derive(Debug)]
 pub enum FollowEnd {
+    /// The terminal snapshot was sent: the stream is complete.
     Finished,
+    /// The watcher's stream was dropped: nothing more to do.
     WatcherGone,
     /// The import left this process without a terminal value on the channel; the last
     /// snapshot sent, if any.

@@ -2,6 +2,20 @@
 //!
 //! Synchronous and free of the store, so that the property tests and the fuzzer run exactly
 //! the code uploads run. Whatever the chunking, the same file gives the same rows and errors.
+//!
+//! Memory between chunks is bounded whatever the input (`check::memory_bound`): the intake's
+//! sniffing window, the header line while the delimiter is not chosen yet (`MAX_HEADER_LINE`),
+//! and one record of the parser. Rows go to a [`RowSink`] as they complete; the reader keeps
+//! none of them.
+//!
+//! How a file stops being read, and what the import becomes:
+//!
+//! - refused at the door ([`ReadError::Intake`]): too large, or not CSV text;
+//! - unreadable ([`ReadError::Parsing`], ERROR_PARSING): a byte that cannot be decoded, a header
+//!   without an email column or with a column twice, a first row too large to be a header, a
+//!   quote never closed;
+//! - row by row, everything else is a row error and reading goes on: a row too long or too
+//!   wide, a row of the wrong width, an invalid value.
 
 use super::chunk::{Intake, IntakeError};
 use super::decoder::{Decoder, Stop};
@@ -11,11 +25,16 @@ use super::validator::{Header, InvalidText};
 use crate::domain::{ErrorCode, FailedRow, NewUser, RowError, TextFormat};
 
 /// Decoded text kept to find the delimiter, at most: the first line of a file is its header,
-/// and a header line longer than this is not one.
+/// and a header line longer than this is not one. Past it the delimiter is chosen from this
+/// much, and the parser reads on: the whole line is still parsed, within the record limit.
 const MAX_HEADER_LINE: usize = 64 * 1024;
 
 /// Where the rows of a file go.
+///
+/// Called synchronously, in file order, from inside `FileReader::push` and `finish`: the
+/// values borrow the reader's buffers and must be copied (as `UserBatch` does) to be kept.
 pub trait RowSink {
+    /// A valid row, from spreadsheet row `row_number`.
     fn user(&mut self, row_number: u64, user: &NewUser<'_>);
     /// A row that failed, with every error it has.
     fn failed(&mut self, row: FailedRow<'_>);
@@ -24,35 +43,51 @@ pub trait RowSink {
 /// Why a file cannot be read on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    /// Refused at the door: too large, or not CSV text.
+    /// Refused at the door: too large (the import ends ERROR_UNKNOWN), or not CSV text (the
+    /// import is removed).
     #[error(transparent)]
     Intake(#[from] IntakeError),
     /// The file cannot be read: ERROR_PARSING, with a message that says why and how to fix it.
+    /// The rows read before it were handed to the sink; the import's ending removes them.
     #[error("{0}")]
     Parsing(String),
 }
 
+/// Reads one uploaded file, chunk by chunk, into rows for a [`RowSink`].
+///
+/// Feed it every chunk with `push`, then call `finish` once the upload's finish message came.
+/// After an error it must not be fed again: the file is over.
 pub struct FileReader {
+    /// Size limit, checksum, content check and byte order mark.
     intake: Intake,
+    /// Created with the first bytes the intake releases, once the byte order mark is known.
     decoder: Option<Decoder>,
+    /// Delimiter, parser and validator, fed the decoded text.
     text: TextStage,
 }
 
 /// What comes after decoding; a separate struct so the decoder can feed it while borrowed.
 struct TextStage {
+    /// The parser's limits, and the figures its row errors name.
     limits: Limits,
     /// Decoded text held until the first line is complete, to choose the delimiter.
     head: Vec<u8>,
+    /// Started, once, when the delimiter is chosen.
     parser: Option<CsvParser>,
+    /// The delimiter chosen, which the import reports.
     delimiter: Option<u8>,
+    /// The header, once its row was read: every later record is a data row.
     header: Option<Header>,
 }
 
 impl FileReader {
+    /// A reader for a file of at most `max_upload_bytes`, whose records are held to `limits`.
     pub fn new(max_upload_bytes: u64, limits: Limits) -> Self {
         Self::with_intake(Intake::new(max_upload_bytes), limits)
     }
 
+    /// A reader with the given intake: `check::read` uses a small sniffing window, so that
+    /// short files are cut after it too.
     fn with_intake(intake: Intake, limits: Limits) -> Self {
         Self {
             intake,
@@ -67,10 +102,12 @@ impl FileReader {
         }
     }
 
+    /// Bytes received so far, as the client sent them (see `Intake::bytes_received`).
     pub fn bytes_received(&self) -> u64 {
         self.intake.bytes_received()
     }
 
+    /// The SHA-256 of the bytes received so far, checked against the finish message.
     pub fn sha256(&self) -> [u8; 32] {
         self.intake.sha256()
     }
@@ -99,7 +136,8 @@ impl FileReader {
                 .map_or(0, CsvParser::buffered_bytes)
     }
 
-    /// Reads the next chunk of the file, handing its complete rows to `sink`.
+    /// Reads the next chunk of the file, handing its complete rows to `sink`. A record cut by
+    /// the end of the chunk waits for the next one.
     pub fn push(&mut self, chunk: &[u8], sink: &mut impl RowSink) -> Result<(), ReadError> {
         let (ready, bom) = self.intake.push(chunk)?;
         if ready.is_empty() {
@@ -145,6 +183,8 @@ impl TextStage {
         }
     }
 
+    /// Takes decoded text: held until the header line is complete (or `MAX_HEADER_LINE`
+    /// long), then parsed.
     fn feed(&mut self, text: &[u8], sink: &mut impl RowSink) -> Result<(), ReadError> {
         if self.parser.is_none() {
             self.head.extend_from_slice(text);
@@ -157,7 +197,8 @@ impl TextStage {
         parser.feed(text, &mut |record| rows.record(record, sink))
     }
 
-    /// Chooses the delimiter from the text held so far and parses that text.
+    /// Chooses the delimiter from the text held so far and parses that text, without the
+    /// `sep=` line if there was one. Does nothing once the parser runs.
     fn start_parser(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {
         if self.parser.is_none() {
             let head = std::mem::take(&mut self.head);
@@ -170,12 +211,16 @@ impl TextStage {
         Ok(())
     }
 
+    /// The text ended: a file whose header line never ended (a file of one line without a
+    /// line break) is parsed now, then the parser's last record is completed.
     fn finish(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {
         self.start_parser(sink)?;
         let (parser, mut rows) = self.parts();
         parser.finish(&mut |record| rows.record(record, sink))
     }
 
+    /// The parser and the row stage, borrowed apart, so that the parser's callback can use
+    /// the row stage.
     fn parts(&mut self) -> (&mut CsvParser, Rows<'_>) {
         let parser = self.parser.as_mut().expect("the parser runs");
         (
@@ -190,11 +235,16 @@ impl TextStage {
 
 /// Turns records into rows for the sink.
 struct Rows<'a> {
+    /// The header, set by the first record that is not blank.
     header: &'a mut Option<Header>,
+    /// For the row errors of oversized records, which name the limit.
     limits: Limits,
 }
 
 impl Rows<'_> {
+    /// One record: the header if none was read yet, else a data row for the sink. Blank
+    /// records are skipped (they are rows of the numbering, not of the import); an oversized
+    /// one is a row error, or the end of the file if it would have been the header.
     fn record(&mut self, record: Record<'_>, sink: &mut impl RowSink) -> Result<(), ReadError> {
         let fields = match record {
             Record::Fields(fields) => fields,
@@ -252,6 +302,7 @@ impl Rows<'_> {
     }
 }
 
+/// The ERROR_PARSING message for a cell that is not valid text.
 fn invalid_text(e: InvalidText) -> ReadError {
     let byte = e
         .byte
@@ -274,11 +325,15 @@ pub mod check {
     /// Every row as a line (`row|email|...` or `row|CODE,CODE`), then how reading ended.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Outcome {
+        /// Every row the sink got, valid or failed, in order.
         pub rows: Vec<String>,
+        /// How reading ended: `Ok` for a file read to its end.
         pub end: Result<(), ReadError>,
+        /// The encoding and delimiter found, if reading got that far.
         pub format: Option<TextFormat>,
     }
 
+    /// A sink that writes each row down as a line, for comparison.
     #[derive(Default)]
     struct Collect(Vec<String>);
 
@@ -396,6 +451,7 @@ mod tests {
         ]
     }
 
+    /// A file: a start that is often a byte order mark or a valid header, then random pieces.
     fn file() -> impl Strategy<Value = Vec<u8>> {
         let body = proptest::collection::vec(token(), 0..120).prop_map(|t| t.concat());
         let start = prop_oneof![

@@ -3,30 +3,48 @@
 //! Built from `Column`, the same source the validator reads headers with, so the template can
 //! never ask for a column, or spell an alias, that an upload would refuse. It lives here rather
 //! than as a file so that it needs no server state and is the same on every replica.
+//!
+//! `GetImportTemplate` and the CLI's `template` command both serve it from here. The
+//! descriptions are written by hand: a limit they state (254, 100, 64 characters) must be
+//! changed here too when `Column::max_chars` changes.
 
 use crate::domain::text::spreadsheet_safe;
 use crate::domain::{Column, ImportType};
 
+/// One column of a template, as `GetImportTemplate` describes it.
 pub struct TemplateColumn {
+    /// The header name the template uses (`Column::name`).
     pub name: &'static str,
+    /// Whether every file must have the column: only `email` is required.
     pub required: bool,
+    /// What the column takes, in a sentence, with its limit.
     pub description: &'static str,
+    /// The value of the template's example row.
     pub example: &'static str,
+    /// Every header name the validator takes for the column, folded (`fold_header`): lower
+    /// case, letters and digits only.
     pub aliases: &'static [&'static str],
 }
 
+/// A downloadable template: the file and the description of its columns.
 pub struct Template {
+    /// The file name to save it under.
     pub filename: &'static str,
+    /// The file: the header and one example row, comma-separated, LF line ends, no byte order
+    /// mark (all ASCII).
     pub csv: String,
+    /// The columns, in the file's order.
     pub columns: Vec<TemplateColumn>,
 }
 
+/// The template for `kind` of import. Built anew on each call; it is small.
 pub fn template(kind: ImportType) -> Template {
     match kind {
         ImportType::Users => users(),
     }
 }
 
+/// The Users template: one column per `Column`, in `Column::ALL` order.
 fn users() -> Template {
     let columns: Vec<TemplateColumn> = Column::ALL
         .into_iter()
@@ -66,6 +84,7 @@ fn users() -> Template {
     }
 }
 
+/// Whether `column` is required, its description and its example value.
 fn describe(column: Column) -> (bool, &'static str, &'static str) {
     match column {
         Column::Email => (
@@ -95,6 +114,7 @@ fn describe(column: Column) -> (bool, &'static str, &'static str) {
 mod tests {
     use super::*;
 
+    /// The file a client downloads, byte for byte: changing it changes what users see.
     #[test]
     fn the_users_template_is_a_header_and_an_example() {
         let t = template(ImportType::Users);

@@ -1,18 +1,32 @@
 //! From records to users: the header row says which field is which column, then each data row
 //! becomes a `NewUser` or the list of everything wrong with it.
+//!
+//! - The header is matched by folded names and aliases (`fold_header`, `Column::aliases`), so
+//!   "E-mail Address" finds the email column; columns the template does not know are ignored,
+//!   and only the email column is required. A header the validator cannot use (no email column,
+//!   or two columns for one field) makes the whole file ERROR_PARSING.
+//! - A data row reports every error it has, in column order, not only the first: the person
+//!   fixing the file sees everything at once in the error report.
+//! - Values borrow from the parser's buffer: a row is copied only into its batch.
+//!
+//! Uniqueness (a duplicate email or external id, in the file or in the account) is not checked
+//! here: the store's unique indexes find it as the batch is written.
 
 use std::str::Utf8Error;
 
 use crate::domain::email::EmailError;
-use crate::domain::text::{trim_cell, without_formula_guard};
+use crate::domain::text::read_cell;
 use crate::domain::user::{TextError, parse_text};
 use crate::domain::{Column, Email, FailedRow, NewUser, Role, RowError};
 
 use super::parser::Fields;
 
-/// Where each template column sits in the file, found from the header row.
+/// Where each template column sits in the file, found from the header row. Built once per
+/// file; every data row is read through it.
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// For each template column (by `Column as usize`), its 0-based field in the file, if the
+    /// file has it.
     positions: [Option<usize>; Column::ALL.len()],
     /// Fields per record: a record with another count is a FIELD_COUNT error.
     width: usize,
@@ -21,34 +35,52 @@ pub struct Header {
 /// A header that cannot be read: the whole file is an ERROR_PARSING.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
+    /// No column of the header folds to an email alias.
     #[error(
         "the file has no email column: its first row must be a header with an 'email' column \
          (download the template to see the expected columns); found {found}"
     )]
-    NoEmailColumn { found: String },
+    NoEmailColumn {
+        /// The header's non-empty names (the first 20, each cut short), or "an empty first
+        /// row": what the file has instead.
+        found: String,
+    },
+    /// Two columns of the header fold to the same template column: which one to read would be
+    /// a guess.
     #[error(
         "the header has two columns for {column} ('{first}' in column {first_index} and \
          '{second}' in column {second_index}); keep only one of them"
     )]
     DuplicateColumn {
+        /// The template column's name.
         column: &'static str,
+        /// The first header name for it, as the file has it (trimmed).
         first: String,
+        /// The first one's column, 1-based as a spreadsheet counts.
         first_index: usize,
+        /// The second header name for it.
         second: String,
+        /// The second one's column, 1-based.
         second_index: usize,
     },
 }
 
-/// A cell that is not valid UTF-8: the file was not read with the right encoding.
+/// A cell that is not valid UTF-8: the file was not read with the right encoding. The reader
+/// ends the file with ERROR_PARSING at this cell. (The decoder emits only UTF-8, so this is a
+/// second line of defence: a field can hold invalid bytes only if that promise breaks.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidText {
+    /// The spreadsheet row of the cell.
     pub row_number: u64,
     /// 1-based column of the file.
     pub column_index: usize,
+    /// The first byte that is not valid there, when there is one to name.
     pub byte: Option<u8>,
 }
 
 impl Header {
+    /// Reads the header row: which field holds which template column. Header names are read
+    /// lossily, since an unknown column's name only matters for the message.
     pub fn parse(fields: &Fields<'_>) -> Result<Self, HeaderError> {
         let mut positions: [Option<usize>; Column::ALL.len()] = [None; Column::ALL.len()];
         let mut names: Vec<String> = Vec::with_capacity(fields.len());
@@ -93,6 +125,11 @@ impl Header {
 
     /// Picks this row's cells by column. Only the cells of known columns are decoded: the
     /// others are ignored, whatever they hold.
+    ///
+    /// A row wider than the header whose extra fields are all blank counts as the header's
+    /// width. A row of another width keeps its count, and no cell is read: `NewUser::try_from`
+    /// makes it one FIELD_COUNT error. The whole record is checked as UTF-8 once; a cell is
+    /// checked alone only when that fails, so the error can name its column.
     pub fn row<'a>(&self, fields: &Fields<'a>) -> Result<CsvRow<'a>, InvalidText> {
         let mut values = [""; Column::ALL.len()];
         // Excel pads rows with empty fields when any row had more columns than the header.
@@ -128,12 +165,15 @@ impl Header {
     }
 }
 
+/// The byte at which `error` says the cell stops being UTF-8.
 fn first_bad_byte(raw: &[u8], error: Utf8Error) -> Option<u8> {
     raw.get(error.valid_up_to()).copied()
 }
 
 /// Folds a header for matching: case, spaces, '-', '_' and other punctuation are ignored, so
-/// `E-mail Address`, `email_address` and `EmailAddress` are one name.
+/// `E-mail Address`, `email_address` and `EmailAddress` are one name. Letters and digits of
+/// any script are kept and accents are not removed, so `Prénom` folds to `prénom`, which is
+/// not the alias `prenom`.
 pub fn fold_header(name: &str) -> String {
     name.chars()
         .filter(|c| c.is_alphanumeric())
@@ -141,6 +181,7 @@ pub fn fold_header(name: &str) -> String {
         .collect()
 }
 
+/// The template column a header name stands for, if any.
 fn column_for(name: &str) -> Option<Column> {
     let folded = fold_header(name);
     Column::ALL
@@ -151,9 +192,14 @@ fn column_for(name: &str) -> Option<Column> {
 /// One data row's cells, by template column.
 #[derive(Debug, Clone, Copy)]
 pub struct CsvRow<'a> {
+    /// The row's spreadsheet row number, which every row error names.
     pub row_number: u64,
+    /// Fields the row has, not counting the empty ones Excel pads a row with.
     field_count: usize,
+    /// Fields the header has: a row with another count is one FIELD_COUNT error.
     header_width: usize,
+    /// The cells, by `Column as usize`: empty for a column the file does not have, and all
+    /// empty when the row's width is wrong (it is not read then).
     values: [&'a str; Column::ALL.len()],
 }
 
@@ -161,10 +207,16 @@ impl<'a> CsvRow<'a> {
     /// A cell without the spaces and invisible characters at its ends, and without the `'`
     /// an error report puts before a formula character.
     fn value(&self, column: Column) -> &'a str {
-        without_formula_guard(trim_cell(self.values[column as usize]))
+        read_cell(self.values[column as usize])
     }
 }
 
+/// A data row's validation. A row of the wrong width is one FIELD_COUNT error and nothing else
+/// (its cells may be shifted, so checking them would only mislead). Otherwise every cell is
+/// checked: the email parsed and normalised, the texts checked for length, control and
+/// invisible characters, the role matched (empty means member). A failed row keeps its valid
+/// email and external id, which the store still checks against the account, and its cells, for
+/// the error report.
 impl<'a> TryFrom<CsvRow<'a>> for NewUser<'a> {
     /// Every error of the row, in column order, with its values that are valid.
     type Error = FailedRow<'a>;
@@ -271,7 +323,8 @@ mod tests {
     /// A valid row as `email|first|last|role|title|external_id`, or its `(column, code)` pairs.
     type Outcome = Result<String, Vec<(String, &'static str)>>;
 
-    /// Parses `csv` and returns the header result and each data row's validation.
+    /// Parses `csv` and returns the header result and each data row's validation, with the
+    /// parser and the validator as the reader composes them (no decoding: `csv` is UTF-8).
     fn validate(csv: &str) -> Result<Vec<Outcome>, HeaderError> {
         let mut parser = CsvParser::new(b',', Limits::default());
         let mut header: Option<Header> = None;
@@ -312,6 +365,8 @@ mod tests {
         Ok(out)
     }
 
+    /// Aliases, case, padding and column order do not matter, and an unknown column is
+    /// ignored; the email is trimmed and lower-cased, the role matched in any case.
     #[test]
     fn headers_match_aliases_in_any_order_and_case() {
         let rows = validate(
@@ -327,6 +382,8 @@ mod tests {
         );
     }
 
+    /// The two header errors: no email column (the message lists what was found), and two
+    /// names for one column (the message gives both, 1-based).
     #[test]
     fn a_header_without_email_is_refused() {
         let err = validate("name,role\nAda,admin\n").unwrap_err();
@@ -347,6 +404,8 @@ mod tests {
         ));
     }
 
+    /// A row with five bad cells gets five errors, role in its place between last_name and
+    /// job_title; a short row gets only FIELD_COUNT.
     #[test]
     fn every_error_of_a_row_is_reported_in_column_order() {
         let long = "x".repeat(101);
@@ -377,6 +436,7 @@ mod tests {
         assert_eq!(ErrorCode::FieldCount.as_str(), "FIELD_COUNT");
     }
 
+    /// Folding removes spaces, `-` and `_` and lowers the case; an unknown name maps to none.
     #[test]
     fn headers_fold_punctuation_and_case() {
         assert_eq!(fold_header(" E-Mail_Address "), "emailaddress");

@@ -1,5 +1,10 @@
 //! How domain values are stored in columns, and read back, the same way on both backends: a
 //! row read back is parsed again, so that a corrupt row is an error instead of a bad value.
+//!
+//! Times cross as microseconds since the Unix epoch, whatever the column: SQLite stores the
+//! integer itself, PostgreSQL a `timestamptz` that its `IMPORT_COLUMNS` turns back into one.
+//! Enumerations (status, type, policy, codes) are stored by their names (`as_str`, read back by
+//! `from_stored`), never by their numbers.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +15,9 @@ use crate::domain::{
 };
 
 /// An `imports` row as both backends select it (times in microseconds).
+///
+/// The fields are named as the columns, and selected by each backend's `IMPORT_COLUMNS`; the only
+/// way out is `Import::try_from`, which checks every field a later read relies on.
 #[derive(sqlx::FromRow)]
 pub(crate) struct ImportRow {
     import_key: i64,
@@ -37,11 +45,14 @@ pub(crate) struct ImportRow {
     retry_of_import_id: Option<String>,
     revert_time: Option<i64>,
     revert_note: String,
+    details_removed_time: Option<i64>,
 }
 
 impl TryFrom<ImportRow> for Import {
     type Error = StoreError;
 
+    /// `Corrupt`, naming the import and the column, when a stored value does not parse: a row the
+    /// service could not have written, so a bug or a hand edit, never a client's fault.
     fn try_from(row: ImportRow) -> Result<Self, StoreError> {
         let corrupt =
             |what: &str| StoreError::Corrupt(format!("import {}: {what}", row.import_key));
@@ -78,6 +89,7 @@ impl TryFrom<ImportRow> for Import {
             complete_time: row.complete_time.map(from_micros),
             revert_time: row.revert_time.map(from_micros),
             revert_note: row.revert_note,
+            details_removed_time: row.details_removed_time.map(from_micros),
         })
     }
 }
@@ -88,6 +100,8 @@ pub(crate) type RowErrorColumns = (i64, i64, String, String, String, String);
 impl TryFrom<RowErrorColumns> for StoredRowError {
     type Error = StoreError;
 
+    /// `Corrupt` for a column or code this version does not know. An empty column name is a row
+    /// error about the whole row (a wrong number of fields, undecodable text).
     fn try_from(
         (seq, row_number, column, code, message, value): RowErrorColumns,
     ) -> Result<Self, StoreError> {
@@ -114,6 +128,9 @@ impl TryFrom<RowErrorColumns> for StoredRowError {
 }
 
 /// The stored form of a text format: encoding and delimiter names.
+///
+/// Both or neither: `None` until the reader knew the format. A tab is stored as the two
+/// characters `\t`.
 pub(crate) fn format_columns(format: Option<TextFormat>) -> (Option<&'static str>, Option<String>) {
     match format {
         Some(f) => (Some(f.encoding.as_str()), Some(f.delimiter_name())),
@@ -121,6 +138,7 @@ pub(crate) fn format_columns(format: Option<TextFormat>) -> (Option<&'static str
     }
 }
 
+/// The text format back from its columns; `Corrupt` for a name this version does not know.
 fn format_from_columns(
     encoding: Option<&str>,
     delimiter: Option<&str>,
@@ -132,16 +150,20 @@ fn format_from_columns(
             delimiter: TextFormat::delimiter_from_name(d)
                 .ok_or_else(|| StoreError::Corrupt(format!("delimiter '{d}'")))?,
         })),
-        _ => Ok(None),
+        // Not read far enough to know (both are written together).
+        (None, _) | (_, None) => Ok(None),
     }
 }
 
+/// A time as stored: microseconds since the Unix epoch. A time before the epoch (a clock set
+/// wrong) is stored as 0 rather than failing the write.
 pub(crate) fn micros(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
 }
 
+/// A stored time back; a negative value (which `micros` never writes) reads as the epoch.
 pub(crate) fn from_micros(micros: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64)
 }

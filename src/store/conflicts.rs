@@ -1,52 +1,44 @@
 //! Rows the unique indexes refused, turned into row errors that say who holds the value.
 //!
 //! Both backends insert with `ON CONFLICT DO NOTHING` (or a `COPY` that falls back to it),
-//! learn which rows were refused, then look up who holds each refused email and external id.
-//! What the row error then says depends only on that holder, so it is decided here, once.
+//! learn which rows were refused, then look up who holds each refused email and external id
+//! (`lookup::holders`, run by `record::plain`). What the row error then says depends only on
+//! that holder, so it is decided here, once, and purely.
+//!
+//! The three answers a holder gives:
+//!
+//! - a row of this same import: DUPLICATE_IN_FILE, naming that row;
+//! - a user of an import still running: the value may be free again if that import fails, so the
+//!   error names the import (`RowError::being_imported`);
+//! - a user of a finished import, or nobody any more: ALREADY_EXISTS.
+//!
+//! Only a holder *before* the row counts (see `refusals`), so that the errors are those a
+//! row-by-row reading of the file gives, although the batch was inserted at once.
 
 use std::collections::HashMap;
 
 use crate::domain::{Column, ImportKey, RowError, UserBatch};
 
 /// Who holds a value a row was refused for: the import and row that wrote it.
+///
+/// Read by `lookup::holders` (`lookup::HolderRow`), one per value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Holder {
+    /// The import that created the holding user; this import's own key means a row of its own
+    /// file.
     pub import_key: ImportKey,
+    /// The holder's row in that import's file.
     pub source_row: u64,
     /// The holder's import id while that import still runs: if it fails, its users are
     /// deleted and the value is free again, which the row error must say.
     pub running_import: Option<String>,
 }
 
-/// The columns the stores' holder lookups return: the value, then the holder.
-pub(crate) type HolderRow = (String, i64, i64, Option<String>);
-
-/// The start of a holder lookup of `column` (email or external_id), up to the account's
-/// placeholder, which each store writes its own way, as it does the list of values.
-pub(crate) fn holder_lookup(column: Column) -> String {
-    format!(
-        "SELECT u.{}, u.import_key, u.source_row, \
-         CASE WHEN i.status = 'PROCESSING' THEN i.import_id END \
-         FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_id = ",
-        column.name()
-    )
-}
-
-/// Holders by value, from the rows of a holder lookup.
-pub(crate) fn holders_by_value(rows: Vec<HolderRow>) -> HashMap<String, Holder> {
-    rows.into_iter()
-        .map(|(value, import_key, source_row, running_import)| {
-            let holder = Holder {
-                import_key,
-                source_row: source_row as u64,
-                running_import,
-            };
-            (value, holder)
-        })
-        .collect()
-}
-
 /// The row error for a value held by someone else.
+///
+/// `key` is the import the row belongs to, `value` the value as the row wrote it. `None` (the
+/// holder went between the refusal and the lookup) is told as ALREADY_EXISTS: the value was taken
+/// when the row came.
 fn conflict_error(
     key: ImportKey,
     row_number: u64,
@@ -62,12 +54,21 @@ fn conflict_error(
             running_import: Some(import_id),
             ..
         }) => RowError::being_imported(row_number, column, value, &import_id),
-        _ => RowError::already_exists(row_number, column, value),
+        // Held by a finished import's user; or by nobody any more (the holder went between
+        // the insert and the lookup): the value was taken when the row came.
+        Some(Holder {
+            running_import: None,
+            ..
+        })
+        | None => RowError::already_exists(row_number, column, value),
     }
 }
 
 /// The values whose holders a batch must know: those of the users the unique indexes refused,
 /// and (with `probes`) the valid ones of its failed rows. Emails, then external ids.
+///
+/// Failed rows are probed so that their row errors also say when a value they hold is taken: a
+/// person fixing the row then fixes both at once.
 pub(crate) fn looked_up<'b>(
     batch: &'b UserBatch,
     refused: &[usize],
@@ -168,6 +169,10 @@ pub(crate) fn refusals(
 }
 
 /// Merges two lists of row errors sorted by row, keeping each row's errors together.
+///
+/// On a tie `a`'s come first: the callers pass validation errors (or the plan's) as `a` and the
+/// conflicts found afterwards as `b`, so a row's own errors read before its conflicts. Linear:
+/// both lists are already in file order.
 pub(crate) fn merge_by_row(a: &[RowError], b: Vec<RowError>) -> Vec<RowError> {
     let mut merged = Vec::with_capacity(a.len() + b.len());
     let mut b = b.into_iter().peekable();

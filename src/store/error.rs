@@ -2,14 +2,42 @@
 //! retry shortly (an outage), wait until someone makes room (a fault), refuse the request, or
 //! report a bug. The classes, and the plain words they are told with, are the same whichever
 //! backend raised them; the backend's own error is kept as the source, for the server's log.
+//!
+//! Each backend error is classified exactly once, on its way out of the backend: sqlx errors by
+//! `From<sqlx::Error>`, SQLite's C API by `from_sqlite_code`, PostgreSQL's SQLSTATEs by
+//! `from_sqlstate`. The import layer maps these classes to its own errors in one place
+//! (`import::error`); no caller looks at a backend's codes.
 
 use std::fmt;
 
 /// The backend's error behind a classified one, for the log only.
+///
+/// Never shown to a client: its text may hold SQL, paths or values (`StoreError::detail` joins it
+/// in for the log).
 pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error of the store, by what the caller must do about it.
+///
+/// - answers about the data (`AlreadyExists`, `NotProcessing`, `StillRunning`, `BeingUpdated`):
+///   the request is refused, the transaction was rolled back cleanly, and the connection is fine
+///   (`is_answer`);
+/// - `Unavailable`: retry shortly, with nothing done meanwhile (`is_transient`);
+/// - `Fault`: writes will keep failing until someone acts; the store latches it and readiness
+///   fails until a write probe succeeds (`FaultLatch`);
+/// - `Conflict`: another import's transaction won, again and again; the request may be sent
+///   again;
+/// - `Config`, `Migrate`: the service cannot start on this database;
+/// - `Corrupt`, `Database`: a bug, or data the service did not write; logged with its detail, and
+///   told to the client only as an internal error.
+///
+/// The `Display` text is the plain words; the source is only for the log.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A unique index refused a write. From `Store::create_import`: the import id is taken in the
+    /// account (the caller says so with the existing import's status). Elsewhere it is
+    /// unexpected, except inside a planned PostgreSQL batch, where it means another replica took
+    /// a value between the lookup and the write, and the batch is run again
+    /// (`postgres::tx::taken_meanwhile`).
     #[error("an import with this id already exists in the account")]
     AlreadyExists,
     /// The import was ended by someone else (recovery after a restart, or another replica).
@@ -25,7 +53,9 @@ pub enum StoreError {
     /// The database cannot be reached for now; the same request may succeed in a moment.
     #[error("{outage}")]
     Unavailable {
+        /// Why, in plain words for the client.
         outage: Outage,
+        /// The backend's error, for the log.
         #[source]
         source: Source,
     },
@@ -33,14 +63,31 @@ pub enum StoreError {
     /// the disk): retrying at once is pointless, and readiness says so.
     #[error("{fault}")]
     Fault {
+        /// What is wrong, in plain words for the client and for readiness.
         fault: Fault,
+        /// The backend's error, for the log.
         #[source]
         source: Source,
     },
+    /// The transaction lost a deadlock or a serialization conflict with another import's,
+    /// after being run again a few times (PostgreSQL).
+    ///
+    /// Nothing of the write is stored; the same request may succeed when the other import is
+    /// done.
+    #[error("the database kept aborting this write in favour of another import's")]
+    Conflict(#[source] Source),
+    /// The database URL, the SQLite file or its lock cannot be used as given (a bad URL, another
+    /// server holding the file): the service must not start. The message names what to fix.
     #[error("invalid database url: {0}")]
     Config(String),
+    /// The migrations could not be applied at start (sqlx's error says which and why): for
+    /// instance the database has a migration this version does not know, or one was changed since
+    /// it was applied. The service must not start on it.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value this version cannot read back (an unknown status, code or name), or a row
+    /// that should be there and is not: a bug or a hand edit, never retried. The message names
+    /// the import and column.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     /// Anything else: an error this service does not expect, which is a bug to report.
@@ -49,6 +96,8 @@ pub enum StoreError {
 }
 
 /// Why the database cannot be reached, in plain words.
+///
+/// Every outage is transient: the same request, sent again later, may succeed unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outage {
     /// No connection could be made, or the pool waited too long for one.
@@ -73,10 +122,18 @@ impl fmt::Display for Outage {
 }
 
 /// Why the database cannot store more, in plain words.
+///
+/// Unlike an outage, a fault stays until someone acts, so the store remembers it (`FaultLatch`)
+/// and readiness reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// No room: SQLite's `SQLITE_FULL` (or a file at its `max_page_count`), PostgreSQL's `53100`,
+    /// or too little free space beside the SQLite file for the write probe.
     DiskFull,
+    /// The disk failed a read or a write: SQLite's `SQLITE_IOERR`, PostgreSQL's `58030`.
     DiskError,
+    /// The database refuses writes: SQLite's `SQLITE_READONLY`, PostgreSQL's `25006` (a standby
+    /// after a failover, or a database set read-only).
     ReadOnly,
 }
 
@@ -91,6 +148,7 @@ impl fmt::Display for Fault {
 }
 
 impl StoreError {
+    /// An `Unavailable` error, boxing the backend's error as its source.
     pub(crate) fn unavailable(outage: Outage, source: impl Into<Source>) -> Self {
         StoreError::Unavailable {
             outage,
@@ -98,8 +156,33 @@ impl StoreError {
         }
     }
 
+    /// Whether this is an answer about the data (an id taken, an import that ended or still
+    /// runs), after which the transaction was rolled back cleanly and its connection is fine,
+    /// rather than a failure of the database.
+    ///
+    /// SQLite's store keeps its writer connection after an answer, and closes it after anything
+    /// else, since it may be left mid-transaction.
+    pub fn is_answer(&self) -> bool {
+        match self {
+            StoreError::AlreadyExists
+            | StoreError::NotProcessing
+            | StoreError::StillRunning
+            | StoreError::BeingUpdated(_) => true,
+            StoreError::Unavailable { .. }
+            | StoreError::Fault { .. }
+            | StoreError::Conflict(_)
+            | StoreError::Config(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Database(_) => false,
+        }
+    }
+
     /// Whether the same call may succeed in a moment, with nothing done meanwhile: what a
     /// start-up or a short retry waits for.
+    ///
+    /// Only outages: a fault or a lost conflict may also clear, but not by waiting a moment with
+    /// nothing done (see `Fault`, `Conflict`).
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
     }
@@ -125,6 +208,10 @@ impl StoreError {
     }
 
     /// Classifies an SQLite result code (primary or extended), as SQLite's C API returns it.
+    ///
+    /// The primary code (the low byte) decides the class, except for constraints, where only a
+    /// unique index (`SQLITE_CONSTRAINT_UNIQUE`) is `AlreadyExists`: a check or foreign key
+    /// failing is a bug.
     pub(crate) fn from_sqlite_code(code: i32, source: impl Into<Source>) -> Self {
         use libsqlite3_sys as ffi;
         let source = source.into();
@@ -153,6 +240,11 @@ impl StoreError {
     }
 
     /// Classifies a PostgreSQL SQLSTATE.
+    ///
+    /// Class `08` and the session-ending `57P01`/`57P02` are lost connections, `57P03` a server
+    /// starting; `53300` and `55000` mean no connection for now. `23505` is a unique violation,
+    /// `40P01`/`40001` a lost deadlock or serialization conflict; the fault codes are on `Fault`.
+    /// Anything else is `Database`.
     fn from_sqlstate(code: &str, source: Source) -> Self {
         let outage = match code {
             // Connection exceptions; an administrator or a crash ending the session.
@@ -168,6 +260,8 @@ impl StoreError {
         }
         match code {
             "23505" => StoreError::AlreadyExists,
+            // A deadlock, or a serialization failure: the other transaction won.
+            "40P01" | "40001" => StoreError::Conflict(source),
             "53100" => StoreError::Fault {
                 fault: Fault::DiskFull,
                 source,
@@ -208,6 +302,7 @@ impl FaultLatch {
         }
     }
 
+    /// The fault latched, if any: what `Store::fault` answers.
     pub(crate) fn get(&self) -> Option<Fault> {
         *self.lock()
     }
@@ -224,12 +319,16 @@ impl FaultLatch {
         }
     }
 
+    /// A poisoned lock is taken anyway: the value is a plain `Option`, never left half-written.
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Fault>> {
         self.fault.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl From<sqlx::Error> for StoreError {
+    /// Pool and I/O errors are `NotAnswering`, a crashed worker or a protocol error
+    /// `ConnectionLost`; database errors go by their code (SQLite's result code, or PostgreSQL's
+    /// SQLSTATE); anything else is `Database`.
     fn from(error: sqlx::Error) -> Self {
         use sqlx::Error as E;
         match error {

@@ -3,226 +3,107 @@
 //! the service sees the trait, its types and the classified errors.
 //!
 //! The all-or-nothing rule lives here. Valid rows are written into the users table while the
-//! upload runs, each tagged with its import; an import that ends in an ERROR_* status (or was
-//! left PROCESSING by a server that stopped) has its users deleted in the same transaction that
-//! sets its status. Uniqueness is the database's job: unique indexes on email and on external
-//! id, per account, catch duplicates in the file and in the account alike, so the server keeps
-//! no set of seen addresses and its memory stays flat whatever the file size.
+//! upload runs, each tagged with its import; an import that ends in an ERROR_* status or is
+//! cancelled (or was left PROCESSING by a server that stopped) has its users deleted, and the
+//! users it updated given their old values back, in the same transaction that sets its status.
+//! Uniqueness is the database's job: unique indexes on email and on external id, per account,
+//! catch duplicates in the file and in the account alike, so the server keeps no set of seen
+//! addresses and its memory stays flat whatever the file size.
 //!
-//! - [`error`]: the errors, classified once (outage, fault, bug) with their plain words;
+//! # One home per rule
+//!
+//! Each rule is written once, in the one place a reader would look for it:
+//!
+//! - [`Store`] is all the import layer sees: one call per thing an upload or a query needs,
+//!   each with the errors it may give and what they mean to the caller;
+//! - the flows above the backends (`ending`, `revert`, `record`, `planned`, `rekey`) say
+//!   *what* is written and *in which order*, once, generic over the `Steps` trait, so that
+//!   both backends end, revert and record imports the same way and give the same errors for
+//!   the same cases; what they decide is decided by pure functions beside them (`plan`,
+//!   `conflicts`), and the statements they look up with are built once (`lookup`);
+//! - each backend implements `Steps` in its own dialect and keeps only what really differs:
+//!   SQL dialects (times, arrays, `IN` lists), binary `COPY` against SQLite's C API, rowid
+//!   ranges against an index on `import_key`, and PostgreSQL's `NOTIFY` to other replicas.
+//!
+//! So code in a backend is there because it is dialect; what could be shared belongs in the
+//! flows above, where a fix reaches both backends at once.
+//!
+//! # Layout
+//!
+//! - `types`: the values that cross the trait (re-exported here): batch targets and outcomes,
+//!   an import's `Conclusion` and its `Guard`, life signs, cursors, the rows queries return;
+//! - `steps`: the `Steps` trait, the statements a backend writes in its dialect inside one of
+//!   its write transactions, and `Param`, the parameters of the statements both share;
+//! - `ending`: an import's ending (status first, then undo, then its file keys), its discard,
+//!   a cancel request;
+//! - `revert`: `RevertImport`, the users of a finished import removed and the note it keeps;
+//! - `record`: what a batch leaves besides its users (progress, row errors, failed rows'
+//!   cells) and the plain import's conflicts;
+//! - `planned`: a batch of a dry run or of the SKIP and UPDATE policies: lookup, plan, writes,
+//!   record, in one transaction;
+//! - `plan`: the pure decision of what each row of such a batch becomes;
+//! - `lookup`: the lookup statements and row types both backends (and both of SQLite's paths)
+//!   share;
 //! - `conflicts`: rows the unique indexes refused, turned into row errors;
+//! - `failed`: the failed rows' cells kept for the fix-up file;
 //! - `codec`: domain values to columns and back; `queries`: the reads both backends share;
-//! - `sqlite`, `postgres`: the backends.
+//! - `rekey`: the one-off rekeying of old email addresses to today's key form;
+//! - `retention`: a step of removing a finished import's details (row errors, failed rows);
+//! - [`error`]: the errors, classified once (an answer, an outage, a fault, a bug) with their
+//!   plain words;
+//! - `sqlite/`: the embedded default, one replica: `mod.rs` (the store, its one writer
+//!   connection, the write probe), `steps.rs` (its dialect), `capi.rs` (the hot path through
+//!   SQLite's C API), `ranges.rs` (an import's users by rowid range), `lock.rs` (one server
+//!   per file);
+//! - `postgres/`: several replicas: `mod.rs` (the store), `steps.rs` (its dialect),
+//!   `plain.rs` (the plain import's batches), `parallel.rs` (a large batch in two parts at
+//!   once), `apply.rs` (what a plan writes), `record.rs` (a batch's row errors and cells over
+//!   arrays), `copy.rs` (binary `COPY` of users), `liveness.rs` (owner locks and heartbeats),
+//!   `notify.rs` (`LISTEN`/`NOTIFY`), `tx.rs` (transactions run again after a lost deadlock).
 
 mod codec;
 mod conflicts;
+mod ending;
 pub mod error;
 mod failed;
-mod policy;
+mod lookup;
+mod plan;
+mod planned;
 mod postgres;
 mod queries;
+mod record;
 mod rekey;
+mod retention;
+mod revert;
 mod sqlite;
+mod steps;
+mod types;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::domain::{
-    AccountId, ConflictPolicy, Counters, Import, ImportId, ImportKey, ImportStatus, NewImport,
-    RowError, TextFormat, UserBatch,
-};
+use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 pub use error::{Fault, Outage, StoreError};
+pub use types::{
+    BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Guard,
+    ImportCursor, LifeSign, OpenOptions, Processing, Removed, Reverted, StoredRowError, StoredUser,
+};
 
-/// What writing one batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// Users inserted (a dry run: users that would have been).
-    pub imported: u64,
-    /// Valid rows refused by a uniqueness rule (DUPLICATE_IN_FILE or ALREADY_EXISTS).
-    pub conflicts: u64,
-    /// Rows whose user exists, left alone (SKIP) or updated (UPDATE).
-    pub skipped: u64,
-    pub updated: u64,
-    /// Row errors stored, validation and conflict errors together.
-    pub errors_stored: u64,
-    /// Row errors left out because the import reached its cap.
-    pub errors_omitted: u64,
-}
-
-impl BatchOutcome {
-    /// The counters once this batch is written, from those before it. The one place where a
-    /// write moves counters: the upload's tally applies it when the batch committed, and the
-    /// stores apply it to the progress they store with the batch.
-    pub fn applied_to(&self, before: Counters) -> Counters {
-        Counters {
-            rows_imported: before.rows_imported + self.imported,
-            rows_failed: before.rows_failed + self.conflicts,
-            row_errors_omitted: before.row_errors_omitted + self.errors_omitted,
-            rows_skipped: before.rows_skipped + self.skipped,
-            rows_updated: before.rows_updated + self.updated,
-            ..before
-        }
-    }
-}
-
-/// Where a batch goes, how its errors are numbered, and the progress stored with it.
-#[derive(Debug, Clone)]
-pub struct BatchTarget<'a> {
-    pub key: ImportKey,
-    pub account_id: &'a AccountId,
-    /// Sequence number of the first row error this batch stores: errors are read back in
-    /// this order, which is file order.
-    pub next_error_seq: u64,
-    /// How many more row errors may be stored for this import.
-    pub error_budget: u64,
-    /// The upload's counters before this batch's write (its rows are already read): the store
-    /// saves `BatchOutcome::applied_to(progress)` with the batch, for readers elsewhere.
-    pub progress: Counters,
-    pub format: Option<TextFormat>,
-    /// What becomes of a row whose user exists.
-    pub on_conflict: ConflictPolicy,
-    /// A dry run: every check, no user written.
-    pub validate_only: bool,
-}
-
-impl BatchTarget<'_> {
-    /// How rows are decided when the unique indexes alone cannot decide them: a dry run
-    /// writes no user, and SKIP and UPDATE must know the user before writing. `None` for the
-    /// plain import, which inserts and lets the indexes refuse.
-    fn planned(&self) -> Option<policy::Mode> {
-        (self.validate_only || self.on_conflict != ConflictPolicy::Error).then_some(policy::Mode {
-            key: self.key,
-            policy: self.on_conflict,
-            dry_run: self.validate_only,
-        })
-    }
-}
-
-/// How an import ends.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Conclusion {
-    pub status: ImportStatus,
-    pub counters: Counters,
-    pub format: Option<TextFormat>,
-    pub error_message: String,
-}
-
-impl Conclusion {
-    /// An ERROR_* ending removes the import's users: nothing of a failed import stays.
-    pub fn removes_users(&self) -> bool {
-        !self.status.is_completed()
-    }
-}
-
-/// Where a page of the Imports list starts: after this import, in the list's order (newest
-/// `create_time` first, ties by `import_id`, also descending).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportCursor {
-    /// `create_time` in microseconds since the Unix epoch, as stored.
-    pub create_micros: i64,
-    pub import_id: String,
-}
-
-impl ImportCursor {
-    /// The cursor of the page that follows `import`.
-    pub fn after(import: &Import) -> Self {
-        Self {
-            create_micros: codec::micros(import.create_time),
-            import_id: import.import_id.to_string(),
-        }
-    }
-}
-
-/// The note a revert leaves on its import, and says in its answer.
-pub fn revert_note(removed: u64, kept: u64) -> String {
-    match kept {
-        0 => format!("reverted: {removed} users removed"),
-        kept => format!(
-            "reverted: {removed} users removed; {kept} kept, because another import has updated \
-             them since"
-        ),
-    }
-}
-
-/// What `RevertImport` did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reverted {
-    /// The import, with its `revert_time` and note.
-    pub import: Import,
-    /// Users removed by this call: 0 when the import was reverted before.
-    pub removed: u64,
-    /// Users kept because another import updated them since.
-    pub kept: u64,
-}
-
-/// A user of an account, as `ListUsers` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredUser {
-    /// As stored: the normalised address.
-    pub email: String,
-    pub first_name: String,
-    pub last_name: String,
-    pub role: String,
-    pub job_title: String,
-    pub external_id: Option<String>,
-    /// The import that created the user.
-    pub import_id: String,
-    pub create_time: std::time::SystemTime,
-    pub update_time: std::time::SystemTime,
-}
-
-/// The cells of a failed row, in template column order, as the file had them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedCells {
-    pub row_number: u64,
-    pub cells: [String; 6],
-}
-
-/// A stored row error with its position, for paging.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRowError {
-    pub seq: u64,
-    pub error: RowError,
-}
-
-/// How the pipeline should cut batches for a store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Batching {
-    /// Rows per batch, and so per write.
-    pub rows: usize,
-    /// A batch that is not full is still written this long after the writer took the last
-    /// one: a quiet client must not hold batch memory, and other replicas read progress from
-    /// the stored counters.
-    pub flush_after: Option<Duration>,
-    /// Other replicas answer for the same imports from the stored progress. The live view of
-    /// an upload must then be what is stored, or a client polling both would see counters go
-    /// back; with one replica it may show the rows as they are read.
-    pub shared: bool,
-}
-
-/// Settings of the embedded backend that tests and operators may need; PostgreSQL ignores them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenOptions {
-    /// How long an SQLite write waits for a lock held by another process.
-    pub busy_timeout: Duration,
-    /// Caps the SQLite file at this many pages (`PRAGMA max_page_count`): past it, writes fail
-    /// as on a full disk. For tests of that fault, and to bound the file.
-    pub max_pages: Option<u64>,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        Self {
-            busy_timeout: Duration::from_secs(30),
-            max_pages: None,
-        }
-    }
-}
-
+/// The store as the import layer sees it, behind an `Arc<dyn Store>` chosen by [`open`].
+///
+/// Calls may come from many tasks at once. Errors are classified (see [`StoreError`]): the
+/// answers about the data (`AlreadyExists`, `NotProcessing`, `StillRunning`, `BeingUpdated`)
+/// refuse a request for what the data is, and the database is fine; an outage (`Unavailable`) may
+/// pass by itself; a fault needs someone to act; the others fail the request (see each variant).
+/// A call that fails leaves nothing changed, except where it says otherwise (`write_batch`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// How the pipeline should cut this store's batches: rows per batch, how long a batch that is
+    /// not full may wait, and whether other replicas read the progress it stores. Constant for a
+    /// store; each backend gives its figures, and what they were measured on, where it implements
+    /// this.
     fn batching(&self) -> Batching;
 
     /// Answers when the database does: readiness follows it.
@@ -243,17 +124,21 @@ pub trait Store: Send + Sync + 'static {
     /// needs and rolls it back, and clears the fault when that works.
     async fn probe_write(&self) -> Result<(), StoreError>;
 
-    /// Ends every import left PROCESSING by a server that stopped: ERROR_UNKNOWN with
-    /// `message`, users deleted. Returns how many.
-    async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError>;
+    /// Whether this server is the only one that writes the database (SQLite, whose file this
+    /// server holds locked): an import found PROCESSING at start was then left by a server
+    /// that stopped, and can be ended at once.
+    fn exclusive(&self) -> bool;
 
-    /// Periodic upkeep, every few seconds: keeps the leases of the imports running here and
-    /// ends those whose replica is gone. Returns how many were ended. Nothing to do for a
-    /// single-replica store, which ends interrupted imports at start.
-    async fn maintain(&self, running: &[ImportKey], message: &str) -> Result<u64, StoreError> {
-        let _ = (running, message);
-        Ok(0)
+    /// Renews the life sign of the imports this server runs (see `LifeSign`), so that other
+    /// servers do not take them for abandoned. Nothing to do for an exclusive store.
+    async fn heartbeat(&self, running: &[ImportKey]) -> Result<(), StoreError> {
+        let _ = running;
+        Ok(())
     }
+
+    /// Every PROCESSING import, with its life sign: what recovery at start and the reaper of
+    /// abandoned imports judge (`import::ending::orphans`).
+    async fn processing(&self) -> Result<Vec<Processing>, StoreError>;
 
     /// Wakes when an import changes, whichever replica changed it. `None` when only this
     /// process writes (watchers then poll).
@@ -276,23 +161,33 @@ pub trait Store: Send + Sync + 'static {
     async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError>;
 
     /// Writes a batch: its users (duplicates refused by the unique indexes and reported as
-    /// row errors), its row errors, and the import's progress. `NotProcessing`, with nothing
-    /// written, when the import ended. After any other error part of the batch may be stored:
-    /// the import then ends in an ERROR_* status, which removes its users.
+    /// row errors), its row errors, and the import's progress. `NotProcessing` when the import
+    /// ended meanwhile: its record is not written, and no user of the batch remains (on
+    /// PostgreSQL's plain path the parts may have committed users before the record found the
+    /// import ended; the ending that ended it removes them, whoever stores it). After any other
+    /// error part of the batch may be stored: the import then ends in an ERROR_* status, which
+    /// removes its users.
     async fn write_batch(
         &self,
         target: &BatchTarget<'_>,
         batch: &UserBatch,
-    ) -> Result<BatchOutcome, StoreError>;
+    ) -> Result<BatchWritten, StoreError>;
 
-    /// Sets the terminal status; an ERROR_* status deletes the import's users in the same
-    /// transaction. `NotProcessing` when the import had already ended.
+    /// Stores an import's ending, if `guard` still holds: the status, the counters and the
+    /// message of the conclusion as they are; a conclusion that `removes_users` also removes
+    /// the users the import created and restores those it updated, in the same transaction.
+    /// `NotProcessing`, with nothing changed, when the import had already ended or the guard
+    /// no longer holds. The one call that ends imports, whatever ended them.
     async fn conclude_import(
         &self,
         key: ImportKey,
         conclusion: &Conclusion,
+        guard: Guard,
     ) -> Result<Import, StoreError>;
 
+    /// The import with this id in the account, as stored; `None` when there is none. On PostgreSQL
+    /// its counters are those of its last stored batch, which may be behind the live view of the
+    /// replica that runs it.
     async fn get_import(
         &self,
         account_id: &AccountId,
@@ -339,6 +234,39 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredRowError>, StoreError>;
+
+    // Retention (`import::retention`).
+
+    /// Imports whose details' removal is under way (a server stopped mid-way), then finished
+    /// imports whose details are still kept and that ended before their cut-off: `imports` for
+    /// imports, `dry_runs` for dry runs (`None`: kept for ever), oldest first; at most `limit`.
+    async fn expired_details(
+        &self,
+        imports: Option<SystemTime>,
+        dry_runs: Option<SystemTime>,
+        limit: u32,
+    ) -> Result<Vec<ImportKey>, StoreError>;
+
+    /// Marks import `key`'s details removed (`details_removed_time`, at the first call) and
+    /// removes at most `rows` of its row errors and failed rows, in one short transaction;
+    /// `done` once none remain (`gone_before` when another replica had finished). `None` when
+    /// another replica has the clean-up's turn (PostgreSQL).
+    async fn remove_details(
+        &self,
+        key: ImportKey,
+        rows: u32,
+    ) -> Result<Option<Removed>, StoreError>;
+
+    /// The database's size in bytes: the file's pages on SQLite, `pg_database_size` on
+    /// PostgreSQL.
+    async fn size(&self) -> Result<u64, StoreError>;
+
+    /// Gives the room removed rows left back to the filesystem, a little at a time; the
+    /// bytes given back. SQLite's incremental vacuum; nothing on PostgreSQL, whose autovacuum
+    /// makes the room reusable, which is enough there.
+    async fn give_back_room(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// Opens the store a database URL names: `sqlite:` (the embedded default) or `postgres:`, and

@@ -1,13 +1,23 @@
 //! The read queries, the same SQL on both backends (SQLite accepts `$1` placeholders too), so
 //! that `GetImport`, `ListImports` and row error pages cannot differ between them; only the
 //! column list differs, since each backend stores times its own way.
+//!
+//! Each query is generic over the sqlx database, with bounds that say only what it binds and
+//! decodes; a backend calls it with its (reader) pool and its own column list. They are plain
+//! reads on the pool, outside any write transaction: they see the last committed state, so a
+//! running import shows the progress of its last committed batch.
+//!
+//! Pages are keyset pages (`after` a key, `LIMIT`): a page costs the same wherever it starts, and
+//! rows written meanwhile neither shift nor repeat a page.
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::codec::{ImportRow, RowErrorColumns, from_micros};
 use super::{FailedCells, ImportCursor, StoreError, StoredRowError, StoredUser};
-use crate::domain::{AccountId, Import, ImportId, ImportKey};
+use crate::domain::{AccountId, Import, ImportId, ImportKey, Role};
 
+/// One import by account and id (the unique key of `imports`); `None` when there is none.
+/// `columns` is the backend's `IMPORT_COLUMNS`.
 pub(crate) async fn get_import<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
     columns: &str,
@@ -30,6 +40,10 @@ where
 
 /// The Imports list. `time_param` is how the backend writes a `create_time` from the cursor's
 /// microseconds, bound as `$2`.
+///
+/// Newest first, ties by `import_id`, descending both, which the index on `(account_id,
+/// create_time, import_id)` serves; the cursor compares as a row value, so a page starts exactly
+/// after the last import of the one before.
 pub(crate) async fn list_imports<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
     columns: &str,
@@ -72,6 +86,8 @@ where
     rows.into_iter().map(Import::try_from).collect()
 }
 
+/// An import's stored row errors in file order (by `seq`), after `after` when given: `seq`
+/// numbers errors from 0, so "none yet" binds as -1.
 pub(crate) async fn list_row_errors<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
     key: ImportKey,
@@ -108,13 +124,17 @@ type UserColumns = (
     i64,
 );
 
-/// The users of an account's completed imports, by email (byte order on both backends). The
-/// backend says how its create and update times read as microseconds.
-#[allow(clippy::too_many_arguments)]
+/// The users of an account's completed imports, by email (byte order on both backends), as
+/// committed: a user that an UPDATE import still running has changed shows the values it had
+/// before that import (kept in `import_user_updates` to put back if it fails), until the import
+/// completes. So no reader sees values that may yet be undone, as no reader sees the users of
+/// an import still running. `micros` says how the backend reads a time column as microseconds.
+///
+/// `import` and `after` are bound as sentinels when absent (-1, the empty string), so that one
+/// statement serves every page. A user never updated reads its create time as its update time.
 pub(crate) async fn list_users<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
-    create_micros: &str,
-    update_micros: &str,
+    micros: fn(&str) -> String,
     account_id: &AccountId,
     import: Option<ImportKey>,
     after: Option<&str>,
@@ -126,14 +146,31 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
 {
+    // `s` is the user as it was before the UPDATE import still running that changed it, if
+    // one did: its values are shown instead.
+    let committed =
+        |column: &str| format!("CASE WHEN s.email IS NULL THEN u.{column} ELSE s.{column} END");
     let sql = format!(
-        "SELECT u.email, u.first_name, u.last_name, u.role, u.job_title, u.external_id, \
-         i.import_id, {create_micros}, {update_micros} \
+        "SELECT u.email, {first}, {last}, {role}, {title}, {external_id}, i.import_id, \
+         {created}, {updated} \
          FROM users u JOIN imports i ON i.import_key = u.import_key \
+         LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
+         LEFT JOIN import_user_updates s ON s.import_key = w.import_key \
+              AND s.account_id = u.account_id AND s.email = u.email \
          WHERE u.account_id = $1 AND u.email > $2 AND ($3 < 0 OR u.import_key = $3) \
          AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL', \
                           'COMPLETED_NOTHING_TO_IMPORT') \
-         ORDER BY u.email LIMIT $4"
+         ORDER BY u.email LIMIT $4",
+        first = committed("first_name"),
+        last = committed("last_name"),
+        role = committed("role"),
+        title = committed("job_title"),
+        external_id = committed("external_id"),
+        created = micros("u.create_time"),
+        updated = micros(&format!(
+            "coalesce({}, u.create_time)",
+            committed("update_time")
+        )),
     );
     let rows: Vec<UserColumns> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(account_id.as_str())
@@ -142,11 +179,12 @@ where
         .bind(i64::from(limit))
         .fetch_all(executor)
         .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(
             |(email, first_name, last_name, role, job_title, external_id, import_id, c, u)| {
-                StoredUser {
+                let role = Role::from_stored(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("user {email}: role '{role}'")))?;
+                Ok(StoredUser {
                     email,
                     first_name,
                     last_name,
@@ -156,13 +194,17 @@ where
                     import_id,
                     create_time: from_micros(c),
                     update_time: from_micros(u),
-                }
+                })
             },
         )
-        .collect())
+        .collect()
 }
 
-/// The cells of failed rows, in file order.
+/// A failed row as `failed_rows` selects it: its number, its six cells, and its reasons.
+type FailedColumns = (i64, String, String, String, String, String, String, String);
+
+/// The failed rows of an import, in file order, after row `after` when given: every failed
+/// row, each with its cells and reasons (see `failed`).
 pub(crate) async fn failed_rows<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
     key: ImportKey,
@@ -170,12 +212,12 @@ pub(crate) async fn failed_rows<'c, DB: Database>(
     limit: u32,
 ) -> Result<Vec<FailedCells>, StoreError>
 where
-    for<'r> (i64, String, String, String, String, String, String): FromRow<'r, DB::Row>,
+    for<'r> FailedColumns: FromRow<'r, DB::Row>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
 {
-    let rows: Vec<(i64, String, String, String, String, String, String)> = sqlx::query_as(
-        "SELECT row_number, email, first_name, last_name, role, job_title, external_id \
+    let rows: Vec<FailedColumns> = sqlx::query_as(
+        "SELECT row_number, email, first_name, last_name, role, job_title, external_id, errors \
          FROM import_failed_rows WHERE import_key = $1 AND row_number > $2 \
          ORDER BY row_number LIMIT $3",
     )
@@ -187,10 +229,50 @@ where
     Ok(rows
         .into_iter()
         .map(
-            |(row, email, first, last, role, title, external_id)| FailedCells {
+            |(row, email, first, last, role, title, external_id, errors)| FailedCells {
                 row_number: row as u64,
                 cells: [email, first, last, role, title, external_id],
+                errors,
             },
         )
         .collect())
+}
+
+/// Imports whose details' removal a stopped server left under way, then finished imports whose
+/// details are kept and that ended before their cut-off (microseconds since the epoch;
+/// `None`: kept for ever, bound as the smallest time), dry runs by their own, oldest first. `time` turns a bound microsecond value (`$n`) into the backend's time, to
+/// compare with `complete_time` (the index `imports_details_kept` serves the search).
+pub(crate) async fn expired_details<'c, DB: Database>(
+    executor: impl Executor<'c, Database = DB>,
+    time: impl Fn(&str) -> String,
+    imports: Option<i64>,
+    dry_runs: Option<i64>,
+    limit: u32,
+) -> Result<Vec<ImportKey>, StoreError>
+where
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+{
+    // Removals a stopped server left under way first, then expired imports, oldest first.
+    let sql = format!(
+        "SELECT import_key FROM imports WHERE details_left \
+         UNION ALL \
+         SELECT import_key FROM (SELECT import_key FROM imports \
+             WHERE details_removed_time IS NULL AND complete_time IS NOT NULL \
+               AND complete_time < CASE WHEN validate_only THEN {} ELSE {} END \
+             ORDER BY complete_time LIMIT $3) AS expired \
+         LIMIT $3",
+        time("$2"),
+        time("$1")
+    );
+    // Before any stored time: nothing is that old.
+    let never = i64::MIN / 2;
+    let keys: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(imports.unwrap_or(never))
+        .bind(dry_runs.unwrap_or(never))
+        .bind(i64::from(limit))
+        .fetch_all(executor)
+        .await?;
+    Ok(keys.into_iter().map(|(key,)| key).collect())
 }

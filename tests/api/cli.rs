@@ -9,14 +9,28 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// What a run of the binary gave: its exit code, stdout and stderr.
-struct Ran {
-    code: i32,
-    out: String,
-    err: String,
+pub(crate) struct Ran {
+    pub(crate) code: i32,
+    pub(crate) out: String,
+    pub(crate) err: String,
 }
 
 /// Runs `bulk-import <command> [--server S --account A] <args...>` against `server`.
-async fn bulk_import(server: Option<&str>, command: &str, args: &[&str]) -> Ran {
+pub(crate) async fn bulk_import(server: Option<&str>, command: &str, args: &[&str]) -> Ran {
+    bulk_import_with(server, command, args, &[]).await
+}
+
+/// `bulk_import` with these environment variables set.
+pub(crate) async fn bulk_import_with(
+    server: Option<&str>,
+    command: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Ran {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let mut argv = vec![command.to_owned()];
     if let Some(server) = server {
         argv.extend([
@@ -32,6 +46,7 @@ async fn bulk_import(server: Option<&str>, command: &str, args: &[&str]) -> Ran 
             .args(&argv)
             .env_remove("BULK_IMPORT_SERVER")
             .env_remove("BULK_IMPORT_ACCOUNT")
+            .envs(env)
             .output()
             .unwrap();
         Ran {
@@ -326,5 +341,96 @@ async fn the_cli_runs_the_whole_workflow() {
             .starts_with("error: FAILED_PRECONDITION: import 'first' already ended"),
         "{}",
         ran.err
+    );
+}
+
+/// The client reads its TLS settings from `BULK_IMPORT_CLIENT_TLS_*`, never from the server's
+/// `BULK_IMPORT_TLS_*`: a shell (or a pod) that serves with a certificate runs the client
+/// beside it without presenting the server's certificate as a client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_ignores_the_server_s_tls_variables() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let server = format!("http://{}", app.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.pem");
+    let missing = missing.to_str().unwrap();
+    let server_env = [
+        ("BULK_IMPORT_TLS_CERT", missing),
+        ("BULK_IMPORT_TLS_KEY", missing),
+        ("BULK_IMPORT_TLS_CLIENT_CA", missing),
+    ];
+    let listed = bulk_import_with(Some(&server), "list", &[], &server_env).await;
+    assert_eq!(listed.code, 0, "{}", listed.err);
+    // Its own variables it does read: a CA file that is not there is an error naming it.
+    let client_env = [("BULK_IMPORT_CLIENT_TLS_CA", missing)];
+    let refused = bulk_import_with(Some(&server), "list", &[], &client_env).await;
+    assert_eq!(refused.code, 1, "{}", refused.out);
+    assert!(refused.err.contains("absent.pem"), "{}", refused.err);
+}
+
+/// Output to a pipe that closes early ends the client quietly, as Unix tools do: no panic, no
+/// backtrace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_to_a_closed_pipe_ends_quietly() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut file = String::from(HEADER);
+    for i in 0..3000 {
+        file.push_str(&format!(
+            "someone.with.a.long.address.{i}@example.com,Some,One,,,\n"
+        ));
+    }
+    app.upload(ACCOUNT, "many", file.as_bytes(), 1 << 16)
+        .await
+        .unwrap();
+    let server = format!("http://{}", app.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+            .args(["users", "--server", &server, "--account", ACCOUNT])
+            .env_remove("BULK_IMPORT_SERVER")
+            .env_remove("BULK_IMPORT_ACCOUNT")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away at once, as `head` does once it has its lines.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!output.status.success(), "the output was not all written");
+}
+
+/// Row errors past the server's cap are not shown, but the client says how many and points to
+/// the fix-up file, which holds every failed row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_says_when_row_errors_were_not_stored() {
+    let app = spawn_app_with(Backend::Sqlite, |args| args.max_stored_row_errors = 0).await;
+    let server = format!("http://{}", app.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "users.csv",
+        &format!("{HEADER}a@x.io,Ann,,boss,,\nb@x.io,Bob,,,,\n"),
+    );
+    let ran = bulk_import(Some(&server), "upload", &[&file, "--import-id", "capped"]).await;
+    assert_eq!(ran.code, 2, "{}", ran.err);
+    assert!(
+        ran.out.contains("1 more row errors were not stored"),
+        "{}",
+        ran.out
+    );
+    assert!(
+        ran.out.contains("errors --account acme capped > fix.csv"),
+        "{}",
+        ran.out
+    );
+    let got = bulk_import(Some(&server), "get", &["capped"]).await;
+    assert!(
+        got.out.contains("1 more row errors were not stored"),
+        "{}",
+        got.out
     );
 }

@@ -353,3 +353,27 @@ async fn counters_never_go_back_whichever_replica_answers() {
     assert_eq!(finished.rows_imported, stats.valid);
     assert!(seen.len() > 20, "{} polls", seen.len());
 }
+
+backend_tests! {
+    /// A file that ends inside a quoted value is an unclosed quote, Error - Parsing naming the
+    /// row that opened it, whatever its last byte: with or without a final line break.
+    async fn a_quote_the_file_ends_in_is_unclosed_whatever_the_last_byte(backend) {
+        let app = spawn_app(backend).await;
+        for (i, end) in ["", "\n", "\r\n", "\r"].iter().enumerate() {
+            let file = format!("email,first_name\na@x.com,Ann\nb@x.com,\"Bob{end}");
+            let id = format!("unclosed-{i}");
+            let import = app.upload(ACCOUNT, &id, file.as_bytes(), 1 << 16).await.unwrap();
+            assert_eq!(status(&import), ImportStatus::ErrorParsing, "{end:?}");
+            assert!(
+                import.error_message.contains("row 3"),
+                "{end:?}: {}",
+                import.error_message
+            );
+            assert_eq!(app.users_of(ACCOUNT, &id).await, 0, "{end:?}");
+        }
+        // A closed quote is a value, with or without the final line break.
+        let closed = "email,first_name\na@x.com,\"Ann\"";
+        let import = app.upload(ACCOUNT, "closed", closed.as_bytes(), 1 << 16).await.unwrap();
+        assert_eq!(status(&import), ImportStatus::CompletedSuccess);
+    }
+}

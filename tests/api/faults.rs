@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulk_import::proto::ImportStatus;
+use bulk_import::proto::{self, ImportStatus};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -304,4 +304,96 @@ async fn a_backend_killed_mid_batch_ends_the_import_and_the_next_upload_works() 
         .await
         .unwrap();
     assert_eq!(after.rows_imported, stats.valid);
+}
+
+backend_tests! {
+    /// A failed UPDATE import whose ending must wait for the database: from the moment a
+    /// terminal status is shown, every answer shows the same status and counters, and they are
+    /// the stored ones (nothing imported, skipped or updated), never counts that later drop.
+    async fn a_failed_update_ending_that_waits_shows_the_counters_it_will_store(backend) {
+        let app = spawn_app_with(backend, |args| args.sqlite_busy_timeout_ms = 200).await;
+        let (base, stats) = generate(&["--rows", "4000", "--seed", "53"]);
+        let first = app.upload(ACCOUNT, "base", &base, 64 * 1024).await.unwrap();
+        assert_eq!(first.rows_imported, stats.valid);
+        let before = app.users(ACCOUNT).await;
+        // The same users, every first name changed.
+        let (changed, _) = generate(&["--rows", "4000", "--seed", "53", "--changed-rate", "1"]);
+        let upload = crate::lifecycle::open_upload_with(&app, ACCOUNT, "update", |m| {
+            m.on_conflict = proto::ConflictPolicy::Update as i32;
+        })
+        .await;
+        for piece in changed.chunks(64 * 1024) {
+            upload.tx.send(chunk(piece)).await.unwrap();
+        }
+        crate::lifecycle::wait_for_import(&app, ACCOUNT, "update").await;
+        let start = Instant::now();
+        loop {
+            let shown = app.get(ACCOUNT, "update").await.unwrap();
+            if shown.rows_updated == stats.valid {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "never updated: {shown:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let away = Away::start(&app, backend).await;
+        upload.tx.send(finish_message(finish())).await.unwrap();
+        drop(upload.tx);
+        let reply = upload.call.await.unwrap().unwrap_err();
+        assert_eq!(reply.code(), Code::Unavailable, "{reply:?}");
+        let mut seen: Vec<proto::Import> = Vec::new();
+        let mut look = async || {
+            if let Ok(shown) = app.get(ACCOUNT, "update").await {
+                seen.push(shown);
+            }
+        };
+        for _ in 0..5 {
+            look().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        away.restore(&app).await;
+        wait_stored(&app, "update", "ERROR_UNKNOWN").await;
+        look().await;
+
+        let terminal: Vec<&proto::Import> = seen
+            .iter()
+            .skip_while(|i| status(i) == ImportStatus::Processing)
+            .collect();
+        assert!(!terminal.is_empty(), "{seen:?}");
+        if backend == Backend::Sqlite {
+            // The server still reads while the lock is held: it showed the waiting ending.
+            assert!(terminal.len() > 1, "{seen:?}");
+        }
+        let stored = terminal.last().unwrap();
+        assert_eq!(status(stored), ImportStatus::ErrorUnknown);
+        assert_eq!(
+            (stored.rows_imported, stored.rows_skipped, stored.rows_updated),
+            (0, 0, 0)
+        );
+        assert_eq!(stored.rows_processed, stats.rows);
+        for shown in &terminal {
+            assert_eq!(status(shown), ImportStatus::ErrorUnknown);
+            assert_eq!(
+                (
+                    shown.rows_processed,
+                    shown.rows_imported,
+                    shown.rows_failed,
+                    shown.rows_skipped,
+                    shown.rows_updated,
+                    shown.row_errors_omitted,
+                ),
+                (
+                    stored.rows_processed,
+                    stored.rows_imported,
+                    stored.rows_failed,
+                    stored.rows_skipped,
+                    stored.rows_updated,
+                    stored.row_errors_omitted,
+                ),
+                "a waiting ending showed other counters than it stored"
+            );
+        }
+        // The update was undone.
+        assert_eq!(app.users(ACCOUNT).await, before);
+    }
 }

@@ -1,26 +1,24 @@
-//! What people ask of user importers: dry runs, conflict policies, the fix-up file, cancel,
-//! undo, the users themselves, and one user per mailbox however its address is spelled.
-
-use std::time::Duration;
+//! What people ask of user importers, part one: dry runs and the conflict policies (SKIP,
+//! UPDATE), with what an UPDATE that does not complete leaves (nothing). The fix-up file,
+//! cancel, revert and the users are in `follow_up`; the helpers here serve both.
 
 use bulk_import::proto::{self, ConflictPolicy, ImportStatus};
 use futures::StreamExt;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 use crate::helpers::*;
-use crate::lifecycle::{OpenUpload, open_upload, wait_for_imported_rows, wait_for_terminal};
+use crate::lifecycle::{OpenUpload, open_upload, open_upload_with, wait_for_imported_rows};
 
-fn policy(policy: ConflictPolicy) -> impl FnOnce(&mut proto::ImportMetadata) {
+pub(crate) fn policy(policy: ConflictPolicy) -> impl FnOnce(&mut proto::ImportMetadata) {
     move |m| m.on_conflict = policy as i32
 }
 
-fn dry_run(m: &mut proto::ImportMetadata) {
+pub(crate) fn dry_run(m: &mut proto::ImportMetadata) {
     m.validate_only = true;
 }
 
 /// Every page of `ListUsers`, `page_size` at a time: the emails, and the number of pages.
-async fn list_users(
+pub(crate) async fn list_users(
     app: &TestApp,
     account: &str,
     import_id: &str,
@@ -51,12 +49,16 @@ async fn list_users(
     }
 }
 
-fn emails(users: &[proto::User]) -> Vec<&str> {
+pub(crate) fn emails(users: &[proto::User]) -> Vec<&str> {
     users.iter().map(|u| u.email.as_str()).collect()
 }
 
 /// The whole error report of an import.
-async fn report(app: &TestApp, account: &str, import_id: &str) -> Result<Vec<u8>, tonic::Status> {
+pub(crate) async fn report(
+    app: &TestApp,
+    account: &str,
+    import_id: &str,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut client = app.client.clone();
     let mut chunks = client
         .get_import_error_report(proto::GetImportErrorReportRequest {
@@ -72,7 +74,7 @@ async fn report(app: &TestApp, account: &str, import_id: &str) -> Result<Vec<u8>
     Ok(file)
 }
 
-async fn cancel(
+pub(crate) async fn cancel(
     app: &TestApp,
     account: &str,
     import_id: &str,
@@ -87,7 +89,7 @@ async fn cancel(
     Ok(response.into_inner().import.unwrap())
 }
 
-async fn revert(
+pub(crate) async fn revert(
     app: &TestApp,
     account: &str,
     import_id: &str,
@@ -103,7 +105,7 @@ async fn revert(
 }
 
 /// The counters that a dry run and a real import must share.
-fn counters(import: &proto::Import) -> (ImportStatus, [i64; 5]) {
+pub(crate) fn counters(import: &proto::Import) -> (ImportStatus, [i64; 5]) {
     (
         status(import),
         [
@@ -117,7 +119,7 @@ fn counters(import: &proto::Import) -> (ImportStatus, [i64; 5]) {
 }
 
 /// The row errors as the client sees them, in full.
-fn described(errors: &[proto::RowError]) -> Vec<(i64, String, String, String)> {
+pub(crate) fn described(errors: &[proto::RowError]) -> Vec<(i64, String, String, String)> {
     errors
         .iter()
         .map(|e| {
@@ -133,7 +135,7 @@ fn described(errors: &[proto::RowError]) -> Vec<(i64, String, String, String)> {
 
 /// A generated file with invalid rows and duplicates, and an account that already holds some
 /// of its users: the first 300 rows of the same file.
-fn file_and_existing() -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn file_and_existing() -> (Vec<u8>, Vec<u8>) {
     let (file, stats) = generate(&[
         "--rows",
         "3000",
@@ -392,359 +394,4 @@ backend_tests! {
         assert_eq!(app.users(ACCOUNT).await, vec!["u@x.io|Una||member||"]);
         assert_eq!(revert(&app, ACCOUNT, "existing").await.unwrap().users_removed, 1);
     }
-
-    /// The fix-up file: failed rows with their cells and reasons, fixed in a "spreadsheet" and
-    /// uploaded again as it is, formula-like cells kept exactly.
-    async fn the_error_report_round_trips_through_a_spreadsheet(backend) {
-        let app = spawn_app(backend).await;
-        let file = "email,first_name,last_name,role,job_title,external_id,notes\n\
-                    ok@x.io,Ok,,,,,\n\
-                    bad-address,Bad,,,=SUM(A1),,x\n\
-                    ok@x.io,Dup,,,,,\n\
-                    zed@x.io,Zed,,boss,+1 555,,\n\
-                    only,two\n";
-        let first = app.upload(ACCOUNT, "first", file.as_bytes(), 9).await.unwrap();
-        assert_eq!((first.rows_imported, first.rows_failed), (1, 4));
-        let fixup = report(&app, ACCOUNT, "first").await.unwrap();
-        assert!(fixup.starts_with(b"\xEF\xBB\xBF"), "a BOM for Excel");
-        let mut reader = csv::ReaderBuilder::new().from_reader(&fixup[3..]);
-        assert_eq!(
-            reader.headers().unwrap().iter().collect::<Vec<_>>(),
-            vec!["email", "first_name", "last_name", "role", "job_title", "external_id", "row_number", "errors"]
-        );
-        let mut lines: Vec<Vec<String>> = reader
-            .records()
-            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
-            .collect();
-        let rows: Vec<&str> = lines.iter().map(|l| l[6].as_str()).collect();
-        assert_eq!(rows, vec!["3", "4", "5", "6"]);
-        assert_eq!(&lines[0][..6], &["bad-address", "Bad", "", "", "'=SUM(A1)", ""]);
-        assert!(lines[0][7].starts_with("email INVALID_EMAIL: "), "{}", lines[0][7]);
-        assert!(lines[1][7].contains("DUPLICATE_IN_FILE"), "{}", lines[1][7]);
-        assert_eq!(&lines[2][..6], &["zed@x.io", "Zed", "", "boss", "'+1 555", ""]);
-        assert!(lines[2][7].starts_with("role INVALID_ROLE: "), "{}", lines[2][7]);
-        assert_eq!(&lines[3][..6], &["", "", "", "", "", ""]);
-        assert!(lines[3][7].contains("FIELD_COUNT"), "{}", lines[3][7]);
-
-        // Fixed by hand, the line with nothing to save removed, uploaded as it is.
-        lines[0][0] = "bad@x.io".into();
-        lines[1][0] = "ok2@x.io".into();
-        lines[2][3] = "admin".into();
-        lines.pop();
-        let mut fixed = b"\xEF\xBB\xBF".to_vec();
-        {
-            let mut writer = csv::Writer::from_writer(&mut fixed);
-            writer
-                .write_record(["email", "first_name", "last_name", "role", "job_title", "external_id", "row_number", "errors"])
-                .unwrap();
-            for line in &lines {
-                writer.write_record(line).unwrap();
-            }
-            writer.flush().unwrap();
-        }
-        let retry = app
-            .upload_with(ACCOUNT, "retry", &fixed, 11, |m| m.retry_of_import_id = "first".into())
-            .await
-            .unwrap();
-        assert_eq!(status(&retry), ImportStatus::CompletedSuccess, "{:?}", app.errors(ACCOUNT, "retry").await);
-        assert_eq!(retry.rows_imported, 3);
-        assert_eq!(retry.retry_of_import_id, "first");
-        assert!(report(&app, ACCOUNT, "retry").await.unwrap().len() < 120, "a header alone");
-        let users = app.users(ACCOUNT).await;
-        assert!(users.contains(&"bad@x.io|Bad||member|=SUM(A1)|".to_owned()), "{users:?}");
-        assert!(users.contains(&"zed@x.io|Zed||admin|+1 555|".to_owned()), "{users:?}");
-
-        // The corrected import must be one of the account's.
-        for (account, id) in [(ACCOUNT, "nope"), ("other", "first")] {
-            let refused = app
-                .upload_with(account, "bad-retry", &fixed, 1 << 16, |m| m.retry_of_import_id = id.into())
-                .await
-                .unwrap_err();
-            assert_eq!(refused.code(), Code::InvalidArgument);
-            let fields: Vec<String> = refused
-                .get_details_bad_request()
-                .unwrap()
-                .field_violations
-                .into_iter()
-                .map(|v| v.field)
-                .collect();
-            assert_eq!(fields, vec!["retry_of_import_id"]);
-        }
-        assert_eq!(
-            report(&app, "other", "first").await.unwrap_err().code(),
-            Code::NotFound
-        );
-    }
-
-    /// CancelImport on the server that runs the upload: CANCELLED, nothing imported, the
-    /// uploader told CANCELLED, the watchers told the end.
-    async fn cancel_ends_a_running_import_with_nothing_imported(backend) {
-        let app = spawn_app(backend).await;
-        let (file, _) = generate(&["--rows", "60000", "--seed", "9"]);
-        let upload = open_upload(&app, ACCOUNT, "mistake").await;
-        for piece in file.chunks(64 * 1024).take(30) {
-            upload.tx.send(chunk(piece)).await.unwrap();
-        }
-        wait_for_imported_rows(&app, ACCOUNT, "mistake").await;
-        let mut client = app.client.clone();
-        let mut watcher = client
-            .watch_import(proto::WatchImportRequest {
-                account_id: ACCOUNT.into(),
-                import_id: "mistake".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        expect_cancelled(&app, &app, upload).await;
-        let mut last = None;
-        while let Some(update) = tokio::time::timeout(Duration::from_secs(30), watcher.next())
-            .await
-            .expect("the watch ends")
-        {
-            last = Some(update.unwrap().import.unwrap());
-        }
-        assert_eq!(status(&last.unwrap()), ImportStatus::Cancelled);
-
-        // A finished import, and another account's.
-        let again = cancel(&app, ACCOUNT, "mistake").await.unwrap_err();
-        assert_eq!(again.code(), Code::FailedPrecondition);
-        assert!(again.message().contains("CANCELLED"), "{}", again.message());
-        assert_eq!(cancel(&app, "other", "mistake").await.unwrap_err().code(), Code::NotFound);
-        let done = format!("{HEADER}a@x.io,,,,,\n");
-        app.upload(ACCOUNT, "done", done.as_bytes(), 64).await.unwrap();
-        assert_eq!(
-            cancel(&app, ACCOUNT, "done").await.unwrap_err().code(),
-            Code::FailedPrecondition
-        );
-    }
-
-    /// RevertImport removes what the import created, once; a user that another import updated
-    /// since is kept and counted. The same file can be imported again afterwards.
-    async fn revert_removes_what_an_import_created_once(backend) {
-        let app = spawn_app(backend).await;
-        let file = format!("{HEADER}a@x.io,A,,,,\nb@x.io,B,,,,\nc@x.io,C,,,,\n");
-        app.upload(ACCOUNT, "first", file.as_bytes(), 1 << 16).await.unwrap();
-        let touch = format!("{HEADER}b@x.io,Bee,,,,\n");
-        app.upload_with(ACCOUNT, "touch", touch.as_bytes(), 1 << 16, policy(ConflictPolicy::Update))
-            .await
-            .unwrap();
-        let reverted = revert(&app, ACCOUNT, "first").await.unwrap();
-        assert_eq!(reverted.users_removed, 2);
-        assert!(reverted.message.contains("1 kept"), "{}", reverted.message);
-        let import = reverted.import.unwrap();
-        assert!(import.revert_time.is_some());
-        assert_eq!(import.revert_note, reverted.message);
-        assert_eq!(app.users(ACCOUNT).await, vec!["b@x.io|Bee||member||"]);
-
-        let again = revert(&app, ACCOUNT, "first").await.unwrap();
-        assert_eq!(again.users_removed, 0);
-        assert_eq!(again.import.unwrap().revert_time, import.revert_time);
-        assert_eq!(app.get(ACCOUNT, "first").await.unwrap().revert_time, import.revert_time);
-
-        let reimport = app.upload(ACCOUNT, "again", file.as_bytes(), 1 << 16).await.unwrap();
-        assert_eq!((reimport.rows_imported, reimport.rows_failed), (2, 1));
-
-        // Nothing to remove for a dry run; a running import cannot be reverted.
-        app.upload_with(ACCOUNT, "dry", file.as_bytes(), 1 << 16, dry_run).await.unwrap();
-        assert_eq!(revert(&app, ACCOUNT, "dry").await.unwrap().users_removed, 0);
-        let running = open_upload(&app, ACCOUNT, "running").await;
-        crate::lifecycle::wait_for_import(&app, ACCOUNT, "running").await;
-        assert_eq!(
-            revert(&app, ACCOUNT, "running").await.unwrap_err().code(),
-            Code::FailedPrecondition
-        );
-        drop(running.tx);
-        let ended = wait_for_terminal(&app, ACCOUNT, "running").await;
-        assert_eq!(revert(&app, ACCOUNT, &ended.import_id).await.unwrap().users_removed, 0);
-        assert_eq!(revert(&app, "other", "first").await.unwrap_err().code(), Code::NotFound);
-    }
-
-    /// ListUsers: every user once, in pages of `page_size`, in one order; scoped to the
-    /// account, and to one import when asked.
-    async fn list_users_pages_through_an_account(backend) {
-        let app = spawn_app(backend).await;
-        let first = format!("{HEADER}e@x.io,,,,,\nb@x.io,,,admin,,B1\nd@x.io,,,,,\n");
-        let second = format!("{HEADER}a@x.io,Ann,,viewer,,\nc@x.io,,,,,\n");
-        app.upload(ACCOUNT, "first", first.as_bytes(), 1 << 16).await.unwrap();
-        app.upload(ACCOUNT, "second", second.as_bytes(), 1 << 16).await.unwrap();
-        app.upload("other", "first", first.as_bytes(), 1 << 16).await.unwrap();
-        let everyone = vec!["a@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.io"];
-        for page_size in [0, 1, 2, 5, 2000] {
-            let (users, pages) = list_users(&app, ACCOUNT, "", page_size).await;
-            assert_eq!(emails(&users), everyone, "page_size {page_size}");
-            let expected_pages = match page_size {
-                1 => 5,
-                2 => 3,
-                _ => 1,
-            };
-            assert_eq!(pages, expected_pages, "page_size {page_size}");
-        }
-        let (users, _) = list_users(&app, ACCOUNT, "second", 1).await;
-        assert_eq!(emails(&users), vec!["a@x.io", "c@x.io"]);
-        assert_eq!(users[0].first_name, "Ann");
-        assert_eq!(users[0].role, proto::UserRole::Viewer as i32);
-        assert_eq!(users[0].import_id, "second");
-        let (users, _) = list_users(&app, "other", "", 100).await;
-        assert_eq!(emails(&users), vec!["b@x.io", "d@x.io", "e@x.io"]);
-        assert_eq!(users[0].external_id, "B1");
-        assert_eq!(users[0].role, proto::UserRole::Admin as i32);
-
-        // A token is for the list it came from.
-        let mut client = app.client.clone();
-        let page = client
-            .list_users(proto::ListUsersRequest {
-                account_id: ACCOUNT.into(),
-                page_size: 1,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for (account, import_id, token) in [
-            ("other", "", page.next_page_token.clone()),
-            (ACCOUNT, "first", page.next_page_token.clone()),
-            (ACCOUNT, "", "not-a-token".to_owned()),
-        ] {
-            let refused = client
-                .list_users(proto::ListUsersRequest {
-                    account_id: account.into(),
-                    import_id: import_id.into(),
-                    page_size: 1,
-                    page_token: token,
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-        }
-        let unknown = client
-            .list_users(proto::ListUsersRequest {
-                account_id: ACCOUNT.into(),
-                import_id: "nope".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(unknown.code(), Code::NotFound);
-    }
-
-    /// One mailbox, one user: a domain in Unicode and in its IDNA form, and a local part
-    /// precomposed and decomposed, are one address, in a file and against stored users.
-    async fn one_mailbox_is_one_user_however_it_is_spelled(backend) {
-        let app = spawn_app(backend).await;
-        let file = format!(
-            "{HEADER}anna@bücher.example,,,,,\nanna@xn--bcher-kva.example,,,,,\n\
-             jos\u{e9}@example.com,,,,,\njose\u{301}@example.com,,,,,\n"
-        );
-        let import = app.upload(ACCOUNT, "first", file.as_bytes(), 1 << 16).await.unwrap();
-        assert_eq!((import.rows_imported, import.rows_failed), (2, 2));
-        let errors = app.errors(ACCOUNT, "first").await;
-        assert_eq!(
-            codes(&errors),
-            vec![
-                (3, "email".to_owned(), "DUPLICATE_IN_FILE".to_owned()),
-                (5, "email".to_owned(), "DUPLICATE_IN_FILE".to_owned()),
-            ]
-        );
-        let again = format!(
-            "{HEADER}ANNA@XN--BCHER-KVA.EXAMPLE,,,,,\nJOSE\u{301}@example.com,,,,,\n"
-        );
-        let second = app.upload(ACCOUNT, "second", again.as_bytes(), 1 << 16).await.unwrap();
-        assert_eq!((second.rows_imported, second.rows_failed), (0, 2));
-        assert_eq!(
-            codes(&app.errors(ACCOUNT, "second").await),
-            vec![
-                (2, "email".to_owned(), "ALREADY_EXISTS".to_owned()),
-                (3, "email".to_owned(), "ALREADY_EXISTS".to_owned()),
-            ]
-        );
-        let (users, _) = list_users(&app, ACCOUNT, "", 100).await;
-        assert_eq!(emails(&users), vec!["anna@bücher.example", "jos\u{e9}@example.com"]);
-    }
-
-    /// Rows stored under yesterday's key (a Unicode domain, a decomposed letter) get today's
-    /// at the next start, once.
-    async fn stored_addresses_are_migrated_to_the_new_key(backend) {
-        let mut app = spawn_app(backend).await;
-        let file = format!("{HEADER}anna@bücher.example,,,,,\njos\u{e9}@example.com,,,,,\n");
-        app.upload(ACCOUNT, "first", file.as_bytes(), 1 << 16).await.unwrap();
-        // As an older release stored them.
-        app.execute("UPDATE users SET email = 'anna@bücher.example' WHERE email = 'anna@xn--bcher-kva.example'").await;
-        app.execute("UPDATE users SET email = 'jose\u{301}@example.com' WHERE email = 'jos\u{e9}@example.com'").await;
-        app.execute("DELETE FROM data_migrations").await;
-        app.stop().await;
-        let restarted = spawn_on(&app.database().url, |_| {}).await;
-        assert_eq!(
-            restarted.users(ACCOUNT).await,
-            vec!["anna@xn--bcher-kva.example|||member||", "jos\u{e9}@example.com|||member||"]
-        );
-        let again = format!("{HEADER}anna@xn--bcher-kva.example,,,,,\njose\u{301}@example.com,,,,,\n");
-        let second = restarted.upload(ACCOUNT, "second", again.as_bytes(), 1 << 16).await.unwrap();
-        assert_eq!((second.rows_imported, second.rows_failed), (0, 2));
-    }
-}
-
-/// Cancels the upload `upload` on `app` from `canceller`, and checks every party's view.
-async fn expect_cancelled(app: &TestApp, canceller: &TestApp, upload: OpenUpload) {
-    let cancelled = cancel(canceller, ACCOUNT, "mistake").await.unwrap();
-    assert_eq!(status(&cancelled), ImportStatus::Cancelled);
-    assert_eq!(cancelled.rows_imported, 0);
-    let refused = tokio::time::timeout(Duration::from_secs(30), upload.call)
-        .await
-        .expect("the uploader is answered")
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::Cancelled, "{refused:?}");
-    assert!(
-        refused.message().contains("cancelled"),
-        "{}",
-        refused.message()
-    );
-    assert_eq!(app.users_of(ACCOUNT, "mistake").await, 0);
-    let stored = app.get(ACCOUNT, "mistake").await.unwrap();
-    assert_eq!(status(&stored), ImportStatus::Cancelled);
-}
-
-/// An upload with these metadata options, fed message by message.
-async fn open_upload_with(
-    app: &TestApp,
-    account: &str,
-    import_id: &str,
-    options: impl FnOnce(&mut proto::ImportMetadata),
-) -> OpenUpload {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut first = metadata(account, import_id, "users.csv");
-    if let Some(proto::upload_import_request::Payload::Metadata(m)) = &mut first.payload {
-        options(m);
-    }
-    tx.send(first).await.unwrap();
-    let mut client = app.client.clone();
-    let call = tokio::spawn(async move {
-        client
-            .upload_import(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map(|r| r.into_inner().import.unwrap())
-    });
-    OpenUpload { tx, call }
-}
-
-/// CancelImport on another replica than the one running the upload (PostgreSQL).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(postgres_tests),
-    ignore = "TEST_DATABASE_URL is not set (.ci/run sets it)"
-)]
-async fn cancel_works_from_another_replica() {
-    let app = spawn_app(Backend::Postgres).await;
-    let other = spawn_on(&app.database().url, |_| {}).await;
-    let (file, _) = generate(&["--rows", "60000", "--seed", "9"]);
-    let upload = open_upload(&app, ACCOUNT, "mistake").await;
-    for piece in file.chunks(64 * 1024).take(30) {
-        upload.tx.send(chunk(piece)).await.unwrap();
-    }
-    wait_for_imported_rows(&app, ACCOUNT, "mistake").await;
-    expect_cancelled(&app, &other, upload).await;
-    assert_eq!(
-        status(&other.get(ACCOUNT, "mistake").await.unwrap()),
-        ImportStatus::Cancelled
-    );
 }

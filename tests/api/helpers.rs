@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bulk_import::app::{Application, READINESS_SERVICE};
+use bulk_import::config::duration::KeepFor;
 use bulk_import::config::{LogFormat, ServeArgs};
 use bulk_import::proto::import_service_client::ImportServiceClient;
 use bulk_import::proto::upload_import_request::Payload;
@@ -120,7 +121,15 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         max_concurrent_uploads_per_account: 64,
         upload_idle_timeout: 60,
         max_watchers: 256,
+        max_watchers_per_account: 64,
+        allow_empty_tokens: false,
+        max_connections: 512,
+        max_streams_per_connection: 128,
+        max_health_watchers: 64,
         metrics_listen: None,
+        retention: KeepFor(Some(Duration::from_secs(90 * 86_400))),
+        dry_run_retention: KeepFor(Some(Duration::from_secs(7 * 86_400))),
+        retention_interval: Duration::from_secs(600),
     }
 }
 

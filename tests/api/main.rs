@@ -1,23 +1,30 @@
 //! Integration tests: the real server, a temporary database, the generated client.
 
+mod backends;
 mod chart;
 mod cli;
+mod cli_connect;
 mod correctness;
 mod faults;
 mod features;
 mod fixtures;
+mod follow_up;
 mod health;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod load;
+mod mailboxes;
 mod memory;
 mod metrics;
 mod queries;
 mod rejections;
 mod replicas;
+mod retention;
 mod row_by_row;
 mod security;
 mod store;
+mod tls;
 mod tools;
 mod upload;
 mod watch;

@@ -28,8 +28,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// The status of a GET, or `None` while nothing answers on `addr` (a server starting).
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Every sample of a scrape, by its name and labels as written (`name{label="value"}`).
-async fn scrape(app: &TestApp) -> HashMap<String, f64> {
+pub(crate) async fn scrape(app: &TestApp) -> HashMap<String, f64> {
     let (status, text) = http_get(app.metrics_addr.expect("metrics on"), "/metrics").await;
     assert_eq!(status, 200, "{text}");
     text.lines()

@@ -263,3 +263,106 @@ async fn the_service_rides_out_the_database_going_away() {
         .unwrap();
     assert_eq!(after.rows_imported, stats.valid);
 }
+
+/// Terminates the connections that hold the owner locks of the replicas running PROCESSING
+/// imports (what a PostgreSQL restart, a failover or a proxy blip does to them); how many.
+async fn drop_owner_locks(database: &TestDatabase) -> i64 {
+    let mut conn = PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = x'42494D50'::int::oid \
+         AND l.objid::bigint IN (SELECT owner FROM imports WHERE status = 'PROCESSING')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_DATABASE_URL is not set (.ci/run sets it)"
+)]
+async fn a_live_replica_keeps_its_uploads_when_its_lock_drops_while_another_replica_restarts() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let live = crate::support::Server::start_this(&database.url).await;
+    let mut other = crate::support::Server::start_this(&database.url).await;
+
+    // Four slow uploads on the live replica.
+    let mut uploads = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..4u32 {
+        let seed = (70 + i).to_string();
+        let (file, stats) = generate(&[
+            "--rows",
+            "3000",
+            "--seed",
+            &seed,
+            "--start",
+            &(i * 10_000).to_string(),
+        ]);
+        let id = format!("slow-{i}");
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(metadata(ACCOUNT, &id, "users.csv")).await.unwrap();
+        let mut client = live.client();
+        let call = tokio::spawn(async move { client.upload_import(ReceiverStream::new(rx)).await });
+        uploads.push((id, tx, call, file));
+        expected.push(stats.valid);
+    }
+    let mut on_live = live.client();
+    for (id, ..) in &uploads {
+        let created = Instant::now();
+        while get(&mut on_live, id).await.is_err() {
+            assert!(
+                created.elapsed() < Duration::from_secs(10),
+                "{id} never created"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // The lock's connection drops, and within half a second the other replica is killed and
+    // started again. For the next 15 s (longer than the grace the reaper gives a lock that is
+    // gone) the lock keeps being taken away, while the uploads go on slowly.
+    assert!(
+        drop_owner_locks(&database).await >= 1,
+        "the live replica held its lock"
+    );
+    other.kill();
+    let restarted = crate::support::Server::start_this(&database.url).await;
+    let slow = Instant::now();
+    let pieces = 30;
+    let mut sent = 0;
+    while slow.elapsed() < Duration::from_secs(15) || sent < pieces {
+        for (_, tx, _, file) in &uploads {
+            let size = file.len().div_ceil(pieces);
+            if let Some(piece) = file.chunks(size).nth(sent) {
+                tx.send(chunk(piece)).await.unwrap();
+            }
+        }
+        sent += 1;
+        drop_owner_locks(&database).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut on_restarted = restarted.client();
+    for ((id, tx, call, _), valid) in uploads.into_iter().zip(expected) {
+        let running = get(&mut on_restarted, &id).await.unwrap();
+        assert_eq!(
+            ImportStatus::try_from(running.status).unwrap(),
+            ImportStatus::Processing,
+            "{id}: {}",
+            running.error_message
+        );
+        tx.send(finish_message(finish())).await.unwrap();
+        drop(tx);
+        let import = call.await.unwrap().unwrap().into_inner().import.unwrap();
+        assert_eq!(
+            ImportStatus::try_from(import.status).unwrap(),
+            ImportStatus::CompletedSuccess,
+            "{id}: {}",
+            import.error_message
+        );
+        assert_eq!(import.rows_imported, valid, "{id}");
+        assert_eq!(users_of(&database, &id).await, valid, "{id}");
+    }
+}

@@ -3,20 +3,18 @@
 //! mutual TLS with certificates made here (rcgen) and rotated on disk, a stalled upload, and
 //! both concurrency limits.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bulk_import::app::{Application, READINESS_SERVICE};
+use bulk_import::app::READINESS_SERVICE;
 use bulk_import::auth::digest;
 use bulk_import::cli::Bearer;
 use bulk_import::proto::import_service_client::ImportServiceClient;
 use bulk_import::proto::{self, ImportStatus};
 use futures::StreamExt;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -46,6 +44,14 @@ fn tokens_file(path: &Path, tokens: &[(&str, &str, &[&str])]) {
     let partial = path.with_extension("partial");
     std::fs::write(&partial, text).unwrap();
     std::fs::rename(partial, path).unwrap();
+}
+
+/// The `ErrorInfo` of a status: its reason and domain.
+fn reason(status: &tonic::Status) -> Option<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|info| (info.reason, info.domain))
 }
 
 fn client(app: &TestApp, token: Option<&str>) -> Client {
@@ -143,6 +149,8 @@ backend_tests! {
         assert!(list(&mut ops, "acme").await.unwrap().is_empty());
         let refused = upload(&mut client(&app, Some("wrong-secret")), "acme", "x").await.unwrap_err();
         assert!(!refused.message().contains("wrong-secret"), "{}", refused.message());
+        // Through the one mapping of errors, with its ErrorInfo.
+        assert_eq!(reason(&refused), Some(("UNAUTHENTICATED".into(), "bulkimport.v1".into())));
 
         // The token's own account.
         let import = upload(&mut acme, "acme", "mine").await.unwrap();
@@ -159,6 +167,33 @@ backend_tests! {
         assert_eq!(code(list(&mut acme, "globex").await), denied);
         assert_eq!(code(watch(&mut acme, "globex", "x").await), denied);
         assert!(list(&mut ops, "globex").await.unwrap().is_empty());
+        // Every RPC that names an account checks it, through one helper (`grpc::auth::scoped`).
+        let globex = || "globex".to_owned();
+        let x = || "x".to_owned();
+        let answers = [
+            acme.cancel_import(proto::CancelImportRequest { account_id: globex(), import_id: x() })
+                .await
+                .map(|_| ()),
+            acme.revert_import(proto::RevertImportRequest { account_id: globex(), import_id: x() })
+                .await
+                .map(|_| ()),
+            acme.get_import_error_report(proto::GetImportErrorReportRequest {
+                account_id: globex(),
+                import_id: x(),
+            })
+            .await
+            .map(|_| ()),
+            acme.list_users(proto::ListUsersRequest { account_id: globex(), ..Default::default() })
+                .await
+                .map(|_| ()),
+        ];
+        for answer in answers {
+            let status = answer.unwrap_err();
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+            assert_eq!(reason(&status).unwrap().0, "ACCOUNT_NOT_ALLOWED");
+        }
+        let denied_upload = upload(&mut acme, "globex", "theirs").await.unwrap_err();
+        assert_eq!(reason(&denied_upload).unwrap().0, "ACCOUNT_NOT_ALLOWED");
 
         // "*": every account; another token's imports are visible to it, not the reverse.
         upload(&mut ops, "globex", "theirs").await.unwrap();
@@ -197,6 +232,33 @@ backend_tests! {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// A tokens file emptied (cut short while it was written) is refused like a broken one:
+    /// the tokens read before stay. A server does not start on an empty file unless it is
+    /// told to (`--allow-empty-tokens`, or `allow_empty = true` in the file).
+    async fn an_empty_tokens_file_locks_nobody_out(backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let app = spawn_with_tokens(backend, dir.path()).await;
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, "").unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            list(&mut client(&app, Some("acme-secret")), "acme").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        let database = TestDatabase::new(backend).await;
+        let mut args = serve_args(&database.url);
+        args.auth_tokens_file = Some(empty.clone());
+        let refused = bulk_import::app::Application::bind(args.clone()).await.err().unwrap();
+        assert!(refused.to_string().contains("lists no token"), "{refused}");
+        args.allow_empty_tokens = true;
+        assert!(bulk_import::app::Application::bind(args.clone()).await.is_ok());
+        std::fs::write(&empty, "allow_empty = true\n").unwrap();
+        args.allow_empty_tokens = false;
+        assert!(bulk_import::app::Application::bind(args).await.is_ok());
+    }
 }
 
 backend_tests! {
@@ -217,6 +279,24 @@ backend_tests! {
         assert!(import.error_message.starts_with("upload stalled"), "{}", import.error_message);
         assert_eq!(app.users_of(ACCOUNT, "stalled").await, 0);
         drop(upload.tx);
+
+        // Empty chunks every half second are no bytes of the file: the upload stalls all the
+        // same.
+        let dodging = crate::lifecycle::open_upload(&app, ACCOUNT, "dodging").await;
+        dodging.tx.send(chunk(HEADER.as_bytes())).await.unwrap();
+        let quiet_since = Instant::now();
+        let keepalive = tokio::spawn(async move {
+            for _ in 0..20 {
+                if dodging.tx.send(chunk(b"")).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let reply = dodging.call.await.unwrap().unwrap_err();
+        assert_eq!(reply.code(), Code::DeadlineExceeded, "{reply:?}");
+        assert!(quiet_since.elapsed() < Duration::from_secs(5), "{:?}", quiet_since.elapsed());
+        keepalive.abort();
     }
 }
 
@@ -260,190 +340,6 @@ backend_tests! {
         // Places come back.
         app.upload("c", "c-1", HEADER.as_bytes(), 100).await.unwrap();
     }
-}
-
-/// A certificate authority made for a test, and the PEM files it signs.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).unwrap();
-        Self {
-            ca,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn ca(&self) -> Certificate {
-        Certificate::from_pem(self.ca.pem())
-    }
-
-    /// A certificate for `names`, written to `<file>.pem` and `<file>.key`; returns the paths.
-    fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.ca)
-            .unwrap();
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-}
-
-/// A server on TLS: its port and what stops it.
-struct TlsServer {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<()>,
-    _database: TestDatabase,
-}
-
-impl TlsServer {
-    async fn start(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
-        let database = TestDatabase::sqlite();
-        let mut args = serve_args(&database.url);
-        args.tls_cert = Some(cert.to_owned());
-        args.tls_key = Some(key.to_owned());
-        args.tls_client_ca = client_ca.map(Path::to_owned);
-        let app = Application::bind(args).await.unwrap();
-        let port = app.local_addr().port();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            app.run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self {
-            port,
-            stop: Some(stop),
-            server,
-            _database: database,
-        }
-    }
-
-    /// A channel to the server trusting `ca`, with `identity` when given.
-    async fn connect(
-        &self,
-        ca: Certificate,
-        identity: Option<Identity>,
-    ) -> Result<Channel, tonic::transport::Error> {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(ca)
-            .domain_name("localhost");
-        if let Some(identity) = identity {
-            tls = tls.identity(identity);
-        }
-        Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.server.await.unwrap();
-    }
-}
-
-/// Whether a call over `channel` works: the template needs no account.
-async fn answers(channel: Channel) -> Result<(), tonic::Status> {
-    let mut client = ImportServiceClient::new(channel);
-    client
-        .get_import_template(proto::GetImportTemplateRequest::default())
-        .await
-        .map(|_| ())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_trusted_clients_refuses_plaintext_and_rotates_its_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let first = Pki::new(dir.path(), "first");
-    let (cert, key) = first.issue("server", &["localhost", "127.0.0.1"]);
-    let server = TlsServer::start(&cert, &key, None).await;
-
-    let channel = server.connect(first.ca(), None).await.unwrap();
-    answers(channel).await.unwrap();
-
-    // A plaintext client on the TLS port fails cleanly, and the server goes on.
-    let plaintext = Endpoint::from_shared(format!("http://127.0.0.1:{}", server.port))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy();
-    assert!(answers(plaintext).await.is_err());
-    answers(server.connect(first.ca(), None).await.unwrap())
-        .await
-        .unwrap();
-
-    // The certificate files are replaced (another CA): new connections get the new one.
-    let second = Pki::new(dir.path(), "second");
-    let (new_cert, new_key) = second.issue("server-next", &["localhost", "127.0.0.1"]);
-    std::fs::copy(&new_key, &key).unwrap();
-    std::fs::copy(&new_cert, &cert).unwrap();
-    let start = Instant::now();
-    loop {
-        if let Ok(channel) = server.connect(second.ca(), None).await
-            && answers(channel).await.is_ok()
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the new certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(server.connect(first.ca(), None).await.is_err());
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutual_tls_requires_a_client_certificate_of_the_client_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let servers = Pki::new(dir.path(), "servers");
-    let clients = Pki::new(dir.path(), "clients");
-    let strangers = Pki::new(dir.path(), "strangers");
-    let (cert, key) = servers.issue("server", &["localhost"]);
-    let server = TlsServer::start(&cert, &key, Some(&dir.path().join("clients-ca.pem"))).await;
-
-    let identity = |pki: &Pki, name: &str| {
-        let (cert, key) = pki.issue(name, &[name]);
-        Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())
-    };
-    let trusted = server
-        .connect(servers.ca(), Some(identity(&clients, "hr-sync")))
-        .await
-        .unwrap();
-    answers(trusted).await.unwrap();
-    // No certificate, or one of another CA: the handshake fails; nothing gets through.
-    for client in [None, Some(identity(&strangers, "mallory"))] {
-        let refused = match server.connect(servers.ca(), client).await {
-            Ok(channel) => answers(channel).await.is_err(),
-            Err(_) => true,
-        };
-        assert!(refused);
-    }
-    server.stop().await;
 }
 
 /// Tokens never reach the log, even at debug level: not when they work, not when they fail.
@@ -517,4 +413,126 @@ async fn the_cli_sends_its_token() {
         "{}",
         String::from_utf8_lossy(&without.stderr)
     );
+}
+
+/// Refusals are in the log for an audit: who (the token's name, the peer), where (the
+/// account), why; a flood of them is one line a second with the count left out; the token
+/// itself never. A refused upload names its account and who asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_in_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    tokens_file(&path, &[("hr-sync", "tok-audit-secret-1", &["acme"])]);
+    let database = TestDatabase::sqlite();
+    let log = dir.path().join("server.log");
+    let server = crate::support::Server::start_with(
+        Path::new(env!("CARGO_BIN_EXE_bulk-import")),
+        &database.url,
+        &[
+            "--auth-tokens-file",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        Some(&log),
+    )
+    .await;
+    let client = |token: &str| -> Client {
+        ImportServiceClient::with_interceptor(
+            server.channel.clone(),
+            Bearer::new(Some(token)).unwrap(),
+        )
+    };
+    let get = |account: &str| proto::GetImportRequest {
+        account_id: account.into(),
+        import_id: "x".into(),
+        ..Default::default()
+    };
+    // An upload into an account the token does not cover, then a GetImport there.
+    let messages = upload_messages(
+        "other",
+        "denied",
+        "users.csv",
+        HEADER.as_bytes(),
+        8,
+        finish(),
+    );
+    let denied = client("tok-audit-secret-1")
+        .upload_import(tokio_stream::iter(messages))
+        .await;
+    assert_eq!(code(denied), Some(Code::PermissionDenied));
+    // A flood of calls with a wrong token.
+    for _ in 0..50 {
+        let refused = client("tok-audit-wrong-2").get_import(get("acme")).await;
+        assert_eq!(code(refused), Some(Code::Unauthenticated));
+    }
+    // An upload refused before its import exists.
+    let mut messages =
+        upload_messages("acme", "retry", "users.csv", HEADER.as_bytes(), 8, finish());
+    if let Some(proto::upload_import_request::Payload::Metadata(m)) = &mut messages[0].payload {
+        m.retry_of_import_id = "no-such-import".into();
+    }
+    let refused = client("tok-audit-secret-1")
+        .upload_import(tokio_stream::iter(messages))
+        .await;
+    assert_eq!(code(refused), Some(Code::InvalidArgument));
+    server.stop();
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let with = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .map(|l| &l["fields"])
+            .collect()
+    };
+    let denied = with("refused a call: PERMISSION_DENIED");
+    assert_eq!(denied.len(), 1, "{logged}");
+    assert_eq!(denied[0]["token"], "hr-sync");
+    assert_eq!(denied[0]["account_id"], "other");
+    assert_eq!(denied[0]["rpc"], "UploadImport");
+    let unauthenticated = with("refused a call: UNAUTHENTICATED");
+    // 50 refusals in well under a second or two: one line, or two across a second's edge,
+    // and together with the lines left out they count every refusal.
+    assert!(
+        (1..=2).contains(&unauthenticated.len()),
+        "{unauthenticated:?}"
+    );
+    let counted: u64 = unauthenticated
+        .iter()
+        .map(|l| 1 + l["suppressed"].as_u64().unwrap())
+        .sum();
+    assert!((1..=50).contains(&counted), "{unauthenticated:?}");
+    assert!(
+        unauthenticated[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{unauthenticated:?}"
+    );
+    assert!(
+        unauthenticated[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not valid"),
+        "{unauthenticated:?}"
+    );
+    let refused = with("upload refused");
+    assert_eq!(refused.len(), 1, "{logged}");
+    assert_eq!(refused[0]["account_id"], "acme");
+    assert_eq!(refused[0]["import_id"], "retry");
+    assert_eq!(refused[0]["created_by"], "hr-sync");
+    assert!(
+        refused[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-import"),
+        "{refused:?}"
+    );
+    assert!(!logged.contains("tok-audit-secret"), "{logged}");
+    assert!(!logged.contains("tok-audit-wrong"), "{logged}");
 }

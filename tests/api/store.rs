@@ -5,7 +5,7 @@ use bulk_import::domain::{
     AccountId, Counters, Email, Filename, ImportId, ImportStatus, ImportType, NewImport, NewUser,
     Role, UserBatch,
 };
-use bulk_import::store::{self, BatchTarget, Conclusion, OpenOptions, StoreError};
+use bulk_import::store::{self, BatchTarget, Conclusion, Guard, OpenOptions, StoreError};
 
 use crate::helpers::*;
 
@@ -27,13 +27,16 @@ backend_tests! {
             })
             .await
             .unwrap();
-        let ended = Conclusion {
-            status: ImportStatus::ErrorUnknown,
-            counters: Counters::default(),
-            format: None,
-            error_message: "ended by another replica".into(),
-        };
-        store.conclude_import(import.key, &ended).await.unwrap();
+        let ended = Conclusion::new(
+            ImportStatus::ErrorUnknown,
+            Counters::default(),
+            None,
+            "ended by another replica".into(),
+        );
+        store
+            .conclude_import(import.key, &ended, Guard::Processing)
+            .await
+            .unwrap();
 
         // Large enough to be written in parts at once on PostgreSQL.
         let emails: Vec<String> = (0..5000).map(|i| format!("late{i}@example.com")).collect();

@@ -174,3 +174,35 @@ fn the_proto_passes_buf_lint() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// grpcurl decodes the error details the service sends (`google.rpc.ErrorInfo`), through
+/// reflection, with no proto file given: no "is not recognized".
+#[tokio::test]
+#[cfg_attr(
+    not(grpcurl_tests),
+    ignore = "grpcurl or jq is not installed (.ci/run installs them)"
+)]
+async fn grpcurl_decodes_the_error_details() {
+    require("grpcurl");
+    let app = spawn_app(Backend::Sqlite).await;
+    let addr = app.addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("grpcurl")
+            .args([
+                "-plaintext",
+                "-d",
+                r#"{"account_id":"acme","import_id":"nope"}"#,
+            ])
+            .args([addr.as_str(), "bulkimport.v1.ImportService/GetImport"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("Code: NotFound"), "{stderr}");
+    assert!(!stderr.contains("is not recognized"), "{stderr}");
+    assert!(stderr.contains("google.rpc.ErrorInfo"), "{stderr}");
+    assert!(stderr.contains("IMPORT_NOT_FOUND"), "{stderr}");
+}

@@ -198,3 +198,115 @@ backend_tests! {
         assert_eq!(status.code(), tonic::Code::NotFound);
     }
 }
+
+/// The counters of a snapshot, in a fixed order, for comparisons.
+fn counters(import: &proto::Import) -> [i64; 7] {
+    [
+        import.bytes_received,
+        import.rows_processed,
+        import.rows_imported,
+        import.rows_failed,
+        import.rows_skipped,
+        import.rows_updated,
+        import.row_errors_omitted,
+    ]
+}
+
+/// Checks a sequence of snapshots of one import: each adds up (a row processed is imported,
+/// failed, skipped or updated) while it runs and once it completed, and none goes back.
+fn check_snapshots(source: &str, seen: &[proto::Import]) {
+    for import in seen {
+        let c = import;
+        assert_eq!(
+            c.rows_processed,
+            c.rows_imported + c.rows_failed + c.rows_skipped + c.rows_updated,
+            "{source}: {c:?}"
+        );
+    }
+    for pair in seen.windows(2) {
+        let (a, b) = (counters(&pair[0]), counters(&pair[1]));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x <= y),
+            "{source}: counters went back: {a:?} then {b:?}"
+        );
+    }
+}
+
+backend_tests! {
+    /// In every snapshot GetImport, WatchImport and ListImports give, while an import runs and
+    /// once it completed, rows_processed = imported + failed + skipped + updated, and no
+    /// counter goes back. Under SKIP and UPDATE too, over an account that holds some users.
+    async fn the_counters_add_up_in_every_snapshot(backend) {
+        let app = spawn_app_with(backend, |args| args.batch_rows = Some(500)).await;
+        let (base, _) = generate(&["--rows", "3000", "--seed", "61"]);
+        app.upload(ACCOUNT, "base", &base, 1 << 16).await.unwrap();
+        let (file, stats) = generate(&["--rows", "9000", "--seed", "61", "--changed-rate", "0.3"]);
+        for (id, policy) in [
+            ("error", proto::ConflictPolicy::Error),
+            ("skip", proto::ConflictPolicy::Skip),
+            ("update", proto::ConflictPolicy::Update),
+        ] {
+            let upload = crate::lifecycle::open_upload_with(&app, ACCOUNT, id, |m| {
+                m.on_conflict = policy as i32;
+            })
+            .await;
+            wait_for_import(&app, ACCOUNT, id).await;
+            let mut stream = watch(&app, ACCOUNT, id).await.unwrap();
+            let watcher = tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(import) = next_import(&mut stream).await {
+                    seen.push(import);
+                }
+                seen
+            });
+            let (mut got, mut listed) = (Vec::new(), Vec::new());
+            for piece in file.chunks(16 * 1024) {
+                upload.tx.send(chunk(piece)).await.unwrap();
+                got.push(app.get(ACCOUNT, id).await.unwrap());
+                let list = app.list(ACCOUNT).await;
+                listed.push(list.into_iter().find(|i| i.import_id == id).unwrap());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            upload.tx.send(finish_message(finish())).await.unwrap();
+            drop(upload.tx);
+            let done = upload.call.await.unwrap().unwrap();
+            assert_eq!(done.rows_processed, stats.rows, "{id}");
+            got.push(app.get(ACCOUNT, id).await.unwrap());
+            let watched = tokio::time::timeout(Duration::from_secs(30), watcher)
+                .await
+                .expect("the watch ends")
+                .unwrap();
+            assert!(watched.len() > 2, "{id}: {} updates watched", watched.len());
+            assert!(
+                got.iter().any(|i| status(i) == ImportStatus::Processing && i.rows_processed > 0),
+                "{id}: progress was seen while it ran"
+            );
+            check_snapshots(&format!("{id} GetImport"), &got);
+            check_snapshots(&format!("{id} WatchImport"), &watched);
+            check_snapshots(&format!("{id} ListImports"), &listed);
+            assert_eq!(counters(watched.last().unwrap()), counters(&done), "{id}");
+        }
+    }
+}
+
+backend_tests! {
+    /// One account cannot take every watcher's place: past --max-watchers-per-account its
+    /// next WatchImport is RESOURCE_EXHAUSTED naming the flag, while another account watches.
+    async fn one_account_cannot_take_every_watcher(backend) {
+        let app = spawn_app_with(backend, |args| args.max_watchers_per_account = 2).await;
+        for account in [ACCOUNT, "other"] {
+            let _upload = open_upload(&app, account, "running").await;
+            wait_for_import(&app, account, "running").await;
+            std::mem::forget(_upload);
+        }
+        let held = [
+            watch(&app, ACCOUNT, "running").await.unwrap(),
+            watch(&app, ACCOUNT, "running").await.unwrap(),
+        ];
+        let refused = watch(&app, ACCOUNT, "running").await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("--max-watchers-per-account"), "{}", refused.message());
+        watch(&app, "other", "running").await.unwrap();
+        drop(held);
+    }
+}

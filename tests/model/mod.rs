@@ -24,6 +24,8 @@ pub struct Row {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Email {
     /// Address number `n` of the pool, with the letters whose bit is set in `case` upper-cased.
+    /// Odd numbers have a Greek local part, `σσ{n}`, whose sigmas are each written `Σ`, `σ`
+    /// or `ς` as `case` says: one mailbox however its sigmas are cased (full case folding).
     Pool {
         n: u8,
         case: u8,
@@ -58,6 +60,19 @@ pub struct Outcome {
 impl Row {
     fn email_text(&self) -> String {
         match &self.email {
+            Email::Pool { n, case } if n % 2 == 1 => {
+                let sigma = |i: usize| match (case >> i & 1, case >> (i + 4) & 1) {
+                    (1, _) => 'Σ',
+                    (0, 1) => 'ς',
+                    _ => 'σ',
+                };
+                let domain = if case >> 2 & 1 == 1 {
+                    "EXAMPLE.GR"
+                } else {
+                    "example.gr"
+                };
+                format!("{}{}{n}@{domain}", sigma(0), sigma(1))
+            }
             Email::Pool { n, case } => {
                 let base = format!("user{n}@example.com");
                 base.chars()
@@ -150,7 +165,9 @@ pub fn import_with(account: &Account, rows: &[Row], policy: Policy) -> (Outcome,
                 errors.push((n, "email".to_owned(), "INVALID_EMAIL".to_owned(), None));
                 None
             }
-            Email::Pool { .. } => Some(row.email_text().to_lowercase()),
+            // The mailbox: case folded, which for this pool is ASCII lower case and every sigma
+            // written σ.
+            Email::Pool { .. } => Some(row.email_text().to_lowercase().replace(['Σ', 'ς'], "σ")),
         };
         if row.role == ROLES.len() - 1 {
             errors.push((n, "role".to_owned(), "INVALID_ROLE".to_owned(), None));

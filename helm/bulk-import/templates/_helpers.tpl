@@ -30,6 +30,14 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* Whether the pods carry prometheus.io/* annotations: not with the ServiceMonitor, or
+     Prometheus would scrape every pod twice. */}}
+{{- define "bulk-import.scrapeAnnotations" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.podAnnotations (not .Values.metrics.serviceMonitor.enabled) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "bulk-import.sqliteUrl" -}}
 {{- .Values.database.url | default "sqlite:///data/bulk-import.db" -}}
 {{- end -}}
@@ -76,7 +84,13 @@ true
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) 50051) -}}
 {{- fail "metrics.port must differ from the gRPC port, 50051" -}}
 {{- end -}}
-{{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.config.shutdownGraceSeconds) -}}
-{{- fail "terminationGracePeriodSeconds must exceed config.shutdownGraceSeconds, or running uploads are killed before they end cleanly" -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.preStopSleepSeconds) (int .Values.config.shutdownGraceSeconds)) -}}
+{{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds + config.shutdownGraceSeconds, or running uploads are killed before they end cleanly" -}}
+{{- end -}}
+{{- if and (not (include "bulk-import.postgres" .)) .Values.database.url (not (hasPrefix "sqlite:///data/" .Values.database.url)) -}}
+{{- fail (printf "database.url %s is a SQLite file off the data volume, on the read-only root filesystem: use sqlite:///data/NAME.db (or leave it empty for sqlite:///data/bulk-import.db)" .Values.database.url) -}}
+{{- end -}}
+{{- if and .Values.ingress.enabled (not .Values.ingress.host) -}}
+{{- fail "ingress.enabled needs ingress.host: the host name the Ingress serves" -}}
 {{- end -}}
 {{- end -}}

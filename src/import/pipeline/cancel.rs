@@ -1,6 +1,11 @@
 //! Cancelling a running upload. `CancelImport` on the server that runs the upload fires its
 //! token here; on another replica it sets the import's `cancel_requested` in the database and
 //! notifies, and the uploading server, which follows its import's changes, sees it.
+//!
+//! A cancel only stops the upload: its ending is decided like any other (`ending::decide`),
+//! CANCELLED with every user of the import removed. A cancel asked while the last batches are
+//! written still wins over the completion (`Cause::Completed`'s `cancel_asked`); one asked once
+//! they are all written finds the import ended first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,7 @@ use crate::domain::ImportKey;
 /// The cancel tokens of the uploads running here.
 #[derive(Clone, Default)]
 pub struct Cancels {
+    /// By import, the token its upload watches. An entry lives as long as its `Registered`.
     running: Arc<Mutex<HashMap<ImportKey, CancellationToken>>>,
 }
 
@@ -19,10 +25,14 @@ pub struct Cancels {
 pub(super) struct Registered {
     cancels: Cancels,
     key: ImportKey,
+    /// Fired by `Cancels::cancel`: the upload stops at once, even while it waits on the writer
+    /// or on batch memory.
     pub token: CancellationToken,
 }
 
 impl Cancels {
+    /// Registers the upload of `key`, which keeps the returned place for as long as it runs,
+    /// its ending included.
     pub(super) fn register(&self, key: ImportKey) -> Registered {
         let token = CancellationToken::new();
         self.lock().insert(key, token.clone());
@@ -33,7 +43,8 @@ impl Cancels {
         }
     }
 
-    /// Cancels the upload of `key` if it runs here; `false` when it does not.
+    /// Cancels the upload of `key` if it runs here; `false` when it does not, and the caller
+    /// asks through the store instead (`Store::request_cancel`).
     pub fn cancel(&self, key: ImportKey) -> bool {
         match self.lock().get(&key) {
             Some(token) => {
@@ -44,11 +55,14 @@ impl Cancels {
         }
     }
 
+    /// The map, even after a panic elsewhere poisoned the lock.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ImportKey, CancellationToken>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+/// The upload has ended: its token leaves the map, and a later `CancelImport` asks through
+/// the store, which answers that the import is no longer PROCESSING.
 impl Drop for Registered {
     fn drop(&mut self) {
         self.cancels.lock().remove(&self.key);

@@ -11,43 +11,69 @@
 //!     └─ any reason to stop: a Cause ──► ending: one decision, stored, answered
 //! ```
 //!
+//! - `context`: the settings an upload runs with, and what it shares;
+//! - `start`: the metadata and the checks before the import exists;
 //! - [`events`]: the upload's messages as events;
 //! - `tally`: the upload's counters, kept in one place;
 //! - [`memory`]: the batch memory budget shared by all uploads;
 //! - `writer`: the task that writes batches while the next is read;
-//! - [`ending`]: the state machine that owns how the import ends.
+//! - [`admission`] and [`cancel`]: the limits on uploads, and the cancels asked of those
+//!   running here.
+//!
+//! How the import ends is not decided here: whatever stops the upload becomes a
+//! `crate::import::ending::Cause`, settled by the one owner of endings.
 //!
 //! The whole upload runs in a task of its own, which owns the request stream: if the client
 //! goes away or hyper drops the handler, the stream ends or breaks, and this task still ends
 //! the import (ERROR_UNKNOWN, users deleted) instead of leaving it PROCESSING.
+//!
+//! # The order of an upload
+//!
+//! 1. The metadata message, within the idle timeout. Then, before anything is created: the
+//!    caller's token must cover the account, the admission limits must have room, the store
+//!    must have no write fault, and `retry_of_import_id` must name an import of the account.
+//!    A refusal here is only an answer: there is no import to end.
+//! 2. The import is created PROCESSING; from here on, every way out goes through one
+//!    `Cause` and its ending, even a panic of the reader.
+//! 3. Chunks are read while the writer writes the batches before them. Shutdown, a cancel
+//!    (here or from another replica), a failed write, a stall and the client's messages are
+//!    all watched at once, and a step blocked on the writer or on batch memory does not delay
+//!    a shutdown or a cancel.
+//! 4. The finish message is checked (size, SHA-256) before the last bytes are read; the stream
+//!    must then end.
+//! 5. The writer's queue is drained: a completion is one only once every batch is stored.
+//!
+//! # Memory and backpressure
+//!
+//! An upload holds at most the reader's bounded buffers, the batch being filled, one batch
+//! queued and one being written. Batches take their memory from the budget all uploads share
+//! (`memory`), so a slow database slows every reader, and through them the clients (HTTP/2
+//! flow control), rather than growing the heap.
 
 pub mod admission;
 pub mod cancel;
-pub mod ending;
+mod context;
 pub mod events;
 pub mod memory;
+mod start;
 mod tally;
 mod writer;
 
+pub use context::{Context, ImportConfig};
+
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::chunk::IntakeError;
+use super::ending::{Cause, Ending};
 use super::error::ImportError;
-use super::parser;
-use super::progress::ProgressHub;
 use super::reader::{FileReader, ReadError, RowSink};
-use crate::domain::{
-    ArgumentError, Caller, FailedRow, Import, ImportKey, NewImport, NewUser, UserBatch,
-};
+use crate::domain::{ArgumentError, Caller, FailedRow, Import, ImportKey, NewUser, UserBatch};
 use crate::store::{Batching, Store, StoreError};
-use ending::{Cause, Ending, Endings};
 use events::{FinishCheck, StreamError, UploadEvent};
-use memory::BatchMemory;
 use tally::Tally;
 use writer::{Queued, Writer};
 
@@ -55,123 +81,24 @@ use writer::{Queued, Writer};
 /// client sends multi-megabyte chunks.
 const PARSE_SLICE: usize = 64 * 1024;
 
-#[derive(Debug, Clone)]
-pub struct ImportConfig {
-    pub max_upload_bytes: u64,
-    /// Row errors stored per import; the counters stay exact beyond it.
-    pub max_stored_row_errors: u64,
-    pub record_limits: parser::Limits,
-    /// Rows per batch instead of the store's choice: tests use small batches to show that
-    /// batch boundaries change nothing.
-    pub batch_rows: Option<usize>,
-    /// Uploads running at once, on the server and per account.
-    pub max_uploads: usize,
-    pub max_uploads_per_account: usize,
-    /// An upload that sends nothing for this long is ended.
-    pub idle_timeout: Duration,
-    /// `WatchImport` streams open at once.
-    pub max_watchers: usize,
-}
-
-impl Default for ImportConfig {
-    fn default() -> Self {
-        Self {
-            max_upload_bytes: 200 * 1024 * 1024,
-            max_stored_row_errors: 100_000,
-            record_limits: parser::Limits::default(),
-            batch_rows: None,
-            max_uploads: 8,
-            max_uploads_per_account: 4,
-            idle_timeout: Duration::from_secs(60),
-            max_watchers: 256,
-        }
-    }
-}
-
-/// What an upload shares with the rest of the service.
-pub struct Context {
-    pub store: Arc<dyn Store>,
-    pub hub: ProgressHub,
-    pub memory: BatchMemory,
-    /// Cancelled when shutdown stops waiting: running uploads then end in ERROR_UNKNOWN.
-    pub shutdown: CancellationToken,
-    pub endings: Endings,
-    pub admission: admission::Admission,
-    pub cancels: cancel::Cancels,
-    pub metrics: crate::metrics::Metrics,
-    pub config: ImportConfig,
-}
-
 /// Runs one upload for `caller` to its end and returns the finished import.
+///
+/// An error before the import is created (a stalled or malformed start, no permission, a
+/// limit, a write fault, an unknown `retry_of`, a taken id) leaves nothing behind. After it,
+/// the answer is the one its ending decided and stored (`ending::settle`): the import as
+/// stored, or the error its cause maps to.
 pub async fn run<S>(ctx: Context, caller: Caller, mut events: S) -> Result<Import, ImportError>
 where
     S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
 {
-    let idle = ctx.config.idle_timeout;
-    let metadata = tokio::time::timeout(idle, events::metadata(&mut events));
-    let new = tokio::select! {
-        biased;
-        _ = ctx.shutdown.cancelled() => return Err(ImportError::ShuttingDown),
-        new = metadata => match new {
-            Ok(new) => new?,
-            Err(_) => return Err(ImportError::Stalled(stalled(idle))),
-        },
-    };
-    // Before anything else, and before a byte of the file is read.
-    if !caller.may_act_in(&new.account_id) {
-        return Err(ImportError::PermissionDenied(new.account_id));
-    }
-    let _admitted = ctx.admission.admit(&new.account_id)?;
-    let new = NewImport {
-        created_by: caller.name().to_owned(),
-        ..new
-    };
-    if let Some(fault) = ctx.store.fault() {
-        return Err(ImportError::Unavailable(format!(
-            "{fault}, so no upload is taken until there is room; retry once the service \
-             reports ready again"
-        )));
-    }
-    if let Some(retry_of) = &new.retry_of
-        && ctx
-            .store
-            .get_import(&new.account_id, retry_of)
-            .await?
-            .is_none()
-    {
-        return Err(ArgumentError::new(
-            "retry_of_import_id",
-            format!(
-                "retry_of_import_id '{retry_of}' names no import of account '{}'; give the id of \
-                 the import whose error report this file corrects, or leave it empty",
-                new.account_id
-            ),
-        )
-        .into());
-    }
-    let import = match ctx.store.create_import(&new).await {
-        Ok(import) => import,
-        Err(StoreError::AlreadyExists) => {
-            // A retry: say how the first try ended (as this server knows it best).
-            let status = match ctx.store.get_import(&new.account_id, &new.import_id).await {
-                Ok(Some(existing)) => Some(ctx.endings.overlay(existing).status),
-                _ => None,
-            };
-            return Err(ImportError::AlreadyExists {
-                account_id: new.account_id,
-                import_id: new.import_id,
-                status,
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (import, _admitted) = start::start(&ctx, &caller, &mut events).await?;
     tracing::info!(
         account_id = %import.account_id, import_id = %import.import_id,
         created_by = import.created_by.as_str(), "upload started"
     );
     let started = tokio::time::Instant::now();
     let _active = ctx.metrics.upload_started();
-    let tally = Tally::new(ctx.hub.start(import.clone()), ctx.store.batching().shared);
+    let tally = Tally::new(ctx.hub.start(import.clone()));
     let cancel = ctx.cancels.register(import.key);
     let mut upload = Upload::new(&ctx, &import, tally.clone(), cancel.token.clone());
     let cause = AssertUnwindSafe(upload.receive(&mut events))
@@ -203,7 +130,9 @@ where
 /// An upload while its stream is read.
 struct Upload<'a> {
     ctx: &'a Context,
+    /// Bytes in, rows out: owned by this task alone, and synchronous.
     reader: FileReader,
+    /// The upload's counters, shared with the writer task.
     tally: Tally,
     /// The batch being filled.
     batch: UserBatch,
@@ -218,13 +147,16 @@ struct Upload<'a> {
     last_flush: tokio::time::Instant,
     /// Fired by `CancelImport` on this server.
     cancel: CancellationToken,
+    /// The import's key, to look for a cancel asked on another replica.
     key: ImportKey,
 }
 
 /// Where the reader puts rows: the batch being filled, with what this step read.
 struct BatchSink<'b> {
     batch: &'b mut UserBatch,
+    /// Data rows read in this step, valid or not.
     rows: u64,
+    /// Of those, rows that failed validation.
     failed: u64,
 }
 
@@ -242,6 +174,8 @@ impl RowSink for BatchSink<'_> {
 }
 
 impl<'a> Upload<'a> {
+    /// Starts the writer task, and takes the store's batching (or the configured rows per
+    /// batch, for tests).
     fn new(ctx: &'a Context, import: &Import, tally: Tally, cancel: CancellationToken) -> Self {
         let writer = Writer::spawn(
             ctx.store.clone(),
@@ -327,7 +261,9 @@ impl<'a> Upload<'a> {
             };
             if finished {
                 return match event {
-                    None => Cause::Completed,
+                    None => Cause::Completed {
+                        cancel_asked: false,
+                    },
                     Some(Ok(late)) => Cause::Protocol(ArgumentError::new(
                         "finish",
                         format!(
@@ -340,6 +276,13 @@ impl<'a> Upload<'a> {
                     Some(Err(StreamError::Transport(e))) => Cause::Broken(e),
                 };
             }
+            // Only bytes of the file keep an upload alive: empty chunks every few seconds do
+            // not dodge the idle timeout.
+            let moved = match &event {
+                Some(Ok(UploadEvent::Chunk(chunk))) => !chunk.is_empty(),
+                Some(Ok(UploadEvent::Finish(_))) => true,
+                Some(Ok(UploadEvent::Metadata(_)) | Err(_)) | None => false,
+            };
             // A step may wait on the writer or on batch memory, behind a slow database: a
             // shutdown or a cancel must not wait for it.
             let (shutdown, cancel) = (self.ctx.shutdown.clone(), self.cancel.clone());
@@ -368,19 +311,29 @@ impl<'a> Upload<'a> {
                 Some(Err(StreamError::Transport(e))) => Err(Cause::Broken(e)),
                 None => Err(match self.reader.check_content() {
                     Err(ReadError::Intake(e @ IntakeError::NotCsv { .. })) => Cause::NotCsv(e),
-                    _ => Cause::Incomplete,
+                    // Content that may be CSV, cut short before its finish message.
+                    Ok(())
+                    | Err(
+                        ReadError::Intake(IntakeError::TooLarge { .. }) | ReadError::Parsing(_),
+                    ) => Cause::Incomplete,
                 }),
             };
             if let Err(cause) = step {
                 return cause;
             }
             // Time spent in the step (waiting on a slow database, say) is not the client's.
-            last_message = tokio::time::Instant::now();
+            if moved {
+                last_message = tokio::time::Instant::now();
+            }
         }
     }
 
     /// Parses a chunk slice by slice, handing full batches to the writer in between, so that a
     /// batch stays near its size even for multi-megabyte chunks.
+    ///
+    /// After each slice the batch is sent when it is full, by rows or by bytes, or when it is
+    /// due (`Batching::flush_after`) and the writer is idle. Sending waits while the writer is
+    /// behind: that wait is what slows the reading of the stream.
     async fn chunk(&mut self, chunk: &[u8]) -> Result<(), Cause> {
         self.ctx.metrics.received(chunk.len() as u64);
         for slice in chunk.chunks(PARSE_SLICE) {
@@ -417,7 +370,9 @@ impl<'a> Upload<'a> {
         Ok(())
     }
 
-    /// Runs the reader for one step and adds what it read to the tally.
+    /// Runs the reader for one step and adds what it read to the tally, even when the step
+    /// fails: the rows read before a parsing error count, and the ending keeps them as
+    /// processed. Maps the reader's errors to their causes.
     fn read(
         &mut self,
         step: impl FnOnce(&mut FileReader, &mut BatchSink<'_>) -> Result<(), ReadError>,
@@ -442,7 +397,8 @@ impl<'a> Upload<'a> {
         })
     }
 
-    /// The memory granted to the batch being filled.
+    /// The memory granted to the batch being filled: the estimate for a full batch of typical
+    /// rows, which also serves as the batch's size limit in bytes.
     fn granted_bytes(&self) -> usize {
         UserBatch::estimated_bytes(self.batching.rows)
     }
@@ -464,6 +420,8 @@ impl<'a> Upload<'a> {
         let queued = Queued {
             batch: std::mem::take(&mut self.batch),
             format: self.reader.format(),
+            // Exactly the rows of this batch and those before it: see `tally`.
+            reads: self.tally.reads(),
             memory: self.permit.take(),
         };
         let Some(writer) = self.writer.as_mut() else {
@@ -482,7 +440,8 @@ impl<'a> Upload<'a> {
         Err(Cause::Store(error))
     }
 
-    /// The size and checksum the finish message gives, against what arrived.
+    /// The size and checksum the finish message gives, against what arrived. Either may be
+    /// left out by the client; the size is checked first, as its message is the plainer.
     fn verify(&self, check: &FinishCheck) -> Result<(), Cause> {
         let received = self.reader.bytes_received();
         if let Some(size) = check.size_bytes
@@ -506,9 +465,6 @@ impl<'a> Upload<'a> {
         Ok(())
     }
 
-    /// Closes the writer's queue and waits for it: the batches of a completed upload must all
-    /// be written (a failed one makes it a store failure), and those of a failed one must
-    /// land before its ending deletes its users.
     /// Whether `CancelImport` asked for this import, here or on another replica.
     async fn cancel_asked(&self) -> bool {
         self.cancel.is_cancelled()
@@ -520,13 +476,16 @@ impl<'a> Upload<'a> {
                 .unwrap_or(false)
     }
 
+    /// Closes the writer's queue and waits for it: the batches of a completed upload must all
+    /// be written (a failed one makes it a store failure), and those of a failed one must
+    /// land before its ending deletes its users. A completion learns whether a cancel was
+    /// asked meanwhile: the ending decides what that means.
     async fn stop_writing(&mut self, cause: Cause) -> Cause {
         match (self.writer.take(), cause) {
-            (Some(writer), Cause::Completed) => match writer.finish().await {
-                // A cancel that came while the last batch was written still wins: the import
-                // is PROCESSING until its ending is stored.
-                Ok(()) if self.cancel_asked().await => Cause::Cancelled,
-                Ok(()) => Cause::Completed,
+            (Some(writer), Cause::Completed { .. }) => match writer.finish().await {
+                Ok(()) => Cause::Completed {
+                    cancel_asked: self.cancel_asked().await,
+                },
                 Err(e) => Cause::Store(e),
             },
             (Some(writer), cause) => {
@@ -563,13 +522,4 @@ async fn failed(writer: &mut Option<Writer>) -> StoreError {
         Some(writer) => writer.failed().await,
         None => std::future::pending().await,
     }
-}
-
-/// What a stalled upload is told, and what its import stores.
-pub(super) fn stalled(idle: Duration) -> String {
-    format!(
-        "upload stalled: nothing arrived for {} s, so nothing was imported; upload the file \
-         again",
-        idle.as_secs()
-    )
 }

@@ -4,30 +4,45 @@
 //! of the stream and backpressure reaches the client through HTTP/2 flow control; memory stays
 //! a few batches whatever the file size. A failed write stops the task at once: the upload
 //! learns of it through [`Writer::failed`] and ends the import.
+//!
+//! Each batch carries what the reader had read when it was cut, and the writer asks the tally
+//! for the progress to store with it from that (`Tally::before_write`): the stored counters
+//! then count exactly the rows whose outcomes they hold, so they add up, and the batch's
+//! outcome is applied to them once, by the store.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::tally::Tally;
+use super::tally::{Reads, Tally};
 use crate::domain::{Import, TextFormat, UserBatch};
 use crate::store::{BatchTarget, Store, StoreError};
 
-/// Batches queued for the writer: one being written, one waiting, one being filled.
+/// Batches queued for the writer: one being written, one waiting, one being filled. So an
+/// upload holds at most three batches, each with its grant from the shared memory budget.
 const WRITER_QUEUE: usize = 1;
 
 /// A batch on its way to the store.
 pub(super) struct Queued {
+    /// The rows, valid and failed, in file order.
     pub batch: UserBatch,
     /// How the file's text is written, as far as the reader knew when the batch was cut.
     pub format: Option<TextFormat>,
+    /// What the reader had read when the batch was cut: the progress stored with it counts
+    /// these rows, whose outcomes it then holds (see `tally`).
+    pub reads: Reads,
     /// The batch's share of the memory budget, released once it is written.
     pub memory: Option<OwnedSemaphorePermit>,
 }
 
+/// The handle the upload keeps on its writer task. Dropping it without `finish` closes the
+/// queue; the task then writes what was queued and stops.
 pub(super) struct Writer {
+    /// The bounded queue: `WRITER_QUEUE` batches wait at most.
     tx: mpsc::Sender<Queued>,
+    /// The task: `Ok` once the queue closed and every batch was written, the first failed
+    /// write's error otherwise.
     task: JoinHandle<Result<(), StoreError>>,
     /// Whether the writer waits for a batch, with none queued: only then does cutting a batch
     /// early (a slow client) get rows written sooner; while it writes, a batch keeps filling.
@@ -35,6 +50,9 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    /// Starts the writer task of `import`. Each batch is written with the import's key,
+    /// account, conflict policy and dry-run flag, and at most `max_stored_errors` row errors
+    /// are stored for the whole import.
     pub(super) fn spawn(
         store: Arc<dyn Store>,
         import: &Import,
@@ -51,13 +69,14 @@ impl Writer {
                 let Some(Queued {
                     batch,
                     format,
+                    reads,
                     memory,
                 }) = rx.recv().await
                 else {
                     break;
                 };
                 idle_tx.send_replace(false);
-                let before = tally.before_write(max_stored_errors);
+                let before = tally.before_write(max_stored_errors, reads);
                 let target = BatchTarget {
                     key,
                     account_id: &account_id,
@@ -68,8 +87,8 @@ impl Writer {
                     on_conflict,
                     validate_only,
                 };
-                let outcome = store.write_batch(&target, &batch).await?;
-                tally.written(&outcome, outcome.applied_to(before.progress), format);
+                let written = store.write_batch(&target, &batch).await?;
+                tally.written(&written, format);
                 drop((batch, memory));
             }
             Ok(())
@@ -82,6 +101,7 @@ impl Writer {
         self.idle.clone()
     }
 
+    /// Whether the writer is idle right now (see `idle`).
     pub(super) fn is_idle(&self) -> bool {
         *self.idle.borrow()
     }
@@ -102,7 +122,8 @@ impl Writer {
         }
     }
 
-    /// Closes the queue and waits for the batches in it to be written.
+    /// Closes the queue and waits for the batches in it to be written: `Ok` once every batch
+    /// is stored, the first failed write's error otherwise (a panic of the task included).
     pub(super) async fn finish(self) -> Result<(), StoreError> {
         drop(self.tx);
         match self.task.await {

@@ -1,6 +1,10 @@
 //! The fast path for users: a binary `COPY` straight into the users table, which skips the
 //! per-row index probes of `ON CONFLICT`, inserts pages at a time, and leaves the server no
 //! text to parse.
+//!
+//! A `COPY` cannot skip a duplicate: the first one fails it whole. So it runs inside a savepoint
+//! of the part's transaction, and a duplicate rolls back to it, leaving the transaction usable
+//! for the slower insert that follows (`plain::insert_users`). Nothing of a failed `COPY` stays.
 
 use sqlx::PgConnection;
 
@@ -19,6 +23,9 @@ const COPY_FIELDS: i16 = 9;
 /// Copies the users of `batch` at `users` (indexes). Any duplicate fails the whole `COPY`; it
 /// then rolls back to its savepoint and returns `false`, and the caller inserts the users the
 /// slower way that tolerates duplicates.
+///
+/// Only a unique violation falls back; any other error is returned, and fails the part. An empty
+/// list copies nothing and succeeds. The column order here and in `encode_row` must match.
 pub(super) async fn copy_users(
     conn: &mut PgConnection,
     target: &BatchTarget<'_>,
@@ -72,6 +79,9 @@ pub(super) async fn copy_users(
 
 /// One user as a row of a binary `COPY`: the field count, then each field's length and bytes
 /// (text as UTF-8, bigints big-endian, -1 for NULL).
+///
+/// Appends to `data`, in the nine columns of the `COPY` statement: account, email, the four text
+/// fields, external id, import key, source row.
 fn encode_row(data: &mut Vec<u8>, account: &str, import_key: ImportKey, user: &UserRef<'_>) {
     let text = |data: &mut Vec<u8>, value: &str| {
         // Record limits keep every value far below 2 GiB.

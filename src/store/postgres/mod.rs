@@ -1,58 +1,85 @@
 //! PostgreSQL, for several replicas behind one Kubernetes Service.
 //!
-//! What several replicas need, and where each is done:
+//! The shared steps (`store::steps`) in PostgreSQL's dialect are in [`steps`]; what only
+//! several replicas need, and where each is done:
 //!
-//! - [`write`]: batches, with uniqueness decided by the unique indexes whichever replica writes;
-//!   the users of a batch by [`copy`] (binary `COPY`) when it has no duplicates;
+//! - [`plain`]: the plain import's batches, with uniqueness decided by the unique indexes
+//!   whichever replica writes; the users of a batch by [`copy`] (binary `COPY`) when it has no
+//!   duplicates, a large batch in two parts at once ([`parallel`]);
+//! - [`apply`] and [`record`]: what a plan and a batch's record write, over arrays;
 //! - [`notify`]: progress everywhere, through `LISTEN`/`NOTIFY`;
-//! - [`liveness`]: an owner lock and heartbeats per replica, and the reaper that ends the
-//!   imports of a replica that died;
+//! - [`liveness`]: an owner lock and heartbeats per replica, the signs by which the reaper
+//!   above the store judges an import abandoned;
 //! - [`tx`]: transactions run again when they lose a deadlock to another import.
+//!
+//! Every write of more than one statement runs through `tx::in_transaction` on the shared pool;
+//! the shared flows run there as on SQLite. What differs: the plain import's users may take up to
+//! three transactions per batch (`plain`), batches commit without waiting for the disk
+//! (`tx::commit_lazily`), and another replica may end an import whose server it judges gone,
+//! guarded by that import's life sign (`Guard::Abandoned`).
 
+mod apply;
 mod copy;
 mod liveness;
 mod notify;
+mod parallel;
+mod plain;
+mod record;
+mod steps;
 mod tx;
-mod write;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::codec::{ImportRow, format_columns};
+use super::codec::ImportRow;
+use super::codec::micros;
 use super::error::FaultLatch;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, FailedCells, Fault, ImportCursor, Reverted,
-    Store, StoreError, StoredRowError, StoredUser, queries,
+    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, Guard, ImportCursor,
+    Processing, Removed, Reverted, Store, StoreError, StoredRowError, StoredUser, ending, plan,
+    planned, queries, rekey, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
-use notify::{Changes, notify};
-use tx::in_transaction;
+use notify::Changes;
+use std::time::SystemTime;
+use tx::{in_transaction, only_conflicts, taken_meanwhile};
 
-const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
+/// The `imports` columns as `codec::ImportRow` names them, times turned into integer microseconds
+/// since the epoch (the stored `timestamptz` keeps microseconds, so nothing is lost).
+pub(super) const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, \
     (extract(epoch FROM create_time) * 1000000)::bigint AS create_time, \
     (extract(epoch FROM update_time) * 1000000)::bigint AS update_time, \
     (extract(epoch FROM complete_time) * 1000000)::bigint AS complete_time, validate_only, \
     on_conflict, rows_skipped, rows_updated, retry_of_import_id, \
-    (extract(epoch FROM revert_time) * 1000000)::bigint AS revert_time, revert_note";
+    (extract(epoch FROM revert_time) * 1000000)::bigint AS revert_time, revert_note, \
+    (extract(epoch FROM details_removed_time) * 1000000)::bigint AS details_removed_time";
 
 /// Text written (and rolled back) by the write probe: as much as a batch writes.
 const PROBE_MIB: i32 = 16;
 
+/// The store for several replicas: one pool, this replica's owner number and lock, and the
+/// listener that wakes its watchers.
+///
+/// Background tasks (the owner lock, the listener) are stopped by `close`, or when the store is
+/// dropped.
 pub struct PostgresStore {
+    /// Every query and transaction, reads and writes alike (16 connections at most).
     pool: PgPool,
     /// This replica's number: its advisory lock, and the `owner` of the imports it runs.
     owner: i64,
-    writes: write::Writes,
+    /// The plain path's state: `COPY` backoff and second writers.
+    plain: plain::PlainWrites,
+    /// The watchers of imports, woken by the listener's notifications.
     changes: Arc<Changes>,
+    /// The last write fault, until a write probe clears it (`Store::fault`).
     faults: FaultLatch,
     /// The owner lock and the listener, stopped with the store.
     tasks: Vec<JoinHandle<()>>,
@@ -69,6 +96,10 @@ impl Drop for PostgresStore {
 impl PostgresStore {
     /// Connects, applies `migrations/postgres` (sqlx's migrator takes a lock, so replicas that
     /// start together apply them once), takes this replica's owner lock and starts listening.
+    ///
+    /// Returns once the owner lock is held, so that no import is created before its owner's lock
+    /// can be seen. A server that does not answer yet is `Unavailable` (worth retrying, see
+    /// `store::open`); a bad URL is `Config`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
@@ -80,17 +111,20 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        rekey_emails(&pool).await?.log();
+        let rekeyed = in_transaction(&pool, &(), only_conflicts, |mut steps, ()| {
+            Box::pin(async move { rekey::rekey(&mut steps).await })
+        })
+        .await?;
+        rekeyed.log();
 
-        let owner = liveness::new_owner();
-        let lock_task = liveness::hold_owner_lock(options, owner).await?;
+        let (owner, lock_task) = liveness::hold_owner_lock(options).await?;
         let changes = Arc::new(Changes::default());
         let listen_task = tokio::spawn(notify::listen(pool.clone(), changes.clone()));
         tracing::info!(owner, "postgres store ready");
         Ok(Self {
             pool,
             owner,
-            writes: write::Writes::new(),
+            plain: plain::PlainWrites::new(),
             changes,
             faults: FaultLatch::default(),
             tasks: vec![lock_task, listen_task],
@@ -108,10 +142,10 @@ impl Store for PostgresStore {
         Batching {
             rows: 32 * 1024,
             flush_after: Some(Duration::from_millis(250)),
-            shared: true,
         }
     }
 
+    /// The shared pool; the owner lock's and the listener's own connections are not counted.
     fn pool_stats(&self) -> crate::metrics::PoolStats {
         let idle = self.pool.num_idle() as u32;
         crate::metrics::PoolStats {
@@ -129,6 +163,8 @@ impl Store for PostgresStore {
         self.faults.get()
     }
 
+    /// Stops the owner lock and the listener, then closes the pool. The owner lock goes with its
+    /// connection; imports this replica still ran are then judged by their heartbeats.
     async fn close(&self) {
         for task in &self.tasks {
             task.abort();
@@ -136,6 +172,7 @@ impl Store for PostgresStore {
         self.pool.close().await;
     }
 
+    /// Writes `PROBE_MIB` MiB into `write_probe` and rolls it back: as much as a batch writes.
     async fn probe_write(&self) -> Result<(), StoreError> {
         let result = async {
             let mut tx = self.pool.begin().await?;
@@ -154,47 +191,33 @@ impl Store for PostgresStore {
         result
     }
 
-    /// At start, an import whose owner's lock is gone is ended at once: a replica that
-    /// restarts ends what it (or a dead neighbour) left running.
-    async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError> {
-        match liveness::reap(&self.pool, message, Duration::ZERO, true).await {
-            // Still locked after the wait: the upkeep ends it once the lock is gone.
-            Err(e) if liveness::still_locked(&e) => {
-                liveness::reap(&self.pool, message, Duration::ZERO, false).await
-            }
-            other => other,
-        }
+    /// Other replicas run imports on the same database.
+    fn exclusive(&self) -> bool {
+        false
     }
 
-    async fn maintain(&self, running: &[ImportKey], message: &str) -> Result<u64, StoreError> {
-        liveness::heartbeat(&self.pool, running, self.owner).await?;
-        liveness::reap(&self.pool, message, liveness::LOCK_GRACE, false).await
+    /// Only imports stamped with this replica's owner number, and still PROCESSING.
+    async fn heartbeat(&self, running: &[ImportKey]) -> Result<(), StoreError> {
+        liveness::heartbeat(&self.pool, running, self.owner).await
     }
 
+    /// With each import's heartbeat and whether its owner's lock is held (`liveness`).
+    async fn processing(&self) -> Result<Vec<Processing>, StoreError> {
+        liveness::processing(&self.pool).await
+    }
+
+    /// Always `Some`: every change of an import, on any replica, sends a notification.
     fn subscribe(&self, key: ImportKey) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe(key))
     }
 
     async fn request_cancel(&self, key: ImportKey) -> Result<(), StoreError> {
-        let updated = in_transaction(&self.pool, &key, |tx, &key| {
-            Box::pin(async move {
-                let updated = sqlx::query(
-                    "UPDATE imports SET cancel_requested = true \
-                     WHERE import_key = $1 AND status = 'PROCESSING'",
-                )
-                .bind(key)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                notify(tx, &[key]).await?;
-                Ok(updated)
-            })
+        let asked = in_transaction(&self.pool, &key, only_conflicts, |mut steps, &key| {
+            Box::pin(async move { ending::request_cancel(&mut steps, key).await })
         })
-        .await?;
-        match updated {
-            0 => Err(StoreError::NotProcessing),
-            _ => Ok(()),
-        }
+        .await;
+        self.faults.observe(&asked);
+        asked
     }
 
     async fn cancel_requested(&self, key: ImportKey) -> Result<bool, StoreError> {
@@ -206,6 +229,8 @@ impl Store for PostgresStore {
         Ok(requested.unwrap_or(false))
     }
 
+    /// One statement, outside `in_transaction`: nothing to run again. The import is stamped with
+    /// this replica's owner number and a first heartbeat.
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let sql = format!(
             "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
@@ -230,60 +255,80 @@ impl Store for PostgresStore {
         row?.try_into()
     }
 
+    /// Also forgets the import's `COPY` backoff.
     async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError> {
-        let discarded = in_transaction(&self.pool, &key, |tx, &key| {
-            Box::pin(async move {
-                sqlx::query("DELETE FROM users WHERE import_key = $1")
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM imports WHERE import_key = $1")
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(())
-            })
+        let discarded = in_transaction(&self.pool, &key, only_conflicts, |mut steps, &key| {
+            Box::pin(async move { ending::discard(&mut steps, key).await })
         })
         .await;
         self.faults.observe(&discarded);
         discarded?;
-        self.writes.forget(key);
+        self.plain.forget(key);
         Ok(())
     }
 
+    /// A planned batch is one transaction, run again when another replica took a value between
+    /// its lookup and its write (`taken_meanwhile`); a plain batch goes through `plain`, in up to
+    /// three transactions, whose failure between them leaves users for the import's ending to
+    /// remove.
     async fn write_batch(
         &self,
         target: &BatchTarget<'_>,
         batch: &UserBatch,
-    ) -> Result<BatchOutcome, StoreError> {
-        let written = self.writes.write_batch(&self.pool, target, batch).await;
+    ) -> Result<BatchWritten, StoreError> {
+        let written = match plan::planned(target) {
+            Some(mode) => {
+                let args = (target, mode, batch);
+                in_transaction(
+                    &self.pool,
+                    &args,
+                    taken_meanwhile,
+                    |mut steps, &(target, mode, batch)| {
+                        Box::pin(async move {
+                            tx::commit_lazily(steps.connection()).await?;
+                            planned::write(&mut steps, target, mode, batch).await
+                        })
+                    },
+                )
+                .await
+            }
+            None => self.plain.write(&self.pool, target, batch).await,
+        };
         self.faults.observe(&written);
         written
     }
 
+    /// Endings commit synchronously (only batches commit lazily), which also makes every earlier
+    /// batch of the import durable.
     async fn conclude_import(
         &self,
         key: ImportKey,
         conclusion: &Conclusion,
+        guard: Guard,
     ) -> Result<Import, StoreError> {
-        let row = in_transaction(&self.pool, &(key, conclusion), |tx, &(key, conclusion)| {
-            Box::pin(conclude(tx, key, conclusion))
-        })
+        let args = (key, conclusion, guard);
+        let import = in_transaction(
+            &self.pool,
+            &args,
+            only_conflicts,
+            |mut steps, &(key, conclusion, guard)| {
+                Box::pin(async move { ending::conclude(&mut steps, key, conclusion, guard).await })
+            },
+        )
         .await;
-        self.faults.observe(&row);
-        let row = row?;
-        self.writes.forget(key);
-        row.ok_or(StoreError::NotProcessing)?.try_into()
+        self.faults.observe(&import);
+        let import = import?;
+        self.plain.forget(key);
+        Ok(import)
     }
 
     async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError> {
-        let (row, removed, kept) =
-            in_transaction(&self.pool, &key, |tx, &key| Box::pin(revert(tx, key))).await??;
-        Ok(Reverted {
-            import: row.try_into()?,
-            removed,
-            kept,
+        let reverted = in_transaction(&self.pool, &key, only_conflicts, |mut steps, &key| {
+            Box::pin(async move { revert::revert(&mut steps, key).await })
         })
+        .await;
+        self.faults.observe(&reverted);
+        reverted
     }
 
     async fn list_users(
@@ -295,8 +340,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<StoredUser>, StoreError> {
         queries::list_users(
             &self.pool,
-            "(extract(epoch FROM u.create_time) * 1000000)::bigint",
-            "(extract(epoch FROM coalesce(u.update_time, u.create_time)) * 1000000)::bigint",
+            |time| format!("(extract(epoch FROM {time}) * 1000000)::bigint"),
             account_id,
             import,
             after,
@@ -313,6 +357,7 @@ impl Store for PostgresStore {
         queries::get_import(&self.pool, IMPORT_COLUMNS, account_id, import_id).await
     }
 
+    /// The cursor's microseconds become a `timestamptz` again, to compare with the stored times.
     async fn list_imports(
         &self,
         account_id: &AccountId,
@@ -340,162 +385,46 @@ impl Store for PostgresStore {
     ) -> Result<Vec<StoredRowError>, StoreError> {
         queries::list_row_errors(&self.pool, key, after, limit).await
     }
-}
 
-/// Stores an import's ending, in the caller's transaction; `None` when it had already ended,
-/// in which case nothing is touched (its users belong to whatever ending it has).
-async fn conclude(
-    conn: &mut PgConnection,
-    key: ImportKey,
-    conclusion: &Conclusion,
-) -> Result<Option<ImportRow>, sqlx::Error> {
-    let removes_users = conclusion.removes_users();
-    let c = &conclusion.counters;
-    let (encoding, delimiter) = format_columns(conclusion.format);
-    // The status first: only an import that was still PROCESSING loses its users here.
-    let sql = format!(
-        "UPDATE imports SET status = $1, error_message = $2, bytes_received = $3, \
-         rows_processed = $4, rows_imported = $5, rows_failed = $6, row_errors_omitted = $7, \
-         encoding = $8, delimiter = $9, rows_skipped = $11, rows_updated = $12, \
-         update_time = now(), complete_time = now() \
-         WHERE import_key = $10 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
-    );
-    let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(conclusion.status.as_str())
-        .bind(&conclusion.error_message)
-        .bind(c.bytes_received as i64)
-        .bind(c.rows_processed as i64)
-        .bind(if removes_users {
-            0
-        } else {
-            c.rows_imported as i64
-        })
-        .bind(c.rows_failed as i64)
-        .bind(c.row_errors_omitted as i64)
-        .bind(encoding)
-        .bind(delimiter)
-        .bind(key)
-        .bind(if removes_users {
-            0
-        } else {
-            c.rows_skipped as i64
-        })
-        .bind(if removes_users {
-            0
-        } else {
-            c.rows_updated as i64
-        })
-        .fetch_optional(&mut *conn)
-        .await?;
-    if row.is_none() {
-        return Ok(None);
-    }
-    if removes_users {
-        write::undo_import(conn, key).await?;
-    }
-    write::forget_file_keys(conn, key).await?;
-    notify(conn, &[key]).await?;
-    Ok(row)
-}
-
-/// Removes the users of a finished import, except those another import updated since, and
-/// notes it; nothing to remove when it was reverted before. `None` while it runs.
-/// The revert in its transaction; the inner error is an answer (`StillRunning`,
-/// `BeingUpdated`), with nothing changed.
-async fn revert(
-    conn: &mut PgConnection,
-    key: ImportKey,
-) -> Result<Result<(ImportRow, u64, u64), StoreError>, sqlx::Error> {
-    let state: Option<(String, bool)> = sqlx::query_as(
-        "SELECT status, revert_time IS NOT NULL FROM imports WHERE import_key = $1 FOR UPDATE",
-    )
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (removed, kept) = match state {
-        None => return Err(sqlx::Error::RowNotFound),
-        Some((status, _)) if status == "PROCESSING" => return Ok(Err(StoreError::StillRunning)),
-        Some((_, true)) => (0, 0),
-        Some((_, false)) => {
-            let (kept, updater): (i64, Option<String>) = sqlx::query_as(
-                "SELECT count(u.updated_by), max(w.import_id) FROM users u \
-                 LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
-                 WHERE u.import_key = $1 AND u.updated_by IS NOT NULL AND u.updated_by <> $1",
-            )
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-            if let Some(import_id) = updater {
-                return Ok(Err(StoreError::BeingUpdated(import_id)));
-            }
-            let removed = sqlx::query(
-                "DELETE FROM users WHERE import_key = $1 \
-                 AND (updated_by IS NULL OR updated_by = $1)",
-            )
-            .bind(key)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            (removed, kept as u64)
-        }
-    };
-    let sql = format!(
-        "UPDATE imports SET revert_time = coalesce(revert_time, now()), \
-         revert_note = CASE WHEN revert_time IS NULL THEN $2 ELSE revert_note END \
-         WHERE import_key = $1 RETURNING {IMPORT_COLUMNS}"
-    );
-    let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(key)
-        .bind(super::revert_note(removed, kept))
-        .fetch_one(&mut *conn)
-        .await?;
-    notify(conn, &[key]).await?;
-    Ok(Ok((row, removed, kept)))
-}
-
-/// Brings old rows' email keys to today's form, once (see `store::rekey`). Replicas that
-/// start together: the first to insert the marker does it, the others wait for its commit and
-/// then find the marker.
-async fn rekey_emails(pool: &PgPool) -> Result<super::rekey::Rekeyed, StoreError> {
-    use super::rekey;
-    let mut tx = pool.begin().await?;
-    let first =
-        sqlx::query("INSERT INTO data_migrations (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(rekey::NAME)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    let mut done = rekey::Rekeyed::default();
-    if first == 0 {
-        return Ok(done);
-    }
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT account_id, email FROM users WHERE length(email) <> octet_length(email) \
-         ORDER BY create_time, email",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for (account_id, old) in rows {
-        let Some(new) = crate::domain::email::rekeyed(&old) else {
-            continue;
-        };
-        let moved = sqlx::query(
-            "UPDATE users SET email = $1 WHERE account_id = $2 AND email = $3 \
-             AND NOT EXISTS (SELECT 1 FROM users WHERE account_id = $2 AND email = $1)",
+    /// The cut-offs become `timestamptz` again, to compare with the stored times.
+    async fn expired_details(
+        &self,
+        imports: Option<SystemTime>,
+        dry_runs: Option<SystemTime>,
+        limit: u32,
+    ) -> Result<Vec<ImportKey>, StoreError> {
+        queries::expired_details(
+            &self.pool,
+            |time| format!("(TIMESTAMPTZ 'epoch' + {time} * INTERVAL '1 microsecond')"),
+            imports.map(micros),
+            dry_runs.map(micros),
+            limit,
         )
-        .bind(&new)
-        .bind(&account_id)
-        .bind(&old)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            rekey::clash(&account_id, &old, &new);
-            done.clashes += 1;
-        } else {
-            done.changed += 1;
-        }
+        .await
     }
-    tx.commit().await?;
-    Ok(done)
+
+    async fn remove_details(
+        &self,
+        key: ImportKey,
+        rows: u32,
+    ) -> Result<Option<Removed>, StoreError> {
+        let removed = in_transaction(
+            &self.pool,
+            &(key, rows),
+            only_conflicts,
+            |mut steps, &(key, rows)| {
+                Box::pin(async move { retention::remove_some(&mut steps, key, rows).await })
+            },
+        )
+        .await;
+        self.faults.observe(&removed);
+        removed
+    }
+
+    async fn size(&self) -> Result<u64, StoreError> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(bytes as u64)
+    }
 }

@@ -2,6 +2,9 @@
 //! '<import key>'` in its transaction. Each replica listens (`PgListener`, which reconnects by
 //! itself) and wakes its watchers, which read the stored import: the database stays the source
 //! of truth, and a missed notification only delays an update until the next poll.
+//!
+//! A notification carries nothing but the key: a watcher woken reads the import itself, so what
+//! it shows is what is stored, never a message that may be stale or out of order.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,8 @@ use crate::domain::ImportKey;
 const CHANNEL: &str = "bulk_import_changes";
 
 /// Sends a change notification for each key, delivered when the transaction commits.
+///
+/// One statement for all the keys; nothing for none. A rolled-back transaction sends nothing.
 pub(super) async fn notify(conn: &mut PgConnection, keys: &[i64]) -> Result<(), sqlx::Error> {
     if keys.is_empty() {
         return Ok(());
@@ -31,12 +36,19 @@ pub(super) async fn notify(conn: &mut PgConnection, keys: &[i64]) -> Result<(), 
 }
 
 /// Watchers of imports, by key, woken by change notifications.
+///
+/// A `watch` channel per import that has watchers: its value is only a counter that moves, so
+/// that a watcher that was busy sees one change, not a backlog.
 #[derive(Default)]
 pub(super) struct Changes {
+    /// The sender of each import followed here; an entry with no receiver left is dropped at the
+    /// next `subscribe`.
     watchers: Mutex<HashMap<ImportKey, watch::Sender<u64>>>,
 }
 
 impl Changes {
+    /// A receiver woken by every later change of import `key`; prunes the imports nobody follows
+    /// any more, so the map stays as small as the watchers.
     pub(super) fn subscribe(&self, key: ImportKey) -> watch::Receiver<u64> {
         let mut watchers = self.lock();
         watchers.retain(|_, tx| tx.receiver_count() > 0);
@@ -46,6 +58,7 @@ impl Changes {
             .subscribe()
     }
 
+    /// Wakes the watchers of one import; nothing when nobody follows it here.
     fn poke(&self, key: ImportKey) {
         if let Some(tx) = self.lock().get(&key) {
             tx.send_modify(|n| *n += 1);
@@ -65,6 +78,8 @@ impl Changes {
 }
 
 /// How long to wait before listening again while the database is away.
+///
+/// From 100 ms up to 5 s, for ever: watchers poll meanwhile (see the module's doc).
 fn reconnecting() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -74,6 +89,9 @@ fn reconnecting() -> ExponentialBuilder {
 
 /// Listens for change notifications for as long as the store lives (the task is aborted with
 /// it): a session listens until its connection fails, and a new one starts after a backoff.
+///
+/// Every new session, and every reconnection inside one, wakes every watcher: notifications sent
+/// while nobody listened are lost, so each watcher reads its import again.
 pub(super) async fn listen(pool: PgPool, changes: Arc<Changes>) {
     let (pool, changes) = (&pool, &changes);
     let session = move || async move {

@@ -12,24 +12,34 @@
 //! worker off the connection while it is used here, and a `Statement<'data>` only accepts
 //! text that lives for `'data`, which outlives the statement, so SQLite never reads a value
 //! bound without a copy after it was freed.
+//!
+//! Errors come back as `SqliteFailure`, with SQLite's extended result code, and `on_handle`
+//! classifies them like any other SQLite error (`StoreError::from_sqlite_code`): a full disk on
+//! this path is the same `Fault` as on sqlx's.
 
-use std::ffi::{CStr, c_int};
-use std::marker::PhantomData;
-use std::ptr::NonNull;
+use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use libsqlite3_sys as ffi;
 use sqlx::sqlite::LockedSqliteHandle;
 
-use crate::domain::UserBatch;
-use crate::store::policy::{Claim, Existing, FileKey, Update};
+use crate::domain::{Column, UserBatch};
+use crate::store::conflicts::Holder;
+use crate::store::lookup::{self, ExistingRow, FileKeyColumn, FileKeyRow, HolderRow, Match};
+use crate::store::plan::{Claim, Existing, FileKey, Update};
 
-const INSERT_USER: &CStr = c"INSERT INTO users (account_id, email, first_name, last_name, role, \
+use super::statement::{SqliteFailure, Statement};
+
+/// One user; `ON CONFLICT DO NOTHING` lets the unique indexes refuse a row without failing the
+/// statement, and `sqlite3_changes` then says 0. Positional `?N` parameters, bound by number
+/// below.
+const INSERT_USER: &str = "INSERT INTO users (account_id, email, first_name, last_name, role, \
     job_title, external_id, import_key, source_row, create_time) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING";
 
 /// Keeps what an update replaces, for an import that fails or is cancelled; only when the row
 /// changes something (an empty cell, bound as NULL, keeps the stored value).
-const SAVE_USER: &CStr = c"INSERT INTO import_user_updates (import_key, account_id, email, \
+const SAVE_USER: &str = "INSERT INTO import_user_updates (import_key, account_id, email, \
     first_name, last_name, role, job_title, external_id, update_time, updated_by) \
     SELECT ?1, account_id, email, first_name, last_name, role, job_title, external_id, \
     update_time, updated_by FROM users WHERE account_id = ?2 AND email = ?3 \
@@ -38,40 +48,43 @@ const SAVE_USER: &CStr = c"INSERT INTO import_user_updates (import_key, account_
          OR external_id IS NOT coalesce(?8, external_id))";
 
 /// Run once `SAVE_USER` kept the old values, that is when the row changes something.
-const UPDATE_USER: &CStr = c"UPDATE users SET first_name = coalesce(?3, first_name), \
+const UPDATE_USER: &str = "UPDATE users SET first_name = coalesce(?3, first_name), \
     last_name = coalesce(?4, last_name), role = coalesce(?5, role), \
     job_title = coalesce(?6, job_title), external_id = coalesce(?7, external_id), \
     update_time = ?8, updated_by = ?9 WHERE account_id = ?1 AND email = ?2";
 
-const INSERT_FILE_KEY: &CStr = c"INSERT INTO import_file_keys (import_key, email, external_id, \
+/// One value a row took in the file (`plan::Claim`).
+const INSERT_FILE_KEY: &str = "INSERT INTO import_file_keys (import_key, email, external_id, \
     source_row, released_external_id) VALUES (?1, ?2, ?3, ?4, ?5)";
 
-/// The columns of `policy::EXISTING_COLUMNS`, by email and by external id.
-const USER_BY_EMAIL: &CStr = c"SELECT u.email, u.external_id, u.import_key, u.source_row, \
-    CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
-    (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
-    u.first_name, u.last_name, u.role, u.job_title \
-    FROM users u JOIN imports i ON i.import_key = u.import_key \
-    WHERE u.account_id = ?1 AND u.email = ?2";
+/// The lookups, built once from the statements both backends share (`store::lookup`).
+struct Lookups {
+    /// Existing users by email (`lookup::existing_users`).
+    users_by_email: String,
+    /// Existing users by external id.
+    users_by_external_id: String,
+    /// Holders of a refused email (`lookup::holders`).
+    holders_by_email: String,
+    /// Holders of a refused external id.
+    holders_by_external_id: String,
+    /// File keys by email, by external id, and by released external id.
+    file_keys: [String; 3],
+}
 
-const USER_BY_EXTERNAL_ID: &CStr = c"SELECT u.email, u.external_id, u.import_key, \
-    u.source_row, CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
-    (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
-    u.first_name, u.last_name, u.role, u.job_title \
-    FROM users u JOIN imports i ON i.import_key = u.import_key \
-    WHERE u.account_id = ?1 AND u.external_id = ?2";
-
-const FILE_KEY_BY_EMAIL: &CStr = c"SELECT email, external_id, source_row, \
-    released_external_id FROM import_file_keys WHERE import_key = ?1 AND email = ?2";
-
-const FILE_KEY_BY_EXTERNAL_ID: &CStr = c"SELECT email, external_id, source_row, \
-    released_external_id FROM import_file_keys WHERE import_key = ?1 AND external_id = ?2";
-
-const FILE_KEY_BY_RELEASED: &CStr = c"SELECT email, external_id, source_row, \
-    released_external_id FROM import_file_keys \
-    WHERE import_key = ?1 AND released_external_id = ?2";
+/// Built on first use and kept: the statements are the same for every batch, only their
+/// preparation is per batch.
+static LOOKUPS: LazyLock<Lookups> = LazyLock::new(|| Lookups {
+    users_by_email: lookup::existing_users(Column::Email, Match::One),
+    users_by_external_id: lookup::existing_users(Column::ExternalId, Match::One),
+    holders_by_email: lookup::holders(Column::Email, Match::One),
+    holders_by_external_id: lookup::holders(Column::ExternalId, Match::One),
+    file_keys: [
+        FileKeyColumn::Email,
+        FileKeyColumn::ExternalId,
+        FileKeyColumn::Released,
+    ]
+    .map(|column| lookup::file_keys(column, Match::One)),
+});
 
 /// What inserting a batch did.
 pub(super) struct Inserted {
@@ -82,18 +95,12 @@ pub(super) struct Inserted {
     pub rowids: Option<(i64, i64)>,
 }
 
-/// An error of SQLite's C API, with its (extended) result code, which the store classifies.
-#[derive(Debug, thiserror::Error)]
-#[error("sqlite error {code}: {message}")]
-pub(super) struct SqliteFailure {
-    pub code: c_int,
-    message: String,
-}
-
 /// The import a batch is written for.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Target<'a> {
+    /// The account the users go into.
     pub account_id: &'a str,
+    /// The import that writes them.
     pub import_key: i64,
     /// Microseconds since the Unix epoch.
     pub now: i64,
@@ -101,6 +108,9 @@ pub(super) struct Target<'a> {
 
 /// Inserts the users of `batch` at `indexes`, in that order. The caller holds the write
 /// transaction on this connection.
+///
+/// One statement prepared per call and stepped once per user. Rowids are followed from the first
+/// user inserted to the last, for `ranges::record`.
 pub(super) fn insert_users(
     handle: &mut LockedSqliteHandle<'_>,
     target: Target<'_>,
@@ -138,6 +148,10 @@ pub(super) fn insert_users(
 
 /// Updates the users of `updates` with their rows' non-empty cells, keeping the values they
 /// replace. The caller holds the write transaction.
+///
+/// Two statements per user: `SAVE_USER` copies the old values into `import_user_updates` only
+/// when the row changes something, and only then does `UPDATE_USER` run, so that the saved copy
+/// and the update agree on whether anything changed.
 pub(super) fn update_users(
     handle: &mut LockedSqliteHandle<'_>,
     target: Target<'_>,
@@ -187,6 +201,9 @@ fn given(value: &str) -> Option<&str> {
 }
 
 /// Records the values that rows not inserted as users took in the file.
+///
+/// A file key already there fails the batch (`AlreadyExists`, from the unique indexes of
+/// `import_file_keys`): the plan never claims a value twice, so that would be a bug.
 pub(super) fn insert_file_keys(
     handle: &mut LockedSqliteHandle<'_>,
     import_key: i64,
@@ -208,6 +225,9 @@ pub(super) fn insert_file_keys(
 
 /// The account's users that hold one of `emails` or `external_ids`: a point lookup per value
 /// on the unique indexes, cheaper than `IN` lists bound through sqlx.
+///
+/// A user that holds both an email and an external id of the batch is found twice; the plan copes
+/// (`plan::Holders`).
 pub(super) fn existing_users(
     handle: &mut LockedSqliteHandle<'_>,
     account_id: &str,
@@ -215,35 +235,74 @@ pub(super) fn existing_users(
     external_ids: &[&str],
 ) -> Result<Vec<Existing>, SqliteFailure> {
     let db = handle.as_raw_handle();
+    let lookups = &*LOOKUPS;
     let mut found = Vec::new();
-    for (sql, values) in [(USER_BY_EMAIL, emails), (USER_BY_EXTERNAL_ID, external_ids)] {
+    for (sql, values) in [
+        (&lookups.users_by_email, emails),
+        (&lookups.users_by_external_id, external_ids),
+    ] {
         // SAFETY: as in `insert_users`.
         let mut lookup = unsafe { Statement::prepare(db, sql)? };
         for value in values {
             lookup.text(1, account_id)?;
             lookup.text(2, value)?;
             lookup.rows(|row| {
-                found.push(Existing {
-                    email: row.text(0).unwrap_or_default(),
-                    external_id: row.text(1),
-                    import_key: row.int(2),
-                    source_row: row.int(3) as u64,
-                    running_import: row.text(4),
-                    updated_by: row.optional_int(5),
-                    running_update: row.text(6),
-                    first_name: row.text(7).unwrap_or_default(),
-                    last_name: row.text(8).unwrap_or_default(),
-                    role: row.text(9).unwrap_or_default(),
-                    job_title: row.text(10).unwrap_or_default(),
-                })
+                let columns: ExistingRow = (
+                    row.text(0).unwrap_or_default(),
+                    row.text(1),
+                    row.int(2),
+                    row.int(3),
+                    row.text(4),
+                    row.optional_int(5),
+                    row.text(6),
+                    row.text(7).unwrap_or_default(),
+                    row.text(8).unwrap_or_default(),
+                    row.text(9).unwrap_or_default(),
+                    row.text(10).unwrap_or_default(),
+                );
+                found.push(Existing::from(columns));
             })?;
         }
     }
     Ok(found)
 }
 
-/// The file keys of import `import_key` that hold one of `emails` or `external_ids`, or that
-/// released one of the external ids.
+/// Who holds each of `values` in `column` in the account: a point lookup per value.
+pub(super) fn holders(
+    handle: &mut LockedSqliteHandle<'_>,
+    account_id: &str,
+    column: Column,
+    values: &[&str],
+) -> Result<HashMap<String, Holder>, SqliteFailure> {
+    let db = handle.as_raw_handle();
+    // The unique values: email, or else external_id.
+    let sql = if column == Column::Email {
+        &LOOKUPS.holders_by_email
+    } else {
+        &LOOKUPS.holders_by_external_id
+    };
+    // SAFETY: as in `insert_users`.
+    let mut lookup = unsafe { Statement::prepare(db, sql)? };
+    let mut rows: Vec<HolderRow> = Vec::new();
+    for value in values {
+        lookup.text(1, account_id)?;
+        lookup.text(2, value)?;
+        lookup.rows(|row| {
+            rows.push((
+                row.text(0).unwrap_or_default(),
+                row.int(1),
+                row.int(2),
+                row.text(3),
+            ))
+        })?;
+    }
+    Ok(lookup::holders_by_value(rows))
+}
+
+/// The file keys of import `import_key` that hold one of `emails` or `external_ids`, or (with
+/// `released`) that released one of the external ids.
+///
+/// `released` is set for the UPDATE policy only, the one that releases external ids.
 pub(super) fn file_keys(
     handle: &mut LockedSqliteHandle<'_>,
     import_key: i64,
@@ -252,14 +311,12 @@ pub(super) fn file_keys(
     released: bool,
 ) -> Result<Vec<FileKey>, SqliteFailure> {
     let db = handle.as_raw_handle();
-    let mut found = Vec::new();
-    let mut lookups = vec![
-        (FILE_KEY_BY_EMAIL, emails),
-        (FILE_KEY_BY_EXTERNAL_ID, external_ids),
-    ];
+    let [by_email, by_id, by_released] = &LOOKUPS.file_keys;
+    let mut lookups = vec![(by_email, emails), (by_id, external_ids)];
     if released {
-        lookups.push((FILE_KEY_BY_RELEASED, external_ids));
+        lookups.push((by_released, external_ids));
     }
+    let mut found = Vec::new();
     for (sql, values) in lookups {
         // SAFETY: as in `insert_users`.
         let mut lookup = unsafe { Statement::prepare(db, sql)? };
@@ -267,202 +324,15 @@ pub(super) fn file_keys(
             lookup.int(1, import_key)?;
             lookup.text(2, value)?;
             lookup.rows(|row| {
-                found.push(FileKey {
-                    email: row.text(0).unwrap_or_default(),
-                    external_id: row.text(1),
-                    source_row: row.int(2) as u64,
-                    released_external_id: row.text(3),
-                })
+                let columns: FileKeyRow = (
+                    row.text(0).unwrap_or_default(),
+                    row.text(1),
+                    row.int(2),
+                    row.text(3),
+                );
+                found.push(FileKey::from(columns));
             })?;
         }
     }
     Ok(found)
-}
-
-/// A prepared statement, finalized on drop, whose bound text must live for `'data`.
-struct Statement<'data> {
-    db: NonNull<ffi::sqlite3>,
-    stmt: NonNull<ffi::sqlite3_stmt>,
-    /// Text bound with `SQLITE_STATIC` is read by SQLite until the statement is finalized.
-    bound: PhantomData<&'data str>,
-}
-
-impl<'data> Statement<'data> {
-    /// # Safety
-    ///
-    /// `db` is a valid connection, used by nobody else while the statement lives.
-    unsafe fn prepare(db: NonNull<ffi::sqlite3>, sql: &CStr) -> Result<Self, SqliteFailure> {
-        let mut stmt = std::ptr::null_mut();
-        // SAFETY: `db` is valid; `sql` is NUL-terminated, and -1 tells SQLite to read up to it.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v2(
-                db.as_ptr(),
-                sql.as_ptr(),
-                -1,
-                &mut stmt,
-                std::ptr::null_mut(),
-            )
-        };
-        let statement = NonNull::new(stmt).map(|stmt| Self {
-            db,
-            stmt,
-            bound: PhantomData,
-        });
-        match (rc, statement) {
-            (ffi::SQLITE_OK, Some(statement)) => Ok(statement),
-            _ => Err(failure(db, rc)),
-        }
-    }
-
-    /// Binds `value` without copying it: `'data` outlives the statement.
-    fn text(&mut self, index: c_int, value: &'data str) -> Result<(), SqliteFailure> {
-        let len = c_int::try_from(value.len()).map_err(|_| SqliteFailure {
-            code: ffi::SQLITE_TOOBIG,
-            message: "value too long".to_owned(),
-        })?;
-        // SAFETY: the statement is valid; the pointer and length describe `value`, which lives
-        // as long as the statement.
-        let rc = unsafe {
-            ffi::sqlite3_bind_text(
-                self.stmt.as_ptr(),
-                index,
-                value.as_ptr().cast(),
-                len,
-                ffi::SQLITE_STATIC(),
-            )
-        };
-        self.check(rc)
-    }
-
-    fn optional_text(
-        &mut self,
-        index: c_int,
-        value: Option<&'data str>,
-    ) -> Result<(), SqliteFailure> {
-        match value {
-            Some(value) => self.text(index, value),
-            None => self.null(index),
-        }
-    }
-
-    /// Steps through the statement's rows, handing each to `each`, then resets it.
-    fn rows(&mut self, mut each: impl FnMut(&Row<'_>)) -> Result<(), SqliteFailure> {
-        loop {
-            // SAFETY: the statement and its connection are valid and ours alone.
-            let rc = unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) };
-            match rc {
-                ffi::SQLITE_ROW => each(&Row {
-                    stmt: self.stmt,
-                    row: PhantomData,
-                }),
-                ffi::SQLITE_DONE => break,
-                _ => {
-                    let failure = failure(self.db, rc);
-                    // SAFETY: as above.
-                    unsafe { ffi::sqlite3_reset(self.stmt.as_ptr()) };
-                    return Err(failure);
-                }
-            }
-        }
-        // SAFETY: as above.
-        let reset = unsafe { ffi::sqlite3_reset(self.stmt.as_ptr()) };
-        self.check(reset)
-    }
-
-    fn int(&mut self, index: c_int, value: i64) -> Result<(), SqliteFailure> {
-        // SAFETY: the statement is valid.
-        let rc = unsafe { ffi::sqlite3_bind_int64(self.stmt.as_ptr(), index, value) };
-        self.check(rc)
-    }
-
-    fn null(&mut self, index: c_int) -> Result<(), SqliteFailure> {
-        // SAFETY: the statement is valid.
-        let rc = unsafe { ffi::sqlite3_bind_null(self.stmt.as_ptr(), index) };
-        self.check(rc)
-    }
-
-    /// Runs the statement once; `true` when it changed a row (the insert was not refused).
-    fn execute(&mut self) -> Result<bool, SqliteFailure> {
-        // SAFETY: the statement and its connection are valid and ours alone.
-        unsafe {
-            let rc = ffi::sqlite3_step(self.stmt.as_ptr());
-            let changed = ffi::sqlite3_changes(self.db.as_ptr()) > 0;
-            let reset = ffi::sqlite3_reset(self.stmt.as_ptr());
-            if rc != ffi::SQLITE_DONE {
-                return Err(failure(self.db, rc));
-            }
-            self.check(reset)?;
-            Ok(changed)
-        }
-    }
-
-    fn check(&self, rc: c_int) -> Result<(), SqliteFailure> {
-        if rc == ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            Err(failure(self.db, rc))
-        }
-    }
-}
-
-/// The current row of a statement being stepped: valid until the next step.
-struct Row<'s> {
-    stmt: NonNull<ffi::sqlite3_stmt>,
-    row: PhantomData<&'s ()>,
-}
-
-impl Row<'_> {
-    /// A text column, copied out; `None` for NULL.
-    fn text(&self, column: c_int) -> Option<String> {
-        // SAFETY: the statement is on a row; SQLite returns a pointer and length valid until the
-        // next step, and the bytes are copied before that.
-        unsafe {
-            let ptr = ffi::sqlite3_column_text(self.stmt.as_ptr(), column);
-            if ptr.is_null() {
-                return None;
-            }
-            let len = ffi::sqlite3_column_bytes(self.stmt.as_ptr(), column) as usize;
-            let bytes = std::slice::from_raw_parts(ptr, len);
-            Some(String::from_utf8_lossy(bytes).into_owned())
-        }
-    }
-
-    fn int(&self, column: c_int) -> i64 {
-        // SAFETY: the statement is on a row.
-        unsafe { ffi::sqlite3_column_int64(self.stmt.as_ptr(), column) }
-    }
-
-    /// An integer column; `None` for NULL.
-    fn optional_int(&self, column: c_int) -> Option<i64> {
-        // SAFETY: the statement is on a row.
-        let kind = unsafe { ffi::sqlite3_column_type(self.stmt.as_ptr(), column) };
-        (kind != ffi::SQLITE_NULL).then(|| self.int(column))
-    }
-}
-
-impl Drop for Statement<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the statement is valid and finalized exactly once.
-        unsafe {
-            ffi::sqlite3_finalize(self.stmt.as_ptr());
-        }
-    }
-}
-
-/// The failure of the last call on `db`, with SQLite's extended code when it has one.
-fn failure(db: NonNull<ffi::sqlite3>, rc: c_int) -> SqliteFailure {
-    // SAFETY: `db` is valid; SQLite returns a NUL-terminated message it owns, copied here.
-    let (code, message) = unsafe {
-        let extended = ffi::sqlite3_extended_errcode(db.as_ptr());
-        let message = CStr::from_ptr(ffi::sqlite3_errmsg(db.as_ptr()));
-        (
-            if extended & 0xff == rc & 0xff {
-                extended
-            } else {
-                rc
-            },
-            message.to_string_lossy().into_owned(),
-        )
-    };
-    SqliteFailure { code, message }
 }

@@ -3,6 +3,10 @@
 //! server holds an exclusive lock on a file beside the database for as long as it runs, and
 //! writes its process id in it, so that a second server can say who holds it. The kernel
 //! releases the lock when the process dies, however it dies.
+//!
+//! The lock is advisory (`File::try_lock`, an `flock` on Unix): it keeps out other servers of
+//! this service, not other programs that open the database. The lock file stays on disk after a
+//! release; only the lock on it matters, never whether the file exists.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -10,13 +14,22 @@ use std::path::{Path, PathBuf};
 
 use crate::store::StoreError;
 
+/// This server's exclusive hold on `<database>.lock`, for as long as the value lives (or until
+/// `release`).
 pub(super) struct FileLock {
+    /// The open lock file: the lock lives as long as this handle.
     file: File,
+    /// Its path, for the log.
     path: PathBuf,
 }
 
 impl FileLock {
     /// Takes the lock of the database at `database`: `<database>.lock`.
+    ///
+    /// Never waits: a lock already held (by another process, or another store in this one) is
+    /// `Config` at once, naming the holder's process id as it wrote it, so that an operator can
+    /// find it. Any other failure to open or lock the file is `Config` too: the server must not
+    /// start without the lock.
     pub(super) fn acquire(database: &Path) -> Result<Self, StoreError> {
         let mut path = database.as_os_str().to_owned();
         path.push(".lock");
@@ -59,6 +72,9 @@ impl FileLock {
     }
 
     /// Lets another server use the database (a restart in the same process).
+    ///
+    /// An unlock that fails is only logged: the lock goes with the file handle, dropped here,
+    /// anyway.
     pub(super) fn release(self) {
         if let Err(e) = self.file.unlock() {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot release the lock");

@@ -11,30 +11,44 @@
 //! rolled the transaction back by itself; sqlx's own ROLLBACK then fails and would leave the
 //! connection marked as inside a transaction, refusing every later `BEGIN`. A fresh connection
 //! is opened for the next write instead.
+//!
+//! Files: `steps.rs` writes the shared steps in SQLite's dialect; `capi.rs` is the hot path
+//! (users inserted, updated and looked up through the C API); `ranges.rs` finds an import's users
+//! by the rowid ranges its batches were given; `lock.rs` keeps a second server off the file;
+//! `room.rs` gives the room of removed rows back to the filesystem; `statement.rs` is the safe
+//! face of the C API that `capi.rs` uses.
+//! Every write runs on the one writer connection, through `write` (the write probe and the
+//! start-up rekeying take it directly).
 
 mod capi;
 mod lock;
-mod write;
+mod ranges;
+mod room;
+mod statement;
+mod steps;
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, Sqlite, SqliteConnection};
 
-use super::codec::{ImportRow, format_columns, micros};
+use super::codec::{ImportRow, micros};
 use super::error::FaultLatch;
 use super::{
-    BatchOutcome, BatchTarget, Batching, Conclusion, FailedCells, Fault, ImportCursor, OpenOptions,
-    Reverted, Store, StoreError, StoredRowError, StoredUser, queries,
+    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, Guard, ImportCursor,
+    LifeSign, OpenOptions, Processing, Removed, Reverted, Store, StoreError, StoredRowError,
+    StoredUser, ending, plan, planned, queries, record, rekey, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
-use write::{delete_users, write_batch};
+use steps::SqliteSteps;
 
 /// Page cache of the writing connection, in KiB: the hot part of the email index stays in
 /// memory across batches. Bounded, so memory stays flat whatever the file size.
@@ -57,6 +71,11 @@ const PROBE_BYTES: i64 = 16 * 1024 * 1024;
 /// ...and its filesystem has this much room, for the write-ahead log and its checkpoints.
 const PROBE_DISK_ROOM: u64 = 64 * 1024 * 1024;
 
+/// The embedded store: one writer connection, a few readers, and the file's lock.
+///
+/// Writes are serialised by the one writer connection (and by SQLite itself); reads run on the
+/// reader pool beside them. Holds the file's lock from `open` to `close` (or to the end of the
+/// process).
 pub struct SqliteStore {
     /// One connection for every write. SQLite has one writer at a time anyway, and its page
     /// cache is per connection: writes spread over a pool would fill a large cache in each.
@@ -65,6 +84,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file, whose filesystem's free space the write probe checks.
     path: PathBuf,
+    /// The last write fault, until a write probe clears it (`Store::fault`).
     faults: FaultLatch,
     /// This server's hold on the file, until `close`.
     lock: std::sync::Mutex<Option<lock::FileLock>>,
@@ -72,6 +92,11 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating when missing) the database file and applies `migrations/sqlite`.
+    ///
+    /// In this order: the file's lock first (a second server is refused before it reads
+    /// anything), then the writer connection, the migrations and the one-off rekeying on it, then
+    /// the readers. `Config` when the URL is bad or another server holds the file; an in-memory
+    /// database (`sqlite::memory:`) takes no lock.
     pub async fn open(url: &str, settings: OpenOptions) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
@@ -95,7 +120,9 @@ impl SqliteStore {
             .clone()
             .pragma("cache_size", (-WRITER_CACHE_KIB).to_string())
             .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
-            .pragma("journal_size_limit", WAL_KEPT_BYTES.to_string());
+            .pragma("journal_size_limit", WAL_KEPT_BYTES.to_string())
+            // A new file gives back the room that removed rows leave (`room`).
+            .auto_vacuum(SqliteAutoVacuum::Incremental);
         if let Some(pages) = settings.max_pages {
             writer_options = writer_options.pragma("max_page_count", pages.to_string());
         }
@@ -107,8 +134,16 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(writer_options)
             .await?;
+        room::make_incremental(&writer).await;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        rekey_emails(&writer).await?.log();
+        let rekeyed = {
+            let mut conn = writer.acquire().await?;
+            let mut tx = begin(&mut conn).await?;
+            let rekeyed = rekey::rekey(&mut SqliteSteps::new(&mut tx)).await?;
+            tx.commit().await?;
+            rekeyed
+        };
+        rekeyed.log();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -123,6 +158,10 @@ impl SqliteStore {
     }
 
     /// See `Store::probe_write`.
+    ///
+    /// Two checks: free room beside the file first (`PROBE_DISK_ROOM`, for the write-ahead log),
+    /// then a real write of `PROBE_BYTES` on the writer connection, rolled back. A filesystem
+    /// whose room cannot be read is not held against the database.
     async fn probe(&self) -> Result<(), StoreError> {
         let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
         let dir = if dir.as_os_str().is_empty() {
@@ -142,12 +181,35 @@ impl SqliteStore {
         let mut conn = self.writer().await?;
         let result = async {
             let mut tx = begin(&mut conn).await?;
-            sqlx::query("INSERT INTO write_probe (data) VALUES (zeroblob(?1))")
+            sqlx::query("INSERT INTO write_probe (data) VALUES (zeroblob($1))")
                 .bind(PROBE_BYTES)
                 .execute(&mut *tx)
                 .await?;
             tx.rollback().await?;
             Ok(())
+        }
+        .await;
+        self.release(conn, result)
+    }
+
+    /// Runs `body` in one write transaction on the writer connection (see the module's doc),
+    /// with the shared steps in SQLite's dialect; commits when it succeeds, rolls back when it
+    /// fails. `body` gets its data as an argument rather than capturing it, so that its future
+    /// borrows one lifetime and can be boxed.
+    async fn write<D, T>(
+        &self,
+        data: &D,
+        body: impl for<'c> FnOnce(SqliteSteps<'c>, &'c D) -> BoxFuture<'c, Result<T, StoreError>>,
+    ) -> Result<T, StoreError>
+    where
+        D: Sync + ?Sized,
+    {
+        let mut conn = self.writer().await?;
+        let result = async {
+            let mut tx = begin(&mut conn).await?;
+            let value = body(SqliteSteps::new(&mut tx), data).await?;
+            tx.commit().await?;
+            Ok(value)
         }
         .await;
         self.release(conn, result)
@@ -159,14 +221,15 @@ impl SqliteStore {
         Ok(self.writer.acquire().await?)
     }
 
-    /// Returns the writer connection to the pool, or closes it when its transaction failed,
-    /// so that it is never reused mid-transaction; notes a fault.
+    /// Returns the writer connection to the pool, or closes it when its transaction failed
+    /// for any reason but an answer (see `StoreError::is_answer`), so that it is never reused
+    /// mid-transaction; notes a fault.
     fn release<T>(
         &self,
         mut conn: PoolConnection<Sqlite>,
         result: Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if result.is_err() {
+        if result.as_ref().is_err_and(|e| !e.is_answer()) {
             conn.close_on_drop();
         }
         self.faults.observe(&result);
@@ -180,28 +243,32 @@ async fn begin(conn: &mut SqliteConnection) -> Result<sqlx::Transaction<'_, Sqli
     Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
 }
 
-const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
+/// The `imports` columns as `codec::ImportRow` names them. SQLite stores times as integer
+/// microseconds already, so they are selected as they are (PostgreSQL's list converts them).
+pub(super) const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, create_time, update_time, complete_time, validate_only, \
-    on_conflict, rows_skipped, rows_updated, retry_of_import_id, revert_time, revert_note";
+    on_conflict, rows_skipped, rows_updated, retry_of_import_id, revert_time, revert_note, \
+    details_removed_time";
 
 #[async_trait]
 impl Store for SqliteStore {
     /// Large transactions: every commit writes each page it dirtied to the WAL, and random
     /// email-index inserts dirty a page per row or so, so committing every 4,096 rows wrote the
-    /// same index pages to the WAL hundreds of times over. Progress comes from the live
-    /// counters of this (only) replica; a batch is still written after a second when the
-    /// client is slow, so that it does not hold its share of the batch memory (and the rows
-    /// already read) while the client is quiet. (After 250 ms, 8 uploads at once made smaller
-    /// batches and were 15–20% slower.)
+    /// same index pages to the WAL hundreds of times over. A batch is still written 250 ms
+    /// after the last when the client is slow and the writer idle, so that it does not hold
+    /// its share of the batch memory (and the rows already read) while the client is quiet, and
+    /// so that the live view, which shows committed progress, moves at the 500 ms watchers are
+    /// promised. Only while the writer is idle: uploads that keep it busy (8 at once) are never
+    /// cut short by time, which once made their batches smaller and them 15–20% slower.
     fn batching(&self) -> Batching {
         Batching {
             rows: 32 * 1024,
-            flush_after: Some(std::time::Duration::from_secs(1)),
-            shared: false,
+            flush_after: Some(std::time::Duration::from_millis(250)),
         }
     }
 
+    /// The writer connection and the readers together.
     fn pool_stats(&self) -> crate::metrics::PoolStats {
         let (size, idle) = [&self.writer, &self.pool]
             .iter()
@@ -214,6 +281,7 @@ impl Store for SqliteStore {
         }
     }
 
+    /// On a reader: a busy writer does not make the database look down.
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -223,6 +291,8 @@ impl Store for SqliteStore {
         self.faults.get()
     }
 
+    /// The connections first, then the lock: a server that takes the lock next finds no
+    /// connection of this one still open on the file.
     async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
@@ -232,244 +302,137 @@ impl Store for SqliteStore {
         }
     }
 
+    /// The probe's result also updates the latch: a success clears the fault.
     async fn probe_write(&self) -> Result<(), StoreError> {
         let result = self.probe().await;
         self.faults.probed(&result);
         result
     }
 
-    async fn recover_interrupted(&self, message: &str) -> Result<u64, StoreError> {
-        let now = micros(SystemTime::now());
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            let interrupted: Vec<i64> =
-                sqlx::query_scalar("SELECT import_key FROM imports WHERE status = 'PROCESSING'")
-                    .fetch_all(&mut *tx)
-                    .await?;
-            for key in interrupted {
-                write::undo_import(&mut tx, key).await?;
-                write::forget_file_keys(&mut tx, key).await?;
-            }
-            let ended = sqlx::query(
-                "UPDATE imports SET status = 'ERROR_UNKNOWN', error_message = ?1, \
-                 rows_imported = 0, rows_skipped = 0, rows_updated = 0, update_time = ?2, \
-                 complete_time = ?2 WHERE status = 'PROCESSING'",
-            )
-            .bind(message)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            Ok(ended)
-        }
-        .await;
-        self.release(conn, result)
+    /// This server holds the file's lock (`lock`): no other server writes it.
+    fn exclusive(&self) -> bool {
+        true
+    }
+
+    /// No life signs on SQLite: one server holds the file, so every PROCESSING import found at
+    /// start was left by a server that stopped (`exclusive`), and no sign is needed to tell.
+    async fn processing(&self) -> Result<Vec<Processing>, StoreError> {
+        let sql = format!("SELECT {IMPORT_COLUMNS} FROM imports WHERE status = 'PROCESSING'");
+        let rows: Vec<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Processing {
+                    import: Import::try_from(row)?,
+                    sign: LifeSign {
+                        heartbeat: None,
+                        owner_alive: false,
+                    },
+                })
+            })
+            .collect()
     }
 
     async fn request_cancel(&self, key: ImportKey) -> Result<(), StoreError> {
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            let updated = sqlx::query(
-                "UPDATE imports SET cancel_requested = 1 \
-                 WHERE import_key = ?1 AND status = 'PROCESSING'",
-            )
-            .bind(key)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            match updated {
-                0 => Err(StoreError::NotProcessing),
-                _ => Ok(()),
-            }
-        }
-        .await;
-        match result {
-            Err(StoreError::NotProcessing) => Err(StoreError::NotProcessing),
-            other => self.release(conn, other),
-        }
+        self.write(&key, |mut steps, &key| {
+            Box::pin(async move { ending::request_cancel(&mut steps, key).await })
+        })
+        .await
     }
 
+    /// `false` for an import that is not there.
     async fn cancel_requested(&self, key: ImportKey) -> Result<bool, StoreError> {
         let requested: Option<bool> =
-            sqlx::query_scalar("SELECT cancel_requested FROM imports WHERE import_key = ?1")
+            sqlx::query_scalar("SELECT cancel_requested FROM imports WHERE import_key = $1")
                 .bind(key)
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(requested.unwrap_or(false))
     }
 
+    /// Through `write`, so that its time and its fault handling are those of every other write.
+    /// `AlreadyExists` from the unique index on `(account_id, import_id)`.
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
-        let now = micros(SystemTime::now());
         let sql = format!(
             "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
              create_time, update_time, validate_only, on_conflict, retry_of_import_id) \
-             VALUES (?1, ?2, ?3, ?4, ?6, 'PROCESSING', ?5, ?5, ?7, ?8, ?9) \
+             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, $5, $7, $8, $9) \
              RETURNING {IMPORT_COLUMNS}"
         );
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(new.account_id.as_str())
-                .bind(new.import_id.as_str())
-                .bind(new.kind.as_str())
-                .bind(new.filename.as_str())
-                .bind(now)
-                .bind(new.created_by.as_str())
-                .bind(new.validate_only)
-                .bind(new.on_conflict.as_str())
-                .bind(new.retry_of.as_ref().map(|id| id.as_str()))
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Import::try_from(row)
-        }
-        .await;
-        // A taken id is an answer, not a failure of the connection.
-        match result {
-            Err(StoreError::AlreadyExists) => Err(StoreError::AlreadyExists),
-            other => self.release(conn, other),
-        }
+        let args = (sql.as_str(), new, micros(SystemTime::now()));
+        self.write(&args, |mut steps, &(sql, new, now)| {
+            Box::pin(async move {
+                let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(new.account_id.as_str())
+                    .bind(new.import_id.as_str())
+                    .bind(new.kind.as_str())
+                    .bind(new.filename.as_str())
+                    .bind(now)
+                    .bind(new.created_by.as_str())
+                    .bind(new.validate_only)
+                    .bind(new.on_conflict.as_str())
+                    .bind(new.retry_of.as_ref().map(|id| id.as_str()))
+                    .fetch_one(steps.connection())
+                    .await?;
+                Import::try_from(row)
+            })
+        })
+        .await
     }
 
     async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError> {
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            delete_users(&mut tx, key).await?;
-            sqlx::query("DELETE FROM imports WHERE import_key = ?1")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        self.release(conn, result)
+        self.write(&key, |mut steps, &key| {
+            Box::pin(async move { ending::discard(&mut steps, key).await })
+        })
+        .await
     }
 
+    /// One transaction for the whole batch, whatever its path: the plain import inserts through
+    /// the C API and lets the unique indexes refuse, a planned batch looks up, decides and
+    /// writes. A batch that fails leaves nothing.
     async fn write_batch(
         &self,
         target: &BatchTarget<'_>,
         batch: &UserBatch,
-    ) -> Result<BatchOutcome, StoreError> {
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            let outcome = write_batch(&mut tx, target, batch).await?;
-            tx.commit().await?;
-            Ok(outcome)
-        }
-        .await;
-        match result {
-            // Nothing was written, and the transaction was rolled back cleanly.
-            Err(StoreError::NotProcessing) => Err(StoreError::NotProcessing),
-            other => self.release(conn, other),
-        }
+    ) -> Result<BatchWritten, StoreError> {
+        self.write(&(target, batch), |mut steps, &(target, batch)| {
+            Box::pin(async move {
+                match plan::planned(target) {
+                    Some(mode) => planned::write(&mut steps, target, mode, batch).await,
+                    None => {
+                        let refused = steps.insert_plain(target, batch).await?;
+                        record::plain(&mut steps, target, batch, refused).await
+                    }
+                }
+            })
+        })
+        .await
     }
 
     async fn conclude_import(
         &self,
         key: ImportKey,
         conclusion: &Conclusion,
+        guard: Guard,
     ) -> Result<Import, StoreError> {
-        let now = micros(SystemTime::now());
-        let removes_users = conclusion.removes_users();
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            // A completed import keeps its rowid ranges: a revert deletes its users by them.
-            if removes_users {
-                write::undo_import(&mut tx, key).await?;
-            }
-            write::forget_file_keys(&mut tx, key).await?;
-            let c = &conclusion.counters;
-            let (encoding, delimiter) = format_columns(conclusion.format);
-            let sql = format!(
-                "UPDATE imports SET status = ?1, error_message = ?2, bytes_received = ?3, \
-                 rows_processed = ?4, rows_imported = ?5, rows_failed = ?6, update_time = ?7, \
-                 rows_skipped = ?12, rows_updated = ?13, \
-                 complete_time = ?7, row_errors_omitted = ?9, encoding = ?10, delimiter = ?11 \
-                 WHERE import_key = ?8 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
-            );
-            let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(conclusion.status.as_str())
-                .bind(&conclusion.error_message)
-                .bind(c.bytes_received as i64)
-                .bind(c.rows_processed as i64)
-                .bind(if removes_users {
-                    0
-                } else {
-                    c.rows_imported as i64
-                })
-                .bind(c.rows_failed as i64)
-                .bind(now)
-                .bind(key)
-                .bind(c.row_errors_omitted as i64)
-                .bind(encoding)
-                .bind(delimiter)
-                .bind(if removes_users {
-                    0
-                } else {
-                    c.rows_skipped as i64
-                })
-                .bind(if removes_users {
-                    0
-                } else {
-                    c.rows_updated as i64
-                })
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
-                return Err(StoreError::NotProcessing);
-            };
-            tx.commit().await?;
-            Import::try_from(row)
-        }
-        .await;
-        match result {
-            Err(StoreError::NotProcessing) => Err(StoreError::NotProcessing),
-            other => self.release(conn, other),
-        }
+        self.write(
+            &(key, conclusion, guard),
+            |mut steps, &(key, conclusion, guard)| {
+                Box::pin(async move { ending::conclude(&mut steps, key, conclusion, guard).await })
+            },
+        )
+        .await
     }
 
     async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError> {
-        let now = micros(SystemTime::now());
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            // `None`: reverted before, so nothing more to remove.
-            let (removed, kept) = write::revert_users(&mut tx, key).await?.unwrap_or_default();
-            let sql = format!(
-                "UPDATE imports SET revert_time = coalesce(revert_time, ?2), \
-                 revert_note = CASE WHEN revert_time IS NULL THEN ?3 ELSE revert_note END \
-                 WHERE import_key = ?1 RETURNING {IMPORT_COLUMNS}"
-            );
-            let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(key)
-                .bind(now)
-                .bind(super::revert_note(removed, kept))
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(Reverted {
-                import: Import::try_from(row)?,
-                removed,
-                kept,
-            })
-        }
-        .await;
-        match result {
-            // Answers, not failures of the connection.
-            Err(e @ (StoreError::StillRunning | StoreError::BeingUpdated(_))) => Err(e),
-            other => self.release(conn, other),
-        }
+        self.write(&key, |mut steps, &key| {
+            Box::pin(async move { revert::revert(&mut steps, key).await })
+        })
+        .await
     }
 
+    /// `update_time` is NULL for a user never updated: it reads as its create time.
     async fn list_users(
         &self,
         account_id: &AccountId,
@@ -479,8 +442,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredUser>, StoreError> {
         queries::list_users(
             &self.pool,
-            "u.create_time",
-            "coalesce(u.update_time, u.create_time)",
+            // Stored as microseconds already.
+            |time| time.to_owned(),
             account_id,
             import,
             after,
@@ -497,6 +460,7 @@ impl Store for SqliteStore {
         queries::get_import(&self.pool, IMPORT_COLUMNS, account_id, import_id).await
     }
 
+    /// The cursor's microseconds compare with the stored integers as they are.
     async fn list_imports(
         &self,
         account_id: &AccountId,
@@ -524,49 +488,46 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredRowError>, StoreError> {
         queries::list_row_errors(&self.pool, key, after, limit).await
     }
-}
 
-/// Brings old rows' email keys to today's form, once (see `store::rekey`).
-async fn rekey_emails(writer: &SqlitePool) -> Result<super::rekey::Rekeyed, StoreError> {
-    use super::rekey;
-    let mut tx = writer.begin().await?;
-    let first =
-        sqlx::query("INSERT INTO data_migrations (name) VALUES (?1) ON CONFLICT DO NOTHING")
-            .bind(rekey::NAME)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    let mut done = rekey::Rekeyed::default();
-    if first == 0 {
-        return Ok(done);
-    }
-    // Non-ASCII addresses: more bytes than characters.
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT account_id, email FROM users WHERE length(email) <> length(CAST(email AS BLOB)) \
-         ORDER BY create_time, user_id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for (account_id, old) in rows {
-        let Some(new) = crate::domain::email::rekeyed(&old) else {
-            continue;
-        };
-        let moved = sqlx::query(
-            "UPDATE OR IGNORE users SET email = ?1 WHERE account_id = ?2 AND email = ?3",
+    /// Times are stored as microseconds: the cut-offs compare as they are.
+    async fn expired_details(
+        &self,
+        imports: Option<SystemTime>,
+        dry_runs: Option<SystemTime>,
+        limit: u32,
+    ) -> Result<Vec<ImportKey>, StoreError> {
+        queries::expired_details(
+            &self.pool,
+            |time| time.to_owned(),
+            imports.map(micros),
+            dry_runs.map(micros),
+            limit,
         )
-        .bind(&new)
-        .bind(&account_id)
-        .bind(&old)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            rekey::clash(&account_id, &old, &new);
-            done.clashes += 1;
-        } else {
-            done.changed += 1;
-        }
+        .await
     }
-    tx.commit().await?;
-    Ok(done)
+
+    async fn remove_details(
+        &self,
+        key: ImportKey,
+        rows: u32,
+    ) -> Result<Option<Removed>, StoreError> {
+        self.write(&(key, rows), |mut steps, &(key, rows)| {
+            Box::pin(async move { retention::remove_some(&mut steps, key, rows).await })
+        })
+        .await
+    }
+
+    /// The file's pages (free ones included: `give_back_room` returns those).
+    async fn size(&self) -> Result<u64, StoreError> {
+        let (pages, page_size): (i64, i64) = sqlx::query_as(
+            "SELECT page_count, page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((pages * page_size) as u64)
+    }
+
+    async fn give_back_room(&self) -> Result<u64, StoreError> {
+        room::give_back(self).await
+    }
 }

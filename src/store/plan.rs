@@ -1,5 +1,7 @@
 //! What each row of a batch becomes when the account may already hold its user: the plan of a
-//! dry run and of the SKIP and UPDATE policies, decided once, here, for both backends.
+//! dry run and of the SKIP and UPDATE policies, decided once, here, for both backends. It is
+//! pure: the store looks up what it needs (`lookup`), this decides, and `planned` has the
+//! store write what the plan says.
 //!
 //! The ERROR policy of a real import needs no plan: it inserts and lets the unique indexes
 //! refuse (see `conflicts`). A dry run writes no user, and SKIP and UPDATE must know a row's
@@ -13,43 +15,72 @@
 //! Then `decide` reads the batch row by row, as the reference model does: a row that does not
 //! fail takes its email and external id for the rows after it, so a second row with either
 //! is DUPLICATE_IN_FILE under every policy, and a failed row takes nothing.
+//!
+//! What a valid row becomes, in the order `judge` asks:
+//!
+//! - its email held by an earlier row of the file: DUPLICATE_IN_FILE;
+//! - its email held by a user that an import still running creates or updates: the row fails,
+//!   naming that import (the user may yet go, or get its old values back);
+//! - its email held by another user: ALREADY_EXISTS under ERROR; under SKIP and UPDATE, that user
+//!   is the row's, skipped or updated;
+//! - its external id held by an earlier row: DUPLICATE_IN_FILE; by a user other than the row's
+//!   own: ALREADY_EXISTS (or the running import's error), unless an earlier update of this import
+//!   released it; a skipped row writes nothing, so its id cannot conflict;
+//! - none of these: a new user, inserted (a dry run: counted as one).
+//!
+//! A failed row is judged the same way, for its row errors only. The tests below pin the cases
+//! that are easy to get wrong: one address in two cases, an id an update gives up, a running
+//! import, failed rows.
 
 use std::collections::HashMap;
 
+use super::BatchTarget;
 use crate::domain::batch::UserRef;
 use crate::domain::{Column, ConflictPolicy, ImportKey, RowError, UserBatch};
 
 /// A user of the account that holds an email or external id of the batch.
+///
+/// Read by `lookup::existing_users`, in `lookup::ExistingRow` order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Existing {
+    /// Its email key, unique in the account.
     pub email: String,
+    /// Its external id, unique in the account when it has one.
     pub external_id: Option<String>,
     /// The import that created it, and its row there.
     pub import_key: ImportKey,
+    /// The row of that import's file: a holder of the same import is an earlier row of the file,
+    /// named in DUPLICATE_IN_FILE.
     pub source_row: u64,
     /// That import's id while it still runs: it may yet fail and take the user away, so the
     /// row can be neither skipped nor used to update it.
     pub running_import: Option<String>,
-    /// The UPDATE import that changed the user last, and its id while it still runs: it may
-    /// yet fail and put the old values back, over those of another update.
+    /// The UPDATE import that changed the user last: while it still runs, it may yet fail and
+    /// put the old values back, over those of another update.
     pub updated_by: Option<ImportKey>,
+    /// `updated_by`'s import id while that import still runs (`busy_with`).
     pub running_update: Option<String>,
     /// Its other values, to tell whether an update changes anything.
     pub first_name: String,
+    /// Its stored last name.
     pub last_name: String,
+    /// Its stored role, by name, compared with the row's role as text.
     pub role: String,
+    /// Its stored job title.
     pub job_title: String,
 }
 
 impl Existing {
-    /// The import still running that holds the user for now, other than `key`: the one that
-    /// creates it, or one that updates it.
-    fn busy_with(&self, mode: Mode) -> Option<&str> {
-        let updating = self
-            .running_update
+    /// The import still running that holds the user for now, other than `mode`'s own: the one
+    /// that creates it, or one that updates it.
+    fn busy_with(&self, mode: Mode) -> Option<Busy<'_>> {
+        if let Some(import_id) = &self.running_import {
+            return Some(Busy::Creating(import_id));
+        }
+        self.running_update
             .as_deref()
-            .filter(|_| self.updated_by != Some(mode.key) && !mode.dry_run);
-        self.running_import.as_deref().or(updating)
+            .filter(|_| self.updated_by != Some(mode.key) && !mode.dry_run)
+            .map(Busy::Updating)
     }
 
     /// Whether `row`'s non-empty cells change any of the user's values.
@@ -65,104 +96,61 @@ impl Existing {
     }
 }
 
-/// The columns of an `Existing` lookup, in its order.
-pub(crate) type ExistingRow = (
-    String,
-    Option<String>,
-    i64,
-    i64,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-);
+/// A running import that holds a user for now, by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Busy<'a> {
+    /// It creates the user: if it fails, the user goes.
+    Creating(&'a str),
+    /// It updates the user: if it fails, the user's old values come back.
+    Updating(&'a str),
+}
 
-impl From<ExistingRow> for Existing {
-    fn from(row: ExistingRow) -> Self {
-        let (email, external_id, import_key, source_row, running_import, updated_by) =
-            (row.0, row.1, row.2, row.3, row.4, row.5);
-        Self {
-            email,
-            external_id,
-            import_key,
-            source_row: source_row as u64,
-            running_import,
-            updated_by,
-            running_update: row.6,
-            first_name: row.7,
-            last_name: row.8,
-            role: row.9,
-            job_title: row.10,
+impl Busy<'_> {
+    /// The row error for a value such an import holds.
+    fn error(self, row: u64, column: Column, value: &str) -> RowError {
+        match self {
+            Busy::Creating(import_id) => RowError::being_imported(row, column, value, import_id),
+            Busy::Updating(import_id) => RowError::being_changed(row, column, value, import_id),
         }
     }
 }
 
-/// The columns an `Existing` lookup selects, from `users u` joined to its creator `imports i`.
-pub(crate) const EXISTING_COLUMNS: &str = "u.email, u.external_id, u.import_key, u.source_row, \
-    CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
-    (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
-    u.first_name, u.last_name, u.role, u.job_title";
-
-/// The start of a lookup of the account's users, up to the account's placeholder, which each
-/// store writes its own way, as it does the condition on the values.
-pub(crate) fn existing_lookup() -> String {
-    format!(
-        "SELECT {EXISTING_COLUMNS} FROM users u JOIN imports i ON i.import_key = u.import_key \
-         WHERE u.account_id = "
-    )
-}
-
-/// Logs the external ids that an undone UPDATE import could not give back: another import
-/// took them while it ran (see the stores' `undo_import`).
-pub(crate) fn lost_external_ids(import_key: ImportKey, lost: u64) {
-    if lost > 0 {
-        tracing::warn!(
-            import_key,
-            users = lost,
-            "an undone update could not give these users back their external id: another \
-             import has taken it since; they are restored without one"
-        );
-    }
-}
-
 /// A value an earlier row of the import took in its file, without being inserted as a user.
+///
+/// Rows the import skipped or updated, and every valid row of a dry run, are not (as theirs) in
+/// the users table, yet their values count for the rows after them: they are kept in
+/// `import_file_keys` until the import ends (`ending::forget`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FileKey {
+    /// The email key the row took.
     pub email: String,
+    /// The external id the row took, if it gave one.
     pub external_id: Option<String>,
+    /// The row that took them, named in a later row's DUPLICATE_IN_FILE.
     pub source_row: u64,
     /// The external id an update of a dry run took away from the user (`email`): free for
     /// later rows, although the users table, which a dry run leaves alone, still has it.
     pub released_external_id: Option<String>,
 }
 
-/// The columns of a file key lookup, in `FileKey` order.
-pub(crate) type FileKeyRow = (String, Option<String>, i64, Option<String>);
-
-impl From<FileKeyRow> for FileKey {
-    fn from((email, external_id, source_row, released_external_id): FileKeyRow) -> Self {
-        Self {
-            email,
-            external_id,
-            source_row: source_row as u64,
-            released_external_id,
-        }
-    }
-}
-
 /// What the store found before deciding a batch.
+///
+/// Only what touches the batch's values: whatever the account's size, a batch looks up at most a
+/// few rows per row of its own.
 #[derive(Debug, Default)]
 pub(crate) struct Known {
+    /// The account's users that hold one of the batch's emails or external ids, the import's own
+    /// users among them (a user may appear twice, once per value it holds).
     pub users: Vec<Existing>,
+    /// The import's file keys that hold one of those values, or released one of its external ids.
     pub file_keys: Vec<FileKey>,
 }
 
 /// The values of a batch that `Known` must cover: every email and every external id of its
 /// users and of its failed rows.
+///
+/// Emails first, then external ids, each in batch order; a failed row adds only the values it has
+/// that are valid (its normalised email, its external id).
 pub(crate) fn values(batch: &UserBatch) -> (Vec<&str>, Vec<&str>) {
     let mut emails: Vec<&str> = batch.users().map(|u| u.email).collect();
     let mut ids: Vec<&str> = batch.users().filter_map(|u| u.external_id).collect();
@@ -173,10 +161,25 @@ pub(crate) fn values(batch: &UserBatch) -> (Vec<&str>, Vec<&str>) {
     (emails, ids)
 }
 
+/// How rows are decided when the unique indexes alone cannot decide them: a dry run writes no
+/// user, and SKIP and UPDATE must know the user before writing. `None` for the plain import,
+/// which inserts and lets the indexes refuse.
+pub(crate) fn planned(target: &BatchTarget<'_>) -> Option<Mode> {
+    (target.validate_only || target.on_conflict != ConflictPolicy::Error).then_some(Mode {
+        key: target.key,
+        policy: target.on_conflict,
+        dry_run: target.validate_only,
+    })
+}
+
 /// How the import treats the rows whose user exists.
+///
+/// Built by `planned` from the batch's target, the same for every batch of an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mode {
+    /// The import: its own users and file keys are earlier rows of the file, not other users.
     pub key: ImportKey,
+    /// What becomes of a row whose user exists: ERROR, SKIP or UPDATE.
     pub policy: ConflictPolicy,
     /// A dry run: it sees no running import's users (two imports running side by side must
     /// not see each other's would-be users), and its own rows are all file keys.
@@ -184,6 +187,9 @@ pub(crate) struct Mode {
 }
 
 /// An existing user a row updates.
+///
+/// Only rows that change something are listed; the user is found again by its email when the
+/// update is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Update {
     /// The row's user in the batch.
@@ -191,15 +197,25 @@ pub(crate) struct Update {
 }
 
 /// A value a row takes in the file, to be stored as a file key.
+///
+/// One per valid row that is not inserted as a user (skipped, updated, or any row of a dry run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Claim<'a> {
+    /// The row's email key.
     pub email: &'a str,
+    /// The row's external id, if it gave one.
     pub external_id: Option<&'a str>,
+    /// The row's spreadsheet number, for a later DUPLICATE_IN_FILE.
     pub row_number: u64,
+    /// The external id the row's update took away from its user (UPDATE only): later rows may
+    /// take it.
     pub released_external_id: Option<&'a str>,
 }
 
 /// What to do with a batch.
+///
+/// The counters are what the batch's outcome reports; the lists are what the store writes
+/// (`Steps::apply`), in this order: `updates`, `inserts`, `claims`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Plan<'a> {
     /// Users to insert (indexes in the batch); none for a dry run.
@@ -207,14 +223,18 @@ pub(crate) struct Plan<'a> {
     /// Users to update, in file order: those whose row changes something; none for a dry
     /// run. (A row that changes nothing still counts as updated.)
     pub updates: Vec<Update>,
-    /// Valid rows whose user would be inserted (a dry run) or was found (every row).
+    /// Valid rows whose user is new: inserted, or for a dry run counted as if it were. Less the
+    /// inserts the unique indexes refuse after all, this is the batch's `imported`.
     pub would_insert: u64,
+    /// Valid rows whose user exists and is left alone (SKIP).
     pub skipped: u64,
+    /// Valid rows whose user exists and is updated (UPDATE), those that change nothing included.
     pub updated: u64,
     /// Valid rows that fail on a value held elsewhere.
     pub conflicts: u64,
     /// The batch indexes of those rows, in file order.
     pub conflicted: Vec<usize>,
+    /// The values rows took without being inserted, in file order.
     pub claims: Vec<Claim<'a>>,
     /// An update takes an external id away from its user: the updates must then be applied
     /// in file order, since a later row may take that id.
@@ -224,6 +244,9 @@ pub(crate) struct Plan<'a> {
 }
 
 /// Who holds a value, as one row of the file sees it.
+///
+/// An earlier row wins over a user: a value an earlier row of this import took is a duplicate in
+/// the file, whoever else holds it.
 enum Held<'a> {
     /// An earlier row of this import's file, by row number.
     InFile(u64),
@@ -232,16 +255,25 @@ enum Held<'a> {
 }
 
 /// The values the earlier rows hold, built from `Known` and then from the batch as it is read.
+///
+/// Rows are judged in file order, and each valid row adds its values before the next is judged,
+/// so that a lookup here answers "held before this row?" and not "held at all?".
 struct Holders<'a> {
+    /// Emails taken by rows of this import, with the first row that took each.
     file_email: HashMap<&'a str, u64>,
+    /// External ids taken by rows of this import, likewise.
     file_id: HashMap<&'a str, u64>,
     /// External ids updates took away from their users, with the user's email and the row.
     released: HashMap<&'a str, (&'a str, u64)>,
+    /// Other imports' users by email, as this import may see them.
     user_by_email: HashMap<&'a str, &'a Existing>,
+    /// The same users by external id.
     user_by_id: HashMap<&'a str, &'a Existing>,
 }
 
 impl<'a> Holders<'a> {
+    /// Sorts what the store found: the import's own users and file keys become earlier rows of
+    /// the file, other users stay users (for a dry run, not those an import still running adds).
     fn new(known: &'a Known, mode: Mode) -> Self {
         let mut holders = Self {
             file_email: HashMap::new(),
@@ -309,6 +341,9 @@ struct Verdict<'a> {
     user: Option<&'a Existing>,
 }
 
+/// Judges one row's email (normalised, and as written for the error) and external id against the
+/// values held before it, as the module's doc lists. Every error the row earns is returned, its
+/// email's before its external id's; `user` is set only when there is none.
 fn judge<'a>(
     holders: &Holders<'a>,
     mode: Mode,
@@ -327,12 +362,7 @@ fn judge<'a>(
                 first,
             )),
             Some(Held::ByUser(existing)) => match (existing.busy_with(mode), mode.policy) {
-                (Some(import_id), _) => errors.push(RowError::being_imported(
-                    row,
-                    Column::Email,
-                    as_written,
-                    import_id,
-                )),
+                (Some(busy), _) => errors.push(busy.error(row, Column::Email, as_written)),
                 (None, ConflictPolicy::Error) => {
                     errors.push(RowError::already_exists(row, Column::Email, as_written))
                 }
@@ -356,9 +386,7 @@ fn judge<'a>(
                 });
                 if !fine {
                     errors.push(match holder.busy_with(mode) {
-                        Some(import_id) => {
-                            RowError::being_imported(row, Column::ExternalId, id, import_id)
-                        }
+                        Some(busy) => busy.error(row, Column::ExternalId, id),
                         None => RowError::already_exists(row, Column::ExternalId, id),
                     });
                 }
@@ -373,6 +401,10 @@ fn judge<'a>(
 }
 
 /// Decides every row of `batch` from what the store found, as a row-by-row reading would.
+///
+/// Valid rows first, in file order, each taking its values once it does not fail; then the failed
+/// rows, each against the values of the valid rows before it (a failed row takes nothing, so it
+/// never makes a later row fail). The errors come out in file order.
 pub(crate) fn decide<'a>(mode: Mode, batch: &'a UserBatch, known: &'a Known) -> Plan<'a> {
     let mut holders = Holders::new(known, mode);
     let mut plan = Plan::default();
@@ -446,185 +478,4 @@ pub(crate) fn decide<'a>(mode: Mode, batch: &'a UserBatch, known: &'a Known) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Email, ErrorCode, FailedRow, NewUser, Role};
-
-    const KEY: ImportKey = 9;
-
-    fn batch(rows: &[(u64, &str, Option<&str>)]) -> UserBatch {
-        let mut batch = UserBatch::with_capacity(rows.len());
-        for &(row, email, external_id) in rows {
-            let user = NewUser {
-                email: Email::parse(email).unwrap(),
-                first_name: "",
-                last_name: "",
-                role: Role::Member,
-                role_given: false,
-                job_title: "",
-                external_id,
-            };
-            batch.push_user(row, &user);
-        }
-        batch
-    }
-
-    fn existing(email: &str, external_id: Option<&str>, import_key: ImportKey) -> Existing {
-        Existing {
-            email: email.to_owned(),
-            external_id: external_id.map(str::to_owned),
-            import_key,
-            source_row: 2,
-            running_import: None,
-            updated_by: None,
-            running_update: None,
-            first_name: String::new(),
-            last_name: String::new(),
-            role: "member".to_owned(),
-            job_title: String::new(),
-        }
-    }
-
-    fn mode(policy: ConflictPolicy, dry_run: bool) -> Mode {
-        Mode {
-            key: KEY,
-            policy,
-            dry_run,
-        }
-    }
-
-    fn codes(plan: &Plan<'_>) -> Vec<(u64, Column, ErrorCode)> {
-        plan.errors
-            .iter()
-            .map(|e| (e.row_number, e.column.unwrap(), e.code))
-            .collect()
-    }
-
-    #[test]
-    fn skip_leaves_existing_users_and_counts_them() {
-        let batch = batch(&[
-            (2, "a@x.io", None),
-            (3, "b@x.io", None),
-            (4, "A@x.io", None),
-        ]);
-        let known = Known {
-            users: vec![existing("a@x.io", Some("E1"), 1)],
-            file_keys: vec![],
-        };
-        let plan = decide(mode(ConflictPolicy::Skip, false), &batch, &known);
-        assert_eq!(plan.skipped, 1);
-        assert_eq!(plan.inserts, vec![1]);
-        assert_eq!(plan.conflicts, 1);
-        // The second row of one address is a duplicate under every policy.
-        assert_eq!(
-            codes(&plan),
-            vec![(4, Column::Email, ErrorCode::DuplicateInFile)]
-        );
-        assert_eq!(plan.claims.len(), 1);
-        assert_eq!(plan.claims[0].row_number, 2);
-    }
-
-    #[test]
-    fn update_refuses_an_external_id_of_another_user() {
-        let batch = batch(&[
-            (2, "a@x.io", Some("E1")),
-            (3, "b@x.io", Some("E1")),
-            (4, "c@x.io", Some("E3")),
-        ]);
-        let known = Known {
-            users: vec![
-                existing("a@x.io", Some("E1"), 1),
-                existing("b@x.io", Some("E2"), 1),
-                existing("c@x.io", None, 1),
-            ],
-            file_keys: vec![],
-        };
-        let plan = decide(mode(ConflictPolicy::Update, false), &batch, &known);
-        assert_eq!(plan.updated, 2);
-        // Row 2 gives a@x.io the id it has: counted, but nothing to write.
-        assert_eq!(plan.updates, vec![Update { index: 2 }]);
-        assert_eq!(
-            codes(&plan),
-            vec![(3, Column::ExternalId, ErrorCode::DuplicateInFile)]
-        );
-    }
-
-    #[test]
-    fn an_external_id_an_update_gives_up_is_free_for_later_rows() {
-        let batch = batch(&[(2, "a@x.io", Some("E9")), (3, "new@x.io", Some("E1"))]);
-        let known = Known {
-            users: vec![existing("a@x.io", Some("E1"), 1)],
-            file_keys: vec![],
-        };
-        for dry_run in [false, true] {
-            let plan = decide(mode(ConflictPolicy::Update, dry_run), &batch, &known);
-            assert_eq!(codes(&plan), vec![], "dry run {dry_run}");
-            assert_eq!((plan.updated, plan.would_insert), (1, 1));
-            assert_eq!(plan.claims[0].released_external_id, Some("E1"));
-        }
-        // Under ERROR, the same file fails twice.
-        let plan = decide(mode(ConflictPolicy::Error, true), &batch, &known);
-        assert_eq!(
-            codes(&plan),
-            vec![
-                (2, Column::Email, ErrorCode::AlreadyExists),
-                (3, Column::ExternalId, ErrorCode::AlreadyExists),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_dry_run_ignores_running_imports_and_reads_its_own_file_keys() {
-        let batch = batch(&[(7, "a@x.io", None), (8, "b@x.io", None)]);
-        let mut running = existing("a@x.io", None, 3);
-        running.running_import = Some("other".into());
-        let known = Known {
-            users: vec![running],
-            file_keys: vec![FileKey {
-                email: "b@x.io".into(),
-                external_id: None,
-                source_row: 5,
-                released_external_id: None,
-            }],
-        };
-        let plan = decide(mode(ConflictPolicy::Error, true), &batch, &known);
-        assert!(plan.inserts.is_empty());
-        assert_eq!(plan.would_insert, 1);
-        assert_eq!(
-            codes(&plan),
-            vec![(8, Column::Email, ErrorCode::DuplicateInFile)]
-        );
-        assert!(plan.errors[0].message.contains("row 5"));
-        // A real import is told about the running one.
-        let plan = decide(mode(ConflictPolicy::Skip, false), &batch, &known);
-        assert_eq!(
-            codes(&plan),
-            vec![
-                (7, Column::Email, ErrorCode::AlreadyExists),
-                (8, Column::Email, ErrorCode::DuplicateInFile),
-            ]
-        );
-        assert!(plan.errors[0].message.contains("still running"));
-    }
-
-    #[test]
-    fn failed_rows_see_only_the_rows_before_them() {
-        let mut batch = batch(&[(2, "a@x.io", Some("E1")), (5, "b@x.io", None)]);
-        let failed = |row, email| FailedRow {
-            errors: vec![RowError::invalid_role(row, "boss")],
-            email: Some(Email::parse(email).unwrap()),
-            external_id: None,
-            cells: None,
-        };
-        batch.push_failed_row(failed(3, "B@x.io"));
-        batch.push_failed_row(failed(6, "B@x.io"));
-        let known = Known::default();
-        let plan = decide(mode(ConflictPolicy::Update, false), &batch, &known);
-        assert_eq!(
-            codes(&plan),
-            vec![(6, Column::Email, ErrorCode::DuplicateInFile)]
-        );
-        assert_eq!(plan.inserts, vec![0, 1]);
-        assert!(plan.claims.is_empty());
-    }
-}
+mod tests;

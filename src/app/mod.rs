@@ -1,9 +1,43 @@
 //! The running server: gRPC services, health, the database's start-up, and graceful shutdown.
 //!
+//! - this module: the listeners, the services and their wiring, and shutdown;
+//! - `database`: the database opened, interrupted imports ended, then the upkeep;
+//! - `readiness`: readiness kept in step with the database.
+//!
 //! Health follows Kubernetes' gRPC probes: `""` is liveness and answers SERVING while the
 //! process runs, whatever the database does; `bulkimport.v1.ImportService` is readiness and
 //! answers SERVING once migrations ran and while the database answers, NOT_SERVING otherwise and
 //! from the moment shutdown starts.
+//!
+//! # Start-up
+//!
+//! [`Application::bind`] does everything that can fail because of the configuration: it binds
+//! the gRPC port (and `--metrics-listen`), reads the tokens file and loads the TLS files. A
+//! mistake there stops the process at once, with the reason, before anything is served.
+//! [`Application::run_until`] then serves gRPC, health and reflection *before* the database
+//! is open: liveness answers, readiness says NOT_SERVING, and calls that need the database are
+//! UNAVAILABLE (`NOT_READY`) until `database` has opened and migrated it and ended the
+//! imports a stopped server left PROCESSING. A database that is not there yet (a PostgreSQL
+//! pod still starting) is waited for, not a reason to crash-loop.
+//!
+//! # Shutdown
+//!
+//! On SIGTERM or Ctrl-C ([`shutdown_signal`]), in this order, each step for a reason:
+//!
+//! 1. readiness turns NOT_SERVING for good, so load balancers stop sending new calls;
+//! 2. new uploads are refused (UNAVAILABLE, `SHUTTING_DOWN`), and running ones get
+//!    `--shutdown-grace-seconds` to finish; those still running then end ERROR_UNKNOWN, with
+//!    nothing imported, and their clients are told to upload again. Upkeep keeps running
+//!    meanwhile, so that their life signs stay fresh and no other replica reaps them;
+//! 3. the upkeep stops, and tonic stops taking calls, giving open ones (watchers, reads)
+//!    `DRAIN_TIMEOUT` before they are cut;
+//! 4. the file watchers and the metrics listener stop;
+//! 5. last, the store is closed, which for SQLite lets go of the database file's lock, so that
+//!    the next server can open it at once.
+
+pub mod connections;
+mod database;
+mod readiness;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,68 +46,94 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
-
-use backon::{ExponentialBuilder, Retryable};
-
-use tonic::service::interceptor::InterceptedService;
 
 use crate::auth::Authenticator;
 use crate::config::ServeArgs;
 use crate::grpc::auth::CheckToken;
+use crate::grpc::streams::StreamsWithoutToken;
 use crate::grpc::{ImportServiceImpl, MAX_MESSAGE_BYTES};
-use crate::import::{INTERRUPTED, Importer};
+use crate::import::Importer;
 use crate::proto::import_service_server::ImportServiceServer;
-use crate::store::{self, OpenOptions, StoreError};
+use crate::store::StoreError;
 use crate::tls::{Tls, TlsFiles};
+use connections::Listener;
+pub use database::MAINTENANCE_INTERVAL;
+use database::start_database;
+use readiness::Readiness;
 
 /// The readiness service name, as probes ask for it.
+///
+/// The service's full proto name, the convention for per-service health; Kubernetes' probe
+/// sets it in `grpc.service`. Liveness is `""`, which tonic-health reports SERVING from the
+/// start and which this server never changes.
 pub const READINESS_SERVICE: &str = "bulkimport.v1.ImportService";
-/// How often readiness checks that the database answers and can be written...
-const READINESS_INTERVAL: Duration = Duration::from_secs(5);
-/// ...and how often while it does not, so that the service is back soon after the database.
-const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
-/// How often leases are renewed and imports of dead replicas ended: well within the lease.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3);
-/// A readiness check that takes longer fails: the write probe after a fault writes 16 MiB.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings on idle connections, and how long an answer may take before the connection
 /// is taken for dead.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// See [`KEEPALIVE_INTERVAL`]: a peer gone without a word is found within about 40 s, and
+/// its calls end.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After uploads ended, how long other requests (watchers) get before the server stops.
+///
+/// Short, because uploads had their own grace before it: what remains are reads and
+/// `WatchImport` streams, which end by themselves once their import ended, or which a client
+/// can open again on another replica.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why the server could not start, or stopped on its own: `main` logs it, prints it after
+/// `error: `, and exits 1. A graceful shutdown is not an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A port that cannot be bound: taken, privileged, or an address not on this host. For
+    /// the gRPC port and the metrics port alike.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address as configured (`--listen` or `--metrics-listen`).
         addr: SocketAddr,
+        /// The operating system's reason.
         source: std::io::Error,
     },
+    /// A database that can never be opened: a wrong URL, a file that cannot be created, a
+    /// failed migration. Errors the store calls transient are retried instead, and never end
+    /// up here.
     #[error("cannot open the database: {}", .0.detail())]
     Database(#[from] StoreError),
+    /// tonic's server returned an error while serving.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The task of the gRPC server, or of the database, panicked: a bug.
     #[error("the gRPC server stopped unexpectedly: {0}")]
     Crashed(String),
+    /// The reflection service could not be built from the compiled descriptor sets: a build
+    /// problem, not a configuration one.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The tokens file cannot be read or is broken; the message says which entry and why.
     #[error("cannot read the auth tokens: {0}")]
     Auth(String),
+    /// A TLS file cannot be read or parsed, or the key does not match the certificate.
     #[error("cannot read the TLS certificates: {0}")]
     Tls(String),
 }
 
+/// A server with its ports bound and its files read, not serving yet.
+///
+/// Two steps, [`bind`](Self::bind) then [`run_until`](Self::run_until), so that a caller
+/// learns the addresses (port 0 picks a free one, as the tests do) before serving starts, and
+/// so that configuration errors come out of `bind` before anything runs.
 pub struct Application {
+    /// The gRPC port.
     listener: TcpListener,
     /// `--metrics-listen`, bound with the rest so that its address is known too.
     metrics_listener: Option<TcpListener>,
+    /// The flags, for what `run_until` starts: the database URL, the grace period.
     args: ServeArgs,
+    /// Without its store until `database` has opened it.
     importer: Importer,
+    /// The tokens, shared by the interceptor and the file watcher.
     auth: Arc<Authenticator>,
     /// `None` for plaintext.
     tls: Option<Arc<Tls>>,
@@ -81,6 +141,11 @@ pub struct Application {
 
 impl Application {
     /// Binds the listener (port 0 picks a free port), so the address is known before serving.
+    ///
+    /// Also reads the tokens file and the TLS files, and binds the metrics port: every check
+    /// of the configuration that does not need the database, so that a mistake ends the
+    /// process here with [`StartError`], before anything is served. The database is not
+    /// touched.
     pub async fn bind(args: ServeArgs) -> Result<Self, StartError> {
         let listener =
             TcpListener::bind(args.listen)
@@ -90,7 +155,9 @@ impl Application {
                     source,
                 })?;
         let auth = match &args.auth_tokens_file {
-            Some(path) => Authenticator::from_file(path).map_err(StartError::Auth)?,
+            Some(path) => {
+                Authenticator::from_file(path, args.allow_empty_tokens).map_err(StartError::Auth)?
+            }
             None => Authenticator::open(),
         };
         let tls = match (&args.tls_cert, &args.tls_key) {
@@ -123,6 +190,8 @@ impl Application {
         })
     }
 
+    /// Where gRPC is served: the bound address, with the real port when `--listen` asked for
+    /// port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
@@ -139,6 +208,11 @@ impl Application {
     /// Serves until `shutdown` resolves, then shuts down gracefully: readiness turns
     /// NOT_SERVING, running uploads get the grace period to finish, and those still running
     /// then end in ERROR_UNKNOWN before the process stops.
+    ///
+    /// The module's header gives the order of start-up and shutdown, and why. Returns `Ok`
+    /// after a graceful shutdown. Returns an error at once, without the graceful steps, when
+    /// the database can never be opened (nothing has run then) or when the gRPC server fails;
+    /// imports that were running are then ended at the next start, or by another replica.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send,
@@ -147,14 +221,16 @@ impl Application {
         reporter
             .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
             .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // The service, health, and the google.rpc error details the errors carry, so that any
+        // client (grpcurl) can decode every message and detail it gets.
+        let described = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = described().build_v1()?;
+        let reflection_v1alpha = described().build_v1alpha()?;
         let service = InterceptedService::new(
             ImportServiceServer::new(ImportServiceImpl::new(self.importer.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -169,7 +245,9 @@ impl Application {
         let watchers = [
             tokio::spawn(self.auth.clone().watch()),
             tokio::spawn(match self.tls.clone() {
-                Some(tls) => futures::future::Either::Left(tls.watch()),
+                Some(tls) => {
+                    futures::future::Either::Left(tls.watch(self.importer.metrics().clone()))
+                }
                 None => futures::future::Either::Right(std::future::ready(())),
             }),
         ];
@@ -180,6 +258,10 @@ impl Application {
             // Dead peers (a client gone without a word, a half-open connection) are found.
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            // Bounded everywhere: streams per connection here, connections in `connections`,
+            // the streams that need no token in `grpc::streams`.
+            .max_concurrent_streams(Some(self.args.max_streams_per_connection.max(1)))
+            .layer(StreamsWithoutToken::new(self.args.max_health_watchers))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -187,20 +269,23 @@ impl Application {
         let stopped = async {
             let _ = server_stopped.await;
         };
+        let listener = Listener::new(self.listener, self.args.max_connections);
         let mut server = match self.tls.clone() {
-            Some(tls) => tokio::spawn(
-                router.serve_with_incoming_shutdown(tls.incoming(self.listener), stopped),
-            ),
-            None => tokio::spawn(
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopped),
-            ),
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(listener.tls(tls), stopped))
+            }
+            None => {
+                tokio::spawn(router.serve_with_incoming_shutdown(listener.plaintext(), stopped))
+            }
         };
         tracing::info!(%addr, tls = self.tls.is_some(), "serving gRPC");
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         let metrics_server = self.metrics_listener.map(|listener| {
-            let addr = listener.local_addr().ok();
+            let addr = listener
+                .local_addr()
+                .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
             tracing::info!(
-                ?addr,
+                %addr,
                 "serving metrics at /metrics, probes at /livez and /readyz"
             );
             let metrics = self.importer.metrics().clone();
@@ -226,6 +311,7 @@ impl Application {
             self.args.store_options(),
             self.importer.clone(),
             readiness.clone(),
+            self.args.retention(),
         ));
         tokio::pin!(shutdown);
         tokio::select! {
@@ -274,124 +360,11 @@ impl Application {
     }
 }
 
-/// Opens and migrates the database, ends imports a previous run left PROCESSING, then keeps
-/// readiness in step with the database and runs the periodic upkeep. Returns only if the
-/// database cannot be opened for good (a wrong URL, a file that cannot be created, a failed
-/// migration); an error the store calls transient (a PostgreSQL server still starting) is
-/// retried until it goes, while readiness says NOT_SERVING.
-async fn start_database(
-    url: String,
-    options: OpenOptions,
-    importer: Importer,
-    readiness: Readiness,
-) -> Result<std::convert::Infallible, StoreError> {
-    let open = || async {
-        let store = store::open(&url, options).await?;
-        let ended = store.recover_interrupted(INTERRUPTED).await?;
-        if ended > 0 {
-            tracing::warn!(imports = ended, "ended imports interrupted by a stop");
-        }
-        Ok::<_, StoreError>(store)
-    };
-    let store = open
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
-                .without_max_times(),
-        )
-        .when(StoreError::is_transient)
-        .notify(|e, delay| {
-            tracing::warn!(
-                error = e.detail(),
-                ?delay,
-                "the database is not ready; retrying"
-            )
-        })
-        .await?;
-    importer.set_store(store);
-    let upkeep = async {
-        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = importer.maintain().await {
-                tracing::warn!(error = %e, "upkeep failed; retrying");
-            }
-        }
-    };
-    tokio::select! {
-        never = readiness_loop(importer.clone(), readiness) => never,
-        never = upkeep => never,
-    }
-}
-
-/// The readiness status, which shutdown turns NOT_SERVING for good.
-#[derive(Clone)]
-struct Readiness {
-    reporter: HealthReporter,
-    /// Set by shutdown; the lock orders a check of the database against it.
-    stopping: Arc<tokio::sync::Mutex<bool>>,
-    /// `/readyz` of the metrics listener says the same.
-    metrics: crate::metrics::Metrics,
-}
-
-impl Readiness {
-    /// Reports whether the database answers, unless shutdown started.
-    async fn set(&self, serving: bool) {
-        let stopping = self.stopping.lock().await;
-        if *stopping {
-            return;
-        }
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.metrics.set_ready(serving);
-        self.reporter
-            .set_service_status(READINESS_SERVICE, status)
-            .await;
-    }
-
-    async fn stop(&self) {
-        let mut stopping = self.stopping.lock().await;
-        *stopping = true;
-        self.metrics.set_ready(false);
-        self.reporter
-            .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
-            .await;
-    }
-}
-
-/// Keeps readiness in step with the database: SERVING while it answers and can be written.
-async fn readiness_loop(
-    importer: Importer,
-    readiness: Readiness,
-) -> Result<std::convert::Infallible, StoreError> {
-    let mut serving = None;
-    loop {
-        let checked = tokio::time::timeout(CHECK_TIMEOUT, importer.ready()).await;
-        let ok = matches!(checked, Ok(Ok(())));
-        if serving != Some(ok) {
-            match checked {
-                Ok(Ok(())) => tracing::info!("ready: the database answers and can be written"),
-                Ok(Err(e)) => tracing::warn!(reason = %e, "not ready"),
-                Err(_) => tracing::warn!("not ready: the database does not answer in time"),
-            }
-            readiness.set(ok).await;
-            serving = Some(ok);
-        }
-        let interval = if ok {
-            READINESS_INTERVAL
-        } else {
-            RECOVERY_INTERVAL
-        };
-        tokio::time::sleep(interval).await;
-    }
-}
-
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+///
+/// If the SIGTERM handler cannot be installed, only Ctrl-C works, rather than the server
+/// failing to start; on other platforms than Unix, only Ctrl-C exists. A second signal during
+/// shutdown does nothing more: the shutdown is already bounded by its timeouts.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -1,0 +1,145 @@
+//! An import's ending as both stores write it, in one order, in one transaction: the status
+//! first, so that only an import still PROCESSING (and whose guard holds) loses anything;
+//! then, for an ending that is not a completion, its users removed and its updates undone;
+//! then what only a running import needs (its file keys, the values its updates replaced);
+//! and a change notification last. What the ending *is* was decided in the import layer
+//! (`import::ending`); this only stores it.
+//!
+//! Why this order:
+//!
+//! - the status first, guarded: it is the one statement that can find the import no longer
+//!   PROCESSING (another server ended it, or the guard of an abandoned import no longer holds),
+//!   and then nothing else runs: an ending that lost must neither remove the users of an import
+//!   that still runs nor undo again what another ending undid;
+//! - the users created before the updates undone: a restored user may take back an external id
+//!   that one of the import's own new users holds;
+//! - the notification last: PostgreSQL delivers it at commit, and a follower that wakes reads the
+//!   import as this transaction leaves it.
+
+use super::steps::{Param, Steps};
+use super::{Conclusion, Guard, StoreError};
+use crate::domain::{Import, ImportKey};
+
+/// Stores `conclusion` for import `key` if `guard` holds; `NotProcessing` otherwise, with
+/// nothing changed.
+///
+/// The one write of an ending, on either backend, whatever decided it (the upload's own end, a
+/// cancel, recovery at start, the reaper). The caller's transaction commits or rolls back all of
+/// it: an error after the status leaves the import PROCESSING, to be ended again.
+pub(crate) async fn conclude<S: Steps + ?Sized>(
+    steps: &mut S,
+    key: ImportKey,
+    conclusion: &Conclusion,
+    guard: Guard,
+) -> Result<Import, StoreError> {
+    let Some(import) = steps.set_ending(key, conclusion, guard).await? else {
+        return Err(StoreError::NotProcessing);
+    };
+    if conclusion.removes_users() {
+        undo(steps, key).await?;
+    }
+    forget(steps, key).await?;
+    steps.changed(&[key]).await?;
+    Ok(import)
+}
+
+/// Removes an import refused before it began (its content is not CSV), as if it never was.
+///
+/// No guard: only the server that created the import calls it, from the import's own ending.
+/// Whatever may have been written is undone first, then the import's row goes, so `GetImport`
+/// answers NOT_FOUND and the id can be used again.
+pub(crate) async fn discard<S: Steps + ?Sized>(
+    steps: &mut S,
+    key: ImportKey,
+) -> Result<(), StoreError> {
+    undo(steps, key).await?;
+    forget(steps, key).await?;
+    steps.execute(DELETE_IMPORT, &[Param::Int(key)]).await?;
+    steps.changed(&[key]).await?;
+    Ok(())
+}
+
+/// Asks the server that runs import `key` to cancel it (it follows its import's changes);
+/// `NotProcessing` when it had ended.
+///
+/// This only sets a flag and notifies: the server that runs the import follows its changes, reads
+/// the flag (`Store::cancel_requested`) and ends the import itself, through `conclude`, so that
+/// its batches and its ending keep their order. `CancelImport` on the server that runs the upload
+/// cancels it there directly, without this.
+pub(crate) async fn request_cancel<S: Steps + ?Sized>(
+    steps: &mut S,
+    key: ImportKey,
+) -> Result<(), StoreError> {
+    if steps.execute(REQUEST_CANCEL, &[Param::Int(key)]).await? == 0 {
+        return Err(StoreError::NotProcessing);
+    }
+    steps.changed(&[key]).await
+}
+
+/// A discarded import's own row; its row errors and failed rows' cells go with it (`ON DELETE
+/// CASCADE`).
+const DELETE_IMPORT: &str = "DELETE FROM imports WHERE import_key = $1";
+
+/// The flag, only on a running import: 0 rows changed is `NotProcessing`.
+const REQUEST_CANCEL: &str = "UPDATE imports SET cancel_requested = true \
+    WHERE import_key = $1 AND status = 'PROCESSING'";
+
+/// The external ids of the users an import updated are cleared before their old values come
+/// back: the unique index checks row by row, and the import may have given an id one user
+/// released to another (or to a user it created).
+const CLEAR_RESTORED_IDS: &str = "UPDATE users AS u SET external_id = NULL \
+    FROM import_user_updates AS s \
+    WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email \
+    AND u.external_id IS NOT NULL";
+
+/// Old external ids that cannot come back: another import took them meanwhile.
+const LOST_IDS: &str = "SELECT count(*) FROM import_user_updates AS s WHERE s.import_key = $1 \
+    AND s.external_id IS NOT NULL AND EXISTS (SELECT 1 FROM users AS o \
+        WHERE o.account_id = s.account_id AND o.external_id = s.external_id)";
+
+/// The values an import's updates replaced, put back; an old external id another user holds
+/// now stays cleared.
+const RESTORE_UPDATED: &str = "UPDATE users AS u SET first_name = s.first_name, \
+    last_name = s.last_name, role = s.role, job_title = s.job_title, \
+    update_time = s.update_time, updated_by = s.updated_by, \
+    external_id = CASE WHEN EXISTS (SELECT 1 FROM users AS o \
+        WHERE o.account_id = s.account_id AND o.external_id = s.external_id) \
+        THEN NULL ELSE s.external_id END \
+    FROM import_user_updates AS s \
+    WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email";
+
+/// The values a running import's rows took in the file: needed only to judge its later rows.
+const FORGET_FILE_KEYS: &str = "DELETE FROM import_file_keys WHERE import_key = $1";
+/// The values its updates replaced: needed only to undo them, which an ended import no longer can
+/// be (a revert removes created users, it does not undo updates).
+const FORGET_UPDATES: &str = "DELETE FROM import_user_updates WHERE import_key = $1";
+
+/// Puts back what a failed or cancelled import changed: the users it created go, then the
+/// users it updated get their values back (with their external ids cleared first, see
+/// `CLEAR_RESTORED_IDS`). An old id that another import took meanwhile cannot come back: the
+/// user is restored without it, and the log says how many.
+async fn undo<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), StoreError> {
+    steps.delete_created(key).await?;
+    steps
+        .execute(CLEAR_RESTORED_IDS, &[Param::Int(key)])
+        .await?;
+    let lost = steps.count(LOST_IDS, &[Param::Int(key)]).await?;
+    steps.execute(RESTORE_UPDATED, &[Param::Int(key)]).await?;
+    if lost > 0 {
+        tracing::warn!(
+            import_key = key,
+            users = lost,
+            "an undone update could not give these users back their external id: another \
+             import has taken it since; they are restored without one"
+        );
+    }
+    Ok(())
+}
+
+/// What an ended import no longer needs: the values its rows held in the file, and the values
+/// its updates replaced.
+async fn forget<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), StoreError> {
+    steps.execute(FORGET_FILE_KEYS, &[Param::Int(key)]).await?;
+    steps.execute(FORGET_UPDATES, &[Param::Int(key)]).await?;
+    Ok(())
+}

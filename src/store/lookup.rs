@@ -1,0 +1,213 @@
+//! The lookups of who holds a batch's values, written once for both backends and for both of
+//! SQLite's paths (sqlx and the C API): every lookup statement is built here from the same
+//! constants, and its rows are decoded through the same row types, so that a column added or
+//! reordered is a change in one place.
+//!
+//! - `existing_users`: the account's users that hold an email or external id of the batch,
+//!   with what a dry run, SKIP and UPDATE need to decide a row (`plan::Existing`);
+//! - `holders`: who holds a value the unique indexes refused, for its row error
+//!   (`conflicts::Holder`);
+//! - `file_keys`: the values earlier rows of the same import took without becoming users
+//!   (`plan::FileKey`).
+//!
+//! Each takes the account (or import) as `$1` and the value as `$2`. How `$2` matches is the
+//! one thing the backends write differently (`Match`): SQLite steps a point lookup per value
+//! through its C API, PostgreSQL binds all the values as one array.
+//!
+//! The lookups run inside the batch's write transaction: what they find is what the batch's
+//! writes then meet, on SQLite for certain (it holds the database), on PostgreSQL unless another
+//! replica commits a value in between (see `planned`).
+
+use std::collections::HashMap;
+
+use super::conflicts::Holder;
+use super::plan::{Existing, FileKey};
+use crate::domain::Column;
+
+/// How a lookup's `$2` matches the values looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Match {
+    /// One value per execution (`= $2`): SQLite's prepared point lookups, cheaper there than
+    /// `IN` lists bound through sqlx.
+    One,
+    /// Every value at once, as an array (`= ANY($2)`): one round trip to PostgreSQL.
+    Any,
+}
+
+impl Match {
+    /// The text that follows the column in the `WHERE` clause.
+    fn sql(self) -> &'static str {
+        match self {
+            Match::One => "= $2",
+            Match::Any => "= ANY($2)",
+        }
+    }
+}
+
+/// The users table joined to the import that created each user: whether that import still
+/// runs decides whether its user may be skipped or updated yet.
+const USERS_WITH_CREATOR: &str =
+    "FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_id = $1";
+
+/// The columns of an `Existing` lookup, in `ExistingRow` order.
+///
+/// The running imports' ids come from the same statement, so that whether a holder's import still
+/// runs is read in the transaction that acts on it.
+const EXISTING_COLUMNS: &str = "u.email, u.external_id, u.import_key, u.source_row, \
+    CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
+    (SELECT w.import_id FROM imports w \
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
+    u.first_name, u.last_name, u.role, u.job_title";
+
+/// The account's users whose `column` (email or external_id) is one of the values.
+///
+/// Both columns have a unique index per account, so each value finds at most one user.
+pub(crate) fn existing_users(column: Column, matching: Match) -> String {
+    format!(
+        "SELECT {EXISTING_COLUMNS} {USERS_WITH_CREATOR} AND u.{} {}",
+        column.name(),
+        matching.sql()
+    )
+}
+
+/// An `Existing` lookup's row: email, external id, creating import and its row, the
+/// creating import's id while it runs, the last updating import and its id while it runs,
+/// then the other values.
+pub(crate) type ExistingRow = (
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+);
+
+impl From<ExistingRow> for Existing {
+    fn from(row: ExistingRow) -> Self {
+        let (email, external_id, import_key, source_row, running_import, updated_by) =
+            (row.0, row.1, row.2, row.3, row.4, row.5);
+        Self {
+            email,
+            external_id,
+            import_key,
+            source_row: source_row as u64,
+            running_import,
+            updated_by,
+            running_update: row.6,
+            first_name: row.7,
+            last_name: row.8,
+            role: row.9,
+            job_title: row.10,
+        }
+    }
+}
+
+/// Who holds the values in `column` (email or external_id): the value, then its holder.
+///
+/// Lighter than `existing_users`: a conflict's row error needs only the holder's import, its row,
+/// and whether that import still runs (see `conflicts::Holder`).
+pub(crate) fn holders(column: Column, matching: Match) -> String {
+    let name = column.name();
+    format!(
+        "SELECT u.{name}, u.import_key, u.source_row, \
+         CASE WHEN i.status = 'PROCESSING' THEN i.import_id END \
+         {USERS_WITH_CREATOR} AND u.{name} {}",
+        matching.sql()
+    )
+}
+
+/// A holder lookup's row: the value, the import that wrote it and its row, and that import's
+/// id while it still runs.
+pub(crate) type HolderRow = (String, i64, i64, Option<String>);
+
+/// Holders by value, from the rows of a holder lookup.
+///
+/// Shared by both backends, so that the decoding of a `HolderRow` is written once.
+pub(crate) fn holders_by_value(
+    rows: impl IntoIterator<Item = HolderRow>,
+) -> HashMap<String, Holder> {
+    rows.into_iter()
+        .map(|(value, import_key, source_row, running_import)| {
+            let holder = Holder {
+                import_key,
+                source_row: source_row as u64,
+                running_import,
+            };
+            (value, holder)
+        })
+        .collect()
+}
+
+/// The columns of `import_file_keys` a file key lookup may match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKeyColumn {
+    /// The email key a row took.
+    Email,
+    /// The external id a row took.
+    ExternalId,
+    /// The external id an update took away from its user: free for later rows.
+    Released,
+}
+
+impl FileKeyColumn {
+    /// The column's name in `import_file_keys`.
+    fn name(self) -> &'static str {
+        match self {
+            FileKeyColumn::Email => "email",
+            FileKeyColumn::ExternalId => "external_id",
+            FileKeyColumn::Released => "released_external_id",
+        }
+    }
+}
+
+/// The file keys of import `$1` whose `column` is one of the values, in `FileKeyRow` order.
+///
+/// Email and external id have unique indexes per import, so those lookups find at most one row
+/// per value.
+pub(crate) fn file_keys(column: FileKeyColumn, matching: Match) -> String {
+    format!(
+        "SELECT email, external_id, source_row, released_external_id FROM import_file_keys \
+         WHERE import_key = $1 AND {} {}",
+        column.name(),
+        matching.sql()
+    )
+}
+
+/// A file key lookup's row.
+///
+/// Email, external id, source row and released external id, as `FileKey` has them.
+pub(crate) type FileKeyRow = (String, Option<String>, i64, Option<String>);
+
+impl From<FileKeyRow> for FileKey {
+    fn from((email, external_id, source_row, released_external_id): FileKeyRow) -> Self {
+        Self {
+            email,
+            external_id,
+            source_row: source_row as u64,
+            released_external_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_look_up_the_same_columns() {
+        let one = existing_users(Column::Email, Match::One);
+        let any = existing_users(Column::Email, Match::Any);
+        assert_eq!(one.replace("= $2", "= ANY($2)"), any);
+        assert!(one.ends_with("u.email = $2"), "{one}");
+        assert!(holders(Column::ExternalId, Match::One).starts_with("SELECT u.external_id,"));
+        assert!(
+            file_keys(FileKeyColumn::Released, Match::Any)
+                .ends_with("released_external_id = ANY($2)")
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! A dry run, or the SKIP and UPDATE policies, as both stores write a batch of one, in one
+//! transaction: the import held, the values of the batch looked up (`Steps::known`), every
+//! row decided (`plan::decide`), what the plan says written (`Steps::apply`), then the
+//! batch's record.
+//!
+//! Another replica may take a value between the lookup and the write: an insert is then
+//! refused by the unique indexes and gets its row error as in a plain import; an update fails
+//! the transaction on a unique index (`AlreadyExists`), and PostgreSQL runs it again, its
+//! lookup seeing the new holder. On SQLite the write transaction holds the whole database, so
+//! neither can happen.
+//!
+//! A dry run goes through here with every policy, ERROR included: it writes no user, only the
+//! file keys its rows took, so that its later batches judge their rows as the real import would.
+
+use super::conflicts::merge_by_row;
+use super::plan::{self, Mode};
+use super::record::{self, Written};
+use super::steps::Steps;
+use super::{BatchTarget, BatchWritten, StoreError};
+use crate::domain::UserBatch;
+
+/// Writes a planned batch; `NotProcessing`, with nothing written, when the import ended.
+///
+/// The import is held before anything is read: a batch of an import that ended is refused before
+/// its lookups, and while the hold lasts no other server can end the import and undo what this
+/// batch writes. The rows the plan found in conflict and the inserts the indexes refused are
+/// merged into one list, sorted into file order as `Written::conflicted` promises.
+pub(crate) async fn write<S: Steps + ?Sized>(
+    steps: &mut S,
+    target: &BatchTarget<'_>,
+    mode: Mode,
+    batch: &UserBatch,
+) -> Result<BatchWritten, StoreError> {
+    if !steps.lock_processing(target.key).await? {
+        return Err(StoreError::NotProcessing);
+    }
+    let known = steps.known(target, mode, batch).await?;
+    let plan = plan::decide(mode, batch, &known);
+    let refused = steps.apply(target, batch, &plan).await?;
+    let refused_errors = record::conflicts(steps, target, batch, &refused, false).await?;
+    let mut conflicted = plan.conflicted.clone();
+    conflicted.extend(&refused);
+    conflicted.sort_unstable();
+    let written = Written {
+        imported: plan.would_insert - refused.len() as u64,
+        skipped: plan.skipped,
+        updated: plan.updated,
+        conflicted,
+        errors: merge_by_row(&plan.errors, refused_errors),
+    };
+    record::record(steps, target, batch, written).await
+}

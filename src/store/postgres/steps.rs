@@ -1,0 +1,399 @@
+//! PostgreSQL's dialect of the shared steps (`store::steps`): the server's `now()`, arrays
+//! bound with `= ANY` and `unnest`, the users of an import by its indexed `import_key`, the
+//! guard of an abandoned import checked against its heartbeat and its owner's lock, and a
+//! notification to the other replicas with every change.
+//!
+//! Times are the server's `now()`, the transaction's start time, so that every replica stamps
+//! rows by one clock. Nothing here begins, commits or rolls back: `tx::in_transaction` does.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::{PgConnection, Postgres};
+
+use super::notify::notify;
+use super::{IMPORT_COLUMNS, apply, liveness, record};
+use crate::domain::{
+    AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
+};
+use crate::store::codec::{ImportRow, format_columns};
+use crate::store::conflicts::Holder;
+use crate::store::failed::FailedLine;
+use crate::store::lookup::{self, FileKeyColumn, HolderRow, Match};
+use crate::store::plan::{Existing, FileKey, Known, Mode, Plan};
+use crate::store::steps::{Param, RevertState, Steps};
+use crate::store::{BatchTarget, Conclusion, Guard, StoreError};
+
+/// The steps on one transaction's connection.
+///
+/// Built only by `new`, inside a transaction that `tx::in_transaction` began and will end.
+pub(crate) struct PgSteps<'c> {
+    conn: &'c mut PgConnection,
+}
+
+impl<'c> PgSteps<'c> {
+    /// Steps on `conn`, which must be inside the transaction `tx::in_transaction` began.
+    pub(super) fn new(conn: &'c mut PgConnection) -> Self {
+        Self { conn }
+    }
+
+    /// The transaction's connection, for what only this backend does (`COPY`).
+    pub(super) fn connection(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+
+    /// A shared statement with its parameters bound in order.
+    fn query<'q>(
+        sql: &'q str,
+        params: &[Param<'q>],
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for param in params {
+            query = match *param {
+                Param::Int(value) => query.bind(value),
+                Param::Text(value) => query.bind(value),
+            };
+        }
+        query
+    }
+}
+
+/// The assignments of an ending, `$1` to `$11`, and its key, `$12`.
+///
+/// Shared by both guards' statements, so that the columns an ending sets are listed once.
+const SET_ENDING: &str = "status = $1, error_message = $2, bytes_received = $3, \
+    rows_processed = $4, rows_imported = $5, rows_failed = $6, row_errors_omitted = $7, \
+    encoding = $8, delimiter = $9, rows_skipped = $10, rows_updated = $11, \
+    update_time = now(), complete_time = now()";
+
+#[async_trait]
+impl Steps for PgSteps<'_> {
+    /// `Guard::Processing` needs only the status. `Guard::Abandoned` also needs the life sign
+    /// that made the import look abandoned: the same heartbeat, and the owner's lock still gone
+    /// if it was gone then; and `SKIP LOCKED` passes an import a batch holds, whose server is
+    /// therefore alive. Either way, `None` leaves the import as it was.
+    async fn set_ending(
+        &mut self,
+        key: ImportKey,
+        conclusion: &Conclusion,
+        guard: Guard,
+    ) -> Result<Option<Import>, StoreError> {
+        let c = conclusion.counters();
+        let (encoding, delimiter) = format_columns(conclusion.format());
+        let (sign, sql) = match guard {
+            Guard::Processing => (
+                None,
+                format!(
+                    "UPDATE imports SET {SET_ENDING} \
+                     WHERE import_key = $12 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
+                ),
+            ),
+            // The same life sign as when it was judged abandoned, and, when its owner's lock
+            // was gone then, still gone; skipped while a batch holds the import (its server
+            // is writing, so alive).
+            Guard::Abandoned(sign) => (
+                Some(sign),
+                format!(
+                    "UPDATE imports SET {SET_ENDING} WHERE import_key = ( \
+                       SELECT import_key FROM imports i \
+                       WHERE import_key = $12 AND status = 'PROCESSING' \
+                         AND {heartbeat} IS NOT DISTINCT FROM $13 \
+                         AND ($14 OR NOT {alive}) \
+                       FOR UPDATE SKIP LOCKED) \
+                     RETURNING {IMPORT_COLUMNS}",
+                    heartbeat = liveness::HEARTBEAT_MICROS,
+                    alive = liveness::owner_alive(),
+                ),
+            ),
+        };
+        let mut query = sqlx::query_as::<_, ImportRow>(sqlx::AssertSqlSafe(sql))
+            .bind(conclusion.status().as_str())
+            .bind(conclusion.error_message())
+            .bind(c.bytes_received as i64)
+            .bind(c.rows_processed as i64)
+            .bind(c.rows_imported as i64)
+            .bind(c.rows_failed as i64)
+            .bind(c.row_errors_omitted as i64)
+            .bind(encoding)
+            .bind(delimiter)
+            .bind(c.rows_skipped as i64)
+            .bind(c.rows_updated as i64)
+            .bind(key);
+        if let Some(sign) = sign {
+            query = query.bind(sign.heartbeat).bind(sign.owner_alive);
+        }
+        let row = query.fetch_optional(&mut *self.conn).await?;
+        row.map(Import::try_from).transpose()
+    }
+
+    /// By `import_key`, which a BRIN index serves: an import's users are written together.
+    async fn delete_created(&mut self, key: ImportKey) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM users WHERE import_key = $1")
+            .bind(key)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<u64, StoreError> {
+        Ok(Self::query(sql, params)
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn count(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = match *param {
+                Param::Int(value) => query.bind(value),
+                Param::Text(value) => query.bind(value),
+            };
+        }
+        Ok(query.fetch_one(&mut *self.conn).await? as u64)
+    }
+
+    /// A `NOTIFY` per key, delivered to every replica when the transaction commits.
+    async fn changed(&mut self, keys: &[ImportKey]) -> Result<(), StoreError> {
+        Ok(notify(self.conn, keys).await?)
+    }
+
+    async fn revert_state(&mut self, key: ImportKey) -> Result<Option<RevertState>, StoreError> {
+        let state: Option<(String, bool, bool)> = sqlx::query_as(
+            "SELECT status, revert_time IS NOT NULL, validate_only FROM imports \
+             WHERE import_key = $1 \
+             FOR UPDATE",
+        )
+        .bind(key)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        state
+            .map(|(status, reverted, dry_run)| {
+                let status = ImportStatus::from_stored(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("import {key}: status '{status}'"))
+                })?;
+                Ok(RevertState {
+                    status,
+                    reverted,
+                    dry_run,
+                })
+            })
+            .transpose()
+    }
+
+    /// One statement over the import's users by `import_key`.
+    async fn updated_by_others(
+        &mut self,
+        key: ImportKey,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let (kept, updater): (i64, Option<String>) = sqlx::query_as(
+            "SELECT count(u.updated_by), max(w.import_id) FROM users u \
+             LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
+             WHERE u.import_key = $1 AND u.updated_by IS NOT NULL AND u.updated_by <> $1",
+        )
+        .bind(key)
+        .fetch_one(&mut *self.conn)
+        .await?;
+        Ok((kept as u64, updater))
+    }
+
+    /// The import's users, except those another import updated since.
+    async fn delete_reverted(&mut self, key: ImportKey) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM users WHERE import_key = $1 AND (updated_by IS NULL OR updated_by = $1)",
+        )
+        .bind(key)
+        .execute(&mut *self.conn)
+        .await?
+        .rows_affected())
+    }
+
+    async fn note_revert(&mut self, key: ImportKey, note: &str) -> Result<Import, StoreError> {
+        let sql = format!(
+            "UPDATE imports SET revert_time = coalesce(revert_time, now()), \
+             revert_note = CASE WHEN revert_time IS NULL THEN $2 ELSE revert_note END \
+             WHERE import_key = $1 RETURNING {IMPORT_COLUMNS}"
+        );
+        let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(key)
+            .bind(note)
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Import::try_from(row)
+    }
+
+    /// A key share lock: the parts of one batch, written at once, may all hold it, while the
+    /// reaper's `FOR UPDATE SKIP LOCKED` passes the import by (see `Guard::Abandoned`).
+    async fn lock_processing(&mut self, key: ImportKey) -> Result<bool, StoreError> {
+        let processing: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING' \
+             FOR KEY SHARE",
+        )
+        .bind(key)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        Ok(processing.is_some())
+    }
+
+    /// One query for all the values, bound as an array (`= ANY($2)`).
+    async fn holders(
+        &mut self,
+        account_id: &AccountId,
+        column: Column,
+        values: &[&str],
+    ) -> Result<HashMap<String, Holder>, StoreError> {
+        if values.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<HolderRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(lookup::holders(column, Match::Any)))
+                .bind(account_id.as_str())
+                .bind(values)
+                .fetch_all(&mut *self.conn)
+                .await?;
+        Ok(lookup::holders_by_value(rows))
+    }
+
+    /// Also renews the heartbeat: a server that writes batches is alive, whatever its upkeep loop
+    /// is doing.
+    async fn store_progress(
+        &mut self,
+        key: ImportKey,
+        progress: &Counters,
+        format: Option<TextFormat>,
+    ) -> Result<bool, StoreError> {
+        let (encoding, delimiter) = format_columns(format);
+        let updated = sqlx::query(
+            "UPDATE imports SET bytes_received = $1, rows_processed = $2, rows_imported = $3, \
+             rows_failed = $4, row_errors_omitted = $5, encoding = $6, delimiter = $7, \
+             rows_skipped = $8, rows_updated = $9, update_time = now(), heartbeat_time = now() \
+             WHERE import_key = $10 AND status = 'PROCESSING'",
+        )
+        .bind(progress.bytes_received as i64)
+        .bind(progress.rows_processed as i64)
+        .bind(progress.rows_imported as i64)
+        .bind(progress.rows_failed as i64)
+        .bind(progress.row_errors_omitted as i64)
+        .bind(encoding)
+        .bind(delimiter)
+        .bind(progress.rows_skipped as i64)
+        .bind(progress.rows_updated as i64)
+        .bind(key)
+        .execute(&mut *self.conn)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn insert_row_errors(
+        &mut self,
+        key: ImportKey,
+        first_seq: u64,
+        errors: &[RowError],
+    ) -> Result<(), StoreError> {
+        record::insert_errors(self.conn, key, first_seq, errors).await
+    }
+
+    async fn insert_failed_rows(
+        &mut self,
+        key: ImportKey,
+        lines: &[FailedLine<'_>],
+    ) -> Result<(), StoreError> {
+        record::insert_failed_rows(self.conn, key, lines).await
+    }
+
+    /// At most five queries, each over all the batch's values as one array: users by email and by
+    /// external id, file keys by email, external id and released external id. `mode` is not
+    /// needed: a lookup that cannot match finds nothing.
+    async fn known(
+        &mut self,
+        target: &BatchTarget<'_>,
+        _mode: Mode,
+        batch: &UserBatch,
+    ) -> Result<Known, StoreError> {
+        let (emails, ids) = crate::store::plan::values(batch);
+        let mut known = Known::default();
+        for (column, values) in [(Column::Email, &emails), (Column::ExternalId, &ids)] {
+            if values.is_empty() {
+                continue;
+            }
+            let sql = lookup::existing_users(column, Match::Any);
+            let rows: Vec<lookup::ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(target.account_id.as_str())
+                .bind(values)
+                .fetch_all(&mut *self.conn)
+                .await?;
+            known.users.extend(rows.into_iter().map(Existing::from));
+        }
+        for (column, values) in [
+            (FileKeyColumn::Email, &emails),
+            (FileKeyColumn::ExternalId, &ids),
+            (FileKeyColumn::Released, &ids),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
+            let sql = lookup::file_keys(column, Match::Any);
+            let rows: Vec<lookup::FileKeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(target.key)
+                .bind(values)
+                .fetch_all(&mut *self.conn)
+                .await?;
+            known.file_keys.extend(rows.into_iter().map(FileKey::from));
+        }
+        Ok(known)
+    }
+
+    /// Updates (one at a time, in file order, when an update releases an external id), then
+    /// inserts with `ON CONFLICT DO NOTHING` (`plain::insert_users`), then file keys.
+    async fn apply(
+        &mut self,
+        target: &BatchTarget<'_>,
+        batch: &UserBatch,
+        plan: &Plan<'_>,
+    ) -> Result<Vec<usize>, StoreError> {
+        apply::update_users(self.conn, target, batch, &plan.updates, plan.releases).await?;
+        let refused = super::plain::insert_users(self.conn, target, batch, &plan.inserts).await?;
+        apply::insert_file_keys(self.conn, target.key, &plan.claims).await?;
+        Ok(refused)
+    }
+
+    /// Non-ASCII addresses: more bytes than characters. Oldest first, so that of two rows that
+    /// now share a key, the older keeps it.
+    async fn non_ascii_emails(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT account_id, email FROM users WHERE length(email) <> octet_length(email) \
+             ORDER BY create_time, email",
+        )
+        .fetch_all(&mut *self.conn)
+        .await?)
+    }
+
+    /// A lock of this transaction on the clean-up's key: a second replica's step finds it
+    /// taken and waits for the next round, instead of removing the same rows at once.
+    async fn retention_turn(&mut self) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1::int, $2::int)")
+                .bind(super::liveness::LOCK_NAMESPACE)
+                .bind(super::liveness::RETENTION_LOCK)
+                .fetch_one(&mut *self.conn)
+                .await?,
+        )
+    }
+
+    async fn details_removed(&mut self, key: ImportKey) -> Result<bool, StoreError> {
+        let marked = sqlx::query(
+            "UPDATE imports SET details_removed_time = coalesce(details_removed_time, now()), \
+             details_left = TRUE WHERE import_key = $1 \
+             AND (details_removed_time IS NULL OR details_left)",
+        )
+        .bind(key)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(marked.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,412 @@
+//! SQLite's dialect of the shared steps (`store::steps`), inside the writer's transaction:
+//! times as microseconds bound by the server, `IN`-free point lookups and the hot inserts
+//! through the C API (`capi`), the users of an import by their rowid ranges (`ranges`), and
+//! no notifications, since one server runs.
+//!
+//! The statements here run through sqlx on the transaction's connection; the per-row work of a
+//! batch (inserts, updates, lookups) goes through `capi` on the same connection's handle, inside
+//! the same transaction. Nothing here begins, commits or rolls back: `SqliteStore::write` does.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::{IMPORT_COLUMNS, capi, ranges, statement};
+use crate::domain::{
+    AccountId, Column, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, RowError,
+    TextFormat, UserBatch,
+};
+use crate::store::codec::{ImportRow, format_columns, micros};
+use crate::store::conflicts::Holder;
+use crate::store::failed::FailedLine;
+use crate::store::plan::{Known, Mode, Plan};
+use crate::store::steps::{Param, RevertState, Steps};
+use crate::store::{BatchTarget, Conclusion, Guard, StoreError};
+
+/// SQLite allows 32,766 bound values per statement: 7 per row error, 9 per failed row.
+///
+/// 1,000 rows stay well below that with either (8,000 values at most).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// The steps on the writer connection, inside its transaction.
+pub(super) struct SqliteSteps<'c> {
+    conn: &'c mut SqliteConnection,
+    /// The transaction's time, in microseconds: every row it writes has the same.
+    now: i64,
+}
+
+impl<'c> SqliteSteps<'c> {
+    /// Steps on `conn`, which must be inside a write transaction begun with `BEGIN IMMEDIATE`.
+    /// Takes the transaction's time now, once.
+    pub(super) fn new(conn: &'c mut SqliteConnection) -> Self {
+        Self {
+            conn,
+            now: micros(SystemTime::now()),
+        }
+    }
+
+    /// The plain import: inserts the batch's users and lets the unique indexes refuse; the
+    /// batch indexes of the refused users.
+    ///
+    /// The rowids the inserts were given are recorded as one range (`ranges::record`), so that a
+    /// failed import finds these users again without an index on `import_key`.
+    pub(super) async fn insert_plain(
+        &mut self,
+        target: &BatchTarget<'_>,
+        batch: &UserBatch,
+    ) -> Result<Vec<usize>, StoreError> {
+        let at = self.target(target);
+        let inserted = statement::on_handle(self.conn, |handle| {
+            capi::insert_users(handle, at, batch, 0..batch.len())
+        })
+        .await?;
+        ranges::record(self.conn, target.key, inserted.rowids).await?;
+        Ok(inserted.refused)
+    }
+
+    /// The transaction's connection, for what the shared steps do not cover.
+    pub(super) fn connection(&mut self) -> &mut SqliteConnection {
+        self.conn
+    }
+
+    /// What `capi` needs of a batch's target, with this transaction's time.
+    fn target<'t>(&self, target: &'t BatchTarget<'_>) -> capi::Target<'t> {
+        capi::Target {
+            account_id: target.account_id.as_str(),
+            import_key: target.key,
+            now: self.now,
+        }
+    }
+
+    /// A shared statement with its parameters bound in order. SQLite accepts `$1`-style
+    /// placeholders, so the shared SQL runs here as it is written.
+    fn query<'q>(
+        sql: &'q str,
+        params: &[Param<'q>],
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for param in params {
+            query = match *param {
+                Param::Int(value) => query.bind(value),
+                Param::Text(value) => query.bind(value),
+            };
+        }
+        query
+    }
+}
+
+#[async_trait]
+impl Steps for SqliteSteps<'_> {
+    /// One server holds the file, so the guard's life sign has nothing to add: the status
+    /// alone says whether the import still runs.
+    async fn set_ending(
+        &mut self,
+        key: ImportKey,
+        conclusion: &Conclusion,
+        _guard: Guard,
+    ) -> Result<Option<Import>, StoreError> {
+        let c = conclusion.counters();
+        let (encoding, delimiter) = format_columns(conclusion.format());
+        let sql = format!(
+            "UPDATE imports SET status = $1, error_message = $2, bytes_received = $3, \
+             rows_processed = $4, rows_imported = $5, rows_failed = $6, \
+             row_errors_omitted = $7, encoding = $8, delimiter = $9, rows_skipped = $10, \
+             rows_updated = $11, update_time = $12, complete_time = $12 \
+             WHERE import_key = $13 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
+        );
+        let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(conclusion.status().as_str())
+            .bind(conclusion.error_message())
+            .bind(c.bytes_received as i64)
+            .bind(c.rows_processed as i64)
+            .bind(c.rows_imported as i64)
+            .bind(c.rows_failed as i64)
+            .bind(c.row_errors_omitted as i64)
+            .bind(encoding)
+            .bind(delimiter)
+            .bind(c.rows_skipped as i64)
+            .bind(c.rows_updated as i64)
+            .bind(self.now)
+            .bind(key)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        row.map(Import::try_from).transpose()
+    }
+
+    /// By the rowid ranges its batches recorded (`ranges`), which it then forgets.
+    async fn delete_created(&mut self, key: ImportKey) -> Result<(), StoreError> {
+        ranges::delete_users(self.conn, key).await
+    }
+
+    async fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<u64, StoreError> {
+        Ok(Self::query(sql, params)
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn count(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = match *param {
+                Param::Int(value) => query.bind(value),
+                Param::Text(value) => query.bind(value),
+            };
+        }
+        Ok(query.fetch_one(&mut *self.conn).await? as u64)
+    }
+
+    /// Nothing to tell: no other server runs on this file, and watchers here poll.
+    async fn changed(&mut self, _keys: &[ImportKey]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// No row lock needed: `BEGIN IMMEDIATE` holds the database until the revert commits.
+    async fn revert_state(&mut self, key: ImportKey) -> Result<Option<RevertState>, StoreError> {
+        let state: Option<(String, bool, bool)> = sqlx::query_as(
+            "SELECT status, revert_time IS NOT NULL, validate_only FROM imports \
+             WHERE import_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        state
+            .map(|(status, reverted, dry_run)| {
+                let status = ImportStatus::from_stored(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("import {key}: status '{status}'"))
+                })?;
+                Ok(RevertState {
+                    status,
+                    reverted,
+                    dry_run,
+                })
+            })
+            .transpose()
+    }
+
+    /// Range by range; see `ranges::updated_by_others`.
+    async fn updated_by_others(
+        &mut self,
+        key: ImportKey,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        ranges::updated_by_others(self.conn, key).await
+    }
+
+    /// Range by range, keeping users another import updated; the ranges are forgotten after.
+    async fn delete_reverted(&mut self, key: ImportKey) -> Result<u64, StoreError> {
+        ranges::delete_reverted(self.conn, key).await
+    }
+
+    /// `coalesce` and the `CASE` keep the first revert's time and note on a second revert.
+    async fn note_revert(&mut self, key: ImportKey, note: &str) -> Result<Import, StoreError> {
+        let sql = format!(
+            "UPDATE imports SET revert_time = coalesce(revert_time, $2), \
+             revert_note = CASE WHEN revert_time IS NULL THEN $3 ELSE revert_note END \
+             WHERE import_key = $1 RETURNING {IMPORT_COLUMNS}"
+        );
+        let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(key)
+            .bind(self.now)
+            .bind(note)
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Import::try_from(row)
+    }
+
+    /// The writer's `BEGIN IMMEDIATE` already holds the whole database.
+    async fn lock_processing(&mut self, key: ImportKey) -> Result<bool, StoreError> {
+        let running: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING'",
+        )
+        .bind(key)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        Ok(running.is_some())
+    }
+
+    /// A point lookup per value through the C API (`capi::holders`).
+    async fn holders(
+        &mut self,
+        account_id: &AccountId,
+        column: Column,
+        values: &[&str],
+    ) -> Result<HashMap<String, Holder>, StoreError> {
+        if values.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let account_id = account_id.as_str();
+        statement::on_handle(self.conn, |handle| {
+            capi::holders(handle, account_id, column, values)
+        })
+        .await
+    }
+
+    /// `update_time` is the transaction's time; SQLite has no heartbeat to renew (one server).
+    async fn store_progress(
+        &mut self,
+        key: ImportKey,
+        progress: &Counters,
+        format: Option<TextFormat>,
+    ) -> Result<bool, StoreError> {
+        let (encoding, delimiter) = format_columns(format);
+        let updated = sqlx::query(
+            "UPDATE imports SET bytes_received = $1, rows_processed = $2, rows_imported = $3, \
+             rows_failed = $4, row_errors_omitted = $5, encoding = $6, delimiter = $7, \
+             rows_skipped = $8, rows_updated = $9, update_time = $10 \
+             WHERE import_key = $11 AND status = 'PROCESSING'",
+        )
+        .bind(progress.bytes_received as i64)
+        .bind(progress.rows_processed as i64)
+        .bind(progress.rows_imported as i64)
+        .bind(progress.rows_failed as i64)
+        .bind(progress.row_errors_omitted as i64)
+        .bind(encoding)
+        .bind(delimiter)
+        .bind(progress.rows_skipped as i64)
+        .bind(progress.rows_updated as i64)
+        .bind(self.now)
+        .bind(key)
+        .execute(&mut *self.conn)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    /// In statements of `ROWS_PER_STATEMENT` rows, each numbered from where the last stopped.
+    async fn insert_row_errors(
+        &mut self,
+        key: ImportKey,
+        first_seq: u64,
+        errors: &[RowError],
+    ) -> Result<(), StoreError> {
+        for (part_index, part) in errors.chunks(ROWS_PER_STATEMENT).enumerate() {
+            let base = first_seq + (part_index * ROWS_PER_STATEMENT) as u64;
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO import_row_errors (import_key, seq, row_number, column_name, code, \
+                 message, value) ",
+            );
+            query.push_values(part.iter().enumerate(), |mut row, (i, error)| {
+                row.push_bind(key)
+                    .push_bind((base + i as u64) as i64)
+                    .push_bind(error.row_number as i64)
+                    .push_bind(error.column.map_or("", Column::name))
+                    .push_bind(error.code.as_str())
+                    .push_bind(error.message.clone())
+                    .push_bind(error.value.clone());
+            });
+            // Cached only in its full size: a statement per length would fill the cache.
+            let persistent = part.len() == ROWS_PER_STATEMENT;
+            query
+                .build()
+                .persistent(persistent)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// In statements of `ROWS_PER_STATEMENT` rows; a cell is copied only here, to be bound.
+    async fn insert_failed_rows(
+        &mut self,
+        key: ImportKey,
+        lines: &[FailedLine<'_>],
+    ) -> Result<(), StoreError> {
+        for part in lines.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO import_failed_rows (import_key, row_number, email, first_name, \
+                 last_name, role, job_title, external_id, errors) ",
+            );
+            query.push_values(part, |mut row, line| {
+                row.push_bind(key).push_bind(line.row_number as i64);
+                for cell in &line.cells {
+                    row.push_bind(cell.clone().into_owned());
+                }
+                row.push_bind(line.errors.clone());
+            });
+            let persistent = part.len() == ROWS_PER_STATEMENT;
+            query
+                .build()
+                .persistent(persistent)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Point lookups through the C API, each on an index: emails and external ids among the
+    /// account's users, then the import's file keys (released external ids only under UPDATE, the
+    /// one policy that releases any).
+    async fn known(
+        &mut self,
+        target: &BatchTarget<'_>,
+        mode: Mode,
+        batch: &UserBatch,
+    ) -> Result<Known, StoreError> {
+        let account_id = target.account_id.as_str();
+        let (emails, ids) = crate::store::plan::values(batch);
+        let released = mode.policy == ConflictPolicy::Update;
+        statement::on_handle(self.conn, |handle| {
+            Ok(Known {
+                users: capi::existing_users(handle, account_id, &emails, &ids)?,
+                file_keys: capi::file_keys(handle, target.key, &emails, &ids, released)?,
+            })
+        })
+        .await
+    }
+
+    /// All through the C API, in the plan's order (updates, inserts, file keys), then the rowid
+    /// range of the inserts recorded.
+    async fn apply(
+        &mut self,
+        target: &BatchTarget<'_>,
+        batch: &UserBatch,
+        plan: &Plan<'_>,
+    ) -> Result<Vec<usize>, StoreError> {
+        let at = self.target(target);
+        let inserted = statement::on_handle(self.conn, |handle| {
+            capi::update_users(handle, at, batch, &plan.updates)?;
+            let inserted = capi::insert_users(handle, at, batch, plan.inserts.iter().copied())?;
+            capi::insert_file_keys(handle, target.key, &plan.claims)?;
+            Ok(inserted)
+        })
+        .await?;
+        ranges::record(self.conn, target.key, inserted.rowids).await?;
+        // The plan was made in this transaction, which no other writer shares: a refusal here
+        // would be a bug, but it is still told as a row error rather than lost.
+        Ok(inserted.refused)
+    }
+
+    /// Non-ASCII addresses: more bytes than characters.
+    async fn non_ascii_emails(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT account_id, email FROM users \
+             WHERE length(email) <> length(CAST(email AS BLOB)) ORDER BY create_time, rowid",
+        )
+        .fetch_all(&mut *self.conn)
+        .await?)
+    }
+
+    /// One server holds the file: the turn is always this one's.
+    async fn retention_turn(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn details_removed(&mut self, key: ImportKey) -> Result<bool, StoreError> {
+        let marked = sqlx::query(
+            "UPDATE imports SET details_removed_time = coalesce(details_removed_time, $2), \
+             details_left = TRUE WHERE import_key = $1 \
+             AND (details_removed_time IS NULL OR details_left)",
+        )
+        .bind(key)
+        .bind(self.now)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(marked.rows_affected() == 1)
+    }
+}

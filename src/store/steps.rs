@@ -1,0 +1,216 @@
+//! The steps each backend writes in its own dialect, inside one of its write transactions.
+//!
+//! What the steps are for, in which order they run and what each answer means is written once,
+//! above the backends, generic over this trait:
+//!
+//! - `ending`: an import's ending (status first, then undo, then the file keys), its discard,
+//!   a cancel request;
+//! - `revert`: the users of a finished import removed, and the note it keeps;
+//! - `record`: a batch's row errors, failed rows' cells and progress, and the row errors of
+//!   the values the unique indexes refused;
+//! - `planned`: dry runs, SKIP and UPDATE (lookups, `plan::decide`, writes);
+//! - `rekey`: the one-off rekeying of old email addresses;
+//! - `retention`: a finished import's details removed, a step at a time.
+//!
+//! So both backends do the same things in the same order and give the same errors for the
+//! same cases; what is left to each is what really differs: SQL dialects (times, arrays, `IN`
+//! lists), `COPY` against SQLite's C API, rowid ranges against an index on `import_key`, and
+//! PostgreSQL's notifications to other replicas.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::conflicts::Holder;
+use super::failed::FailedLine;
+use super::plan::{Known, Mode, Plan};
+use super::{BatchTarget, Conclusion, Guard, StoreError};
+use crate::domain::{
+    AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
+};
+
+/// What a revert must know of its import first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RevertState {
+    pub status: ImportStatus,
+    /// An earlier revert set its `revert_time`.
+    pub reverted: bool,
+    /// A dry run, which wrote no user.
+    pub dry_run: bool,
+}
+
+/// A parameter of a statement both backends share.
+///
+/// Only the two types the shared statements need: each backend binds them its own way
+/// (`Steps::execute`, `Steps::count`), so that a shared statement names no backend's types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Param<'a> {
+    /// An integer, such as an import key.
+    Int(i64),
+    /// Text, such as an account id, an email address or a migration's name.
+    Text(&'a str),
+}
+
+/// The statements one backend writes in its dialect, inside one of its write transactions. The
+/// shared flows (`ending`, `revert`, `record`, `planned`, `rekey`) call them in their order; the
+/// backend's transaction wrapper (`SqliteStore::write`, `tx::in_transaction`) begins before the
+/// flow and commits after it, or rolls back when it fails.
+///
+/// An implementation holds the transaction's connection (`SqliteSteps`, `PgSteps`) and must not
+/// commit, roll back or write anywhere else: a flow's steps are all or nothing. What an answer of
+/// `false` or `None` means to the caller (mostly `NotProcessing`) is the flow's to say. `Send`,
+/// because a flow's future is boxed and may move between the runtime's workers.
+#[async_trait]
+pub(crate) trait Steps: Send {
+    // Endings.
+
+    /// Sets the ending of import `key` if it is PROCESSING and `guard` holds: the conclusion's
+    /// status, counters, format and message as they are. The import as stored; `None` when it
+    /// was not PROCESSING or the guard did not hold, with nothing changed.
+    async fn set_ending(
+        &mut self,
+        key: ImportKey,
+        conclusion: &Conclusion,
+        guard: Guard,
+    ) -> Result<Option<Import>, StoreError>;
+
+    /// Deletes every user import `key` created.
+    ///
+    /// All of them, those another import has updated since included: an import that fails takes
+    /// back everything it added (a revert keeps those, see `delete_reverted`). SQLite finds them
+    /// by the rowid ranges its batches recorded, PostgreSQL by `import_key`.
+    async fn delete_created(&mut self, key: ImportKey) -> Result<(), StoreError>;
+
+    /// Runs a statement both backends share (`$1`, `$2`... bound from `params` in order);
+    /// the number of rows it changed.
+    ///
+    /// `sql` is `'static`: a shared statement is a constant of a flow, never text built from
+    /// data, so nothing bound can change what it does.
+    async fn execute(&mut self, sql: &'static str, params: &[Param<'_>])
+    -> Result<u64, StoreError>;
+
+    /// The number a shared `SELECT count(*)` selects.
+    async fn count(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, StoreError>;
+
+    /// Tells the followers of these imports on other servers that they changed, once the
+    /// transaction commits. Nothing to do where one server runs.
+    async fn changed(&mut self, keys: &[ImportKey]) -> Result<(), StoreError>;
+
+    // Reverts.
+
+    /// The import's status and whether it was reverted before, held for this transaction;
+    /// `None` when there is no such import.
+    ///
+    /// Held: PostgreSQL locks the row (`FOR UPDATE`), so that two reverts, or a revert and an
+    /// ending, take turns; SQLite's write transaction holds the whole database anyway.
+    async fn revert_state(&mut self, key: ImportKey) -> Result<Option<RevertState>, StoreError>;
+
+    /// Of the users import `key` created, how many another import has updated since, and the
+    /// id of an import among those that still runs.
+    ///
+    /// The count is what a revert keeps; a running updater makes the revert wait
+    /// (`BeingUpdated`), since its ending decides whether those users keep its values.
+    async fn updated_by_others(
+        &mut self,
+        key: ImportKey,
+    ) -> Result<(u64, Option<String>), StoreError>;
+
+    /// Deletes the users import `key` created that no other import has updated since; how
+    /// many.
+    async fn delete_reverted(&mut self, key: ImportKey) -> Result<u64, StoreError>;
+
+    /// Sets the import's revert time and note, unless it has them from an earlier revert.
+    async fn note_revert(&mut self, key: ImportKey, note: &str) -> Result<Import, StoreError>;
+
+    // Batches.
+
+    /// Holds import `key` for this transaction's writes if it is PROCESSING: another server
+    /// cannot end it meanwhile. `false` when it is not PROCESSING.
+    ///
+    /// SQLite's `BEGIN IMMEDIATE` already holds the whole database, so this only reads the
+    /// status; PostgreSQL takes a key share lock, which the parts of one batch written at once
+    /// may all hold and which the reaper's `FOR UPDATE SKIP LOCKED` passes by.
+    async fn lock_processing(&mut self, key: ImportKey) -> Result<bool, StoreError>;
+
+    /// Who holds each of `values` in `column` (email or external_id) in the account.
+    ///
+    /// A value nobody holds is missing from the map: its holder may have gone between the insert
+    /// that was refused and this lookup. Empty `values`, empty map, without a query.
+    async fn holders(
+        &mut self,
+        account_id: &AccountId,
+        column: Column,
+        values: &[&str],
+    ) -> Result<HashMap<String, Holder>, StoreError>;
+
+    /// Stores the progress of import `key` (and renews its life sign); `false` when it is not
+    /// PROCESSING, with nothing changed.
+    ///
+    /// `record` runs it first: `false` means `NotProcessing`, and its transaction rolls back.
+    async fn store_progress(
+        &mut self,
+        key: ImportKey,
+        progress: &Counters,
+        format: Option<TextFormat>,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores row errors, numbered from `first_seq`.
+    ///
+    /// In the order given, which is file order; the caller has already cut them to the import's
+    /// cap, so every one given is stored.
+    async fn insert_row_errors(
+        &mut self,
+        key: ImportKey,
+        first_seq: u64,
+        errors: &[RowError],
+    ) -> Result<(), StoreError>;
+
+    /// Keeps the cells of failed rows, for the error report.
+    async fn insert_failed_rows(
+        &mut self,
+        key: ImportKey,
+        lines: &[FailedLine<'_>],
+    ) -> Result<(), StoreError>;
+
+    /// What a planned batch must know before it is decided: the account's users and the
+    /// import's file keys that hold one of its values.
+    ///
+    /// `mode` lets a backend leave out lookups its policy cannot need: only an UPDATE releases
+    /// external ids, so SQLite looks those up only then (PostgreSQL always does, and finds none
+    /// otherwise).
+    async fn known(
+        &mut self,
+        target: &BatchTarget<'_>,
+        mode: Mode,
+        batch: &UserBatch,
+    ) -> Result<Known, StoreError>;
+
+    /// Writes what a plan says, in this order: updates (an update may free an external id a
+    /// later row takes), inserts, then the values rows took in the file. The batch indexes of
+    /// the inserts the unique indexes refused.
+    async fn apply(
+        &mut self,
+        target: &BatchTarget<'_>,
+        batch: &UserBatch,
+        plan: &Plan<'_>,
+    ) -> Result<Vec<usize>, StoreError>;
+
+    // The rekeying of old addresses.
+
+    /// The stored users whose address has a non-ASCII character (the only ones a new key
+    /// form can change), oldest first: account and address.
+    async fn non_ascii_emails(&mut self) -> Result<Vec<(String, String)>, StoreError>;
+
+    // Retention.
+
+    /// Whether this server may remove details now: on PostgreSQL one replica at a time (a lock
+    /// of the transaction, so a step of two replicas never races); one server holds a SQLite
+    /// file, so there always.
+    async fn retention_turn(&mut self) -> Result<bool, StoreError>;
+
+    /// Marks import `key`'s details removed: `details_removed_time` set to the transaction's
+    /// time unless it was set before, and `details_left` set until the removal is over.
+    /// `false`, with nothing changed, when the removal was over already: another replica
+    /// finished it after this one listed the import.
+    async fn details_removed(&mut self, key: ImportKey) -> Result<bool, StoreError>;
+}
