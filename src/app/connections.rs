@@ -182,20 +182,22 @@ impl Listener {
                         Ok(_) => match preface(&mut tcp).await {
                             Ok(()) => Ok(tcp),
                             Err(Unspoken::Foreign(reason)) => {
-                                go_away(tcp).await;
+                                go_away(tcp, PROTOCOL_ERROR, NOT_HTTP2).await;
                                 Err(reason)
                             }
                             Err(Unspoken::Failed(reason)) => Err(reason),
                         },
                         Err(reason) => Err(reason),
                     };
-                    drop(slot);
                     match spoke {
-                        Ok(tcp) => {
-                            if let Some(place) = this.place(peer) {
+                        Ok(tcp) => match this.place(peer) {
+                            Some(place) => {
+                                drop(slot);
                                 let _ = tx.send(Ok(Counted::new(tcp, place))).await;
                             }
-                        }
+                            // Told why, on its pending slot, which bounds how many linger.
+                            None => go_away(tcp, ENHANCE_YOUR_CALM, FULL).await,
+                        },
                         Err(reason) if reason == CLOSED => {
                             tracing::debug!(%peer, "a connection closed before it spoke");
                         }
@@ -240,13 +242,14 @@ impl Listener {
                         },
                         Err(reason) => Err(reason),
                     };
-                    drop(slot);
                     match shaken {
-                        Ok(stream) => {
-                            if let Some(place) = this.place(peer) {
+                        Ok(stream) => match this.place(peer) {
+                            Some(place) => {
+                                drop(slot);
                                 let _ = tx.send(Ok(Counted::new(stream, place))).await;
                             }
-                        }
+                            None => go_away(stream, ENHANCE_YOUR_CALM, FULL).await,
+                        },
                         Err(reason) => failed.warn(|suppressed| {
                             tracing::warn!(
                                 %peer, %reason, suppressed,
@@ -368,30 +371,45 @@ enum Unspoken {
     Foreign(String),
 }
 
-/// Answers a connection that spoke another protocol as HTTP/2 says (RFC 9113 §3.4: an
-/// invalid preface is a connection error of type PROTOCOL_ERROR): the server's SETTINGS,
-/// then a GOAWAY that says why, then a lingering close. A TLS client thus reads bytes that
-/// are not TLS, and the CLI tells its user to connect without TLS, rather than "the
-/// connection was closed".
-async fn go_away(mut tcp: TcpStream) {
+/// GOAWAY's code for a connection that did not begin with HTTP/2's preface.
+const PROTOCOL_ERROR: u32 = 0x1;
+/// GOAWAY's code for a connection past `--max-connections`: "the peer might be generating
+/// excessive load". The CLI reads it (`cli::diagnose`).
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+/// Why, in the GOAWAY, for a client that spoke another protocol.
+const NOT_HTTP2: &str = "expected HTTP/2's connection preface: this port serves gRPC";
+/// Why, in the GOAWAY, for a connection past `--max-connections`.
+const FULL: &str = "the server has all the connections it takes open (--max-connections); \
+                    retry shortly";
+
+/// Answers a connection as HTTP/2 says, then closes it: the server's SETTINGS, a GOAWAY with
+/// `code` and `why` (its debug data, which clients such as grpc-go show), then a lingering
+/// close so that the client reads it. For a client that spoke another protocol (RFC 9113
+/// §3.4: an invalid preface is a PROTOCOL_ERROR; a TLS client thus reads bytes that are not
+/// TLS, and the CLI says to connect without TLS rather than "the connection was closed"),
+/// and for one past `--max-connections`, which learns that it should retry.
+async fn go_away<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, code: u32, why: &str) {
     use tokio::io::AsyncWriteExt;
-    const WHY: &[u8] = b"expected HTTP/2's connection preface: this port serves gRPC";
-    const PROTOCOL_ERROR: u32 = 1;
-    let mut frames = Vec::with_capacity(9 + 9 + 8 + WHY.len());
+    let why = why.as_bytes();
+    let mut frames = Vec::with_capacity(9 + 9 + 8 + why.len());
     // SETTINGS: no parameters (length 0, type 4, no flags, stream 0).
     frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
     // GOAWAY (type 7) on stream 0: last stream 0, the error code, then why.
-    let length = (8 + WHY.len()) as u32;
+    let length = (8 + why.len()) as u32;
     frames.extend_from_slice(&length.to_be_bytes()[1..]);
     frames.extend_from_slice(&[7, 0, 0, 0, 0, 0]);
     frames.extend_from_slice(&0u32.to_be_bytes());
-    frames.extend_from_slice(&PROTOCOL_ERROR.to_be_bytes());
-    frames.extend_from_slice(WHY);
-    if tokio::time::timeout(LINGER, tcp.write_all(&frames))
+    frames.extend_from_slice(&code.to_be_bytes());
+    frames.extend_from_slice(why);
+    let written = async {
+        io.write_all(&frames).await?;
+        io.flush().await
+    };
+    if tokio::time::timeout(LINGER, written)
         .await
         .is_ok_and(|written| written.is_ok())
     {
-        linger(tcp).await;
+        linger(io).await;
     }
 }
 
@@ -404,9 +422,9 @@ async fn go_away(mut tcp: TcpStream) {
 /// than the reason. So the server stops writing and reads what still comes, for at most
 /// `LINGER` and `LINGER_BYTES`, as web servers' lingering close does. The caller still holds
 /// the connection's pending slot, which bounds how many linger at once.
-async fn linger(mut tcp: TcpStream) {
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut tcp: IO) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = tcp.shutdown().await;
+    let _ = tokio::time::timeout(LINGER, tcp.shutdown()).await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {
         let mut read = 0;

@@ -2,7 +2,8 @@
 //!
 //! - this module: the listeners, the services and their wiring, and shutdown;
 //! - `database`: the database opened, interrupted imports ended, then the upkeep;
-//! - `readiness`: readiness kept in step with the database.
+//! - `readiness`: readiness kept in step with the database;
+//! - `memory`: freed memory given back to the system, so that a flood's does not stay.
 //!
 //! Health follows Kubernetes' gRPC probes: `""` is liveness and answers SERVING while the
 //! process runs, whatever the database does; `bulkimport.v1.ImportService` is readiness and
@@ -37,6 +38,7 @@
 
 pub mod connections;
 mod database;
+mod memory;
 mod readiness;
 
 use std::future::Future;
@@ -53,6 +55,7 @@ use tonic_health::ServingStatus;
 use crate::auth::Authenticator;
 use crate::config::ServeArgs;
 use crate::grpc::auth::CheckToken;
+use crate::grpc::pending::PendingRequests;
 use crate::grpc::streams::StreamsWithoutToken;
 use crate::grpc::{ImportServiceImpl, MAX_MESSAGE_BYTES};
 use crate::import::Importer;
@@ -244,6 +247,7 @@ impl Application {
         }
         let watchers = [
             tokio::spawn(self.auth.clone().watch()),
+            tokio::spawn(memory::give_back()),
             tokio::spawn(match self.tls.clone() {
                 Some(tls) => {
                     futures::future::Either::Left(tls.watch(self.importer.metrics().clone()))
@@ -259,9 +263,15 @@ impl Application {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             // Bounded everywhere: streams per connection here, connections in `connections`,
-            // the streams that need no token in `grpc::streams`.
+            // the streams that need no token in `grpc::streams`, requests whose message has not
+            // arrived in `grpc::pending`.
             .max_concurrent_streams(Some(self.args.max_streams_per_connection.max(1)))
             .layer(StreamsWithoutToken::new(self.args.max_health_watchers))
+            .layer(PendingRequests::new(
+                self.args.max_pending_requests_per_connection,
+                self.args.max_pending_requests,
+                self.args.request_message_timeout,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -102,6 +102,12 @@ pub async fn connect(server: &str, connection: &ConnectionArgs) -> Result<Client
     let bearer = Bearer::new(connection.token.as_deref())
         .ok_or_else(|| CliError::usage("the token must be printable ASCII (--token)"))?;
     let url = url(server, connection);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(CliError::usage(format!(
+            "--server '{server}' is not a gRPC address: give host:port, http://host:port or \
+             https://host:port, such as 127.0.0.1:50051 or https://imports.example:50051"
+        )));
+    }
     let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| {
         CliError::usage(format!(
             "--server '{server}' is not an address ({}); give one like 127.0.0.1:50051 or \
@@ -217,6 +223,21 @@ async fn answers(channel: Channel, attempt: &diagnose::Attempt<'_>) -> Result<()
         return Err(
             "the server speaks TLS on this port: connect with https:// and --tls-ca \
                     (the CA that signed its certificate)"
+                .to_owned(),
+        );
+    }
+    if !attempt.tls && closed && diagnose::at_its_limit(attempt).await {
+        return Err(
+            "the server has all the connections it takes open (its --max-connections); retry \
+             shortly"
+                .to_owned(),
+        );
+    }
+    if !attempt.tls && closed {
+        // Closed before a word, and not a TLS server.
+        return Err(
+            "the server closed the connection without an answer: it may be stopping, or not \
+             be a gRPC server; retry shortly, or check --server"
                 .to_owned(),
         );
     }

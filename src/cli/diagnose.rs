@@ -32,6 +32,18 @@ pub(super) fn explain(error: &(dyn Error + 'static), attempt: &Attempt<'_>) -> O
     if let Some(alert) = chain(error).find_map(|e| alert_in(&e.to_string())) {
         return Some(tls_failure(&rustls::Error::AlertReceived(alert), attempt));
     }
+    if let Some(h2) = find::<h2::Error>(error)
+        && h2.is_go_away()
+        && h2.is_remote()
+        && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+    {
+        // What the server says when it has `--max-connections` open (`app::connections`).
+        return Some(
+            "the server has all the connections it takes open (its --max-connections); retry \
+             shortly"
+                .to_owned(),
+        );
+    }
     if closed_at_once(error) {
         return Some(match (attempt.tls, &attempt.connection.tls_cert) {
             (false, _) => "the server closed the connection without an answer; if it serves \
@@ -196,7 +208,19 @@ const ASK_AGAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 async fn handshake(
     attempt: &Attempt<'_>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Option<rustls::Error>> {
-    let uri: http::Uri = attempt.url.parse().map_err(|_| None)?;
+    let (host, port) = host_port(attempt.url).ok_or(None)?;
+    let config = client_config(attempt.connection).ok_or(None)?;
+    let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|_| None)?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|_| None)?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    connector.connect(name, tcp).await.map_err(rustls_error)
+}
+
+/// The host and port of a URL, the port from its scheme when it has none.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
     let port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("http") {
@@ -205,18 +229,38 @@ async fn handshake(
             443
         });
     let host = uri
-        .host()
-        .ok_or(None)?
+        .host()?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let config = client_config(attempt.connection).ok_or(None)?;
-    let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|_| None)?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|_| None)?;
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    connector.connect(name, tcp).await.map_err(rustls_error)
+    Some((host, port))
+}
+
+/// Whether a plaintext server that closed a connection at once did so because it has all the
+/// connections it takes (`--max-connections`): it says so with a GOAWAY of code
+/// ENHANCE_YOUR_CALM (`app::connections`), which the failed call may not have read (hyper
+/// reports only "connection closed" when the GOAWAY came before the call was sent). Asked on
+/// a new HTTP/2 connection that only listens, for at most `ASK_AGAIN_WITHIN`; a server that
+/// keeps it open has room now, and the answer is `false`.
+pub(super) async fn at_its_limit(attempt: &Attempt<'_>) -> bool {
+    let Some((host, port)) = host_port(attempt.url) else {
+        return false;
+    };
+    let asked = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        let (client, connection) = h2::client::handshake(tcp).await.ok()?;
+        let ended = connection.await;
+        drop(client);
+        ended.err()
+    };
+    match tokio::time::timeout(ASK_AGAIN_WITHIN, asked).await {
+        Ok(Some(error)) => {
+            error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        }
+        Ok(None) | Err(_) => false,
+    }
 }
 
 /// The rustls error inside an `io::Error` from tokio-rustls.

@@ -185,6 +185,37 @@ pub struct ServeArgs {
         value_parser = limit::at_least_one::<usize>
     )]
     pub max_health_watchers: usize,
+    /// Requests whose message has not arrived whole yet (HEADERS without the end of the
+    /// request) that each connection may hold, whatever other connections do. Past it, a
+    /// connection takes from the places all share (--max-pending-requests). gRPC clients send
+    /// a request's message with its headers: this bounds what a broken or hostile client
+    /// holds. Uploads and reflection, whose requests are streams, are not counted.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_MAX_PENDING_REQUESTS_PER_CONNECTION",
+        default_value_t = 8,
+        value_parser = limit::at_least_one::<usize>
+    )]
+    pub max_pending_requests_per_connection: usize,
+    /// Requests whose message has not arrived whole yet that connections past their own
+    /// places share; past it, RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_MAX_PENDING_REQUESTS",
+        default_value_t = 2048,
+        value_parser = limit::at_least_one::<usize>
+    )]
+    pub max_pending_requests: usize,
+    /// How long a request's message may take to arrive whole once its headers came, such as
+    /// 10s; then the call ends with DEADLINE_EXCEEDED. Not uploads (`--upload-idle-timeout`)
+    /// nor reflection.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_REQUEST_MESSAGE_TIMEOUT",
+        default_value = "10s",
+        value_parser = duration::positive
+    )]
+    pub request_message_timeout: Duration,
     /// SQLite only: how long a write waits for a lock that another process holds, in ms.
     #[arg(
         long,

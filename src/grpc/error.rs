@@ -91,6 +91,7 @@ impl From<ImportError> for Status {
             ImportError::PermissionDenied(_) => (Code::PermissionDenied, "ACCOUNT_NOT_ALLOWED"),
             ImportError::LimitReached(_) => (Code::ResourceExhausted, "LIMIT_REACHED"),
             ImportError::Stalled(_) => (Code::DeadlineExceeded, "UPLOAD_STALLED"),
+            ImportError::RequestStalled(_) => (Code::DeadlineExceeded, "REQUEST_STALLED"),
             ImportError::ImportCancelled(_) => (Code::Cancelled, "IMPORT_CANCELLED"),
             ImportError::FailedPrecondition(_) => (Code::FailedPrecondition, "WRONG_STATE"),
             ImportError::TooLarge(_) => (Code::ResourceExhausted, "FILE_TOO_LARGE"),

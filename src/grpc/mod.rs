@@ -14,12 +14,16 @@
 //! - [`convert`]: arguments parsed into domain types, answers built from them;
 //! - [`error`]: the one `ImportError` → `Status` mapping, with `ErrorInfo` reasons;
 //! - [`page_token`]: AIP-158 page sizes and opaque tokens bound to their list;
-//! - [`service`]: the `ImportService` handlers.
+//! - [`service`]: the `ImportService` handlers;
+//! - [`streams`] and [`pending`]: tower layers in front of every service that bound what a
+//!   client holds before its token is checked (streams that need no token; requests whose
+//!   message has not arrived).
 
 pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod page_token;
+pub mod pending;
 pub mod service;
 pub mod streams;
 

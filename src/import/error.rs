@@ -41,6 +41,10 @@ pub enum ImportError {
     /// The client sent nothing for too long (`--upload-idle-timeout`): DEADLINE_EXCEEDED.
     #[error("{0}")]
     Stalled(String),
+    /// A request's message did not arrive whole in time (`--request-message-timeout`):
+    /// DEADLINE_EXCEEDED, before the call was served.
+    #[error("{0}")]
+    RequestStalled(String),
     /// `CancelImport` ended the import while it was being uploaded: what the uploading client
     /// is told (CANCELLED); the import is CANCELLED and keeps none of its users.
     #[error("{0}")]

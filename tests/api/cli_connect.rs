@@ -302,3 +302,24 @@ async fn tls_failures_say_what_to_fix() {
     mutual.stop().await;
     other.stop().await;
 }
+
+/// A server that takes no more connections closes a new one before a word: the client says
+/// that it may be at its limit, not that it may speak TLS (it does not).
+#[tokio::test]
+async fn a_server_at_its_connection_limit_is_named_so() {
+    let mut app = spawn_app_with(Backend::Sqlite, |args| args.max_connections = 1).await;
+    // The test's own client holds the one place.
+    app.client
+        .get_import_template(bulk_import::proto::GetImportTemplateRequest::default())
+        .await
+        .unwrap();
+    let server = format!("http://{}", app.addr);
+    let ran = bulk_import(Some(&server), "list", &[]).await;
+    assert_eq!(ran.code, 1, "{}", ran.err);
+    assert!(ran.err.contains("--max-connections"), "{}", ran.err);
+    assert!(!ran.err.contains("TLS"), "{}", ran.err);
+    // Not a gRPC scheme: a usage error.
+    let ran = bulk_import(Some("ftp://127.0.0.1:1"), "list", &[]).await;
+    assert_eq!(ran.code, 64, "{}", ran.err);
+    assert!(ran.err.contains("https://host:port"), "{}", ran.err);
+}
