@@ -271,7 +271,20 @@ impl Authenticator {
                 .and_then(|text| Tokens::parse(text, self.allow_empty));
             match parsed {
                 Ok(tokens) => {
-                    tracing::info!(path = %path.display(), tokens = tokens.len(), "read the auth tokens again");
+                    if tokens.is_empty() {
+                        // Said so by the file or the operator, so taken; but every call is now
+                        // refused, which the operator should see at once.
+                        tracing::warn!(
+                            path = %path.display(),
+                            "the auth tokens file lists no token now: every call is refused \
+                             until it does"
+                        );
+                    } else {
+                        tracing::info!(
+                            path = %path.display(), tokens = tokens.len(),
+                            "read the auth tokens again"
+                        );
+                    }
                     *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
                 }
                 Err(reason) => tracing::error!(

@@ -168,20 +168,44 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// The TLS settings the flags ask for: the CA to trust, and the client certificate.
 fn tls_config(connection: &ConnectionArgs) -> Result<ClientTlsConfig, CliError> {
+    use rustls_pki_types::pem::PemObject;
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| CliError::io(format!("cannot read {}", path.display()), e))
     };
     let mut tls = ClientTlsConfig::new();
     match &connection.tls_ca {
-        Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(holding_pem(ca, read(ca)?)?)),
         // A server with a certificate of a public CA (behind an Ingress, say): the system's
         // trust store.
         None => tls = tls.with_native_roots(),
     }
     if let (Some(cert), Some(key)) = (&connection.tls_cert, &connection.tls_key) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        let key_pem = read(key)?;
+        if rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+            return Err(CliError::new(format!(
+                "--tls-key {} holds no private key in PEM (-----BEGIN PRIVATE KEY-----); give \
+                 the key of --tls-cert",
+                key.display()
+            )));
+        }
+        tls = tls.identity(Identity::from_pem(holding_pem(cert, read(cert)?)?, key_pem));
     }
     Ok(tls)
+}
+
+/// `pem`, read from `path`, once it is known to hold a certificate: a file without one (empty,
+/// DER, the wrong file) is named here, rather than failing the handshake with a reason that
+/// does not point at it.
+fn holding_pem(path: &std::path::Path, pem: Vec<u8>) -> Result<Vec<u8>, CliError> {
+    use rustls_pki_types::pem::PemObject;
+    match rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next() {
+        Some(Ok(_)) => Ok(pem),
+        Some(Err(_)) | None => Err(CliError::new(format!(
+            "{} holds no certificate in PEM (-----BEGIN CERTIFICATE-----); give the PEM file \
+             of the certificate",
+            path.display()
+        ))),
+    }
 }
 
 /// Whether the server answers a call: its health check, which needs no token. Any answer

@@ -5,11 +5,14 @@
 
 /// clap's parser for a limit flag: a whole number of at least 1 that fits `T`.
 pub fn at_least_one<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
-    let value: u64 = text
-        .trim()
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("'{text}' is not a whole number; write one such as 8"))?;
+    let digits = text.trim().replace('_', "");
+    let value: u64 = digits.parse().map_err(|_| {
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{text} is too large for this limit")
+        } else {
+            format!("'{text}' is not a whole number; write one such as 8")
+        }
+    })?;
     if value == 0 {
         return Err("must be at least 1: a limit of 0 would refuse everything".to_owned());
     }
@@ -32,6 +35,11 @@ mod tests {
         );
         assert!(
             at_least_one::<u32>("4294967296")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            at_least_one::<u64>("99999999999999999999999")
                 .unwrap_err()
                 .contains("too large")
         );

@@ -257,8 +257,8 @@ pub trait Store: Send + Sync + 'static {
         rows: u32,
     ) -> Result<Option<Removed>, StoreError>;
 
-    /// The database's size in bytes: the file's pages on SQLite, `pg_database_size` on
-    /// PostgreSQL.
+    /// The database's size in bytes: the file's pages and its write-ahead log on SQLite,
+    /// `pg_database_size` on PostgreSQL.
     async fn size(&self) -> Result<u64, StoreError>;
 
     /// Gives the room removed rows left back to the filesystem, a little at a time; the

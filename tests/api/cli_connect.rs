@@ -323,3 +323,54 @@ async fn a_server_at_its_connection_limit_is_named_so() {
     assert_eq!(ran.code, 64, "{}", ran.err);
     assert!(ran.err.contains("https://host:port"), "{}", ran.err);
 }
+
+/// A `--tls-ca`, `--tls-cert` or `--tls-key` file without what it should hold is named, before
+/// any connection is tried.
+#[tokio::test]
+async fn tls_files_without_a_certificate_or_key_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "cas");
+    let (cert, key) = pki.issue("client", &["client"]);
+    let ca = dir.path().join("cas-ca.pem");
+    let (ca, cert, key) = (
+        ca.to_str().unwrap().to_owned(),
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let words = dir.path().join("words.pem");
+    std::fs::write(&words, "not a certificate\n").unwrap();
+    let server = Some("https://127.0.0.1:1");
+    for bad in [&empty, &words] {
+        let bad = bad.to_str().unwrap();
+        let ran = bulk_import(server, "list", &["--tls-ca", bad]).await;
+        assert_eq!(ran.code, 1, "{}", ran.err);
+        assert!(
+            ran.err
+                .contains(&format!("{bad} holds no certificate in PEM")),
+            "{}",
+            ran.err
+        );
+        let ran = bulk_import(
+            server,
+            "list",
+            &["--tls-ca", &ca, "--tls-cert", bad, "--tls-key", &key],
+        )
+        .await;
+        assert!(
+            ran.err.contains("holds no certificate in PEM"),
+            "{}",
+            ran.err
+        );
+    }
+    // A certificate given as the key.
+    let ran = bulk_import(
+        server,
+        "list",
+        &["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &cert],
+    )
+    .await;
+    assert_eq!(ran.code, 1, "{}", ran.err);
+    assert!(ran.err.contains("holds no private key"), "{}", ran.err);
+}

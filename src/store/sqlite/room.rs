@@ -57,7 +57,7 @@ pub(super) async fn make_incremental(writer: &SqlitePool) {
 }
 
 /// Gives free pages back, `STEP_PAGES` per write, `MAX_STEPS` writes at most, then lets a
-/// checkpoint shrink the file; the bytes given back. Nothing in a file without incremental
+/// checkpoint shrink the file and cut its log; the bytes given back. Nothing in a file without incremental
 /// vacuum (the pages stay free for reuse).
 pub(super) async fn give_back(store: &SqliteStore) -> Result<u64, StoreError> {
     let mut given = 0u64;
@@ -84,10 +84,12 @@ pub(super) async fn give_back(store: &SqliteStore) -> Result<u64, StoreError> {
         given += freed;
     }
     if given > 0 {
-        // The file shrinks once the log's pages are written back; a passive checkpoint waits
-        // for no reader.
+        // The file shrinks once the log's pages are written back, and the log, which the
+        // vacuum's writes grew, is cut to nothing. This holds the writer while readers
+        // finish what they read (reads here are short); a reader that takes longer than the
+        // busy timeout only leaves the log as it is, until the next checkpoint.
         let mut conn = store.writer().await?;
-        let result = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        let result = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&mut *conn)
             .await
             .map(|_| ())
