@@ -36,22 +36,26 @@
 //!     database (`pending`), and imports no server drives any more (`orphans`: recovery at
 //!     start, the reaper);
 //!   - `progress` and `watch`: live views, and `WatchImport` streams; `report`: the fix-up
-//!     file; `error`: the layer's errors, into which the store's are mapped once; `template`:
-//!     the downloadable template;
+//!     file; `retention`: old details removed; `invitations`: `SendInvitations` and
+//!     `AcceptInvitation`; `error`: the layer's errors, into which the store's are mapped
+//!     once; `template`: the downloadable template;
 //! - [`store`]: persistence behind one trait (`mod.rs`, `types`), its classified errors
 //!   (`error`); the flows both backends follow, written once over the `Steps` each backend
 //!   implements in its dialect (`steps`): endings (`ending`), reverts (`revert`), a batch's
 //!   record (`record`), dry runs and the SKIP and UPDATE policies (`planned`, with the pure
 //!   planner `plan`), lookups built once for every path (`lookup`), conflicts turned into row
 //!   errors (`conflicts`), the failed rows' cells (`failed`), column codecs (`codec`), shared
-//!   reads (`queries`) and the one-off rekeying of old addresses (`rekey`); one private module
+//!   reads (`queries`), invitations (`invitations`, states read through `queries`), the
+//!   retention's steps (`retention`) and the one-off rekeying of old addresses (`rekey`); one private module
 //!   per backend, `sqlite/` and `postgres/`, each with only what really differs;
 //! - [`grpc`]: thin handlers that start from `auth::scoped`, conversions, the one error
-//!   mapping, page tokens;
+//!   mapping, page tokens, and the layers in front of every service that bound what a client
+//!   holds before its token is checked (`streams`, `pending`);
 //! - [`auth`] and [`tls`]: bearer tokens scoped to accounts, and TLS, both read again from
 //!   their files when those change; [`audit`]: the refusals of tokens and accounts, logged;
-//! - [`app`]: the server and graceful shutdown (`mod.rs`), the database's start, recovery and
-//!   upkeep (`database`), readiness (`readiness`);
+//! - [`app`]: the server and graceful shutdown (`mod.rs`), the connections it takes
+//!   (`connections`), the database's start, recovery and upkeep (`database`), readiness
+//!   (`readiness`), freed memory given back (`memory`);
 //! - [`metrics`]: Prometheus metrics, and the HTTP listener with the probes beside them;
 //! - [`config`] and [`cli`]: flags, environment, and the service's own client.
 //!

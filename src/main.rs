@@ -72,6 +72,7 @@ async fn run() -> std::process::ExitCode {
         Command::Cancel(a) => cli::cancel(a).await,
         Command::Revert(a) => cli::revert(a).await,
         Command::Users(a) => cli::users(a).await,
+        Command::Invite(a) => cli::invite(a).await,
     };
     // Exit codes: see `cli::Outcome` (0, 2 for Completed - Partial, 1 for the rest).
     match result {

@@ -20,7 +20,9 @@ use serde_json::json;
 use super::connect::client;
 use super::outcome::{CliError, CliResult, Outcome};
 use super::{json, show};
-use crate::config::{GetArgs, ImportArgs, ListArgs, TemplateArgs, UsersArgs, WatchArgs};
+use crate::config::{
+    GetArgs, ImportArgs, InviteArgs, ListArgs, TemplateArgs, UsersArgs, WatchArgs,
+};
 use crate::domain::ImportType;
 use crate::proto;
 
@@ -323,6 +325,7 @@ pub async fn users(args: UsersArgs) -> CliResult {
                 import_id: args.import_id.clone().unwrap_or_default(),
                 page_size: (limit - users.len() as u64).min(1000) as i32,
                 page_token: token,
+                invitation_state: proto::InvitationState::Unspecified as i32,
             })
             .await?
             .into_inner();
@@ -354,6 +357,32 @@ pub async fn users(args: UsersArgs) -> CliResult {
             "{:<40} {:<8} {:<20} {:<20} {:<16} {}",
             user.email, role, user.first_name, user.last_name, user.external_id, user.import_id
         );
+    }
+    Ok(Outcome::Done)
+}
+
+/// `bulk-import invite [--import ID] [--email ADDRESS]... [--resend]`: invites an import's held
+/// users, or users by address, and says how many were invited.
+pub async fn invite(args: InviteArgs) -> CliResult {
+    if args.import_id.is_none() && args.emails.is_empty() {
+        return Err(CliError::usage(
+            "give --import ID (its held users are invited) or --email ADDRESS, or both",
+        ));
+    }
+    let mut client = client(&args.target).await?;
+    let sent = client
+        .send_invitations(proto::SendInvitationsRequest {
+            account_id: args.target.account.clone(),
+            import_id: args.import_id.clone().unwrap_or_default(),
+            emails: args.emails.clone(),
+            resend: args.resend,
+        })
+        .await?
+        .into_inner();
+    if args.target.json {
+        json::print(&json!({ "users_invited": sent.users_invited }));
+    } else {
+        println!("users invited: {}", show::count(sent.users_invited));
     }
     Ok(Outcome::Done)
 }

@@ -55,6 +55,9 @@ pub fn import(import: &proto::Import) -> Value {
         "revert_time": time(import.revert_time.as_ref()),
         "details_removed_time": time(import.details_removed_time.as_ref()),
         "revert_note": import.revert_note,
+        "invitations": proto::InvitationPolicy::try_from(import.invitations)
+            .map_or("INVITATION_POLICY_UNSPECIFIED", |p| p.as_str_name()),
+        "users_invited": import.users_invited,
     })
 }
 
@@ -84,6 +87,10 @@ pub fn user(user: &proto::User) -> Value {
         "import_id": user.import_id,
         "create_time": time(user.create_time.as_ref()),
         "update_time": time(user.update_time.as_ref()),
+        "invitation_state": proto::InvitationState::try_from(user.invitation_state)
+            .map_or("INVITATION_STATE_UNSPECIFIED", |s| s.as_str_name()),
+        "invite_time": time(user.invite_time.as_ref()),
+        "invitations_sent": user.invitations_sent,
     })
 }
 

@@ -33,7 +33,7 @@ mod outcome;
 mod show;
 mod upload;
 
-pub use commands::{cancel, errors, get, list, revert, template, users, watch};
+pub use commands::{cancel, errors, get, invite, list, revert, template, users, watch};
 pub use connect::{Bearer, Client, connect};
 pub use deadline::Deadline;
 pub use outcome::{CliError, CliResult, Outcome, USAGE};

@@ -77,6 +77,11 @@ pub async fn upload(args: UploadArgs) -> CliResult {
         validate_only: args.dry_run,
         on_conflict: args.on_conflict.proto() as i32,
         retry_of_import_id: args.retry_of.clone().unwrap_or_default(),
+        invitations: if args.hold_invitations {
+            proto::InvitationPolicy::Hold
+        } else {
+            proto::InvitationPolicy::Send
+        } as i32,
     })))
     .await
     .map_err(|_| CliError::new("the upload stopped before it started"))?;

@@ -68,6 +68,21 @@ pub enum EmailError {
     Invisible(Invisible),
 }
 
+/// In plain words, for an address given as a request argument (`AcceptInvitation`,
+/// `SendInvitations`); a file's cells get row errors instead (`import::validator`).
+impl std::fmt::Display for EmailError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmailError::Empty => f.write_str("it is empty"),
+            EmailError::TooLong => write!(f, "it is longer than {MAX_EMAIL_CHARS} characters"),
+            EmailError::Invalid(reason) => write!(f, "not a valid address: {reason}"),
+            EmailError::Invisible(invisible) => {
+                write!(f, "it has an invisible character, {invisible}; retype it")
+            }
+        }
+    }
+}
+
 impl<'a> Email<'a> {
     /// Parses a cell into an address and its key. `value` must already be trimmed
     /// (`text::trim_cell`): a space left at either end makes the address invalid.

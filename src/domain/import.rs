@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use super::ArgumentError;
 use super::ids::{AccountId, ImportId};
+use super::invitation::InvitationPolicy;
 
 /// What an import creates. Only users today; the type is part of the contract so that other
 /// kinds of import can come without a new API.
@@ -398,6 +399,8 @@ pub struct NewImport {
     /// The import of the same account whose failed rows this file corrects. It must exist:
     /// the upload is refused with INVALID_ARGUMENT otherwise.
     pub retry_of: Option<ImportId>,
+    /// When the users it creates are invited.
+    pub invitations: InvitationPolicy,
 }
 
 /// The store's own handle on an import: a small integer is cheaper than the
@@ -451,6 +454,11 @@ pub struct Import {
     /// When the retention period removed its row errors and failed rows (`import::retention`);
     /// `None` while they are kept. The counters stay as they were.
     pub details_removed_time: Option<SystemTime>,
+    /// When the users it creates are invited.
+    pub invitations: InvitationPolicy,
+    /// Its users invited so far: with SEND those it created, once it completed; with HOLD
+    /// those `SendInvitations` invited. Resends do not count again.
+    pub users_invited: u64,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod caller;
 pub mod email;
 pub mod ids;
 pub mod import;
+pub mod invitation;
 pub mod row_error;
 pub mod text;
 pub mod user;
@@ -29,6 +30,7 @@ pub use import::{
     ConflictPolicy, Counters, Filename, Import, ImportKey, ImportStatus, ImportType, NewImport,
     TextEncoding, TextFormat,
 };
+pub use invitation::{InvitationPolicy, InvitationState};
 pub use row_error::{ErrorCode, RowError};
 pub use user::{Column, FailedRow, NewUser, Role};
 

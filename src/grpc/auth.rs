@@ -128,4 +128,6 @@ names_account!(
     proto::RevertImportRequest => "RevertImport",
     proto::GetImportErrorReportRequest => "GetImportErrorReport",
     proto::ListUsersRequest => "ListUsers",
+    proto::SendInvitationsRequest => "SendInvitations",
+    proto::AcceptInvitationRequest => "AcceptInvitation",
 );

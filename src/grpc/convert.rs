@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use crate::domain::{
     AccountId, ArgumentError, ConflictPolicy, Filename, Import, ImportId, ImportStatus, ImportType,
-    NewImport, Role, RowError,
+    InvitationPolicy, InvitationState, NewImport, Role, RowError,
 };
 use crate::import::pipeline::events::{FinishCheck, StreamError, UploadEvent};
 use crate::import::template::Template;
@@ -131,6 +131,7 @@ fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
         created_by: String::new(),
         validate_only: m.validate_only,
         on_conflict: conflict_policy(m.on_conflict)?,
+        invitations: invitation_policy(m.invitations)?,
         retry_of: match m.retry_of_import_id.as_str() {
             "" => None,
             id => Some(ImportId::parse(id).map_err(|e| {
@@ -160,6 +161,109 @@ fn conflict_policy(value: i32) -> Result<ConflictPolicy, ArgumentError> {
                  CONFLICT_POLICY_SKIP or CONFLICT_POLICY_UPDATE"
             ),
         )),
+    }
+}
+
+/// `invitations`: UNSPECIFIED is SEND, since inviting the people in the file is what an
+/// import is for.
+fn invitation_policy(value: i32) -> Result<InvitationPolicy, ArgumentError> {
+    match proto::InvitationPolicy::try_from(value) {
+        Ok(proto::InvitationPolicy::Unspecified | proto::InvitationPolicy::Send) => {
+            Ok(InvitationPolicy::Send)
+        }
+        Ok(proto::InvitationPolicy::Hold) => Ok(InvitationPolicy::Hold),
+        Err(_) => Err(ArgumentError::new(
+            "invitations",
+            format!(
+                "unknown invitation policy {value}; use INVITATION_POLICY_SEND or \
+                 INVITATION_POLICY_HOLD"
+            ),
+        )),
+    }
+}
+
+/// The stored invitation policy as the API names it; never UNSPECIFIED.
+fn proto_invitations(policy: InvitationPolicy) -> proto::InvitationPolicy {
+    match policy {
+        InvitationPolicy::Send => proto::InvitationPolicy::Send,
+        InvitationPolicy::Hold => proto::InvitationPolicy::Hold,
+    }
+}
+
+/// The most addresses one `SendInvitations` takes.
+const MAX_INVITEES: usize = 1000;
+
+/// An address as a request gives it, as its mailbox key (how users are stored and matched):
+/// however it is spelled, one mailbox is one user.
+pub fn mailbox(field: &'static str, value: &str) -> Result<String, ArgumentError> {
+    named_mailbox(field, field, value)
+}
+
+/// `mailbox`, the message naming `name` (such as `emails[3]`) in the request's `field`.
+fn named_mailbox(field: &'static str, name: &str, value: &str) -> Result<String, ArgumentError> {
+    if value.trim().is_empty() {
+        return Err(ArgumentError::new(field, format!("{name} is required")));
+    }
+    crate::domain::Email::parse(value.trim())
+        .map(|email| email.as_str().to_owned())
+        .map_err(|e| ArgumentError::new(field, format!("{name} '{value}': {e}")))
+}
+
+/// `SendInvitations`' `emails` as mailbox keys. Neither an import nor an address is
+/// INVALID_ARGUMENT, so that no call invites a whole account by accident.
+pub fn invitees(has_import: bool, emails: &[String]) -> Result<Vec<String>, ArgumentError> {
+    if !has_import && emails.is_empty() {
+        return Err(ArgumentError::new(
+            "import_id",
+            "give import_id (its HELD users are invited) or emails (those users are), or both; \
+             a whole account is never invited at once",
+        ));
+    }
+    if emails.len() > MAX_INVITEES {
+        return Err(ArgumentError::new(
+            "emails",
+            format!(
+                "{} addresses; at most {MAX_INVITEES} per call, so send them in several calls",
+                emails.len()
+            ),
+        ));
+    }
+    let mut keys = emails
+        .iter()
+        .enumerate()
+        .map(|(i, email)| named_mailbox("emails", &format!("emails[{i}]"), email))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The same mailbox twice is invited once.
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// `invitation_state` of `ListUsers`: UNSPECIFIED is no filter.
+pub fn state_filter(value: i32) -> Result<Option<InvitationState>, ArgumentError> {
+    match proto::InvitationState::try_from(value) {
+        Ok(proto::InvitationState::Unspecified) => Ok(None),
+        Ok(proto::InvitationState::Held) => Ok(Some(InvitationState::Held)),
+        Ok(proto::InvitationState::Sent) => Ok(Some(InvitationState::Sent)),
+        Ok(proto::InvitationState::Accepted) => Ok(Some(InvitationState::Accepted)),
+        Ok(proto::InvitationState::Revoked) => Ok(Some(InvitationState::Revoked)),
+        Err(_) => Err(ArgumentError::new(
+            "invitation_state",
+            format!(
+                "unknown invitation state {value}; use INVITATION_STATE_HELD, _SENT, _ACCEPTED \
+                 or _REVOKED"
+            ),
+        )),
+    }
+}
+
+/// A user's invitation state as the API names it.
+fn proto_state(state: InvitationState) -> proto::InvitationState {
+    match state {
+        InvitationState::Held => proto::InvitationState::Held,
+        InvitationState::Sent => proto::InvitationState::Sent,
+        InvitationState::Accepted => proto::InvitationState::Accepted,
+        InvitationState::Revoked => proto::InvitationState::Revoked,
     }
 }
 
@@ -251,6 +355,8 @@ pub fn import(import: &Import) -> proto::Import {
         revert_time: import.revert_time.map(timestamp),
         revert_note: import.revert_note.clone(),
         details_removed_time: import.details_removed_time.map(timestamp),
+        invitations: proto_invitations(import.invitations) as i32,
+        users_invited: import.users_invited as i64,
     }
 }
 
@@ -354,5 +460,8 @@ pub fn user(user: &crate::store::StoredUser) -> proto::User {
         import_id: user.import_id.clone(),
         create_time: Some(timestamp(user.create_time)),
         update_time: Some(timestamp(user.update_time)),
+        invitation_state: proto_state(user.invitation_state) as i32,
+        invite_time: user.invite_time.map(timestamp),
+        invitations_sent: user.invitations_sent.min(i32::MAX as u32) as i32,
     }
 }

@@ -87,6 +87,7 @@ impl From<ImportError> for Status {
                 );
             }
             ImportError::NotFound { .. } => (Code::NotFound, "IMPORT_NOT_FOUND"),
+            ImportError::UserNotFound(_) => (Code::NotFound, "USER_NOT_FOUND"),
             ImportError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             ImportError::PermissionDenied(_) => (Code::PermissionDenied, "ACCOUNT_NOT_ALLOWED"),
             ImportError::LimitReached(_) => (Code::ResourceExhausted, "LIMIT_REACHED"),

@@ -313,14 +313,28 @@ impl ImportService for ImportServiceImpl {
             "" => None,
             id => Some(convert::import_id(id)?),
         };
+        let state = convert::state_filter(req.invitation_state)?;
         let limit =
             page_token::page_size("page_size", req.page_size, DEFAULT_USERS_PAGE, MAX_PAGE)?;
         let scope_import = import_id.as_ref().map_or("", |id| id.as_str());
-        let list = page_token::scope(&[scope.account_id().as_str(), scope_import]);
+        // The state only when filtered by, so that tokens made before the filter existed
+        // still serve.
+        let list = match state {
+            None => page_token::scope(&[scope.account_id().as_str(), scope_import]),
+            Some(state) => {
+                page_token::scope(&[scope.account_id().as_str(), scope_import, state.as_str()])
+            }
+        };
         let after = page_token::decode_key("page_token", &req.page_token, list)?;
         let mut users = self
             .importer
-            .users(&scope, import_id.as_ref(), after.as_deref(), limit + 1)
+            .users(
+                &scope,
+                import_id.as_ref(),
+                state,
+                after.as_deref(),
+                limit + 1,
+            )
             .await?;
         let next_page_token = if users.len() > limit as usize {
             users.truncate(limit as usize);
@@ -331,6 +345,42 @@ impl ImportService for ImportServiceImpl {
         Ok(Response::new(proto::ListUsersResponse {
             users: users.iter().map(convert::user).collect(),
             next_page_token,
+        }))
+    }
+
+    /// `SendInvitations`: invites an import's HELD users, or the users with these addresses;
+    /// with `resend`, SENT ones again. Neither `import_id` nor `emails` is INVALID_ARGUMENT,
+    /// so that no call invites a whole account by accident.
+    async fn send_invitations(
+        &self,
+        request: Request<proto::SendInvitationsRequest>,
+    ) -> Result<Response<proto::SendInvitationsResponse>, Status> {
+        let (scope, req) = auth::scoped(request)?;
+        let import_id = match req.import_id.as_str() {
+            "" => None,
+            id => Some(convert::import_id(id)?),
+        };
+        let emails = convert::invitees(import_id.is_some(), &req.emails)?;
+        let invited = self
+            .importer
+            .send_invitations(&scope, import_id.as_ref(), &emails, req.resend)
+            .await?;
+        Ok(Response::new(proto::SendInvitationsResponse {
+            users_invited: invited as i64,
+        }))
+    }
+
+    /// `AcceptInvitation`: the user, ACCEPTED. NOT_FOUND for an address the account has no
+    /// user for; FAILED_PRECONDITION for a HELD or REVOKED invitation.
+    async fn accept_invitation(
+        &self,
+        request: Request<proto::AcceptInvitationRequest>,
+    ) -> Result<Response<proto::AcceptInvitationResponse>, Status> {
+        let (scope, req) = auth::scoped(request)?;
+        let email = convert::mailbox("email", &req.email)?;
+        let user = self.importer.accept_invitation(&scope, &email).await?;
+        Ok(Response::new(proto::AcceptInvitationResponse {
+            user: Some(convert::user(&user)),
         }))
     }
 }

@@ -61,6 +61,9 @@ pub enum ImportError {
         /// The id looked for.
         import_id: ImportId,
     },
+    /// No user with this address in this account: NOT_FOUND.
+    #[error("no user with the address '{0}' in this account")]
+    UserNotFound(String),
     /// The file crossed `--max-upload-bytes`: RESOURCE_EXHAUSTED, and the import ended in
     /// ERROR_UNKNOWN.
     #[error("{0}")]

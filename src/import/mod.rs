@@ -38,6 +38,7 @@ pub mod decoder;
 pub mod delimiter;
 pub mod ending;
 pub mod error;
+mod invitations;
 pub mod parser;
 pub mod pipeline;
 pub mod progress;
@@ -383,12 +384,14 @@ impl Importer {
         Ok(reverted)
     }
 
-    /// The account's users, by email, after `after`; only those `import_id` created when given.
-    /// `NotFound` when `import_id` names no import of the account.
+    /// The account's users, by email, after `after`; only those `import_id` created, and only
+    /// those whose invitation is in `state`, when given. `NotFound` when `import_id` names no
+    /// import of the account.
     pub async fn users(
         &self,
         scope: &Scope,
         import_id: Option<&ImportId>,
+        state: Option<crate::domain::InvitationState>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<crate::store::StoredUser>, ImportError> {
@@ -397,9 +400,14 @@ impl Importer {
             Some(id) => Some(self.find(account_id, id).await?.key),
             None => None,
         };
+        let filter = crate::store::UserFilter {
+            import,
+            state,
+            email: None,
+        };
         Ok(self
             .store()?
-            .list_users(account_id, import, after, limit)
+            .list_users(account_id, filter, after, limit)
             .await?)
     }
 

@@ -11,8 +11,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{StoreError, StoredRowError};
 use crate::domain::{
     AccountId, Column, ConflictPolicy, Counters, ErrorCode, Filename, Import, ImportId,
-    ImportStatus, ImportType, RowError, TextEncoding, TextFormat,
+    ImportStatus, ImportType, InvitationPolicy, RowError, TextEncoding, TextFormat,
 };
+
+/// `Import.users_invited`, as both backends select it among their `IMPORT_COLUMNS`: a SEND
+/// import's users are invited by its commit, so its completed rows count without a write of
+/// their own; then those `SendInvitations` invited later (`invited_later`).
+macro_rules! users_invited_column {
+    () => {
+        "(CASE WHEN invitations = 'SEND' AND NOT validate_only \
+          AND status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL') \
+          THEN rows_imported ELSE 0 END + invited_later) AS users_invited"
+    };
+}
+pub(crate) use users_invited_column;
 
 /// An `imports` row as both backends select it (times in microseconds).
 ///
@@ -46,6 +58,8 @@ pub(crate) struct ImportRow {
     revert_time: Option<i64>,
     revert_note: String,
     details_removed_time: Option<i64>,
+    invitations: String,
+    users_invited: i64,
 }
 
 impl TryFrom<ImportRow> for Import {
@@ -90,6 +104,9 @@ impl TryFrom<ImportRow> for Import {
             revert_time: row.revert_time.map(from_micros),
             revert_note: row.revert_note,
             details_removed_time: row.details_removed_time.map(from_micros),
+            invitations: InvitationPolicy::from_stored(&row.invitations)
+                .ok_or_else(|| corrupt("invitations"))?,
+            users_invited: row.users_invited as u64,
         })
     }
 }

@@ -66,6 +66,7 @@ mod conflicts;
 mod ending;
 pub mod error;
 mod failed;
+mod invitations;
 mod lookup;
 mod plan;
 mod planned;
@@ -79,6 +80,8 @@ mod sqlite;
 mod steps;
 mod types;
 
+pub use invitations::Invitees;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -89,6 +92,7 @@ pub use error::{Fault, Outage, StoreError};
 pub use types::{
     BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Guard,
     ImportCursor, LifeSign, OpenOptions, Processing, Removed, Reverted, StoredRowError, StoredUser,
+    UserFilter,
 };
 
 /// The store as the import layer sees it, behind an `Arc<dyn Store>` chosen by [`open`].
@@ -208,12 +212,29 @@ pub trait Store: Send + Sync + 'static {
     /// time. `StillRunning` for a PROCESSING import.
     async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError>;
 
-    /// The account's users (of completed imports), by email, after `after`; only those
-    /// `import` created when given.
+    /// Invites the HELD users `who` names, now (with `resend`, the SENT ones again); how many.
+    /// Users of imports that did not complete are left alone.
+    async fn send_invitations(
+        &self,
+        account_id: &AccountId,
+        who: Invitees<'_>,
+        resend: bool,
+    ) -> Result<u64, StoreError>;
+
+    /// The user with this stored address accepted: SENT (or ACCEPTED) becomes ACCEPTED.
+    /// `false`, with nothing changed, when there is no such user or it is in another state.
+    async fn accept_invitation(
+        &self,
+        account_id: &AccountId,
+        email: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The account's users (of completed imports), by email, after `after`; only those the
+    /// filter lets by.
     async fn list_users(
         &self,
         account_id: &AccountId,
-        import: Option<ImportKey>,
+        filter: UserFilter<'_>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredUser>, StoreError>;

@@ -13,8 +13,8 @@
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::codec::{ImportRow, RowErrorColumns, from_micros};
-use super::{FailedCells, ImportCursor, StoreError, StoredRowError, StoredUser};
-use crate::domain::{AccountId, Import, ImportId, ImportKey, Role};
+use super::{FailedCells, ImportCursor, StoreError, StoredRowError, StoredUser, UserFilter};
+use crate::domain::{AccountId, Import, ImportId, ImportKey, InvitationState, Role};
 
 /// One import by account and id (the unique key of `imports`); `None` when there is none.
 /// `columns` is the backend's `IMPORT_COLUMNS`.
@@ -122,7 +122,29 @@ type UserColumns = (
     String,
     i64,
     i64,
+    String,
+    Option<i64>,
+    i64,
 );
+
+/// User `u`'s invitation state, its creating import being `i`: its own once something after
+/// the import's commit set it (`SendInvitations`, `AcceptInvitation`), else what the import
+/// decided: SENT with SEND (its commit invited the user), HELD with HOLD. The one rule, for
+/// every read and every change of an invitation, on both backends.
+pub(crate) fn invitation_state(u: &str, i: &str) -> String {
+    format!(
+        "coalesce({u}.invitation_state, \
+         CASE WHEN {i}.invitations = 'HOLD' THEN 'HELD' ELSE 'SENT' END)"
+    )
+}
+
+/// The invitations user `u` was sent, by the same rule: 1 from a SEND import's commit.
+pub(crate) fn invitations_sent(u: &str, i: &str) -> String {
+    format!(
+        "CAST(coalesce({u}.invitations_sent, \
+         CASE WHEN {i}.invitations = 'HOLD' THEN 0 ELSE 1 END) AS BIGINT)"
+    )
+}
 
 /// The users of an account's completed imports, by email (byte order on both backends), as
 /// committed: a user that an UPDATE import still running has changed shows the values it had
@@ -130,13 +152,13 @@ type UserColumns = (
 /// completes. So no reader sees values that may yet be undone, as no reader sees the users of
 /// an import still running. `micros` says how the backend reads a time column as microseconds.
 ///
-/// `import` and `after` are bound as sentinels when absent (-1, the empty string), so that one
+/// Absent filters and `after` are bound as sentinels (-1, the empty string), so that one
 /// statement serves every page. A user never updated reads its create time as its update time.
 pub(crate) async fn list_users<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
     micros: fn(&str) -> String,
     account_id: &AccountId,
-    import: Option<ImportKey>,
+    filter: UserFilter<'_>,
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<StoredUser>, StoreError>
@@ -150,14 +172,16 @@ where
     // one did: its values are shown instead.
     let committed =
         |column: &str| format!("CASE WHEN s.email IS NULL THEN u.{column} ELSE s.{column} END");
+    let state = invitation_state("u", "i");
     let sql = format!(
         "SELECT u.email, {first}, {last}, {role}, {title}, {external_id}, i.import_id, \
-         {created}, {updated} \
+         {created}, {updated}, {state}, {invited}, {sent} \
          FROM users u JOIN imports i ON i.import_key = u.import_key \
          LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
          LEFT JOIN import_user_updates s ON s.import_key = w.import_key \
               AND s.account_id = u.account_id AND s.email = u.email \
          WHERE u.account_id = $1 AND u.email > $2 AND ($3 < 0 OR u.import_key = $3) \
+         AND ($5 = '' OR {state} = $5) AND ($6 = '' OR u.email = $6) \
          AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL', \
                           'COMPLETED_NOTHING_TO_IMPORT') \
          ORDER BY u.email LIMIT $4",
@@ -171,19 +195,43 @@ where
             "coalesce({}, u.create_time)",
             committed("update_time")
         )),
+        // A SEND import's users were invited by its commit: its completion time.
+        invited = micros(
+            "coalesce(u.invite_time, CASE WHEN u.invitation_state IS NULL \
+             AND i.invitations <> 'HOLD' THEN i.complete_time END)"
+        ),
+        sent = invitations_sent("u", "i"),
     );
     let rows: Vec<UserColumns> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(account_id.as_str())
         .bind(after.unwrap_or(""))
-        .bind(import.unwrap_or(-1))
+        .bind(filter.import.unwrap_or(-1))
         .bind(i64::from(limit))
+        .bind(filter.state.map_or("", InvitationState::as_str))
+        .bind(filter.email.unwrap_or(""))
         .fetch_all(executor)
         .await?;
     rows.into_iter()
         .map(
-            |(email, first_name, last_name, role, job_title, external_id, import_id, c, u)| {
-                let role = Role::from_stored(&role)
-                    .ok_or_else(|| StoreError::Corrupt(format!("user {email}: role '{role}'")))?;
+            |(
+                email,
+                first_name,
+                last_name,
+                role,
+                job_title,
+                external_id,
+                import_id,
+                c,
+                u,
+                state,
+                invited,
+                sent,
+            )| {
+                let corrupt = |what: &str| StoreError::Corrupt(format!("user {email}: {what}"));
+                let role =
+                    Role::from_stored(&role).ok_or_else(|| corrupt(&format!("role '{role}'")))?;
+                let invitation_state = InvitationState::from_stored(&state)
+                    .ok_or_else(|| corrupt(&format!("invitation state '{state}'")))?;
                 Ok(StoredUser {
                     email,
                     first_name,
@@ -194,6 +242,9 @@ where
                     import_id,
                     create_time: from_micros(c),
                     update_time: from_micros(u),
+                    invitation_state,
+                    invite_time: invited.map(from_micros),
+                    invitations_sent: sent.clamp(0, i64::from(u32::MAX)) as u32,
                 })
             },
         )

@@ -39,6 +39,25 @@ pub(crate) struct RevertState {
     pub dry_run: bool,
 }
 
+/// Which SQL a backend speaks, where a shared statement must differ (the current time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// Times as integer microseconds since the Unix epoch.
+    Sqlite,
+    /// Times as `timestamptz`.
+    Postgres,
+}
+
+impl Dialect {
+    /// The current time as the backend's time columns hold it.
+    pub(crate) fn now(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+            Dialect::Postgres => "now()",
+        }
+    }
+}
+
 /// A parameter of a statement both backends share.
 ///
 /// Only the two types the shared statements need: each backend binds them its own way
@@ -96,6 +115,10 @@ pub(crate) trait Steps: Send {
     /// transaction commits. Nothing to do where one server runs.
     async fn changed(&mut self, keys: &[ImportKey]) -> Result<(), StoreError>;
 
+    /// The backend's dialect, for the few shared statements that must name the current time
+    /// in a time column (`invitations`).
+    fn dialect(&self) -> Dialect;
+
     // Reverts.
 
     /// The import's status and whether it was reverted before, held for this transaction;
@@ -115,8 +138,8 @@ pub(crate) trait Steps: Send {
         key: ImportKey,
     ) -> Result<(u64, Option<String>), StoreError>;
 
-    /// Deletes the users import `key` created that no other import has updated since; how
-    /// many.
+    /// Deletes the users import `key` created that no other import has updated since and
+    /// that did not accept their invitation; how many.
     async fn delete_reverted(&mut self, key: ImportKey) -> Result<u64, StoreError>;
 
     /// Sets the import's revert time and note, unless it has them from an earlier revert.

@@ -6,8 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::domain::{
-    AccountId, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, Role, RowError,
-    TextFormat,
+    AccountId, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, InvitationState, Role,
+    RowError, TextFormat,
 };
 
 /// What writing one batch did.
@@ -275,6 +275,12 @@ pub struct StoredUser {
     pub create_time: SystemTime,
     /// When an UPDATE import last changed the user; its `create_time` when none has.
     pub update_time: SystemTime,
+    /// Where its invitation stands.
+    pub invitation_state: InvitationState,
+    /// When the last invitation went out; `None` while HELD.
+    pub invite_time: Option<SystemTime>,
+    /// Invitations sent: 1 once invited, one more per resend.
+    pub invitations_sent: u32,
 }
 
 /// The cells of a failed row, in template column order, as the file had them.
@@ -329,4 +335,16 @@ impl Default for OpenOptions {
             max_pages: None,
         }
     }
+}
+
+/// Which users `Store::list_users` returns: a page of them all, or of one import's, or of one
+/// invitation state, or the one user with an address.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserFilter<'a> {
+    /// Only the users this import created.
+    pub import: Option<ImportKey>,
+    /// Only those whose invitation is in this state.
+    pub state: Option<InvitationState>,
+    /// Only the user with this stored address (a mailbox key).
+    pub email: Option<&'a str>,
 }

@@ -434,3 +434,46 @@ async fn the_client_says_when_row_errors_were_not_stored() {
         got.out
     );
 }
+
+/// `upload --hold-invitations` creates the users HELD; `invite --import` invites them once;
+/// `invite` with neither an import nor an address is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_invitations_are_sent_by_invite() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let server = format!("http://{}", app.addr);
+    let s = Some(server.as_str());
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "users.csv",
+        "email,first_name,last_name,role,job_title,external_id\n\
+         ada@x.io,Ada,,,,\ngrace@x.io,Grace,,,,\n",
+    );
+    let ran = bulk_import(
+        s,
+        "upload",
+        &["--json", "--hold-invitations", "--import-id", "held", &file],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{}", ran.err);
+    let import = parse(&ran.out);
+    assert_eq!(import["invitations"], "INVITATION_POLICY_HOLD", "{import}");
+    assert_eq!(import["users_invited"], 0);
+    let ran = bulk_import(s, "users", &["--json"]).await;
+    let users = parse(&ran.out);
+    assert_eq!(
+        users["users"][0]["invitation_state"],
+        "INVITATION_STATE_HELD"
+    );
+
+    let ran = bulk_import(s, "invite", &["--import", "held"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.err);
+    assert_eq!(ran.out.trim(), "users invited: 2");
+    let ran = bulk_import(s, "invite", &["--json", "--import", "held"]).await;
+    assert_eq!(parse(&ran.out)["users_invited"], 0);
+    let ran = bulk_import(s, "invite", &["--email", "ADA@x.io", "--resend"]).await;
+    assert_eq!(ran.out.trim(), "users invited: 1", "{}", ran.err);
+    let ran = bulk_import(s, "invite", &[]).await;
+    assert_eq!(ran.code, 64, "{}", ran.err);
+    assert!(ran.err.contains("--import"), "{}", ran.err);
+}

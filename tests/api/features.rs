@@ -35,6 +35,7 @@ pub(crate) async fn list_users(
                 import_id: import_id.into(),
                 page_size,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -408,6 +408,7 @@ backend_tests! {
                     import_id: import_id.into(),
                     page_size: 1,
                     page_token: token,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();

@@ -11,6 +11,7 @@ mod fixtures;
 mod follow_up;
 mod health;
 mod helpers;
+mod invitations;
 mod lifecycle;
 mod limits;
 mod load;

@@ -24,6 +24,7 @@ backend_tests! {
                 validate_only: false,
                 on_conflict: Default::default(),
                 retry_of: None,
+                invitations: Default::default(),
             })
             .await
             .unwrap();

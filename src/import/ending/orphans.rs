@@ -270,6 +270,8 @@ mod tests {
                 complete_time: None,
                 revert_time: None,
                 details_removed_time: None,
+                invitations: Default::default(),
+                users_invited: 0,
                 revert_note: String::new(),
             },
             sign: LifeSign {

@@ -42,8 +42,8 @@ use super::codec::micros;
 use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, Guard, ImportCursor,
-    Processing, Removed, Reverted, Store, StoreError, StoredRowError, StoredUser, ending, plan,
-    planned, queries, rekey, retention, revert,
+    Invitees, Processing, Removed, Reverted, Store, StoreError, StoredRowError, StoredUser,
+    UserFilter, ending, invitations, plan, planned, queries, rekey, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::Changes;
@@ -52,7 +52,8 @@ use tx::{in_transaction, only_conflicts, taken_meanwhile};
 
 /// The `imports` columns as `codec::ImportRow` names them, times turned into integer microseconds
 /// since the epoch (the stored `timestamptz` keeps microseconds, so nothing is lost).
-pub(super) const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
+pub(super) const IMPORT_COLUMNS: &str = concat!(
+    "import_key, account_id, import_id, type, filename, created_by, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, \
     (extract(epoch FROM create_time) * 1000000)::bigint AS create_time, \
@@ -60,7 +61,10 @@ pub(super) const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type
     (extract(epoch FROM complete_time) * 1000000)::bigint AS complete_time, validate_only, \
     on_conflict, rows_skipped, rows_updated, retry_of_import_id, \
     (extract(epoch FROM revert_time) * 1000000)::bigint AS revert_time, revert_note, \
-    (extract(epoch FROM details_removed_time) * 1000000)::bigint AS details_removed_time";
+    (extract(epoch FROM details_removed_time) * 1000000)::bigint AS details_removed_time, \
+    invitations, ",
+    crate::store::codec::users_invited_column!()
+);
 
 /// Text written (and rolled back) by the write probe: as much as a batch writes.
 const PROBE_MIB: i32 = 16;
@@ -234,8 +238,8 @@ impl Store for PostgresStore {
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let sql = format!(
             "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
-             owner, heartbeat_time, validate_only, on_conflict, retry_of_import_id) \
-             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, now(), $7, $8, $9) \
+             owner, heartbeat_time, validate_only, on_conflict, retry_of_import_id, invitations) \
+             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, now(), $7, $8, $9, $10) \
              RETURNING {IMPORT_COLUMNS}"
         );
         let row: Result<ImportRow, StoreError> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -248,6 +252,7 @@ impl Store for PostgresStore {
             .bind(new.validate_only)
             .bind(new.on_conflict.as_str())
             .bind(new.retry_of.as_ref().map(|id| id.as_str()))
+            .bind(new.invitations.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::from);
@@ -331,10 +336,49 @@ impl Store for PostgresStore {
         reverted
     }
 
+    async fn send_invitations(
+        &self,
+        account_id: &AccountId,
+        who: Invitees<'_>,
+        resend: bool,
+    ) -> Result<u64, StoreError> {
+        let sent = in_transaction(
+            &self.pool,
+            &(account_id, who, resend),
+            only_conflicts,
+            |mut steps, &(account_id, who, resend)| {
+                Box::pin(
+                    async move { invitations::send(&mut steps, account_id, who, resend).await },
+                )
+            },
+        )
+        .await;
+        self.faults.observe(&sent);
+        sent
+    }
+
+    async fn accept_invitation(
+        &self,
+        account_id: &AccountId,
+        email: &str,
+    ) -> Result<bool, StoreError> {
+        let accepted = in_transaction(
+            &self.pool,
+            &(account_id, email),
+            only_conflicts,
+            |mut steps, &(account_id, email)| {
+                Box::pin(async move { invitations::accept(&mut steps, account_id, email).await })
+            },
+        )
+        .await;
+        self.faults.observe(&accepted);
+        accepted
+    }
+
     async fn list_users(
         &self,
         account_id: &AccountId,
-        import: Option<ImportKey>,
+        filter: UserFilter<'_>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredUser>, StoreError> {
@@ -342,7 +386,7 @@ impl Store for PostgresStore {
             &self.pool,
             |time| format!("(extract(epoch FROM {time}) * 1000000)::bigint"),
             account_id,
-            import,
+            filter,
             after,
             limit,
         )

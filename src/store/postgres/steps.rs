@@ -21,7 +21,7 @@ use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
 use crate::store::lookup::{self, FileKeyColumn, HolderRow, Match};
 use crate::store::plan::{Existing, FileKey, Known, Mode, Plan};
-use crate::store::steps::{Param, RevertState, Steps};
+use crate::store::steps::{Dialect, Param, RevertState, Steps};
 use crate::store::{BatchTarget, Conclusion, Guard, StoreError};
 
 /// The steps on one transaction's connection.
@@ -158,6 +158,10 @@ impl Steps for PgSteps<'_> {
     }
 
     /// A `NOTIFY` per key, delivered to every replica when the transaction commits.
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
     async fn changed(&mut self, keys: &[ImportKey]) -> Result<(), StoreError> {
         Ok(notify(self.conn, keys).await?)
     }
@@ -204,7 +208,8 @@ impl Steps for PgSteps<'_> {
     /// The import's users, except those another import updated since.
     async fn delete_reverted(&mut self, key: ImportKey) -> Result<u64, StoreError> {
         Ok(sqlx::query(
-            "DELETE FROM users WHERE import_key = $1 AND (updated_by IS NULL OR updated_by = $1)",
+            "DELETE FROM users WHERE import_key = $1 AND (updated_by IS NULL OR updated_by = $1) \
+             AND coalesce(invitation_state, '') <> 'ACCEPTED'",
         )
         .bind(key)
         .execute(&mut *self.conn)

@@ -44,8 +44,9 @@ use super::codec::{ImportRow, micros};
 use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, Guard, ImportCursor,
-    LifeSign, OpenOptions, Processing, Removed, Reverted, Store, StoreError, StoredRowError,
-    StoredUser, ending, plan, planned, queries, record, rekey, retention, revert,
+    Invitees, LifeSign, OpenOptions, Processing, Removed, Reverted, Store, StoreError,
+    StoredRowError, StoredUser, UserFilter, ending, invitations, plan, planned, queries, record,
+    rekey, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -245,11 +246,14 @@ async fn begin(conn: &mut SqliteConnection) -> Result<sqlx::Transaction<'_, Sqli
 
 /// The `imports` columns as `codec::ImportRow` names them. SQLite stores times as integer
 /// microseconds already, so they are selected as they are (PostgreSQL's list converts them).
-pub(super) const IMPORT_COLUMNS: &str = "import_key, account_id, import_id, type, filename, created_by, status, \
+pub(super) const IMPORT_COLUMNS: &str = concat!(
+    "import_key, account_id, import_id, type, filename, created_by, status, \
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, create_time, update_time, complete_time, validate_only, \
     on_conflict, rows_skipped, rows_updated, retry_of_import_id, revert_time, revert_note, \
-    details_removed_time";
+    details_removed_time, invitations, ",
+    crate::store::codec::users_invited_column!()
+);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -356,8 +360,9 @@ impl Store for SqliteStore {
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let sql = format!(
             "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
-             create_time, update_time, validate_only, on_conflict, retry_of_import_id) \
-             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, $5, $7, $8, $9) \
+             create_time, update_time, validate_only, on_conflict, retry_of_import_id, \
+             invitations) \
+             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, $5, $7, $8, $9, $10) \
              RETURNING {IMPORT_COLUMNS}"
         );
         let args = (sql.as_str(), new, micros(SystemTime::now()));
@@ -373,6 +378,7 @@ impl Store for SqliteStore {
                     .bind(new.validate_only)
                     .bind(new.on_conflict.as_str())
                     .bind(new.retry_of.as_ref().map(|id| id.as_str()))
+                    .bind(new.invitations.as_str())
                     .fetch_one(steps.connection())
                     .await?;
                 Import::try_from(row)
@@ -432,11 +438,39 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn send_invitations(
+        &self,
+        account_id: &AccountId,
+        who: Invitees<'_>,
+        resend: bool,
+    ) -> Result<u64, StoreError> {
+        self.write(
+            &(account_id, who, resend),
+            |mut steps, &(account_id, who, resend)| {
+                Box::pin(
+                    async move { invitations::send(&mut steps, account_id, who, resend).await },
+                )
+            },
+        )
+        .await
+    }
+
+    async fn accept_invitation(
+        &self,
+        account_id: &AccountId,
+        email: &str,
+    ) -> Result<bool, StoreError> {
+        self.write(&(account_id, email), |mut steps, &(account_id, email)| {
+            Box::pin(async move { invitations::accept(&mut steps, account_id, email).await })
+        })
+        .await
+    }
+
     /// `update_time` is NULL for a user never updated: it reads as its create time.
     async fn list_users(
         &self,
         account_id: &AccountId,
-        import: Option<ImportKey>,
+        filter: UserFilter<'_>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredUser>, StoreError> {
@@ -445,7 +479,7 @@ impl Store for SqliteStore {
             // Stored as microseconds already.
             |time| time.to_owned(),
             account_id,
-            import,
+            filter,
             after,
             limit,
         )

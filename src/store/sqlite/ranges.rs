@@ -120,7 +120,8 @@ pub(super) async fn delete_reverted(
     for (first, last) in ranges(conn, key).await? {
         removed += sqlx::query(
             "DELETE FROM users WHERE rowid BETWEEN $1 AND $2 AND import_key = $3 \
-             AND (updated_by IS NULL OR updated_by = $3)",
+             AND (updated_by IS NULL OR updated_by = $3) \
+             AND coalesce(invitation_state, '') <> 'ACCEPTED'",
         )
         .bind(first)
         .bind(last)

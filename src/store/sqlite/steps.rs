@@ -22,7 +22,7 @@ use crate::store::codec::{ImportRow, format_columns, micros};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
 use crate::store::plan::{Known, Mode, Plan};
-use crate::store::steps::{Param, RevertState, Steps};
+use crate::store::steps::{Dialect, Param, RevertState, Steps};
 use crate::store::{BatchTarget, Conclusion, Guard, StoreError};
 
 /// SQLite allows 32,766 bound values per statement: 7 per row error, 9 per failed row.
@@ -163,6 +163,10 @@ impl Steps for SqliteSteps<'_> {
     }
 
     /// Nothing to tell: no other server runs on this file, and watchers here poll.
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
     async fn changed(&mut self, _keys: &[ImportKey]) -> Result<(), StoreError> {
         Ok(())
     }
