@@ -102,11 +102,13 @@ fn refused(error: clap::Error) -> std::process::ExitCode {
     }
 }
 
-/// Logging for `serve`: `RUST_LOG` when set (`info` otherwise), as text or as one JSON object
+/// Logging for `serve`: `RUST_LOG` when set (`info,h2=error` otherwise), as text or as one JSON object
 /// per line (`--log-format json`, for log collectors).
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // h2 warns once per connection that resets streams too fast, which a flood turns into
+        // tens of thousands of lines; the server's own lines about floods are throttled.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=error"));
     // Colour only for a person at a terminal: not in files, pipes, or log collectors.
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
@@ -133,13 +135,31 @@ fn flat_malloc() {
 }
 
 /// A client command whose output goes to a pipe that closes early (`bulk-import users | head`)
-/// ends quietly, as Unix tools do, rather than panicking on the failed write: the default
-/// action of SIGPIPE, which Rust's runtime ignores, is restored. Not for `serve`, which must
-/// survive a client that goes away.
+/// ends quietly, as Unix tools do, rather than with a panic's message: the failed write to
+/// stdout ends the process by SIGPIPE, as theirs. SIGPIPE stays ignored until then (Rust's
+/// default) rather than restored at start: restoring its
+/// default action also killed the client, with exit 141 and no word, when a server closed the
+/// connection under a write (a server at its connection limit does), which broke the
+/// documented exit codes.
 fn quiet_broken_pipe() {
-    #[cfg(unix)]
-    // SAFETY: `signal` only sets the signal's disposition, to its default; no handler runs.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            #[cfg(unix)]
+            // SAFETY: `signal` sets SIGPIPE's disposition to its default and `raise` sends it
+            // to this process, which it ends; no handler runs.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

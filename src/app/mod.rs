@@ -79,6 +79,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// See [`KEEPALIVE_INTERVAL`]: a peer gone without a word is found within about 40 s, and
 /// its calls end.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest header list a request may have (HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`):
+/// 8 KiB, half of hyper's default; larger is refused with HTTP 431.
+const MAX_HEADER_BYTES: u32 = 8 * 1024;
+
 /// After uploads ended, how long other requests (watchers) get before the server stops.
 ///
 /// Short, because uploads had their own grace before it: what remains are reads and
@@ -266,6 +270,9 @@ impl Application {
             // the streams that need no token in `grpc::streams`, requests whose message has not
             // arrived in `grpc::pending`.
             .max_concurrent_streams(Some(self.args.max_streams_per_connection.max(1)))
+            // A request's headers: a token and a few metadata entries need far less. Each
+            // pending request keeps its headers, so this bounds what thousands of them cost.
+            .http2_max_header_list_size(MAX_HEADER_BYTES)
             .layer(StreamsWithoutToken::new(self.args.max_health_watchers))
             .layer(PendingRequests::new(
                 self.args.max_pending_requests_per_connection,

@@ -83,6 +83,39 @@ fn url(server: &str, connection: &ConnectionArgs) -> String {
     }
 }
 
+/// Refuses a `--server` that is not `http(s)://host:port` with nothing else: a missing port
+/// (which would mean 80 or 443, never this service's), a port out of range, a path, user
+/// information, a stray space. A usage error (64), naming what to write.
+fn check_server(server: &str, url: &str) -> Result<(), CliError> {
+    let refuse = |why: &str| {
+        Err(CliError::usage(format!(
+            "--server '{server}' {why}: give host:port, http://host:port or https://host:port, \
+             such as 127.0.0.1:50051 or https://imports.example:50051"
+        )))
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return refuse("is not a gRPC address");
+    }
+    if server.trim() != server || server.is_empty() {
+        return refuse("has spaces around it");
+    }
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return refuse("is not an address");
+    };
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        return refuse("holds user information");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return refuse("has a path");
+    }
+    match uri.port_u16() {
+        None => refuse("has no port"),
+        Some(0) => refuse("has port 0"),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Connects to `server`: with TLS when a CA is given or the URL is `https://`, with a client
 /// certificate when one is given, and with the bearer token when there is one.
 ///
@@ -102,10 +135,13 @@ pub async fn connect(server: &str, connection: &ConnectionArgs) -> Result<Client
     let bearer = Bearer::new(connection.token.as_deref())
         .ok_or_else(|| CliError::usage("the token must be printable ASCII (--token)"))?;
     let url = url(server, connection);
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    check_server(server, &url)?;
+    if url.starts_with("http://") && (connection.tls_ca.is_some() || connection.tls_cert.is_some())
+    {
+        // tonic would connect in plaintext and send the token in the clear.
         return Err(CliError::usage(format!(
-            "--server '{server}' is not a gRPC address: give host:port, http://host:port or \
-             https://host:port, such as 127.0.0.1:50051 or https://imports.example:50051"
+            "--server '{server}' is plaintext (http://), but TLS flags are given (--tls-ca, \
+             --tls-cert, or BULK_IMPORT_CLIENT_TLS_*): use https://, or drop them"
         )));
     }
     let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| {

@@ -200,7 +200,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "BULK_IMPORT_MAX_PENDING_REQUESTS_PER_CONNECTION",
-        default_value_t = 8,
+        default_value_t = 4,
         value_parser = limit::at_least_one::<usize>
     )]
     pub max_pending_requests_per_connection: usize,
@@ -209,7 +209,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "BULK_IMPORT_MAX_PENDING_REQUESTS",
-        default_value_t = 2048,
+        default_value_t = 1024,
         value_parser = limit::at_least_one::<usize>
     )]
     pub max_pending_requests: usize,

@@ -81,13 +81,14 @@ pub fn upload_event(
                 super::MAX_MESSAGE_BYTES / (1024 * 1024)
             ),
         )),
+        // `grpc::pending`'s answer to a first message that did not come in time.
+        tonic::Code::DeadlineExceeded => StreamError::Stalled(status.message().to_owned()),
         // Whatever else ends a stream early is the transport's: the client went away, the
-        // connection broke, a deadline passed.
+        // connection broke.
         tonic::Code::Ok
         | tonic::Code::Cancelled
         | tonic::Code::Unknown
         | tonic::Code::InvalidArgument
-        | tonic::Code::DeadlineExceeded
         | tonic::Code::NotFound
         | tonic::Code::AlreadyExists
         | tonic::Code::PermissionDenied

@@ -363,7 +363,8 @@ async fn the_client_ignores_the_server_s_tls_variables() {
     assert_eq!(listed.code, 0, "{}", listed.err);
     // Its own variables it does read: a CA file that is not there is an error naming it.
     let client_env = [("BULK_IMPORT_CLIENT_TLS_CA", missing)];
-    let refused = bulk_import_with(Some(&server), "list", &[], &client_env).await;
+    let tls_server = format!("https://{}", app.addr);
+    let refused = bulk_import_with(Some(&tls_server), "list", &[], &client_env).await;
     assert_eq!(refused.code, 1, "{}", refused.out);
     assert!(refused.err.contains("absent.pem"), "{}", refused.err);
 }

@@ -46,11 +46,7 @@ async fn usage_errors_exit_64() {
     // A --server that is no address: found after clap, still a usage error.
     let ran = bulk_import(Some("http://bad host"), "list", &[]).await;
     assert_eq!(ran.code, 64, "{}", ran.err);
-    assert!(
-        ran.err.contains("give one like 127.0.0.1:50051"),
-        "{}",
-        ran.err
-    );
+    assert!(ran.err.contains("give host:port"), "{}", ran.err);
     for asked in [["--help"], ["--version"]] {
         let ran = run_bare(&asked).await;
         assert_eq!(ran.code, 0, "{asked:?}");
@@ -373,4 +369,57 @@ async fn tls_files_without_a_certificate_or_key_are_named() {
     .await;
     assert_eq!(ran.code, 1, "{}", ran.err);
     assert!(ran.err.contains("holds no private key"), "{}", ran.err);
+}
+
+/// A server that accepts and closes at once (as one whose queue of connections that have not
+/// spoken is full does) is an error with exit 1, never a death by SIGPIPE (exit 141, no word).
+/// (Output into a pipe that closes early still ends quietly: `cli::output_to_a_closed_pipe`.)
+#[tokio::test]
+async fn a_connection_closed_under_a_write_is_an_error_not_a_signal() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closer = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            drop(tcp);
+        }
+    });
+    let server = format!("http://{addr}");
+    for command in ["list", "get"] {
+        let args: &[&str] = if command == "get" { &["some-id"] } else { &[] };
+        let ran = bulk_import(Some(&server), command, args).await;
+        assert_eq!(ran.code, 1, "{command}: {}", ran.err);
+        assert!(ran.err.starts_with("error: "), "{}", ran.err);
+    }
+    closer.abort();
+}
+
+/// A `--server` that is not `http(s)://host:port` with nothing else is a usage error naming
+/// what to write, and so is a plaintext `http://` server with TLS flags (which would send the
+/// token in the clear).
+#[tokio::test]
+async fn servers_that_are_not_host_and_port_are_usage_errors() {
+    for server in [
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "127.0.0.1:99999",
+        "http://127.0.0.1:50051/imports",
+        "http://someone@127.0.0.1:50051",
+        " 127.0.0.1:50051",
+    ] {
+        let ran = bulk_import(Some(server), "list", &[]).await;
+        assert_eq!(ran.code, 64, "{server}: {}", ran.err);
+        assert!(ran.err.contains("give host:port"), "{server}: {}", ran.err);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "cas");
+    let ca = dir.path().join("cas-ca.pem");
+    let ran = bulk_import(
+        Some("http://127.0.0.1:50051"),
+        "list",
+        &["--tls-ca", ca.to_str().unwrap()],
+    )
+    .await;
+    drop(pki);
+    assert_eq!(ran.code, 64, "{}", ran.err);
+    assert!(ran.err.contains("use https://"), "{}", ran.err);
 }

@@ -254,9 +254,14 @@ async fn raw_h2(addr: &str) -> h2::client::SendRequest<bytes::Bytes> {
 
 /// A unary call's request whose message never comes: its HEADERS, without END_STREAM.
 fn half_open(addr: &str) -> http::Request<()> {
+    half_open_on(addr, "/grpc.health.v1.Health/Check")
+}
+
+/// A request to `path` whose message never comes.
+fn half_open_on(addr: &str, path: &str) -> http::Request<()> {
     http::Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
@@ -394,4 +399,57 @@ async fn requests_whose_message_never_comes_are_bounded_and_ended() {
         after < baseline + 8 * 1024 * 1024,
         "RSS stayed at {after} after, from {baseline}"
     );
+}
+
+/// Uploads whose first message (the metadata) never comes are pending requests like any
+/// other: each connection's own places, then the shared ones, then RESOURCE_EXHAUSTED at once;
+/// the held ones end with DEADLINE_EXCEEDED after `--request-message-timeout`, not after the
+/// upload's idle timeout (a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_whose_metadata_never_comes_are_pending_requests() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let server = Server::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_bulk-import")),
+        &database.url,
+        &[
+            "--max-pending-requests-per-connection",
+            "2",
+            "--max-pending-requests",
+            "1",
+            "--request-message-timeout",
+            "1s",
+        ],
+        None,
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut client = raw_h2(&addr).await.ready().await.unwrap();
+    let (mut responses, mut senders) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    for _ in 0..5 {
+        client = client.ready().await.unwrap();
+        let upload = half_open_on(&addr, "/bulkimport.v1.ImportService/UploadImport");
+        let (response, send) = client.send_request(upload, false).unwrap();
+        senders.push(send);
+        responses.push(tokio::spawn(async move {
+            grpc_status(response.await.unwrap()).await
+        }));
+    }
+    let mut codes = Vec::new();
+    for response in responses {
+        let code = tokio::time::timeout(Duration::from_secs(20), response)
+            .await
+            .expect("every upload is answered")
+            .unwrap();
+        codes.push(code.unwrap_or_default());
+    }
+    codes.sort();
+    // 2 own places and 1 shared held, then ended; 2 refused at once.
+    assert_eq!(codes, ["4", "4", "4", "8", "8"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(senders);
 }

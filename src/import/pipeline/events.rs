@@ -56,6 +56,9 @@ pub enum StreamError {
     /// The stream broke: the client went away, or the network failed. The detail is
     /// tonic's message.
     Transport(String),
+    /// The first message did not arrive whole in time (`--request-message-timeout`, checked by
+    /// `grpc::pending` before the upload had its metadata): DEADLINE_EXCEEDED.
+    Stalled(String),
 }
 
 /// Reads the first message, which must be the metadata. Before it, there is no import to
@@ -77,6 +80,7 @@ where
         .into()),
         Some(Err(StreamError::Invalid(e))) => Err(e.into()),
         Some(Err(StreamError::Transport(e))) => Err(ImportError::StreamBroke(e)),
+        Some(Err(StreamError::Stalled(e))) => Err(ImportError::RequestStalled(e)),
         None => Err(
             ArgumentError::new("metadata", "the upload ended before its metadata message").into(),
         ),

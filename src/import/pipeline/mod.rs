@@ -273,7 +273,10 @@ impl<'a> Upload<'a> {
                         ),
                     )),
                     Some(Err(StreamError::Invalid(e))) => Cause::Protocol(e),
-                    Some(Err(StreamError::Transport(e))) => Cause::Broken(e),
+                    // Only the first message is timed so: after it, it cannot come.
+                    Some(Err(StreamError::Transport(e) | StreamError::Stalled(e))) => {
+                        Cause::Broken(e)
+                    }
                 };
             }
             // Only bytes of the file keep an upload alive: empty chunks every few seconds do
@@ -308,7 +311,9 @@ impl<'a> Upload<'a> {
                     "metadata may only be the first message of an upload",
                 ))),
                 Some(Err(StreamError::Invalid(e))) => Err(Cause::Protocol(e)),
-                Some(Err(StreamError::Transport(e))) => Err(Cause::Broken(e)),
+                Some(Err(StreamError::Transport(e) | StreamError::Stalled(e))) => {
+                    Err(Cause::Broken(e))
+                }
                 None => Err(match self.reader.check_content() {
                     Err(ReadError::Intake(e @ IntakeError::NotCsv { .. })) => Cause::NotCsv(e),
                     // Content that may be CSV, cut short before its finish message.

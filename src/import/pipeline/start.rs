@@ -27,7 +27,13 @@ where
     S: Stream<Item = Result<UploadEvent, StreamError>> + Unpin,
 {
     let new = metadata(ctx, events).await.inspect_err(|e| {
-        tracing::info!(created_by = caller.name(), reason = %e, "upload refused");
+        // Before its metadata an upload names no account: a stream opened and dropped costs a
+        // client nothing, so these lines are throttled (one a second, with the count left out)
+        // lest a flood of them fill the log.
+        static BEFORE_METADATA: crate::audit::Throttle = crate::audit::Throttle::new();
+        BEFORE_METADATA.warn(|suppressed| {
+            tracing::info!(created_by = caller.name(), reason = %e, suppressed, "upload refused");
+        });
     })?;
     // Before anything else, and before a byte of the file is read: the same check as every
     // other request's (`grpc::auth::scoped`).
