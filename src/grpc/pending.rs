@@ -18,10 +18,13 @@
 //!   per_connection + shared` are held: with the defaults 512 × 4 + 1,024 = 3,072, about
 //!   10 KB each with plain headers, up to about 45 KB with headers at their limit (measured);
 //! - a request's message must arrive whole within `--request-message-timeout` of its headers;
-//!   then the call ends with DEADLINE_EXCEEDED and gives its place back.
+//!   then the call ends with DEADLINE_EXCEEDED and gives its place back;
+//! - a unary call keeps its place until the client has taken its answer (`Answering`): a
+//!   client that never reads (its flow-control window at 0) would otherwise leave every answer
+//!   buffered in the server, without bound.
 //!
-//! Uploads (`UploadImport`, a stream with its own idle timeout) and reflection (a
-//! bidirectional stream, capped with the health watches in `grpc::streams`) are not counted.
+//! An upload is pending until its first message (the metadata) has arrived; reflection (a
+//! bidirectional stream, capped with the health watches in `grpc::streams`) is not counted.
 //! A tower layer before every service, as `grpc::streams`: it sees the request before any
 //! service allocates for it, and health and reflection, not this crate's code, need no change.
 
@@ -53,6 +56,18 @@ const STREAMED: [&str; 2] = [
 /// `--upload-idle-timeout`). Without this, streams that never sent their metadata were
 /// counted nowhere and lived a minute each: 64,000 of them took 770 MB.
 const UPLOAD: &str = "/bulkimport.v1.ImportService/UploadImport";
+
+/// The calls whose answer is a stream for as long as it lasts (or, for the upload, comes at
+/// its end): their place goes once their request message arrived, since each is bounded by
+/// its own limit (`--max-watchers`, `--max-health-watchers`, `--max-concurrent-uploads`) and
+/// a report is fed through a small channel. Every other call holds its place until the
+/// client has taken its answer.
+const LONG_ANSWERS: [&str; 4] = [
+    "/bulkimport.v1.ImportService/WatchImport",
+    "/bulkimport.v1.ImportService/GetImportErrorReport",
+    "/grpc.health.v1.Health/Watch",
+    UPLOAD,
+];
 
 /// The layer: the pending requests of each connection and of the shared pool, with the limits.
 #[derive(Clone)]
@@ -194,24 +209,26 @@ impl<S, B> Service<http::Request<B>> for Pending<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        S::Future,
-        std::future::Ready<Result<http::Response<Body>, S::Error>>,
-    >;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if STREAMED.contains(&request.uri().path()) {
-            return futures::future::Either::Left(self.inner.call(request.map(Body::new)));
+        let path = request.uri().path();
+        if STREAMED.contains(&path) {
+            return Box::pin(self.inner.call(request.map(Body::new)));
         }
+        // A unary call's place is held until the client has taken its answer too.
+        let answered = !LONG_ANSWERS.contains(&path);
         let Some(place) = self.limit.take(peer(&request)) else {
             let Limits {
                 per_connection,
@@ -219,13 +236,16 @@ where
                 ..
             } = self.limit.limits;
             let refused = Status::from(ImportError::LimitReached(format!(
-                "too many requests whose message has not arrived: this connection has its \
-                 {per_connection} (--max-pending-requests-per-connection) and the server's \
-                 {shared} shared ones are taken (--max-pending-requests); send each request's \
-                 message with its headers, or retry shortly"
+                "too many pending calls (whose message has not arrived, or whose answer was \
+                 not read): this connection has its {per_connection} \
+                 (--max-pending-requests-per-connection) and the server's {shared} shared ones \
+                 are taken (--max-pending-requests); send each request's message with its \
+                 headers and read the answers, or retry shortly"
             )));
-            return futures::future::Either::Right(std::future::ready(Ok(refused.into_http())));
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
+        let place = Arc::new(place);
+        let held = answered.then(|| place.clone());
         let timeout = self.limit.limits.timeout;
         let first = (request.uri().path() == UPLOAD).then(FirstMessage::default);
         let request = request.map(|body| {
@@ -237,7 +257,54 @@ where
                 first,
             })
         });
-        futures::future::Either::Left(self.inner.call(request))
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(match held {
+                Some(place) => response.map(|body| {
+                    Body::new(Answering {
+                        body,
+                        place: Some(place),
+                    })
+                }),
+                None => response,
+            })
+        })
+    }
+}
+
+/// A unary call's answer, holding the call's place until the client has taken all of it.
+///
+/// A client that opens its flow-control window to nothing and never reads leaves every
+/// answer buffered in the server: 64,000 such calls took 650 MB to 1.6 GB, for ever. Held to
+/// its place, an answer nobody reads keeps the others out instead, and the memory stays
+/// within the places' bound.
+struct Answering {
+    body: Body,
+    place: Option<Arc<Place>>,
+}
+
+impl http_body::Body for Answering {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.place = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -258,8 +325,9 @@ fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
 /// it is not whole by its due time.
 struct Arriving {
     body: Body,
-    /// Given back once the request ended (or failed, or was dropped).
-    place: Option<Place>,
+    /// Let go once the request ended (or failed, or was dropped); a unary call's answer
+    /// holds the place further (`Answering`).
+    place: Option<Arc<Place>>,
     due: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
     /// For an upload: how far its first message has come. The place goes, and the deadline

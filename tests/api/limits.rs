@@ -453,3 +453,97 @@ async fn uploads_whose_metadata_never_comes_are_pending_requests() {
     );
     drop(senders);
 }
+
+/// Calls whose answer is never read (the client's flow-control window at 0), 128 on each of
+/// 48 connections: each connection holds its own places and together they hold the shared
+/// ones, the others are refused at once with RESOURCE_EXHAUSTED (a trailers-only answer,
+/// which flow control does not hold back), the memory stays bounded, and a normal client is
+/// served at once meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_nobody_reads_are_bounded() {
+    const CONNECTIONS: usize = 48;
+    const STREAMS: usize = 128;
+    const OWN: usize = 4;
+    const SHARED: usize = 256;
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let server = Server::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_bulk-import")),
+        &database.url,
+        &[
+            "--max-pending-requests-per-connection",
+            &OWN.to_string(),
+            "--max-pending-requests",
+            &SHARED.to_string(),
+        ],
+        None,
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    normal_call(&server.url).await;
+    let baseline = server.rss();
+    let (mut answers, mut clients) = (Vec::new(), Vec::new());
+    for _ in 0..CONNECTIONS {
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        clients.push(client.clone());
+        for _ in 0..STREAMS {
+            client = client.ready().await.unwrap();
+            let check = half_open(&addr);
+            let (answer, mut send) = client.send_request(check, false).unwrap();
+            // A whole request: an empty HealthCheckRequest, then the end.
+            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+                .unwrap();
+            answers.push(tokio::spawn(async move {
+                let answer = answer.await.unwrap();
+                let status = answer
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                // Held: the answer stays unread.
+                (status, answer)
+            }));
+        }
+    }
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for answer in answers {
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .expect("every call gets its headers")
+            .unwrap();
+        match status.as_deref() {
+            Some("8") => refused += 1,
+            None => held.push(answer),
+            Some(other) => panic!("grpc-status {other}"),
+        }
+    }
+    let during = normal_call(&server.url).await;
+    let peak = server.rss();
+    println!(
+        "{} calls never read over {CONNECTIONS} connections: RSS {:.1} MiB before, {:.1} MiB \
+         with them; {} held, {refused} refused; a normal call took {during:?}",
+        CONNECTIONS * STREAMS,
+        baseline as f64 / MIB,
+        peak as f64 / MIB,
+        held.len(),
+    );
+    let places = CONNECTIONS * OWN + SHARED;
+    assert_eq!(
+        (held.len(), refused),
+        (places, CONNECTIONS * STREAMS - places)
+    );
+    assert!(during < Duration::from_secs(1), "{during:?}");
+    assert!(
+        peak < baseline + 32 * 1024 * 1024,
+        "RSS grew from {baseline} to {peak}"
+    );
+    drop((held, clients));
+}
