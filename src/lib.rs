@@ -37,7 +37,7 @@
 //!     start, the reaper);
 //!   - `progress` and `watch`: live views, and `WatchImport` streams; `report`: the fix-up
 //!     file; `retention`: old details removed; `invitations`: `SendInvitations` and
-//!     `AcceptInvitation`; `error`: the layer's errors, into which the store's are mapped
+//!     `AcceptInvitation`; `feed`: the user event feed (`WatchUserEvents`); `error`: the layer's errors, into which the store's are mapped
 //!     once; `template`: the downloadable template;
 //! - [`store`]: persistence behind one trait (`mod.rs`, `types`), its classified errors
 //!   (`error`); the flows both backends follow, written once over the `Steps` each backend
@@ -45,7 +45,8 @@
 //!   record (`record`), dry runs and the SKIP and UPDATE policies (`planned`, with the pure
 //!   planner `plan`), lookups built once for every path (`lookup`), conflicts turned into row
 //!   errors (`conflicts`), the failed rows' cells (`failed`), column codecs (`codec`), shared
-//!   reads (`queries`), invitations (`invitations`, states read through `queries`), the
+//!   reads (`queries`), invitations (`invitations`, states read through `queries`), the user
+//!   event feed's writes, in each change's transaction (`events`), the
 //!   retention's steps (`retention`) and the one-off rekeying of old addresses (`rekey`); one private module
 //!   per backend, `sqlite/` and `postgres/`, each with only what really differs;
 //! - [`grpc`]: thin handlers that start from `auth::scoped`, conversions, the one error

@@ -69,6 +69,47 @@ impl InvitationState {
     }
 }
 
+/// What happened to a user, as the event feed tells it (`WatchUserEvents`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserEventKind {
+    /// Invited: by a SEND import's commit, or by `SendInvitations`.
+    Invited,
+    /// Invited again (`SendInvitations` with `resend`).
+    InvitationResent,
+    /// Changed by an UPDATE import that committed.
+    Updated,
+    /// Removed by a revert.
+    Removed,
+    /// Accepted its invitation.
+    InvitationAccepted,
+}
+
+impl UserEventKind {
+    /// How the kind is stored: the proto's name without its prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserEventKind::Invited => "INVITED",
+            UserEventKind::InvitationResent => "INVITATION_RESENT",
+            UserEventKind::Updated => "UPDATED",
+            UserEventKind::Removed => "REMOVED",
+            UserEventKind::InvitationAccepted => "INVITATION_ACCEPTED",
+        }
+    }
+
+    /// A kind as stored, read back; `None` is a corrupt row.
+    pub fn from_stored(value: &str) -> Option<Self> {
+        [
+            Self::Invited,
+            Self::InvitationResent,
+            Self::Updated,
+            Self::Removed,
+            Self::InvitationAccepted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

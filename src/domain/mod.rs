@@ -30,7 +30,7 @@ pub use import::{
     ConflictPolicy, Counters, Filename, Import, ImportKey, ImportStatus, ImportType, NewImport,
     TextEncoding, TextFormat,
 };
-pub use invitation::{InvitationPolicy, InvitationState};
+pub use invitation::{InvitationPolicy, InvitationState, UserEventKind};
 pub use row_error::{ErrorCode, RowError};
 pub use user::{Column, FailedRow, NewUser, Role};
 

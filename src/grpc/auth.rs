@@ -21,7 +21,7 @@ use tonic::{Request, Status};
 
 use super::convert;
 use crate::auth::Authenticator;
-use crate::domain::{Caller, Scope};
+use crate::domain::{AccountId, Caller, Scope};
 use crate::import::ImportError;
 use crate::proto;
 
@@ -93,6 +93,41 @@ pub fn scoped<T: NamesAccount>(request: Request<T>) -> Result<(Scope, T), Status
         ImportError::PermissionDenied(account)
     })?;
     Ok((scope, request))
+}
+
+/// The caller and, when the request names one, its account, checked: for the calls whose
+/// empty `account_id` means "every account the token allows" (`WatchUserEvents`).
+pub fn caller_and_account<T: AccountField>(
+    request: Request<T>,
+    rpc: &'static str,
+) -> Result<(Caller, Option<AccountId>, T), Status> {
+    let caller = caller(&request)?;
+    let peer = request.remote_addr();
+    let request = request.into_inner();
+    let account = match request.account_field() {
+        "" => None,
+        id => {
+            let account = convert::account_id(id)?;
+            if !caller.may_act_in(&account) {
+                crate::audit::denied(caller.name(), account.as_str(), rpc, peer);
+                return Err(ImportError::PermissionDenied(account).into());
+            }
+            Some(account)
+        }
+    };
+    Ok((caller, account, request))
+}
+
+/// A request whose `account_id` may be empty (`caller_and_account`).
+pub trait AccountField {
+    /// The account id as the client sent it; empty for every account the token allows.
+    fn account_field(&self) -> &str;
+}
+
+impl AccountField for proto::WatchUserEventsRequest {
+    fn account_field(&self) -> &str {
+        &self.account_id
+    }
 }
 
 /// A request that names the account it acts in.

@@ -22,6 +22,7 @@ use crate::domain::{
     AccountId, ArgumentError, ConflictPolicy, Filename, Import, ImportId, ImportStatus, ImportType,
     InvitationPolicy, InvitationState, NewImport, Role, RowError,
 };
+use crate::import::feed::{Cursor, FeedEvent};
 use crate::import::pipeline::events::{FinishCheck, StreamError, UploadEvent};
 use crate::import::template::Template;
 use crate::proto;
@@ -464,5 +465,64 @@ pub fn user(user: &crate::store::StoredUser) -> proto::User {
         invitation_state: proto_state(user.invitation_state) as i32,
         invite_time: user.invite_time.map(timestamp),
         invitations_sent: user.invitations_sent.min(i32::MAX as u32) as i32,
+    }
+}
+
+/// `after_cursor`: empty is the start of the feed; otherwise a `cursor` this server gave:
+/// `1.SEQ`, or `1.SEQ.ROW` within a commit's invitations.
+pub fn cursor(value: &str) -> Result<Cursor, ArgumentError> {
+    if value.is_empty() {
+        return Ok(Cursor::default());
+    }
+    let number = |part: &str| part.parse::<i64>().ok().filter(|n| *n >= 0);
+    value
+        .strip_prefix(CURSOR_PREFIX)
+        .and_then(|rest| match rest.split_once('.') {
+            None => Some(Cursor {
+                seq: number(rest)?,
+                row: None,
+            }),
+            Some((seq, row)) => Some(Cursor {
+                seq: number(seq)?,
+                row: Some(number(row)?),
+            }),
+        })
+        .filter(|cursor| cursor.seq > 0 || cursor.row.is_none())
+        .ok_or_else(|| {
+            ArgumentError::new(
+                "after_cursor",
+                "after_cursor is not a cursor of this feed: give the `cursor` of an event it \
+                 sent, or nothing to start from the oldest event kept",
+            )
+        })
+}
+
+/// What starts every cursor: a version, so that the form can change.
+const CURSOR_PREFIX: &str = "1.";
+
+/// An event of the feed as `WatchUserEvents` sends it. The `event_id` is the event's place
+/// in the feed, which never changes: a follower de-duplicates on it.
+pub fn user_event(feed: &FeedEvent) -> proto::UserEvent {
+    use crate::domain::UserEventKind;
+    let event = &feed.event;
+    let place = match feed.cursor.row {
+        None => format!("{}", feed.cursor.seq),
+        Some(row) => format!("{}.{row}", feed.cursor.seq),
+    };
+    let kind = match event.kind {
+        UserEventKind::Invited => proto::UserEventType::Invited,
+        UserEventKind::InvitationResent => proto::UserEventType::InvitationResent,
+        UserEventKind::Updated => proto::UserEventType::Updated,
+        UserEventKind::Removed => proto::UserEventType::Removed,
+        UserEventKind::InvitationAccepted => proto::UserEventType::InvitationAccepted,
+    };
+    proto::UserEvent {
+        cursor: format!("{CURSOR_PREFIX}{place}"),
+        event_id: format!("ue-{place}"),
+        r#type: kind as i32,
+        account_id: event.account_id.clone(),
+        import_id: event.import_id.clone(),
+        user: Some(user(&event.user)),
+        event_time: Some(timestamp(event.event_time)),
     }
 }

@@ -62,6 +62,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchImportResponse, 
 type ReportStream =
     Pin<Box<dyn Stream<Item = Result<proto::GetImportErrorReportResponse, Status>> + Send>>;
 
+/// `WatchUserEvents`' answer, boxed for the same reason as [`WatchStream`].
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::UserEvent, Status>> + Send>>;
+
 /// What a revert did, in words: the note it left on the import (which says, when it removed
 /// nothing, why); a later revert quotes the first one's note and says it removed nothing now.
 fn revert_message(reverted: &crate::store::Reverted) -> String {
@@ -382,5 +385,25 @@ impl ImportService for ImportServiceImpl {
         Ok(Response::new(proto::AcceptInvitationResponse {
             user: Some(convert::user(&user)),
         }))
+    }
+
+    /// The feed's events, one message each.
+    type WatchUserEventsStream = EventStream;
+
+    /// `WatchUserEvents`: the stored events after `after_cursor`, then the new ones as they
+    /// commit. An empty `account_id` follows every account the token allows.
+    async fn watch_user_events(
+        &self,
+        request: Request<proto::WatchUserEventsRequest>,
+    ) -> Result<Response<Self::WatchUserEventsStream>, Status> {
+        let (caller, account, req) = auth::caller_and_account(request, "WatchUserEvents")?;
+        let after = convert::cursor(&req.after_cursor)?;
+        let events = self.importer.user_events(caller, account, after)?;
+        let stream = events.map(|event| {
+            event
+                .map(|event| convert::user_event(&event))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -38,6 +38,7 @@ pub mod decoder;
 pub mod delimiter;
 pub mod ending;
 pub mod error;
+pub mod feed;
 mod invitations;
 pub mod parser;
 pub mod pipeline;

@@ -18,7 +18,7 @@
 
 use super::steps::{Param, Steps};
 use super::{Conclusion, Guard, StoreError};
-use crate::domain::{Import, ImportKey};
+use crate::domain::{Import, ImportKey, InvitationPolicy};
 
 /// Stores `conclusion` for import `key` if `guard` holds; `NotProcessing` otherwise, with
 /// nothing changed.
@@ -39,6 +39,11 @@ pub(crate) async fn conclude<S: Steps + ?Sized>(
         undo(steps, key).await?;
     }
     forget(steps, key).await?;
+    if import.status.is_completed() && !import.validate_only {
+        // What the commit tells the feed, in its transaction.
+        let invites = import.invitations == InvitationPolicy::Send;
+        super::events::at_commit(steps, key, invites).await?;
+    }
     steps.changed(&[key]).await?;
     Ok(import)
 }

@@ -37,8 +37,9 @@ pub(crate) async fn send<S: Steps + ?Sized>(
         Param::Int(who.import.unwrap_or(-1)),
         Param::Text(who.email.unwrap_or("")),
     ];
-    // The imports' counts first, while the users are still HELD.
+    // The imports' counts and the feed's events first, while the users are still HELD.
     steps.execute(&statements.count_held, &params).await?;
+    super::events::invitations(steps, &params, resend).await?;
     let sql = if resend {
         &statements.send_again
     } else {
@@ -56,7 +57,11 @@ pub(crate) async fn accept<S: Steps + ?Sized>(
 ) -> Result<bool, StoreError> {
     let statements = Statements::of(steps.dialect());
     let params = [Param::Text(account_id.as_str()), Param::Text(email)];
-    Ok(steps.execute(&statements.accept, &params).await? == 1)
+    if steps.execute(&statements.accept, &params).await? != 1 {
+        return Ok(false);
+    }
+    super::events::accepted(steps, &params).await?;
+    Ok(true)
 }
 
 /// The statements, built once per dialect from the shared rule.

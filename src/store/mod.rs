@@ -65,6 +65,7 @@ mod codec;
 mod conflicts;
 mod ending;
 pub mod error;
+mod events;
 mod failed;
 mod invitations;
 mod lookup;
@@ -90,9 +91,9 @@ use async_trait::async_trait;
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 pub use error::{Fault, Outage, StoreError};
 pub use types::{
-    BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Guard,
-    ImportCursor, LifeSign, OpenOptions, Processing, Removed, Reverted, StoredRowError, StoredUser,
-    UserFilter,
+    BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, FeedRow, Guard,
+    ImportCursor, InvitedUser, LifeSign, OpenOptions, Processing, Removed, Reverted, StoredEvent,
+    StoredRowError, StoredUser, UserFilter,
 };
 
 /// The store as the import layer sees it, behind an `Arc<dyn Store>` chosen by [`open`].
@@ -228,6 +229,24 @@ pub trait Store: Send + Sync + 'static {
         account_id: &AccountId,
         email: &str,
     ) -> Result<bool, StoreError>;
+
+    /// The user feed's rows after `after` (a `seq`; 0 for all that are kept), in order, at
+    /// most `limit`; only `account`'s when given.
+    async fn user_events(
+        &self,
+        account: Option<&AccountId>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<FeedRow>, StoreError>;
+
+    /// The users import `key`'s commit invited (`FeedRow::InvitedAtCommit`), after file row
+    /// `after_row`, in file order, at most `limit`, each with its row.
+    async fn invited_at_commit(
+        &self,
+        key: ImportKey,
+        after_row: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, InvitedUser)>, StoreError>;
 
     /// The account's users (of completed imports), by email, after `after`; only those the
     /// filter lets by.

@@ -13,8 +13,11 @@
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::codec::{ImportRow, RowErrorColumns, from_micros};
-use super::{FailedCells, ImportCursor, StoreError, StoredRowError, StoredUser, UserFilter};
-use crate::domain::{AccountId, Import, ImportId, ImportKey, InvitationState, Role};
+use super::{
+    FailedCells, FeedRow, ImportCursor, InvitedUser, StoreError, StoredEvent, StoredRowError,
+    StoredUser, UserFilter,
+};
+use crate::domain::{AccountId, Import, ImportId, ImportKey, InvitationState, Role, UserEventKind};
 
 /// One import by account and id (the unique key of `imports`); `None` when there is none.
 /// `columns` is the backend's `IMPORT_COLUMNS`.
@@ -326,4 +329,167 @@ where
         .fetch_all(executor)
         .await?;
     Ok(keys.into_iter().map(|(key,)| key).collect())
+}
+
+/// An event row as `user_events` selects it (times in microseconds).
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    seq: i64,
+    account_id: String,
+    import_id: String,
+    r#type: String,
+    email: String,
+    first_name: String,
+    last_name: String,
+    role: String,
+    job_title: String,
+    external_id: Option<String>,
+    user_import_id: String,
+    user_create_time: i64,
+    user_update_time: i64,
+    invitation_state: String,
+    invite_time: Option<i64>,
+    invitations_sent: i64,
+    event_time: i64,
+    import_key: Option<i64>,
+}
+
+/// The feed's rows after `after`, in order, at most `limit`; only `account`'s when given.
+pub(crate) async fn user_events<'c, DB: Database>(
+    executor: impl Executor<'c, Database = DB>,
+    micros: fn(&str) -> String,
+    account: Option<&AccountId>,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<FeedRow>, StoreError>
+where
+    for<'r> EventRow: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+{
+    let sql = format!(
+        "SELECT seq, account_id, import_id, type, email, first_name, last_name, role, \
+         job_title, external_id, user_import_id, {created} AS user_create_time, \
+         {updated} AS user_update_time, invitation_state, {invited} AS invite_time, \
+         invitations_sent, {at} AS event_time, import_key FROM user_events \
+         WHERE seq > $1 AND ($2 = '' OR account_id = $2) ORDER BY seq LIMIT $3",
+        created = micros("user_create_time"),
+        updated = micros("user_update_time"),
+        invited = micros("invite_time"),
+        at = micros("event_time"),
+    );
+    let rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(after)
+        .bind(account.map_or("", AccountId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(executor)
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            let corrupt = |what: &str| StoreError::Corrupt(format!("event {}: {what}", row.seq));
+            if row.r#type == "INVITED_AT_COMMIT" {
+                return Ok(FeedRow::InvitedAtCommit {
+                    seq: row.seq,
+                    import_key: row.import_key.ok_or_else(|| corrupt("import_key"))?,
+                    account_id: row.account_id,
+                    import_id: row.import_id,
+                    event_time: from_micros(row.event_time),
+                });
+            }
+            Ok(FeedRow::Event(StoredEvent {
+                seq: row.seq,
+                kind: UserEventKind::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
+                user: StoredUser {
+                    role: Role::from_stored(&row.role).ok_or_else(|| corrupt("role"))?,
+                    invitation_state: InvitationState::from_stored(&row.invitation_state)
+                        .ok_or_else(|| corrupt("invitation_state"))?,
+                    email: row.email,
+                    first_name: row.first_name,
+                    last_name: row.last_name,
+                    job_title: row.job_title,
+                    external_id: row.external_id,
+                    import_id: row.user_import_id,
+                    create_time: from_micros(row.user_create_time),
+                    update_time: from_micros(row.user_update_time),
+                    invite_time: row.invite_time.map(from_micros),
+                    invitations_sent: row.invitations_sent.clamp(0, i64::from(u32::MAX)) as u32,
+                },
+                account_id: row.account_id,
+                import_id: row.import_id,
+                event_time: from_micros(row.event_time),
+            }))
+        })
+        .collect()
+}
+
+/// A user an INVITED_AT_COMMIT row tells of, as `invited_at_commit` selects it.
+type InvitedColumns = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+);
+
+/// The users import `key` created, after file row `after_row`, in file order, at most
+/// `limit`: those still there, and those a revert removed since (from their REMOVED events).
+/// Each with its row; the caller makes them INVITED as the commit left them.
+pub(crate) async fn invited_at_commit<'c, DB: Database>(
+    executor: impl Executor<'c, Database = DB>,
+    micros: fn(&str) -> String,
+    key: ImportKey,
+    after_row: i64,
+    limit: u32,
+) -> Result<Vec<(i64, InvitedUser)>, StoreError>
+where
+    for<'r> InvitedColumns: FromRow<'r, DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+{
+    let sql = format!(
+        "SELECT source_row, email, first_name, last_name, role, job_title, external_id, c, m \
+         FROM (SELECT u.source_row, u.email, u.first_name, u.last_name, u.role, u.job_title, \
+         u.external_id, {created} AS c, {updated} AS m FROM users u \
+         WHERE u.import_key = $1 AND u.source_row > $2 \
+         UNION ALL SELECT e.source_row, e.email, e.first_name, e.last_name, e.role, \
+         e.job_title, e.external_id, {removed_created} AS c, {removed_updated} AS m \
+         FROM user_events e WHERE e.type = 'REMOVED' AND e.import_key = $1 \
+         AND e.source_row > $2) x ORDER BY source_row LIMIT $3",
+        created = micros("u.create_time"),
+        updated = micros("coalesce(u.update_time, u.create_time)"),
+        removed_created = micros("e.user_create_time"),
+        removed_updated = micros("e.user_update_time"),
+    );
+    let rows: Vec<InvitedColumns> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .bind(after_row)
+        .bind(i64::from(limit))
+        .fetch_all(executor)
+        .await?;
+    rows.into_iter()
+        .map(
+            |(row, email, first_name, last_name, role, job_title, external_id, c, m)| {
+                let role = Role::from_stored(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("user {email}: role '{role}'")))?;
+                Ok((
+                    row,
+                    InvitedUser {
+                        email,
+                        first_name,
+                        last_name,
+                        role,
+                        job_title,
+                        external_id,
+                        create_time: from_micros(c),
+                        update_time: from_micros(m),
+                    },
+                ))
+            },
+        )
+        .collect()
 }

@@ -42,6 +42,8 @@ pub(crate) async fn revert<S: Steps + ?Sized>(
                 return Err(StoreError::BeingUpdated(import_id));
             }
             let accepted = steps.count(ACCEPTED, &[Param::Int(key)]).await?;
+            // The feed is told of each user before it goes, in this transaction.
+            super::events::removed(steps, key).await?;
             (
                 steps.delete_reverted(key).await?,
                 Kept { updated, accepted },

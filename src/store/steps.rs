@@ -116,8 +116,13 @@ pub(crate) trait Steps: Send {
     async fn changed(&mut self, keys: &[ImportKey]) -> Result<(), StoreError>;
 
     /// The backend's dialect, for the few shared statements that must name the current time
-    /// in a time column (`invitations`).
+    /// in a time column (`invitations`, `events`).
     fn dialect(&self) -> Dialect;
+
+    /// Takes the user event feed's turn, until this transaction ends (`events`): on
+    /// PostgreSQL an advisory lock, so that transactions that write events commit in the order
+    /// of their events' `seq`; SQLite's one writer has that order already.
+    async fn events_turn(&mut self) -> Result<(), StoreError>;
 
     // Reverts.
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::domain::{
     AccountId, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, InvitationState, Role,
-    RowError, TextFormat,
+    RowError, TextFormat, UserEventKind,
 };
 
 /// What writing one batch did.
@@ -347,4 +347,63 @@ pub struct UserFilter<'a> {
     pub state: Option<InvitationState>,
     /// Only the user with this stored address (a mailbox key).
     pub email: Option<&'a str>,
+}
+
+/// One event of the user feed (`Store::user_events`), with the user as the change left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Its place in the feed: every later event has a larger one.
+    pub seq: i64,
+    /// The account of the user.
+    pub account_id: String,
+    /// The import that made the change (for an invitation sent or accepted, the user's).
+    pub import_id: String,
+    /// What happened.
+    pub kind: UserEventKind,
+    /// The user as the change left it (as it was, for a removal).
+    pub user: StoredUser,
+    /// When the change committed.
+    pub event_time: SystemTime,
+}
+
+/// A row of the user feed as stored: an event, or a SEND import's commit, which stands for
+/// one INVITED event per user it created (`Store::invited_at_commit` reads them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedRow {
+    /// One event.
+    Event(StoredEvent),
+    /// A SEND import's commit.
+    InvitedAtCommit {
+        /// Its place in the feed.
+        seq: i64,
+        /// The import.
+        import_key: ImportKey,
+        /// Its account.
+        account_id: String,
+        /// Its id.
+        import_id: String,
+        /// When it committed: when its users were invited.
+        event_time: SystemTime,
+    },
+}
+
+/// A user an import's commit invited, as it is now (or was when a revert removed it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvitedUser {
+    /// As stored: the normalised address.
+    pub email: String,
+    /// The first name.
+    pub first_name: String,
+    /// The last name.
+    pub last_name: String,
+    /// The role.
+    pub role: Role,
+    /// The job title.
+    pub job_title: String,
+    /// The id in the account's own system.
+    pub external_id: Option<String>,
+    /// When the import wrote the user.
+    pub create_time: SystemTime,
+    /// When it last changed.
+    pub update_time: SystemTime,
 }

@@ -7,6 +7,7 @@ mod cli_connect;
 mod correctness;
 mod faults;
 mod features;
+mod feed;
 mod fixtures;
 mod follow_up;
 mod health;

@@ -36,7 +36,7 @@ impl Kind {
                 "retry later",
             ),
             Kind::Watchers => (
-                "WatchImport streams open",
+                "watch streams open (WatchImport, WatchUserEvents)",
                 "--max-watchers",
                 "--max-watchers-per-account",
                 "retry later, or poll GetImport",
@@ -86,6 +86,12 @@ impl Admission {
     /// A place for an upload into `account`, or RESOURCE_EXHAUSTED naming the limit. The
     /// upload holds the place until it has ended, its ending stored or kept.
     pub fn admit(&self, account: &AccountId) -> Result<Admitted, ImportError> {
+        self.admit_key(account.as_str())
+    }
+
+    /// `admit`, counted under `key`: an account id, or `*` for a follower of every account
+    /// its token allows (`WatchUserEvents`).
+    pub fn admit_key(&self, account: &str) -> Result<Admitted, ImportError> {
         let (what, server_flag, account_flag, instead) = self.kind.words();
         let server = self.server.clone().try_acquire_owned().map_err(|_| {
             ImportError::LimitReached(format!(
@@ -94,7 +100,7 @@ impl Admission {
             ))
         })?;
         let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        let running = accounts.entry(account.as_str().to_owned()).or_default();
+        let running = accounts.entry(account.to_owned()).or_default();
         if *running >= self.max_per_account {
             return Err(ImportError::LimitReached(format!(
                 "account '{account}' already has {} {what} on this server, its limit \
@@ -106,7 +112,7 @@ impl Admission {
         Ok(Admitted {
             _server: server,
             accounts: self.accounts.clone(),
-            account: account.as_str().to_owned(),
+            account: account.to_owned(),
         })
     }
 }

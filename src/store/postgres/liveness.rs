@@ -29,6 +29,9 @@ use crate::store::{LifeSign, Processing, StoreError};
 pub(super) const LOCK_NAMESPACE: i64 = 0x4249_4D50;
 /// Second key of the retention's lock (`Steps::retention_turn`): 0, which no owner number is.
 pub(super) const RETENTION_LOCK: i64 = 0;
+/// Second key of the user event feed's turn (`Steps::events_turn`): -1, which no owner number
+/// (drawn from a sequence, from 1) is.
+pub(super) const EVENTS_LOCK: i64 = -1;
 /// How often the owner lock's connection is checked.
 ///
 /// A lost connection is noticed within this, and the lock taken again on a new one.

@@ -41,9 +41,10 @@ use super::codec::ImportRow;
 use super::codec::micros;
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, Guard, ImportCursor,
-    Invitees, Processing, Removed, Reverted, Store, StoreError, StoredRowError, StoredUser,
-    UserFilter, ending, invitations, plan, planned, queries, rekey, retention, revert,
+    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, Guard,
+    ImportCursor, InvitedUser, Invitees, Processing, Removed, Reverted, Store, StoreError,
+    StoredRowError, StoredUser, UserFilter, ending, invitations, plan, planned, queries, rekey,
+    retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::Changes;
@@ -134,6 +135,11 @@ impl PostgresStore {
             tasks: vec![lock_task, listen_task],
         })
     }
+}
+
+/// A `timestamptz` column or expression as the microseconds `codec` reads.
+fn micros_of(time: &str) -> String {
+    format!("(extract(epoch FROM {time}) * 1000000)::bigint")
 }
 
 #[async_trait]
@@ -373,6 +379,24 @@ impl Store for PostgresStore {
         .await;
         self.faults.observe(&accepted);
         accepted
+    }
+
+    async fn user_events(
+        &self,
+        account: Option<&AccountId>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<FeedRow>, StoreError> {
+        queries::user_events(&self.pool, micros_of, account, after, limit).await
+    }
+
+    async fn invited_at_commit(
+        &self,
+        key: ImportKey,
+        after_row: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, InvitedUser)>, StoreError> {
+        queries::invited_at_commit(&self.pool, micros_of, key, after_row, limit).await
     }
 
     async fn list_users(

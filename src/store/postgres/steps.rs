@@ -158,6 +158,15 @@ impl Steps for PgSteps<'_> {
     }
 
     /// A `NOTIFY` per key, delivered to every replica when the transaction commits.
+    async fn events_turn(&mut self) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1::int, $2::int)")
+            .bind(super::liveness::LOCK_NAMESPACE)
+            .bind(super::liveness::EVENTS_LOCK)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }

@@ -43,10 +43,10 @@ use sqlx::{Connection, Sqlite, SqliteConnection};
 use super::codec::{ImportRow, micros};
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, Guard, ImportCursor,
-    Invitees, LifeSign, OpenOptions, Processing, Removed, Reverted, Store, StoreError,
-    StoredRowError, StoredUser, UserFilter, ending, invitations, plan, planned, queries, record,
-    rekey, retention, revert,
+    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, Guard,
+    ImportCursor, InvitedUser, Invitees, LifeSign, OpenOptions, Processing, Removed, Reverted,
+    Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, invitations, plan, planned,
+    queries, record, rekey, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -464,6 +464,24 @@ impl Store for SqliteStore {
             Box::pin(async move { invitations::accept(&mut steps, account_id, email).await })
         })
         .await
+    }
+
+    async fn user_events(
+        &self,
+        account: Option<&AccountId>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<FeedRow>, StoreError> {
+        queries::user_events(&self.pool, |time| time.to_owned(), account, after, limit).await
+    }
+
+    async fn invited_at_commit(
+        &self,
+        key: ImportKey,
+        after_row: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, InvitedUser)>, StoreError> {
+        queries::invited_at_commit(&self.pool, |time| time.to_owned(), key, after_row, limit).await
     }
 
     /// `update_time` is NULL for a user never updated: it reads as its create time.

@@ -163,6 +163,11 @@ impl Steps for SqliteSteps<'_> {
     }
 
     /// Nothing to tell: no other server runs on this file, and watchers here poll.
+    /// The one writer orders the events already.
+    async fn events_turn(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }

@@ -1,0 +1,212 @@
+//! The user event feed (`WatchUserEvents`): the stored events after a cursor, then the new ones
+//! as they commit, fed by a task through a small bounded channel, which stops when the
+//! follower goes away.
+//!
+//! A SEND import's commit is one stored row (`FeedRow::InvitedAtCommit`) read here as one
+//! INVITED event per user it created, in file order; a cursor can stand within those
+//! (`Cursor::row`), so that a follower that leaves half way goes on from the next user.
+//!
+//! Memory stays flat however many events are replayed: `PAGE` rows (or users) are read at a
+//! time, and a follower that does not read leaves the task waiting on the channel (its
+//! `CHANNEL` slots full), reading nothing more. Once caught up the task asks again every
+//! `POLL`: the events of a commit on any replica reach every follower within that. A follower
+//! holds one of `--max-watchers` places (and of its account's) while it follows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{ImportError, Importer};
+use crate::domain::{AccountId, Caller, InvitationState, UserEventKind};
+use crate::store::{FeedRow, Store, StoredEvent, StoredUser};
+
+/// Rows, or users of a commit, read from the store at a time.
+const PAGE: u32 = 500;
+/// Events queued for a follower: the bound on what a slow follower costs.
+const CHANNEL: usize = 64;
+/// How often a follower that has caught up asks for new events.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Where a follower stands: after the feed's row `seq`, or, within a commit's invitations,
+/// after the user of file row `row`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// The row of the feed.
+    pub seq: i64,
+    /// Within a commit's invitations, the file row of the last user told.
+    pub row: Option<i64>,
+}
+
+/// An event as a follower gets it, with the cursor that stands just after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEvent {
+    /// Give it back to go on after this event.
+    pub cursor: Cursor,
+    /// The event.
+    pub event: StoredEvent,
+}
+
+/// The follower's end of the channel, and who it may see.
+struct Follower {
+    tx: mpsc::Sender<Result<FeedEvent, ImportError>>,
+    caller: Caller,
+    /// The account followed; `None` for every account `caller` may act in.
+    account: Option<AccountId>,
+}
+
+impl Follower {
+    /// Sends `event` if the follower may see it; `false` once the follower has gone.
+    async fn send(&self, event: FeedEvent) -> bool {
+        let allowed = self.account.is_some()
+            || AccountId::parse(&event.event.account_id)
+                .is_ok_and(|account| self.caller.may_act_in(&account));
+        !allowed || self.tx.send(Ok(event)).await.is_ok()
+    }
+}
+
+impl Importer {
+    /// The feed after `after` (the default cursor for every event kept): `account`'s events,
+    /// or with none, those of every account `caller` may act in.
+    pub fn user_events(
+        &self,
+        caller: Caller,
+        account: Option<AccountId>,
+        after: Cursor,
+    ) -> Result<ReceiverStream<Result<FeedEvent, ImportError>>, ImportError> {
+        let store = self.store()?;
+        // A follower holds a watcher's place, as a `WatchImport` stream does, until it ends.
+        let place = self
+            .inner
+            .watchers
+            .admit_key(account.as_ref().map_or("*", AccountId::as_str))?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        tokio::spawn(async move {
+            let _place = place;
+            let follower = Follower {
+                tx,
+                caller,
+                account,
+            };
+            if let Err(e) = follow(&store, &follower, after).await {
+                let _ = follower.tx.send(Err(e)).await;
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// The follower's task: from `at` on, until the follower goes (`Ok`) or the store fails.
+async fn follow(
+    store: &Arc<dyn Store>,
+    follower: &Follower,
+    mut at: Cursor,
+) -> Result<(), ImportError> {
+    let account = follower.account.as_ref();
+    // A follower that left within a commit's invitations goes on from the next user.
+    if let Some(row) = at.row {
+        let rows = store.user_events(account, at.seq - 1, 1).await?;
+        if let Some(FeedRow::InvitedAtCommit { seq, .. }) = rows.first()
+            && *seq == at.seq
+            && !invited(store, follower, &rows[0], row).await?
+        {
+            return Ok(());
+        }
+    }
+    loop {
+        let page = store.user_events(account, at.seq, PAGE).await?;
+        let caught_up = page.len() < PAGE as usize;
+        for row in &page {
+            let gone = match row {
+                FeedRow::Event(event) => {
+                    at.seq = event.seq;
+                    let cursor = Cursor {
+                        seq: event.seq,
+                        row: None,
+                    };
+                    !follower
+                        .send(FeedEvent {
+                            cursor,
+                            event: event.clone(),
+                        })
+                        .await
+                }
+                FeedRow::InvitedAtCommit { seq, .. } => {
+                    at.seq = *seq;
+                    !invited(store, follower, row, 0).await?
+                }
+            };
+            if gone {
+                return Ok(());
+            }
+        }
+        if caught_up {
+            tokio::select! {
+                _ = follower.tx.closed() => return Ok(()),
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// The INVITED events of a commit's row, from file row `after_row` on; `false` once the
+/// follower has gone.
+async fn invited(
+    store: &Arc<dyn Store>,
+    follower: &Follower,
+    row: &FeedRow,
+    mut after_row: i64,
+) -> Result<bool, ImportError> {
+    let FeedRow::InvitedAtCommit {
+        seq,
+        import_key,
+        account_id,
+        import_id,
+        event_time,
+    } = row
+    else {
+        return Ok(true);
+    };
+    loop {
+        let users = store
+            .invited_at_commit(*import_key, after_row, PAGE)
+            .await?;
+        let last = users.len() < PAGE as usize;
+        for (file_row, user) in users {
+            after_row = file_row;
+            let event = StoredEvent {
+                seq: *seq,
+                account_id: account_id.clone(),
+                import_id: import_id.clone(),
+                kind: UserEventKind::Invited,
+                // As the commit left it: invited, once, then.
+                user: StoredUser {
+                    email: user.email,
+                    first_name: user.first_name,
+                    last_name: user.last_name,
+                    role: user.role,
+                    job_title: user.job_title,
+                    external_id: user.external_id,
+                    import_id: import_id.clone(),
+                    create_time: user.create_time,
+                    update_time: user.update_time,
+                    invitation_state: InvitationState::Sent,
+                    invite_time: Some(*event_time),
+                    invitations_sent: 1,
+                },
+                event_time: *event_time,
+            };
+            let cursor = Cursor {
+                seq: *seq,
+                row: Some(file_row),
+            };
+            if !follower.send(FeedEvent { cursor, event }).await {
+                return Ok(false);
+            }
+        }
+        if last {
+            return Ok(true);
+        }
+    }
+}
