@@ -267,6 +267,7 @@ def common(case: str, manifests: list[dict], notes: str, values: dict) -> tuple[
         "BULK_IMPORT_REQUEST_MESSAGE_TIMEOUT": "10s",
         "BULK_IMPORT_RETENTION": "90d",
         "BULK_IMPORT_DRY_RUN_RETENTION": "7d",
+        "BULK_IMPORT_EVENT_RETENTION": "7d",
         "BULK_IMPORT_LOG_FORMAT": "json",
         "RUST_LOG": "info",
     }

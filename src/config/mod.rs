@@ -253,6 +253,16 @@ pub struct ServeArgs {
         value_parser = duration::keep_for
     )]
     pub dry_run_retention: duration::KeepFor,
+    /// How long the user event feed keeps its events (WatchUserEvents), such as 7d; then they
+    /// are removed, and a follower whose cursor is older is told to start again. `off`: for
+    /// ever.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_EVENT_RETENTION",
+        default_value = "7d",
+        value_parser = duration::keep_for
+    )]
+    pub event_retention: duration::KeepFor,
     /// How often the retention's clean-up runs. For tests.
     #[arg(
         long,
@@ -301,6 +311,7 @@ impl ServeArgs {
         Retention {
             imports: self.retention.0,
             dry_runs: self.dry_run_retention.0,
+            events: self.event_retention.0,
             every: self.retention_interval,
         }
     }

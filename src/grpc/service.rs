@@ -398,7 +398,7 @@ impl ImportService for ImportServiceImpl {
     ) -> Result<Response<Self::WatchUserEventsStream>, Status> {
         let (caller, account, req) = auth::caller_and_account(request, "WatchUserEvents")?;
         let after = convert::cursor(&req.after_cursor)?;
-        let events = self.importer.user_events(caller, account, after)?;
+        let events = self.importer.user_events(caller, account, after).await?;
         let stream = events.map(|event| {
             event
                 .map(|event| convert::user_event(&event))

@@ -69,13 +69,27 @@ impl Follower {
 impl Importer {
     /// The feed after `after` (the default cursor for every event kept): `account`'s events,
     /// or with none, those of every account `caller` may act in.
-    pub fn user_events(
+    ///
+    /// `FailedPrecondition` for a cursor from before the feed's horizon: the events after it
+    /// were removed (`--event-retention`), and going on would skip them silently.
+    pub async fn user_events(
         &self,
         caller: Caller,
         account: Option<AccountId>,
         after: Cursor,
     ) -> Result<ReceiverStream<Result<FeedEvent, ImportError>>, ImportError> {
         let store = self.store()?;
+        if after != Cursor::default() {
+            let horizon = store.events_horizon().await?;
+            if after.seq < horizon || (after.row.is_some() && after.seq <= horizon) {
+                return Err(ImportError::FailedPrecondition(
+                    "the feed no longer keeps the events after this cursor (they are kept for \
+                     --event-retention): list the users (ListUsers) to know where they stand, \
+                     then follow again without a cursor"
+                        .to_owned(),
+                ));
+            }
+        }
         // A follower holds a watcher's place, as a `WatchImport` stream does, until it ends.
         let place = self
             .inner

@@ -33,6 +33,8 @@ pub struct Retention {
     pub imports: Option<Duration>,
     /// The same for dry runs.
     pub dry_runs: Option<Duration>,
+    /// How long the user event feed keeps its events; `None`: for ever.
+    pub events: Option<Duration>,
     /// The time between two rounds of the clean-up.
     pub every: Duration,
 }
@@ -43,6 +45,7 @@ impl Default for Retention {
         Self {
             imports: Some(Duration::from_secs(90 * 86_400)),
             dry_runs: Some(Duration::from_secs(7 * 86_400)),
+            events: Some(Duration::from_secs(7 * 86_400)),
             every: Duration::from_secs(600),
         }
     }
@@ -63,6 +66,8 @@ pub struct Round {
     pub row_errors: u64,
     /// Failed rows removed.
     pub failed_rows: u64,
+    /// Events of the user feed removed.
+    pub events: u64,
     /// Bytes the database gave back to the filesystem.
     pub given_back: u64,
     /// The database's size after the round.
@@ -77,14 +82,17 @@ pub async fn keep(importer: Importer, retention: Retention) -> Infallible {
     loop {
         tick.tick().await;
         match importer.clean_up(&retention).await {
-            Ok(round) if round.row_errors + round.failed_rows + round.given_back > 0 => {
+            Ok(round)
+                if round.row_errors + round.failed_rows + round.events + round.given_back > 0 =>
+            {
                 tracing::info!(
                     imports = round.imports,
                     row_errors = round.row_errors,
                     failed_rows = round.failed_rows,
+                    events = round.events,
                     given_back_bytes = round.given_back,
                     database_bytes = round.size,
-                    "removed the details of imports past their retention"
+                    "removed the details of imports and the feed's events past their retention"
                 );
             }
             Ok(_) => {}
@@ -138,7 +146,17 @@ pub(super) async fn round(
             }
         }
     }
-    if round.row_errors + round.failed_rows > 0 {
+    // The feed's old events, oldest first, a step at a time.
+    if let Some(before) = cut(retention.events) {
+        while let Some(removed) = store.remove_events(before, STEP_ROWS).await? {
+            round.events += removed;
+            if removed < u64::from(STEP_ROWS) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    if round.row_errors + round.failed_rows + round.events > 0 {
         round.given_back = store.give_back_room().await?;
     }
     round.size = store.size().await?;

@@ -84,6 +84,9 @@ struct Statements {
     resent: String,
     accepted: String,
     removed: String,
+    /// $1: a time in microseconds, $2: how many. The oldest events before it.
+    horizon: String,
+    remove_old: String,
 }
 
 impl Statements {
@@ -112,6 +115,14 @@ impl Statements {
         };
         let now = dialect.now().to_owned();
         let (_, _, sent) = stored();
+        // The oldest events written before $1, at most $2.
+        let before = match dialect {
+            Dialect::Sqlite => "$1",
+            Dialect::Postgres => "to_timestamp($1::bigint / 1000000.0)",
+        };
+        let oldest = format!(
+            "SELECT seq FROM user_events WHERE event_time < {before} ORDER BY seq LIMIT $2"
+        );
         Statements {
             // $1: the import that committed (SEND, not a dry run: checked by the caller). One
             // row; the user columns are empty.
@@ -162,6 +173,11 @@ impl Statements {
                 "u.import_key = $1 AND (u.updated_by IS NULL OR u.updated_by = $1) \
                  AND coalesce(u.invitation_state, '') <> 'ACCEPTED'",
             ),
+            horizon: format!(
+                "UPDATE user_events_horizon SET seq = (SELECT max(m) FROM (SELECT seq AS m \
+                 FROM user_events_horizon UNION ALL SELECT seq FROM ({oldest}) o) h) WHERE id = 1"
+            ),
+            remove_old: format!("DELETE FROM user_events WHERE seq IN ({oldest})"),
         }
     }
 }
@@ -229,4 +245,22 @@ pub(crate) async fn removed<S: Steps + ?Sized>(
         .execute(&statements.removed, &[Param::Int(key)])
         .await?;
     Ok(())
+}
+
+/// Removes at most `rows` of the oldest events written before `before` (microseconds since
+/// the Unix epoch), and moves the feed's horizon past them, in one transaction; how many.
+/// `None`, with nothing removed, when another replica has the clean-up's turn.
+pub(crate) async fn remove_old<S: Steps + ?Sized>(
+    steps: &mut S,
+    before: i64,
+    rows: u32,
+) -> Result<Option<u64>, StoreError> {
+    if !steps.retention_turn().await? {
+        return Ok(None);
+    }
+    let statements = Statements::of(steps.dialect());
+    let params = [Param::Int(before), Param::Int(i64::from(rows.max(1)))];
+    // The horizon first, from the very rows that go.
+    steps.execute(&statements.horizon, &params).await?;
+    Ok(Some(steps.execute(&statements.remove_old, &params).await?))
 }

@@ -239,6 +239,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<FeedRow>, StoreError>;
 
+    /// Removes at most `rows` of the feed's oldest events written before `before`, moving the
+    /// feed's horizon past them; how many. `None` when another replica has the clean-up's turn.
+    async fn remove_events(&self, before: SystemTime, rows: u32)
+    -> Result<Option<u64>, StoreError>;
+
+    /// The feed's horizon: the highest `seq` the retention removed (0 when none was). A
+    /// cursor before it has missed events.
+    async fn events_horizon(&self) -> Result<i64, StoreError>;
+
     /// The users import `key`'s commit invited (`FeedRow::InvitedAtCommit`), after file row
     /// `after_row`, in file order, at most `limit`, each with its row.
     async fn invited_at_commit(

@@ -493,3 +493,17 @@ where
         )
         .collect()
 }
+
+/// The feed's horizon (`Store::events_horizon`).
+pub(crate) async fn events_horizon<'c, DB: Database>(
+    executor: impl Executor<'c, Database = DB>,
+) -> Result<i64, StoreError>
+where
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+{
+    let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM user_events_horizon WHERE id = 1")
+        .fetch_one(executor)
+        .await?;
+    Ok(seq)
+}

@@ -207,6 +207,49 @@ backend_tests! {
         assert_eq!(invited.invitations_sent, 1);
     }
 
+    async fn events_past_their_retention_go_and_older_cursors_are_refused(backend) {
+        let database = TestDatabase::new(backend).await;
+        let mut maker = spawn_on(&database.url, |args| {
+            args.event_retention = bulk_import::config::duration::KeepFor(None)
+        })
+        .await;
+        maker.upload(ACCOUNT, "old", FILE.as_bytes(), 16).await.unwrap();
+        let mut feed = follow(&maker, ACCOUNT, "").await;
+        let first = next(&mut feed, 2).await;
+        drop(feed);
+        maker.stop().await;
+
+        let app = spawn_on(&database.url, |args| {
+            args.event_retention =
+                bulk_import::config::duration::KeepFor(Some(Duration::from_millis(1)));
+            args.retention_interval = Duration::from_millis(50);
+        })
+        .await;
+        let start = std::time::Instant::now();
+        let refused = loop {
+            let mut client = app.client.clone();
+            let answer = client
+                .watch_user_events(proto::WatchUserEventsRequest {
+                    account_id: ACCOUNT.into(),
+                    after_cursor: first[0].cursor.clone(),
+                })
+                .await;
+            if let Err(status) = answer {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the old events were never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("--event-retention"), "{}", refused.message());
+        // From the start: what is kept, which is nothing now.
+        let mut fresh = follow(&app, ACCOUNT, "").await;
+        nothing_more(&mut fresh).await;
+    }
+
     async fn a_bad_cursor_is_invalid_argument(backend) {
         let app = spawn_app(backend).await;
         let mut client = app.client.clone();

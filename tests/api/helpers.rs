@@ -132,6 +132,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         metrics_listen: None,
         retention: KeepFor(Some(Duration::from_secs(90 * 86_400))),
         dry_run_retention: KeepFor(Some(Duration::from_secs(7 * 86_400))),
+        event_retention: KeepFor(Some(Duration::from_secs(7 * 86_400))),
         retention_interval: Duration::from_secs(600),
     }
 }

@@ -43,8 +43,8 @@ use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, Guard,
     ImportCursor, InvitedUser, Invitees, Processing, Removed, Reverted, Store, StoreError,
-    StoredRowError, StoredUser, UserFilter, ending, invitations, plan, planned, queries, rekey,
-    retention, revert,
+    StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan, planned, queries,
+    rekey, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::Changes;
@@ -388,6 +388,29 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<FeedRow>, StoreError> {
         queries::user_events(&self.pool, micros_of, account, after, limit).await
+    }
+
+    async fn remove_events(
+        &self,
+        before: SystemTime,
+        rows: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let before = super::codec::micros(before);
+        let removed = in_transaction(
+            &self.pool,
+            &(before, rows),
+            only_conflicts,
+            |mut steps, &(before, rows)| {
+                Box::pin(async move { events::remove_old(&mut steps, before, rows).await })
+            },
+        )
+        .await;
+        self.faults.observe(&removed);
+        removed
+    }
+
+    async fn events_horizon(&self) -> Result<i64, StoreError> {
+        queries::events_horizon(&self.pool).await
     }
 
     async fn invited_at_commit(

@@ -45,8 +45,8 @@ use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, Guard,
     ImportCursor, InvitedUser, Invitees, LifeSign, OpenOptions, Processing, Removed, Reverted,
-    Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, invitations, plan, planned,
-    queries, record, rekey, retention, revert,
+    Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan,
+    planned, queries, record, rekey, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -473,6 +473,22 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<FeedRow>, StoreError> {
         queries::user_events(&self.pool, |time| time.to_owned(), account, after, limit).await
+    }
+
+    async fn remove_events(
+        &self,
+        before: SystemTime,
+        rows: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let before = micros(before);
+        self.write(&(before, rows), |mut steps, &(before, rows)| {
+            Box::pin(async move { events::remove_old(&mut steps, before, rows).await })
+        })
+        .await
+    }
+
+    async fn events_horizon(&self) -> Result<i64, StoreError> {
+        queries::events_horizon(&self.pool).await
     }
 
     async fn invited_at_commit(
