@@ -73,6 +73,7 @@ async fn run() -> std::process::ExitCode {
         Command::Revert(a) => cli::revert(a).await,
         Command::Users(a) => cli::users(a).await,
         Command::Invite(a) => cli::invite(a).await,
+        Command::Events(a) => cli::events(a).await,
     };
     // Exit codes: see `cli::Outcome` (0, 2 for Completed - Partial, 1 for the rest).
     match result {

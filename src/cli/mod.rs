@@ -14,7 +14,7 @@
 //!   a call may wait; `diagnose`, why a connection failed and what fixes it;
 //! - `upload`: a file streamed as it is read, with a progress bar and the first row errors;
 //! - `commands`: the commands on imports that exist (`get`, `list`, `watch`, `template`,
-//!   `errors`, `cancel`, `revert`, `users`);
+//!   `errors`, `cancel`, `revert`, `users`, `invite`); `events`: the user event feed;
 //! - `outcome`: exit codes, and errors in one line;
 //! - `show` and `json`: an import and its row errors for people, and for scripts.
 //!
@@ -28,6 +28,7 @@ mod commands;
 mod connect;
 mod deadline;
 mod diagnose;
+mod events;
 mod json;
 mod outcome;
 mod show;
@@ -36,5 +37,6 @@ mod upload;
 pub use commands::{cancel, errors, get, invite, list, revert, template, users, watch};
 pub use connect::{Bearer, Client, connect};
 pub use deadline::Deadline;
+pub use events::events;
 pub use outcome::{CliError, CliResult, Outcome, USAGE};
 pub use upload::upload;

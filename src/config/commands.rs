@@ -127,3 +127,18 @@ pub struct InviteArgs {
     #[arg(long)]
     pub resend: bool,
 }
+
+/// `bulk-import events`: the account's user event feed.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// The server, the account and how to connect.
+    #[command(flatten)]
+    pub target: ServerArgs,
+    /// Go on after this event's cursor (as printed first on each line), rather than from the
+    /// oldest event kept.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Keep following new events until interrupted, rather than stopping once caught up.
+    #[arg(long)]
+    pub follow: bool,
+}

@@ -23,7 +23,8 @@ pub mod duration;
 pub mod limit;
 
 pub use commands::{
-    GetArgs, ImportArgs, InviteArgs, ListArgs, TemplateArgs, UploadArgs, UsersArgs, WatchArgs,
+    EventsArgs, GetArgs, ImportArgs, InviteArgs, ListArgs, TemplateArgs, UploadArgs, UsersArgs,
+    WatchArgs,
 };
 
 use crate::import::ImportConfig;
@@ -74,6 +75,8 @@ pub enum Command {
     Users(UsersArgs),
     /// Invite an import's held users (`upload --hold-invitations`), or users by address.
     Invite(InviteArgs),
+    /// Print the account's user event feed (`--follow` to keep following).
+    Events(EventsArgs),
 }
 
 /// `bulk-import serve`: where to listen, which database, the limits, the security files.

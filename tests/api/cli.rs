@@ -477,4 +477,23 @@ async fn held_invitations_are_sent_by_invite() {
     let ran = bulk_import(s, "invite", &[]).await;
     assert_eq!(ran.code, 64, "{}", ran.err);
     assert!(ran.err.contains("--import"), "{}", ran.err);
+
+    // The feed: the two invitations, then the resend; it ends once caught up.
+    let ran = bulk_import(s, "events", &[]).await;
+    assert_eq!(ran.code, 0, "{}", ran.err);
+    let lines: Vec<&str> = ran.out.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", ran.out);
+    assert!(lines[0].ends_with(" INVITED ada@x.io held"), "{}", ran.out);
+    assert!(
+        lines[2].ends_with(" INVITATION_RESENT ada@x.io held"),
+        "{}",
+        ran.out
+    );
+    // After the first: the other two; as JSON Lines.
+    let first = lines[0].split(' ').next().unwrap();
+    let ran = bulk_import(s, "events", &["--json", "--after", first]).await;
+    let docs: Vec<Value> = ran.out.lines().map(parse).collect();
+    assert_eq!(docs.len(), 2, "{}", ran.out);
+    assert_eq!(docs[0]["user"]["email"], "grace@x.io");
+    assert_eq!(docs[1]["type"], "USER_EVENT_TYPE_INVITATION_RESENT");
 }
