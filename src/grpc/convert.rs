@@ -22,7 +22,7 @@ use crate::domain::{
     AccountId, ArgumentError, ConflictPolicy, Filename, Import, ImportId, ImportStatus, ImportType,
     InvitationPolicy, InvitationState, NewImport, Role, RowError,
 };
-use crate::import::feed::{Cursor, FeedEvent};
+use crate::import::feed::{After, Cursor, FeedEvent};
 use crate::import::pipeline::events::{FinishCheck, StreamError, UploadEvent};
 use crate::import::template::Template;
 use crate::proto;
@@ -468,26 +468,39 @@ pub fn user(user: &crate::store::StoredUser) -> proto::User {
     }
 }
 
-/// `after_cursor`: empty is the start of the feed; otherwise a `cursor` this server gave:
-/// `1.SEQ`, or `1.SEQ.ROW` within a commit's invitations.
-pub fn cursor(value: &str) -> Result<Cursor, ArgumentError> {
+/// `after_cursor`: empty is the start of the feed; otherwise a `cursor` a server gave:
+/// `1.FEED.SEQ`, or `1.FEED.SEQ.ROW` within a commit's invitations. Whether it is of this
+/// feed, and within it, is the import layer's to say (`import::feed`).
+pub fn cursor(value: &str) -> Result<Option<After>, ArgumentError> {
     if value.is_empty() {
-        return Ok(Cursor::default());
+        return Ok(None);
     }
-    let number = |part: &str| part.parse::<i64>().ok().filter(|n| *n >= 0);
+    // Digits only: `+3` or `03` are no cursor this server wrote.
+    let number = |part: &str| {
+        (!part.is_empty()
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && (part == "0" || !part.starts_with('0')))
+        .then(|| part.parse::<i64>().ok())
+        .flatten()
+    };
     value
         .strip_prefix(CURSOR_PREFIX)
-        .and_then(|rest| match rest.split_once('.') {
-            None => Some(Cursor {
-                seq: number(rest)?,
-                row: None,
-            }),
-            Some((seq, row)) => Some(Cursor {
-                seq: number(seq)?,
-                row: Some(number(row)?),
-            }),
+        .and_then(|rest| {
+            let mut parts = rest.split('.');
+            let feed = parts.next().filter(|f| !f.is_empty())?;
+            let seq = number(parts.next()?)?;
+            let row = match parts.next() {
+                None => None,
+                Some(row) => Some(number(row)?),
+            };
+            if parts.next().is_some() || (seq == 0 && row.is_some()) {
+                return None;
+            }
+            Some(After {
+                feed: feed.to_owned(),
+                cursor: Cursor { seq, row },
+            })
         })
-        .filter(|cursor| cursor.seq > 0 || cursor.row.is_none())
         .ok_or_else(|| {
             ArgumentError::new(
                 "after_cursor",
@@ -495,6 +508,7 @@ pub fn cursor(value: &str) -> Result<Cursor, ArgumentError> {
                  sent, or nothing to start from the oldest event kept",
             )
         })
+        .map(Some)
 }
 
 /// What starts every cursor: a version, so that the form can change.
@@ -505,9 +519,10 @@ const CURSOR_PREFIX: &str = "1.";
 pub fn user_event(feed: &FeedEvent) -> proto::UserEvent {
     use crate::domain::UserEventKind;
     let event = &feed.event;
-    let place = match feed.cursor.row {
-        None => format!("{}", feed.cursor.seq),
-        Some(row) => format!("{}.{row}", feed.cursor.seq),
+    let (name, seq) = (&feed.feed, feed.cursor.seq);
+    let (cursor, id) = match feed.cursor.row {
+        None => (format!("{name}.{seq}"), format!("{name}-{seq}")),
+        Some(row) => (format!("{name}.{seq}.{row}"), format!("{name}-{seq}-{row}")),
     };
     let kind = match event.kind {
         UserEventKind::Invited => proto::UserEventType::Invited,
@@ -517,8 +532,8 @@ pub fn user_event(feed: &FeedEvent) -> proto::UserEvent {
         UserEventKind::InvitationAccepted => proto::UserEventType::InvitationAccepted,
     };
     proto::UserEvent {
-        cursor: format!("{CURSOR_PREFIX}{place}"),
-        event_id: format!("ue-{place}"),
+        cursor: format!("{CURSOR_PREFIX}{cursor}"),
+        event_id: format!("ue-{id}"),
         r#type: kind as i32,
         account_id: event.account_id.clone(),
         import_id: event.import_id.clone(),

@@ -39,9 +39,20 @@ pub struct Cursor {
     pub row: Option<i64>,
 }
 
+/// A cursor as a follower gives it back: the feed it is of, and the place in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    /// The feed's name (`FeedState::feed`): each database's own.
+    pub feed: String,
+    /// The place.
+    pub cursor: Cursor,
+}
+
 /// An event as a follower gets it, with the cursor that stands just after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedEvent {
+    /// The feed's name, for the cursor and the event's id.
+    pub feed: Arc<str>,
     /// Give it back to go on after this event.
     pub cursor: Cursor,
     /// The event.
@@ -54,6 +65,8 @@ struct Follower {
     caller: Caller,
     /// The account followed; `None` for every account `caller` may act in.
     account: Option<AccountId>,
+    /// The feed's name.
+    feed: Arc<str>,
 }
 
 impl Follower {
@@ -76,20 +89,38 @@ impl Importer {
         &self,
         caller: Caller,
         account: Option<AccountId>,
-        after: Cursor,
+        after: Option<After>,
     ) -> Result<ReceiverStream<Result<FeedEvent, ImportError>>, ImportError> {
         let store = self.store()?;
-        if after != Cursor::default() {
-            let horizon = store.events_horizon().await?;
-            if after.seq < horizon || (after.row.is_some() && after.seq <= horizon) {
-                return Err(ImportError::FailedPrecondition(
-                    "the feed no longer keeps the events after this cursor (they are kept for \
-                     --event-retention): list the users (ListUsers) to know where they stand, \
-                     then follow again without a cursor"
-                        .to_owned(),
-                ));
+        let state = store.feed_state().await?;
+        let start_again = "list the users (ListUsers) to know where they stand, then follow \
+                           again without a cursor";
+        let after = match after {
+            None => Cursor::default(),
+            Some(After { feed, .. }) if feed != state.feed => {
+                return Err(ImportError::FailedPrecondition(format!(
+                    "this cursor is of another feed (another database, or one restored from a \
+                     backup): {start_again}"
+                )));
             }
-        }
+            Some(After { cursor, .. }) if cursor.seq > state.last => {
+                return Err(ImportError::FailedPrecondition(format!(
+                    "this cursor is ahead of the feed, which has no such event (a database \
+                     restored from an older backup?): {start_again}"
+                )));
+            }
+            Some(After { cursor, .. })
+                if cursor.seq < state.horizon
+                    || (cursor.row.is_some() && cursor.seq <= state.horizon) =>
+            {
+                return Err(ImportError::FailedPrecondition(format!(
+                    "the feed no longer keeps the events after this cursor (they are kept for \
+                     --event-retention): {start_again}"
+                )));
+            }
+            Some(After { cursor, .. }) => cursor,
+        };
+        let feed: Arc<str> = Arc::from(state.feed);
         // A follower holds a watcher's place, as a `WatchImport` stream does, until it ends.
         let place = self
             .inner
@@ -102,6 +133,7 @@ impl Importer {
                 tx,
                 caller,
                 account,
+                feed,
             };
             if let Err(e) = follow(&store, &follower, after).await {
                 let _ = follower.tx.send(Err(e)).await;
@@ -141,6 +173,7 @@ async fn follow(
                     };
                     !follower
                         .send(FeedEvent {
+                            feed: follower.feed.clone(),
                             cursor,
                             event: event.clone(),
                         })
@@ -215,7 +248,15 @@ async fn invited(
                 seq: *seq,
                 row: Some(file_row),
             };
-            if !follower.send(FeedEvent { cursor, event }).await {
+            let feed = follower.feed.clone();
+            if !follower
+                .send(FeedEvent {
+                    feed,
+                    cursor,
+                    event,
+                })
+                .await
+            {
                 return Ok(false);
             }
         }

@@ -13,7 +13,8 @@
 //! of a plain import: 2.94 s to 5.88 s for 788,126 rows on SQLite); UPDATED for each user an
 //! UPDATE import changed, at its commit; INVITED or INVITATION_RESENT for each
 //! user `SendInvitations` invites; INVITATION_ACCEPTED; REMOVED for each user a revert
-//! removes, before it goes.
+//! removes, before it goes. A HELD user enters the feed with its INVITED event: until then
+//! its updates and its removal tell nothing, since a follower never heard of it.
 
 use std::sync::LazyLock;
 
@@ -138,7 +139,10 @@ impl Statements {
                     "UPDATED",
                     stored(),
                 ),
-                "u.updated_by = $1 AND u.import_key <> $1",
+                &format!(
+                    "u.updated_by = $1 AND u.import_key <> $1 AND {} <> 'HELD'",
+                    stored().0
+                ),
             ),
             // $1 account, $2 import key or -1, $3 address or '': as `invitations::send`, before
             // its update, with the values it writes.
@@ -170,8 +174,11 @@ impl Statements {
             removed: insert(
                 dialect,
                 told("i.import_id", "REMOVED", stored()),
-                "u.import_key = $1 AND (u.updated_by IS NULL OR u.updated_by = $1) \
-                 AND coalesce(u.invitation_state, '') <> 'ACCEPTED'",
+                &format!(
+                    "u.import_key = $1 AND (u.updated_by IS NULL OR u.updated_by = $1) \
+                     AND coalesce(u.invitation_state, '') <> 'ACCEPTED' AND {} <> 'HELD'",
+                    stored().0
+                ),
             ),
             horizon: format!(
                 "UPDATE user_events_horizon SET seq = (SELECT max(m) FROM (SELECT seq AS m \

@@ -48,8 +48,9 @@ pub(crate) async fn send<S: Steps + ?Sized>(
     steps.execute(sql, &params).await
 }
 
-/// Records that the user with this address accepted: SENT (or ACCEPTED already) becomes
-/// ACCEPTED; `false`, with nothing changed, when the user is not there or in another state.
+/// Records that the user with this address accepted: SENT becomes ACCEPTED, told to the feed
+/// once; ACCEPTED already is fine and tells nothing again. `false`, with nothing changed, when
+/// the user is not there or in another state.
 pub(crate) async fn accept<S: Steps + ?Sized>(
     steps: &mut S,
     account_id: &AccountId,
@@ -57,11 +58,12 @@ pub(crate) async fn accept<S: Steps + ?Sized>(
 ) -> Result<bool, StoreError> {
     let statements = Statements::of(steps.dialect());
     let params = [Param::Text(account_id.as_str()), Param::Text(email)];
-    if steps.execute(&statements.accept, &params).await? != 1 {
-        return Ok(false);
+    if steps.execute(&statements.accept, &params).await? == 1 {
+        super::events::accepted(steps, &params).await?;
+        return Ok(true);
     }
-    super::events::accepted(steps, &params).await?;
-    Ok(true)
+    // Accepted before: fine, and nothing changed, so nothing to tell the feed.
+    Ok(steps.count(&statements.accepted_before, &params).await? == 1)
 }
 
 /// The statements, built once per dialect from the shared rule.
@@ -70,6 +72,7 @@ struct Statements {
     send_held: String,
     send_again: String,
     accept: String,
+    accepted_before: String,
 }
 
 /// `users` rows in scope: the account's, of completed imports, `$2` (the import key, -1 for
@@ -124,8 +127,11 @@ impl Statements {
                  invitations_sent = {sent} WHERE users.account_id = $1 AND users.email = $2 \
                  AND users.import_key IN (SELECT import_key FROM imports WHERE account_id = $1 \
                  AND status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL')) \
-                 AND {state} IN ('SENT', 'ACCEPTED')"
+                 AND {state} = 'SENT'"
             ),
+            accepted_before: "SELECT count(*) FROM users WHERE users.account_id = $1 \
+                 AND users.email = $2 AND users.invitation_state = 'ACCEPTED'"
+                .to_owned(),
         }
     }
 }

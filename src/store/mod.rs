@@ -91,9 +91,9 @@ use async_trait::async_trait;
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 pub use error::{Fault, Outage, StoreError};
 pub use types::{
-    BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, FeedRow, Guard,
-    ImportCursor, InvitedUser, LifeSign, OpenOptions, Processing, Removed, Reverted, StoredEvent,
-    StoredRowError, StoredUser, UserFilter,
+    BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, FeedRow, FeedState,
+    Guard, ImportCursor, InvitedUser, LifeSign, OpenOptions, Processing, Removed, Reverted,
+    StoredEvent, StoredRowError, StoredUser, UserFilter,
 };
 
 /// The store as the import layer sees it, behind an `Arc<dyn Store>` chosen by [`open`].
@@ -244,9 +244,9 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_events(&self, before: SystemTime, rows: u32)
     -> Result<Option<u64>, StoreError>;
 
-    /// The feed's horizon: the highest `seq` the retention removed (0 when none was). A
-    /// cursor before it has missed events.
-    async fn events_horizon(&self) -> Result<i64, StoreError>;
+    /// The feed's name and bounds: a cursor of another feed, before the horizon (events
+    /// after it were removed) or after the last event is not a place in this feed.
+    async fn feed_state(&self) -> Result<FeedState, StoreError>;
 
     /// The users import `key`'s commit invited (`FeedRow::InvitedAtCommit`), after file row
     /// `after_row`, in file order, at most `limit`, each with its row.

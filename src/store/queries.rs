@@ -14,8 +14,8 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::codec::{ImportRow, RowErrorColumns, from_micros};
 use super::{
-    FailedCells, FeedRow, ImportCursor, InvitedUser, StoreError, StoredEvent, StoredRowError,
-    StoredUser, UserFilter,
+    FailedCells, FeedRow, FeedState, ImportCursor, InvitedUser, StoreError, StoredEvent,
+    StoredRowError, StoredUser, UserFilter,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, InvitationState, Role, UserEventKind};
 
@@ -494,16 +494,23 @@ where
         .collect()
 }
 
-/// The feed's horizon (`Store::events_horizon`).
-pub(crate) async fn events_horizon<'c, DB: Database>(
+/// The feed's name and bounds (`Store::feed_state`).
+pub(crate) async fn feed_state<'c, DB: Database>(
     executor: impl Executor<'c, Database = DB>,
-) -> Result<i64, StoreError>
+) -> Result<FeedState, StoreError>
 where
-    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
     for<'q> DB::Arguments: IntoArguments<DB>,
 {
-    let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM user_events_horizon WHERE id = 1")
-        .fetch_one(executor)
-        .await?;
-    Ok(seq)
+    let (feed, horizon, last): (String, i64, i64) = sqlx::query_as(
+        "SELECT feed, seq, CAST(coalesce((SELECT max(seq) FROM user_events), seq) AS BIGINT) \
+         FROM user_events_horizon WHERE id = 1",
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok(FeedState {
+        feed,
+        horizon,
+        last,
+    })
 }

@@ -407,3 +407,14 @@ pub struct InvitedUser {
     /// When it last changed.
     pub update_time: SystemTime,
 }
+
+/// The user feed's name and bounds (`Store::feed_state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedState {
+    /// This database's feed, named in every cursor and event id.
+    pub feed: String,
+    /// The highest `seq` the retention removed; 0 when none was.
+    pub horizon: i64,
+    /// The highest `seq` written (the horizon when none is kept).
+    pub last: i64,
+}

@@ -119,13 +119,16 @@ backend_tests! {
         })
         .await
         .unwrap();
-        client
-            .accept_invitation(proto::AcceptInvitationRequest {
-                account_id: ACCOUNT.into(),
-                email: "grace@example.com".into(),
-            })
-            .await
-            .unwrap();
+        // Accepted twice: one change, told once.
+        for _ in 0..2 {
+            client
+                .accept_invitation(proto::AcceptInvitationRequest {
+                    account_id: ACCOUNT.into(),
+                    email: "grace@example.com".into(),
+                })
+                .await
+                .unwrap();
+        }
         client
             .revert_import(proto::RevertImportRequest {
                 account_id: ACCOUNT.into(),
@@ -248,6 +251,89 @@ backend_tests! {
         // From the start: what is kept, which is nothing now.
         let mut fresh = follow(&app, ACCOUNT, "").await;
         nothing_more(&mut fresh).await;
+    }
+
+    async fn held_users_enter_the_feed_with_their_invitation(backend) {
+        let app = spawn_app(backend).await;
+        app.upload_with(ACCOUNT, "held", FILE.as_bytes(), 16, |m| {
+            m.invitations = InvitationPolicy::Hold as i32
+        })
+        .await
+        .unwrap();
+        // Updated, then removed, while HELD: a follower never heard of them, so nothing.
+        let update = "email,first_name,last_name,role,job_title,external_id\n\
+                      ada@example.com,Ada,Lovelace,,,\n";
+        app.upload_with(ACCOUNT, "update", update.as_bytes(), 16, |m| {
+            m.on_conflict = proto::ConflictPolicy::Update as i32
+        })
+        .await
+        .unwrap();
+        let mut feed = follow(&app, ACCOUNT, "").await;
+        nothing_more(&mut feed).await;
+        let mut client = app.client.clone();
+        client
+            .send_invitations(proto::SendInvitationsRequest {
+                account_id: ACCOUNT.into(),
+                emails: vec!["ada@example.com".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let invited = next(&mut feed, 1).await;
+        assert_eq!(
+            told(&invited),
+            [told_as(UserEventType::Invited, "ada@example.com", "held")]
+        );
+        // With its values as they are by then.
+        assert_eq!(invited[0].user.as_ref().unwrap().last_name, "Lovelace");
+        client
+            .revert_import(proto::RevertImportRequest {
+                account_id: ACCOUNT.into(),
+                import_id: "held".into(),
+            })
+            .await
+            .unwrap();
+        // Grace, still HELD, goes without a word (Ada, updated since, is kept).
+        let users = app.users_of(ACCOUNT, "held").await;
+        assert_eq!(users, 1);
+        nothing_more(&mut feed).await;
+    }
+
+    async fn cursors_of_another_feed_or_from_ahead_are_refused(backend) {
+        let app = spawn_app(backend).await;
+        app.upload(ACCOUNT, "sent", FILE.as_bytes(), 16).await.unwrap();
+        let mut feed = follow(&app, ACCOUNT, "").await;
+        let events = next(&mut feed, 2).await;
+        let cursor = &events[1].cursor;
+        let (name, rest) = cursor.strip_prefix("1.").unwrap().split_once('.').unwrap();
+        let mut client = app.client.clone();
+        for (bad, why) in [
+            (format!("1.{name}.999999"), "ahead of the feed"),
+            (format!("1.other{name}.{rest}"), "another feed"),
+        ] {
+            let refused = client
+                .watch_user_events(proto::WatchUserEventsRequest {
+                    account_id: ACCOUNT.into(),
+                    after_cursor: bad.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{bad}: {refused:?}");
+            assert!(refused.message().contains(why), "{bad}: {}", refused.message());
+        }
+        for malformed in ["1.", "1.x", "1.x.+3", "1.x.03", "1.x.1.1.1", "2.x.1"] {
+            let refused = client
+                .watch_user_events(proto::WatchUserEventsRequest {
+                    account_id: ACCOUNT.into(),
+                    after_cursor: malformed.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{malformed}");
+        }
+        // Its own last cursor is fine, and nothing comes after it yet.
+        let mut after = follow(&app, ACCOUNT, cursor).await;
+        nothing_more(&mut after).await;
     }
 
     async fn a_bad_cursor_is_invalid_argument(backend) {
@@ -376,7 +462,7 @@ async fn a_follower_misses_nothing_while_two_replicas_commit_at_once() {
     let places: Vec<(i64, i64)> = seen
         .iter()
         .map(|e| {
-            let mut parts = e.cursor.strip_prefix("1.").unwrap().split('.');
+            let mut parts = e.cursor.strip_prefix("1.").unwrap().split('.').skip(1);
             let seq = parts.next().unwrap().parse().unwrap();
             let row = parts.next().map_or(0, |row| row.parse().unwrap());
             (seq, row)

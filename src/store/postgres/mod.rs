@@ -41,7 +41,7 @@ use super::codec::ImportRow;
 use super::codec::micros;
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, Guard,
+    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, FeedState, Guard,
     ImportCursor, InvitedUser, Invitees, Processing, Removed, Reverted, Store, StoreError,
     StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan, planned, queries,
     rekey, retention, revert,
@@ -409,8 +409,8 @@ impl Store for PostgresStore {
         removed
     }
 
-    async fn events_horizon(&self) -> Result<i64, StoreError> {
-        queries::events_horizon(&self.pool).await
+    async fn feed_state(&self) -> Result<FeedState, StoreError> {
+        queries::feed_state(&self.pool).await
     }
 
     async fn invited_at_commit(

@@ -22,6 +22,7 @@
 
 mod capi;
 mod lock;
+mod probe;
 mod ranges;
 mod room;
 mod statement;
@@ -43,7 +44,7 @@ use sqlx::{Connection, Sqlite, SqliteConnection};
 use super::codec::{ImportRow, micros};
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, Guard,
+    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, FeedState, Guard,
     ImportCursor, InvitedUser, Invitees, LifeSign, OpenOptions, Processing, Removed, Reverted,
     Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan,
     planned, queries, record, rekey, retention, revert,
@@ -65,12 +66,6 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 const WAL_CHECKPOINT_PAGES: i64 = 16 * 1024;
 /// After a checkpoint, the log file is cut back to this size, so an idle server keeps no more.
 const WAL_KEPT_BYTES: i64 = 64 * 1024 * 1024;
-
-/// After a fault, the database takes batches again once this much can be written into it
-/// (then rolled back)...
-const PROBE_BYTES: i64 = 16 * 1024 * 1024;
-/// ...and its filesystem has this much room, for the write-ahead log and its checkpoints.
-const PROBE_DISK_ROOM: u64 = 64 * 1024 * 1024;
 
 /// The embedded store: one writer connection, a few readers, and the file's lock.
 ///
@@ -156,41 +151,6 @@ impl SqliteStore {
             faults: FaultLatch::default(),
             lock: std::sync::Mutex::new(lock),
         })
-    }
-
-    /// See `Store::probe_write`.
-    ///
-    /// Two checks: free room beside the file first (`PROBE_DISK_ROOM`, for the write-ahead log),
-    /// then a real write of `PROBE_BYTES` on the writer connection, rolled back. A filesystem
-    /// whose room cannot be read is not held against the database.
-    async fn probe(&self) -> Result<(), StoreError> {
-        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
-        let dir = if dir.as_os_str().is_empty() {
-            std::path::Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(stat) = rustix::fs::statvfs(dir) {
-            let room = stat.f_bavail.saturating_mul(stat.f_frsize);
-            if room < PROBE_DISK_ROOM {
-                return Err(StoreError::Fault {
-                    fault: Fault::DiskFull,
-                    source: format!("{room} bytes free beside {}", self.path.display()).into(),
-                });
-            }
-        }
-        let mut conn = self.writer().await?;
-        let result = async {
-            let mut tx = begin(&mut conn).await?;
-            sqlx::query("INSERT INTO write_probe (data) VALUES (zeroblob($1))")
-                .bind(PROBE_BYTES)
-                .execute(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            Ok(())
-        }
-        .await;
-        self.release(conn, result)
     }
 
     /// Runs `body` in one write transaction on the writer connection (see the module's doc),
@@ -308,7 +268,7 @@ impl Store for SqliteStore {
 
     /// The probe's result also updates the latch: a success clears the fault.
     async fn probe_write(&self) -> Result<(), StoreError> {
-        let result = self.probe().await;
+        let result = probe::probe(self).await;
         self.faults.probed(&result);
         result
     }
@@ -487,8 +447,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn events_horizon(&self) -> Result<i64, StoreError> {
-        queries::events_horizon(&self.pool).await
+    async fn feed_state(&self) -> Result<FeedState, StoreError> {
+        queries::feed_state(&self.pool).await
     }
 
     async fn invited_at_commit(
