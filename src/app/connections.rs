@@ -12,7 +12,10 @@
 //!   `PREFACE_TIMEOUT`, still on its slot: silent sockets, and sockets that stop after a
 //!   byte, leave within seconds and cannot take the places of clients that speak at once,
 //!   whose handshakes start at once (`tests/api/limits.rs` measures both). The preface read
-//!   is handed to HTTP/2 again (`Counted`);
+//!   is handed to HTTP/2 again (`Counted`). When every slot is taken, a newcomer pushes the
+//!   oldest such connection out (`Waiting`) rather than being refused: slow talkers (a byte
+//!   every half second) could otherwise keep every slot for as long as they kept coming;
+//!   now each holds one only until newer ones arrive;
 //! - at most `--max-connections` that spoke are open at once: past that, a connection is
 //!   closed (its client sees the connection closed, and retries elsewhere or later), with a
 //!   warning in the log at most once a second, and the open ones are served as before. A
@@ -28,6 +31,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use backon::{ConstantBuilder, Retryable};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -141,6 +146,8 @@ pub struct Listener {
     /// their handshake) on a slot of `MAX_PENDING`, not on a place, so that silent sockets
     /// cannot take the places of clients that speak at once.
     pending: Arc<Semaphore>,
+    /// The connections on `pending` slots, oldest first, which the newest may push out.
+    waiting: Waiting,
     /// Connections that spoke: at most `max_connections`.
     places: Arc<Semaphore>,
     max_connections: usize,
@@ -148,6 +155,73 @@ pub struct Listener {
     refused: Arc<Throttle>,
     /// Rate-limits the warnings about connections closed before they spoke HTTP/2.
     unspoken: Arc<Throttle>,
+}
+
+/// How long a newcomer waits for the slot of the connection it pushed out.
+const EVICTION: Duration = Duration::from_millis(200);
+/// Why a connection that had not spoken was closed for a newcomer.
+const EVICTED: &str = "closed for a newer connection: it had not spoken HTTP/2 yet, and every \
+                       slot for such connections was taken";
+
+/// The connections on pending slots, by arrival: each can be told to give its slot up.
+#[derive(Default)]
+struct Waiting {
+    next: std::sync::atomic::AtomicU64,
+    by_arrival: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>>,
+}
+
+impl Waiting {
+    /// A slot for a new connection, `permit` held, registered as the newest.
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        self.by_arrival
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, evicted.clone());
+        Slot {
+            _permit: permit,
+            id,
+            evicted,
+            by_arrival: self.by_arrival.clone(),
+        }
+    }
+
+    /// Tells the oldest connection still waiting to give its slot up.
+    fn evict_oldest(&self) {
+        let oldest = self
+            .by_arrival
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_first();
+        if let Some((_, evicted)) = oldest {
+            evicted.cancel();
+        }
+    }
+}
+
+/// A pending slot: given back, and the connection's entry gone, when dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    id: u64,
+    evicted: CancellationToken,
+    by_arrival: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>>,
+}
+
+impl Slot {
+    /// Resolves when a newer connection needs this slot.
+    async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.by_arrival
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Connections that have not spoken yet, at once. A slot costs a task and a socket, little
@@ -161,6 +235,7 @@ impl Listener {
         Self {
             listener,
             pending: Arc::new(Semaphore::new(MAX_PENDING)),
+            waiting: Waiting::default(),
             places: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             refused: Arc::new(Throttle::default()),
@@ -178,16 +253,20 @@ impl Listener {
                 let (this, tx) = (this.clone(), tx.clone());
                 tokio::spawn(async move {
                     let mut tcp = tcp;
-                    let spoke = match first_byte(&tcp).await {
-                        Ok(_) => match preface(&mut tcp).await {
-                            Ok(()) => Ok(tcp),
-                            Err(Unspoken::Foreign(reason)) => {
-                                go_away(tcp, PROTOCOL_ERROR, NOT_HTTP2).await;
-                                Err(reason)
-                            }
-                            Err(Unspoken::Failed(reason)) => Err(reason),
-                        },
-                        Err(reason) => Err(reason),
+                    let heard = tokio::select! {
+                        _ = slot.evicted() => Err(Unspoken::Failed(EVICTED.to_owned())),
+                        heard = async {
+                            first_byte(&tcp).await.map_err(Unspoken::Failed)?;
+                            preface(&mut tcp).await
+                        } => heard,
+                    };
+                    let spoke = match heard {
+                        Ok(()) => Ok(tcp),
+                        Err(Unspoken::Foreign(reason)) => {
+                            go_away(tcp, PROTOCOL_ERROR, NOT_HTTP2).await;
+                            Err(reason)
+                        }
+                        Err(Unspoken::Failed(reason)) => Err(reason),
                     };
                     match spoke {
                         Ok(tcp) => match this.place(peer) {
@@ -231,16 +310,23 @@ impl Listener {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 let (this, tx, failed) = (this.clone(), tx.clone(), failed.clone());
                 tokio::spawn(async move {
-                    let shaken = match handshake(acceptor, tcp).await {
-                        Ok(mut stream) => match preface(&mut stream).await {
-                            Ok(()) => Ok(stream),
-                            Err(Unspoken::Foreign(reason) | Unspoken::Failed(reason)) => {
-                                // The handshake worked: say why over TLS, as any closing.
-                                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-                                Err(reason)
+                    let shaken = tokio::select! {
+                        _ = slot.evicted() => Err(EVICTED.to_owned()),
+                        shaken = async {
+                            match handshake(acceptor, tcp).await {
+                                Ok(mut stream) => match preface(&mut stream).await {
+                                    Ok(()) => Ok(stream),
+                                    Err(Unspoken::Foreign(reason) | Unspoken::Failed(reason)) => {
+                                        // The handshake worked: say why over TLS, as any
+                                        // closing.
+                                        let _ =
+                                            tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                                        Err(reason)
+                                    }
+                                },
+                                Err(reason) => Err(reason),
                             }
-                        },
-                        Err(reason) => Err(reason),
+                        } => shaken,
                     };
                     match shaken {
                         Ok(stream) => match this.place(peer) {
@@ -265,10 +351,7 @@ impl Listener {
 
     /// The next connection, with a slot to wait for its first byte in; `None` once the server
     /// stopped (`tx` closed). A connection past `MAX_PENDING` is closed at once.
-    async fn next<T>(
-        &self,
-        tx: &mpsc::Sender<T>,
-    ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    async fn next<T>(&self, tx: &mpsc::Sender<T>) -> Option<(TcpStream, SocketAddr, Slot)> {
         loop {
             // Out of file descriptors and the like: wait, do not spin.
             let accept = (|| self.listener.accept())
@@ -283,12 +366,24 @@ impl Listener {
                 _ = tx.closed() => return None,
                 accepted = accept => accepted.ok()?,
             };
-            match self.pending.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    let _ = tcp.set_nodelay(true);
-                    return Some((tcp, peer, slot));
+            let permit = match self.pending.clone().try_acquire_owned() {
+                Ok(permit) => Ok(permit),
+                // Full: the oldest that has not spoken makes room for the newcomer, so that
+                // slow talkers cannot keep every slot (a byte every half second did).
+                Err(_) => {
+                    self.waiting.evict_oldest();
+                    tokio::time::timeout(EVICTION, self.pending.clone().acquire_owned())
+                        .await
+                        .map_err(|_| ())
+                        .and_then(|permit| permit.map_err(|_| ()))
                 }
-                Err(_) => self.refused.warn(|suppressed| {
+            };
+            match permit {
+                Ok(permit) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer, self.waiting.slot(permit)));
+                }
+                Err(()) => self.refused.warn(|suppressed| {
                     tracing::warn!(
                         %peer, pending = MAX_PENDING, suppressed,
                         "a connection was refused: too many connections have not spoken yet"

@@ -547,3 +547,40 @@ async fn answers_nobody_reads_are_bounded() {
     );
     drop((held, clients));
 }
+
+/// More connections that stop after a byte than there are slots for connections that have
+/// not spoken yet (1,024): a newcomer takes the slot of the oldest of them, which is closed,
+/// rather than being refused; so a normal client is served at once, however many keep the
+/// slots busy (a slow preface, one byte every half second, kept them all, for good, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_takes_the_slot_of_the_oldest_silent_connection() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let server = Server::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_bulk-import")),
+        &database.url,
+        &[],
+        None,
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..1_100 {
+        let mut socket = TcpStream::connect(&addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut socket, b"P")
+            .await
+            .unwrap();
+        slow.push(socket);
+    }
+    let took = normal_call(&server.url).await;
+    println!("1,100 connections stopped after a byte: a normal call took {took:?}");
+    assert!(took < Duration::from_secs(1), "a normal call took {took:?}");
+    // The oldest went first: the first of them is closed already.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read(&mut slow[0], &mut byte),
+    )
+    .await
+    .expect("the oldest slow connection was closed for the newcomers");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
