@@ -6,7 +6,9 @@
 //! `--max-concurrent-uploads`), checked once its token is. These two are anyone's: without a
 //! cap, thousands of them on a few connections grew the server by a hundred megabytes in
 //! seconds. Past `--max-health-watchers` open at once, a new one is answered at once with
-//! RESOURCE_EXHAUSTED (through the one error mapping, with its `ErrorInfo`); a place is held
+//! RESOURCE_EXHAUSTED (through the one error mapping, with its `ErrorInfo`); health watches
+//! and reflection streams are counted apart, each up to the limit, so that one kind cannot
+//! keep the other out; a place is held
 //! until the stream's response ends, however it ends (the client goes away, the server stops).
 //!
 //! A tower layer in front of every service, so that it sees the request before the service
@@ -25,26 +27,31 @@ use tower::{Layer, Service};
 
 use crate::import::ImportError;
 
-/// The paths of the streams counted here.
-const COUNTED: [&str; 3] = [
-    "/grpc.health.v1.Health/Watch",
+/// The health watch, counted on its own.
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+/// The reflection streams, counted together.
+const REFLECTION: [&str; 2] = [
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
-/// The layer: one shared count of the streams open, with its limit.
+/// The layer: a count of health watches and one of reflection streams, each with the limit.
+/// Two counts, so that reflection streams held open (they need no token either) cannot take
+/// the places of the health watches that gRPC clients' health checking relies on.
 #[derive(Clone)]
 pub struct StreamsWithoutToken {
-    places: Arc<Semaphore>,
+    health: Arc<Semaphore>,
+    reflection: Arc<Semaphore>,
     max: usize,
 }
 
 impl StreamsWithoutToken {
-    /// At most `max` (at least 1) of those streams open at once.
+    /// At most `max` (at least 1) health watches, and as many reflection streams, at once.
     pub fn new(max: usize) -> Self {
         let max = max.max(1);
         Self {
-            places: Arc::new(Semaphore::new(max)),
+            health: Arc::new(Semaphore::new(max)),
+            reflection: Arc::new(Semaphore::new(max)),
             max,
         }
     }
@@ -85,16 +92,25 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !COUNTED.contains(&request.uri().path()) {
+        let path = request.uri().path();
+        let (places, what, instead) = if path == HEALTH_WATCH {
+            (
+                &self.limit.health,
+                "health watches",
+                "use a health Check instead of Watch, or retry later",
+            )
+        } else if REFLECTION.contains(&path) {
+            (&self.limit.reflection, "reflection streams", "retry later")
+        } else {
             return Box::pin(self.inner.call(request));
-        }
-        let place = match self.limit.places.clone().try_acquire_owned() {
+        };
+        let place = match places.clone().try_acquire_owned() {
             Ok(place) => place,
             Err(_) => {
                 let refused = Status::from(ImportError::LimitReached(format!(
-                    "this server already has {} health watches and reflection streams open, its \
-                     limit (--max-health-watchers); use a health Check instead of Watch, or retry \
-                     later",
+                    "this server already has {} {what} open, its limit \
+                     (--max-health-watchers, for each of health watches and reflection); \
+                     {instead}",
                     self.limit.max
                 )));
                 return Box::pin(std::future::ready(Ok(refused.into_http())));

@@ -584,3 +584,57 @@ async fn a_newcomer_takes_the_slot_of_the_oldest_silent_connection() {
     .expect("the oldest slow connection was closed for the newcomers");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+/// Reflection streams held open (HEADERS, nothing more) up to the limit do not keep health
+/// watches out: the two are counted apart. Past the limit a reflection stream is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_streams_held_open_do_not_keep_health_watches_out() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let server = Server::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_bulk-import")),
+        &database.url,
+        &["--max-health-watchers", "8"],
+        None,
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut client = raw_h2(&addr).await.ready().await.unwrap();
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..9 {
+        client = client.ready().await.unwrap();
+        let reflection = half_open_on(
+            &addr,
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        );
+        let (response, send) = client.send_request(reflection, false).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("the reflection stream is answered")
+            .unwrap();
+        match response.headers().get("grpc-status") {
+            Some(status) => {
+                assert_eq!(status, "8");
+                refused += 1;
+            }
+            None => held.push((response, send)),
+        }
+    }
+    assert_eq!((held.len(), refused), (8, 1));
+    let mut health = HealthClient::new(server.channel.clone());
+    let watch = tokio::time::timeout(
+        Duration::from_secs(5),
+        health.watch(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("the watch is answered");
+    let mut watch = watch
+        .expect("a health watch is held beside the reflection streams")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch sends its first status");
+    assert!(first.is_some_and(|m| m.is_ok()));
+    drop(held);
+}
