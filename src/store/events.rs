@@ -19,6 +19,7 @@
 use std::sync::LazyLock;
 
 use super::StoreError;
+use super::queries::{Creator, invitation_state, invitations_sent, invite_time};
 use super::steps::{Dialect, Param, Steps};
 use crate::domain::ImportKey;
 
@@ -68,12 +69,11 @@ fn insert(dialect: Dialect, told: Told, filter: &str) -> String {
 
 /// The user's invitation as stored (its own, else its import's decision).
 fn as_stored() -> (String, String, String) {
+    let creator = Creator::Joined("i");
     (
-        super::queries::invitation_state("u", "i"),
-        "coalesce(u.invite_time, CASE WHEN u.invitation_state IS NULL \
-         AND i.invitations <> 'HOLD' THEN i.complete_time END)"
-            .to_owned(),
-        super::queries::invitations_sent("u", "i"),
+        invitation_state("u", creator),
+        invite_time("u", creator),
+        invitations_sent("u", creator),
     )
 }
 
@@ -95,10 +95,7 @@ impl Statements {
         static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
         static POSTGRES: LazyLock<Statements> =
             LazyLock::new(|| Statements::new(Dialect::Postgres));
-        match dialect {
-            Dialect::Sqlite => &SQLITE,
-            Dialect::Postgres => &POSTGRES,
-        }
+        dialect.pick(&SQLITE, &POSTGRES)
     }
 
     fn new(dialect: Dialect) -> Self {

@@ -12,6 +12,7 @@
 use std::sync::LazyLock;
 
 use super::StoreError;
+use super::queries::{Creator, invitation_state, invitations_sent, invite_time};
 use super::steps::{Dialect, Param, Steps};
 use crate::domain::{AccountId, ImportKey};
 
@@ -86,25 +87,15 @@ impl Statements {
         static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
         static POSTGRES: LazyLock<Statements> =
             LazyLock::new(|| Statements::new(Dialect::Postgres));
-        match dialect {
-            Dialect::Sqlite => &SQLITE,
-            Dialect::Postgres => &POSTGRES,
-        }
+        dialect.pick(&SQLITE, &POSTGRES)
     }
 
     fn new(dialect: Dialect) -> Self {
-        // The user's effective values, read through its creating import.
-        let creator = "(SELECT c.invitations FROM imports c WHERE c.import_key = users.import_key)";
-        let state = format!(
-            "coalesce(users.invitation_state, \
-             CASE WHEN {creator} = 'HOLD' THEN 'HELD' ELSE 'SENT' END)"
-        );
-        let sent = format!(
-            "coalesce(users.invitations_sent, CASE WHEN {creator} = 'HOLD' THEN 0 ELSE 1 END)"
-        );
-        let invited = "coalesce(users.invite_time, CASE WHEN users.invitation_state IS NULL \
-             THEN (SELECT c.complete_time FROM imports c WHERE c.import_key = users.import_key \
-             AND c.invitations <> 'HOLD') END)";
+        // The user's effective values, read through its creating import (the one rule).
+        let creator = Creator::OfUser("users");
+        let state = invitation_state("users", creator);
+        let sent = invitations_sent("users", creator);
+        let invited = invite_time("users", creator);
         let now = dialect.now();
         let invite = |states: &str| {
             format!(

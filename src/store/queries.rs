@@ -130,22 +130,57 @@ type UserColumns = (
     i64,
 );
 
-/// User `u`'s invitation state, its creating import being `i`: its own once something after
-/// the import's commit set it (`SendInvitations`, `AcceptInvitation`), else what the import
-/// decided: SENT with SEND (its commit invited the user), HELD with HOLD. The one rule, for
-/// every read and every change of an invitation, on both backends.
-pub(crate) fn invitation_state(u: &str, i: &str) -> String {
+/// How a statement reaches the columns of the import that created user `u`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Creator<'a> {
+    /// Joined under this alias.
+    Joined(&'a str),
+    /// Not joined (an `UPDATE users`): read by a subquery on the user's `import_key`.
+    OfUser(&'a str),
+}
+
+impl Creator<'_> {
+    /// The creating import's `column`.
+    fn column(self, column: &str) -> String {
+        match self {
+            Creator::Joined(i) => format!("{i}.{column}"),
+            Creator::OfUser(u) => {
+                format!("(SELECT c.{column} FROM imports c WHERE c.import_key = {u}.import_key)")
+            }
+        }
+    }
+}
+
+/// User `u`'s invitation state, `i` reaching its creating import: its own once something
+/// after the import's commit set it (`SendInvitations`, `AcceptInvitation`), else what the
+/// import decided: SENT with SEND (its commit invited the user), HELD with HOLD. The one rule,
+/// with `invitations_sent` and `invite_time`, for every read and every change of an
+/// invitation, on both backends.
+pub(crate) fn invitation_state(u: &str, i: Creator<'_>) -> String {
     format!(
         "coalesce({u}.invitation_state, \
-         CASE WHEN {i}.invitations = 'HOLD' THEN 'HELD' ELSE 'SENT' END)"
+         CASE WHEN {} = 'HOLD' THEN 'HELD' ELSE 'SENT' END)",
+        i.column("invitations")
     )
 }
 
 /// The invitations user `u` was sent, by the same rule: 1 from a SEND import's commit.
-pub(crate) fn invitations_sent(u: &str, i: &str) -> String {
+pub(crate) fn invitations_sent(u: &str, i: Creator<'_>) -> String {
     format!(
         "CAST(coalesce({u}.invitations_sent, \
-         CASE WHEN {i}.invitations = 'HOLD' THEN 0 ELSE 1 END) AS BIGINT)"
+         CASE WHEN {} = 'HOLD' THEN 0 ELSE 1 END) AS BIGINT)",
+        i.column("invitations")
+    )
+}
+
+/// When user `u` was last invited, by the same rule: a SEND import's commit invited it when
+/// the import completed; none while it is HELD.
+pub(crate) fn invite_time(u: &str, i: Creator<'_>) -> String {
+    format!(
+        "coalesce({u}.invite_time, CASE WHEN {u}.invitation_state IS NULL \
+         AND {} <> 'HOLD' THEN {} END)",
+        i.column("invitations"),
+        i.column("complete_time")
     )
 }
 
@@ -175,7 +210,8 @@ where
     // one did: its values are shown instead.
     let committed =
         |column: &str| format!("CASE WHEN s.email IS NULL THEN u.{column} ELSE s.{column} END");
-    let state = invitation_state("u", "i");
+    let creator = Creator::Joined("i");
+    let state = invitation_state("u", creator);
     let sql = format!(
         "SELECT u.email, {first}, {last}, {role}, {title}, {external_id}, i.import_id, \
          {created}, {updated}, {state}, {invited}, {sent} \
@@ -199,11 +235,8 @@ where
             committed("update_time")
         )),
         // A SEND import's users were invited by its commit: its completion time.
-        invited = micros(
-            "coalesce(u.invite_time, CASE WHEN u.invitation_state IS NULL \
-             AND i.invitations <> 'HOLD' THEN i.complete_time END)"
-        ),
-        sent = invitations_sent("u", "i"),
+        invited = micros(&invite_time("u", creator)),
+        sent = invitations_sent("u", creator),
     );
     let rows: Vec<UserColumns> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(account_id.as_str())

@@ -49,6 +49,15 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
+    /// The one of `sqlite` and `postgres` for this dialect: a flow's statements, built once
+    /// per dialect.
+    pub(crate) fn pick<T>(self, sqlite: &'static T, postgres: &'static T) -> &'static T {
+        match self {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres => postgres,
+        }
+    }
+
     /// The current time as the backend's time columns hold it.
     pub(crate) fn now(self) -> &'static str {
         match self {
