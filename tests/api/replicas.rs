@@ -255,6 +255,14 @@ async fn the_service_rides_out_the_database_going_away() {
         ImportStatus::ErrorUnknown
     );
     assert_eq!(ended.rows_imported, 0);
+    // GetImport shows an ending as decided while it waits to be stored (`ending::pending`,
+    // retried with backoff once the database is back); its users go when it is stored.
+    let start = std::time::Instant::now();
+    while app.users_of(ACCOUNT, "during-outage").await != 0
+        && start.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(app.users_of(ACCOUNT, "during-outage").await, 0);
 
     let after = app
