@@ -8,6 +8,8 @@
 //! - `cfg(grpcurl_tests)`, `cfg(buf_tests)`: the outside clients are installed, or
 //!   `BULK_IMPORT_REQUIRE_TOOLS=1` (CI) asks for those tests whatever, so that a missing
 //!   tool fails them;
+//! - `cfg(nats_tests)`: `nats-server` is installed, which the relay's tests start on ports
+//!   of their own (so that they can stop and start it), or CI asks;
 //! - `cfg(helm_tests)`: the Python packages that check the Helm chart (`helm_python`,
 //!   `kubernetes_validate`) import, in `.ci/tools/venv` or the system's python3; or CI asks.
 
@@ -22,7 +24,13 @@ fn installed(tool: &str) -> bool {
 }
 
 fn test_environment() {
-    for cfg in ["postgres_tests", "grpcurl_tests", "buf_tests", "helm_tests"] {
+    for cfg in [
+        "postgres_tests",
+        "grpcurl_tests",
+        "buf_tests",
+        "helm_tests",
+        "nats_tests",
+    ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
     println!("cargo:rerun-if-env-changed=TEST_DATABASE_URL");
@@ -37,6 +45,9 @@ fn test_environment() {
     }
     if required || installed("buf") {
         println!("cargo:rustc-cfg=buf_tests");
+    }
+    if required || installed("nats-server") {
+        println!("cargo:rustc-cfg=nats_tests");
     }
     let venv = PathBuf::from(".ci/tools/venv/bin/python");
     println!("cargo:rerun-if-changed=.ci/tools/venv/bin/python");

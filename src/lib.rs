@@ -57,6 +57,9 @@
 //! - [`app`]: the server and graceful shutdown (`mod.rs`), the connections it takes
 //!   (`connections`), the database's start, recovery and upkeep (`database`), readiness
 //!   (`readiness`), freed memory given back (`memory`);
+//! - [`relay`]: the user event feed published to NATS JetStream (`--events-nats-url`), by
+//!   one replica at a time, from its stored place; [`json`]: messages as JSON, for the
+//!   CLI's `--json` and the relay's payloads;
 //! - [`metrics`]: Prometheus metrics, and the HTTP listener with the probes beside them;
 //! - [`config`] and [`cli`]: flags, environment, and the service's own client.
 //!
@@ -74,7 +77,9 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod import;
+pub mod json;
 pub mod metrics;
 pub mod proto;
+pub mod relay;
 pub mod store;
 pub mod tls;

@@ -1,8 +1,9 @@
 //! The database's side of a running server: it is opened (retrying while it is not there
 //! yet), imports a stopped server left PROCESSING are ended (`import::ending::orphans`), and
 //! then, for as long as the server runs, readiness follows the database, the upkeep runs
-//! every few seconds (life signs renewed, waiting endings stored, abandoned imports reaped) and
-//! the retention's clean-up every few minutes (`import::retention`).
+//! every few seconds (life signs renewed, waiting endings stored, abandoned imports reaped),
+//! the retention's clean-up every few minutes (`import::retention`), and with
+//! `--events-nats-url` the relay of the feed (`relay`), in a task of its own.
 //!
 //! It runs as one task beside the gRPC server, so that the server answers (liveness,
 //! readiness NOT_SERVING, the template) while the database is not there yet. The importer gets
@@ -25,6 +26,15 @@ use crate::store::{self, OpenOptions, StoreError};
 /// get its imports reaped.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3);
 
+/// The relay to NATS, started once the database is open, and how shutdown stops it.
+pub(super) struct Relay {
+    pub config: crate::relay::RelayConfig,
+    /// Cancelled at shutdown: the relay gives its lease up.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Where it runs, for shutdown to wait for it.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
 /// Opens and migrates the database, ends imports a previous run left PROCESSING, then keeps
 /// readiness in step with the database and runs the periodic upkeep. Returns only if the
 /// database cannot be opened for good (a wrong URL, a file that cannot be created, a failed
@@ -36,6 +46,7 @@ pub(super) async fn start_database(
     importer: Importer,
     readiness: Readiness,
     retention: Retention,
+    relay: Option<Relay>,
 ) -> Result<std::convert::Infallible, StoreError> {
     let metrics = importer.metrics().clone();
     let open = || async {
@@ -65,6 +76,14 @@ pub(super) async fn start_database(
         })
         .await?;
     importer.set_store(store);
+    if let Some(Relay {
+        config,
+        stop,
+        tasks,
+    }) = relay
+    {
+        tasks.spawn(crate::relay::run(importer.clone(), config, stop));
+    }
     let upkeep = async {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -30,7 +30,7 @@
 //!    `--shutdown-grace-seconds` to finish; those still running then end ERROR_UNKNOWN, with
 //!    nothing imported, and their clients are told to upload again. Upkeep keeps running
 //!    meanwhile, so that their life signs stay fresh and no other replica reaps them;
-//! 3. the upkeep stops, and tonic stops taking calls, giving open ones (watchers, reads)
+//! 3. the relay to NATS stops and gives its lease up, the upkeep stops, and tonic stops taking calls, giving open ones (watchers, reads)
 //!    `DRAIN_TIMEOUT` before they are cut;
 //! 4. the file watchers and the metrics listener stop;
 //! 5. last, the store is closed, which for SQLite lets go of the database file's lock, so that
@@ -323,12 +323,20 @@ impl Application {
             stopping: Arc::new(tokio::sync::Mutex::new(false)),
             metrics: self.importer.metrics().clone(),
         };
+        let relay_stop = tokio_util::sync::CancellationToken::new();
+        let relay_tasks = tokio_util::task::TaskTracker::new();
+        let relay = self.args.relay().map(|config| database::Relay {
+            config,
+            stop: relay_stop.clone(),
+            tasks: relay_tasks.clone(),
+        });
         let mut database = tokio::spawn(start_database(
             self.args.database_url.clone(),
             self.args.store_options(),
             self.importer.clone(),
             readiness.clone(),
             self.args.retention(),
+            relay,
         ));
         tokio::pin!(shutdown);
         tokio::select! {
@@ -353,6 +361,16 @@ impl Application {
         tracing::info!("shutting down");
         readiness.stop().await;
         self.importer.shutdown(self.args.shutdown_grace()).await;
+        // The relay has published what the uploads' endings wrote; it gives its lease up for
+        // another replica to take at once.
+        relay_stop.cancel();
+        relay_tasks.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, relay_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the relay did not stop within the drain timeout");
+        }
         database.abort();
         let _ = stop_server.send(());
         if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::json;
 
 use super::connect::client;
 use super::{CliResult, Outcome, json};
@@ -42,23 +41,15 @@ pub async fn events(args: EventsArgs) -> CliResult {
         let event = event?;
         let kind = proto::UserEventType::try_from(event.r#type)
             .map_or("USER_EVENT_TYPE_UNSPECIFIED", |t| t.as_str_name());
-        let user = event.user.unwrap_or_default();
+        let email = event.user.as_ref().map_or("", |u| u.email.as_str());
         if args.target.json {
-            json::print(&json!({
-                "cursor": event.cursor,
-                "event_id": event.event_id,
-                "type": kind,
-                "account_id": event.account_id,
-                "import_id": event.import_id,
-                "user": json::user(&user),
-                "event_time": event.event_time.map(|t| t.to_string()),
-            }));
+            json::print(&json::user_event(&event));
         } else {
             println!(
                 "{} {} {} {}",
                 event.cursor,
                 kind.trim_start_matches("USER_EVENT_TYPE_"),
-                user.email,
+                email,
                 event.import_id
             );
         }

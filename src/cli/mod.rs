@@ -29,10 +29,11 @@ mod connect;
 mod deadline;
 mod diagnose;
 mod events;
-mod json;
 mod outcome;
 mod show;
 mod upload;
+
+use crate::json;
 
 pub use commands::{cancel, errors, get, invite, list, revert, template, users, watch};
 pub use connect::{Bearer, Client, connect};

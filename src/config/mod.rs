@@ -266,6 +266,10 @@ pub struct ServeArgs {
         value_parser = duration::keep_for
     )]
     pub event_retention: duration::KeepFor,
+    /// Publishes every user event to NATS JetStream at this URL (stream BULK_IMPORT_EVENTS,
+    /// created if missing), such as nats://127.0.0.1:4222. One replica publishes at a time.
+    #[arg(long, env = "BULK_IMPORT_EVENTS_NATS_URL", value_name = "URL")]
+    pub events_nats_url: Option<String>,
     /// How often the retention's clean-up runs. For tests.
     #[arg(
         long,
@@ -317,6 +321,16 @@ impl ServeArgs {
             events: self.event_retention.0,
             every: self.retention_interval,
         }
+    }
+
+    /// The relay of the feed to NATS, when `--events-nats-url` asks for one.
+    pub fn relay(&self) -> Option<crate::relay::RelayConfig> {
+        self.events_nats_url
+            .clone()
+            .map(|url| crate::relay::RelayConfig {
+                url,
+                max_age: self.event_retention.0,
+            })
     }
 
     /// How long shutdown waits for running uploads before it ends them (ERROR_UNKNOWN).

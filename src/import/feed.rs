@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ImportError, Importer};
 use crate::domain::{AccountId, Caller, InvitationState, UserEventKind};
-use crate::store::{FeedRow, Store, StoredEvent, StoredUser};
+use crate::store::{FeedRow, LeaseStep, RelayLease, Store, StoredEvent, StoredUser};
 
 /// Rows, or users of a commit, read from the store at a time.
 const PAGE: u32 = 500;
@@ -120,27 +120,85 @@ impl Importer {
             }
             Some(After { cursor, .. }) => cursor,
         };
-        let feed: Arc<str> = Arc::from(state.feed);
         // A follower holds a watcher's place, as a `WatchImport` stream does, until it ends.
         let place = self
             .inner
             .watchers
             .admit_key(account.as_ref().map_or("*", AccountId::as_str))?;
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(async move {
-            let _place = place;
-            let follower = Follower {
-                tx,
-                caller,
-                account,
-                feed,
-            };
-            if let Err(e) = follow(&store, &follower, after).await {
-                let _ = follower.tx.send(Err(e)).await;
-            }
-        });
-        Ok(ReceiverStream::new(rx))
+        Ok(spawn_follower(
+            store, state.feed, caller, account, after, place,
+        ))
     }
+
+    /// A step of the relay's lease (`relay`): `Some` while this replica holds it.
+    pub async fn relay_lease(
+        &self,
+        step: LeaseStep<'_>,
+    ) -> Result<Option<RelayLease>, ImportError> {
+        Ok(self.store()?.relay_lease(step).await?)
+    }
+
+    /// The whole feed, every account's, from `at` on, for the relay (`relay`), which holds no
+    /// watcher's place. A place the feed no longer keeps (the relay was away for longer than
+    /// `--event-retention`), or one ahead of it (a database restored from a backup), is
+    /// logged and replaced by the oldest event kept: published again rather than skipped.
+    pub async fn relay_feed(
+        &self,
+        at: Cursor,
+    ) -> Result<ReceiverStream<Result<FeedEvent, ImportError>>, ImportError> {
+        let store = self.store()?;
+        let state = store.feed_state().await?;
+        let kept = at.seq > state.horizon || (at.seq == state.horizon && at.row.is_none());
+        let at = if kept && at.seq <= state.last {
+            at
+        } else {
+            tracing::error!(
+                relayed_up_to = at.seq,
+                horizon = state.horizon,
+                last = state.last,
+                "the relay's place is not in the feed (events removed before they were relayed, \
+                 or a database restored from a backup): relaying from the oldest event kept"
+            );
+            Cursor {
+                seq: state.horizon,
+                row: None,
+            }
+        };
+        Ok(spawn_follower(
+            store,
+            state.feed,
+            Caller::open(),
+            None,
+            at,
+            (),
+        ))
+    }
+}
+
+/// The task that feeds a follower from `after` on, holding `place` until it ends.
+fn spawn_follower<P: Send + 'static>(
+    store: Arc<dyn Store>,
+    feed: String,
+    caller: Caller,
+    account: Option<AccountId>,
+    after: Cursor,
+    place: P,
+) -> ReceiverStream<Result<FeedEvent, ImportError>> {
+    let feed: Arc<str> = Arc::from(feed);
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    tokio::spawn(async move {
+        let _place = place;
+        let follower = Follower {
+            tx,
+            caller,
+            account,
+            feed,
+        };
+        if let Err(e) = follow(&store, &follower, after).await {
+            let _ = follower.tx.send(Err(e)).await;
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// The follower's task: from `at` on, until the follower goes (`Ok`) or the store fails.

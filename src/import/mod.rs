@@ -150,6 +150,9 @@ impl Importer {
     pub fn set_store(&self, store: Arc<dyn Store>) {
         let pools = store.clone();
         self.inner.metrics.watch_pools(move || pools.pool_stats());
+        let written = store.clone();
+        let feed = self.inner.metrics.feed();
+        feed.watch_written(move || written.events_written());
         let _ = self.inner.store.set(store);
     }
 

@@ -21,6 +21,7 @@
 //! | `bulk_import_active_uploads`            | gauge     | uploads running now             |
 //! | `bulk_import_active_watchers`           | gauge     | `WatchImport` streams open now  |
 //! | `bulk_import_db_connections{state}`     | gauge     | pool connections, by state      |
+//! | `bulk_import_events_*`                  | various   | the user feed (`feed`)          |
 //! | `process_*`                             | various   | CPU, memory, descriptors        |
 //!
 //! Each server counts what it did itself: an import counts once, on the server that decided
@@ -47,7 +48,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::{Counters, ImportStatus};
 
+mod feed;
 mod server;
+
+pub use feed::FeedSeries;
 
 pub use server::bind;
 
@@ -146,6 +150,8 @@ struct Inner {
     database_size: Gauge,
     /// `bulk_import_db_connections`, read at scrape time.
     pools: PoolSource,
+    /// The user event feed's series (`feed`).
+    feed: FeedSeries,
     /// Readiness as the health service reports it, for `/readyz`.
     ready: AtomicBool,
 }
@@ -174,6 +180,7 @@ impl Metrics {
         let retention_imports = Counter::default();
         let database_size = Gauge::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
+        let feed;
         {
             let ours = registry.sub_registry_with_prefix("bulk_import");
             ours.register(
@@ -227,6 +234,7 @@ impl Metrics {
                 Unit::Bytes,
                 database_size.clone(),
             );
+            feed = FeedSeries::register(ours);
         }
         let tls = registry.sub_registry_with_prefix("bulk_import_tls");
         tls.register_with_unit(
@@ -262,6 +270,7 @@ impl Metrics {
                 retention_imports,
                 database_size,
                 pools,
+                feed,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -301,6 +310,11 @@ impl Metrics {
         if done {
             self.inner.retention_imports.inc();
         }
+    }
+
+    /// The user event feed's series: events written and relayed, the relay's lag.
+    pub fn feed(&self) -> &FeedSeries {
+        &self.inner.feed
     }
 
     /// The database's size in bytes, as last measured.

@@ -41,8 +41,9 @@ pub(crate) async fn conclude<S: Steps + ?Sized>(
     forget(steps, key).await?;
     if import.status.is_completed() && !import.validate_only {
         // What the commit tells the feed, in its transaction.
-        let invites = import.invitations == InvitationPolicy::Send;
-        super::events::at_commit(steps, key, invites).await?;
+        let invited =
+            (import.invitations == InvitationPolicy::Send).then_some(import.counters.rows_imported);
+        super::events::at_commit(steps, key, invited).await?;
     }
     steps.changed(&[key]).await?;
     Ok(import)

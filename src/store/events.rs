@@ -118,8 +118,14 @@ impl Statements {
             Dialect::Sqlite => "$1",
             Dialect::Postgres => "to_timestamp($1::bigint / 1000000.0)",
         };
+        // Not past what a relay that ran within the retention has yet to publish
+        // (`relay`): NATS away for longer than --event-retention loses nothing.
+        let relayed = "(SELECT CASE WHEN r.epoch = 0 OR r.lease_until < $1 \
+             THEN 9223372036854775807 WHEN r.at_row IS NULL THEN r.at_seq + 1 ELSE r.at_seq END \
+             FROM user_events_relay r WHERE r.id = 1)";
         let oldest = format!(
-            "SELECT seq FROM user_events WHERE event_time < {before} ORDER BY seq LIMIT $2"
+            "SELECT seq FROM user_events WHERE event_time < {before} AND seq < {relayed} \
+             ORDER BY seq LIMIT $2"
         );
         Statements {
             // $1: the import that committed (SEND, not a dry run: checked by the caller). One
@@ -192,23 +198,25 @@ fn scope() -> &'static str {
      AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL')"
 }
 
-/// The events of import `key`'s commit: INVITED for the users it created when it invites
-/// them (`invites`), UPDATED for the users it changed.
+/// The events of import `key`'s commit: INVITED for the `invited` users it created when it
+/// invites them, UPDATED for the users it changed.
 pub(crate) async fn at_commit<S: Steps + ?Sized>(
     steps: &mut S,
     key: ImportKey,
-    invites: bool,
+    invited: Option<u64>,
 ) -> Result<(), StoreError> {
     let statements = Statements::of(steps.dialect());
     steps.events_turn().await?;
-    if invites {
+    if let Some(users) = invited {
         steps
             .execute(&statements.invited_at_commit, &[Param::Int(key)])
             .await?;
+        steps.told(users);
     }
-    steps
+    let updated = steps
         .execute(&statements.updated_at_commit, &[Param::Int(key)])
         .await?;
+    steps.told(updated);
     Ok(())
 }
 
@@ -220,9 +228,11 @@ pub(crate) async fn invitations<S: Steps + ?Sized>(
 ) -> Result<(), StoreError> {
     let statements = Statements::of(steps.dialect());
     steps.events_turn().await?;
-    steps.execute(&statements.invited, params).await?;
+    let invited = steps.execute(&statements.invited, params).await?;
+    steps.told(invited);
     if resend {
-        steps.execute(&statements.resent, params).await?;
+        let resent = steps.execute(&statements.resent, params).await?;
+        steps.told(resent);
     }
     Ok(())
 }
@@ -234,7 +244,8 @@ pub(crate) async fn accepted<S: Steps + ?Sized>(
 ) -> Result<(), StoreError> {
     let statements = Statements::of(steps.dialect());
     steps.events_turn().await?;
-    steps.execute(&statements.accepted, params).await?;
+    let accepted = steps.execute(&statements.accepted, params).await?;
+    steps.told(accepted);
     Ok(())
 }
 
@@ -245,9 +256,10 @@ pub(crate) async fn removed<S: Steps + ?Sized>(
 ) -> Result<(), StoreError> {
     let statements = Statements::of(steps.dialect());
     steps.events_turn().await?;
-    steps
+    let removed = steps
         .execute(&statements.removed, &[Param::Int(key)])
         .await?;
+    steps.told(removed);
     Ok(())
 }
 

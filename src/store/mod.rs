@@ -49,6 +49,8 @@
 //! - `codec`: domain values to columns and back; `queries`: the reads both backends share;
 //! - `rekey`: the one-off rekeying of old email addresses to today's key form;
 //! - `retention`: a step of removing a finished import's details (row errors, failed rows);
+//! - `events`: the user feed's outbox, written in each change's transaction; `relay`: the
+//!   NATS relay's lease and place;
 //! - [`error`]: the errors, classified once (an answer, an outage, a fault, a bug) with their
 //!   plain words;
 //! - `sqlite/`: the embedded default, one replica: `mod.rs` (the store, its one writer
@@ -75,6 +77,7 @@ mod postgres;
 mod queries;
 mod record;
 mod rekey;
+mod relay;
 mod retention;
 mod revert;
 mod sqlite;
@@ -92,8 +95,8 @@ use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch
 pub use error::{Fault, Outage, StoreError};
 pub use types::{
     BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, FeedRow, FeedState,
-    Guard, ImportCursor, InvitedUser, LifeSign, OpenOptions, Processing, Removed, Reverted,
-    StoredEvent, StoredRowError, StoredUser, UserFilter,
+    Guard, ImportCursor, InvitedUser, LeaseStep, LifeSign, OpenOptions, Processing, RelayLease,
+    Removed, Reverted, StoredEvent, StoredRowError, StoredUser, UserFilter,
 };
 
 /// The store as the import layer sees it, behind an `Arc<dyn Store>` chosen by [`open`].
@@ -247,6 +250,14 @@ pub trait Store: Send + Sync + 'static {
     /// The feed's name and bounds: a cursor of another feed, before the horizon (events
     /// after it were removed) or after the last event is not a place in this feed.
     async fn feed_state(&self) -> Result<FeedState, StoreError>;
+
+    /// A step of the relay's lease (`relay`): taken, kept with the place moved, or given
+    /// up; `Some` while this replica holds it.
+    async fn relay_lease(&self, step: LeaseStep<'_>) -> Result<Option<RelayLease>, StoreError>;
+
+    /// Events this store has committed to the feed since it opened (an INVITED_AT_COMMIT row
+    /// counts the users it invites), for the metrics.
+    fn events_written(&self) -> u64;
 
     /// The users import `key`'s commit invited (`FeedRow::InvitedAtCommit`), after file row
     /// `after_row`, in file order, at most `limit`, each with its row.

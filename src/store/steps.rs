@@ -58,6 +58,15 @@ impl Dialect {
         }
     }
 
+    /// The current time in microseconds since the Unix epoch, by the database's clock (the
+    /// relay's lease).
+    pub(crate) fn now_micros(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => self.now(),
+            Dialect::Postgres => "CAST(extract(epoch FROM clock_timestamp()) * 1000000 AS BIGINT)",
+        }
+    }
+
     /// The current time as the backend's time columns hold it.
     pub(crate) fn now(self) -> &'static str {
         match self {
@@ -132,6 +141,10 @@ pub(crate) trait Steps: Send {
     /// PostgreSQL an advisory lock, so that transactions that write events commit in the order
     /// of their events' `seq`; SQLite's one writer has that order already.
     async fn events_turn(&mut self) -> Result<(), StoreError>;
+
+    /// Counts `events` written to the feed in this transaction: added to
+    /// `Store::events_written` if it commits.
+    fn told(&mut self, events: u64);
 
     // Reverts.
 

@@ -418,3 +418,41 @@ pub struct FeedState {
     /// The highest `seq` written (the horizon when none is kept).
     pub last: i64,
 }
+
+/// The relay's lease as its holder knows it (`Store::relay_lease`): the epoch it took, and the
+/// feed's place up to which it has published (a cursor: `seq`, and within a commit's
+/// invitations, `row`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLease {
+    /// Taken with this epoch: its place is stored only while the epoch is still this one.
+    pub epoch: i64,
+    /// The feed's row up to which every event is published.
+    pub seq: i64,
+    /// Within a commit's invitations, the file row of the last user published.
+    pub row: Option<i64>,
+}
+
+/// A step of the relay's lease (`Store::relay_lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStep<'a> {
+    /// Take the lease for `lease`, if the last holder's ran out; the answer has its place.
+    Take {
+        /// This replica, as logs and the row name it.
+        holder: &'a str,
+        /// How long the lease lasts, by the database's clock.
+        lease: std::time::Duration,
+    },
+    /// Keep the lease for `lease` more, with the place moved to `held`'s: `None` when
+    /// another replica took it.
+    Keep {
+        /// The lease held, with the new place.
+        held: RelayLease,
+        /// How long the lease lasts from now.
+        lease: std::time::Duration,
+    },
+    /// Give the lease up, for another replica to take at once.
+    LetGo {
+        /// The epoch it was taken with: a lease taken since by another is left alone.
+        epoch: i64,
+    },
+}

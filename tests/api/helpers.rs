@@ -134,6 +134,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         dry_run_retention: KeepFor(Some(Duration::from_secs(7 * 86_400))),
         event_retention: KeepFor(Some(Duration::from_secs(7 * 86_400))),
         retention_interval: Duration::from_secs(600),
+        events_nats_url: None,
     }
 }
 

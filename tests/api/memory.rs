@@ -58,3 +58,67 @@ backend_tests! {
         );
     }
 }
+
+/// Resident memory of `server` sampled while `read` runs: the highest seen.
+async fn replay_peak(
+    server: &support::Server,
+    events: &mut tonic::Streaming<bulk_import::proto::UserEvent>,
+    count: i64,
+) -> u64 {
+    use futures::StreamExt;
+    let mut peak = server.rss();
+    for read in 0..count {
+        tokio::time::timeout(std::time::Duration::from_secs(30), events.next())
+            .await
+            .expect("an event in time")
+            .expect("the feed goes on")
+            .unwrap();
+        if read % 5_000 == 0 {
+            peak = peak.max(server.rss());
+        }
+    }
+    peak.max(server.rss())
+}
+
+backend_tests! {
+    async fn a_100_000_user_import_replays_in_flat_memory_beside_a_follower_that_does_not_read(
+        backend
+    ) {
+        let (file, stats) = generate(&["--rows", "100000", "--seed", "6"]);
+        let database = TestDatabase::new(backend).await;
+        let server = support::Server::start_this(&database.url).await;
+        let mut client = server.client();
+        let messages = upload_messages(ACCOUNT, "big", "users.csv", &file, 256 * 1024, finish());
+        let import = client
+            .upload_import(futures::stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner()
+            .import
+            .unwrap();
+        assert_eq!(import.rows_imported, stats.valid);
+        let follow = || bulk_import::proto::WatchUserEventsRequest::default();
+        let before = server.rss();
+        // One follower never reads: the server holds what the connection's window and the
+        // follower's 64 queued events take, and reads nothing more for it.
+        let stalled = client.clone().watch_user_events(follow()).await.unwrap();
+        let mut events = client.watch_user_events(follow()).await.unwrap().into_inner();
+        let peak = replay_peak(&server, &mut events, stats.valid).await;
+        drop(stalled);
+        server.stop();
+        let grew = peak.saturating_sub(before);
+        println!(
+            "{backend:?}: replaying {} events: RSS {:.1} MiB before, {:.1} MiB at most during \
+             (+{:.1} MiB), one follower stalled throughout",
+            stats.valid,
+            support::mib(before),
+            support::mib(peak),
+            support::mib(grew)
+        );
+        assert!(
+            grew <= 32 * 1024 * 1024,
+            "the replay grew the server by {:.1} MiB",
+            support::mib(grew)
+        );
+    }
+}

@@ -155,7 +155,27 @@ async fn the_readme_grpcurl_examples_work_as_written() {
     // the cancel, and what its client got
     assert!(stdout.contains("IMPORT_STATUS_CANCELLED"), "{stdout}");
     assert!(stdout.contains("Code: Canceled"), "{stdout}");
-    assert_eq!(app.users("acme").await.len(), 2);
+    // the feed from its start: the imports' invitations and the revert, in order; then, after
+    // the cursor it ended on, only the held user invited and accepting
+    assert!(
+        stdout.contains(
+            "USER_EVENT_TYPE_INVITED ada@example.com\nUSER_EVENT_TYPE_INVITED \
+             grace@example.com\nUSER_EVENT_TYPE_INVITED alan@example.com\n\
+             USER_EVENT_TYPE_REMOVED alan@example.com\n"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"usersInvited\": \"1\""), "{stdout}");
+    assert!(stdout.contains("INVITATION_STATE_ACCEPTED"), "{stdout}");
+    assert_eq!(stdout.matches("since: ").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains(
+            "since: USER_EVENT_TYPE_INVITED kay@example.com\n\
+             since: USER_EVENT_TYPE_INVITATION_ACCEPTED kay@example.com\n"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(app.users("acme").await.len(), 3);
 }
 
 #[test]

@@ -30,6 +30,7 @@ mod tx;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,9 +43,9 @@ use super::codec::micros;
 use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, FeedState, Guard,
-    ImportCursor, InvitedUser, Invitees, Processing, Removed, Reverted, Store, StoreError,
-    StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan, planned, queries,
-    rekey, retention, revert,
+    ImportCursor, InvitedUser, Invitees, LeaseStep, Processing, RelayLease, Removed, Reverted,
+    Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan,
+    planned, queries, rekey, relay, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::Changes;
@@ -88,6 +89,8 @@ pub struct PostgresStore {
     faults: FaultLatch,
     /// The owner lock and the listener, stopped with the store.
     tasks: Vec<JoinHandle<()>>,
+    /// Events committed to the feed (`Store::events_written`).
+    events_written: AtomicU64,
 }
 
 impl Drop for PostgresStore {
@@ -116,9 +119,13 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        let rekeyed = in_transaction(&pool, &(), only_conflicts, |mut steps, ()| {
-            Box::pin(async move { rekey::rekey(&mut steps).await })
-        })
+        let rekeyed = in_transaction(
+            &pool,
+            &AtomicU64::new(0),
+            &(),
+            only_conflicts,
+            |mut steps, ()| Box::pin(async move { rekey::rekey(&mut steps).await }),
+        )
         .await?;
         rekeyed.log();
 
@@ -133,6 +140,7 @@ impl PostgresStore {
             changes,
             faults: FaultLatch::default(),
             tasks: vec![lock_task, listen_task],
+            events_written: AtomicU64::new(0),
         })
     }
 }
@@ -222,9 +230,15 @@ impl Store for PostgresStore {
     }
 
     async fn request_cancel(&self, key: ImportKey) -> Result<(), StoreError> {
-        let asked = in_transaction(&self.pool, &key, only_conflicts, |mut steps, &key| {
-            Box::pin(async move { ending::request_cancel(&mut steps, key).await })
-        })
+        let asked = in_transaction(
+            &self.pool,
+            &self.events_written,
+            &key,
+            only_conflicts,
+            |mut steps, &key| {
+                Box::pin(async move { ending::request_cancel(&mut steps, key).await })
+            },
+        )
         .await;
         self.faults.observe(&asked);
         asked
@@ -268,9 +282,13 @@ impl Store for PostgresStore {
 
     /// Also forgets the import's `COPY` backoff.
     async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError> {
-        let discarded = in_transaction(&self.pool, &key, only_conflicts, |mut steps, &key| {
-            Box::pin(async move { ending::discard(&mut steps, key).await })
-        })
+        let discarded = in_transaction(
+            &self.pool,
+            &self.events_written,
+            &key,
+            only_conflicts,
+            |mut steps, &key| Box::pin(async move { ending::discard(&mut steps, key).await }),
+        )
         .await;
         self.faults.observe(&discarded);
         discarded?;
@@ -292,6 +310,7 @@ impl Store for PostgresStore {
                 let args = (target, mode, batch);
                 in_transaction(
                     &self.pool,
+                    &self.events_written,
                     &args,
                     taken_meanwhile,
                     |mut steps, &(target, mode, batch)| {
@@ -320,6 +339,7 @@ impl Store for PostgresStore {
         let args = (key, conclusion, guard);
         let import = in_transaction(
             &self.pool,
+            &self.events_written,
             &args,
             only_conflicts,
             |mut steps, &(key, conclusion, guard)| {
@@ -334,9 +354,13 @@ impl Store for PostgresStore {
     }
 
     async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError> {
-        let reverted = in_transaction(&self.pool, &key, only_conflicts, |mut steps, &key| {
-            Box::pin(async move { revert::revert(&mut steps, key).await })
-        })
+        let reverted = in_transaction(
+            &self.pool,
+            &self.events_written,
+            &key,
+            only_conflicts,
+            |mut steps, &key| Box::pin(async move { revert::revert(&mut steps, key).await }),
+        )
         .await;
         self.faults.observe(&reverted);
         reverted
@@ -350,6 +374,7 @@ impl Store for PostgresStore {
     ) -> Result<u64, StoreError> {
         let sent = in_transaction(
             &self.pool,
+            &self.events_written,
             &(account_id, who, resend),
             only_conflicts,
             |mut steps, &(account_id, who, resend)| {
@@ -370,6 +395,7 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         let accepted = in_transaction(
             &self.pool,
+            &self.events_written,
             &(account_id, email),
             only_conflicts,
             |mut steps, &(account_id, email)| {
@@ -398,6 +424,7 @@ impl Store for PostgresStore {
         let before = super::codec::micros(before);
         let removed = in_transaction(
             &self.pool,
+            &self.events_written,
             &(before, rows),
             only_conflicts,
             |mut steps, &(before, rows)| {
@@ -407,6 +434,18 @@ impl Store for PostgresStore {
         .await;
         self.faults.observe(&removed);
         removed
+    }
+
+    async fn relay_lease(&self, step: LeaseStep<'_>) -> Result<Option<RelayLease>, StoreError> {
+        let (told, pool) = (&self.events_written, &self.pool);
+        in_transaction(pool, told, &step, only_conflicts, |mut steps, step| {
+            Box::pin(async move { relay::step(&mut steps, step).await })
+        })
+        .await
+    }
+
+    fn events_written(&self) -> u64 {
+        self.events_written.load(Ordering::Relaxed)
     }
 
     async fn feed_state(&self) -> Result<FeedState, StoreError> {
@@ -501,6 +540,7 @@ impl Store for PostgresStore {
     ) -> Result<Option<Removed>, StoreError> {
         let removed = in_transaction(
             &self.pool,
+            &self.events_written,
             &(key, rows),
             only_conflicts,
             |mut steps, &(key, rows)| {

@@ -7,6 +7,7 @@
 //! rows by one clock. Nothing here begins, commits or rolls back: `tx::in_transaction` does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use sqlx::{PgConnection, Postgres};
@@ -29,12 +30,14 @@ use crate::store::{BatchTarget, Conclusion, Guard, StoreError};
 /// Built only by `new`, inside a transaction that `tx::in_transaction` began and will end.
 pub(crate) struct PgSteps<'c> {
     conn: &'c mut PgConnection,
+    /// The events it wrote (`Steps::told`), counted by `in_transaction` once it commits.
+    told: &'c AtomicU64,
 }
 
 impl<'c> PgSteps<'c> {
     /// Steps on `conn`, which must be inside the transaction `tx::in_transaction` began.
-    pub(super) fn new(conn: &'c mut PgConnection) -> Self {
-        Self { conn }
+    pub(super) fn new(conn: &'c mut PgConnection, told: &'c AtomicU64) -> Self {
+        Self { conn, told }
     }
 
     /// The transaction's connection, for what only this backend does (`COPY`).
@@ -165,6 +168,10 @@ impl Steps for PgSteps<'_> {
             .execute(&mut *self.conn)
             .await?;
         Ok(())
+    }
+
+    fn told(&mut self, events: u64) {
+        self.told.fetch_add(events, Ordering::Relaxed);
     }
 
     fn dialect(&self) -> Dialect {

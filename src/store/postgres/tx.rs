@@ -7,6 +7,7 @@
 //! set, so transactions run at the database's default (READ COMMITTED unless changed); the row
 //! locks the steps take (`FOR UPDATE`, `FOR KEY SHARE`) order what must not interleave.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -17,7 +18,7 @@ use super::steps::PgSteps;
 use crate::store::StoreError;
 
 /// Runs `body` in a transaction on a pooled connection, with the shared steps in PostgreSQL's
-/// dialect, and again (a few times, after a short backoff) when it loses a deadlock or a
+/// dialect (the feed's events it writes added to `told` once it commits), and again (a few times, after a short backoff) when it loses a deadlock or a
 /// serialization conflict (`StoreError::Conflict`), or fails as `again` says. Any other error
 /// rolls the transaction back and is returned; the pool drops a connection that broke.
 ///
@@ -28,6 +29,7 @@ use crate::store::StoreError;
 /// (`Conflict`, or the one `again` accepted).
 pub(super) async fn in_transaction<D, T>(
     pool: &PgPool,
+    told: &AtomicU64,
     data: &D,
     again: fn(&StoreError) -> bool,
     body: impl for<'c> Fn(PgSteps<'c>, &'c D) -> BoxFuture<'c, Result<T, StoreError>> + Sync,
@@ -38,8 +40,10 @@ where
     let body = &body;
     let attempt = move || async move {
         let mut tx = pool.begin().await?;
-        let value = body(PgSteps::new(&mut tx), data).await?;
+        let events = AtomicU64::new(0);
+        let value = body(PgSteps::new(&mut tx, &events), data).await?;
         tx.commit().await?;
+        told.fetch_add(events.into_inner(), Ordering::Relaxed);
         Ok(value)
     };
     attempt

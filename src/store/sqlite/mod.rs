@@ -30,6 +30,7 @@ mod steps;
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -45,9 +46,9 @@ use super::codec::{ImportRow, micros};
 use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, FeedState, Guard,
-    ImportCursor, InvitedUser, Invitees, LifeSign, OpenOptions, Processing, Removed, Reverted,
-    Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan,
-    planned, queries, record, rekey, retention, revert,
+    ImportCursor, InvitedUser, Invitees, LeaseStep, LifeSign, OpenOptions, Processing, RelayLease,
+    Removed, Reverted, Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events,
+    invitations, plan, planned, queries, record, rekey, relay, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -84,6 +85,8 @@ pub struct SqliteStore {
     faults: FaultLatch,
     /// This server's hold on the file, until `close`.
     lock: std::sync::Mutex<Option<lock::FileLock>>,
+    /// Events committed to the feed (`Store::events_written`).
+    events_written: AtomicU64,
 }
 
 impl SqliteStore {
@@ -135,7 +138,7 @@ impl SqliteStore {
         let rekeyed = {
             let mut conn = writer.acquire().await?;
             let mut tx = begin(&mut conn).await?;
-            let rekeyed = rekey::rekey(&mut SqliteSteps::new(&mut tx)).await?;
+            let rekeyed = rekey::rekey(&mut SqliteSteps::new(&mut tx, &AtomicU64::new(0))).await?;
             tx.commit().await?;
             rekeyed
         };
@@ -150,6 +153,7 @@ impl SqliteStore {
             path,
             faults: FaultLatch::default(),
             lock: std::sync::Mutex::new(lock),
+            events_written: AtomicU64::new(0),
         })
     }
 
@@ -166,10 +170,13 @@ impl SqliteStore {
         D: Sync + ?Sized,
     {
         let mut conn = self.writer().await?;
+        let told = AtomicU64::new(0);
         let result = async {
             let mut tx = begin(&mut conn).await?;
-            let value = body(SqliteSteps::new(&mut tx), data).await?;
+            let value = body(SqliteSteps::new(&mut tx, &told), data).await?;
             tx.commit().await?;
+            self.events_written
+                .fetch_add(told.into_inner(), Ordering::Relaxed);
             Ok(value)
         }
         .await;
@@ -445,6 +452,17 @@ impl Store for SqliteStore {
             Box::pin(async move { events::remove_old(&mut steps, before, rows).await })
         })
         .await
+    }
+
+    async fn relay_lease(&self, step: LeaseStep<'_>) -> Result<Option<RelayLease>, StoreError> {
+        self.write(&step, |mut steps, step| {
+            Box::pin(async move { relay::step(&mut steps, step).await })
+        })
+        .await
+    }
+
+    fn events_written(&self) -> u64 {
+        self.events_written.load(Ordering::Relaxed)
     }
 
     async fn feed_state(&self) -> Result<FeedState, StoreError> {

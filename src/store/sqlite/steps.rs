@@ -8,6 +8,7 @@
 //! the same transaction. Nothing here begins, commits or rolls back: `SqliteStore::write` does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -35,15 +36,18 @@ pub(super) struct SqliteSteps<'c> {
     conn: &'c mut SqliteConnection,
     /// The transaction's time, in microseconds: every row it writes has the same.
     now: i64,
+    /// The events it wrote (`Steps::told`), counted by the store once it commits.
+    told: &'c AtomicU64,
 }
 
 impl<'c> SqliteSteps<'c> {
     /// Steps on `conn`, which must be inside a write transaction begun with `BEGIN IMMEDIATE`.
     /// Takes the transaction's time now, once.
-    pub(super) fn new(conn: &'c mut SqliteConnection) -> Self {
+    pub(super) fn new(conn: &'c mut SqliteConnection, told: &'c AtomicU64) -> Self {
         Self {
             conn,
             now: micros(SystemTime::now()),
+            told,
         }
     }
 
@@ -166,6 +170,10 @@ impl Steps for SqliteSteps<'_> {
     /// The one writer orders the events already.
     async fn events_turn(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn told(&mut self, events: u64) {
+        self.told.fetch_add(events, Ordering::Relaxed);
     }
 
     fn dialect(&self) -> Dialect {

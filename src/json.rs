@@ -1,4 +1,5 @@
-//! The client's `--json` output: the server's messages with the proto's field names, enums by
+//! The server's messages as JSON, for the CLI's `--json` output and the payloads the relay
+//! publishes to NATS (`relay`): the messages with the proto's field names, enums by
 //! their proto names, timestamps in RFC 3339, and counters as numbers (a script reads them
 //! with `jq .rows_failed`).
 //!
@@ -100,4 +101,20 @@ pub fn user(user: &proto::User) -> Value {
 /// and every other command's output is a single line that `jq` reads as it is.
 pub fn print(value: &Value) {
     println!("{value}");
+}
+
+/// An event of the user feed, as `bulk-import events --json` prints it and the relay
+/// publishes it; its user as `user`, its type by its proto name.
+pub fn user_event(event: &proto::UserEvent) -> Value {
+    let kind = proto::UserEventType::try_from(event.r#type)
+        .map_or("USER_EVENT_TYPE_UNSPECIFIED", |t| t.as_str_name());
+    json!({
+        "cursor": event.cursor,
+        "event_id": event.event_id,
+        "type": kind,
+        "account_id": event.account_id,
+        "import_id": event.import_id,
+        "user": user(&event.user.clone().unwrap_or_default()),
+        "event_time": time(event.event_time.as_ref()),
+    })
 }

@@ -1,0 +1,225 @@
+//! The NATS side of the relay: the connection, the stream, and a batch of events published
+//! with their acknowledgements awaited.
+//!
+//! Each event is one message on `bulk_import.events.{account}.{type}`, its payload the event
+//! as JSON (the shape `bulk-import events --json` prints), with the header `Nats-Msg-Id` set to
+//! its `event_id`: JetStream drops a message whose id it stored within the stream's duplicate
+//! window, so a publish repeated after a lost acknowledgement, or by a replica that took over,
+//! is stored once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::{ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::domain::UserEventKind;
+use crate::import::feed::FeedEvent;
+
+/// The stream the events go to: created, if missing, with `SUBJECTS`.
+pub const STREAM: &str = "BULK_IMPORT_EVENTS";
+/// Every subject the relay publishes on.
+pub const SUBJECTS: &str = "bulk_import.events.>";
+/// How long JetStream remembers a message id: publishes repeated within it are dropped.
+/// JetStream's default; the relay repeats a publish within seconds.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a publish waits for its acknowledgement before it is taken for lost and repeated.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an account id keeps in a subject: letters, digits, `-` and `_`; every other byte is
+/// `%XX`, so that `.`, `*`, `>` and spaces (which NATS reads as separators and wildcards) and
+/// `%` itself cannot make two accounts share a subject.
+const SUBJECT_TOKEN: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+
+/// The relay's connection to NATS and its JetStream context.
+pub struct Publisher {
+    jetstream: jetstream::Context,
+    /// The stream's `max_age`: the feed's own retention, so that NATS keeps no longer.
+    max_age: Option<Duration>,
+}
+
+/// What a batch's acknowledgements said.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Events JetStream stored now.
+    pub stored: u64,
+    /// Events it had already (by `Nats-Msg-Id`).
+    pub duplicates: u64,
+}
+
+/// A batch that was cut short: the events before `acknowledged` are published, the rest are
+/// not (or not known to be).
+#[derive(Debug)]
+pub struct Broken {
+    /// How many of the batch's first events were acknowledged.
+    pub acknowledged: usize,
+    /// What they said.
+    pub published: Published,
+    /// Why the rest were not, for the log.
+    pub error: String,
+}
+
+impl Publisher {
+    /// A client of the NATS server at `url`; the connection is made, and made again whenever
+    /// it drops, in the background, so that a NATS that is not there yet does not stop the
+    /// server. `Err` only for a URL that can never work.
+    pub async fn connect(url: &str, max_age: Option<Duration>) -> Result<Self, String> {
+        let client = ConnectOptions::new()
+            .name("bulk-import relay")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                tracing::info!(%event, "NATS connection");
+            })
+            .connect(url)
+            .await
+            .map_err(|e| format!("--events-nats-url {url}: {e}"))?;
+        let mut jetstream = jetstream::new(client);
+        jetstream.set_timeout(ACK_TIMEOUT);
+        Ok(Self { jetstream, max_age })
+    }
+
+    /// Makes sure the stream exists, creating it when missing. A stream an operator made
+    /// beforehand is left as it is, but must take `SUBJECTS`.
+    pub async fn ensure_stream(&self) -> Result<(), String> {
+        let config = stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec![SUBJECTS.to_owned()],
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_age: self.max_age.unwrap_or_default(),
+            description: Some(
+                "bulk-import's user events (WatchUserEvents), published by its relay".to_owned(),
+            ),
+            ..Default::default()
+        };
+        let mut stream = self
+            .jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| format!("stream {STREAM}: {e}"))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream {STREAM}: {e}"))?;
+        let takes = info
+            .config
+            .subjects
+            .iter()
+            .any(|s| s == SUBJECTS || s == ">" || s == "bulk_import.>");
+        if !takes {
+            return Err(format!(
+                "stream {STREAM} exists without the subjects {SUBJECTS} (it has {:?}): add them \
+                 to it, or delete it for the relay to create it",
+                info.config.subjects
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes `events` in order, all sent before any acknowledgement is awaited, and
+    /// awaits each: `Err` with how many were acknowledged in a row from the first.
+    pub async fn publish(&self, events: &[FeedEvent]) -> Result<Published, Broken> {
+        let mut pending = Vec::with_capacity(events.len());
+        let mut published = Published::default();
+        let mut cut = None;
+        for event in events {
+            match self.send(event).await {
+                Ok(ack) => pending.push(ack),
+                Err(error) => {
+                    cut = Some(error);
+                    break;
+                }
+            }
+        }
+        for (acknowledged, ack) in pending.into_iter().enumerate() {
+            match ack.await {
+                Ok(ack) if ack.duplicate => published.duplicates += 1,
+                Ok(_) => published.stored += 1,
+                Err(e) => {
+                    return Err(Broken {
+                        acknowledged,
+                        published,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        match cut {
+            None => Ok(published),
+            Some(error) => Err(Broken {
+                acknowledged: usize::try_from(published.stored + published.duplicates)
+                    .unwrap_or(usize::MAX),
+                published,
+                error,
+            }),
+        }
+    }
+
+    /// Sends one event; its acknowledgement is awaited by the caller.
+    async fn send(
+        &self,
+        event: &FeedEvent,
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
+        let message = crate::grpc::convert::user_event(event);
+        let payload = serde_json::to_vec(&crate::json::user_event(&message))
+            .map_err(|e| format!("an event as JSON: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Bulk-Import-Cursor", message.cursor.as_str());
+        headers.insert("Content-Type", "application/json");
+        // The headers first: `headers` replaces what `message_id` set.
+        let publish = PublishMessage::build()
+            .headers(headers)
+            .message_id(message.event_id.as_str())
+            .payload(Bytes::from(payload));
+        self.jetstream
+            .send_publish(subject(&event.event.account_id, event.event.kind), publish)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `bulk_import.events.{account}.{type}`: the account percent-encoded (`SUBJECT_TOKEN`), the
+/// type in lower case (`invited`, `invitation_resent`, `updated`, `removed`,
+/// `invitation_accepted`).
+pub fn subject(account_id: &str, kind: UserEventKind) -> String {
+    let kind = match kind {
+        UserEventKind::Invited => "invited",
+        UserEventKind::InvitationResent => "invitation_resent",
+        UserEventKind::Updated => "updated",
+        UserEventKind::Removed => "removed",
+        UserEventKind::InvitationAccepted => "invitation_accepted",
+    };
+    format!(
+        "bulk_import.events.{}.{kind}",
+        utf8_percent_encode(account_id, SUBJECT_TOKEN)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_keep_their_own_subjects() {
+        assert_eq!(
+            subject("acme-1_x", UserEventKind::Invited),
+            "bulk_import.events.acme-1_x.invited"
+        );
+        assert_eq!(
+            subject("a.b *>%", UserEventKind::Removed),
+            "bulk_import.events.a%2Eb%20%2A%3E%25.removed"
+        );
+        assert_eq!(
+            subject("é", UserEventKind::InvitationAccepted),
+            "bulk_import.events.%C3%A9.invitation_accepted"
+        );
+        // Two accounts that differ only where one has '.' never meet.
+        assert_ne!(
+            subject("a.b", UserEventKind::Updated),
+            subject("a%2Eb", UserEventKind::Updated)
+        );
+    }
+}

@@ -1,0 +1,510 @@
+//! The relay of the user feed onto NATS JetStream (`--events-nats-url`): every event of the
+//! feed in the stream `BULK_IMPORT_EVENTS`, once (by `Nats-Msg-Id`), in the feed's order, on
+//! its account's subject; nothing lost while NATS is down; one replica relaying at a time.
+//!
+//! Each test starts a `nats-server` of its own on a free port, with its own store directory,
+//! so that it can stop and start it; the machine's NATS is left to the others. Without
+//! `nats-server` the tests are ignored, with the reason; CI (`BULK_IMPORT_REQUIRE_TOOLS=1`)
+//! runs them and a missing server fails them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bulk_import::proto::{self, InvitationPolicy, UserEventType};
+use futures::StreamExt;
+
+use crate::helpers::*;
+use crate::metrics::http_get;
+
+/// A NATS server with JetStream, of this test only.
+pub struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        nats.start_again();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: NATS goes away without a word.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on its port and store, and waits until it takes connections.
+    pub fn start_again(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (.ci/run installs it)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A message of the stream.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub id: String,
+    pub subject: String,
+    pub event: serde_json::Value,
+}
+
+/// Every message of `BULK_IMPORT_EVENTS`, in order, once it holds `count` of them (within
+/// `within`); fails when it holds more.
+pub async fn stream_messages(url: &str, count: u64, within: Duration) -> Vec<Relayed> {
+    let client = async_nats::connect(url).await.unwrap();
+    let jetstream = jetstream::new(client);
+    let started = Instant::now();
+    let (mut stream, first, last) = loop {
+        let held = match jetstream.get_stream(bulk_import::relay::STREAM).await {
+            Ok(mut stream) => {
+                let state = stream.info().await.unwrap().state.clone();
+                (state.messages >= count).then_some((stream, state))
+            }
+            Err(_) => None,
+        };
+        if let Some((stream, state)) = held {
+            assert_eq!(state.messages, count, "more messages than events");
+            break (stream, state.first_sequence, state.last_sequence);
+        }
+        assert!(
+            started.elapsed() < within,
+            "the stream did not get {count} messages within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = stream.info().await;
+    let mut messages = Vec::new();
+    for sequence in first..=last {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        messages.push(Relayed {
+            id: message
+                .headers
+                .get("Nats-Msg-Id")
+                .expect("a Nats-Msg-Id")
+                .to_string(),
+            subject: message.subject.to_string(),
+            event: serde_json::from_slice(&message.payload).unwrap(),
+        });
+    }
+    messages
+}
+
+/// The feed from its start, `count` events (each within 10 s).
+pub async fn feed(
+    client: &mut proto::import_service_client::ImportServiceClient<tonic::transport::Channel>,
+    count: usize,
+) -> Vec<proto::UserEvent> {
+    let mut stream = client
+        .watch_user_events(proto::WatchUserEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::with_capacity(count);
+    while events.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("the feed goes on")
+            .unwrap();
+        events.push(event);
+    }
+    events
+}
+
+/// The stream holds exactly the feed's events, in its order, each once, on its subject.
+fn same_events(relayed: &[Relayed], events: &[proto::UserEvent]) {
+    assert_eq!(relayed.len(), events.len());
+    let ids: HashSet<&str> = relayed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids.len(), relayed.len(), "an event twice in the stream");
+    for (message, event) in relayed.iter().zip(events) {
+        let kind = UserEventType::try_from(event.r#type).unwrap();
+        assert_eq!(message.id, event.event_id);
+        assert_eq!(message.event["event_id"], event.event_id.as_str());
+        assert_eq!(message.event["cursor"], event.cursor.as_str());
+        assert_eq!(message.event["type"], kind.as_str_name());
+        assert_eq!(
+            message.event["user"]["email"],
+            event.user.as_ref().unwrap().email.as_str()
+        );
+        let kind = match kind {
+            UserEventType::Invited => bulk_import::domain::UserEventKind::Invited,
+            UserEventType::InvitationResent => bulk_import::domain::UserEventKind::InvitationResent,
+            UserEventType::Updated => bulk_import::domain::UserEventKind::Updated,
+            UserEventType::Removed => bulk_import::domain::UserEventKind::Removed,
+            UserEventType::InvitationAccepted => {
+                bulk_import::domain::UserEventKind::InvitationAccepted
+            }
+            UserEventType::Unspecified => panic!("an event without a type"),
+        };
+        assert_eq!(
+            message.subject,
+            bulk_import::relay::subject(&event.account_id, kind)
+        );
+    }
+}
+
+/// A series of a `/metrics` page, 0 when absent.
+pub async fn series(addr: SocketAddr, name: &str) -> f64 {
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series == name).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn upload_users(app: &TestApp, account: &str, id: &str, file: &[u8]) -> proto::Import {
+    app.upload(account, id, file, 16 * 1024).await.unwrap()
+}
+
+/// `backend_tests!`, with the tests ignored (with the reason) where `nats-server` is missing.
+macro_rules! nats_backend_tests {
+    ($(async fn $name:ident($backend:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($backend: $crate::helpers::Backend) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(nats_tests), ignore = "nats-server is not installed (.ci/run installs it)")]
+                async fn sqlite() {
+                    run($crate::helpers::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(postgres_tests), ignore = "TEST_DATABASE_URL is not set (.ci/run sets it)")]
+                #[cfg_attr(not(nats_tests), ignore = "nats-server is not installed (.ci/run installs it)")]
+                async fn postgres() {
+                    run($crate::helpers::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+nats_backend_tests! {
+    async fn the_relay_publishes_every_event_once_in_order_on_its_accounts_subject(backend) {
+        let nats = Nats::start();
+        let app = spawn_app_with(backend, |args| {
+            args.events_nats_url = Some(nats.url());
+            args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let mut client = app.client.clone();
+        // 1,500 invited at once (several batches), held users sent later, a resend, an
+        // acceptance, an update and a revert, in two accounts, one whose id NATS could not
+        // take as a subject token as it is.
+        let (file, stats) = generate(&["--rows", "1500", "--seed", "71"]);
+        assert_eq!(upload_users(&app, ACCOUNT, "many", &file).await.rows_imported, stats.valid);
+        let odd = "team.b *>";
+        let held = format!("{HEADER}ann@example.com,Ann,,,,\nbob@example.com,Bob,,,,\n");
+        let mut metadata = metadata(odd, "held", "held.csv");
+        if let Some(proto::upload_import_request::Payload::Metadata(m)) = &mut metadata.payload {
+            m.invitations = InvitationPolicy::Hold as i32;
+        }
+        let mut messages = vec![metadata];
+        messages.push(chunk(held.as_bytes()));
+        messages.push(finish_message(finish()));
+        let import = client
+            .upload_import(futures::stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner()
+            .import
+            .unwrap();
+        assert_eq!(import.rows_imported, 2);
+        client
+            .send_invitations(proto::SendInvitationsRequest {
+                account_id: odd.into(),
+                import_id: "held".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client
+            .send_invitations(proto::SendInvitationsRequest {
+                account_id: odd.into(),
+                emails: vec!["ann@example.com".into()],
+                resend: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client
+            .accept_invitation(proto::AcceptInvitationRequest {
+                account_id: odd.into(),
+                email: "ann@example.com".into(),
+            })
+            .await
+            .unwrap();
+        client
+            .revert_import(proto::RevertImportRequest {
+                account_id: odd.into(),
+                import_id: "held".into(),
+            })
+            .await
+            .unwrap();
+        // 1,500 + 2 invited + 1 resent + 1 accepted + 1 removed (Ann accepted: kept).
+        let total = stats.valid as usize + 5;
+        let events = feed(&mut client, total).await;
+        let relayed = stream_messages(&nats.url(), total as u64, Duration::from_secs(60)).await;
+        same_events(&relayed, &events);
+        assert!(relayed.iter().any(|m| m.subject
+            == "bulk_import.events.team%2Eb%20%2A%3E.invitation_accepted"));
+
+        let metrics = app.metrics_addr.unwrap();
+        assert_eq!(series(metrics, "bulk_import_events_written_total").await, total as f64);
+        assert_eq!(
+            series(metrics, "bulk_import_events_relayed_total{result=\"stored\"}").await,
+            total as f64
+        );
+        assert_eq!(
+            series(metrics, "bulk_import_events_relayed_total{result=\"duplicate\"}").await,
+            0.0
+        );
+        assert_eq!(series(metrics, "bulk_import_events_relay_leader").await, 1.0);
+    }
+
+    async fn nats_killed_mid_stream_and_started_again_loses_nothing_and_stores_nothing_twice(
+        backend
+    ) {
+        let mut nats = Nats::start();
+        let url = nats.url();
+        let app = spawn_app_with(backend, |args| {
+            args.events_nats_url = Some(url.clone());
+            args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let metrics = app.metrics_addr.unwrap();
+        let (first, first_stats) = generate(&["--rows", "3000", "--seed", "72"]);
+        upload_users(&app, ACCOUNT, "before", &first).await;
+        // NATS goes away while the relay publishes the first import's invitations.
+        let started = Instant::now();
+        while series(metrics, "bulk_import_events_relayed_total{result=\"stored\"}").await < 1.0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "the relay never published");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        nats.kill();
+        let (second, second_stats) =
+            generate(&["--rows", "2000", "--seed", "73", "--start", "500000"]);
+        upload_users(&app, ACCOUNT, "while-down", &second).await;
+        // The relay waits, and says how far behind it is.
+        let waiting = Instant::now();
+        while series(metrics, "bulk_import_events_relay_lag_seconds").await < 1.0 {
+            assert!(waiting.elapsed() < Duration::from_secs(20), "no lag while NATS is down");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        nats.start_again();
+        let total = (first_stats.valid + second_stats.valid) as usize;
+        let relayed = stream_messages(&url, total as u64, Duration::from_secs(90)).await;
+        let mut client = app.client.clone();
+        same_events(&relayed, &feed(&mut client, total).await);
+        let caught_up = Instant::now();
+        while series(metrics, "bulk_import_events_relay_lag_seconds").await > 0.0 {
+            assert!(caught_up.elapsed() < Duration::from_secs(20), "the lag stays");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every event was stored once (the stream says so above). Those NATS stored but whose
+        // acknowledgement died with it were published again and counted as duplicates.
+        let stored = series(metrics, "bulk_import_events_relayed_total{result=\"stored\"}").await;
+        let again = series(metrics, "bulk_import_events_relayed_total{result=\"duplicate\"}").await;
+        assert!(stored <= total as f64 && stored + again >= total as f64, "{stored} + {again}");
+    }
+
+    async fn the_relay_goes_on_from_its_stored_place_after_a_restart(backend) {
+        let nats = Nats::start();
+        let database = TestDatabase::new(backend).await;
+        let with_relay = |args: &mut bulk_import::config::ServeArgs| {
+            args.events_nats_url = Some(nats.url());
+            args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        };
+        let mut app = spawn_on(&database.url, with_relay).await;
+        let (file, stats) = generate(&["--rows", "400", "--seed", "74"]);
+        upload_users(&app, ACCOUNT, "first", &file).await;
+        stream_messages(&nats.url(), stats.valid as u64, Duration::from_secs(30)).await;
+        app.stop().await;
+
+        // A restart takes the lease at once (the stopped server gave it up) and publishes
+        // only what is new.
+        let app = spawn_on(&database.url, with_relay).await;
+        let (more, more_stats) = generate(&["--rows", "300", "--seed", "75", "--start", "9000"]);
+        upload_users(&app, ACCOUNT, "second", &more).await;
+        let total = (stats.valid + more_stats.valid) as u64;
+        let relayed = stream_messages(&nats.url(), total, Duration::from_secs(30)).await;
+        let mut client = app.client.clone();
+        same_events(&relayed, &feed(&mut client, total as usize).await);
+        let metrics = app.metrics_addr.unwrap();
+        assert_eq!(
+            series(metrics, "bulk_import_events_relayed_total{result=\"stored\"}").await,
+            more_stats.valid as f64
+        );
+    }
+}
+
+/// A replica of the real binary with the relay and `/metrics` on.
+async fn replica(database_url: &str, nats: &Nats) -> (crate::support::Server, SocketAddr) {
+    let metrics: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = crate::support::Server::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_bulk-import")),
+        database_url,
+        &[
+            "--events-nats-url",
+            &nats.url(),
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+        None,
+    )
+    .await;
+    (server, metrics)
+}
+
+/// Uploads `file` through `server`; the import.
+async fn upload_to(server: &crate::support::Server, id: &str, file: &[u8]) -> proto::Import {
+    let messages = upload_messages(ACCOUNT, id, "users.csv", file, 16 * 1024, finish());
+    server
+        .client()
+        .upload_import(futures::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner()
+        .import
+        .unwrap()
+}
+
+/// Waits (30 s at most) until exactly one of `replicas` says it relays; its index.
+async fn the_leader(replicas: &[SocketAddr]) -> usize {
+    let started = Instant::now();
+    loop {
+        let mut leaders = Vec::new();
+        for (i, metrics) in replicas.iter().enumerate() {
+            if series(*metrics, "bulk_import_events_relay_leader").await == 1.0 {
+                leaders.push(i);
+            }
+        }
+        assert!(
+            leaders.len() <= 1,
+            "two replicas relay at once: {leaders:?}"
+        );
+        if let [leader] = leaders[..] {
+            return leader;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no replica took the relay"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_DATABASE_URL is not set (.ci/run sets it)"
+)]
+#[cfg_attr(
+    not(nats_tests),
+    ignore = "nats-server is not installed (.ci/run installs it)"
+)]
+async fn two_replicas_relay_one_at_a_time_and_the_survivor_takes_over_from_a_killed_leader() {
+    let nats = Nats::start();
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let (first, first_metrics) = replica(&database.url, &nats).await;
+    let (second, second_metrics) = replica(&database.url, &nats).await;
+    let mut replicas = [Some(first), Some(second)];
+    let metrics = [first_metrics, second_metrics];
+    let leader = the_leader(&metrics).await;
+
+    // Both replicas commit imports; one publishes everything, the other nothing.
+    let (a, a_stats) = generate(&["--rows", "1200", "--seed", "81"]);
+    let (b, b_stats) = generate(&["--rows", "1200", "--seed", "82", "--start", "700000"]);
+    let (on_first, on_second) = (replicas[0].as_ref().unwrap(), replicas[1].as_ref().unwrap());
+    let (one, two) = tokio::join!(
+        upload_to(on_first, "on-first", &a),
+        upload_to(on_second, "on-second", &b)
+    );
+    assert_eq!(
+        (one.rows_imported, two.rows_imported),
+        (a_stats.valid, b_stats.valid)
+    );
+    let total = (a_stats.valid + b_stats.valid) as u64;
+    stream_messages(&nats.url(), total, Duration::from_secs(60)).await;
+    let stored = "bulk_import_events_relayed_total{result=\"stored\"}";
+    let duplicate = "bulk_import_events_relayed_total{result=\"duplicate\"}";
+    let follower = 1 - leader;
+    assert_eq!(series(metrics[leader], stored).await, total as f64);
+    assert_eq!(series(metrics[follower], stored).await, 0.0);
+    assert_eq!(series(metrics[follower], duplicate).await, 0.0);
+    assert_eq!(the_leader(&metrics).await, leader);
+
+    // The leader dies without a word; the other takes over once its lease ran out, and
+    // relays what it commits.
+    replicas[leader].as_mut().unwrap().kill();
+    replicas[leader] = None;
+    let survivor = replicas[follower].as_ref().unwrap();
+    let (c, c_stats) = generate(&["--rows", "500", "--seed", "83", "--start", "900000"]);
+    assert_eq!(
+        upload_to(survivor, "after", &c).await.rows_imported,
+        c_stats.valid
+    );
+    let total = total + c_stats.valid as u64;
+    let relayed = stream_messages(&nats.url(), total, Duration::from_secs(60)).await;
+    assert_eq!(the_leader(&metrics[follower..=follower]).await, 0);
+    let mut client = survivor.client();
+    same_events(&relayed, &feed(&mut client, total as usize).await);
+}
