@@ -89,7 +89,10 @@ impl Publisher {
             subjects: vec![SUBJECTS.to_owned()],
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
-            max_age: self.max_age.unwrap_or_default(),
+            // JetStream takes no duplicate window longer than the age it keeps messages.
+            max_age: self
+                .max_age
+                .map_or(Duration::ZERO, |age| age.max(DUPLICATE_WINDOW)),
             description: Some(
                 "bulk-import's user events (WatchUserEvents), published by its relay".to_owned(),
             ),
@@ -119,43 +122,34 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes `events` in order, all sent before any acknowledgement is awaited, and
-    /// awaits each: `Err` with how many were acknowledged in a row from the first.
+    /// Publishes `events` in order, each acknowledged before the next is sent: `Err` with
+    /// how many were acknowledged.
+    ///
+    /// One at a time, so that the stream holds the events in the feed's order whatever
+    /// fails: with several in flight, a message that NATS lost when it went away could be
+    /// sent again after a later one that the client still held and delivered on reconnecting
+    /// (seen in `relay::nats_killed_mid_stream_...`), and a consumer would read a REMOVED before
+    /// the INVITED it undoes.
     pub async fn publish(&self, events: &[FeedEvent]) -> Result<Published, Broken> {
-        let mut pending = Vec::with_capacity(events.len());
         let mut published = Published::default();
-        let mut cut = None;
-        for event in events {
-            match self.send(event).await {
-                Ok(ack) => pending.push(ack),
-                Err(error) => {
-                    cut = Some(error);
-                    break;
-                }
-            }
-        }
-        for (acknowledged, ack) in pending.into_iter().enumerate() {
-            match ack.await {
+        for (acknowledged, event) in events.iter().enumerate() {
+            let ack = match self.send(event).await {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(error) => Err(error),
+            };
+            match ack {
                 Ok(ack) if ack.duplicate => published.duplicates += 1,
                 Ok(_) => published.stored += 1,
-                Err(e) => {
+                Err(error) => {
                     return Err(Broken {
                         acknowledged,
                         published,
-                        error: e.to_string(),
+                        error,
                     });
                 }
             }
         }
-        match cut {
-            None => Ok(published),
-            Some(error) => Err(Broken {
-                acknowledged: usize::try_from(published.stored + published.duplicates)
-                    .unwrap_or(usize::MAX),
-                published,
-                error,
-            }),
-        }
+        Ok(published)
     }
 
     /// Sends one event; its acknowledgement is awaited by the caller.

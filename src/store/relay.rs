@@ -46,8 +46,11 @@ impl Statements {
                  at_row = CASE WHEN $3 > 0 THEN $3 - 1 ELSE NULL END, lease_until = {now} + $4 \
                  WHERE id = 1 AND epoch = $1"
             ),
-            let_go: "UPDATE user_events_relay SET lease_until = 0 WHERE id = 1 AND epoch = $1"
-                .to_owned(),
+            // Run out now, not at 0: the feed keeps what a relay that ran lately has yet to
+            // publish (`events`), and a relay given up for a restart has.
+            let_go: format!(
+                "UPDATE user_events_relay SET lease_until = {now} WHERE id = 1 AND epoch = $1"
+            ),
         }
     }
 }

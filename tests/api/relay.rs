@@ -363,6 +363,72 @@ nats_backend_tests! {
         assert!(stored <= total as f64 && stored + again >= total as f64, "{stored} + {again}");
     }
 
+    async fn the_feed_keeps_what_the_relay_has_not_published_past_the_retention(backend) {
+        // NATS is down all along, and the feed's events expire at once.
+        let mut nats = Nats::start();
+        nats.kill();
+        let database = TestDatabase::new(backend).await;
+        let mut maker = spawn_on(&database.url, |args| {
+            args.events_nats_url = Some(nats.url());
+            args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let file = format!("{HEADER}ada@example.com,Ada,,,,\ngrace@example.com,Grace,,,,\n");
+        upload_users(&maker, ACCOUNT, "waiting", file.as_bytes()).await;
+        let metrics = maker.metrics_addr.unwrap();
+        let started = Instant::now();
+        while series(metrics, "bulk_import_events_relay_leader").await < 1.0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "the relay never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A restart gives the lease up: the relay still counts as one that ran lately.
+        maker.stop().await;
+        let app = spawn_on(&database.url, |args| {
+            args.events_nats_url = Some(nats.url());
+            args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            args.event_retention =
+                bulk_import::config::duration::KeepFor(Some(Duration::from_millis(1)));
+            args.retention_interval = Duration::from_millis(50);
+        })
+        .await;
+        // A round of the clean-up has run since (it measures the database at its end).
+        let metrics = app.metrics_addr.unwrap();
+        let started = Instant::now();
+        while series(metrics, "bulk_import_database_size_bytes").await == 0.0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "no clean-up ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut client = app.client.clone();
+        let kept = feed(&mut client, 2).await;
+        nats.start_again();
+        let relayed = stream_messages(&nats.url(), 2, Duration::from_secs(60)).await;
+        same_events(&relayed, &kept);
+        // Published, they go as the retention says, once the relay is past their commit (a
+        // place within a commit's invitations keeps that commit's row).
+        client
+            .accept_invitation(proto::AcceptInvitationRequest {
+                account_id: ACCOUNT.into(),
+                email: "ada@example.com".into(),
+            })
+            .await
+            .unwrap();
+        stream_messages(&nats.url(), 3, Duration::from_secs(30)).await;
+        let started = Instant::now();
+        loop {
+            let answer = client
+                .watch_user_events(proto::WatchUserEventsRequest {
+                    after_cursor: kept[0].cursor.clone(),
+                    ..Default::default()
+                })
+                .await;
+            if answer.is_err_and(|s| s.code() == tonic::Code::FailedPrecondition) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the events stayed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn the_relay_goes_on_from_its_stored_place_after_a_restart(backend) {
         let nats = Nats::start();
         let database = TestDatabase::new(backend).await;
