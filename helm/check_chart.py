@@ -273,6 +273,14 @@ def common(case: str, manifests: list[dict], notes: str, values: dict) -> tuple[
     }
     for name, default in config.items():
         check(env.get(name) == default, case, f"env {name}={env.get(name)!r}, want {default!r}")
+    nats = values.get("config", {})
+    if nats.get("eventsNatsUrlSecret"):
+        want = {"secretKeyRef": {"name": nats["eventsNatsUrlSecret"],
+                                 "key": nats.get("eventsNatsUrlSecretKey", "nats-url")}}
+    else:
+        want = nats.get("eventsNatsUrl") or None
+    check(env.get("BULK_IMPORT_EVENTS_NATS_URL") == want, case,
+          f"env BULK_IMPORT_EVENTS_NATS_URL={env.get('BULK_IMPORT_EVENTS_NATS_URL')!r}, want {want!r}")
     pre_stop = values.get("preStopSleepSeconds", 5)
     check(pod.get("terminationGracePeriodSeconds", 0) > pre_stop + int(config["BULK_IMPORT_SHUTDOWN_GRACE_SECONDS"]), case,
           "terminationGracePeriodSeconds above the preStop sleep and the shutdown grace")
@@ -484,6 +492,11 @@ CASES = [
         case_extras,
     ),
     ("SQLite without persistence", {"persistence": {"enabled": False}}, case_ephemeral),
+    ("the feed to NATS", {"config": {"eventsNatsUrl": "nats://nats:4222"}}, case_defaults),
+    ("the feed to NATS, URL from a Secret",
+     {"database": {"url": POSTGRES_URL}, "replicaCount": 3,
+      "config": {"eventsNatsUrl": "nats://ignored:4222", "eventsNatsUrlSecret": "nats-creds"}},
+     case_postgres),
 ]
 
 # Values `helm install` must refuse: by values.schema.json (which `helm lint` reports too) or
@@ -513,6 +526,8 @@ REFUSED = [
     ("an Ingress without a host", "fail", {"ingress": {"enabled": True}}, "ingress.enabled needs ingress.host"),
     ("a limit of 0", "schema", {"config": {"maxConnections": 0}}, "/config/maxConnections"),
     ("a retention that is not a duration", "schema", {"config": {"retention": "ninety days"}}, "/config/retention"),
+    ("a NATS URL that is not one", "schema", {"config": {"eventsNatsUrl": "http://nats:4222"}},
+     "/config/eventsNatsUrl"),
 ]
 
 

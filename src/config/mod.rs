@@ -268,7 +268,12 @@ pub struct ServeArgs {
     pub event_retention: duration::KeepFor,
     /// Publishes every user event to NATS JetStream at this URL (stream BULK_IMPORT_EVENTS,
     /// created if missing), such as nats://127.0.0.1:4222. One replica publishes at a time.
-    #[arg(long, env = "BULK_IMPORT_EVENTS_NATS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "BULK_IMPORT_EVENTS_NATS_URL",
+        value_name = "URL",
+        value_parser = crate::relay::check_url
+    )]
     pub events_nats_url: Option<String>,
     /// How often the retention's clean-up runs. For tests.
     #[arg(
@@ -479,6 +484,28 @@ mod tests {
         }
         // Storing no row error (only counting them) is a choice, not a mistake.
         assert!(parse(&["serve", "--max-stored-row-errors", "0"]).is_ok());
+    }
+
+    #[test]
+    fn a_nats_url_is_checked_when_read() {
+        let Command::Serve(serve) = parse(&["serve"]).unwrap().command else {
+            panic!("not serve");
+        };
+        assert!(serve.relay().is_none());
+        let Command::Serve(serve) = parse(&["serve", "--events-nats-url", "127.0.0.1:4222"])
+            .unwrap()
+            .command
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(serve.relay().unwrap().url, "127.0.0.1:4222");
+        for bad in ["ftp://host", "http://a b", "nats://:x"] {
+            let error = parse(&["serve", "--events-nats-url", bad]).unwrap_err();
+            assert!(
+                error.to_string().contains("nats://127.0.0.1:4222"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

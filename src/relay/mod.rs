@@ -28,7 +28,7 @@ use crate::import::feed::{Cursor, FeedEvent};
 use crate::import::{ImportError, Importer};
 use crate::store::{LeaseStep, RelayLease};
 use nats::{Broken, Publisher};
-pub use nats::{STREAM, SUBJECTS, subject};
+pub use nats::{STREAM, SUBJECTS, check_url, subject};
 
 /// How long a lease lasts when it is not kept: how long the relay can stop after its holder
 /// dies without a word (kill -9, a lost node).
@@ -239,6 +239,8 @@ async fn lead(
             metrics.relayed(published.stored, published.duplicates);
             if let Some(last) = acknowledged.checked_sub(1).map(|i| &batch[i]) {
                 at = last.cursor;
+                // Progress: a failure after it is tried again at once, not after a longer wait.
+                backoff = Duration::ZERO;
                 if !keep(importer, &mut held, at).await {
                     break 'relay Ended::Lost;
                 }

@@ -32,6 +32,15 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// `%` itself cannot make two accounts share a subject.
 const SUBJECT_TOKEN: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
 
+/// `--events-nats-url` as NATS reads it (`nats://`, `tls://`, `ws://`, with `user:password@`
+/// when the server wants it; a bare `host:port` is `nats://`): checked when the flags are
+/// read, so that a mistake stops the server at start rather than the relay later.
+pub fn check_url(url: &str) -> Result<String, String> {
+    url.parse::<async_nats::ServerAddr>()
+        .map(|_| url.to_owned())
+        .map_err(|e| format!("{e} (for example nats://127.0.0.1:4222)"))
+}
+
 /// The relay's connection to NATS and its JetStream context.
 pub struct Publisher {
     jetstream: jetstream::Context,
@@ -46,6 +55,16 @@ pub struct Published {
     pub stored: u64,
     /// Events it had already (by `Nats-Msg-Id`).
     pub duplicates: u64,
+}
+
+impl Published {
+    fn count(&mut self, duplicate: bool) {
+        if duplicate {
+            self.duplicates += 1;
+        } else {
+            self.stored += 1;
+        }
+    }
 }
 
 /// A batch that was cut short: the events before `acknowledged` are published, the rest are
@@ -71,7 +90,15 @@ impl Publisher {
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
             .event_callback(|event| async move {
-                tracing::info!(%event, "NATS connection");
+                // A NATS that is away is tried again every few seconds: each failed try is
+                // only worth a debug line; the relay warns of what it could not publish.
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; connecting again");
+                    }
+                    event => tracing::debug!(%event, "NATS connection"),
+                }
             })
             .connect(url)
             .await
@@ -122,41 +149,73 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes `events` in order, each acknowledged before the next is sent: `Err` with
-    /// how many were acknowledged.
+    /// Publishes `events` in order: `Err` with how many of the first were acknowledged.
     ///
-    /// One at a time, so that the stream holds the events in the feed's order whatever
-    /// fails: with several in flight, a message that NATS lost when it went away could be
-    /// sent again after a later one that the client still held and delivered on reconnecting
-    /// (seen in `relay::nats_killed_mid_stream_...`), and a consumer would read a REMOVED before
-    /// the INVITED it undoes.
+    /// The first alone, acknowledged before anything else is sent; then the rest at once,
+    /// each with `Nats-Expected-Last-Msg-Id` naming the event before it, so that JetStream
+    /// stores one only right after its predecessor. Without that chain, a message lost with a
+    /// connection that NATS closed could be published again after a later one that the client
+    /// still held and delivered on reconnecting (seen in `relay::nats_killed_mid_stream_...`),
+    /// and a consumer would read, say, a REMOVED before the INVITED it undoes. With it, a
+    /// message whose predecessor is missing is refused, and so is every one after it; the
+    /// relay publishes again from the first refused. The first goes without the header: after
+    /// a restart NATS knows the last id only within its duplicate window, and nothing of the
+    /// relay's is in flight then to overtake it.
     pub async fn publish(&self, events: &[FeedEvent]) -> Result<Published, Broken> {
         let mut published = Published::default();
-        for (acknowledged, event) in events.iter().enumerate() {
-            let ack = match self.send(event).await {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(error) => Err(error),
-            };
-            match ack {
-                Ok(ack) if ack.duplicate => published.duplicates += 1,
-                Ok(_) => published.stored += 1,
+        let broken = |acknowledged, published, error| Broken {
+            acknowledged,
+            published,
+            error,
+        };
+        let Some((first, rest)) = events.split_first() else {
+            return Ok(published);
+        };
+        let (ack, mut previous) = match self.send(first, None).await {
+            Ok((ack, id)) => (ack.await.map_err(|e| e.to_string()), id),
+            Err(error) => (Err(error), String::new()),
+        };
+        match ack {
+            Ok(ack) => published.count(ack.duplicate),
+            Err(error) => return Err(broken(0, published, error)),
+        }
+        let mut pending = Vec::with_capacity(rest.len());
+        let mut cut = None;
+        for event in rest {
+            match self.send(event, Some(&previous)).await {
+                Ok((ack, id)) => {
+                    pending.push(ack);
+                    previous = id;
+                }
                 Err(error) => {
-                    return Err(Broken {
-                        acknowledged,
-                        published,
-                        error,
-                    });
+                    cut = Some(error);
+                    break;
                 }
             }
         }
-        Ok(published)
+        for (i, ack) in pending.into_iter().enumerate() {
+            match ack.await {
+                Ok(ack) => published.count(ack.duplicate),
+                Err(e) => return Err(broken(1 + i, published, e.to_string())),
+            }
+        }
+        match cut {
+            None => Ok(published),
+            Some(error) => Err(broken(
+                usize::try_from(published.stored + published.duplicates).unwrap_or(usize::MAX),
+                published,
+                error,
+            )),
+        }
     }
 
-    /// Sends one event; its acknowledgement is awaited by the caller.
+    /// Sends one event, after the one whose id is `after` when given; its acknowledgement is
+    /// awaited by the caller, with its id.
     async fn send(
         &self,
         event: &FeedEvent,
-    ) -> Result<jetstream::context::PublishAckFuture, String> {
+        after: Option<&str>,
+    ) -> Result<(jetstream::context::PublishAckFuture, String), String> {
         let message = crate::grpc::convert::user_event(event);
         let payload = serde_json::to_vec(&crate::json::user_event(&message))
             .map_err(|e| format!("an event as JSON: {e}"))?;
@@ -164,14 +223,19 @@ impl Publisher {
         headers.insert("Bulk-Import-Cursor", message.cursor.as_str());
         headers.insert("Content-Type", "application/json");
         // The headers first: `headers` replaces what `message_id` set.
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .headers(headers)
             .message_id(message.event_id.as_str())
             .payload(Bytes::from(payload));
-        self.jetstream
+        if let Some(before) = after {
+            publish = publish.expected_last_message_id(before);
+        }
+        let ack = self
+            .jetstream
             .send_publish(subject(&event.event.account_id, event.event.kind), publish)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok((ack, message.event_id))
     }
 }
 
