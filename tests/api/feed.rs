@@ -27,7 +27,10 @@ async fn follow(app: &TestApp, account: &str, after: &str) -> tonic::Streaming<p
 }
 
 /// The next `n` events, each within 10 s.
-async fn next(stream: &mut tonic::Streaming<proto::UserEvent>, n: usize) -> Vec<proto::UserEvent> {
+pub(crate) async fn next(
+    stream: &mut tonic::Streaming<proto::UserEvent>,
+    n: usize,
+) -> Vec<proto::UserEvent> {
     let mut events = Vec::new();
     for _ in 0..n {
         let event = tokio::time::timeout(Duration::from_secs(10), stream.next())

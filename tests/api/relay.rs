@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bulk_import::proto::{self, InvitationPolicy, UserEventType};
-use futures::StreamExt;
 
 use crate::helpers::*;
 use crate::metrics::http_get;
@@ -147,16 +146,7 @@ pub async fn feed(
         .await
         .unwrap()
         .into_inner();
-    let mut events = Vec::with_capacity(count);
-    while events.len() < count {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("an event in time")
-            .expect("the feed goes on")
-            .unwrap();
-        events.push(event);
-    }
-    events
+    crate::feed::next(&mut stream, count).await
 }
 
 /// The stream holds exactly the feed's events, in its order, each once, on its subject.
