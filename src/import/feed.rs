@@ -138,6 +138,21 @@ impl Importer {
         Ok(self.store()?.relay_lease(step).await?)
     }
 
+    /// When the oldest event after `at` was written (`None` when there is none): how far
+    /// behind a relay that stands at `at` is, whether it has read that event or not.
+    pub async fn relay_waiting_since(
+        &self,
+        at: Cursor,
+    ) -> Result<Option<std::time::SystemTime>, ImportError> {
+        // Within a commit's invitations, that commit's row is still partly ahead.
+        let after = if at.row.is_some() { at.seq - 1 } else { at.seq };
+        let rows = self.store()?.user_events(None, after, 1).await?;
+        Ok(rows.first().map(|row| match row {
+            FeedRow::Event(event) => event.event_time,
+            FeedRow::InvitedAtCommit { event_time, .. } => *event_time,
+        }))
+    }
+
     /// The whole feed, every account's, from `at` on, for the relay (`relay`), which holds no
     /// watcher's place. A place the feed no longer keeps (the relay was away for longer than
     /// `--event-retention`), or one ahead of it (a database restored from a backup), is

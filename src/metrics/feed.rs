@@ -8,8 +8,9 @@
 //! | `bulk_import_events_relay_lag_seconds`          | gauge   | age of the oldest event waiting |
 //! | `bulk_import_events_relay_leader`               | gauge   | 1 on the replica that relays    |
 //!
-//! `result` is `stored`, or `duplicate` when JetStream had the event already (by its
-//! `Nats-Msg-Id`: a publish repeated after a lost acknowledgement or a change of leader).
+//! `result` is `stored`, `duplicate` when JetStream had the event already (by its
+//! `Nats-Msg-Id`: a publish repeated after a lost acknowledgement or a change of leader), or
+//! `refused` for an event NATS will never take (larger than its `max_payload`), passed over.
 //! The lag is 0 while the relay has published everything it has read, and on a replica that
 //! does not relay; alert on `max(bulk_import_events_relay_lag_seconds) > 60`, and on
 //! `sum(bulk_import_events_relay_leader) != 1` for long when a relay is configured.
@@ -68,8 +69,8 @@ impl FeedSeries {
         };
         registry.register(
             "events_relayed",
-            "User events published to NATS JetStream and acknowledged, by result: stored, or \
-             duplicate (JetStream had it already, by its Nats-Msg-Id)",
+            "User events published to NATS JetStream, by result: stored, duplicate (JetStream \
+             had it already, by its Nats-Msg-Id), or refused (larger than NATS takes: passed over)",
             series.relayed.clone(),
         );
         registry.register_collector(Box::new(Scraped(series.state.clone())));
@@ -86,6 +87,13 @@ impl FeedSeries {
         let count = |result| self.relayed.get_or_create(&ResultLabel { result });
         count("stored").inc_by(stored);
         count("duplicate").inc_by(duplicates);
+    }
+
+    /// NATS refused an event for good (larger than its `max_payload`): passed over.
+    pub fn relay_refused(&self) {
+        self.relayed
+            .get_or_create(&ResultLabel { result: "refused" })
+            .inc();
     }
 
     /// The oldest event read and not yet acknowledged, or `None` when the relay is caught up.

@@ -164,6 +164,7 @@ async fn lead(
         row: held.lease.row,
     };
     let mut backoff = Duration::ZERO;
+    let mut warned_empty = false;
     let ended = 'relay: loop {
         // After a failure: wait, keeping the lease, then read the feed again from `at`.
         if !backoff.is_zero() {
@@ -179,10 +180,29 @@ async fn lead(
                 }
             }
         }
+        if !backoff.is_zero() {
+            // Behind by as much as the oldest event not published, read or not.
+            match importer.relay_waiting_since(at).await {
+                Ok(since) => metrics.relay_waiting_since(since),
+                Err(error) => tracing::debug!(%error, "the relay's lag is unknown"),
+            }
+        }
         backoff = (backoff * 2).clamp(Duration::from_millis(200), MAX_BACKOFF);
-        if let Err(error) = publisher.ensure_stream().await {
-            tracing::warn!(%error, "the relay cannot reach its NATS stream; trying again");
-            continue;
+        match publisher.ensure_stream().await {
+            Ok(kept) if kept.messages == 0 && at != Cursor::default() && !warned_empty => {
+                warned_empty = true;
+                tracing::warn!(
+                    relayed_up_to = at.seq,
+                    "the stream {STREAM} holds nothing, though the relay published events to it \
+                     before: it was deleted or lost its messages (memory storage, a limit); \
+                     those events are not in it (WatchUserEvents still has those it keeps)"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "the relay cannot reach its NATS stream; trying again");
+                continue;
+            }
         }
         let mut feed = match importer.relay_feed(at).await {
             Ok(feed) => feed,
@@ -228,14 +248,35 @@ async fn lead(
             if Instant::now() >= held.until && !keep(importer, &mut held, at).await {
                 break 'relay Ended::Lost;
             }
-            let (acknowledged, published, error) = match publisher.publish(&batch).await {
+            let (mut acknowledged, published, error) = match publisher.publish(&batch).await {
                 Ok(published) => (batch.len(), published, None),
                 Err(Broken {
                     acknowledged,
                     published,
                     error,
+                    too_large: true,
+                }) => {
+                    // NATS will never take it: passed over, said once, rather than holding
+                    // back every account's events behind it.
+                    let refused = &batch[acknowledged];
+                    tracing::error!(
+                        %error,
+                        cursor = ?refused.cursor,
+                        account_id = %refused.event.account_id,
+                        "an event is larger than NATS takes (its max_payload): it is not \
+                         published; followers of WatchUserEvents still get it"
+                    );
+                    metrics.relay_refused();
+                    (acknowledged + 1, published, Some(error))
+                }
+                Err(Broken {
+                    acknowledged,
+                    published,
+                    error,
+                    too_large: false,
                 }) => (acknowledged, published, Some(error)),
             };
+            acknowledged = acknowledged.min(batch.len());
             metrics.relayed(published.stored, published.duplicates);
             if let Some(last) = acknowledged.checked_sub(1).map(|i| &batch[i]) {
                 at = last.cursor;

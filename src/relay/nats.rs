@@ -77,6 +77,8 @@ pub struct Broken {
     pub published: Published,
     /// Why the rest were not, for the log.
     pub error: String,
+    /// NATS will never take the event at `acknowledged`: larger than its `max_payload`.
+    pub too_large: bool,
 }
 
 impl Publisher {
@@ -84,7 +86,17 @@ impl Publisher {
     /// it drops, in the background, so that a NATS that is not there yet does not stop the
     /// server. `Err` only for a URL that can never work.
     pub async fn connect(url: &str, max_age: Option<Duration>) -> Result<Self, String> {
-        let client = ConnectOptions::new()
+        // The URL's credentials, which the client does not take from it by itself:
+        // `user:password@`, or a token as `token@`.
+        let address: async_nats::ServerAddr = url.parse().map_err(|e| format!("{e}"))?;
+        let options = match (address.username(), address.password()) {
+            (Some(user), Some(password)) => {
+                ConnectOptions::with_user_and_password(user.to_owned(), password.to_owned())
+            }
+            (Some(token), None) => ConnectOptions::with_token(token.to_owned()),
+            _ => ConnectOptions::new(),
+        };
+        let client = options
             .name("bulk-import relay")
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -110,7 +122,7 @@ impl Publisher {
 
     /// Makes sure the stream exists, creating it when missing. A stream an operator made
     /// beforehand is left as it is, but must take `SUBJECTS`.
-    pub async fn ensure_stream(&self) -> Result<(), String> {
+    pub async fn ensure_stream(&self) -> Result<Kept, String> {
         let config = stream::Config {
             name: STREAM.to_owned(),
             subjects: vec![SUBJECTS.to_owned()],
@@ -134,11 +146,7 @@ impl Publisher {
             .info()
             .await
             .map_err(|e| format!("stream {STREAM}: {e}"))?;
-        let takes = info
-            .config
-            .subjects
-            .iter()
-            .any(|s| s == SUBJECTS || s == ">" || s == "bulk_import.>");
+        let takes = info.config.subjects.iter().any(|s| takes_every_subject(s));
         if !takes {
             return Err(format!(
                 "stream {STREAM} exists without the subjects {SUBJECTS} (it has {:?}): add them \
@@ -146,7 +154,9 @@ impl Publisher {
                 info.config.subjects
             ));
         }
-        Ok(())
+        Ok(Kept {
+            messages: info.state.messages,
+        })
     }
 
     /// Publishes `events` in order: `Err` with how many of the first were acknowledged.
@@ -163,16 +173,17 @@ impl Publisher {
     /// relay's is in flight then to overtake it.
     pub async fn publish(&self, events: &[FeedEvent]) -> Result<Published, Broken> {
         let mut published = Published::default();
-        let broken = |acknowledged, published, error| Broken {
+        let broken = |acknowledged, published, (error, too_large)| Broken {
             acknowledged,
             published,
             error,
+            too_large,
         };
         let Some((first, rest)) = events.split_first() else {
             return Ok(published);
         };
         let (ack, mut previous) = match self.send(first, None).await {
-            Ok((ack, id)) => (ack.await.map_err(|e| e.to_string()), id),
+            Ok((ack, id)) => (ack.await.map_err(|e| (e.to_string(), false)), id),
             Err(error) => (Err(error), String::new()),
         };
         match ack {
@@ -196,7 +207,7 @@ impl Publisher {
         for (i, ack) in pending.into_iter().enumerate() {
             match ack.await {
                 Ok(ack) => published.count(ack.duplicate),
-                Err(e) => return Err(broken(1 + i, published, e.to_string())),
+                Err(e) => return Err(broken(1 + i, published, (e.to_string(), false))),
             }
         }
         match cut {
@@ -215,10 +226,10 @@ impl Publisher {
         &self,
         event: &FeedEvent,
         after: Option<&str>,
-    ) -> Result<(jetstream::context::PublishAckFuture, String), String> {
+    ) -> Result<(jetstream::context::PublishAckFuture, String), (String, bool)> {
         let message = crate::grpc::convert::user_event(event);
         let payload = serde_json::to_vec(&crate::json::user_event(&message))
-            .map_err(|e| format!("an event as JSON: {e}"))?;
+            .map_err(|e| (format!("an event as JSON: {e}"), false))?;
         let mut headers = HeaderMap::new();
         headers.insert("Bulk-Import-Cursor", message.cursor.as_str());
         headers.insert("Content-Type", "application/json");
@@ -234,9 +245,36 @@ impl Publisher {
             .jetstream
             .send_publish(subject(&event.event.account_id, event.event.kind), publish)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                let too_large =
+                    e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded;
+                (e.to_string(), too_large)
+            })?;
         Ok((ack, message.event_id))
     }
+}
+
+/// What the stream holds, when the relay starts publishing to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// Its messages now: 0 for a stream made anew (or one that lost what it held).
+    pub messages: u64,
+}
+
+/// Whether a stream's subject `pattern` takes every subject the relay publishes on: four
+/// tokens, `bulk_import.events.{account}.{type}`, with any account and type.
+fn takes_every_subject(pattern: &str) -> bool {
+    let ours = ["bulk_import", "events", "", ""];
+    let tokens: Vec<&str> = pattern.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        match *token {
+            ">" => return i < ours.len(),
+            "*" if i < ours.len() => {}
+            literal if i < ours.len() && !ours[i].is_empty() && literal == ours[i] => {}
+            _ => return false,
+        }
+    }
+    tokens.len() == ours.len()
 }
 
 /// `bulk_import.events.{account}.{type}`: the account percent-encoded (`SUBJECT_TOKEN`), the
@@ -259,6 +297,32 @@ pub fn subject(account_id: &str, kind: UserEventKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_takes_every_subject_only_when_its_pattern_covers_them_all() {
+        for covers in [
+            "bulk_import.events.>",
+            "bulk_import.>",
+            ">",
+            "bulk_import.events.*.*",
+            "*.events.*.*",
+            "*.*.*.*",
+            "bulk_import.*.>",
+        ] {
+            assert!(takes_every_subject(covers), "{covers}");
+        }
+        for misses in [
+            "bulk_import.events",
+            "bulk_import.events.*",
+            "bulk_import.events.acme.>",
+            "bulk_import.events.*.invited",
+            "bulk_import.events.*.*.*",
+            "other.>",
+            "bulk_import.events.>.x",
+        ] {
+            assert!(!takes_every_subject(misses), "{misses}");
+        }
+    }
 
     #[test]
     fn accounts_keep_their_own_subjects() {

@@ -18,7 +18,9 @@ use super::types::{LeaseStep, RelayLease};
 /// The statements, built once per dialect: each compares with the database's clock, in
 /// microseconds.
 struct Statements {
-    /// $1 holder, $2 the lease in microseconds: taken only when the last one ran out.
+    /// $1 holder, $2 the lease in microseconds, $3 1 when the database has one server:
+    /// taken only when the last one ran out, or at once by the one server (its last holder
+    /// was this server's predecessor on the file, killed without giving it up).
     take: String,
     /// $1 epoch, $2 seq, $3 row + 1 (0 for none), $4 the lease: kept, and the place moved.
     keep: String,
@@ -39,7 +41,7 @@ impl Statements {
         Statements {
             take: format!(
                 "UPDATE user_events_relay SET holder = $1, epoch = epoch + 1, \
-                 lease_until = {now} + $2 WHERE id = 1 AND lease_until < {now}"
+                 lease_until = {now} + $2 WHERE id = 1 AND (lease_until < {now} OR $3 = 1)"
             ),
             keep: format!(
                 "UPDATE user_events_relay SET at_seq = $2, \
@@ -62,9 +64,13 @@ const ROW: &str = "SELECT coalesce(at_row + 1, 0) FROM user_events_relay WHERE i
 
 /// One step of the lease: `Some` when the replica holds it after the step (`Take`: with the
 /// place the last holder stored; `Keep`: as given).
+///
+/// `exclusive`: this server is the only one on the database (SQLite), so a lease still
+/// running was left by a server that no longer runs.
 pub(crate) async fn step<S: Steps + ?Sized>(
     steps: &mut S,
     step: &LeaseStep<'_>,
+    exclusive: bool,
 ) -> Result<Option<RelayLease>, StoreError> {
     let statements = Statements::of(steps.dialect());
     let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
@@ -73,7 +79,11 @@ pub(crate) async fn step<S: Steps + ?Sized>(
             let taken = steps
                 .execute(
                     &statements.take,
-                    &[Param::Text(holder), Param::Int(micros(lease))],
+                    &[
+                        Param::Text(holder),
+                        Param::Int(micros(lease)),
+                        Param::Int(i64::from(exclusive)),
+                    ],
                 )
                 .await?;
             if taken == 0 {

@@ -23,10 +23,17 @@ pub struct Nats {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More of nats-server's configuration (`max_payload: 1000`, an `authorization` block).
+    extra: String,
 }
 
 impl Nats {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A NATS with `extra` in its configuration file.
+    pub fn start_with(extra: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -36,6 +43,7 @@ impl Nats {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            extra: extra.to_owned(),
         };
         nats.start_again();
         nats
@@ -55,16 +63,19 @@ impl Nats {
 
     /// Starts it (again) on its port and store, and waits until it takes connections.
     pub fn start_again(&mut self) {
+        let config = self.dir.path().join("nats.conf");
+        let store = self.dir.path().join("store");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}\n",
+                self.port, store, self.extra
+            ),
+        )
+        .unwrap();
         let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
+            .arg("-c")
+            .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -98,7 +109,15 @@ pub struct Relayed {
 /// Every message of `BULK_IMPORT_EVENTS`, in order, once it holds `count` of them (within
 /// `within`); fails when it holds more.
 pub async fn stream_messages(url: &str, count: u64, within: Duration) -> Vec<Relayed> {
-    let client = async_nats::connect(url).await.unwrap();
+    // The URL's credentials, which the client does not take from it by itself.
+    let address: async_nats::ServerAddr = url.parse().unwrap();
+    let options = match (address.username(), address.password()) {
+        (Some(user), Some(password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        }
+        _ => async_nats::ConnectOptions::new(),
+    };
+    let client = options.connect(url).await.unwrap();
     let jetstream = jetstream::new(client);
     let started = Instant::now();
     let (mut stream, first, last) = loop {
@@ -384,6 +403,11 @@ nats_backend_tests! {
             assert!(started.elapsed() < Duration::from_secs(20), "the relay never started");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Behind, though it could read nothing yet: NATS was never there.
+        while series(metrics, "bulk_import_events_relay_lag_seconds").await < 1.0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "no lag while NATS is away");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // A restart gives the lease up: the relay still counts as one that ran lately.
         maker.stop().await;
         let app = spawn_on(&database.url, |args| {
@@ -575,5 +599,91 @@ async fn two_replicas_relay_one_at_a_time_and_the_survivor_takes_over_from_a_kil
     let relayed = stream_messages(&nats.url(), total, Duration::from_secs(60)).await;
     assert_eq!(the_leader(&metrics[follower..=follower]).await, 0);
     let mut client = survivor.client();
+    same_events(&relayed, &feed(&mut client, total as usize).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(nats_tests),
+    ignore = "nats-server is not installed (.ci/run installs it)"
+)]
+async fn the_relay_signs_in_with_the_credentials_of_its_url() {
+    let nats = Nats::start_with("authorization { user: relay, password: s3cret }");
+    let url = nats.url().replace("nats://", "nats://relay:s3cret@");
+    let app = spawn_app_with(Backend::Sqlite, |args| {
+        args.events_nats_url = Some(url.clone())
+    })
+    .await;
+    let file = format!("{HEADER}ada@example.com,Ada,,,,\n");
+    upload_users(&app, ACCOUNT, "signed-in", file.as_bytes()).await;
+    let relayed = stream_messages(&url, 1, Duration::from_secs(30)).await;
+    let mut client = app.client.clone();
+    same_events(&relayed, &feed(&mut client, 1).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(nats_tests),
+    ignore = "nats-server is not installed (.ci/run installs it)"
+)]
+async fn an_event_larger_than_nats_takes_is_passed_over_and_the_rest_go_on() {
+    let nats = Nats::start_with("max_payload: 1000");
+    let app = spawn_app_with(Backend::Sqlite, |args| {
+        args.events_nats_url = Some(nats.url());
+        args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let long = "x".repeat(100);
+    let file = format!(
+        "{HEADER}ada@example.com,Ada,,,,\nbig@example.com,{long},{long},,{long},\n\
+         grace@example.com,Grace,,,,\n"
+    );
+    upload_users(&app, ACCOUNT, "with-a-big-one", file.as_bytes()).await;
+    let mut client = app.client.clone();
+    let mut events = feed(&mut client, 3).await;
+    let relayed = stream_messages(&nats.url(), 2, Duration::from_secs(30)).await;
+    let big = events.remove(1);
+    assert_eq!(big.user.unwrap().email, "big@example.com");
+    same_events(&relayed, &events);
+    let metrics = app.metrics_addr.unwrap();
+    assert_eq!(
+        series(
+            metrics,
+            "bulk_import_events_relayed_total{result=\"refused\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(nats_tests),
+    ignore = "nats-server is not installed (.ci/run installs it)"
+)]
+async fn a_killed_sqlite_server_relays_again_at_once_when_it_comes_back() {
+    let nats = Nats::start();
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let (mut server, _) = replica(&database.url, &nats).await;
+    let (file, stats) = generate(&["--rows", "200", "--seed", "84"]);
+    upload_to(&server, "before", &file).await;
+    stream_messages(&nats.url(), stats.valid as u64, Duration::from_secs(30)).await;
+    server.kill();
+    // The killed server's lease runs for 15 s more; the one server on the file takes it at
+    // once.
+    let (server, metrics) = replica(&database.url, &nats).await;
+    let started = Instant::now();
+    while series(metrics, "bulk_import_events_relay_leader").await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the relay waited for its own predecessor's lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (more, more_stats) = generate(&["--rows", "100", "--seed", "85", "--start", "40000"]);
+    upload_to(&server, "after", &more).await;
+    let total = (stats.valid + more_stats.valid) as u64;
+    let relayed = stream_messages(&nats.url(), total, Duration::from_secs(30)).await;
+    let mut client = server.client();
     same_events(&relayed, &feed(&mut client, total as usize).await);
 }

@@ -439,7 +439,7 @@ impl Store for PostgresStore {
     async fn relay_lease(&self, step: LeaseStep<'_>) -> Result<Option<RelayLease>, StoreError> {
         let (told, pool) = (&self.events_written, &self.pool);
         in_transaction(pool, told, &step, only_conflicts, |mut steps, step| {
-            Box::pin(async move { relay::step(&mut steps, step).await })
+            Box::pin(async move { relay::step(&mut steps, step, false).await })
         })
         .await
     }

@@ -456,7 +456,7 @@ impl Store for SqliteStore {
 
     async fn relay_lease(&self, step: LeaseStep<'_>) -> Result<Option<RelayLease>, StoreError> {
         self.write(&step, |mut steps, step| {
-            Box::pin(async move { relay::step(&mut steps, step).await })
+            Box::pin(async move { relay::step(&mut steps, step, true).await })
         })
         .await
     }
