@@ -268,7 +268,8 @@ fn takes_every_subject(pattern: &str) -> bool {
     let tokens: Vec<&str> = pattern.split('.').collect();
     for (i, token) in tokens.iter().enumerate() {
         match *token {
-            ">" => return i < ours.len(),
+            // Only as the last token, where NATS allows it.
+            ">" => return i < ours.len() && i + 1 == tokens.len(),
             "*" if i < ours.len() => {}
             literal if i < ours.len() && !ours[i].is_empty() && literal == ours[i] => {}
             _ => return false,

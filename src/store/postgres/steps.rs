@@ -160,7 +160,8 @@ impl Steps for PgSteps<'_> {
         Ok(query.fetch_one(&mut *self.conn).await? as u64)
     }
 
-    /// A `NOTIFY` per key, delivered to every replica when the transaction commits.
+    /// An advisory lock of the transaction, held to its commit: transactions that write
+    /// events commit one after the other, so a later `seq` never commits first (`events`).
     async fn events_turn(&mut self) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock($1::int, $2::int)")
             .bind(super::liveness::LOCK_NAMESPACE)
@@ -178,6 +179,7 @@ impl Steps for PgSteps<'_> {
         Dialect::Postgres
     }
 
+    /// A `NOTIFY` per key, delivered to every replica when the transaction commits.
     async fn changed(&mut self, keys: &[ImportKey]) -> Result<(), StoreError> {
         Ok(notify(self.conn, keys).await?)
     }

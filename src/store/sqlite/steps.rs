@@ -166,8 +166,7 @@ impl Steps for SqliteSteps<'_> {
         Ok(query.fetch_one(&mut *self.conn).await? as u64)
     }
 
-    /// Nothing to tell: no other server runs on this file, and watchers here poll.
-    /// The one writer orders the events already.
+    /// Nothing to wait for: the one writer orders the events already.
     async fn events_turn(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -180,6 +179,7 @@ impl Steps for SqliteSteps<'_> {
         Dialect::Sqlite
     }
 
+    /// Nothing to tell: no other server runs on this file, and watchers here poll.
     async fn changed(&mut self, _keys: &[ImportKey]) -> Result<(), StoreError> {
         Ok(())
     }
