@@ -322,10 +322,15 @@ fn client_config(connection: &ConnectionArgs) -> Option<rustls::ClientConfig> {
 
 /// Whether the server closed the connection before it answered anything, the way a TLS
 /// server does when a plaintext client speaks to it, or when it refuses a client certificate.
+///
+/// "not ready" too: when the close comes before the call was sent, the call fails with
+/// tonic's "connection was not ready" (seen under load on a server that requires a client
+/// certificate), not with the close itself.
 pub(super) fn closed_at_once(error: &(dyn Error + 'static)) -> bool {
     chain(error).any(|e| {
         let text = e.to_string();
         text.contains("connection closed")
+            || text.contains("connection was not ready")
             || text.contains("connection reset")
             || text.contains("broken pipe")
             || text.contains("frame with invalid size")
@@ -390,6 +395,15 @@ mod tests {
 
     fn wrapped(tls: rustls::Error) -> Outer {
         Outer(std::io::Error::new(std::io::ErrorKind::InvalidData, tls))
+    }
+
+    #[test]
+    fn a_call_the_close_beat_counts_as_closed_at_once() {
+        // What tonic says when the server closed the connection before the call was sent.
+        let not_ready = Outer(std::io::Error::other("connection was not ready"));
+        assert!(closed_at_once(&not_ready));
+        let refused = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!closed_at_once(&refused));
     }
 
     #[test]
