@@ -38,7 +38,8 @@ const KEEP: Duration = Duration::from_secs(3);
 /// A holder stops publishing this long before its lease runs out by its own clock: room for
 /// a slow clock and a slow database.
 const MARGIN: Duration = Duration::from_secs(5);
-/// Events published (one after the other) before the relay's place is stored.
+/// The most events published before the relay's place is stored: the first alone, the rest
+/// chained after it (`nats::Publisher::publish`). Batches are what the feed has ready.
 const BATCH: usize = 256;
 /// The longest wait between tries when NATS or the database fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

@@ -19,7 +19,7 @@ use super::types::{LeaseStep, RelayLease};
 /// microseconds.
 struct Statements {
     /// $1 holder, $2 the lease in microseconds, $3 1 when the database has one server:
-    /// taken only when the last one ran out, or at once by the one server (its last holder
+    /// taken only when the last one ran out or was given up, or at once by the one server (its last holder
     /// was this server's predecessor on the file, killed without giving it up).
     take: String,
     /// $1 epoch, $2 seq, $3 row + 1 (0 for none), $4 the lease: kept, and the place moved.
@@ -41,18 +41,19 @@ impl Statements {
         Statements {
             take: format!(
                 "UPDATE user_events_relay SET holder = $1, epoch = epoch + 1, \
-                 lease_until = {now} + $2 WHERE id = 1 AND (lease_until < {now} OR $3 = 1)"
+                 lease_until = {now} + $2 \
+                 WHERE id = 1 AND (lease_until < {now} OR holder = '' OR $3 = 1)"
             ),
             keep: format!(
                 "UPDATE user_events_relay SET at_seq = $2, \
                  at_row = CASE WHEN $3 > 0 THEN $3 - 1 ELSE NULL END, lease_until = {now} + $4 \
                  WHERE id = 1 AND epoch = $1"
             ),
-            // Run out now, not at 0: the feed keeps what a relay that ran lately has yet to
-            // publish (`events`), and a relay given up for a restart has.
-            let_go: format!(
-                "UPDATE user_events_relay SET lease_until = {now} WHERE id = 1 AND epoch = $1"
-            ),
+            // No holder: any replica may take it at once. Its time is left as it was: the feed
+            // keeps what a relay that ran lately has yet to publish (`events`), and one given
+            // up for a restart has run until then.
+            let_go: "UPDATE user_events_relay SET holder = '' WHERE id = 1 AND epoch = $1"
+                .to_owned(),
         }
     }
 }

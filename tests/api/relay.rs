@@ -600,6 +600,24 @@ async fn two_replicas_relay_one_at_a_time_and_the_survivor_takes_over_from_a_kil
     assert_eq!(the_leader(&metrics[follower..=follower]).await, 0);
     let mut client = survivor.client();
     same_events(&relayed, &feed(&mut client, total as usize).await);
+
+    // A replica stopped gracefully gives the lease up: a new one relays at once, not after the
+    // 15 s a killed one's lease runs.
+    let (newcomer, newcomer_metrics) = replica(&database.url, &nats).await;
+    replicas[follower].take().unwrap().stop();
+    let stopped = Instant::now();
+    assert_eq!(the_leader(&[newcomer_metrics]).await, 0);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "the lease was not given up: {:?}",
+        stopped.elapsed()
+    );
+    let (d, d_stats) = generate(&["--rows", "100", "--seed", "86", "--start", "950000"]);
+    upload_to(&newcomer, "last", &d).await;
+    let total = total + d_stats.valid as u64;
+    let relayed = stream_messages(&nats.url(), total, Duration::from_secs(60)).await;
+    let mut client = newcomer.client();
+    same_events(&relayed, &feed(&mut client, total as usize).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
