@@ -120,7 +120,7 @@ pub async fn stream_messages(url: &str, count: u64, within: Duration) -> Vec<Rel
     let client = options.connect(url).await.unwrap();
     let jetstream = jetstream::new(client);
     let started = Instant::now();
-    let (mut stream, first, last) = loop {
+    let (stream, first, last) = loop {
         let held = match jetstream.get_stream(bulk_import::relay::STREAM).await {
             Ok(mut stream) => {
                 let state = stream.info().await.unwrap().state.clone();
@@ -138,7 +138,6 @@ pub async fn stream_messages(url: &str, count: u64, within: Duration) -> Vec<Rel
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = stream.info().await;
     let mut messages = Vec::new();
     for sequence in first..=last {
         let message = stream.get_raw_message(sequence).await.unwrap();
