@@ -114,21 +114,49 @@ where
     rows.into_iter().map(StoredRowError::try_from).collect()
 }
 
-/// A user row as `list_users` selects it.
-type UserColumns = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    i64,
-    i64,
-    String,
-    Option<i64>,
-    i64,
-);
+/// A user as `list_users` and `user_events` select it (times in microseconds), made a
+/// `StoredUser` by one rule (`UserRow::into_user`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct UserRow {
+    email: String,
+    first_name: String,
+    last_name: String,
+    role: String,
+    job_title: String,
+    external_id: Option<String>,
+    /// The import that created the user (`user_events` has an `import_id` of its own).
+    user_import_id: String,
+    user_create_time: i64,
+    user_update_time: i64,
+    invitation_state: String,
+    invite_time: Option<i64>,
+    invitations_sent: i64,
+}
+
+impl UserRow {
+    /// The user; `Corrupt`, naming `whose` row, for a role or state this build does not know.
+    fn into_user(self, whose: impl Fn() -> String) -> Result<StoredUser, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("{}: {what}", whose()));
+        let role = Role::from_stored(&self.role)
+            .ok_or_else(|| corrupt(format!("role '{}'", self.role)))?;
+        let invitation_state = InvitationState::from_stored(&self.invitation_state)
+            .ok_or_else(|| corrupt(format!("invitation state '{}'", self.invitation_state)))?;
+        Ok(StoredUser {
+            email: self.email,
+            first_name: self.first_name,
+            last_name: self.last_name,
+            role,
+            job_title: self.job_title,
+            external_id: self.external_id,
+            import_id: self.user_import_id,
+            create_time: from_micros(self.user_create_time),
+            update_time: from_micros(self.user_update_time),
+            invitation_state,
+            invite_time: self.invite_time.map(from_micros),
+            invitations_sent: self.invitations_sent.clamp(0, i64::from(u32::MAX)) as u32,
+        })
+    }
+}
 
 /// How a statement reaches the columns of the import that created user `u`.
 #[derive(Debug, Clone, Copy)]
@@ -201,7 +229,7 @@ pub(crate) async fn list_users<'c, DB: Database>(
     limit: u32,
 ) -> Result<Vec<StoredUser>, StoreError>
 where
-    for<'r> UserColumns: FromRow<'r, DB::Row>,
+    for<'r> UserRow: FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
@@ -213,8 +241,10 @@ where
     let creator = Creator::Joined("i");
     let state = invitation_state("u", creator);
     let sql = format!(
-        "SELECT u.email, {first}, {last}, {role}, {title}, {external_id}, i.import_id, \
-         {created}, {updated}, {state}, {invited}, {sent} \
+        "SELECT u.email, {first} AS first_name, {last} AS last_name, {role} AS role, \
+         {title} AS job_title, {external_id} AS external_id, i.import_id AS user_import_id, \
+         {created} AS user_create_time, {updated} AS user_update_time, \
+         {state} AS invitation_state, {invited} AS invite_time, {sent} AS invitations_sent \
          FROM users u JOIN imports i ON i.import_key = u.import_key \
          LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
          LEFT JOIN import_user_updates s ON s.import_key = w.import_key \
@@ -238,7 +268,7 @@ where
         invited = micros(&invite_time("u", creator)),
         sent = invitations_sent("u", creator),
     );
-    let rows: Vec<UserColumns> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(account_id.as_str())
         .bind(after.unwrap_or(""))
         .bind(filter.import.unwrap_or(-1))
@@ -248,42 +278,10 @@ where
         .fetch_all(executor)
         .await?;
     rows.into_iter()
-        .map(
-            |(
-                email,
-                first_name,
-                last_name,
-                role,
-                job_title,
-                external_id,
-                import_id,
-                c,
-                u,
-                state,
-                invited,
-                sent,
-            )| {
-                let corrupt = |what: &str| StoreError::Corrupt(format!("user {email}: {what}"));
-                let role =
-                    Role::from_stored(&role).ok_or_else(|| corrupt(&format!("role '{role}'")))?;
-                let invitation_state = InvitationState::from_stored(&state)
-                    .ok_or_else(|| corrupt(&format!("invitation state '{state}'")))?;
-                Ok(StoredUser {
-                    email,
-                    first_name,
-                    last_name,
-                    role,
-                    job_title,
-                    external_id,
-                    import_id,
-                    create_time: from_micros(c),
-                    update_time: from_micros(u),
-                    invitation_state,
-                    invite_time: invited.map(from_micros),
-                    invitations_sent: sent.clamp(0, i64::from(u32::MAX)) as u32,
-                })
-            },
-        )
+        .map(|row| {
+            let email = row.email.clone();
+            row.into_user(|| format!("user {email}"))
+        })
         .collect()
 }
 
@@ -371,18 +369,8 @@ pub(crate) struct EventRow {
     account_id: String,
     import_id: String,
     r#type: String,
-    email: String,
-    first_name: String,
-    last_name: String,
-    role: String,
-    job_title: String,
-    external_id: Option<String>,
-    user_import_id: String,
-    user_create_time: i64,
-    user_update_time: i64,
-    invitation_state: String,
-    invite_time: Option<i64>,
-    invitations_sent: i64,
+    #[sqlx(flatten)]
+    user: UserRow,
     event_time: i64,
     import_key: Option<i64>,
 }
@@ -430,24 +418,11 @@ where
                     event_time: from_micros(row.event_time),
                 });
             }
+            let seq = row.seq;
             Ok(FeedRow::Event(StoredEvent {
-                seq: row.seq,
+                seq,
                 kind: UserEventKind::from_stored(&row.r#type).ok_or_else(|| corrupt("type"))?,
-                user: StoredUser {
-                    role: Role::from_stored(&row.role).ok_or_else(|| corrupt("role"))?,
-                    invitation_state: InvitationState::from_stored(&row.invitation_state)
-                        .ok_or_else(|| corrupt("invitation_state"))?,
-                    email: row.email,
-                    first_name: row.first_name,
-                    last_name: row.last_name,
-                    job_title: row.job_title,
-                    external_id: row.external_id,
-                    import_id: row.user_import_id,
-                    create_time: from_micros(row.user_create_time),
-                    update_time: from_micros(row.user_update_time),
-                    invite_time: row.invite_time.map(from_micros),
-                    invitations_sent: row.invitations_sent.clamp(0, i64::from(u32::MAX)) as u32,
-                },
+                user: row.user.into_user(|| format!("event {seq}"))?,
                 account_id: row.account_id,
                 import_id: row.import_id,
                 event_time: from_micros(row.event_time),
