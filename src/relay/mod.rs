@@ -28,7 +28,7 @@ use crate::import::feed::{Cursor, FeedEvent};
 use crate::import::{ImportError, Importer};
 use crate::store::{LeaseStep, RelayLease};
 use nats::{Broken, Publisher};
-pub use nats::{STREAM, SUBJECTS, check_url, subject};
+pub use nats::{STREAM, SUBJECTS, check_url, connect_options, subject};
 
 /// How long a lease lasts when it is not kept: how long the relay can stop after its holder
 /// dies without a word (kill -9, a lost node).

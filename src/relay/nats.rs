@@ -41,6 +41,19 @@ pub fn check_url(url: &str) -> Result<String, String> {
         .map_err(|e| format!("{e} (for example nats://127.0.0.1:4222)"))
 }
 
+/// Options carrying the credentials of `url`, which the client does not take from the URL by
+/// itself: `user:password@`, or a token as `token@`.
+pub fn connect_options(url: &str) -> Result<ConnectOptions, String> {
+    let address: async_nats::ServerAddr = url.parse().map_err(|e| format!("{e}"))?;
+    Ok(match (address.username(), address.password()) {
+        (Some(user), Some(password)) => {
+            ConnectOptions::with_user_and_password(user.to_owned(), password.to_owned())
+        }
+        (Some(token), None) => ConnectOptions::with_token(token.to_owned()),
+        _ => ConnectOptions::new(),
+    })
+}
+
 /// The relay's connection to NATS and its JetStream context.
 pub struct Publisher {
     jetstream: jetstream::Context,
@@ -86,17 +99,7 @@ impl Publisher {
     /// it drops, in the background, so that a NATS that is not there yet does not stop the
     /// server. `Err` only for a URL that can never work.
     pub async fn connect(url: &str, max_age: Option<Duration>) -> Result<Self, String> {
-        // The URL's credentials, which the client does not take from it by itself:
-        // `user:password@`, or a token as `token@`.
-        let address: async_nats::ServerAddr = url.parse().map_err(|e| format!("{e}"))?;
-        let options = match (address.username(), address.password()) {
-            (Some(user), Some(password)) => {
-                ConnectOptions::with_user_and_password(user.to_owned(), password.to_owned())
-            }
-            (Some(token), None) => ConnectOptions::with_token(token.to_owned()),
-            _ => ConnectOptions::new(),
-        };
-        let client = options
+        let client = connect_options(url)?
             .name("bulk-import relay")
             .retry_on_initial_connect()
             .max_reconnects(None)

@@ -109,14 +109,7 @@ pub struct Relayed {
 /// Every message of `BULK_IMPORT_EVENTS`, in order, once it holds `count` of them (within
 /// `within`); fails when it holds more.
 pub async fn stream_messages(url: &str, count: u64, within: Duration) -> Vec<Relayed> {
-    // The URL's credentials, which the client does not take from it by itself.
-    let address: async_nats::ServerAddr = url.parse().unwrap();
-    let options = match (address.username(), address.password()) {
-        (Some(user), Some(password)) => {
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        }
-        _ => async_nats::ConnectOptions::new(),
-    };
+    let options = bulk_import::relay::connect_options(url).unwrap();
     let client = options.connect(url).await.unwrap();
     let jetstream = jetstream::new(client);
     let started = Instant::now();
