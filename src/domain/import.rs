@@ -140,7 +140,7 @@ impl ImportStatus {
 /// The encoding a file was read with, as the `Import` reports it: named by a byte order mark,
 /// else UTF-8, falling back to Windows-1252 when the first byte that is not UTF-8 comes
 /// before any other non-ASCII character.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TextEncoding {
     /// UTF-8, with or without a byte order mark: the default.
     Utf8,

@@ -10,6 +10,7 @@
 //! becomes an ERROR_UNKNOWN import and a RESOURCE_EXHAUSTED answer, `NotCsv` removes the import
 //! as if it never was and answers INVALID_ARGUMENT (see `ending::decide`).
 
+use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest, Sha256};
 
 use super::decoder::{TextEncoding, sniff_bom};
@@ -60,8 +61,15 @@ pub struct Intake {
     window: usize,
     /// Every byte that arrived, including those of the chunk that crossed the limit.
     received: u64,
-    /// The SHA-256 of every byte received, BOM included, as the client computes it.
+    /// The SHA-256 of the bytes that passed (`hashed` of them), BOM included, as the client
+    /// computes it. Held bytes are hashed once they pass, so that a row's end found in them
+    /// can still be marked.
     hasher: Sha256,
+    /// Bytes hashed so far: all those received, except the ones held.
+    hashed: u64,
+    /// The hash as it was at a row's end (an offset in the file), for a resumed upload to go on
+    /// from: taken as the bytes pass, since the hash cannot go back.
+    snapshot: Option<(u64, Sha256)>,
     /// The first bytes, held until enough of the content was looked at.
     held: Vec<u8>,
     /// The first bytes were looked at and passed: from now on chunks pass straight through.
@@ -86,6 +94,8 @@ impl Intake {
             window: window.max(1),
             received: 0,
             hasher: Sha256::new(),
+            hashed: 0,
+            snapshot: None,
             held: Vec::new(),
             sniffed: false,
             released: false,
@@ -111,7 +121,6 @@ impl Intake {
         if self.received > self.limit {
             return Err(IntakeError::TooLarge { limit: self.limit });
         }
-        self.hasher.update(chunk);
         if self.released {
             self.held = Vec::new();
             self.released = false;
@@ -177,9 +186,88 @@ impl Intake {
     }
 
     /// The SHA-256 of every byte received. Computed on a copy of the hasher, so it can be read
-    /// at any point without ending the intake.
+    /// at any point without ending the intake; bytes still held are added to the copy.
     pub fn sha256(&self) -> [u8; 32] {
-        self.hasher.clone().finalize().into()
+        let mut hasher = self.hasher.clone();
+        if self.hashed < self.received && !self.sniffed {
+            hasher.update(&self.held[self.hashed as usize..]);
+        }
+        hasher.finalize().into()
+    }
+
+    /// Hashes the bytes that the last `push` (given its `chunk`) or `finish` let pass, and
+    /// keeps the hash as it stands at `mark` (the last row's end, an offset in the file) when
+    /// the mark lies within them or at their end. Called once after each of them.
+    pub fn hash_passed(&mut self, chunk: &[u8], mark: Option<u64>) {
+        let unhashed = (self.received - self.hashed) as usize;
+        let passed: &[u8] = if self.released {
+            &self.held
+        } else if self.sniffed {
+            chunk
+        } else {
+            return;
+        };
+        let bytes = &passed[passed.len().saturating_sub(unhashed)..];
+        let start = self.hashed;
+        match mark {
+            Some(mark)
+                if (start..=start + bytes.len() as u64).contains(&mark)
+                    && self.snapshot.as_ref().is_none_or(|(at, _)| *at != mark) =>
+            {
+                let (before, after) = bytes.split_at((mark - start) as usize);
+                self.hasher.update(before);
+                self.snapshot = Some((mark, self.hasher.clone()));
+                self.hasher.update(after);
+            }
+            _ => self.hasher.update(bytes),
+        }
+        self.hashed += bytes.len() as u64;
+    }
+
+    /// The hash's state at `offset`, serialized, if it was kept there (see `hash_passed`).
+    pub fn state_at(&self, offset: u64) -> Option<Vec<u8>> {
+        let (at, hasher) = self.snapshot.as_ref()?;
+        (*at == offset).then(|| hasher.serialize().to_vec())
+    }
+
+    /// The encoding the file's byte order mark names, once its first bytes were looked at.
+    pub fn bom(&self) -> Option<TextEncoding> {
+        self.bom
+    }
+
+    /// The length of the byte order mark the file starts with: 0 when it has none, or while
+    /// its first bytes are held.
+    pub fn bom_len(&self) -> u64 {
+        self.bom.map_or(0, |encoding| match encoding {
+            TextEncoding::Utf8 => 3,
+            TextEncoding::Utf16Le | TextEncoding::Utf16Be => 2,
+            TextEncoding::Utf32Le | TextEncoding::Utf32Be => 4,
+            TextEncoding::Windows1252 => 0,
+        })
+    }
+
+    /// An intake that goes on at `offset`, a row's end, of a file whose first bytes were
+    /// already looked at, with the hash as it was there (`state_at`). `None` for a state that
+    /// is not one.
+    pub fn resume(
+        limit: u64,
+        offset: u64,
+        bom: Option<TextEncoding>,
+        state: &[u8],
+    ) -> Option<Self> {
+        let hasher = Sha256::deserialize(state.try_into().ok()?).ok()?;
+        Some(Self {
+            limit,
+            window: SNIFF_BYTES,
+            received: offset,
+            hasher: hasher.clone(),
+            hashed: offset,
+            snapshot: Some((offset, hasher)),
+            held: Vec::new(),
+            sniffed: true,
+            released: false,
+            bom,
+        })
     }
 }
 

@@ -165,7 +165,7 @@ impl Decoder {
         &mut self,
         input: &[u8],
         last: bool,
-        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        emit: &mut impl FnMut(&[u8], TextEncoding) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
         match self.encoding {
             TextEncoding::Utf8 => self.decode_utf8(input, last, emit),
@@ -182,7 +182,7 @@ impl Decoder {
         &mut self,
         mut input: &[u8],
         last: bool,
-        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        emit: &mut impl FnMut(&[u8], TextEncoding) -> Result<(), E>,
         unit: fn([u8; 4]) -> u32,
     ) -> Result<(), Stop<E>> {
         self.out.clear();
@@ -220,11 +220,11 @@ impl Decoder {
         for bytes in units {
             if !push(&mut self.out, [bytes[0], bytes[1], bytes[2], bytes[3]]) {
                 // Everything before the bad unit is emitted, so the error lands on its row.
-                emit(&self.out).map_err(Stop::Emit)?;
+                emit(&self.out, self.encoding).map_err(Stop::Emit)?;
                 return Err(Stop::Invalid(DecodeError::InvalidUtf32));
             }
         }
-        emit(&self.out).map_err(Stop::Emit)?;
+        emit(&self.out, self.encoding).map_err(Stop::Emit)?;
         self.pending.extend_from_slice(rest);
         if last && !self.pending.is_empty() {
             return Err(Stop::Invalid(DecodeError::InvalidUtf32));
@@ -238,7 +238,7 @@ impl Decoder {
         &mut self,
         mut input: &[u8],
         last: bool,
-        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        emit: &mut impl FnMut(&[u8], TextEncoding) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
         if !self.pending.is_empty() {
             // Complete the character cut by the previous chunk, a byte at a time.
@@ -253,7 +253,7 @@ impl Decoder {
             match std::str::from_utf8(&pending) {
                 Ok(_) => {
                     self.seen_non_ascii = true;
-                    emit(&pending).map_err(Stop::Emit)?;
+                    emit(&pending, self.encoding).map_err(Stop::Emit)?;
                 }
                 Err(_) => return self.fall_back(&pending, input, last, emit),
             }
@@ -261,12 +261,12 @@ impl Decoder {
         match std::str::from_utf8(input) {
             Ok(_) => {
                 self.note_text(input);
-                emit(input).map_err(Stop::Emit)?;
+                emit(input, self.encoding).map_err(Stop::Emit)?;
             }
             Err(e) => {
                 let (valid, rest) = input.split_at(e.valid_up_to());
                 self.note_text(valid);
-                emit(valid).map_err(Stop::Emit)?;
+                emit(valid, self.encoding).map_err(Stop::Emit)?;
                 if e.error_len().is_none() && !last {
                     // A character cut by the end of the chunk: finish it with the next one.
                     self.pending.extend_from_slice(rest);
@@ -287,7 +287,7 @@ impl Decoder {
         bad: &[u8],
         rest: &[u8],
         last: bool,
-        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        emit: &mut impl FnMut(&[u8], TextEncoding) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
         if !self.may_fall_back || self.seen_non_ascii {
             return Err(Stop::Invalid(DecodeError::InvalidUtf8 { byte: bad[0] }));
@@ -307,7 +307,7 @@ impl Decoder {
         &mut self,
         input: &[u8],
         last: bool,
-        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        emit: &mut impl FnMut(&[u8], TextEncoding) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
         if self.pending.is_empty() {
             return self.windows_1252_checked(input, last, emit);
@@ -329,7 +329,7 @@ impl Decoder {
         &mut self,
         input: &[u8],
         last: bool,
-        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        emit: &mut impl FnMut(&[u8], TextEncoding) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
         for (i, &byte) in input.iter().enumerate() {
             let problem = match byte {
@@ -363,7 +363,7 @@ impl Decoder {
         &mut self,
         mut input: &[u8],
         last: bool,
-        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        emit: &mut impl FnMut(&[u8], TextEncoding) -> Result<(), E>,
     ) -> Result<(), Stop<E>> {
         let converter = self
             .converter
@@ -384,7 +384,7 @@ impl Decoder {
             if !self.seen_non_ascii && !text.is_ascii() {
                 self.seen_non_ascii = true;
             }
-            emit(text).map_err(Stop::Emit)?;
+            emit(text, self.encoding).map_err(Stop::Emit)?;
             match result {
                 DecoderResult::InputEmpty => return Ok(()),
                 DecoderResult::OutputFull => continue,
@@ -405,6 +405,66 @@ impl Decoder {
     fn note_text(&mut self, text: &[u8]) {
         if !self.seen_non_ascii && !text.is_ascii() {
             self.seen_non_ascii = true;
+        }
+    }
+}
+
+/// How many bytes of the file the decoded `text` came from, had it been decoded from
+/// `encoding`: what turns a place in the text (a row's end) into a place in the file, which a
+/// resumed upload starts from.
+///
+/// Exact, because each encoding maps every character to a fixed number of the file's bytes:
+/// UTF-8 its own, Windows-1252 one, UTF-16 two per code unit (four for a character past
+/// U+FFFF, whose UTF-8 form is the only one of four bytes), UTF-32 four. Free for UTF-8, the
+/// common case; a counting pass over the text for the others, which cost far more to convert.
+pub fn source_len(text: &[u8], encoding: TextEncoding) -> u64 {
+    // A character's first byte: anything but a continuation byte (0x80 to 0xBF).
+    let chars = || text.iter().filter(|&&b| (b as i8) >= -0x40).count() as u64;
+    match encoding {
+        TextEncoding::Utf8 => text.len() as u64,
+        TextEncoding::Windows1252 => chars(),
+        TextEncoding::Utf16Le | TextEncoding::Utf16Be => {
+            2 * chars() + 2 * text.iter().filter(|&&b| b >= 0xF0).count() as u64
+        }
+        TextEncoding::Utf32Le | TextEncoding::Utf32Be => 4 * chars(),
+    }
+}
+
+/// How a decoder reads on from a row's end, for a resumed upload: enough to make a decoder that
+/// reads the rest of the file exactly as the first one would have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Decoding {
+    /// UTF-8 without a byte order mark, and only ASCII so far: Windows-1252 is still possible.
+    Undecided,
+    /// This encoding, for good (UTF-8 after a mark or after non-ASCII UTF-8 text).
+    Settled(TextEncoding),
+}
+
+impl Decoder {
+    /// How this decoder would read on. Taken at the end of a step, when the row end it is
+    /// stored with may lie a little earlier: the same, because the only change of mind (UTF-8
+    /// to Windows-1252, or to settled UTF-8) follows ASCII text, which both read alike.
+    pub fn decoding(&self) -> Decoding {
+        if self.may_fall_back && !self.seen_non_ascii && self.encoding == TextEncoding::Utf8 {
+            Decoding::Undecided
+        } else {
+            Decoding::Settled(self.encoding)
+        }
+    }
+
+    /// A decoder that reads on as `decoding` says, at a character boundary.
+    pub fn resume(decoding: Decoding) -> Self {
+        match decoding {
+            Decoding::Undecided => Self::new(None),
+            Decoding::Settled(TextEncoding::Windows1252) => Self {
+                encoding: TextEncoding::Windows1252,
+                may_fall_back: false,
+                seen_non_ascii: true,
+                pending: Vec::with_capacity(4),
+                converter: Some(WINDOWS_1252.new_decoder_without_bom_handling()),
+                out: Vec::new(),
+            },
+            Decoding::Settled(encoding) => Self::new(Some(encoding)),
         }
     }
 }

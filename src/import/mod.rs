@@ -33,6 +33,7 @@
 //! Every method returns [`ImportError`], whose variants the gRPC layer maps to status codes.
 //! Before the store is open, every call that needs it fails with `NotReady` (UNAVAILABLE).
 
+pub mod checkpoint;
 pub mod chunk;
 pub mod decoder;
 pub mod delimiter;

@@ -197,6 +197,26 @@ pub struct CsvParser {
     delimiter: u8,
     /// `csv_core` reported the end of the input: `finish` has nothing more to do.
     done: bool,
+    /// Bytes of text fed before the current call: places in the text are counted from the
+    /// parser's first byte.
+    fed: u64,
+    /// Where the last record ended, and the state to read on from there: what a resumed upload
+    /// starts from (see [`Mark`]).
+    mark: Option<Mark>,
+}
+
+/// A record's end, and all a new parser needs to read on from there as this one does: at a
+/// record's end `csv_core` has no state of its own, and only the row count and a CR that an LF
+/// may still complete are carried over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// Bytes of text (from the parser's first) up to the end of the record, its line break
+    /// included.
+    pub end: u64,
+    /// Spreadsheet rows up to and including the record.
+    pub rows_before: u64,
+    /// The record ended with a CR: an LF right after it ends the same line.
+    pub after_cr: bool,
 }
 
 /// Where a record stands, quote-wise, as `csv_core` reads it (its default rules: a quote opens
@@ -263,7 +283,30 @@ impl CsvParser {
             quote: Quote::FieldStart,
             delimiter,
             done: false,
+            fed: 0,
+            mark: None,
         }
+    }
+
+    /// A parser that reads on from `mark`, where another one stopped at a record's end: the
+    /// same rows, row numbers and errors as that one would have given for the rest of the text.
+    pub fn resume(delimiter: u8, limits: Limits, mark: Mark) -> Self {
+        let mut parser = Self::new(delimiter, limits);
+        parser.rows_before = mark.rows_before;
+        parser.after_cr = mark.after_cr;
+        parser.fed = mark.end;
+        parser.mark = Some(mark);
+        parser
+    }
+
+    /// Where the last record ended, if one did.
+    pub fn mark(&self) -> Option<Mark> {
+        self.mark
+    }
+
+    /// Bytes of text fed so far.
+    pub fn fed(&self) -> u64 {
+        self.fed
     }
 
     /// The row the next byte belongs to: where a decoding error is reported.
@@ -288,6 +331,10 @@ impl CsvParser {
         mut input: &[u8],
         on_record: &mut impl FnMut(Record<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        let start = self.fed;
+        let len = input.len() as u64;
+        // Counted before the records: a record's end is placed from it.
+        self.fed += len;
         while !input.is_empty() {
             let blank = if self.at_record_start {
                 self.count_blank_lines(input)
@@ -305,7 +352,8 @@ impl CsvParser {
             input = &input[nin..];
             match result {
                 ReadRecordResult::Record => {
-                    self.emit(last == Some(b'\r'), on_record)?;
+                    let end = start + len - input.len() as u64;
+                    self.emit(last == Some(b'\r'), end, on_record)?;
                 }
                 ReadRecordResult::InputEmpty => {}
                 ReadRecordResult::OutputFull => self.grow_output(),
@@ -339,7 +387,7 @@ impl CsvParser {
                         self.rows_before += 1;
                         on_record(Record::Unterminated { row_number })?;
                     } else {
-                        self.emit(false, on_record)?;
+                        self.emit(false, self.fed, on_record)?;
                     }
                 }
                 ReadRecordResult::End => self.done = true,
@@ -371,6 +419,7 @@ impl CsvParser {
     fn emit<E>(
         &mut self,
         ended_with_cr: bool,
+        end: u64,
         on_record: &mut impl FnMut(Record<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         self.rows_before += 1;
@@ -390,6 +439,11 @@ impl CsvParser {
         };
         let result = on_record(record);
         self.reset_record(ended_with_cr);
+        self.mark = Some(Mark {
+            end,
+            rows_before: self.rows_before,
+            after_cr: ended_with_cr,
+        });
         result
     }
 

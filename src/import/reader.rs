@@ -17,12 +17,13 @@
 //! - row by row, everything else is a row error and reading goes on: a row too long or too
 //!   wide, a row of the wrong width, an invalid value.
 
+use super::checkpoint::Checkpoint;
 use super::chunk::{Intake, IntakeError};
-use super::decoder::{Decoder, Stop};
+use super::decoder::{Decoder, Stop, source_len};
 use super::delimiter::{blank_lines_before, detect_delimiter, has_first_line};
-use super::parser::{CsvParser, Limits, Oversize, Record};
+use super::parser::{CsvParser, Limits, Mark, Oversize, Record};
 use super::validator::{Header, InvalidText};
-use crate::domain::{ErrorCode, FailedRow, NewUser, RowError, TextFormat};
+use crate::domain::{ErrorCode, FailedRow, NewUser, RowError, TextEncoding, TextFormat};
 
 /// Decoded text kept to find the delimiter, at most: the first line of a file is its header,
 /// and a header line longer than this is not one. Past it the delimiter is chosen from this
@@ -78,6 +79,13 @@ struct TextStage {
     delimiter: Option<u8>,
     /// The header, once its row was read: every later record is a data row.
     header: Option<Header>,
+    /// The encoding of the last text decoded: how the held header line maps to the file.
+    encoding: TextEncoding,
+    /// Bytes of the file (after its byte order mark) that the text taken so far came from.
+    source: u64,
+    /// The parser's last record end, and where it is in the file (after the byte order
+    /// mark): what a checkpoint is taken at.
+    marked: Option<(Mark, u64)>,
 }
 
 impl FileReader {
@@ -98,8 +106,65 @@ impl FileReader {
                 parser: None,
                 delimiter: None,
                 header: None,
+                encoding: TextEncoding::Utf8,
+                source: 0,
+                marked: None,
             },
         }
+    }
+
+    /// A reader that goes on from `checkpoint`, taken by another reader of the same file: fed
+    /// the bytes from `checkpoint.offset` on, it gives the rows, errors, format and checksum
+    /// that reader would have given. `None` for a checkpoint that cannot be one.
+    pub fn resume(max_upload_bytes: u64, limits: Limits, checkpoint: &Checkpoint) -> Option<Self> {
+        let state = hex::decode(&checkpoint.sha256).ok()?;
+        let intake = Intake::resume(max_upload_bytes, checkpoint.offset, checkpoint.bom, &state)?;
+        let header = Header::from_stored(&checkpoint.header)?;
+        let bom_len = intake.bom_len();
+        let decoder = Decoder::resume(checkpoint.decoding);
+        let mark = checkpoint.mark();
+        let source = checkpoint.offset.checked_sub(bom_len)?;
+        Some(Self {
+            intake,
+            text: TextStage {
+                limits,
+                head: Vec::new(),
+                parser: Some(CsvParser::resume(checkpoint.delimiter, limits, mark)),
+                delimiter: Some(checkpoint.delimiter),
+                header: Some(header),
+                encoding: decoder.encoding(),
+                source,
+                marked: Some((mark, source)),
+            },
+            decoder: Some(decoder),
+        })
+    }
+
+    /// The state at the end of the last row read, if the header was read: where a resumable
+    /// upload goes on from once the rows up to there are stored. `None` before that, and, were
+    /// the hash ever not kept at that row's end, never a state that disagrees with the rows.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let header = self.text.header.as_ref()?;
+        let (mark, source) = self.text.marked?;
+        let offset = self.intake.bom_len() + source;
+        let state = self.intake.state_at(offset)?;
+        Some(Checkpoint {
+            offset,
+            rows: mark.rows_before,
+            sha256: hex::encode(state),
+            bom: self.intake.bom(),
+            decoding: self.decoder.as_ref()?.decoding(),
+            delimiter: self.text.delimiter?,
+            header: header.stored(),
+            text_end: mark.end,
+            after_cr: mark.after_cr,
+        })
+    }
+
+    /// Where the last row read ends in the file, if one did.
+    fn mark_offset(&self) -> Option<u64> {
+        let (_, source) = self.text.marked?;
+        Some(self.intake.bom_len() + source)
     }
 
     /// Bytes received so far, as the client sent them (see `Intake::bytes_received`).
@@ -140,19 +205,26 @@ impl FileReader {
     /// the end of the chunk waits for the next one.
     pub fn push(&mut self, chunk: &[u8], sink: &mut impl RowSink) -> Result<(), ReadError> {
         let (ready, bom) = self.intake.push(chunk)?;
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let decoder = self.decoder.get_or_insert_with(|| Decoder::new(bom));
-        decode(decoder, &mut self.text, ready, false, sink)
+        let result = match ready.is_empty() {
+            true => Ok(()),
+            false => {
+                let decoder = self.decoder.get_or_insert_with(|| Decoder::new(bom));
+                decode(decoder, &mut self.text, ready, false, sink)
+            }
+        };
+        // Hashed once read, so that the hash can be kept at the last row's end.
+        self.intake.hash_passed(chunk, self.mark_offset());
+        result
     }
 
     /// The file ended: reads what is left, including a last row without a line break.
     pub fn finish(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {
         let (rest, bom) = self.intake.finish()?;
         let decoder = self.decoder.get_or_insert_with(|| Decoder::new(bom));
-        decode(decoder, &mut self.text, rest, true, sink)?;
-        self.text.finish(sink)
+        let result =
+            decode(decoder, &mut self.text, rest, true, sink).and_then(|()| self.text.finish(sink));
+        self.intake.hash_passed(&[], self.mark_offset());
+        result
     }
 }
 
@@ -166,7 +238,9 @@ fn decode(
     last: bool,
     sink: &mut impl RowSink,
 ) -> Result<(), ReadError> {
-    match decoder.decode(input, last, &mut |t: &[u8]| text.feed(t, sink)) {
+    match decoder.decode(input, last, &mut |t: &[u8], encoding| {
+        text.feed(t, encoding, sink)
+    }) {
         Ok(()) => Ok(()),
         Err(Stop::Emit(e)) => Err(e),
         Err(Stop::Invalid(e)) => Err(ReadError::Parsing(e.message(text.current_row()))),
@@ -185,16 +259,41 @@ impl TextStage {
 
     /// Takes decoded text: held until the header line is complete (or `MAX_HEADER_LINE`
     /// long), then parsed.
-    fn feed(&mut self, text: &[u8], sink: &mut impl RowSink) -> Result<(), ReadError> {
+    fn feed(
+        &mut self,
+        text: &[u8],
+        encoding: TextEncoding,
+        sink: &mut impl RowSink,
+    ) -> Result<(), ReadError> {
+        self.encoding = encoding;
         if self.parser.is_none() {
             self.head.extend_from_slice(text);
+            self.source += source_len(text, encoding);
             if !has_first_line(&self.head) && self.head.len() < MAX_HEADER_LINE {
                 return Ok(());
             }
             return self.start_parser(sink);
         }
         let (parser, mut rows) = self.parts();
-        parser.feed(text, &mut |record| rows.record(record, sink))
+        let fed = parser.fed();
+        let result = parser.feed(text, &mut |record| rows.record(record, sink));
+        self.place_mark(text, fed, self.source);
+        self.source += source_len(text, encoding);
+        result
+    }
+
+    /// Places the parser's last record end in the file, if it moved within `text`: the text
+    /// the parser read from its byte `fed` on, which came from the file's byte `source` on
+    /// (after the byte order mark).
+    fn place_mark(&mut self, text: &[u8], fed: u64, source: u64) {
+        let Some(mark) = self.parser.as_ref().and_then(CsvParser::mark) else {
+            return;
+        };
+        if self.marked.is_some_and(|(placed, _)| placed == mark) {
+            return;
+        }
+        let within = (mark.end.saturating_sub(fed) as usize).min(text.len());
+        self.marked = Some((mark, source + source_len(&text[..within], self.encoding)));
     }
 
     /// Chooses the delimiter from the text held so far and parses that text, without the
@@ -206,7 +305,12 @@ impl TextStage {
             self.delimiter = Some(delimiter);
             self.parser = Some(CsvParser::new(delimiter, self.limits));
             let (parser, mut rows) = self.parts();
-            parser.feed(&head[skip..], &mut |record| rows.record(record, sink))?;
+            let result = parser.feed(&head[skip..], &mut |record| rows.record(record, sink));
+            // The held text was decoded in one encoding, or in ASCII before Windows-1252,
+            // which count alike: the last encoding places the mark.
+            let before = source_len(&head[..skip], self.encoding);
+            self.place_mark(&head[skip..], 0, before);
+            result?;
         }
         Ok(())
     }
@@ -216,7 +320,10 @@ impl TextStage {
     fn finish(&mut self, sink: &mut impl RowSink) -> Result<(), ReadError> {
         self.start_parser(sink)?;
         let (parser, mut rows) = self.parts();
-        parser.finish(&mut |record| rows.record(record, sink))
+        let fed = parser.fed();
+        let result = parser.finish(&mut |record| rows.record(record, sink));
+        self.place_mark(&[], fed, self.source);
+        result
     }
 
     /// The parser and the row stage, borrowed apart, so that the parser's callback can use
@@ -319,168 +426,7 @@ fn invalid_text(e: InvalidText) -> ReadError {
 /// the fuzz target (`fuzz/`) check that the chunking never changes it, and that memory stays
 /// bounded whatever the bytes.
 #[doc(hidden)]
-pub mod check {
-    use super::*;
-
-    /// Every row as a line (`row|email|...` or `row|CODE,CODE`), then how reading ended.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Outcome {
-        /// Every row the sink got, valid or failed, in order.
-        pub rows: Vec<String>,
-        /// How reading ended: `Ok` for a file read to its end.
-        pub end: Result<(), ReadError>,
-        /// The encoding and delimiter found, if reading got that far.
-        pub format: Option<TextFormat>,
-    }
-
-    /// A sink that writes each row down as a line, for comparison.
-    #[derive(Default)]
-    struct Collect(Vec<String>);
-
-    impl RowSink for Collect {
-        fn user(&mut self, row_number: u64, user: &NewUser<'_>) {
-            self.0.push(format!(
-                "{row_number}|{}|{}|{}|{}|{}|{:?}",
-                user.email.as_str(),
-                user.first_name,
-                user.last_name,
-                user.role.as_str(),
-                user.job_title,
-                user.external_id
-            ));
-        }
-
-        fn failed(&mut self, row: FailedRow<'_>) {
-            let errors = row.errors;
-            let codes: Vec<String> = errors
-                .iter()
-                .map(|e| format!("{}:{}", e.column.map_or("", |c| c.name()), e.code.as_str()))
-                .collect();
-            self.0.push(format!(
-                "{}|{}",
-                errors.first().map_or(0, |e| e.row_number),
-                codes.join(",")
-            ));
-        }
-    }
-
-    /// The most memory a reader may hold between chunks for these limits and chunk size.
-    pub fn memory_bound(limits: Limits, largest_chunk: usize) -> usize {
-        let record = limits.max_record_bytes + limits.max_fields * std::mem::size_of::<usize>();
-        // Buffers grow by doubling up to their limit; the header line is held once, plus the
-        // text decoded from one chunk (UTF-16 can grow by half).
-        2 * record + 2 * (MAX_HEADER_LINE + 2 * largest_chunk) + 64 * 1024
-    }
-
-    /// Reads `file` cut at `cuts` (offsets, any order, out of range ignored).
-    pub fn read(file: &[u8], cuts: &[usize], limits: Limits) -> Outcome {
-        let mut offsets: Vec<usize> = cuts.iter().copied().filter(|&c| c < file.len()).collect();
-        offsets.push(0);
-        offsets.push(file.len());
-        offsets.sort_unstable();
-        offsets.dedup();
-        // A small sniffing window, so that short files are cut after it too.
-        let mut reader = FileReader::with_intake(Intake::with_window(u64::MAX, 16), limits);
-        let mut rows = Collect::default();
-        let mut largest = 0;
-        let mut end = Ok(());
-        for pair in offsets.windows(2) {
-            let chunk = &file[pair[0]..pair[1]];
-            largest = largest.max(chunk.len());
-            end = reader.push(chunk, &mut rows);
-            assert!(
-                reader.buffered_bytes() <= memory_bound(limits, largest),
-                "{} bytes held",
-                reader.buffered_bytes()
-            );
-            if end.is_err() {
-                break;
-            }
-        }
-        if end.is_ok() {
-            end = reader.finish(&mut rows);
-        }
-        Outcome {
-            rows: rows.0,
-            end,
-            format: reader.format(),
-        }
-    }
-}
+pub mod check;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// Small limits, so that short inputs reach them.
-    const LIMITS: Limits = Limits {
-        max_record_bytes: 64,
-        max_fields: 8,
-    };
-
-    /// Pieces that make CSV-like files with every hard case: quotes, all line ends, the three
-    /// delimiters, a `sep=` line, byte order marks, UTF-8, Windows-1252 and invalid bytes.
-    fn token() -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            4 => Just(b"email".to_vec()),
-            2 => Just(b"first_name".to_vec()),
-            1 => Just(b"role".to_vec()),
-            1 => Just(b"external_id".to_vec()),
-            4 => Just(b"a@example.com".to_vec()),
-            2 => Just(b"B@Example.com".to_vec()),
-            6 => Just(b",".to_vec()),
-            2 => Just(b";".to_vec()),
-            2 => Just(b"\t".to_vec()),
-            3 => Just(b"\"".to_vec()),
-            3 => Just(b"\n".to_vec()),
-            2 => Just(b"\r\n".to_vec()),
-            1 => Just(b"\r".to_vec()),
-            2 => Just(b" ".to_vec()),
-            2 => Just("Zoë".as_bytes().to_vec()),
-            1 => Just(b"Ren\xE9e".to_vec()),
-            1 => Just(b"\xC3".to_vec()),
-            1 => Just(b"\xC6\xC6\xC6".to_vec()),
-            1 => Just(b"\x81".to_vec()),
-            1 => Just(b"\xEF\xBB\xBF".to_vec()),
-            1 => Just(b"sep=;".to_vec()),
-            1 => Just(b"admin".to_vec()),
-            1 => Just(b"superuser".to_vec()),
-            1 => Just(b"\0".to_vec()),
-            2 => proptest::collection::vec(any::<u8>(), 1..4),
-        ]
-    }
-
-    /// A file: a start that is often a byte order mark or a valid header, then random pieces.
-    fn file() -> impl Strategy<Value = Vec<u8>> {
-        let body = proptest::collection::vec(token(), 0..120).prop_map(|t| t.concat());
-        let start = prop_oneof![
-            6 => Just(Vec::new()),
-            1 => Just(b"\xEF\xBB\xBF".to_vec()),
-            1 => Just(b"\xFF\xFE".to_vec()),
-            1 => Just(b"\xFE\xFF".to_vec()),
-            1 => Just(b"\xFF\xFE\0\0".to_vec()),
-            1 => Just(b"\0\0\xFE\xFF".to_vec()),
-            2 => Just(b"email,first_name,role\n".to_vec()),
-        ];
-        (start, body).prop_map(|(a, b)| [a, b].concat())
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
-
-        /// Whatever the bytes and however they are cut: no panic, bounded memory, and the same
-        /// rows, errors, format and ending as the file read whole.
-        #[test]
-        fn the_chunking_never_changes_the_outcome(
-            file in file(),
-            cuts in proptest::collection::vec(0usize..1000, 0..12),
-        ) {
-            let whole = check::read(&file, &[], LIMITS);
-            let cut = check::read(&file, &cuts, LIMITS);
-            prop_assert_eq!(&cut, &whole);
-            let bytewise: Vec<usize> = (1..file.len()).collect();
-            prop_assert_eq!(check::read(&file, &bytewise, LIMITS), whole);
-        }
-    }
-}
+mod tests;

@@ -78,7 +78,42 @@ pub struct InvalidText {
     pub byte: Option<u8>,
 }
 
+/// A header as a resumed upload stores it: where each template column sits, and the width.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredHeader {
+    /// Per template column (in `Column::ALL` order), its 0-based field, if the file has it.
+    pub positions: Vec<Option<usize>>,
+    /// Fields per record.
+    pub width: usize,
+}
+
 impl Header {
+    /// The header as stored with a resumed upload's state.
+    pub fn stored(&self) -> StoredHeader {
+        StoredHeader {
+            positions: self.positions.to_vec(),
+            width: self.width,
+        }
+    }
+
+    /// A header stored by `stored`; `None` for one `parse` could not have made (no email
+    /// column, a column past the width, two columns in one field).
+    pub fn from_stored(stored: &StoredHeader) -> Option<Self> {
+        let positions: [Option<usize>; Column::ALL.len()] =
+            stored.positions.as_slice().try_into().ok()?;
+        let mut used: Vec<usize> = positions.iter().flatten().copied().collect();
+        let valid = positions[Column::Email as usize].is_some()
+            && used.iter().all(|&p| p < stored.width)
+            && {
+                used.sort_unstable();
+                used.windows(2).all(|w| w[0] != w[1])
+            };
+        valid.then_some(Self {
+            positions,
+            width: stored.width,
+        })
+    }
+
     /// Reads the header row: which field holds which template column. Header names are read
     /// lossily, since an unknown column's name only matters for the message.
     pub fn parse(fields: &Fields<'_>) -> Result<Self, HeaderError> {

@@ -11,7 +11,7 @@ fn decode(
 ) -> (String, Option<DecodeError>, TextEncoding) {
     let mut decoder = Decoder::new(bom);
     let mut text = Vec::new();
-    let mut emit = |t: &[u8]| -> Result<(), ()> {
+    let mut emit = |t: &[u8], _: TextEncoding| -> Result<(), ()> {
         text.extend_from_slice(t);
         Ok(())
     };
