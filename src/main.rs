@@ -64,6 +64,7 @@ async fn run() -> std::process::ExitCode {
             };
         }
         Command::Upload(a) => cli::upload(a).await,
+        Command::Resume(a) => cli::resume(a).await,
         Command::Get(a) => cli::get(a).await,
         Command::List(a) => cli::list(a).await,
         Command::Watch(a) => cli::watch(a).await,

@@ -80,6 +80,9 @@ async fn import(
             model::Policy::Update => ConflictPolicy::Update,
         },
         retry_of: None,
+        invitations: Default::default(),
+        resumable: false,
+        resume_offset: 0,
     };
     let mut events = vec![Ok(UploadEvent::Metadata(new))];
     events.extend(

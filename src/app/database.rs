@@ -53,7 +53,9 @@ pub(super) async fn start_database(
         let store = store::open(&url, options).await?;
         // Before the importer has the store: no upload may start meanwhile, on an import
         // that recovery would end.
-        let ended = crate::import::ending::orphans::recover(store.as_ref(), &metrics).await?;
+        let window = importer.config().resume_window;
+        let ended =
+            crate::import::ending::orphans::recover(store.as_ref(), &metrics, window).await?;
         if ended > 0 {
             tracing::warn!(imports = ended, "ended imports interrupted by a stop");
         }

@@ -13,6 +13,7 @@
 //! - `connect`: the URL, TLS, a client certificate, the bearer token; `deadline`, how long
 //!   a call may wait; `diagnose`, why a connection failed and what fixes it;
 //! - `upload`: a file streamed as it is read, with a progress bar and the first row errors;
+//!   `resume`: a resumable upload that reconnects and resumes by itself, and `resume` by hand;
 //! - `commands`: the commands on imports that exist (`get`, `list`, `watch`, `template`,
 //!   `errors`, `cancel`, `revert`, `users`, `invite`); `events`: the user event feed;
 //! - `outcome`: exit codes, and errors in one line;
@@ -30,6 +31,7 @@ mod deadline;
 mod diagnose;
 mod events;
 mod outcome;
+mod resume;
 mod show;
 mod upload;
 
@@ -40,4 +42,5 @@ pub use connect::{Bearer, Client, connect};
 pub use deadline::Deadline;
 pub use events::events;
 pub use outcome::{CliError, CliResult, Outcome, USAGE};
+pub use resume::resume;
 pub use upload::upload;

@@ -53,6 +53,9 @@ const FIRST_ERRORS: i32 = 10;
 /// After an import with failed rows, the first few are shown (`FIRST_ERRORS`), with the
 /// commands that give the rest. With `--json`, the import alone, and no progress bar.
 pub async fn upload(args: UploadArgs) -> CliResult {
+    if args.resumable {
+        return super::resume::upload(args).await;
+    }
     let path = args.file.clone();
     let mut file = std::fs::File::open(&path)
         .map_err(|e| CliError::io(format!("cannot read {}", path.display()), e))?;
@@ -82,6 +85,8 @@ pub async fn upload(args: UploadArgs) -> CliResult {
         } else {
             proto::InvitationPolicy::Send
         } as i32,
+        resumable: false,
+        resume_offset: 0,
     })))
     .await
     .map_err(|_| CliError::new("the upload stopped before it started"))?;
@@ -145,23 +150,28 @@ pub async fn upload(args: UploadArgs) -> CliResult {
     if args.target.json {
         json::print(&json::import(&import));
     } else {
-        println!("{}", show::outcome(&import));
-        println!("import_id: {}", import.import_id);
-        if !import.error_message.is_empty() {
-            println!("{}", import.error_message);
-        }
-        // The import has ended whatever happens here: a failure to show its errors is said,
-        // and the exit code stays the import's.
-        if import.rows_failed > 0
-            && let Err(e) = print_first_errors(&mut client, &args.target.account, &import).await
-        {
-            eprintln!(
-                "warning: the row errors could not be shown ({e}); `bulk-import get {}` shows them",
-                import.import_id
-            );
-        }
+        print_ended(&mut client, &args.target.account, &import).await;
     }
     Ok(Outcome::Ended(import.status))
+}
+
+/// The ended import for people: its outcome, its id, its message, and its first row errors.
+pub(super) async fn print_ended(client: &mut Client, account: &str, import: &proto::Import) {
+    println!("{}", show::outcome(import));
+    println!("import_id: {}", import.import_id);
+    if !import.error_message.is_empty() {
+        println!("{}", import.error_message);
+    }
+    // The import has ended whatever happens here: a failure to show its errors is said, and
+    // the exit code stays the import's.
+    if import.rows_failed > 0
+        && let Err(e) = print_first_errors(client, account, import).await
+    {
+        eprintln!(
+            "warning: the row errors could not be shown ({e}); `bulk-import get {}` shows them",
+            import.import_id
+        );
+    }
 }
 
 /// A bar of the file's bytes (`size`, 0 when its metadata could not be read), with rate and
@@ -255,7 +265,7 @@ async fn print_first_errors(
 /// A single `read` may return less than asked (a pipe, a network file system); filling the
 /// buffer keeps every chunk at `--chunk-size` but the last, instead of sending many small
 /// messages.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(super) fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..])? {
@@ -267,7 +277,7 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 }
 
 /// One message of the upload stream: the proto wraps each payload in a `oneof`.
-fn request(payload: Payload) -> proto::UploadImportRequest {
+pub(super) fn request(payload: Payload) -> proto::UploadImportRequest {
     proto::UploadImportRequest {
         payload: Some(payload),
     }

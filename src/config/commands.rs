@@ -34,7 +34,27 @@ pub struct UploadArgs {
     /// The import whose failed rows this file corrects (its error report, fixed).
     #[arg(long)]
     pub retry_of: Option<String>,
+    /// Resumable: when the connection breaks, reconnect and send the rest of the file from
+    /// where the server stored it, instead of failing (retried for up to 3 minutes).
+    #[arg(long)]
+    pub resumable: bool,
     /// The CSV file.
+    pub file: PathBuf,
+}
+
+/// `bulk-import resume --import ID FILE`: a waiting import's upload, resumed by hand.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// The server, the account and how to connect.
+    #[command(flatten)]
+    pub target: ServerArgs,
+    /// The import to resume: one uploaded with --resumable whose stream broke.
+    #[arg(long = "import")]
+    pub import_id: String,
+    /// Bytes per chunk message.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub chunk_size: usize,
+    /// The same CSV file as the first upload's.
     pub file: PathBuf,
 }
 

@@ -23,8 +23,8 @@ pub mod duration;
 pub mod limit;
 
 pub use commands::{
-    EventsArgs, GetArgs, ImportArgs, InviteArgs, ListArgs, TemplateArgs, UploadArgs, UsersArgs,
-    WatchArgs,
+    EventsArgs, GetArgs, ImportArgs, InviteArgs, ListArgs, ResumeArgs, TemplateArgs, UploadArgs,
+    UsersArgs, WatchArgs,
 };
 
 use crate::import::ImportConfig;
@@ -57,6 +57,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Upload a CSV file and wait for the import to finish.
     Upload(UploadArgs),
+    /// Resume the upload of an import uploaded with --resumable whose stream broke.
+    Resume(ResumeArgs),
     /// Show an import and its row errors.
     Get(GetArgs),
     /// List an account's imports, newest first.
@@ -275,6 +277,15 @@ pub struct ServeArgs {
         value_parser = crate::relay::check_url
     )]
     pub events_nats_url: Option<String>,
+    /// How long a resumable upload whose stream broke waits for its client to resume it, such
+    /// as 24h, 90m or 3s; then its import ends ERROR_UNKNOWN with nothing imported.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_RESUME_WINDOW",
+        default_value = "24h",
+        value_parser = duration::positive
+    )]
+    pub resume_window: Duration,
     /// How often the retention's clean-up runs. For tests.
     #[arg(
         long,
@@ -305,6 +316,7 @@ impl ServeArgs {
             idle_timeout: Duration::from_secs(self.upload_idle_timeout),
             max_watchers: self.max_watchers,
             max_watchers_per_account: self.max_watchers_per_account,
+            resume_window: self.resume_window,
             ..ImportConfig::default()
         }
     }

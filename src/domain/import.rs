@@ -401,6 +401,12 @@ pub struct NewImport {
     pub retry_of: Option<ImportId>,
     /// When the users it creates are invited.
     pub invitations: InvitationPolicy,
+    /// A resumable upload: a stream that breaks before its finish message leaves the import
+    /// waiting for its client (see `Import::resume_deadline`) instead of ending it.
+    pub resumable: bool,
+    /// Where this upload's bytes start in the file: 0 for a first upload, the import's
+    /// `committed_bytes` for a resume (which then names an existing import). Not stored.
+    pub resume_offset: u64,
 }
 
 /// The store's own handle on an import: a small integer is cheaper than the
@@ -459,6 +465,21 @@ pub struct Import {
     /// Its users invited so far: with SEND those it created, once it completed; with HOLD
     /// those `SendInvitations` invited. Resends do not count again.
     pub users_invited: u64,
+    /// Opted in to resuming (`NewImport::resumable`).
+    pub resumable: bool,
+    /// The offset in the file just after the last row a stored batch holds: where a resume
+    /// starts. It never goes back.
+    pub committed_bytes: u64,
+    /// Set while a resumable upload waits for its client: it ends ERROR_UNKNOWN after this.
+    pub resume_deadline: Option<SystemTime>,
+}
+
+impl Import {
+    /// Whether it waits for its client to resume the upload: PROCESSING, with no server
+    /// driving it.
+    pub fn waiting(&self) -> bool {
+        self.status == ImportStatus::Processing && self.resume_deadline.is_some()
+    }
 }
 
 #[cfg(test)]

@@ -124,7 +124,28 @@ fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
         "" => ImportId::generate(),
         id => import_id(id)?,
     };
+    let resume_offset = match (m.resume_offset, m.resumable) {
+        (0, _) => 0,
+        (offset, true) if offset > 0 => offset as u64,
+        (offset, true) => {
+            return Err(ArgumentError::new(
+                "resume_offset",
+                format!(
+                    "resume_offset {offset} is negative; give the import's committed_bytes \
+                     (GetImport)"
+                ),
+            ));
+        }
+        (_, false) => {
+            return Err(ArgumentError::new(
+                "resume_offset",
+                "resume_offset is only for a resumable upload; set resumable too",
+            ));
+        }
+    };
     Ok(NewImport {
+        resumable: m.resumable,
+        resume_offset,
         account_id: account_id(&m.account_id)?,
         import_id,
         kind: import_type(m.r#type)?,
@@ -359,6 +380,13 @@ pub fn import(import: &Import) -> proto::Import {
         details_removed_time: import.details_removed_time.map(timestamp),
         invitations: proto_invitations(import.invitations) as i32,
         users_invited: import.users_invited as i64,
+        resumable: import.resumable,
+        committed_bytes: import.committed_bytes as i64,
+        resume_deadline: import
+            .waiting()
+            .then_some(import.resume_deadline)
+            .flatten()
+            .map(timestamp),
     }
 }
 

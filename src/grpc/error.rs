@@ -86,6 +86,18 @@ impl From<ImportError> for Status {
                     ErrorDetails::with_error_info("IMPORT_ALREADY_EXISTS", DOMAIN, metadata),
                 );
             }
+            ImportError::ResumeOffset {
+                committed_bytes, ..
+            } => {
+                // Where to resume from, for a client that does not parse the message.
+                let metadata = [("committed_bytes".to_owned(), committed_bytes.to_string())];
+                return Status::with_error_details(
+                    Code::FailedPrecondition,
+                    error.to_string(),
+                    ErrorDetails::with_error_info("RESUME_OFFSET_MISMATCH", DOMAIN, metadata),
+                );
+            }
+            ImportError::Paused(_) => (Code::Aborted, "UPLOAD_PAUSED"),
             ImportError::NotFound { .. } => (Code::NotFound, "IMPORT_NOT_FOUND"),
             ImportError::UserNotFound(_) => (Code::NotFound, "USER_NOT_FOUND"),
             ImportError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),

@@ -89,6 +89,25 @@ pub enum ImportError {
         "the import was ended by another server while it ran, so nothing was imported; upload the file again"
     )]
     Ended,
+    /// A resumable upload stopped before its finish message and its import waits for the
+    /// client to resume it: ABORTED, the code to retry at a higher level.
+    #[error("{0}")]
+    Paused(String),
+    /// A resume whose `resume_offset` is not the waiting import's `committed_bytes`:
+    /// FAILED_PRECONDITION, naming `committed_bytes`, with nothing changed.
+    #[error(
+        "resume_offset {given} is not import '{import_id}''s committed_bytes, which is \
+         {committed_bytes}: send the file from byte {committed_bytes}, with resume_offset \
+         {committed_bytes}"
+    )]
+    ResumeOffset {
+        /// The import.
+        import_id: ImportId,
+        /// Where it stands: what `resume_offset` must be.
+        committed_bytes: u64,
+        /// What the client sent.
+        given: u64,
+    },
     /// A bug or an unexpected database error: the details are logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),

@@ -64,7 +64,7 @@ use crate::domain::{AccountId, Caller, Import, ImportId, ImportStatus, Scope};
 use crate::metrics::Metrics;
 pub use crate::store::ImportCursor;
 use crate::store::{Store, StoredRowError};
-use ending::{Endings, Reaper};
+use ending::{Cause, Endings, Reaper};
 pub use error::ImportError;
 pub use pipeline::ImportConfig;
 use pipeline::admission::{Admission, Kind};
@@ -273,10 +273,12 @@ impl Importer {
         self.inner.endings.store_pending(store.as_ref()).await;
         let mut here = self.inner.hub.running();
         here.extend(self.inner.endings.keys());
+        let window = self.inner.config.resume_window;
         self.inner
             .reaper
-            .reap(store.as_ref(), &self.inner.metrics, &here)
+            .reap(store.as_ref(), &self.inner.metrics, &here, window)
             .await?;
+        ending::orphans::expire(store.as_ref(), &self.inner.metrics, window).await?;
         Ok(())
     }
 
@@ -318,7 +320,21 @@ impl Importer {
     /// places while it lasts.
     pub async fn cancel(&self, scope: &Scope, import_id: &ImportId) -> Result<Import, ImportError> {
         let account_id = scope.account_id();
-        let import = self.find(account_id, import_id).await?;
+        let mut import = self.find(account_id, import_id).await?;
+        if import.waiting() {
+            // No server drives it: it ends here, at once, through the owner of endings.
+            let (store, metrics) = (self.store()?, &self.inner.metrics);
+            match ending::orphans::end_waiting(store.as_ref(), metrics, import, Cause::Cancelled)
+                .await
+            {
+                Ok(ended) => return Ok(ended),
+                // A resume took it meanwhile (or it ended): cancel it as it is now.
+                Err(crate::store::StoreError::NotProcessing) => {
+                    import = self.find(account_id, import_id).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let not_running = |import: &Import| {
             ImportError::FailedPrecondition(format!(
                 "import '{}' already ended ({}); only a PROCESSING import can be cancelled",

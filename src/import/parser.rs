@@ -304,6 +304,16 @@ impl CsvParser {
         self.mark
     }
 
+    /// The end of the text, once `finish` read it all: every byte is read, the last line
+    /// break included, and nothing follows.
+    pub fn end_mark(&self) -> Mark {
+        Mark {
+            end: self.fed,
+            rows_before: self.rows_before,
+            after_cr: false,
+        }
+    }
+
     /// Bytes of text fed so far.
     pub fn fed(&self) -> u64 {
         self.fed

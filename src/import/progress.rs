@@ -91,15 +91,19 @@ impl ProgressHub {
 }
 
 impl Live {
-    /// Publishes the upload's counters and text format, as its tally has them. Watchers are
-    /// woken only when something changed, and `update_time` moves with it.
-    pub fn publish(&self, counters: Counters, format: Option<TextFormat>) {
+    /// Publishes the upload's counters, text format and committed bytes, as its tally has
+    /// them. Watchers are woken only when something changed, and `update_time` moves with it.
+    pub fn publish(&self, counters: Counters, format: Option<TextFormat>, committed_bytes: u64) {
         self.tx.send_if_modified(|import| {
-            if import.counters == counters && import.format == format {
+            if import.counters == counters
+                && import.format == format
+                && import.committed_bytes == committed_bytes
+            {
                 return false;
             }
             import.counters = counters;
             import.format = format;
+            import.committed_bytes = committed_bytes;
             import.update_time = SystemTime::now();
             true
         });

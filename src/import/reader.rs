@@ -161,6 +161,13 @@ impl FileReader {
         })
     }
 
+    /// Where the last row read ends in the file, and the spreadsheet rows up to there; `None`
+    /// before the first. What `checkpoint` gives, without the state a resume needs.
+    pub fn committed(&self) -> Option<(u64, u64)> {
+        let (mark, _) = self.text.marked?;
+        Some((self.mark_offset()?, mark.rows_before))
+    }
+
     /// Where the last row read ends in the file, if one did.
     fn mark_offset(&self) -> Option<u64> {
         let (_, source) = self.text.marked?;
@@ -223,6 +230,12 @@ impl FileReader {
         let decoder = self.decoder.get_or_insert_with(|| Decoder::new(bom));
         let result =
             decode(decoder, &mut self.text, rest, true, sink).and_then(|()| self.text.finish(sink));
+        if result.is_ok()
+            && let Some(parser) = &self.text.parser
+        {
+            // Read to its end: the file's last byte (a CR's LF, a blank line) is read too.
+            self.text.marked = Some((parser.end_mark(), self.text.source));
+        }
         self.intake.hash_passed(&[], self.mark_offset());
         result
     }

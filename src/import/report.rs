@@ -334,6 +334,9 @@ mod tests {
             details_removed_time: None,
             invitations: Default::default(),
             users_invited: 0,
+            resumable: false,
+            committed_bytes: 0,
+            resume_deadline: None,
             revert_note: String::new(),
         };
         for status in ImportStatus::ALL {

@@ -22,6 +22,7 @@
 //! | `bulk_import_active_watchers`           | gauge     | `WatchImport` streams open now  |
 //! | `bulk_import_db_connections{state}`     | gauge     | pool connections, by state      |
 //! | `bulk_import_events_*`                  | various   | the user feed (`feed`)          |
+//! | `bulk_import_uploads_waiting`, `_paused_total`, `bulk_import_resumes_total` | various | resumable uploads (`resume`) |
 //! | `process_*`                             | various   | CPU, memory, descriptors        |
 //!
 //! Each server counts what it did itself: an import counts once, on the server that decided
@@ -49,6 +50,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::domain::{Counters, ImportStatus};
 
 mod feed;
+mod resume;
 mod server;
 
 pub use feed::FeedSeries;
@@ -152,6 +154,8 @@ struct Inner {
     pools: PoolSource,
     /// The user event feed's series (`feed`).
     feed: FeedSeries,
+    /// Resumable uploads' series (`resume`).
+    resume: resume::ResumeSeries,
     /// Readiness as the health service reports it, for `/readyz`.
     ready: AtomicBool,
 }
@@ -181,6 +185,7 @@ impl Metrics {
         let database_size = Gauge::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
         let feed;
+        let resume;
         {
             let ours = registry.sub_registry_with_prefix("bulk_import");
             ours.register(
@@ -235,6 +240,7 @@ impl Metrics {
                 database_size.clone(),
             );
             feed = FeedSeries::register(ours);
+            resume = resume::ResumeSeries::register(ours);
         }
         let tls = registry.sub_registry_with_prefix("bulk_import_tls");
         tls.register_with_unit(
@@ -271,6 +277,7 @@ impl Metrics {
                 database_size,
                 pools,
                 feed,
+                resume,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -315,6 +322,21 @@ impl Metrics {
     /// The user event feed's series: events written and relayed, the relay's lag.
     pub fn feed(&self) -> &FeedSeries {
         &self.inner.feed
+    }
+
+    /// Imports waiting for a resume, as the upkeep just counted them.
+    pub fn uploads_waiting(&self, imports: u64) {
+        self.inner.resume.waiting(imports);
+    }
+
+    /// A resumable upload stopped before its finish message; its import waits.
+    pub fn upload_paused(&self) {
+        self.inner.resume.paused();
+    }
+
+    /// A resume was asked: `resumed`, or why it was refused (see `resume`).
+    pub fn resume_asked(&self, outcome: &'static str) {
+        self.inner.resume.resume(outcome);
     }
 
     /// The database's size in bytes, as last measured.

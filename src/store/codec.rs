@@ -60,6 +60,9 @@ pub(crate) struct ImportRow {
     details_removed_time: Option<i64>,
     invitations: String,
     users_invited: i64,
+    resumable: bool,
+    committed_bytes: i64,
+    resume_deadline: Option<i64>,
 }
 
 impl TryFrom<ImportRow> for Import {
@@ -107,8 +110,21 @@ impl TryFrom<ImportRow> for Import {
             invitations: InvitationPolicy::from_stored(&row.invitations)
                 .ok_or_else(|| corrupt("invitations"))?,
             users_invited: row.users_invited as u64,
+            resumable: row.resumable,
+            committed_bytes: row.committed_bytes as u64,
+            resume_deadline: row.resume_deadline.map(from_micros),
         })
     }
+}
+
+/// A waiting import as a resume takes it (`Steps::claim_waiting`): its columns, the reader's
+/// state and the rows up to `committed_bytes`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimedRow {
+    #[sqlx(flatten)]
+    pub import: ImportRow,
+    pub resume_state: Option<String>,
+    pub committed_rows: i64,
 }
 
 /// The columns of a stored row error: seq, row_number, column_name, code, message, value.

@@ -78,6 +78,7 @@ mod queries;
 mod record;
 mod rekey;
 mod relay;
+mod resume;
 mod retention;
 mod revert;
 mod sqlite;
@@ -94,9 +95,9 @@ use async_trait::async_trait;
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 pub use error::{Fault, Outage, StoreError};
 pub use types::{
-    BatchOutcome, BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, FeedRow, FeedState,
-    Guard, ImportCursor, InvitedUser, LeaseStep, LifeSign, OpenOptions, Processing, RelayLease,
-    Removed, Reverted, StoredEvent, StoredRowError, StoredUser, UserFilter,
+    BatchOutcome, BatchTarget, BatchWritten, Batching, Claimed, Committed, Conclusion, FailedCells,
+    FeedRow, FeedState, Guard, ImportCursor, InvitedUser, LeaseStep, LifeSign, OpenOptions,
+    Processing, RelayLease, Removed, Reverted, StoredEvent, StoredRowError, StoredUser, UserFilter,
 };
 
 /// The store as the import layer sees it, behind an `Arc<dyn Store>` chosen by [`open`].
@@ -210,6 +211,24 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&ImportCursor>,
         limit: u32,
     ) -> Result<Vec<Import>, StoreError>;
+
+    /// Makes a running resumable import wait `window` for its client to resume its upload (the
+    /// stream broke, its server stopped or is gone), if `guard` holds (`Processing` or
+    /// `Abandoned`): PROCESSING with a `resume_deadline`, no server driving it, its bytes
+    /// received back at `committed_bytes`. `NotProcessing`, with nothing changed, when it is
+    /// not running (any more) or the guard no longer holds.
+    async fn park_import(
+        &self,
+        key: ImportKey,
+        window: std::time::Duration,
+        guard: Guard,
+    ) -> Result<Import, StoreError>;
+
+    /// Takes a waiting import for a resume at `offset` by this server: it runs again, with no
+    /// deadline, and the reader's state where it stopped. `NotProcessing`, with nothing
+    /// changed, when it does not wait (another resume took it, or it ended) or `offset` is not
+    /// its `committed_bytes`.
+    async fn claim_import(&self, key: ImportKey, offset: u64) -> Result<Claimed, StoreError>;
 
     /// Removes the users an import created, except those another import has updated since,
     /// and sets its `revert_time` and note; a second call removes nothing and keeps the first

@@ -60,7 +60,7 @@ pub(crate) async fn record<S: Steps + ?Sized>(
     };
     let progress = outcome.applied_to(target.progress);
     if !steps
-        .store_progress(target.key, &progress, target.format)
+        .store_progress(target.key, &progress, target.format, &target.committed)
         .await?
     {
         return Err(StoreError::NotProcessing);

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use super::conflicts::Holder;
 use super::failed::FailedLine;
 use super::plan::{Known, Mode, Plan};
-use super::{BatchTarget, Conclusion, Guard, StoreError};
+use super::{BatchTarget, Committed, Conclusion, Guard, StoreError};
 use crate::domain::{
     AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
 };
@@ -73,6 +73,20 @@ impl Dialect {
             Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
             Dialect::Postgres => "now()",
         }
+    }
+}
+
+/// The condition on an `imports` row that `guard` puts on waiting for a resume: an import that
+/// waits is ended only under `Guard::Waiting` (a cancel, or its deadline), and never by the
+/// guards of a running one, which are then about a server that no longer drives it.
+pub(crate) fn wait_condition(guard: Guard, dialect: Dialect) -> &'static str {
+    match guard {
+        Guard::Processing | Guard::Abandoned(_) => "resume_deadline IS NULL",
+        Guard::Waiting { expired: false } => "resume_deadline IS NOT NULL",
+        Guard::Waiting { expired: true } => dialect.pick::<&str>(
+            &"resume_deadline <= CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+            &"resume_deadline <= now()",
+        ),
     }
 }
 
@@ -193,8 +207,9 @@ pub(crate) trait Steps: Send {
         values: &[&str],
     ) -> Result<HashMap<String, Holder>, StoreError>;
 
-    /// Stores the progress of import `key` (and renews its life sign); `false` when it is not
-    /// PROCESSING, with nothing changed.
+    /// Stores the progress of import `key` and where its file stands (and renews its life
+    /// sign); `false` when it is not PROCESSING or waits for a resume (its upload stopped
+    /// here), with nothing changed.
     ///
     /// `record` runs it first: `false` means `NotProcessing`, and its transaction rolls back.
     async fn store_progress(
@@ -202,7 +217,34 @@ pub(crate) trait Steps: Send {
         key: ImportKey,
         progress: &Counters,
         format: Option<TextFormat>,
+        committed: &Committed<'_>,
     ) -> Result<bool, StoreError>;
+
+    // Resumable uploads (`resume`).
+
+    /// Makes a running import wait for its client, if `guard` holds (`Guard::Processing` or
+    /// `Guard::Abandoned`): its deadline `window` from now, no owner, and its bytes received
+    /// back at `committed_bytes`. `None`, with nothing changed, when it is not running.
+    async fn set_waiting(
+        &mut self,
+        key: ImportKey,
+        window: std::time::Duration,
+        guard: Guard,
+    ) -> Result<Option<Import>, StoreError>;
+
+    /// Takes a waiting import for this server, if it waits and its `committed_bytes` is
+    /// `offset`: no deadline, this server its owner. The import, the reader's state and the
+    /// rows up to `committed_bytes`; `None`, with nothing changed, otherwise.
+    async fn claim_waiting(
+        &mut self,
+        key: ImportKey,
+        offset: u64,
+    ) -> Result<Option<(Import, Option<String>, u64)>, StoreError>;
+
+    /// Removes the users of import `key` past spreadsheet row `rows`: written by parts of a
+    /// batch whose record never committed (PostgreSQL writes a batch's users and its record in
+    /// separate transactions). Nothing on SQLite, whose batches are one transaction each.
+    async fn drop_unrecorded(&mut self, key: ImportKey, rows: u64) -> Result<(), StoreError>;
 
     /// Stores row errors, numbered from `first_seq`.
     ///

@@ -76,12 +76,38 @@ pub struct BatchTarget<'a> {
     /// The upload's counters before this batch's write (its rows are already read): the store
     /// saves `BatchOutcome::applied_to(progress)` with the batch, for readers elsewhere.
     pub progress: Counters,
+    /// Where the file stands once the batch is stored: stored with it, in its transaction.
+    pub committed: Committed<'a>,
     /// How the file's text is written, as far as the reader knew when the batch was cut.
     pub format: Option<TextFormat>,
     /// What becomes of a row whose user exists.
     pub on_conflict: ConflictPolicy,
     /// A dry run: every check, no user written.
     pub validate_only: bool,
+}
+
+/// Where a file stands once a batch is stored: the end of its last row, and, for a resumable
+/// upload, the reader's state there (`import::checkpoint`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed<'a> {
+    /// The offset in the file just after the batch's last row (`Import.committed_bytes`).
+    pub bytes: u64,
+    /// Spreadsheet rows up to there.
+    pub rows: u64,
+    /// The reader's state there, as stored text; `None` for an upload that is not resumable.
+    pub state: Option<&'a str>,
+}
+
+/// A waiting import taken by a resume (`Store::claim_import`): what its upload goes on with.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The import, PROCESSING and no longer waiting, with the progress of its last batch.
+    pub import: Import,
+    /// The reader's state at `committed_bytes`; `None` when no batch was stored (the upload
+    /// starts again from byte 0).
+    pub state: Option<String>,
+    /// Row errors stored so far: the next one's sequence number.
+    pub errors_stored: u64,
 }
 
 /// How an import ends: decided once, by the import layer's ending (`import::ending`), and
@@ -176,6 +202,13 @@ pub enum Guard {
     /// the life sign it showed when it was judged abandoned (a live server renews it), and not
     /// be in the middle of a write (which a live server would be doing).
     Abandoned(LifeSign),
+    /// It waits for its client to resume its upload (no server drives it): it must still be
+    /// waiting, and with `expired`, its deadline must have passed, so that a resume that took
+    /// it meanwhile (and a new wait after it) keeps it.
+    Waiting {
+        /// Its deadline must have passed.
+        expired: bool,
+    },
 }
 
 /// What shows that a server still drives a PROCESSING import.

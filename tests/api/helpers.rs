@@ -135,6 +135,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         event_retention: KeepFor(Some(Duration::from_secs(7 * 86_400))),
         retention_interval: Duration::from_secs(600),
         events_nats_url: None,
+        resume_window: Duration::from_secs(86_400),
     }
 }
 

@@ -25,6 +25,8 @@ backend_tests! {
                 on_conflict: Default::default(),
                 retry_of: None,
                 invitations: Default::default(),
+                resumable: false,
+                resume_offset: 0,
             })
             .await
             .unwrap();
@@ -60,6 +62,7 @@ backend_tests! {
             next_error_seq: 0,
             error_budget: 100,
             progress: Counters::default(),
+            committed: Default::default(),
             format: None,
             on_conflict: Default::default(),
             validate_only: false,

@@ -26,13 +26,17 @@ pub enum Disposal {
     /// It is removed as if it never was; if that cannot be done, it ends with this instead.
     /// Only an upload can remove its import: recovery and the reaper store the conclusion.
     Discard(Conclusion),
+    /// A resumable upload that stopped before its finish message: the import waits for its
+    /// client to resume it (`Store::park_import`), for `--resume-window`. If it cannot be made
+    /// to wait, it ends with this instead.
+    Wait(Conclusion),
 }
 
 impl Disposal {
     /// The conclusion stored, or stored instead of a removal that cannot be done.
     pub fn conclusion(&self) -> &Conclusion {
         match self {
-            Disposal::Conclude(c) | Disposal::Discard(c) => c,
+            Disposal::Conclude(c) | Disposal::Discard(c) | Disposal::Wait(c) => c,
         }
     }
 }
@@ -84,6 +88,18 @@ pub fn decide(
             Reply::Error(ImportError::ImportCancelled(message.to_owned())),
         )
     };
+    // A resumable upload whose client or server went away waits for the client instead of
+    // ending; the other causes end it as they would any upload.
+    let waits = import.resumable
+        && matches!(
+            cause,
+            Cause::Incomplete
+                | Cause::Broken(_)
+                | Cause::ShuttingDown
+                | Cause::Stalled(_)
+                | Cause::Interrupted
+                | Cause::Abandoned
+        );
     let (conclusion, reply) = match cause {
         Cause::Completed { cancel_asked: true } => cancelled(),
         Cause::Completed {
@@ -170,7 +186,37 @@ pub fn decide(
         }
         // Nobody waits for an answer: the client went with its server.
         Cause::Interrupted | Cause::Abandoned => (unknown(INTERRUPTED), Reply::Import),
+        Cause::NotResumed(window) => (
+            unknown(&format!(
+                "the upload was not resumed within {}, so nothing was imported; upload the \
+                 file again",
+                super::duration_words(window)
+            )),
+            Reply::Import,
+        ),
     };
+    if waits {
+        tracing::info!(
+            account_id = %import.account_id, import_id = %id,
+            created_by = import.created_by.as_str(), cause = kind,
+            "resumable upload stopped; the import waits for its client"
+        );
+        let reply = match reply {
+            // The client half-closed without its finish message: not a malformed upload of a
+            // resumable import, which may be sent in parts.
+            Reply::Error(ImportError::InvalidArgument(_)) => {
+                Reply::Error(ImportError::Paused(format!(
+                    "the upload ended before its finish message; import '{id}' waits for the \
+                     rest: resume it from its committed_bytes (GetImport)"
+                )))
+            }
+            reply => reply,
+        };
+        return Decision {
+            disposal: Disposal::Wait(conclusion),
+            reply,
+        };
+    }
     if conclusion.removes_users() {
         // Not the error message: it may quote the file (a header's columns).
         tracing::warn!(
@@ -245,6 +291,9 @@ mod tests {
             details_removed_time: None,
             invitations: Default::default(),
             users_invited: 0,
+            resumable: false,
+            committed_bytes: 0,
+            resume_deadline: None,
             revert_note: String::new(),
         }
     }
@@ -338,5 +387,61 @@ mod tests {
             assert_eq!(conclusion.status(), ImportStatus::ErrorUnknown);
             assert!(conclusion.error_message().contains("server stopped"));
         }
+    }
+
+    /// A resumable upload whose client or server went away waits for its client; one that
+    /// failed on its own (a parse error, a cancel, a bad message) ends as any upload does.
+    #[test]
+    fn a_resumable_upload_waits_only_when_its_client_or_server_went_away() {
+        let resumable = Import {
+            resumable: true,
+            ..import()
+        };
+        for cause in [
+            Cause::Incomplete,
+            Cause::Broken("reset".into()),
+            Cause::ShuttingDown,
+            Cause::Stalled(std::time::Duration::from_secs(60)),
+            Cause::Interrupted,
+            Cause::Abandoned,
+        ] {
+            let kind = cause.kind();
+            let decision = decide(cause, &resumable, reached(), None);
+            assert!(matches!(decision.disposal, Disposal::Wait(_)), "{kind}");
+            assert!(
+                !matches!(
+                    decision.reply,
+                    Reply::Error(ImportError::InvalidArgument(_))
+                ),
+                "{kind}"
+            );
+        }
+        for cause in [
+            Cause::Parsing("bad".into()),
+            Cause::Cancelled,
+            Cause::Mismatch("size".into()),
+            Cause::Protocol(ArgumentError::new("chunk", "bad")),
+        ] {
+            let kind = cause.kind();
+            let decision = decide(cause, &resumable, reached(), None);
+            assert!(matches!(decision.disposal, Disposal::Conclude(_)), "{kind}");
+        }
+        let plain = decide(Cause::Broken("reset".into()), &import(), reached(), None);
+        assert!(matches!(plain.disposal, Disposal::Conclude(_)));
+        let expired = decide(
+            Cause::NotResumed(std::time::Duration::from_secs(24 * 3600)),
+            &resumable,
+            reached(),
+            None,
+        );
+        let conclusion = expired.disposal.conclusion();
+        assert_eq!(conclusion.status(), ImportStatus::ErrorUnknown);
+        assert!(
+            conclusion
+                .error_message()
+                .contains("the upload was not resumed within 24 h"),
+            "{}",
+            conclusion.error_message()
+        );
     }
 }

@@ -101,6 +101,9 @@ pub enum Cause {
     Interrupted,
     /// Its server is gone: its life sign stood still for longer than a live server allows.
     Abandoned,
+    /// A resumable upload waited for its client for this long (`--resume-window`), in vain:
+    /// ERROR_UNKNOWN.
+    NotResumed(Duration),
 }
 
 impl Cause {
@@ -123,7 +126,23 @@ impl Cause {
             Cause::Panicked(_) => "internal",
             Cause::Interrupted => "interrupted",
             Cause::Abandoned => "abandoned",
+            Cause::NotResumed(_) => "not_resumed",
         }
+    }
+}
+
+/// A duration in the words an import's message uses: `24 h`, `90 min`, `3 s`, or as
+/// `humantime` writes it when it is none of those.
+pub fn duration_words(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() != 0 || secs == 0 {
+        humantime::format_duration(duration).to_string()
+    } else if secs.is_multiple_of(3600) {
+        format!("{} h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
     }
 }
 

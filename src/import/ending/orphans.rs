@@ -85,6 +85,7 @@ impl Reaper {
         store: &dyn Store,
         metrics: &Metrics,
         here: &[ImportKey],
+        window: Duration,
     ) -> Result<u64, StoreError> {
         if store.exclusive() {
             return Ok(0);
@@ -99,7 +100,7 @@ impl Reaper {
         let due = self.judge(Instant::now(), found, here);
         let mut ended = 0;
         for (orphan, guard) in due {
-            match end(store, metrics, orphan, Cause::Abandoned, guard).await {
+            match end(store, metrics, orphan, Cause::Abandoned, guard, window).await {
                 Ok(()) => ended += 1,
                 // It moved, or is being written, or ended meanwhile: not abandoned after all.
                 Err(StoreError::NotProcessing) => {}
@@ -143,7 +144,9 @@ impl Reaper {
         let mut due = Vec::new();
         for orphan in found {
             let key = orphan.import.key;
-            if here.contains(&key) {
+            // An import that waits for its client has no server to judge: `expire` ends it at
+            // its deadline.
+            if here.contains(&key) || orphan.import.waiting() {
                 continue;
             }
             let sighting = match watch.sightings.get(&key) {
@@ -182,19 +185,28 @@ impl Reaper {
 /// by a server that stopped. How many. Runs before the importer gets the store
 /// (`app::database`), so no upload of this server can be among them; on a shared store it
 /// does nothing, since the imports may be running elsewhere.
-pub async fn recover(store: &dyn Store, metrics: &Metrics) -> Result<u64, StoreError> {
+pub async fn recover(
+    store: &dyn Store,
+    metrics: &Metrics,
+    window: Duration,
+) -> Result<u64, StoreError> {
     if !store.exclusive() {
         // Other servers may be running them: the reaper judges them instead.
         return Ok(0);
     }
     let mut ended = 0;
     for orphan in store.processing().await? {
+        if orphan.import.waiting() {
+            // It waits for its client, not for a server: `expire` judges it.
+            continue;
+        }
         match end(
             store,
             metrics,
             orphan,
             Cause::Interrupted,
             Guard::Processing,
+            window,
         )
         .await
         {
@@ -206,28 +218,108 @@ pub async fn recover(store: &dyn Store, metrics: &Metrics) -> Result<u64, StoreE
     Ok(ended)
 }
 
+/// Ends the imports that waited for their client past their deadline (`--resume-window`),
+/// on every backend, each through the one owner of endings; how many. One that a resume took
+/// meanwhile is left to it (`Guard::Waiting` checks the deadline again as it stores).
+pub async fn expire(
+    store: &dyn Store,
+    metrics: &Metrics,
+    window: Duration,
+) -> Result<u64, StoreError> {
+    let now = SystemTime::now();
+    let mut ended = 0;
+    let mut waiting = 0;
+    for orphan in store.processing().await? {
+        let Some(deadline) = orphan.import.resume_deadline else {
+            continue;
+        };
+        waiting += 1;
+        if deadline > now {
+            continue;
+        }
+        let guard = Guard::Waiting { expired: true };
+        match end(
+            store,
+            metrics,
+            orphan,
+            Cause::NotResumed(window),
+            guard,
+            window,
+        )
+        .await
+        {
+            Ok(()) => {
+                ended += 1;
+                waiting -= 1;
+            }
+            Err(StoreError::NotProcessing) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    metrics.uploads_waiting(waiting);
+    Ok(ended)
+}
+
 /// Ends one orphan for `cause`, if `guard` still holds; counted on this server. The ending is
 /// decided from the counters the import last stored, and a discard is stored as its
-/// conclusion: only the upload that created an import may remove it. The duration in the
-/// metrics is the import's whole life, from its creation.
+/// conclusion: only the upload that created an import may remove it. A resumable upload's
+/// import is made to wait for its client instead, for `window`. The duration in the metrics
+/// is the import's whole life, from its creation.
 async fn end(
     store: &dyn Store,
     metrics: &Metrics,
     orphan: Processing,
     cause: Cause,
     guard: Guard,
+    window: Duration,
 ) -> Result<(), StoreError> {
-    let import = orphan.import;
+    end_import(store, metrics, orphan.import, cause, guard, window)
+        .await
+        .map(|_| ())
+}
+
+/// Ends an import that waits for its client, for `cause` (a cancel): under
+/// `Guard::Waiting`, so that a resume that took it meanwhile keeps it (`NotProcessing`).
+pub async fn end_waiting(
+    store: &dyn Store,
+    metrics: &Metrics,
+    import: crate::domain::Import,
+    cause: Cause,
+) -> Result<crate::domain::Import, StoreError> {
+    let guard = Guard::Waiting { expired: false };
+    end_import(store, metrics, import, cause, guard, Duration::ZERO).await
+}
+
+/// `end`, for an import as stored: the ended (or waiting) import.
+async fn end_import(
+    store: &dyn Store,
+    metrics: &Metrics,
+    import: crate::domain::Import,
+    cause: Cause,
+    guard: Guard,
+    window: Duration,
+) -> Result<crate::domain::Import, StoreError> {
+    let kind = cause.kind();
     let decision = decide(cause, &import, import.counters, import.format);
     let conclusion = match decision.disposal {
         Disposal::Conclude(conclusion) | Disposal::Discard(conclusion) => conclusion,
+        Disposal::Wait(_) => {
+            let waiting = store.park_import(import.key, window, guard).await?;
+            tracing::warn!(
+                account_id = %waiting.account_id, import_id = %waiting.import_id,
+                committed_bytes = waiting.committed_bytes,
+                "a resumable upload's server is gone; its import waits for its client"
+            );
+            metrics.upload_paused();
+            return Ok(waiting);
+        }
     };
     let ended = store
         .conclude_import(import.key, &conclusion, guard)
         .await?;
     tracing::warn!(
         account_id = %ended.account_id, import_id = %ended.import_id,
-        status = ended.status.as_str(), "ended an import whose server is gone"
+        status = ended.status.as_str(), cause = kind, "ended an import no upload drives"
     );
     let lived = SystemTime::now()
         .duration_since(import.create_time)
@@ -238,7 +330,7 @@ async fn end(
         import.validate_only,
         lived,
     );
-    Ok(())
+    Ok(ended)
 }
 
 #[cfg(test)]
@@ -272,6 +364,9 @@ mod tests {
                 details_removed_time: None,
                 invitations: Default::default(),
                 users_invited: 0,
+                resumable: false,
+                committed_bytes: 0,
+                resume_deadline: None,
                 revert_note: String::new(),
             },
             sign: LifeSign {

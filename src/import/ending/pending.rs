@@ -75,7 +75,7 @@ impl Endings {
         for (key, decided, disposal) in waiting {
             let stored = match &disposal {
                 Disposal::Discard(_) => store.discard_import(key).await,
-                Disposal::Conclude(c) => store
+                Disposal::Conclude(c) | Disposal::Wait(c) => store
                     .conclude_import(key, c, Guard::Processing)
                     .await
                     .map(|_| ()),
@@ -120,7 +120,7 @@ impl Endings {
                     );
                     let instead = match disposal {
                         Disposal::Discard(instead) => instead,
-                        Disposal::Conclude(c) => c.with_message(
+                        Disposal::Conclude(c) | Disposal::Wait(c) => c.with_message(
                             "the import ended with an error the server could not record in \
                              full; nothing was imported, upload the file again"
                                 .to_owned(),

@@ -44,6 +44,8 @@ pub struct Ending<'a> {
     pub metrics: &'a Metrics,
     /// When the upload's metadata was accepted, for its duration.
     pub started: tokio::time::Instant,
+    /// How long a resumable upload that stopped waits for its client (`--resume-window`).
+    pub resume_window: Duration,
 }
 
 impl Ending<'_> {
@@ -54,6 +56,56 @@ impl Ending<'_> {
         match decision.disposal {
             Disposal::Discard(instead) => self.discard(instead, decision.reply).await,
             Disposal::Conclude(conclusion) => self.conclude(conclusion, decision.reply).await,
+            Disposal::Wait(instead) => self.wait(instead, decision.reply).await,
+        }
+    }
+
+    /// Leaves the import of a resumable upload that stopped waiting for its client, retrying a
+    /// short while on an outage; if it cannot be made to wait, it ends with `instead`. The live
+    /// view is dropped: the import is the store's alone until a resume takes it, on any
+    /// server, and holds no memory here.
+    async fn wait(&self, instead: Conclusion, reply: Reply) -> Result<Import, ImportError> {
+        let key = self.import.key;
+        let parked = (|| {
+            self.store
+                .park_import(key, self.resume_window, Guard::Processing)
+        })
+        .retry(storing())
+        .when(StoreError::is_transient)
+        .await;
+        match parked {
+            Ok(waiting) => {
+                self.metrics.upload_paused();
+                self.hub.forget(key);
+                tracing::info!(
+                    account_id = %waiting.account_id, import_id = %waiting.import_id,
+                    committed_bytes = waiting.committed_bytes,
+                    "the import waits for its client to resume the upload"
+                );
+                match reply {
+                    Reply::Import => Ok(waiting),
+                    Reply::Error(error) => Err(error),
+                }
+            }
+            // Ended meanwhile (a cancel, or another server): as any ending that lost.
+            Err(StoreError::NotProcessing) => {
+                self.hub.forget(key);
+                match self
+                    .store
+                    .get_import(&self.import.account_id, &self.import.import_id)
+                    .await?
+                {
+                    Some(import) if matches!(reply, Reply::Import) => Ok(import),
+                    Some(_) | None => Err(ImportError::Ended),
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    import_id = %self.import.import_id, error = e.detail(),
+                    "cannot make the import wait for its client; ending it"
+                );
+                self.conclude(instead, reply).await
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub struct ImportConfig {
     pub max_watchers: usize,
     /// `WatchImport` streams of one account open at once.
     pub max_watchers_per_account: usize,
+    /// How long a resumable upload whose stream broke waits for its client before its import
+    /// ends (`--resume-window`).
+    pub resume_window: Duration,
 }
 
 impl Default for ImportConfig {
@@ -51,6 +54,7 @@ impl Default for ImportConfig {
             idle_timeout: Duration::from_secs(60),
             max_watchers: 256,
             max_watchers_per_account: 64,
+            resume_window: Duration::from_secs(24 * 3600),
         }
     }
 }

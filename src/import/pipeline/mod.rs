@@ -67,6 +67,7 @@ use std::sync::Arc;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint::Checkpoint;
 use super::chunk::IntakeError;
 use super::ending::{Cause, Ending};
 use super::error::ImportError;
@@ -75,7 +76,7 @@ use crate::domain::{ArgumentError, Caller, FailedRow, Import, ImportKey, NewUser
 use crate::store::{Batching, Store, StoreError};
 use events::{FinishCheck, StreamError, UploadEvent};
 use tally::Tally;
-use writer::{Queued, Writer};
+use writer::{CommittedAt, Queued, Writer};
 
 /// Chunks are parsed in slices of this size, so a batch is cut close to its size even when a
 /// client sends multi-megabyte chunks.
@@ -91,29 +92,61 @@ pub async fn run<S>(ctx: Context, caller: Caller, mut events: S) -> Result<Impor
 where
     S: Stream<Item = Result<UploadEvent, StreamError>> + Send + Unpin + 'static,
 {
-    let (import, _admitted) = start::start(&ctx, &caller, &mut events).await?;
+    let start::Started {
+        import,
+        admitted: _admitted,
+        resumed,
+    } = start::start(&ctx, &caller, &mut events).await?;
     tracing::info!(
         account_id = %import.account_id, import_id = %import.import_id,
-        created_by = import.created_by.as_str(), "upload started"
+        created_by = import.created_by.as_str(), resumable = import.resumable,
+        "upload started"
     );
     let started = tokio::time::Instant::now();
     let _active = ctx.metrics.upload_started();
-    let tally = Tally::new(ctx.hub.start(import.clone()));
+    let live = ctx.hub.start(import.clone());
+    let tally = match &resumed {
+        Some(claimed) => Tally::resumed(live, &claimed.import, claimed.errors_stored),
+        None => Tally::new(live),
+    };
     let cancel = ctx.cancels.register(import.key);
-    let mut upload = Upload::new(&ctx, &import, tally.clone(), cancel.token.clone());
-    let cause = AssertUnwindSafe(upload.receive(&mut events))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Cause::Panicked(message)
-        });
+    let limits = ctx.config.record_limits;
+    // A resume reads on from where the upload stopped; a first upload (or a resume of one
+    // that stored no batch) from byte 0.
+    let reader = match resumed.as_ref().and_then(|c| c.state.as_deref()) {
+        None => Some(FileReader::new(ctx.config.max_upload_bytes, limits)),
+        Some(state) => Checkpoint::decode(state)
+            .and_then(|c| FileReader::resume(ctx.config.max_upload_bytes, limits, &c)),
+    };
+    let mut upload = None;
+    let cause = match reader {
+        Some(reader) => {
+            let upload = upload.insert(Upload::new(
+                &ctx,
+                &import,
+                reader,
+                tally.clone(),
+                cancel.token.clone(),
+            ));
+            AssertUnwindSafe(upload.receive(&mut events))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Cause::Panicked(message)
+                })
+        }
+        None => Cause::Panicked("the stored state of a resumed upload cannot be read".into()),
+    };
     drop(events);
-    let cause = upload.stop_writing(cause).await;
+    let cause = match upload.as_mut() {
+        Some(upload) => upload.stop_writing(cause).await,
+        None => cause,
+    };
     let ending = Ending {
         store: ctx.store.as_ref(),
         hub: &ctx.hub,
@@ -123,6 +156,7 @@ where
         format: tally.format(),
         metrics: &ctx.metrics,
         started,
+        resume_window: ctx.config.resume_window,
     };
     ending.settle(cause).await
 }
@@ -149,6 +183,8 @@ struct Upload<'a> {
     cancel: CancellationToken,
     /// The import's key, to look for a cancel asked on another replica.
     key: ImportKey,
+    /// A resumable upload: each batch is stored with the reader's state at its last row.
+    resumable: bool,
 }
 
 /// Where the reader puts rows: the batch being filled, with what this step read.
@@ -176,7 +212,13 @@ impl RowSink for BatchSink<'_> {
 impl<'a> Upload<'a> {
     /// Starts the writer task, and takes the store's batching (or the configured rows per
     /// batch, for tests).
-    fn new(ctx: &'a Context, import: &Import, tally: Tally, cancel: CancellationToken) -> Self {
+    fn new(
+        ctx: &'a Context,
+        import: &Import,
+        reader: FileReader,
+        tally: Tally,
+        cancel: CancellationToken,
+    ) -> Self {
         let writer = Writer::spawn(
             ctx.store.clone(),
             import,
@@ -185,7 +227,7 @@ impl<'a> Upload<'a> {
         );
         Self {
             ctx,
-            reader: FileReader::new(ctx.config.max_upload_bytes, ctx.config.record_limits),
+            reader,
             tally,
             batch: UserBatch::default(),
             permit: None,
@@ -200,6 +242,7 @@ impl<'a> Upload<'a> {
             last_flush: tokio::time::Instant::now(),
             cancel,
             key: import.key,
+            resumable: import.resumable,
         }
     }
 
@@ -422,7 +465,9 @@ impl<'a> Upload<'a> {
     /// Hands the current batch to the writer, waiting while the writer is behind. The next
     /// batch takes its memory when its first rows come.
     async fn send_batch(&mut self) -> Result<(), Cause> {
+        let committed = self.committed()?;
         let queued = Queued {
+            committed,
             batch: std::mem::take(&mut self.batch),
             format: self.reader.format(),
             // Exactly the rows of this batch and those before it: see `tally`.
@@ -443,6 +488,31 @@ impl<'a> Upload<'a> {
         let error = writer.failed().await;
         self.writer = None;
         Err(Cause::Store(error))
+    }
+
+    /// Where the file stands once the batch being sent is stored: the end of its last row
+    /// and, for a resumable upload, the reader's state there. A resumable upload whose reader
+    /// had no state at a batch's end (it cannot happen: every batch has rows, so the header was
+    /// read) stops rather than store a place that disagrees with its rows.
+    fn committed(&self) -> Result<CommittedAt, Cause> {
+        if !self.resumable {
+            let (bytes, rows) = self.reader.committed().unwrap_or_default();
+            return Ok(CommittedAt {
+                bytes,
+                rows,
+                state: None,
+            });
+        }
+        match self.reader.checkpoint() {
+            Some(checkpoint) => Ok(CommittedAt {
+                bytes: checkpoint.offset,
+                rows: checkpoint.rows,
+                state: Some(checkpoint.encode()),
+            }),
+            None => Err(Cause::Panicked(
+                "a resumable upload's batch ended where the reader had no state".into(),
+            )),
+        }
     }
 
     /// The size and checksum the finish message gives, against what arrived. Either may be

@@ -17,7 +17,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::domain::{Counters, TextFormat};
+use crate::domain::{Counters, Import, TextFormat};
 use crate::import::progress::Live;
 use crate::store::BatchWritten;
 
@@ -56,6 +56,8 @@ struct Counts {
     /// the import's cap.
     errors_stored: u64,
     format: Option<TextFormat>,
+    /// Where the file is stored up to (`Import.committed_bytes`), for the live view.
+    committed_bytes: u64,
 }
 
 impl Counts {
@@ -88,6 +90,31 @@ impl Tally {
         }
     }
 
+    /// The tally of a resumed upload, from `import` as its last batch stored it and the row
+    /// errors stored so far. The reader's count starts where that batch's did, so the batches
+    /// to come add to it as if the upload had never stopped.
+    pub(super) fn resumed(live: Live, import: &Import, errors_stored: u64) -> Self {
+        let reads = Reads {
+            bytes_received: import.counters.bytes_received,
+            rows_processed: import.counters.rows_processed,
+            rows_failed: 0,
+        };
+        Self {
+            shared: Arc::new(Shared {
+                counts: Mutex::new(Counts {
+                    stored: import.counters,
+                    stored_reads: reads,
+                    writing_reads: reads,
+                    reads,
+                    errors_stored,
+                    format: import.format,
+                    committed_bytes: import.committed_bytes,
+                }),
+                live,
+            }),
+        }
+    }
+
     /// The reader got this far: `bytes_received` in all, `rows` more data rows read, of which
     /// `failed` failed validation.
     pub(super) fn read(
@@ -104,7 +131,9 @@ impl Tally {
         if format.is_some() && counts.format != format {
             counts.format = format;
             // The counters stay as committed; only the format is news.
-            self.shared.live.publish(counts.stored, format);
+            self.shared
+                .live
+                .publish(counts.stored, format, counts.committed_bytes);
         }
     }
 
@@ -125,15 +154,22 @@ impl Tally {
         }
     }
 
-    /// The batch taken by the last `before_write` committed, as `written` says.
-    pub(super) fn written(&self, written: &BatchWritten, format: Option<TextFormat>) {
+    /// The batch taken by the last `before_write` committed, as `written` says, with the file
+    /// stored up to `committed_bytes`.
+    pub(super) fn written(
+        &self,
+        written: &BatchWritten,
+        format: Option<TextFormat>,
+        committed_bytes: u64,
+    ) {
         let mut counts = self.lock();
         counts.stored = written.progress;
+        counts.committed_bytes = committed_bytes;
         counts.stored_reads = counts.writing_reads;
         counts.errors_stored += written.outcome.errors_stored;
         self.shared
             .live
-            .publish(written.progress, format.or(counts.format));
+            .publish(written.progress, format.or(counts.format), committed_bytes);
     }
 
     /// The counters the upload reached: the committed progress and everything read since.
@@ -186,6 +222,9 @@ mod tests {
             details_removed_time: None,
             invitations: Default::default(),
             users_invited: 0,
+            resumable: false,
+            committed_bytes: 0,
+            resume_deadline: None,
             revert_note: String::new(),
         };
         let live = hub.start(import);
@@ -199,7 +238,7 @@ mod tests {
             outcome,
             progress: outcome.applied_to(before.progress),
         };
-        tally.written(&written, None);
+        tally.written(&written, None, 0);
     }
 
     fn adds_up(c: &Counters) -> bool {

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::tally::{Reads, Tally};
 use crate::domain::{Import, TextFormat, UserBatch};
-use crate::store::{BatchTarget, Store, StoreError};
+use crate::store::{BatchTarget, Committed, Store, StoreError};
 
 /// Batches queued for the writer: one being written, one waiting, one being filled. So an
 /// upload holds at most three batches, each with its grant from the shared memory budget.
@@ -34,6 +34,17 @@ pub(super) struct Queued {
     pub reads: Reads,
     /// The batch's share of the memory budget, released once it is written.
     pub memory: Option<OwnedSemaphorePermit>,
+    /// Where the file stands once the batch is stored: stored with it.
+    pub committed: CommittedAt,
+}
+
+/// Where the file stands after a batch's last row (`store::Committed`, owned).
+#[derive(Debug, Default)]
+pub(super) struct CommittedAt {
+    pub bytes: u64,
+    pub rows: u64,
+    /// The reader's state there, stored: only for a resumable upload.
+    pub state: Option<String>,
 }
 
 /// The handle the upload keeps on its writer task. Dropping it without `finish` closes the
@@ -71,6 +82,7 @@ impl Writer {
                     format,
                     reads,
                     memory,
+                    committed,
                 }) = rx.recv().await
                 else {
                     break;
@@ -83,12 +95,17 @@ impl Writer {
                     next_error_seq: before.next_error_seq,
                     error_budget: before.error_budget,
                     progress: before.progress,
+                    committed: Committed {
+                        bytes: committed.bytes,
+                        rows: committed.rows,
+                        state: committed.state.as_deref(),
+                    },
                     format,
                     on_conflict,
                     validate_only,
                 };
                 let written = store.write_batch(&target, &batch).await?;
-                tally.written(&written, format);
+                tally.written(&written, format, committed.bytes);
                 drop((batch, memory));
             }
             Ok(())

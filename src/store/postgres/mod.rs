@@ -42,10 +42,10 @@ use super::codec::ImportRow;
 use super::codec::micros;
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, FeedState, Guard,
-    ImportCursor, InvitedUser, Invitees, LeaseStep, Processing, RelayLease, Removed, Reverted,
-    Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events, invitations, plan,
-    planned, queries, rekey, relay, retention, revert,
+    BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
+    FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, Processing, RelayLease,
+    Removed, Reverted, Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events,
+    invitations, plan, planned, queries, rekey, relay, resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::Changes;
@@ -64,7 +64,8 @@ pub(super) const IMPORT_COLUMNS: &str = concat!(
     on_conflict, rows_skipped, rows_updated, retry_of_import_id, \
     (extract(epoch FROM revert_time) * 1000000)::bigint AS revert_time, revert_note, \
     (extract(epoch FROM details_removed_time) * 1000000)::bigint AS details_removed_time, \
-    invitations, ",
+    invitations, resumable, committed_bytes, \
+    (extract(epoch FROM resume_deadline) * 1000000)::bigint AS resume_deadline, ",
     crate::store::codec::users_invited_column!()
 );
 
@@ -258,8 +259,9 @@ impl Store for PostgresStore {
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         let sql = format!(
             "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
-             owner, heartbeat_time, validate_only, on_conflict, retry_of_import_id, invitations) \
-             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, now(), $7, $8, $9, $10) \
+             owner, heartbeat_time, validate_only, on_conflict, retry_of_import_id, invitations, \
+             resumable) \
+             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, now(), $7, $8, $9, $10, $11) \
              RETURNING {IMPORT_COLUMNS}"
         );
         let row: Result<ImportRow, StoreError> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -273,6 +275,7 @@ impl Store for PostgresStore {
             .bind(new.on_conflict.as_str())
             .bind(new.retry_of.as_ref().map(|id| id.as_str()))
             .bind(new.invitations.as_str())
+            .bind(new.resumable)
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::from);
@@ -351,6 +354,53 @@ impl Store for PostgresStore {
         let import = import?;
         self.plain.forget(key);
         Ok(import)
+    }
+
+    async fn park_import(
+        &self,
+        key: ImportKey,
+        window: std::time::Duration,
+        guard: Guard,
+    ) -> Result<Import, StoreError> {
+        let parked = in_transaction(
+            &self.pool,
+            &self.events_written,
+            &(key, window, guard),
+            only_conflicts,
+            |mut steps, &(key, window, guard)| {
+                Box::pin(async move { resume::park(&mut steps, key, window, guard).await })
+            },
+        )
+        .await;
+        self.faults.observe(&parked);
+        let parked = parked?;
+        self.plain.forget(key);
+        Ok(parked)
+    }
+
+    /// This replica becomes the import's owner, in the claim's transaction, so that its life
+    /// sign is this replica's from the start.
+    async fn claim_import(&self, key: ImportKey, offset: u64) -> Result<Claimed, StoreError> {
+        let claimed = in_transaction(
+            &self.pool,
+            &self.events_written,
+            &(key, offset, self.owner),
+            only_conflicts,
+            |mut steps, &(key, offset, owner)| {
+                Box::pin(async move {
+                    let claimed = resume::claim(&mut steps, key, offset).await?;
+                    sqlx::query("UPDATE imports SET owner = $2 WHERE import_key = $1")
+                        .bind(key)
+                        .bind(owner)
+                        .execute(steps.connection())
+                        .await?;
+                    Ok(claimed)
+                })
+            },
+        )
+        .await;
+        self.faults.observe(&claimed);
+        claimed
     }
 
     async fn revert_import(&self, key: ImportKey) -> Result<Reverted, StoreError> {

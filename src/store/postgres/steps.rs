@@ -22,8 +22,8 @@ use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
 use crate::store::lookup::{self, FileKeyColumn, HolderRow, Match};
 use crate::store::plan::{Existing, FileKey, Known, Mode, Plan};
-use crate::store::steps::{Dialect, Param, RevertState, Steps};
-use crate::store::{BatchTarget, Conclusion, Guard, StoreError};
+use crate::store::steps::{Dialect, Param, RevertState, Steps, wait_condition};
+use crate::store::{BatchTarget, Committed, Conclusion, Guard, StoreError};
 
 /// The steps on one transaction's connection.
 ///
@@ -61,13 +61,36 @@ impl<'c> PgSteps<'c> {
     }
 }
 
+/// The `WHERE` of a statement that changes import `$n` only while it is PROCESSING and `guard`
+/// holds. `Guard::Abandoned` also binds `$n+1` and `$n+2` (the life sign): the same heartbeat
+/// as when it was judged abandoned, and, when its owner's lock was gone then, still gone; and
+/// `SKIP LOCKED` passes an import a batch holds, whose server is therefore alive.
+fn guarded(guard: Guard, n: usize) -> String {
+    let waiting = wait_condition(guard, Dialect::Postgres);
+    match guard {
+        Guard::Abandoned(_) => format!(
+            "import_key = (SELECT import_key FROM imports i \
+               WHERE import_key = ${n} AND status = 'PROCESSING' AND {waiting} \
+                 AND {heartbeat} IS NOT DISTINCT FROM ${} AND (${} OR NOT {alive}) \
+               FOR UPDATE SKIP LOCKED)",
+            n + 1,
+            n + 2,
+            heartbeat = liveness::HEARTBEAT_MICROS,
+            alive = liveness::owner_alive(),
+        ),
+        Guard::Processing | Guard::Waiting { .. } => {
+            format!("import_key = ${n} AND status = 'PROCESSING' AND {waiting}")
+        }
+    }
+}
+
 /// The assignments of an ending, `$1` to `$11`, and its key, `$12`.
 ///
 /// Shared by both guards' statements, so that the columns an ending sets are listed once.
 const SET_ENDING: &str = "status = $1, error_message = $2, bytes_received = $3, \
     rows_processed = $4, rows_imported = $5, rows_failed = $6, row_errors_omitted = $7, \
     encoding = $8, delimiter = $9, rows_skipped = $10, rows_updated = $11, \
-    update_time = now(), complete_time = now()";
+    update_time = now(), complete_time = now(), resume_deadline = NULL";
 
 #[async_trait]
 impl Steps for PgSteps<'_> {
@@ -83,32 +106,10 @@ impl Steps for PgSteps<'_> {
     ) -> Result<Option<Import>, StoreError> {
         let c = conclusion.counters();
         let (encoding, delimiter) = format_columns(conclusion.format());
-        let (sign, sql) = match guard {
-            Guard::Processing => (
-                None,
-                format!(
-                    "UPDATE imports SET {SET_ENDING} \
-                     WHERE import_key = $12 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
-                ),
-            ),
-            // The same life sign as when it was judged abandoned, and, when its owner's lock
-            // was gone then, still gone; skipped while a batch holds the import (its server
-            // is writing, so alive).
-            Guard::Abandoned(sign) => (
-                Some(sign),
-                format!(
-                    "UPDATE imports SET {SET_ENDING} WHERE import_key = ( \
-                       SELECT import_key FROM imports i \
-                       WHERE import_key = $12 AND status = 'PROCESSING' \
-                         AND {heartbeat} IS NOT DISTINCT FROM $13 \
-                         AND ($14 OR NOT {alive}) \
-                       FOR UPDATE SKIP LOCKED) \
-                     RETURNING {IMPORT_COLUMNS}",
-                    heartbeat = liveness::HEARTBEAT_MICROS,
-                    alive = liveness::owner_alive(),
-                ),
-            ),
-        };
+        let sql = format!(
+            "UPDATE imports SET {SET_ENDING} WHERE {} RETURNING {IMPORT_COLUMNS}",
+            guarded(guard, 12)
+        );
         let mut query = sqlx::query_as::<_, ImportRow>(sqlx::AssertSqlSafe(sql))
             .bind(conclusion.status().as_str())
             .bind(conclusion.error_message())
@@ -122,7 +123,7 @@ impl Steps for PgSteps<'_> {
             .bind(c.rows_skipped as i64)
             .bind(c.rows_updated as i64)
             .bind(key);
-        if let Some(sign) = sign {
+        if let Guard::Abandoned(sign) = guard {
             query = query.bind(sign.heartbeat).bind(sign.owner_alive);
         }
         let row = query.fetch_optional(&mut *self.conn).await?;
@@ -288,13 +289,15 @@ impl Steps for PgSteps<'_> {
         key: ImportKey,
         progress: &Counters,
         format: Option<TextFormat>,
+        committed: &Committed<'_>,
     ) -> Result<bool, StoreError> {
         let (encoding, delimiter) = format_columns(format);
         let updated = sqlx::query(
             "UPDATE imports SET bytes_received = $1, rows_processed = $2, rows_imported = $3, \
              rows_failed = $4, row_errors_omitted = $5, encoding = $6, delimiter = $7, \
-             rows_skipped = $8, rows_updated = $9, update_time = now(), heartbeat_time = now() \
-             WHERE import_key = $10 AND status = 'PROCESSING'",
+             rows_skipped = $8, rows_updated = $9, update_time = now(), heartbeat_time = now(), \
+             committed_bytes = $11, committed_rows = $12, resume_state = $13 \
+             WHERE import_key = $10 AND status = 'PROCESSING' AND resume_deadline IS NULL",
         )
         .bind(progress.bytes_received as i64)
         .bind(progress.rows_processed as i64)
@@ -306,10 +309,74 @@ impl Steps for PgSteps<'_> {
         .bind(progress.rows_skipped as i64)
         .bind(progress.rows_updated as i64)
         .bind(key)
+        .bind(committed.bytes as i64)
+        .bind(committed.rows as i64)
+        .bind(committed.state)
         .execute(&mut *self.conn)
         .await?
         .rows_affected();
         Ok(updated > 0)
+    }
+
+    /// The deadline by the server's clock, as every replica reads it.
+    async fn set_waiting(
+        &mut self,
+        key: ImportKey,
+        window: std::time::Duration,
+        guard: Guard,
+    ) -> Result<Option<Import>, StoreError> {
+        let sql = format!(
+            "UPDATE imports SET resume_deadline = now() + $1 * interval '1 microsecond', \
+             owner = NULL, heartbeat_time = NULL, bytes_received = committed_bytes, \
+             update_time = now() WHERE {} RETURNING {IMPORT_COLUMNS}",
+            guarded(guard, 2)
+        );
+        let mut query = sqlx::query_as::<_, ImportRow>(sqlx::AssertSqlSafe(sql))
+            .bind(window.as_micros().min(i64::MAX as u128) as i64)
+            .bind(key);
+        if let Guard::Abandoned(sign) = guard {
+            query = query.bind(sign.heartbeat).bind(sign.owner_alive);
+        }
+        let row = query.fetch_optional(&mut *self.conn).await?;
+        row.map(Import::try_from).transpose()
+    }
+
+    /// The owner is set by the store (`PostgresStore::claim_import`), which knows it.
+    async fn claim_waiting(
+        &mut self,
+        key: ImportKey,
+        offset: u64,
+    ) -> Result<Option<(Import, Option<String>, u64)>, StoreError> {
+        let sql = format!(
+            "UPDATE imports SET resume_deadline = NULL, heartbeat_time = now(), \
+             bytes_received = committed_bytes, update_time = now() \
+             WHERE import_key = $1 AND status = 'PROCESSING' AND resume_deadline IS NOT NULL \
+               AND committed_bytes = $2 \
+             RETURNING {IMPORT_COLUMNS}, resume_state, committed_rows"
+        );
+        let row: Option<crate::store::codec::ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(key)
+            .bind(offset as i64)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        row.map(|row| {
+            Ok((
+                Import::try_from(row.import)?,
+                row.resume_state,
+                row.committed_rows as u64,
+            ))
+        })
+        .transpose()
+    }
+
+    /// By the index on `(import_key, source_row)`.
+    async fn drop_unrecorded(&mut self, key: ImportKey, rows: u64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM users WHERE import_key = $1 AND source_row > $2")
+            .bind(key)
+            .bind(rows as i64)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
     }
 
     async fn insert_row_errors(

@@ -31,7 +31,7 @@ mod steps;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -45,10 +45,11 @@ use sqlx::{Connection, Sqlite, SqliteConnection};
 use super::codec::{ImportRow, micros};
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Conclusion, FailedCells, Fault, FeedRow, FeedState, Guard,
-    ImportCursor, InvitedUser, Invitees, LeaseStep, LifeSign, OpenOptions, Processing, RelayLease,
-    Removed, Reverted, Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events,
-    invitations, plan, planned, queries, record, rekey, relay, retention, revert,
+    BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
+    FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, LifeSign, OpenOptions,
+    Processing, RelayLease, Removed, Reverted, Store, StoreError, StoredRowError, StoredUser,
+    UserFilter, ending, events, invitations, plan, planned, queries, record, rekey, relay, resume,
+    retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -218,7 +219,7 @@ pub(super) const IMPORT_COLUMNS: &str = concat!(
     bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
     delimiter, error_message, create_time, update_time, complete_time, validate_only, \
     on_conflict, rows_skipped, rows_updated, retry_of_import_id, revert_time, revert_note, \
-    details_removed_time, invitations, ",
+    details_removed_time, invitations, resumable, committed_bytes, resume_deadline, ",
     crate::store::codec::users_invited_column!()
 );
 
@@ -325,31 +326,8 @@ impl Store for SqliteStore {
     /// Through `write`, so that its time and its fault handling are those of every other write.
     /// `AlreadyExists` from the unique index on `(account_id, import_id)`.
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
-        let sql = format!(
-            "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
-             create_time, update_time, validate_only, on_conflict, retry_of_import_id, \
-             invitations) \
-             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, $5, $7, $8, $9, $10) \
-             RETURNING {IMPORT_COLUMNS}"
-        );
-        let args = (sql.as_str(), new, micros(SystemTime::now()));
-        self.write(&args, |mut steps, &(sql, new, now)| {
-            Box::pin(async move {
-                let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(new.account_id.as_str())
-                    .bind(new.import_id.as_str())
-                    .bind(new.kind.as_str())
-                    .bind(new.filename.as_str())
-                    .bind(now)
-                    .bind(new.created_by.as_str())
-                    .bind(new.validate_only)
-                    .bind(new.on_conflict.as_str())
-                    .bind(new.retry_of.as_ref().map(|id| id.as_str()))
-                    .bind(new.invitations.as_str())
-                    .fetch_one(steps.connection())
-                    .await?;
-                Import::try_from(row)
-            })
+        self.write(new, |mut steps, new| {
+            Box::pin(async move { steps.create_import(new).await })
         })
         .await
     }
@@ -395,6 +373,25 @@ impl Store for SqliteStore {
                 Box::pin(async move { ending::conclude(&mut steps, key, conclusion, guard).await })
             },
         )
+        .await
+    }
+
+    async fn park_import(
+        &self,
+        key: ImportKey,
+        window: Duration,
+        guard: Guard,
+    ) -> Result<Import, StoreError> {
+        self.write(&(key, window, guard), |mut steps, &(key, window, guard)| {
+            Box::pin(async move { resume::park(&mut steps, key, window, guard).await })
+        })
+        .await
+    }
+
+    async fn claim_import(&self, key: ImportKey, offset: u64) -> Result<Claimed, StoreError> {
+        self.write(&(key, offset), |mut steps, &(key, offset)| {
+            Box::pin(async move { resume::claim(&mut steps, key, offset).await })
+        })
         .await
     }
 

@@ -16,15 +16,16 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{IMPORT_COLUMNS, capi, ranges, statement};
 use crate::domain::{
-    AccountId, Column, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, RowError,
-    TextFormat, UserBatch,
+    AccountId, Column, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, NewImport,
+    RowError, TextFormat, UserBatch,
 };
+use crate::store::codec::ClaimedRow;
 use crate::store::codec::{ImportRow, format_columns, micros};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
 use crate::store::plan::{Known, Mode, Plan};
-use crate::store::steps::{Dialect, Param, RevertState, Steps};
-use crate::store::{BatchTarget, Conclusion, Guard, StoreError};
+use crate::store::steps::{Dialect, Param, RevertState, Steps, wait_condition};
+use crate::store::{BatchTarget, Committed, Conclusion, Guard, StoreError};
 
 /// SQLite allows 32,766 bound values per statement: 7 per row error, 9 per failed row.
 ///
@@ -70,11 +71,6 @@ impl<'c> SqliteSteps<'c> {
         Ok(inserted.refused)
     }
 
-    /// The transaction's connection, for what the shared steps do not cover.
-    pub(super) fn connection(&mut self) -> &mut SqliteConnection {
-        self.conn
-    }
-
     /// What `capi` needs of a batch's target, with this transaction's time.
     fn target<'t>(&self, target: &'t BatchTarget<'_>) -> capi::Target<'t> {
         capi::Target {
@@ -101,15 +97,44 @@ impl<'c> SqliteSteps<'c> {
     }
 }
 
+impl SqliteSteps<'_> {
+    /// Creates the import, PROCESSING, at the transaction's time. `AlreadyExists` from the
+    /// unique index on `(account_id, import_id)`.
+    pub(super) async fn create_import(&mut self, new: &NewImport) -> Result<Import, StoreError> {
+        let sql = format!(
+            "INSERT INTO imports (account_id, import_id, type, filename, created_by, status, \
+             create_time, update_time, validate_only, on_conflict, retry_of_import_id, \
+             invitations, resumable) \
+             VALUES ($1, $2, $3, $4, $6, 'PROCESSING', $5, $5, $7, $8, $9, $10, $11) \
+             RETURNING {IMPORT_COLUMNS}"
+        );
+        let row: ImportRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(new.account_id.as_str())
+            .bind(new.import_id.as_str())
+            .bind(new.kind.as_str())
+            .bind(new.filename.as_str())
+            .bind(self.now)
+            .bind(new.created_by.as_str())
+            .bind(new.validate_only)
+            .bind(new.on_conflict.as_str())
+            .bind(new.retry_of.as_ref().map(|id| id.as_str()))
+            .bind(new.invitations.as_str())
+            .bind(new.resumable)
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Import::try_from(row)
+    }
+}
+
 #[async_trait]
 impl Steps for SqliteSteps<'_> {
-    /// One server holds the file, so the guard's life sign has nothing to add: the status
-    /// alone says whether the import still runs.
+    /// One server holds the file, so the guard's life sign has nothing to add: the status, and
+    /// whether the import waits for a resume, say whether it may end.
     async fn set_ending(
         &mut self,
         key: ImportKey,
         conclusion: &Conclusion,
-        _guard: Guard,
+        guard: Guard,
     ) -> Result<Option<Import>, StoreError> {
         let c = conclusion.counters();
         let (encoding, delimiter) = format_columns(conclusion.format());
@@ -117,8 +142,10 @@ impl Steps for SqliteSteps<'_> {
             "UPDATE imports SET status = $1, error_message = $2, bytes_received = $3, \
              rows_processed = $4, rows_imported = $5, rows_failed = $6, \
              row_errors_omitted = $7, encoding = $8, delimiter = $9, rows_skipped = $10, \
-             rows_updated = $11, update_time = $12, complete_time = $12 \
-             WHERE import_key = $13 AND status = 'PROCESSING' RETURNING {IMPORT_COLUMNS}"
+             rows_updated = $11, update_time = $12, complete_time = $12, \
+             resume_deadline = NULL \
+             WHERE import_key = $13 AND status = 'PROCESSING' AND {} RETURNING {IMPORT_COLUMNS}",
+            wait_condition(guard, Dialect::Sqlite)
         );
         let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(conclusion.status().as_str())
@@ -270,13 +297,15 @@ impl Steps for SqliteSteps<'_> {
         key: ImportKey,
         progress: &Counters,
         format: Option<TextFormat>,
+        committed: &Committed<'_>,
     ) -> Result<bool, StoreError> {
         let (encoding, delimiter) = format_columns(format);
         let updated = sqlx::query(
             "UPDATE imports SET bytes_received = $1, rows_processed = $2, rows_imported = $3, \
              rows_failed = $4, row_errors_omitted = $5, encoding = $6, delimiter = $7, \
-             rows_skipped = $8, rows_updated = $9, update_time = $10 \
-             WHERE import_key = $11 AND status = 'PROCESSING'",
+             rows_skipped = $8, rows_updated = $9, update_time = $10, committed_bytes = $12, \
+             committed_rows = $13, resume_state = $14 \
+             WHERE import_key = $11 AND status = 'PROCESSING' AND resume_deadline IS NULL",
         )
         .bind(progress.bytes_received as i64)
         .bind(progress.rows_processed as i64)
@@ -289,10 +318,68 @@ impl Steps for SqliteSteps<'_> {
         .bind(progress.rows_updated as i64)
         .bind(self.now)
         .bind(key)
+        .bind(committed.bytes as i64)
+        .bind(committed.rows as i64)
+        .bind(committed.state)
         .execute(&mut *self.conn)
         .await?
         .rows_affected();
         Ok(updated > 0)
+    }
+
+    /// A single server holds the file, so the guard adds nothing to the status.
+    async fn set_waiting(
+        &mut self,
+        key: ImportKey,
+        window: std::time::Duration,
+        guard: Guard,
+    ) -> Result<Option<Import>, StoreError> {
+        let sql = format!(
+            "UPDATE imports SET resume_deadline = $1 + $2, bytes_received = committed_bytes, \
+             update_time = $1 WHERE import_key = $3 AND status = 'PROCESSING' AND {} \
+             RETURNING {IMPORT_COLUMNS}",
+            wait_condition(guard, Dialect::Sqlite)
+        );
+        let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.now)
+            .bind(window.as_micros().min(i64::MAX as u128 / 2) as i64)
+            .bind(key)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        row.map(Import::try_from).transpose()
+    }
+
+    async fn claim_waiting(
+        &mut self,
+        key: ImportKey,
+        offset: u64,
+    ) -> Result<Option<(Import, Option<String>, u64)>, StoreError> {
+        let sql = format!(
+            "UPDATE imports SET resume_deadline = NULL, bytes_received = committed_bytes, \
+             update_time = $3 \
+             WHERE import_key = $1 AND status = 'PROCESSING' AND resume_deadline IS NOT NULL \
+               AND committed_bytes = $2 \
+             RETURNING {IMPORT_COLUMNS}, resume_state, committed_rows"
+        );
+        let row: Option<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(key)
+            .bind(offset as i64)
+            .bind(self.now)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        row.map(|row| {
+            Ok((
+                Import::try_from(row.import)?,
+                row.resume_state,
+                row.committed_rows as u64,
+            ))
+        })
+        .transpose()
+    }
+
+    /// A batch's users and its record commit in one transaction here: none to remove.
+    async fn drop_unrecorded(&mut self, _key: ImportKey, _rows: u64) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// In statements of `ROWS_PER_STATEMENT` rows, each numbered from where the last stopped.

@@ -1,0 +1,17 @@
+-- Resumable uploads (ImportMetadata.resumable): an upload whose stream breaks before its finish
+-- message waits for its client instead of ending, and goes on from the last row stored, on any
+-- replica.
+--
+-- committed_bytes: the offset in the file just after the last row a stored batch holds, moved
+-- by each batch's record in its transaction (it never goes back); committed_rows: the
+-- spreadsheet rows up to there (users of the import past it were written by parts of a batch
+-- whose record did not commit, and go when it resumes); resume_state: the reader's state there
+-- (import/checkpoint.rs, JSON), for resumable uploads only. resume_deadline: set while the
+-- import waits for its client, with no owner, which is what "waiting" means; the import is
+-- still PROCESSING, and ends ERROR_UNKNOWN once the deadline passes.
+ALTER TABLE imports
+    ADD COLUMN resumable BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN committed_bytes BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN committed_rows BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN resume_state TEXT,
+    ADD COLUMN resume_deadline TIMESTAMPTZ;
