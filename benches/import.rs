@@ -9,6 +9,7 @@
 //! cargo bench --bench import -- --policies-only      # dry run, SKIP and UPDATE only
 //! cargo bench --bench import -- --populated-only     # three files into one growing account
 //! cargo bench --bench import -- --parse-only         # parsing and validation alone
+//! cargo bench --bench import -- --resumable-only     # resumable uploads against plain ones
 //! ```
 //!
 //! Every server run prints its own CPU time (utime + stime) per million rows beside wall time
@@ -55,6 +56,8 @@ struct Options {
     populated_only: bool,
     /// Only the cost of parsing and validation.
     parse_only: bool,
+    /// Only uninterrupted resumable uploads against plain ones.
+    resumable_only: bool,
 }
 
 fn options() -> Options {
@@ -81,6 +84,7 @@ fn options() -> Options {
         policies_only: args.iter().any(|a| a == "--policies-only"),
         populated_only: args.iter().any(|a| a == "--populated-only"),
         parse_only: args.iter().any(|a| a == "--parse-only"),
+        resumable_only: args.iter().any(|a| a == "--resumable-only"),
     }
 }
 
@@ -187,6 +191,55 @@ async fn policies(backend: Backend, server: &str, file: &Path, size_mb: u32) {
         line(label, time);
     }
     println!("  peak RSS over the five: {:.1} MiB", mib(app.peak_rss()));
+    app.stop();
+}
+
+/// Uninterrupted resumable uploads of `file` against plain ones, on one server, each into an
+/// empty account, three of each in turns (plain first, then resumable first, ...); the medians
+/// and their ratio. What a resumable upload adds is the reader's state (a few hundred bytes)
+/// stored with each batch.
+async fn resumable(backend: Backend, server: &str, file: &Path, size_mb: u32) {
+    let database = fresh_database(backend, server).await;
+    let app = Server::start_this(&database.url).await;
+    let rows = data_rows(file) as i64;
+    let (mut plain, mut resumable) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for kind in if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let account = format!("{}-{round}", if kind { "resumable" } else { "plain" });
+            let (import, time) = upload_with(app.channel.clone(), &account, file, |m| {
+                m.resumable = kind;
+            })
+            .await;
+            assert_eq!(import.rows_imported, rows, "{}", import.error_message);
+            assert_eq!(
+                import.committed_bytes as u64,
+                std::fs::metadata(file).unwrap().len()
+            );
+            if kind { &mut resumable } else { &mut plain }.push(time.as_secs_f64());
+        }
+    }
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[1]
+    };
+    let shown = |times: &[f64]| {
+        times
+            .iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!("  plain import, {size_mb} MiB:     {} s", shown(&plain));
+    println!("  resumable upload, {size_mb} MiB: {} s", shown(&resumable));
+    let (p, r) = (median(&mut plain), median(&mut resumable));
+    println!(
+        "  medians: plain {p:.2} s, resumable {r:.2} s, ratio resumable/plain: {:.3}",
+        r / p
+    );
     app.stop();
 }
 
@@ -412,6 +465,10 @@ async fn main() {
             },
         };
         println!("\n{}", backend.name());
+        if options.resumable_only {
+            resumable(backend, &server, &big, options.size_mb).await;
+            continue;
+        }
         if options.populated_only {
             populated(backend, &server, options.size_mb).await;
             continue;
@@ -422,6 +479,7 @@ async fn main() {
         if options.policies_only {
             continue;
         }
+        resumable(backend, &server, &big, options.size_mb).await;
         let run = measure(backend, &server, std::slice::from_ref(&big)).await;
         assert_eq!(run.rows, big_rows);
         print_run(&format!("service, {} MiB", options.size_mb), &run);

@@ -268,6 +268,7 @@ def common(case: str, manifests: list[dict], notes: str, values: dict) -> tuple[
         "BULK_IMPORT_RETENTION": "90d",
         "BULK_IMPORT_DRY_RUN_RETENTION": "7d",
         "BULK_IMPORT_EVENT_RETENTION": "7d",
+        "BULK_IMPORT_RESUME_WINDOW": "24h",
         "BULK_IMPORT_LOG_FORMAT": "json",
         "RUST_LOG": "info",
     }
@@ -528,6 +529,7 @@ REFUSED = [
     ("a retention that is not a duration", "schema", {"config": {"retention": "ninety days"}}, "/config/retention"),
     ("a NATS URL that is not one", "schema", {"config": {"eventsNatsUrl": "http://nats:4222"}},
      "/config/eventsNatsUrl"),
+    ("a resume window of off", "schema", {"config": {"resumeWindow": "off"}}, "/config/resumeWindow"),
 ]
 
 

@@ -19,7 +19,8 @@
 //!
 //!  an upload's Cause ─┐
 //!  start-up recovery ─┼─► import::ending::decide ─► Store::conclude_import ─► store::ending
-//!  the reaper ────────┘   (one Conclusion)          (one call, a Guard)       (both backends)
+//!  the reaper ────────┤   (one Conclusion, or a     (one call, a Guard)       (both backends)
+//!  a resume window ───┘    resumable upload's wait: Store::park_import ─────► store::resume)
 //! ```
 //!
 //! - [`domain`]: the vocabulary (imports, users, row errors, the checked `Scope` of a caller
@@ -27,7 +28,8 @@
 //! - [`import`]: the upload pipeline and the queries, independent of gRPC:
 //!   - `chunk`, `decoder`, `delimiter`, `parser`, `validator`, composed by `reader`: bytes in,
 //!     rows out, synchronous and free of I/O, so that the property tests and the fuzzer run
-//!     exactly it;
+//!     exactly it; `checkpoint`: the reader's state at a row's end, stored with each batch of a
+//!     resumable upload, from which another reader (on any replica) goes on;
 //!   - `pipeline`: one upload's task (`mod.rs`), its messages (`events`), its counters
 //!     (`tally`), the shared batch memory (`memory`), its writer task (`writer`), admission
 //!     limits (`admission`) and the cancels asked of the uploads running here (`cancel`);

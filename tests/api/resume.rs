@@ -577,3 +577,57 @@ async fn another_replica_resumes_a_cut_upload_and_one_whose_replica_was_killed()
     );
     assert_eq!(came_to(&mut client, "killed", "r").await, expected);
 }
+
+/// `/metrics` counts what resumes did: the upload that stopped to wait, the waiting import (as
+/// the upkeep counts it), and each resume by outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_are_counted_by_outcome() {
+    let mut app = spawn_app_with(Backend::Sqlite, |a| {
+        a.batch_rows = Some(100);
+        a.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let mut client = app.client.clone();
+    let (file, _) = generate(&["--rows", "600", "--seed", "27"]);
+    let mut messages = vec![resumable("r", 0)];
+    messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
+    send(&mut client, messages).await.unwrap_err();
+    let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes as u64;
+    // The upkeep counts the waiting import within one round (3 s).
+    let start = Instant::now();
+    loop {
+        let scraped = crate::metrics::scrape(&app).await;
+        if scraped.get("bulk_import_uploads_waiting") == Some(&1.0) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{scraped:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wrong = send(
+        &mut client,
+        vec![resumable("r", committed + 3), finish_of(&file)],
+    )
+    .await;
+    assert_eq!(wrong.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let mut messages = vec![resumable("r", committed)];
+    messages.extend(file[committed as usize..].chunks(4000).map(chunk));
+    messages.push(finish_of(&file));
+    send(&mut client, messages).await.unwrap();
+    let scraped = crate::metrics::scrape(&app).await;
+    let value = |series: &str| scraped.get(series).copied().unwrap_or(0.0);
+    assert_eq!(
+        value("bulk_import_uploads_paused_total"),
+        1.0,
+        "{scraped:?}"
+    );
+    assert_eq!(
+        value("bulk_import_resumes_total{outcome=\"wrong_offset\"}"),
+        1.0
+    );
+    assert_eq!(value("bulk_import_resumes_total{outcome=\"resumed\"}"), 1.0);
+    assert_eq!(
+        value("bulk_import_imports_total{status=\"completed_success\"}"),
+        1.0
+    );
+    app.stop().await;
+}

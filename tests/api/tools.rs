@@ -105,7 +105,7 @@ async fn the_readme_grpcurl_examples_work_as_written() {
     // dry run of the same file
     assert_eq!(
         stdout.matches("IMPORT_STATUS_COMPLETED_PARTIAL").count(),
-        5,
+        6,
         "{stdout}"
     );
     assert!(stdout.contains("\"rowsImported\": \"2\""));
@@ -175,7 +175,26 @@ async fn the_readme_grpcurl_examples_work_as_written() {
         ),
         "{stdout}"
     );
-    assert_eq!(app.users("acme").await.len(), 3);
+    // the resumable upload: cut, waiting with the rows read whole stored, then resumed
+    assert!(stdout.contains("Code: Aborted"), "{stdout}");
+    let waiting = stdout
+        .lines()
+        .find(|l| l.starts_with("waiting until "))
+        .expect("the waiting line");
+    assert!(!waiting.contains("null"), "{waiting}");
+    assert!(
+        !waiting.ends_with("committed_bytes 0"),
+        "a whole row was read before the cut: {waiting}"
+    );
+    let size = std::fs::metadata(dir.path().join("more.csv"))
+        .unwrap()
+        .len();
+    assert!(
+        stdout.contains(&format!("\"committedBytes\": \"{size}\"")),
+        "{stdout}"
+    );
+    assert_eq!(app.users_of("acme", "resumable-1").await, 700);
+    assert_eq!(app.users("acme").await.len(), 703);
 }
 
 #[test]

@@ -90,16 +90,7 @@ pub fn decide(
     };
     // A resumable upload whose client or server went away waits for the client instead of
     // ending; the other causes end it as they would any upload.
-    let waits = import.resumable
-        && matches!(
-            cause,
-            Cause::Incomplete
-                | Cause::Broken(_)
-                | Cause::ShuttingDown
-                | Cause::Stalled(_)
-                | Cause::Interrupted
-                | Cause::Abandoned
-        );
+    let waits = import.resumable && cause.leaves_waiting();
     let (conclusion, reply) = match cause {
         Cause::Completed { cancel_asked: true } => cancelled(),
         Cause::Completed {

@@ -107,6 +107,20 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Whether the client or the server went away before the finish message: what leaves a
+    /// resumable upload's import waiting for its client rather than ending it (`decide`).
+    pub fn leaves_waiting(&self) -> bool {
+        matches!(
+            self,
+            Cause::Incomplete
+                | Cause::Broken(_)
+                | Cause::ShuttingDown
+                | Cause::Stalled(_)
+                | Cause::Interrupted
+                | Cause::Abandoned
+        )
+    }
+
     /// A name for the audit log, which never quotes the file (messages may: a header's
     /// columns, a value).
     pub fn kind(&self) -> &'static str {

@@ -18,7 +18,9 @@
 //! - [`memory`]: the batch memory budget shared by all uploads;
 //! - `writer`: the task that writes batches while the next is read;
 //! - [`admission`] and [`cancel`]: the limits on uploads, and the cancels asked of those
-//!   running here.
+//!   running here;
+//! - `resume`: a resumed upload's reader, and the reader's state each batch of a resumable
+//!   upload is stored with (`start` takes a waiting import for a resume).
 //!
 //! How the import ends is not decided here: whatever stops the upload becomes a
 //! `crate::import::ending::Cause`, settled by the one owner of endings.
@@ -55,6 +57,7 @@ pub mod cancel;
 mod context;
 pub mod events;
 pub mod memory;
+mod resume;
 mod start;
 mod tally;
 mod writer;
@@ -67,7 +70,6 @@ use std::sync::Arc;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::checkpoint::Checkpoint;
 use super::chunk::IntakeError;
 use super::ending::{Cause, Ending};
 use super::error::ImportError;
@@ -76,7 +78,7 @@ use crate::domain::{ArgumentError, Caller, FailedRow, Import, ImportKey, NewUser
 use crate::store::{Batching, Store, StoreError};
 use events::{FinishCheck, StreamError, UploadEvent};
 use tally::Tally;
-use writer::{CommittedAt, Queued, Writer};
+use writer::{Queued, Writer};
 
 /// Chunks are parsed in slices of this size, so a batch is cut close to its size even when a
 /// client sends multi-megabyte chunks.
@@ -110,14 +112,7 @@ where
         None => Tally::new(live),
     };
     let cancel = ctx.cancels.register(import.key);
-    let limits = ctx.config.record_limits;
-    // A resume reads on from where the upload stopped; a first upload (or a resume of one
-    // that stored no batch) from byte 0.
-    let reader = match resumed.as_ref().and_then(|c| c.state.as_deref()) {
-        None => Some(FileReader::new(ctx.config.max_upload_bytes, limits)),
-        Some(state) => Checkpoint::decode(state)
-            .and_then(|c| FileReader::resume(ctx.config.max_upload_bytes, limits, &c)),
-    };
+    let reader = resume::reader(&ctx.config, resumed.as_ref());
     let mut upload = None;
     let cause = match reader {
         Some(reader) => {
@@ -490,31 +485,6 @@ impl<'a> Upload<'a> {
         Err(Cause::Store(error))
     }
 
-    /// Where the file stands once the batch being sent is stored: the end of its last row
-    /// and, for a resumable upload, the reader's state there. A resumable upload whose reader
-    /// had no state at a batch's end (it cannot happen: every batch has rows, so the header was
-    /// read) stops rather than store a place that disagrees with its rows.
-    fn committed(&self) -> Result<CommittedAt, Cause> {
-        if !self.resumable {
-            let (bytes, rows) = self.reader.committed().unwrap_or_default();
-            return Ok(CommittedAt {
-                bytes,
-                rows,
-                state: None,
-            });
-        }
-        match self.reader.checkpoint() {
-            Some(checkpoint) => Ok(CommittedAt {
-                bytes: checkpoint.offset,
-                rows: checkpoint.rows,
-                state: Some(checkpoint.encode()),
-            }),
-            None => Err(Cause::Panicked(
-                "a resumable upload's batch ended where the reader had no state".into(),
-            )),
-        }
-    }
-
     /// The size and checksum the finish message gives, against what arrived. Either may be
     /// left out by the client; the size is checked first, as its message is the plainer.
     fn verify(&self, check: &FinishCheck) -> Result<(), Cause> {
@@ -556,6 +526,24 @@ impl<'a> Upload<'a> {
     /// land before its ending deletes its users. A completion learns whether a cancel was
     /// asked meanwhile: the ending decides what that means.
     async fn stop_writing(&mut self, cause: Cause) -> Cause {
+        // A cancel asked (here or on another replica) wins over waiting for the client.
+        let cause = if self.resumable && cause.leaves_waiting() && self.cancel_asked().await {
+            Cause::Cancelled
+        } else {
+            cause
+        };
+        // The rows read whole before the client went are stored too, so that it sends less
+        // again. Only for the causes that come between two steps, when the batch holds every
+        // row the reader read: a shutdown may have dropped a step's batch half-way, and the
+        // reader's place would then claim rows that no batch holds. A failure here only leaves
+        // the rows to be sent again.
+        let between_steps = matches!(
+            cause,
+            Cause::Incomplete | Cause::Broken(_) | Cause::Stalled(_)
+        );
+        if self.resumable && between_steps && !self.batch.is_empty() {
+            let _ = self.send_batch().await;
+        }
         match (self.writer.take(), cause) {
             (Some(writer), Cause::Completed { .. }) => match writer.finish().await {
                 Ok(()) => Cause::Completed {
