@@ -186,6 +186,14 @@ async fn where_it_stands(
         Err(status) => return Err(status),
     };
     if import.status != proto::ImportStatus::Processing as i32 {
+        if import.filename != metadata.filename {
+            // Another file's import: the id is taken, as for any upload.
+            return Err(tonic::Status::already_exists(format!(
+                "import '{}' already exists in account '{}', uploaded from {}, and ended; \
+                 upload this file with another --import-id",
+                import.import_id, import.account_id, import.filename
+            )));
+        }
         return Ok(Stands::Ended(Box::new(import)));
     }
     match import.resume_deadline {

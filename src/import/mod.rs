@@ -274,11 +274,15 @@ impl Importer {
         let mut here = self.inner.hub.running();
         here.extend(self.inner.endings.keys());
         let window = self.inner.config.resume_window;
-        self.inner
+        let reaped = self
+            .inner
             .reaper
             .reap(store.as_ref(), &self.inner.metrics, &here, window)
-            .await?;
-        ending::orphans::expire(store.as_ref(), &self.inner.metrics, window).await?;
+            .await;
+        // Whatever the reaper met: imports past their resume window end all the same.
+        let expired = ending::orphans::expire(store.as_ref(), &self.inner.metrics, window).await;
+        reaped?;
+        expired?;
         Ok(())
     }
 
@@ -361,7 +365,20 @@ impl Importer {
             let mut updates = self.follow(self.find(account_id, import_id).await?, ());
             let mut last = None;
             while let Some(update) = futures::StreamExt::next(&mut updates).await {
-                last = Some(update?);
+                let update = update?;
+                if update.waiting() {
+                    // A resumable upload stopped before it saw the cancel, and its import
+                    // waits: it ends here.
+                    let store = self.store()?;
+                    return Ok(ending::orphans::end_waiting(
+                        store.as_ref(),
+                        &self.inner.metrics,
+                        update,
+                        Cause::Cancelled,
+                    )
+                    .await?);
+                }
+                last = Some(update);
             }
             last.ok_or_else(|| ImportError::Internal("a watch that said nothing".into()))
         })

@@ -90,3 +90,109 @@ backend_tests! {
         assert_eq!(stored.counters, Counters::default());
     }
 }
+
+/// On PostgreSQL, a replica that lost an import (cut off from the database while the reaper
+/// made it wait, and a resume took it on another replica) can neither write a batch to it nor
+/// end it when it comes back: the import is the other replica's now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_DATABASE_URL is not set (.ci/run sets it)"
+)]
+async fn a_replica_that_lost_an_import_to_a_resume_elsewhere_cannot_touch_it() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let first = store::open(&database.url, OpenOptions::default())
+        .await
+        .unwrap();
+    let other = store::open(&database.url, OpenOptions::default())
+        .await
+        .unwrap();
+    let account_id = AccountId::parse(ACCOUNT).unwrap();
+    let import = first
+        .create_import(&NewImport {
+            account_id: account_id.clone(),
+            import_id: ImportId::parse("lost").unwrap(),
+            kind: ImportType::Users,
+            filename: Filename::parse("users.csv").unwrap(),
+            created_by: String::new(),
+            validate_only: false,
+            on_conflict: Default::default(),
+            retry_of: None,
+            invitations: Default::default(),
+            resumable: true,
+            resume_offset: 0,
+        })
+        .await
+        .unwrap();
+    // Made to wait (here by its own replica, as the reaper would), then resumed elsewhere.
+    first
+        .park_import(
+            import.key,
+            std::time::Duration::from_secs(60),
+            Guard::Processing,
+        )
+        .await
+        .unwrap();
+    other.claim_import(import.key, 0).await.unwrap();
+
+    let mut batch = UserBatch::with_capacity(1);
+    let user = NewUser {
+        email: Email::parse("late@example.com").unwrap(),
+        first_name: "Late",
+        last_name: "",
+        role: Role::Member,
+        role_given: false,
+        job_title: "",
+        external_id: None,
+    };
+    batch.push_user(2, &user);
+    let target = BatchTarget {
+        key: import.key,
+        account_id: &account_id,
+        next_error_seq: 0,
+        error_budget: 100,
+        progress: Counters::default(),
+        committed: Default::default(),
+        format: None,
+        on_conflict: Default::default(),
+        validate_only: false,
+    };
+    let written = first.write_batch(&target, &batch).await;
+    assert!(
+        matches!(written, Err(StoreError::NotProcessing)),
+        "{written:?}"
+    );
+    let ended = Conclusion::new(
+        ImportStatus::ErrorUnknown,
+        Counters::default(),
+        None,
+        "a late ending".into(),
+    );
+    let late = first
+        .conclude_import(import.key, &ended, Guard::Processing)
+        .await;
+    assert!(matches!(late, Err(StoreError::NotProcessing)), "{late:?}");
+    let parked = first
+        .park_import(
+            import.key,
+            std::time::Duration::from_secs(60),
+            Guard::Processing,
+        )
+        .await;
+    assert!(
+        matches!(parked, Err(StoreError::NotProcessing)),
+        "{parked:?}"
+    );
+    // The replica that has it writes and ends it as usual.
+    let written = other.write_batch(&target, &batch).await.unwrap();
+    assert_eq!(written.outcome.imported, 1);
+    let stored = other
+        .get_import(&account_id, &ImportId::parse("lost").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, ImportStatus::Processing);
+    assert!(!stored.waiting());
+    first.close().await;
+    other.close().await;
+}

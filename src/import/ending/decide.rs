@@ -91,6 +91,10 @@ pub fn decide(
     // A resumable upload whose client or server went away waits for the client instead of
     // ending; the other causes end it as they would any upload.
     let waits = import.resumable && cause.leaves_waiting();
+    let stalled_for = match &cause {
+        Cause::Stalled(idle) => Some(idle.as_secs()),
+        _ => None,
+    };
     let (conclusion, reply) = match cause {
         Cause::Completed { cancel_asked: true } => cancelled(),
         Cause::Completed {
@@ -192,7 +196,14 @@ pub fn decide(
             created_by = import.created_by.as_str(), cause = kind,
             "resumable upload stopped; the import waits for its client"
         );
+        let resume = format!(
+            "import '{id}' waits for the rest: resume it from its committed_bytes (GetImport)"
+        );
         let reply = match reply {
+            Reply::Error(ImportError::Stalled(_)) => Reply::Error(ImportError::Stalled(format!(
+                "upload stalled: nothing arrived for {} s; {resume}",
+                stalled_for.unwrap_or_default()
+            ))),
             // The client half-closed without its finish message: not a malformed upload of a
             // resumable import, which may be sent in parts.
             Reply::Error(ImportError::InvalidArgument(_)) => {

@@ -229,6 +229,7 @@ pub async fn expire(
     let now = SystemTime::now();
     let mut ended = 0;
     let mut waiting = 0;
+    let mut failed = None;
     for orphan in store.processing().await? {
         let Some(deadline) = orphan.import.resume_deadline else {
             continue;
@@ -238,6 +239,7 @@ pub async fn expire(
             continue;
         }
         let guard = Guard::Waiting { expired: true };
+        let key = orphan.import.key;
         match end(
             store,
             metrics,
@@ -253,11 +255,19 @@ pub async fn expire(
                 waiting -= 1;
             }
             Err(StoreError::NotProcessing) => {}
-            Err(e) => return Err(e),
+            // One that cannot be ended now is tried again at the next round; the others end.
+            Err(e) => {
+                tracing::warn!(
+                    import_key = key,
+                    error = e.detail(),
+                    "cannot end an expired wait yet"
+                );
+                failed.get_or_insert(e);
+            }
         }
     }
     metrics.uploads_waiting(waiting);
-    Ok(ended)
+    failed.map_or(Ok(ended), Err)
 }
 
 /// Ends one orphan for `cause`, if `guard` still holds; counted on this server. The ending is

@@ -66,6 +66,8 @@ impl Ending<'_> {
     /// server, and holds no memory here.
     async fn wait(&self, instead: Conclusion, reply: Reply) -> Result<Import, ImportError> {
         let key = self.import.key;
+        // Dropped before the import waits: a resume may take it, here, as soon as it does.
+        self.hub.forget(key);
         let parked = (|| {
             self.store
                 .park_import(key, self.resume_window, Guard::Processing)
@@ -76,7 +78,6 @@ impl Ending<'_> {
         match parked {
             Ok(waiting) => {
                 self.metrics.upload_paused();
-                self.hub.forget(key);
                 tracing::info!(
                     account_id = %waiting.account_id, import_id = %waiting.import_id,
                     committed_bytes = waiting.committed_bytes,

@@ -8,6 +8,7 @@
 //! they are all written finds the import ended first.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -17,14 +18,20 @@ use crate::domain::ImportKey;
 /// The cancel tokens of the uploads running here.
 #[derive(Clone, Default)]
 pub struct Cancels {
-    /// By import, the token its upload watches. An entry lives as long as its `Registered`.
-    running: Arc<Mutex<HashMap<ImportKey, CancellationToken>>>,
+    /// By import, the token its upload watches, and the registration it belongs to. An entry
+    /// lives as long as its `Registered`.
+    running: Arc<Mutex<HashMap<ImportKey, (u64, CancellationToken)>>>,
+    /// Numbers the registrations: a resumed upload of an import may register before the
+    /// upload it resumes has let go of its place, which then must not remove the new one.
+    registrations: Arc<AtomicU64>,
 }
 
 /// An upload's place in `Cancels`, until it is dropped.
 pub(super) struct Registered {
     cancels: Cancels,
     key: ImportKey,
+    /// Its number in `Cancels::registrations`.
+    id: u64,
     /// Fired by `Cancels::cancel`: the upload stops at once, even while it waits on the writer
     /// or on batch memory.
     pub token: CancellationToken,
@@ -35,10 +42,12 @@ impl Cancels {
     /// its ending included.
     pub(super) fn register(&self, key: ImportKey) -> Registered {
         let token = CancellationToken::new();
-        self.lock().insert(key, token.clone());
+        let id = self.registrations.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, (id, token.clone()));
         Registered {
             cancels: self.clone(),
             key,
+            id,
             token,
         }
     }
@@ -47,7 +56,7 @@ impl Cancels {
     /// asks through the store instead (`Store::request_cancel`).
     pub fn cancel(&self, key: ImportKey) -> bool {
         match self.lock().get(&key) {
-            Some(token) => {
+            Some((_, token)) => {
                 token.cancel();
                 true
             }
@@ -56,7 +65,7 @@ impl Cancels {
     }
 
     /// The map, even after a panic elsewhere poisoned the lock.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ImportKey, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ImportKey, (u64, CancellationToken)>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -65,6 +74,9 @@ impl Cancels {
 /// the store, which answers that the import is no longer PROCESSING.
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.cancels.lock().remove(&self.key);
+        let mut running = self.cancels.lock();
+        if running.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            running.remove(&self.key);
+        }
     }
 }

@@ -143,10 +143,14 @@ async fn create(ctx: &Context, new: NewImport) -> Result<Started, ImportError> {
             if new.resumable
                 && let Ok(Some(existing)) = existing
             {
-                // Two first uploads at once: the other one runs.
-                return Err(resume(ctx, &new, existing).await.err().unwrap_or_else(|| {
-                    ImportError::Internal("a new import was taken as a resume".into())
-                }));
+                // Two first uploads at once: the other one runs, or already waits (its stream
+                // broke at once), and this one then resumes it.
+                let claimed = resume(ctx, &new, existing).await?;
+                return Ok(Started {
+                    import: claimed.import.clone(),
+                    admitted,
+                    resumed: Some(claimed),
+                });
             }
             let status = match existing {
                 Ok(Some(existing)) => Some(ctx.endings.overlay(existing).status),

@@ -113,15 +113,14 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
             .application_name("bulk-import");
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            // Requests fail fast with UNAVAILABLE while the database is away.
+        let setup = PgPoolOptions::new()
+            .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        sqlx::migrate!("./migrations/postgres").run(&setup).await?;
         let rekeyed = in_transaction(
-            &pool,
+            &setup,
             &AtomicU64::new(0),
             &(),
             only_conflicts,
@@ -129,8 +128,17 @@ impl PostgresStore {
         )
         .await?;
         rekeyed.log();
+        setup.close().await;
 
-        let (owner, lock_task) = liveness::hold_owner_lock(options).await?;
+        let (owner, lock_task) = liveness::hold_owner_lock(options.clone()).await?;
+        // Every connection carries the owner number, so that the upload's own writes can
+        // require the import to be this replica's (`steps::OWNED`).
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            // Requests fail fast with UNAVAILABLE while the database is away.
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.options([("bulk_import.owner", owner.to_string())]))
+            .await?;
         let changes = Arc::new(Changes::default());
         let listen_task = tokio::spawn(notify::listen(pool.clone(), changes.clone()));
         tracing::info!(owner, "postgres store ready");

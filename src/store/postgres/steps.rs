@@ -61,6 +61,12 @@ impl<'c> PgSteps<'c> {
     }
 }
 
+/// The import is this replica's: its `owner` is the owner number this replica's connections
+/// carry (`bulk_import.owner`, set when the pool connects, see `PostgresStore::open`). What
+/// fences a replica that lost an import (it was cut off, the reaper took it for dead, a resume
+/// went on elsewhere) from writing to it when it comes back.
+pub(super) const OWNED: &str = "owner = current_setting('bulk_import.owner', true)::bigint";
+
 /// The `WHERE` of a statement that changes import `$n` only while it is PROCESSING and `guard`
 /// holds. `Guard::Abandoned` also binds `$n+1` and `$n+2` (the life sign): the same heartbeat
 /// as when it was judged abandoned, and, when its owner's lock was gone then, still gone; and
@@ -78,7 +84,12 @@ fn guarded(guard: Guard, n: usize) -> String {
             heartbeat = liveness::HEARTBEAT_MICROS,
             alive = liveness::owner_alive(),
         ),
-        Guard::Processing | Guard::Waiting { .. } => {
+        // The upload's own: this replica must still own it (a resume on another replica took
+        // it over, say, while this one was cut off from the database).
+        Guard::Processing => {
+            format!("import_key = ${n} AND status = 'PROCESSING' AND {waiting} AND {OWNED}")
+        }
+        Guard::Waiting { .. } => {
             format!("import_key = ${n} AND status = 'PROCESSING' AND {waiting}")
         }
     }
@@ -90,7 +101,8 @@ fn guarded(guard: Guard, n: usize) -> String {
 const SET_ENDING: &str = "status = $1, error_message = $2, bytes_received = $3, \
     rows_processed = $4, rows_imported = $5, rows_failed = $6, row_errors_omitted = $7, \
     encoding = $8, delimiter = $9, rows_skipped = $10, rows_updated = $11, \
-    update_time = now(), complete_time = now(), resume_deadline = NULL";
+    update_time = now(), complete_time = now(), resume_deadline = NULL, \
+    committed_bytes = CASE WHEN $1 LIKE 'COMPLETED%' THEN $3 ELSE committed_bytes END";
 
 #[async_trait]
 impl Steps for PgSteps<'_> {
@@ -255,7 +267,8 @@ impl Steps for PgSteps<'_> {
     async fn lock_processing(&mut self, key: ImportKey) -> Result<bool, StoreError> {
         let processing: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING' \
-             FOR KEY SHARE",
+             AND resume_deadline IS NULL \
+             AND owner = current_setting('bulk_import.owner', true)::bigint FOR KEY SHARE",
         )
         .bind(key)
         .fetch_optional(&mut *self.conn)
@@ -297,7 +310,8 @@ impl Steps for PgSteps<'_> {
              rows_failed = $4, row_errors_omitted = $5, encoding = $6, delimiter = $7, \
              rows_skipped = $8, rows_updated = $9, update_time = now(), heartbeat_time = now(), \
              committed_bytes = $11, committed_rows = $12, resume_state = $13 \
-             WHERE import_key = $10 AND status = 'PROCESSING' AND resume_deadline IS NULL",
+             WHERE import_key = $10 AND status = 'PROCESSING' AND resume_deadline IS NULL \
+               AND owner = current_setting('bulk_import.owner', true)::bigint",
         )
         .bind(progress.bytes_received as i64)
         .bind(progress.rows_processed as i64)

@@ -143,7 +143,8 @@ impl Steps for SqliteSteps<'_> {
              rows_processed = $4, rows_imported = $5, rows_failed = $6, \
              row_errors_omitted = $7, encoding = $8, delimiter = $9, rows_skipped = $10, \
              rows_updated = $11, update_time = $12, complete_time = $12, \
-             resume_deadline = NULL \
+             resume_deadline = NULL, \
+             committed_bytes = CASE WHEN $1 LIKE 'COMPLETED%' THEN $3 ELSE committed_bytes END \
              WHERE import_key = $13 AND status = 'PROCESSING' AND {} RETURNING {IMPORT_COLUMNS}",
             wait_condition(guard, Dialect::Sqlite)
         );
