@@ -50,14 +50,16 @@
 //! - `rekey`: the one-off rekeying of old email addresses to today's key form;
 //! - `retention`: a step of removing a finished import's details (row errors, failed rows);
 //! - `events`: the user feed's outbox, written in each change's transaction; `relay`: the
-//!   NATS relay's lease and place;
+//!   NATS relay's lease and place; `resume`: a resumable upload's import made to wait, and
+//!   taken by a resume (where its file stands is stored by each batch's record);
 //! - [`error`]: the errors, classified once (an answer, an outage, a fault, a bug) with their
 //!   plain words;
 //! - `sqlite/`: the embedded default, one replica: `mod.rs` (the store, its one writer
 //!   connection, the write probe), `steps.rs` (its dialect), `capi.rs` (the hot path through
 //!   SQLite's C API), `ranges.rs` (an import's users by rowid range), `lock.rs` (one server
 //!   per file);
-//! - `postgres/`: several replicas: `mod.rs` (the store), `steps.rs` (its dialect),
+//! - `postgres/`: several replicas: `mod.rs` (the store), `open.rs` (migrations, the owner
+//!   lock, the pool whose connections carry the owner), `steps.rs` (its dialect),
 //!   `plain.rs` (the plain import's batches), `parallel.rs` (a large batch in two parts at
 //!   once), `apply.rs` (what a plan writes), `record.rs` (a batch's row errors and cells over
 //!   arrays), `copy.rs` (binary `COPY` of users), `liveness.rs` (owner locks and heartbeats),

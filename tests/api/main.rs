@@ -26,6 +26,7 @@ mod rejections;
 mod relay;
 mod replicas;
 mod resume;
+mod resume_servers;
 mod retention;
 mod row_by_row;
 mod security;

@@ -22,19 +22,19 @@ mod apply;
 mod copy;
 mod liveness;
 mod notify;
+mod open;
 mod parallel;
 mod plain;
 mod record;
 mod steps;
 mod tx;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -45,7 +45,7 @@ use super::{
     BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
     FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, Processing, RelayLease,
     Removed, Reverted, Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events,
-    invitations, plan, planned, queries, rekey, relay, resume, retention, revert,
+    invitations, plan, planned, queries, relay, resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::Changes;
@@ -99,58 +99,6 @@ impl Drop for PostgresStore {
         for task in &self.tasks {
             task.abort();
         }
-    }
-}
-
-impl PostgresStore {
-    /// Connects, applies `migrations/postgres` (sqlx's migrator takes a lock, so replicas that
-    /// start together apply them once), takes this replica's owner lock and starts listening.
-    ///
-    /// Returns once the owner lock is held, so that no import is created before its owner's lock
-    /// can be seen. A server that does not answer yet is `Unavailable` (worth retrying, see
-    /// `store::open`); a bad URL is `Config`.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
-            .application_name("bulk-import");
-        let setup = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations/postgres").run(&setup).await?;
-        let rekeyed = in_transaction(
-            &setup,
-            &AtomicU64::new(0),
-            &(),
-            only_conflicts,
-            |mut steps, ()| Box::pin(async move { rekey::rekey(&mut steps).await }),
-        )
-        .await?;
-        rekeyed.log();
-        setup.close().await;
-
-        let (owner, lock_task) = liveness::hold_owner_lock(options.clone()).await?;
-        // Every connection carries the owner number, so that the upload's own writes can
-        // require the import to be this replica's (`steps::OWNED`).
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            // Requests fail fast with UNAVAILABLE while the database is away.
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.options([("bulk_import.owner", owner.to_string())]))
-            .await?;
-        let changes = Arc::new(Changes::default());
-        let listen_task = tokio::spawn(notify::listen(pool.clone(), changes.clone()));
-        tracing::info!(owner, "postgres store ready");
-        Ok(Self {
-            pool,
-            owner,
-            plain: plain::PlainWrites::new(),
-            changes,
-            faults: FaultLatch::default(),
-            tasks: vec![lock_task, listen_task],
-            events_written: AtomicU64::new(0),
-        })
     }
 }
 
@@ -386,24 +334,14 @@ impl Store for PostgresStore {
         Ok(parked)
     }
 
-    /// This replica becomes the import's owner, in the claim's transaction, so that its life
-    /// sign is this replica's from the start.
     async fn claim_import(&self, key: ImportKey, offset: u64) -> Result<Claimed, StoreError> {
         let claimed = in_transaction(
             &self.pool,
             &self.events_written,
-            &(key, offset, self.owner),
+            &(key, offset),
             only_conflicts,
-            |mut steps, &(key, offset, owner)| {
-                Box::pin(async move {
-                    let claimed = resume::claim(&mut steps, key, offset).await?;
-                    sqlx::query("UPDATE imports SET owner = $2 WHERE import_key = $1")
-                        .bind(key)
-                        .bind(owner)
-                        .execute(steps.connection())
-                        .await?;
-                    Ok(claimed)
-                })
+            |mut steps, &(key, offset)| {
+                Box::pin(async move { resume::claim(&mut steps, key, offset).await })
             },
         )
         .await;

@@ -355,7 +355,8 @@ impl Steps for PgSteps<'_> {
         row.map(Import::try_from).transpose()
     }
 
-    /// The owner is set by the store (`PostgresStore::claim_import`), which knows it.
+    /// This replica becomes the import's owner (its connections carry its number), so that its
+    /// life sign is this replica's from the start.
     async fn claim_waiting(
         &mut self,
         key: ImportKey,
@@ -363,7 +364,8 @@ impl Steps for PgSteps<'_> {
     ) -> Result<Option<(Import, Option<String>, u64)>, StoreError> {
         let sql = format!(
             "UPDATE imports SET resume_deadline = NULL, heartbeat_time = now(), \
-             bytes_received = committed_bytes, update_time = now() \
+             bytes_received = committed_bytes, update_time = now(), \
+             owner = current_setting('bulk_import.owner', true)::bigint \
              WHERE import_key = $1 AND status = 'PROCESSING' AND resume_deadline IS NOT NULL \
                AND committed_bytes = $2 \
              RETURNING {IMPORT_COLUMNS}, resume_state, committed_rows"
