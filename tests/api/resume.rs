@@ -432,3 +432,48 @@ backend_tests! {
         app.stop().await;
     }
 }
+
+backend_tests! {
+    async fn of_twenty_resumes_at_once_one_runs_and_nothing_is_imported_twice(backend) {
+        let mut app = spawn_app_with(backend, |a| a.batch_rows = Some(100)).await;
+        let mut client = app.client.clone();
+        let (file, _) = generate(&["--rows", "1200", "--invalid-rate", "0.02", "--seed", "28"]);
+        let expected = {
+            whole(&mut client, "whole", &file).await;
+            came_to(&mut client, "whole", "whole").await
+        };
+        let mut messages = vec![resumable("r", 0)];
+        messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
+        send(&mut client, messages).await.unwrap_err();
+        let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes as usize;
+        assert!(committed > 0);
+        let resumes: Vec<_> = (0..20)
+            .map(|_| {
+                let mut client = client.clone();
+                let mut messages = vec![resumable("r", committed as u64)];
+                messages.extend(file[committed..].chunks(4000).map(chunk));
+                messages.push(finish_of(&file));
+                tokio::spawn(async move { send(&mut client, messages).await })
+            })
+            .collect();
+        let mut ran = 0;
+        for resume in resumes {
+            match resume.await.unwrap() {
+                Ok(import) => {
+                    ran += 1;
+                    assert_eq!(import.status, expected.import.0);
+                }
+                Err(status) => assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists
+                    ),
+                    "{status:?}"
+                ),
+            }
+        }
+        assert_eq!(ran, 1);
+        assert_eq!(came_to(&mut client, ACCOUNT, "r").await, expected);
+        app.stop().await;
+    }
+}
