@@ -59,6 +59,9 @@ pub fn import(import: &proto::Import) -> Value {
         "invitations": proto::InvitationPolicy::try_from(import.invitations)
             .map_or("INVITATION_POLICY_UNSPECIFIED", |p| p.as_str_name()),
         "users_invited": import.users_invited,
+        "resumable": import.resumable,
+        "committed_bytes": import.committed_bytes,
+        "resume_deadline": time(import.resume_deadline.as_ref()),
     })
 }
 

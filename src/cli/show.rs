@@ -107,6 +107,19 @@ pub fn import(import: &proto::Import) -> String {
         "received:    {} bytes",
         count(import.bytes_received)
     ));
+    if import.resumable {
+        lines.push(format!(
+            "committed:   {} bytes (a resume sends the file from there)",
+            count(import.committed_bytes)
+        ));
+    }
+    if let Some(deadline) = &import.resume_deadline {
+        lines.push(format!(
+            "waiting:     for its client to resume the upload, until {} \
+             (`bulk-import resume --import {} FILE`)",
+            deadline, import.import_id
+        ));
+    }
     if import.validate_only {
         lines.push("dry run:     yes, no user was written".to_owned());
     }

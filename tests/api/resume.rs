@@ -477,3 +477,69 @@ backend_tests! {
         app.stop().await;
     }
 }
+
+/// `bulk-import get` shows where a waiting import stands, and `bulk-import resume` resumes it
+/// with the metadata the server keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_a_waiting_import_and_resumes_it_by_hand() {
+    let mut app = spawn_app_with(Backend::Sqlite, |a| a.batch_rows = Some(100)).await;
+    let mut client = app.client.clone();
+    let (file, _) = generate(&["--rows", "900", "--invalid-rate", "0.02", "--seed", "29"]);
+    let expected = {
+        whole(&mut client, "whole", &file).await;
+        came_to(&mut client, "whole", "whole").await
+    };
+    let mut messages = vec![resumable("r", 0)];
+    messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
+    send(&mut client, messages).await.unwrap_err();
+    let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes;
+    let server = format!("http://{}", app.addr);
+    let shown = bulk_import(Some(&server), "get", &["r"]).await;
+    assert!(
+        shown.out.contains("waiting:     for its client"),
+        "{}",
+        shown.out
+    );
+    assert!(
+        shown.out.contains("bulk-import resume --import r FILE"),
+        "{}",
+        shown.out
+    );
+    let path = on_disk(&file);
+    let ran = bulk_import(
+        Some(&server),
+        "resume",
+        &["--import", "r", path.path().to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        ran.err.contains(&format!(
+            "resuming import r at byte {committed} of {}",
+            file.len()
+        )),
+        "{}",
+        ran.err
+    );
+    assert_eq!(
+        ran.code,
+        exit_code(expected.import.0),
+        "{}{}",
+        ran.out,
+        ran.err
+    );
+    assert_eq!(came_to(&mut client, ACCOUNT, "r").await, expected);
+    // Once it ended there is nothing to resume: said, exit 1.
+    let again = bulk_import(
+        Some(&server),
+        "resume",
+        &["--import", "r", path.path().to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(again.code, 1);
+    assert!(
+        again.err.contains("is not waiting for a resume"),
+        "{}",
+        again.err
+    );
+    app.stop().await;
+}
