@@ -543,3 +543,44 @@ async fn the_cli_shows_a_waiting_import_and_resumes_it_by_hand() {
     );
     app.stop().await;
 }
+
+backend_tests! {
+    async fn a_watcher_sees_an_import_wait_then_complete_once_resumed(backend) {
+        let mut app = spawn_app_with(backend, |a| a.batch_rows = Some(100)).await;
+        let mut client = app.client.clone();
+        let (file, _) = generate(&["--rows", "600", "--seed", "30"]);
+        let mut messages = vec![resumable("r", 0)];
+        messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
+        send(&mut client, messages).await.unwrap_err();
+        let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes as usize;
+        let mut watch = client
+            .watch_import(proto::WatchImportRequest {
+                account_id: ACCOUNT.into(),
+                import_id: "r".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap().import.unwrap();
+        assert!(waiting(&first), "{first:?}");
+        assert_eq!(first.committed_bytes as usize, committed);
+        let mut messages = vec![resumable("r", committed as u64)];
+        messages.extend(file[committed..].chunks(4000).map(chunk));
+        messages.push(finish_of(&file));
+        let done = send(&mut client, messages).await.unwrap();
+        let mut last = first;
+        while let Some(update) = tokio::time::timeout(Duration::from_secs(20), watch.message())
+            .await
+            .expect("the watch ends in time")
+            .unwrap()
+        {
+            let import = update.import.unwrap();
+            assert!(import.committed_bytes >= last.committed_bytes, "it never goes back");
+            last = import;
+        }
+        assert_eq!(last.status, done.status);
+        assert_eq!(last.committed_bytes, file.len() as i64);
+        assert_eq!(last.resume_deadline, None);
+        app.stop().await;
+    }
+}

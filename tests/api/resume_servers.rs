@@ -175,6 +175,8 @@ async fn resumes_are_counted_by_outcome() {
     loop {
         let scraped = crate::metrics::scrape(&app).await;
         if scraped.get("bulk_import_uploads_waiting") == Some(&1.0) {
+            // Waiting is no upload: nothing of it runs or is held here.
+            assert_eq!(scraped.get("bulk_import_active_uploads"), Some(&0.0));
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(15), "{scraped:?}");
