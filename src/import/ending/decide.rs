@@ -206,12 +206,9 @@ pub fn decide(
             ))),
             // The client half-closed without its finish message: not a malformed upload of a
             // resumable import, which may be sent in parts.
-            Reply::Error(ImportError::InvalidArgument(_)) => {
-                Reply::Error(ImportError::Paused(format!(
-                    "the upload ended before its finish message; import '{id}' waits for the \
-                     rest: resume it from its committed_bytes (GetImport)"
-                )))
-            }
+            Reply::Error(ImportError::InvalidArgument(_)) => Reply::Error(ImportError::Paused(
+                format!("the upload ended before its finish message; {resume}"),
+            )),
             reply => reply,
         };
         return Decision {
