@@ -127,6 +127,18 @@ pub(crate) struct ClaimedRow {
     pub committed_rows: i64,
 }
 
+impl ClaimedRow {
+    /// What `Steps::claim_waiting` answers: the import, checked as any row read back, the
+    /// reader's state and the rows up to `committed_bytes`.
+    pub fn parts(self) -> Result<(Import, Option<String>, u64), StoreError> {
+        Ok((
+            Import::try_from(self.import)?,
+            self.resume_state,
+            self.committed_rows as u64,
+        ))
+    }
+}
+
 /// The columns of a stored row error: seq, row_number, column_name, code, message, value.
 pub(crate) type RowErrorColumns = (i64, i64, String, String, String, String);
 

@@ -17,7 +17,7 @@ use super::{IMPORT_COLUMNS, apply, liveness, record};
 use crate::domain::{
     AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
 };
-use crate::store::codec::{ImportRow, format_columns};
+use crate::store::codec::{ClaimedRow, ImportRow, format_columns};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
 use crate::store::lookup::{self, FileKeyColumn, HolderRow, Match};
@@ -370,19 +370,12 @@ impl Steps for PgSteps<'_> {
                AND committed_bytes = $2 \
              RETURNING {IMPORT_COLUMNS}, resume_state, committed_rows"
         );
-        let row: Option<crate::store::codec::ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(key)
             .bind(offset as i64)
             .fetch_optional(&mut *self.conn)
             .await?;
-        row.map(|row| {
-            Ok((
-                Import::try_from(row.import)?,
-                row.resume_state,
-                row.committed_rows as u64,
-            ))
-        })
-        .transpose()
+        row.map(ClaimedRow::parts).transpose()
     }
 
     /// By the index on `(import_key, source_row)`.

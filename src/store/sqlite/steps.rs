@@ -368,14 +368,7 @@ impl Steps for SqliteSteps<'_> {
             .bind(self.now)
             .fetch_optional(&mut *self.conn)
             .await?;
-        row.map(|row| {
-            Ok((
-                Import::try_from(row.import)?,
-                row.resume_state,
-                row.committed_rows as u64,
-            ))
-        })
-        .transpose()
+        row.map(ClaimedRow::parts).transpose()
     }
 
     /// A batch's users and its record commit in one transaction here: none to remove.
