@@ -253,6 +253,31 @@ pub(crate) async fn send(
         .map(|r| r.into_inner().import.unwrap())
 }
 
+/// A resumable upload of the first half of `file` whose client goes away without `finish`:
+/// the import waits. The client's answer.
+pub(crate) async fn stop_half_way(
+    client: &mut Client,
+    import_id: &str,
+    file: &[u8],
+) -> tonic::Status {
+    let mut messages = vec![resumable(import_id, 0)];
+    messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
+    send(client, messages).await.unwrap_err()
+}
+
+/// A resume of `import_id` at `offset`: the metadata, the file from there, the whole file's
+/// finish message.
+pub(crate) fn the_rest(
+    import_id: &str,
+    file: &[u8],
+    offset: u64,
+) -> Vec<proto::UploadImportRequest> {
+    let mut messages = vec![resumable(import_id, offset)];
+    messages.extend(file[offset as usize..].chunks(4000).map(chunk));
+    messages.push(finish_of(file));
+    messages
+}
+
 /// The finish message of a whole file.
 pub(crate) fn finish_of(file: &[u8]) -> proto::UploadImportRequest {
     use sha2::Digest;
@@ -407,9 +432,7 @@ backend_tests! {
         let mut client = app.client.clone();
         let (file, _) = generate(&["--rows", "800", "--seed", "24"]);
         for id in ["cancelled", "expired"] {
-            let mut messages = vec![resumable(id, 0)];
-            messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
-            send(&mut client, messages).await.unwrap_err();
+            stop_half_way(&mut client, id, &file).await;
             assert!(waiting(&app.get(ACCOUNT, id).await.unwrap()));
         }
         let cancelled = client
@@ -437,9 +460,7 @@ backend_tests! {
         assert_eq!(app.users_of(ACCOUNT, "expired").await, 0);
         for (id, status) in [("cancelled", "CANCELLED"), ("expired", "ERROR_UNKNOWN")] {
             let committed = app.get(ACCOUNT, id).await.unwrap().committed_bytes as usize;
-            let mut messages = vec![resumable(id, committed as u64)];
-            messages.extend(file[committed..].chunks(4000).map(chunk));
-            messages.push(finish_of(&file));
+            let messages = the_rest(id, &file, committed as u64);
             let refused = send(&mut client, messages).await.unwrap_err();
             assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{id}");
             assert!(refused.message().contains(status), "{id}: {}", refused.message());
@@ -457,17 +478,13 @@ backend_tests! {
             whole(&mut client, "whole", &file).await;
             came_to(&mut client, "whole", "whole").await
         };
-        let mut messages = vec![resumable("r", 0)];
-        messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
-        send(&mut client, messages).await.unwrap_err();
+        stop_half_way(&mut client, "r", &file).await;
         let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes as usize;
         assert!(committed > 0);
         let resumes: Vec<_> = (0..20)
             .map(|_| {
                 let mut client = client.clone();
-                let mut messages = vec![resumable("r", committed as u64)];
-                messages.extend(file[committed..].chunks(4000).map(chunk));
-                messages.push(finish_of(&file));
+                let messages = the_rest("r", &file, committed as u64);
                 tokio::spawn(async move { send(&mut client, messages).await })
             })
             .collect();
@@ -504,9 +521,7 @@ async fn the_cli_shows_a_waiting_import_and_resumes_it_by_hand() {
         whole(&mut client, "whole", &file).await;
         came_to(&mut client, "whole", "whole").await
     };
-    let mut messages = vec![resumable("r", 0)];
-    messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
-    send(&mut client, messages).await.unwrap_err();
+    stop_half_way(&mut client, "r", &file).await;
     let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes;
     let server = format!("http://{}", app.addr);
     let shown = bulk_import(Some(&server), "get", &["r"]).await;
@@ -564,9 +579,7 @@ backend_tests! {
         let mut app = spawn_app_with(backend, |a| a.batch_rows = Some(100)).await;
         let mut client = app.client.clone();
         let (file, _) = generate(&["--rows", "600", "--seed", "30"]);
-        let mut messages = vec![resumable("r", 0)];
-        messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
-        send(&mut client, messages).await.unwrap_err();
+        stop_half_way(&mut client, "r", &file).await;
         let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes as usize;
         let mut watch = client
             .watch_import(proto::WatchImportRequest {
@@ -579,9 +592,7 @@ backend_tests! {
         let first = watch.message().await.unwrap().unwrap().import.unwrap();
         assert!(waiting(&first), "{first:?}");
         assert_eq!(first.committed_bytes as usize, committed);
-        let mut messages = vec![resumable("r", committed as u64)];
-        messages.extend(file[committed..].chunks(4000).map(chunk));
-        messages.push(finish_of(&file));
+        let messages = the_rest("r", &file, committed as u64);
         let done = send(&mut client, messages).await.unwrap();
         let mut last = first;
         while let Some(update) = tokio::time::timeout(Duration::from_secs(20), watch.message())

@@ -11,6 +11,7 @@ use crate::proxy::{Cut, Proxy};
 use crate::resume::{
     ATTEMPTS, came_to, cuts, exit_code, finish_of, on_disk, resumable, send, until, whole,
 };
+use crate::resume::{stop_half_way, the_rest};
 use crate::support::Server;
 
 /// The address a `Server` listens on, for the proxy.
@@ -176,9 +177,7 @@ async fn resumes_are_counted_by_outcome() {
     .await;
     let mut client = app.client.clone();
     let (file, _) = generate(&["--rows", "600", "--seed", "27"]);
-    let mut messages = vec![resumable("r", 0)];
-    messages.extend(file[..file.len() / 2].chunks(4000).map(chunk));
-    send(&mut client, messages).await.unwrap_err();
+    stop_half_way(&mut client, "r", &file).await;
     let committed = app.get(ACCOUNT, "r").await.unwrap().committed_bytes as u64;
     // The upkeep counts the waiting import within one round (3 s).
     let start = Instant::now();
@@ -198,10 +197,9 @@ async fn resumes_are_counted_by_outcome() {
     )
     .await;
     assert_eq!(wrong.unwrap_err().code(), tonic::Code::FailedPrecondition);
-    let mut messages = vec![resumable("r", committed)];
-    messages.extend(file[committed as usize..].chunks(4000).map(chunk));
-    messages.push(finish_of(&file));
-    send(&mut client, messages).await.unwrap();
+    send(&mut client, the_rest("r", &file, committed))
+        .await
+        .unwrap();
     let scraped = crate::metrics::scrape(&app).await;
     let value = |series: &str| scraped.get(series).copied().unwrap_or(0.0);
     assert_eq!(
