@@ -10,6 +10,8 @@
 //!   tool fails them;
 //! - `cfg(nats_tests)`: `nats-server` is installed, which the relay's tests start on ports
 //!   of their own (so that they can stop and start it), or CI asks;
+//! - `cfg(browser_tests)`: Debian's `chromium` and `chromium-driver` are installed (the
+//!   console's browser tests drive them), or CI asks;
 //! - `cfg(helm_tests)`: the Python packages that check the Helm chart (`helm_python`,
 //!   `kubernetes_validate`) import, in `.ci/tools/venv` or the system's python3; or CI asks.
 
@@ -30,6 +32,7 @@ fn test_environment() {
         "buf_tests",
         "helm_tests",
         "nats_tests",
+        "browser_tests",
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
@@ -48,6 +51,9 @@ fn test_environment() {
     }
     if required || installed("nats-server") {
         println!("cargo:rustc-cfg=nats_tests");
+    }
+    if required || (installed("chromedriver") && installed("chromium")) {
+        println!("cargo:rustc-cfg=browser_tests");
     }
     let venv = PathBuf::from(".ci/tools/venv/bin/python");
     println!("cargo:rerun-if-changed=.ci/tools/venv/bin/python");

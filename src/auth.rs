@@ -231,6 +231,28 @@ impl Authenticator {
         tokens.caller(token.trim()).ok_or(AuthError::Invalid)
     }
 
+    /// The console's sign-in: the digest of `token` and its caller, for a token the current
+    /// file lists. The session keeps the digest, never the token, and asks
+    /// [`caller_of`](Self::caller_of) on each request. `None` on an open server, which has
+    /// nobody to sign in.
+    pub fn sign_in(&self, token: &str) -> Option<([u8; 32], Caller)> {
+        self.file.as_ref()?;
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        self.caller_of(&digest).map(|caller| (digest, caller))
+    }
+
+    /// Who holds the token with this digest, as the current file says: a session's token
+    /// removed from the file (revoked) is `None` within a second, as it is for gRPC calls.
+    pub fn caller_of(&self, digest: &[u8; 32]) -> Option<Caller> {
+        self.file.as_ref()?;
+        let tokens = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tokens.by_digest.get(digest).cloned()
+    }
+
     /// Reads the file again whenever its content changes, for as long as the server runs.
     ///
     /// Compares the bytes, not the modification time, so that any change is seen however the

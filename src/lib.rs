@@ -63,7 +63,9 @@
 //!   one replica at a time, from its stored place; [`json`]: messages as JSON, for the
 //!   CLI's `--json` and the relay's payloads;
 //! - [`metrics`]: Prometheus metrics, and the HTTP listener with the probes beside them;
-//! - [`config`] and [`cli`]: flags, environment, and the service's own client.
+//! - [`config`] and [`cli`]: flags, environment, and the service's own client;
+//! - [`console`]: the web console (`--console-listen`), one more client of the import layer,
+//!   as thin as the gRPC handlers.
 //!
 //! Each upload runs in a task of its own that owns the request stream, so that it ends its
 //! import however the handler ends; whatever stops it becomes one `Cause` into its ending.
@@ -76,6 +78,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod grpc;
 pub mod import;

@@ -220,6 +220,8 @@ impl Server {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url])
             .args(flags)
+            // Many servers run at once: no console on the default port (a flag turns it on).
+            .env("BULK_IMPORT_CONSOLE_LISTEN", "off")
             .env("RUST_LOG", level)
             .stdout(stdout)
             .spawn()

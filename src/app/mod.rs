@@ -54,6 +54,8 @@ use tonic_health::ServingStatus;
 
 use crate::auth::Authenticator;
 use crate::config::ServeArgs;
+use crate::config::console::ConsoleListen;
+use crate::console::Console;
 use crate::grpc::auth::CheckToken;
 use crate::grpc::pending::PendingRequests;
 use crate::grpc::streams::StreamsWithoutToken;
@@ -136,6 +138,8 @@ pub struct Application {
     listener: TcpListener,
     /// `--metrics-listen`, bound with the rest so that its address is known too.
     metrics_listener: Option<TcpListener>,
+    /// `--console-listen`, unless it is `off`.
+    console_listener: Option<TcpListener>,
     /// The flags, for what `run_until` starts: the database URL, the grace period.
     args: ServeArgs,
     /// Without its store until `database` has opened it.
@@ -186,10 +190,26 @@ impl Application {
             ),
             None => None,
         };
+        let console_listener =
+            match args.console_listen {
+                ConsoleListen::At(addr) => Some(TcpListener::bind(addr).await.map_err(
+                    |source| StartError::Listen {
+                        addr,
+                        source: std::io::Error::new(
+                            source.kind(),
+                            format!(
+                                "{source} (the web console; --console-listen off turns it off)"
+                            ),
+                        ),
+                    },
+                )?),
+                ConsoleListen::Off => None,
+            };
         let importer = Importer::new(args.import_config());
         Ok(Self {
             listener,
             metrics_listener,
+            console_listener,
             args,
             importer,
             auth: Arc::new(auth),
@@ -208,6 +228,13 @@ impl Application {
     /// Where `/metrics` is served, when it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where the web console is served, unless `--console-listen off`.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
     }
@@ -315,6 +342,30 @@ impl Application {
                 }
             })
         });
+        let (stop_console, console_stopped) = oneshot::channel::<()>();
+        let console_server = self.console_listener.map(|listener| {
+            let addr = listener
+                .local_addr()
+                .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+            tracing::info!(
+                url = format!("http://{addr}/"),
+                signin = !self.auth.is_open(),
+                "serving the web console"
+            );
+            let console = Console::new(
+                self.importer.clone(),
+                self.auth.clone(),
+                self.args.console_session_ttl,
+            );
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = console_stopped.await;
+                };
+                if let Err(error) = console.serve(listener, stopped).await {
+                    tracing::error!(%error, "the web console failed");
+                }
+            })
+        });
 
         // Readiness and upkeep run until the uploads ended: during the grace period, leases
         // must be kept and endings stored, while readiness says NOT_SERVING.
@@ -385,6 +436,10 @@ impl Application {
             watcher.abort();
         }
         let _ = stop_metrics.send(());
+        let _ = stop_console.send(());
+        if let Some(console_server) = console_server {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, console_server).await;
+        }
         if let Some(metrics_server) = metrics_server {
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, metrics_server).await;
         }

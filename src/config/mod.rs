@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod commands;
+pub mod console;
 pub mod duration;
 pub mod limit;
 
@@ -51,9 +52,11 @@ pub struct Cli {
 
 /// The commands: `serve` runs the server, and each other one is a client command that `main`
 /// hands to the function of the same name in `cli` (`template` alone needs no server).
+// Parsed once per process: the size of `serve`'s flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the gRPC API.
+    /// Serve the gRPC API (and the web console).
     Serve(ServeArgs),
     /// Upload a CSV file and wait for the import to finish.
     Upload(UploadArgs),
@@ -286,6 +289,25 @@ pub struct ServeArgs {
         value_parser = duration::positive
     )]
     pub resume_window: Duration,
+    /// Serves the web console on this address, such as 127.0.0.1:8080 (loopback only, the
+    /// default) or 0.0.0.0:8080; `off` serves none. Its sign-in takes the tokens of
+    /// --auth-tokens-file; without that file it is as open as the gRPC port.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_CONSOLE_LISTEN",
+        value_name = "ADDR|off",
+        default_value = "127.0.0.1:8080",
+        value_parser = console::console_listen
+    )]
+    pub console_listen: console::ConsoleListen,
+    /// How long a console session lasts after its sign-in, such as 8h or 30m.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_CONSOLE_SESSION_TTL",
+        default_value = "8h",
+        value_parser = duration::positive
+    )]
+    pub console_session_ttl: Duration,
     /// How often the retention's clean-up runs. For tests.
     #[arg(
         long,

@@ -56,6 +56,18 @@ impl Caller {
         &self.name
     }
 
+    /// The accounts the caller may act in, sorted; `None` for every account.
+    pub fn accounts(&self) -> Option<Vec<&str>> {
+        match &self.accounts {
+            Accounts::All => None,
+            Accounts::Only(accounts) => {
+                let mut list: Vec<&str> = accounts.iter().map(String::as_str).collect();
+                list.sort_unstable();
+                Some(list)
+            }
+        }
+    }
+
     /// Whether the caller may act in `account`.
     pub fn may_act_in(&self, account: &AccountId) -> bool {
         match &self.accounts {

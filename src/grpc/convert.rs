@@ -119,7 +119,7 @@ pub fn upload_event(
 /// An empty `import_id` gets a fresh one (a UUIDv7). `created_by` is left empty here: the
 /// import layer sets it from the caller's token, so a client cannot claim to be someone
 /// else. A bad `retry_of_import_id` is reported under that field's name, not `import_id`.
-fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
+pub fn new_import(m: &proto::ImportMetadata) -> Result<NewImport, ArgumentError> {
     let import_id = match m.import_id.as_str() {
         "" => ImportId::generate(),
         id => import_id(id)?,

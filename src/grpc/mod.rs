@@ -13,7 +13,8 @@
 //! - [`auth`]: the token interceptor, and the account check every handler starts with;
 //! - [`convert`]: arguments parsed into domain types, answers built from them;
 //! - [`error`]: the one `ImportError` → `Status` mapping, with `ErrorInfo` reasons;
-//! - [`page_token`]: AIP-158 page sizes and opaque tokens bound to their list;
+//! - [`page_token`]: AIP-158 page sizes and opaque tokens bound to their list; [`pages`]: one
+//!   page of each list, for the handlers and the web console alike;
 //! - [`service`]: the `ImportService` handlers;
 //! - [`streams`] and [`pending`]: tower layers in front of every service that bound what a
 //!   client holds before its token is checked (streams that need no token; requests whose
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod page_token;
+pub mod pages;
 pub mod pending;
 pub mod service;
 pub mod streams;

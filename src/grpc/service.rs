@@ -15,16 +15,14 @@
 //!    it cannot be reached. An import id that the account does not have is NOT_FOUND,
 //!    whether or not another account has it: an account never learns of another's imports.
 //!
-//! Lists ask the import layer for `limit + 1` rows: the extra row says a next page exists,
-//! and is dropped from the answer.
+//! Lists are read a page at a time by `pages`, which the web console reads its pages with too.
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{auth, convert, page_token};
-use crate::import::ImportCursor;
+use super::{auth, convert, page_token, pages};
 use crate::import::{Importer, template};
 use crate::proto::{self, import_service_server::ImportService};
 
@@ -134,17 +132,16 @@ impl ImportService for ImportServiceImpl {
             DEFAULT_ERRORS_PAGE,
             MAX_PAGE,
         )?;
-        let list = page_token::scope(&[scope.account_id().as_str(), import_id.as_str()]);
-        let after = page_token::decode("errors_page_token", &req.errors_page_token, list)?;
-
         let import = self.importer.get(&scope, &import_id).await?;
-        let mut errors = self.importer.row_errors(&import, after, limit + 1).await?;
-        let next_errors_page_token = if errors.len() > limit as usize {
-            errors.truncate(limit as usize);
-            page_token::encode(list, errors.last().map_or(0, |e| e.seq))
-        } else {
-            String::new()
-        };
+        let (errors, next_errors_page_token) = pages::row_errors(
+            &self.importer,
+            &scope,
+            &import,
+            "errors_page_token",
+            &req.errors_page_token,
+            limit,
+        )
+        .await?;
         Ok(Response::new(proto::GetImportResponse {
             import: Some(convert::import(&import)),
             errors: errors
@@ -195,25 +192,8 @@ impl ImportService for ImportServiceImpl {
         let (scope, req) = auth::scoped(request)?;
         let limit =
             page_token::page_size("page_size", req.page_size, DEFAULT_IMPORTS_PAGE, MAX_PAGE)?;
-        let list = page_token::scope(&[scope.account_id().as_str()]);
-        let after = page_token::decode_cursor("page_token", &req.page_token, list)?.map(
-            |(create_micros, import_id)| ImportCursor {
-                create_micros,
-                import_id,
-            },
-        );
-
-        let mut imports = self
-            .importer
-            .list(&scope, after.as_ref(), limit + 1)
-            .await?;
-        let next_page_token = if imports.len() > limit as usize {
-            imports.truncate(limit as usize);
-            let last = ImportCursor::after(imports.last().expect("a full page"));
-            page_token::encode_cursor(list, last.create_micros, &last.import_id)
-        } else {
-            String::new()
-        };
+        let (imports, next_page_token) =
+            pages::imports(&self.importer, &scope, "page_token", &req.page_token, limit).await?;
         Ok(Response::new(proto::ListImportsResponse {
             imports: imports.iter().map(convert::import).collect(),
             next_page_token,
@@ -319,32 +299,15 @@ impl ImportService for ImportServiceImpl {
         let state = convert::state_filter(req.invitation_state)?;
         let limit =
             page_token::page_size("page_size", req.page_size, DEFAULT_USERS_PAGE, MAX_PAGE)?;
-        let scope_import = import_id.as_ref().map_or("", |id| id.as_str());
-        // The state only when filtered by, so that tokens made before the filter existed
-        // still serve.
-        let list = match state {
-            None => page_token::scope(&[scope.account_id().as_str(), scope_import]),
-            Some(state) => {
-                page_token::scope(&[scope.account_id().as_str(), scope_import, state.as_str()])
-            }
-        };
-        let after = page_token::decode_key("page_token", &req.page_token, list)?;
-        let mut users = self
-            .importer
-            .users(
-                &scope,
-                import_id.as_ref(),
-                state,
-                after.as_deref(),
-                limit + 1,
-            )
-            .await?;
-        let next_page_token = if users.len() > limit as usize {
-            users.truncate(limit as usize);
-            page_token::encode_key(list, &users.last().expect("a full page").email)
-        } else {
-            String::new()
-        };
+        let (users, next_page_token) = pages::users(
+            &self.importer,
+            &scope,
+            import_id.as_ref(),
+            state,
+            &req.page_token,
+            limit,
+        )
+        .await?;
         Ok(Response::new(proto::ListUsersResponse {
             users: users.iter().map(convert::user).collect(),
             next_page_token,

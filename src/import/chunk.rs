@@ -271,6 +271,17 @@ impl Intake {
     }
 }
 
+/// The door's verdict on a whole file before a byte of it is sent: its `size` against `limit`,
+/// and its first bytes (`head`, at least the first `SNIFF_BYTES` or the whole file) as
+/// [`Intake`] looks at them. The console asks it before it streams a file, so that a refusal
+/// shows at once on the form; the upload itself still makes both checks as its bytes come.
+pub fn check_before(limit: u64, size: u64, head: &[u8]) -> Result<(), IntakeError> {
+    if size > limit {
+        return Err(IntakeError::TooLarge { limit });
+    }
+    sniff(&head[..head.len().min(SNIFF_BYTES)])
+}
+
 /// Refuses what is plainly not CSV text: known binary formats by their magic numbers (the
 /// `infer` crate knows a few hundred) and NUL bytes in a file without a UTF-16 byte order mark.
 ///

@@ -7,6 +7,7 @@
 //! below where it is not obvious.
 
 use crate::domain::{AccountId, ArgumentError, ImportId, ImportStatus};
+use crate::import::chunk::IntakeError;
 use crate::store::StoreError;
 
 /// An error of the import layer, as the client will see it.
@@ -145,6 +146,18 @@ impl From<StoreError> for ImportError {
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)
             | StoreError::Database(_)) => ImportError::Internal(e.detail()),
+        }
+    }
+}
+
+/// The one reply to a file refused at the door, whoever asks: the upload that meets it in its
+/// bytes (`ending::decide`), and the console's check before it sends a byte
+/// (`Importer::check_upload`). Not CSV is the `chunk`'s fault; too large is `TooLarge`.
+impl From<IntakeError> for ImportError {
+    fn from(error: IntakeError) -> Self {
+        match error {
+            e @ IntakeError::NotCsv { .. } => ArgumentError::new("chunk", e.to_string()).into(),
+            e @ IntakeError::TooLarge { .. } => ImportError::TooLarge(e.to_string()),
         }
     }
 }

@@ -200,6 +200,25 @@ impl Importer {
             .map_err(|e| ImportError::Internal(format!("the upload task failed: {e}")))?
     }
 
+    /// Whether an upload of a file of `size` bytes, whose first bytes are `head`, would be
+    /// refused at the door: the caller's right to the account, the size limit and the
+    /// content's first look, the same checks and answers as the upload's (`chunk::check_before`).
+    /// For a client that can ask before it sends the file (the console), so that a refusal
+    /// comes at once rather than after a stream it would have to cut.
+    pub fn check_upload(
+        &self,
+        caller: &Caller,
+        new: &crate::domain::NewImport,
+        size: u64,
+        head: &[u8],
+    ) -> Result<(), ImportError> {
+        caller
+            .scope(new.account_id.clone())
+            .map_err(ImportError::PermissionDenied)?;
+        chunk::check_before(self.inner.config.max_upload_bytes, size, head)?;
+        Ok(())
+    }
+
     /// Stops taking uploads and waits up to `grace` for the running ones; those still running
     /// then end in ERROR_UNKNOWN, and this waits for them to record it.
     ///

@@ -220,6 +220,7 @@ async fn a_second_server_on_the_same_sqlite_file_refuses_to_start() {
     let second = tokio::task::spawn_blocking(move || {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
             .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+            .args(["--console-listen", "off"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

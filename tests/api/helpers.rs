@@ -93,6 +93,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// `/metrics`, when `metrics_listen` was set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The web console, when `console_listen` was set.
+    pub console_addr: Option<SocketAddr>,
     pub client: ImportServiceClient<Channel>,
     pub database_url: String,
     db: Reader,
@@ -136,6 +138,9 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         retention_interval: Duration::from_secs(600),
         events_nats_url: None,
         resume_window: Duration::from_secs(86_400),
+        // The console tests turn it on, on a port of their own.
+        console_listen: bulk_import::config::console::ConsoleListen::Off,
+        console_session_ttl: Duration::from_secs(8 * 3600),
     }
 }
 
@@ -159,6 +164,7 @@ pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut ServeArgs)
     let app = Application::bind(args).await.expect("bind");
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
+    let console_addr = app.console_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.run_until(async {
@@ -193,6 +199,7 @@ pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut ServeArgs)
     TestApp {
         addr,
         metrics_addr,
+        console_addr,
         client,
         database_url: database_url.to_owned(),
         db,

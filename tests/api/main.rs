@@ -4,6 +4,7 @@ mod backends;
 mod chart;
 mod cli;
 mod cli_connect;
+mod console;
 mod correctness;
 mod crashes;
 mod faults;

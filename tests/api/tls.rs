@@ -406,6 +406,7 @@ async fn failed_handshakes_are_logged_with_the_peer() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
         .args(["serve", "--listen", &grpc.to_string()])
         .args(["--metrics-listen", &metrics.to_string()])
+        .args(["--console-listen", "off"])
         .args(["--database-url", &database.url, "--log-format", "json"])
         .args(["--tls-cert", cert.to_str().unwrap()])
         .args(["--tls-key", key.to_str().unwrap()])

@@ -116,7 +116,7 @@ pub fn decide(
                 created_by = import.created_by.as_str(), reason = %e, "upload refused"
             );
             let instead = unknown(&e.to_string());
-            let reply = ArgumentError::new("chunk", e.to_string()).into();
+            let reply = e.into();
             return Decision {
                 disposal: Disposal::Discard(instead),
                 reply: Reply::Error(reply),
@@ -124,10 +124,7 @@ pub fn decide(
         }
         Cause::Parsing(message) => (ending(ImportStatus::ErrorParsing, &message), Reply::Import),
         Cause::Mismatch(message) => (unknown(&message), Reply::Import),
-        Cause::TooLarge(e) => (
-            unknown(&e.to_string()),
-            Reply::Error(ImportError::TooLarge(e.to_string())),
-        ),
+        Cause::TooLarge(e) => (unknown(&e.to_string()), Reply::Error(e.into())),
         Cause::Incomplete => {
             let message = "the upload ended before its finish message, so nothing was \
                            imported; upload the whole file again";

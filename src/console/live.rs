@@ -1,0 +1,63 @@
+//! An import's live counters, as Server-Sent Events: the page's script moves its counters in
+//! place from them, without a reload.
+//!
+//! Fed by the import layer's watch (`Importer::watch`, as `WatchImport`): a snapshot at once,
+//! another whenever the counters move, the terminal one last, then the stream ends. The watch
+//! takes one of the `--max-watchers` places while the page is open, and lets it go when the
+//! browser leaves (axum drops the stream).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::Uri;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+
+use super::error::PageError;
+use super::session::Visit;
+use super::{Console, view};
+use crate::domain::Import;
+use crate::grpc::convert;
+
+/// `GET …/{import}/events`: `import` events with the counters and the status, then the end.
+pub async fn events(
+    State(console): State<Console>,
+    Extension(visit): Extension<Visit>,
+    Path((account, import_id)): Path<(String, String)>,
+    uri: Uri,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
+    let scope = visit.scope(&account, &uri.to_string())?;
+    let import_id = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
+    let updates = console.inner.importer.watch(&scope, &import_id).await?;
+    let events = updates.map(|update| {
+        Ok(match update {
+            Ok(import) => Event::default()
+                .event("import")
+                .data(snapshot(&import).to_string()),
+            // The page keeps what it shows, and says the live view stopped.
+            Err(e) => Event::default()
+                .event("failed")
+                .data(tonic::Status::from(e).message()),
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// What the page shows of an import, by the names of its `data-counter` cells.
+fn snapshot(import: &Import) -> serde_json::Value {
+    let c = &import.counters;
+    serde_json::json!({
+        "status": import.status.words(),
+        "terminal": import.status.is_terminal(),
+        "explanation": view::explanation(import.status),
+        "rows_processed": c.rows_processed,
+        "rows_imported": c.rows_imported,
+        "rows_failed": c.rows_failed,
+        "rows_skipped": c.rows_skipped,
+        "rows_updated": c.rows_updated,
+        "users_invited": import.users_invited,
+        "bytes_received": c.bytes_received,
+    })
+}

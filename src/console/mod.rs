@@ -1,0 +1,138 @@
+//! The web console: the help page's Imports screens in a browser, served by the service itself
+//! on `--console-listen` (default `127.0.0.1:8080`).
+//!
+//! It is one more client of the import layer, beside the gRPC handlers, and as thin: each
+//! handler takes the session's [`Scope`](crate::domain::Scope), calls the [`Importer`] (the
+//! same methods `grpc::service` calls, lists read by `grpc::pages`, metadata parsed by
+//! `grpc::convert`, errors worded by `grpc::error`), and renders a page. No rule of imports is
+//! written here.
+//!
+//! ```text
+//!  browser ─► session::visit ─► a page handler ─► Importer ─► (the pipeline, the store)
+//!             (cookie → Visit,   imports, new_import,
+//!              CSRF, headers)    users, live, sign_in
+//!  browser ◄─ layout + view (maud: every value escaped) ◄──┘
+//! ```
+//!
+//! - [`session`]: sessions, sign-in, CSRF, and the security headers of every answer;
+//! - `imports`, `new_import`, `users`, `sign_in`: the screens; `live`: an import's counters
+//!   as Server-Sent Events; `layout` and `view`: the frame and shared pieces of pages;
+//!   `paths`: every address, percent-encoded in one place; `error`: the one mapping to HTTP;
+//!   `assets`: the stylesheet and script, compiled in.
+
+mod assets;
+mod error;
+mod imports;
+mod layout;
+mod live;
+mod new_import;
+mod paths;
+pub mod session;
+mod sign_in;
+mod users;
+mod view;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::import::Importer;
+use error::PageError;
+
+/// The largest request body the console reads whole: forms and the check's first bytes. The
+/// upload's body is streamed, never read whole, and bounded by `--max-upload-bytes`.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The console's shared state: cheap to clone, as axum clones it for each request.
+#[derive(Clone)]
+pub struct Console {
+    /// Shared by every clone.
+    inner: Arc<Inner>,
+}
+
+/// What every request of the console shares.
+struct Inner {
+    /// The import layer, the same the gRPC handlers call.
+    importer: Importer,
+    /// The tokens of `--auth-tokens-file`, the same the gRPC interceptor checks.
+    auth: Arc<Authenticator>,
+    /// Signed-in browsers.
+    sessions: session::Sessions,
+    /// The console is served over TLS: cookies are `Secure`.
+    secure: bool,
+}
+
+impl Console {
+    /// A console over `importer`, signing in with the tokens of `auth`; sessions last
+    /// `session_ttl`.
+    pub fn new(importer: Importer, auth: Arc<Authenticator>, session_ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                importer,
+                auth,
+                sessions: session::Sessions::new(session_ttl),
+                secure: false,
+            }),
+        }
+    }
+
+    /// Every route, behind the session middleware.
+    pub fn router(&self) -> Router {
+        let account = "/accounts/{account}";
+        let import = "/accounts/{account}/imports/{import}";
+        Router::new()
+            .route("/", get(sign_in::home))
+            .route("/open", get(sign_in::open))
+            .route("/sign-in", get(sign_in::page).post(sign_in::submit))
+            .route("/sign-out", post(sign_in::sign_out))
+            .route(assets::CSS_PATH, get(assets::css))
+            .route(assets::JS_PATH, get(assets::js))
+            .route("/templates/users.csv", get(new_import::template_file))
+            .route(&format!("{account}/imports"), get(imports::list))
+            .route(&format!("{account}/imports/new"), get(new_import::form))
+            .route(&format!("{account}/imports/check"), post(new_import::check))
+            .route(
+                &format!("{account}/imports/upload"),
+                // Streamed, never read whole: the body limit is the pipeline's.
+                post(new_import::upload).layer(DefaultBodyLimit::disable()),
+            )
+            .route(&format!("{account}/users"), get(users::list))
+            .route(import, get(imports::show))
+            .route(&format!("{import}/events"), get(live::events))
+            .route(&format!("{import}/cancel"), post(imports::cancel))
+            .route(
+                &format!("{import}/revert"),
+                get(imports::confirm_revert).post(imports::revert),
+            )
+            .route(&format!("{import}/fix-up.csv"), get(imports::fix_up))
+            .fallback(|| async { PageError::Missing })
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                session::visit,
+            ))
+            .with_state(self.clone())
+    }
+
+    /// Serves the console on `listener` until `shutdown` resolves; requests in flight then
+    /// finish (axum's graceful shutdown), which `app` bounds.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

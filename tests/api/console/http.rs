@@ -1,0 +1,292 @@
+//! The console's HTTP from outside a browser, as an attacker's script sends it: cookies,
+//! headers, CSRF, revoked tokens, and `--console-listen off`.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// An answer: status, headers (names in lower case), body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The session cookie it sets, as `name=value`.
+    fn session(&self) -> String {
+        let cookie = self.header("set-cookie").expect("a cookie");
+        cookie.split(';').next().unwrap().to_owned()
+    }
+
+    /// The CSRF token of the page's first form.
+    fn csrf(&self) -> String {
+        let at = self.body.find("name=\"csrf\" value=\"").expect("a form") + 19;
+        self.body[at..].split('"').next().unwrap().to_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request, `Connection: close`, and reads the whole answer.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Every answer forbids inline scripts and framing; the session cookie is HttpOnly,
+/// SameSite=Strict, and Secure when the browser came over HTTPS (a TLS-terminating proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_a_strict_policy_and_cookie() {
+    let app = console_app(Backend::Sqlite, |_| {}).await;
+    let addr = app.console_addr.unwrap();
+    let home = send(addr, "GET", "/", &[], b"").await;
+    assert_eq!(home.status, 200);
+    let csp = home.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(home.header("x-content-type-options"), Some("nosniff"));
+    let cookie = home.header("set-cookie").unwrap();
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    assert!(!home.body.contains("<script>"), "no inline script");
+    let https = send(addr, "GET", "/", &[("X-Forwarded-Proto", "https")], b"").await;
+    assert!(https.header("set-cookie").unwrap().contains("Secure"));
+    // The assets are the console's own, compiled in.
+    let js = home
+        .body
+        .split("<script src=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let script = send(addr, "GET", &js, &[], b"").await;
+    assert_eq!(script.status, 200);
+    assert!(
+        script
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let missing = send(addr, "GET", "/no/such/page", &[], b"").await;
+    assert_eq!(missing.status, 404);
+}
+
+/// A state-changing request without the session's CSRF token is refused before it acts: a
+/// revert, a cancel, an upload, a sign-out, with no token, another session's, or none at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_its_csrf_token_changes_nothing() {
+    let app = console_app(Backend::Sqlite, |_| {}).await;
+    app.upload(
+        ACCOUNT,
+        "done",
+        format!("{HEADER}a@example.com,A,B,,,\n").as_bytes(),
+        64,
+    )
+    .await
+    .unwrap();
+    let addr = app.console_addr.unwrap();
+    let mine = send(addr, "GET", "/accounts/acme/imports/done/revert", &[], b"").await;
+    let theirs = send(addr, "GET", "/accounts/acme/imports/done/revert", &[], b"").await;
+    let cookie = mine.session();
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let other_token = format!("csrf={}", theirs.csrf());
+    for (headers, body) in [
+        (vec![("Cookie", cookie.as_str()), form], b"".as_slice()),
+        (
+            vec![("Cookie", cookie.as_str()), form],
+            other_token.as_bytes(),
+        ),
+        (vec![form], format!("csrf={}", mine.csrf()).as_bytes()),
+    ] {
+        let revert = send(
+            addr,
+            "POST",
+            "/accounts/acme/imports/done/revert",
+            &headers,
+            body,
+        )
+        .await;
+        assert_eq!(revert.status, 403, "{}", revert.body);
+        assert!(
+            revert.body.contains("The form has expired"),
+            "{}",
+            revert.body
+        );
+    }
+    let upload = send(
+        addr,
+        "POST",
+        "/accounts/acme/imports/upload?filename=x.csv&size=22",
+        &[("Cookie", cookie.as_str()), ("x-csrf-token", "guess")],
+        b"email\nb@example.com\n",
+    )
+    .await;
+    assert_eq!(upload.status, 403);
+    assert_eq!(app.user_count().await, 1);
+    assert_eq!(app.list(ACCOUNT).await.len(), 1);
+
+    // With its token, the same revert works.
+    let ok = format!("csrf={}", mine.csrf());
+    let revert = send(
+        addr,
+        "POST",
+        "/accounts/acme/imports/done/revert",
+        &[("Cookie", cookie.as_str()), form],
+        ok.as_bytes(),
+    )
+    .await;
+    assert_eq!(revert.status, 303, "{}", revert.body);
+    assert_eq!(app.user_count().await, 0);
+}
+
+/// A token removed from the tokens file ends its console sessions within seconds, as it stops
+/// its gRPC calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_ends_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    let token = "revoked-soon-5c1e0d9f2a";
+    let entry = |name: &str, token: &str| {
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\naccounts = [\"acme\"]\n\n",
+            bulk_import::auth::digest(token)
+        )
+    };
+    std::fs::write(
+        &path,
+        entry("leaving", token) + &entry("staying", "another-one-77"),
+    )
+    .unwrap();
+    let app = console_app(Backend::Sqlite, |args| {
+        args.auth_tokens_file = Some(path.clone())
+    })
+    .await;
+    let addr = app.console_addr.unwrap();
+    let page = send(addr, "GET", "/sign-in", &[], b"").await;
+    let anonymous = page.session();
+    let body = format!(
+        "csrf={}&token={token}&next=%2Faccounts%2Facme%2Fimports",
+        page.csrf()
+    );
+    let signed = send(
+        addr,
+        "POST",
+        "/sign-in",
+        &[
+            ("Cookie", anonymous.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    assert_eq!(signed.header("location"), Some("/accounts/acme/imports"));
+    let session = signed.session();
+    assert_ne!(session, anonymous, "sign-in gives a new session id");
+    let old = send(
+        addr,
+        "GET",
+        "/accounts/acme/imports",
+        &[("Cookie", anonymous.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        old.status, 303,
+        "the id from before sign-in is worth nothing"
+    );
+    let list = send(
+        addr,
+        "GET",
+        "/accounts/acme/imports",
+        &[("Cookie", session.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(list.status, 200);
+
+    std::fs::write(&path, entry("staying", "another-one-77")).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = send(
+            addr,
+            "GET",
+            "/accounts/acme/imports",
+            &[("Cookie", session.as_str())],
+            b"",
+        )
+        .await;
+        if list.status == 303 {
+            assert!(list.header("location").unwrap().starts_with("/sign-in"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked token still opens the console"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `--console-listen off` serves no console; the tests' servers run so by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_serves_no_console() {
+    let app = spawn_app(Backend::Sqlite).await;
+    assert_eq!(app.console_addr, None);
+}
