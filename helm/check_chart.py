@@ -375,6 +375,26 @@ def case_defaults(case, manifests, notes, values):
         check(name not in env, case, f"no {name} by default")
     check(" -plaintext " in notes and "WARNING" in notes, case, "NOTES: plaintext, and a warning about an open server")
     check("ServiceMonitor" not in kinds(manifests), case, "no ServiceMonitor by default")
+    check(env.get("BULK_IMPORT_CONSOLE_LISTEN") == "off", case, "no web console by default")
+    ports = [p["name"] for p in one(case, kinds(manifests), "Service")["spec"]["ports"]]
+    check("http" not in ports, case, f"no console port on the Service by default: {ports}")
+
+
+def case_console(case, manifests, notes, values):
+    deployment, pod, container = common(case, manifests, notes, values)
+    postgres(case, manifests, deployment, pod, container, FULLNAME)
+    env = env_of(container)
+    check(env.get("BULK_IMPORT_CONSOLE_LISTEN") == "0.0.0.0:8088", case, f"the console on 8088: {env}")
+    check(env.get("BULK_IMPORT_CONSOLE_SESSION_TTL") == "2h", case, "the session TTL")
+    ports = {p["name"]: p for p in container.get("ports", [])}
+    check(ports.get("http", {}).get("containerPort") == 8088, case, "the container port http")
+    service = one(case, kinds(manifests), "Service")["spec"]
+    by_name = {p["name"]: p for p in service["ports"]}
+    check(by_name.get("http", {}).get("targetPort") == "http" and by_name["http"].get("port") == 8088, case,
+          "the Service port http")
+    check(service.get("sessionAffinity") == "ClientIP", case, "several replicas: browsers stay on their pod")
+    check(f"port-forward service/{FULLNAME} 8088:8088" in notes and "WARNING: open" not in notes, case,
+          "NOTES: how to open the console, signed in with tokens")
 
 
 def case_postgres(case, manifests, notes, values):
@@ -493,6 +513,10 @@ CASES = [
         case_extras,
     ),
     ("SQLite without persistence", {"persistence": {"enabled": False}}, case_ephemeral),
+    ("the web console, 3 replicas, tokens",
+     {"database": {"url": POSTGRES_URL}, "replicaCount": 3, "auth": {"existingSecret": "bulk-import-tokens"},
+      "console": {"enabled": True, "port": 8088, "sessionTtl": "2h"}},
+     case_console),
     ("the feed to NATS", {"config": {"eventsNatsUrl": "nats://nats:4222"}}, case_defaults),
     ("the feed to NATS, URL from a Secret",
      {"database": {"url": POSTGRES_URL}, "replicaCount": 3,
@@ -530,6 +554,7 @@ REFUSED = [
     ("a NATS URL that is not one", "schema", {"config": {"eventsNatsUrl": "http://nats:4222"}},
      "/config/eventsNatsUrl"),
     ("a resume window of off", "schema", {"config": {"resumeWindow": "off"}}, "/config/resumeWindow"),
+    ("a console session of ever", "schema", {"console": {"sessionTtl": "ever"}}, "/console/sessionTtl"),
 ]
 
 
