@@ -10,6 +10,7 @@
 //! cargo bench --bench import -- --populated-only     # three files into one growing account
 //! cargo bench --bench import -- --parse-only         # parsing and validation alone
 //! cargo bench --bench import -- --resumable-only     # resumable uploads against plain ones
+//! cargo bench --bench import -- --console-only       # Chromium through the console vs gRPC
 //! ```
 //!
 //! Every server run prints its own CPU time (utime + stime) per million rows beside wall time
@@ -58,6 +59,8 @@ struct Options {
     parse_only: bool,
     /// Only uninterrupted resumable uploads against plain ones.
     resumable_only: bool,
+    /// Only uploads through the web console in Chromium against gRPC ones.
+    console_only: bool,
 }
 
 fn options() -> Options {
@@ -85,6 +88,7 @@ fn options() -> Options {
         populated_only: args.iter().any(|a| a == "--populated-only"),
         parse_only: args.iter().any(|a| a == "--parse-only"),
         resumable_only: args.iter().any(|a| a == "--resumable-only"),
+        console_only: args.iter().any(|a| a == "--console-only"),
     }
 }
 
@@ -241,6 +245,62 @@ async fn resumable(backend: Backend, server: &str, file: &Path, size_mb: u32) {
         r / p
     );
     app.stop();
+}
+
+/// The same file uploaded by the gRPC client and by Chromium through the web console, each
+/// into a fresh server of its own (so that its peak memory, VmHWM, is that upload's), three
+/// of each in turns: the medians of peak RSS and of wall time, and their ratios.
+async fn console(backend: Backend, server: &str, file: &Path, size_mb: u32) {
+    let rows = data_rows(file) as i64;
+    let (mut grpc, mut browser) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for in_browser in if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let database = fresh_database(backend, server).await;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+            let flags = ["--console-listen", &addr.to_string()];
+            let binary = Path::new(env!("CARGO_BIN_EXE_bulk-import"));
+            let app = Server::start_with(binary, &database.url, &flags, None).await;
+            let (took, imported) = if in_browser {
+                let wait = Duration::from_secs(900);
+                support::browser::upload_in_browser(addr, "bench", file, wait).await
+            } else {
+                let (import, took) = upload(app.channel.clone(), "bench", file).await;
+                (took, import.rows_imported)
+            };
+            assert_eq!(imported, rows);
+            let run = (took.as_secs_f64(), mib(app.peak_rss()));
+            if in_browser { &mut browser } else { &mut grpc }.push(run);
+            app.stop();
+        }
+    }
+    let median = |runs: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values[1]
+    };
+    for (name, runs) in [("gRPC client", &grpc), ("browser, console", &browser)] {
+        let shown: Vec<String> = runs
+            .iter()
+            .map(|(s, m)| format!("{s:.2} s {m:.0} MiB"))
+            .collect();
+        println!("  {name:<17} {size_mb} MiB: {}", shown.join(" / "));
+    }
+    let (gm, bm) = (median(&grpc, |r| r.1), median(&browser, |r| r.1));
+    let (gt, bt) = (median(&grpc, |r| r.0), median(&browser, |r| r.0));
+    println!(
+        "  medians: peak RSS gRPC {gm:.0} MiB, browser {bm:.0} MiB, ratio browser/gRPC {:.3}; \
+         time gRPC {gt:.2} s, browser {bt:.2} s, ratio {:.3}",
+        bm / gm,
+        bt / gt
+    );
 }
 
 /// `file` with the first names changed (the same users otherwise), cached beside it.
@@ -467,6 +527,10 @@ async fn main() {
         println!("\n{}", backend.name());
         if options.resumable_only {
             resumable(backend, &server, &big, options.size_mb).await;
+            continue;
+        }
+        if options.console_only {
+            console(backend, &server, &big, options.size_mb).await;
             continue;
         }
         if options.populated_only {

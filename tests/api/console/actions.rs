@@ -26,7 +26,7 @@ browser_tests! {
         // More than the 8 KiB the server looks at before it reads rows.
         let first = format!("{HEADER}{}", rows(0, 400));
         tx.send(chunk(first.as_bytes())).await.unwrap();
-        let browser = Browser::open(&app, &format!("{backend:?}-running").to_lowercase()).await;
+        let browser = Browser::open(app.console_addr.unwrap(), &format!("{backend:?}-running").to_lowercase()).await;
         browser.goto("/accounts/acme/imports/running").await;
         browser.wait_text("[data-status]", "Processing").await;
         browser.wait_text("[data-counter=rows_processed]", "400").await;
@@ -59,7 +59,7 @@ browser_tests! {
         let file = format!("{HEADER}{}", rows(0, 5));
         app.upload(ACCOUNT, "done", file.as_bytes(), 64).await.unwrap();
         assert_eq!(app.user_count().await, 5);
-        let browser = Browser::open(&app, &format!("{backend:?}-revert").to_lowercase()).await;
+        let browser = Browser::open(app.console_addr.unwrap(), &format!("{backend:?}-revert").to_lowercase()).await;
         browser.goto("/accounts/acme/imports/done").await;
         browser.wait_text("[data-status]", "Completed - Success").await;
         browser.find("a[href$='/revert']").await.click().await.unwrap();

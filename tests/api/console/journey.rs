@@ -15,7 +15,7 @@ browser_tests! {
     /// Imports list shows the import as the help page describes; Users shows the two created.
     async fn the_help_pages_journey(backend) {
         let app = console_app(backend, |_| {}).await;
-        let browser = Browser::open(&app, &format!("{backend:?}").to_lowercase()).await;
+        let browser = Browser::open(app.console_addr.unwrap(), &format!("{backend:?}").to_lowercase()).await;
 
         // The account picker of an open server, which says it is open.
         browser.goto("/").await;
@@ -111,7 +111,7 @@ browser_tests! {
     /// only its content gives it away; nothing is imported and no import is left.
     async fn a_refused_xlsx_is_shown_on_the_form(backend) {
         let app = console_app(backend, |_| {}).await;
-        let browser = Browser::open(&app, &format!("{backend:?}-xlsx").to_lowercase()).await;
+        let browser = Browser::open(app.console_addr.unwrap(), &format!("{backend:?}-xlsx").to_lowercase()).await;
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/saved_as_xlsx.csv");
         let dir = tempfile::tempdir().unwrap();

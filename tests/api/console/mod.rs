@@ -5,226 +5,31 @@
 //! ignored with the reason; `.ci/run` installs both and asks for them
 //! (`BULK_IMPORT_REQUIRE_TOOLS=1`), so in CI a missing browser fails them (see `build.rs`).
 //! Each test saves a screenshot of each screen it visits in
-//! `target/tmp/console-screenshots/`; the README shows those of the SQLite journey
-//! (`docs/console/`).
+//! `target/tmp/console-screenshots/`; the README shows those of the SQLite tests
+//! (`docs/console/`). The browser itself is `support::browser`, shared with the benchmark.
 
 mod actions;
 mod http;
 mod journey;
 mod security;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use fantoccini::elements::Element;
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::helpers::*;
 
-/// How long any one wait of a browser test lasts at most.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Chromium runs one at a time: each takes most of a core while it starts, and the machine has
-/// two.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub use crate::support::browser::{Browser, WAIT};
 
 /// The server with its console on a port of its own, with `configure` applied.
-pub async fn console_app(backend: Backend, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+pub async fn console_app(
+    backend: Backend,
+    configure: impl FnOnce(&mut bulk_import::config::ServeArgs),
+) -> TestApp {
     spawn_app_with(backend, |args| {
         args.console_listen =
             bulk_import::config::console::ConsoleListen::At("127.0.0.1:0".parse().unwrap());
         configure(args);
     })
     .await
-}
-
-use bulk_import::config::ServeArgs;
-
-/// A headless Chromium, with a fresh profile, on the console at `base`.
-pub struct Browser {
-    /// The WebDriver session.
-    pub client: Client,
-    /// `http://127.0.0.1:port` of the console.
-    pub base: String,
-    /// chromedriver, killed when the browser is dropped.
-    driver: Child,
-    /// Chromium's profile: no cookie from another test.
-    _profile: tempfile::TempDir,
-    /// Holds `ONE_BROWSER` while the browser lives.
-    _turn: tokio::sync::MutexGuard<'static, ()>,
-    /// Names the screenshots.
-    label: String,
-}
-
-impl Browser {
-    /// Starts chromedriver and Chromium on the console of `app`; screenshots are named after
-    /// `label`.
-    pub async fn open(app: &TestApp, label: &str) -> Self {
-        let turn = ONE_BROWSER.lock().await;
-        let addr: SocketAddr = app.console_addr.expect("the console is on");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver runs (.ci/run installs chromium-driver)");
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let profile = tempfile::tempdir().unwrap();
-        let mut options = serde_json::json!({
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic", "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        });
-        if std::path::Path::new("/usr/bin/chromium").exists() {
-            options["binary"] = "/usr/bin/chromium".into();
-        }
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert("goog:chromeOptions".into(), options);
-        let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("Chromium starts under chromedriver");
-        Self {
-            client,
-            base: format!("http://{addr}"),
-            driver,
-            _profile: profile,
-            _turn: turn,
-            label: label.to_owned(),
-        }
-    }
-
-    /// Opens `path` of the console.
-    pub async fn goto(&self, path: &str) {
-        self.client
-            .goto(&format!("{}{path}", self.base))
-            .await
-            .unwrap();
-    }
-
-    /// The path (and query) the browser is at.
-    pub async fn path(&self) -> String {
-        let url = self.client.current_url().await.unwrap();
-        match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        }
-    }
-
-    /// The element `css` finds, once it is there.
-    pub async fn find(&self, css: &str) -> Element {
-        self.client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-    }
-
-    /// Every element `css` finds now.
-    pub async fn all(&self, css: &str) -> Vec<Element> {
-        self.client.find_all(Locator::Css(css)).await.unwrap()
-    }
-
-    /// The text of the element `css` finds.
-    pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
-    }
-
-    /// Waits until the element `css` finds shows `expected`, and returns its text then.
-    pub async fn wait_text(&self, css: &str, expected: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = match self.client.find(Locator::Css(css)).await {
-                Ok(element) => element.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            if text.contains(expected) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{css} never showed {expected:?}; it shows {text:?} at {}",
-                self.path().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The rows of a table's body, each as its cells' texts.
-    pub async fn table(&self, css: &str) -> Vec<Vec<String>> {
-        let mut rows = Vec::new();
-        for row in self.all(&format!("{css} tbody tr")).await {
-            let mut cells = Vec::new();
-            for cell in row.find_all(Locator::Css("td")).await.unwrap() {
-                cells.push(cell.text().await.unwrap());
-            }
-            rows.push(cells);
-        }
-        rows
-    }
-
-    /// What the browser gets at `href` (relative to the page), fetched by the page itself with
-    /// its cookie, as a download would.
-    pub async fn fetch(&self, href: &str) -> String {
-        let script = "const done = arguments[arguments.length - 1]; \
-                      fetch(arguments[0], {credentials: 'same-origin'}) \
-                        .then(r => r.text()).then(done, e => done('fetch failed: ' + e));";
-        let value = self
-            .client
-            .execute_async(script, vec![href.into()])
-            .await
-            .unwrap();
-        value.as_str().expect("text").to_owned()
-    }
-
-    /// Saves a screenshot of the screen as `<label>-<name>.png`.
-    pub async fn screenshot(&self, name: &str) {
-        let png = self.client.screenshot().await.unwrap();
-        let dir = screenshots();
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{}-{name}.png", self.label)), png).unwrap();
-    }
-
-    /// Ends the WebDriver session, then chromedriver.
-    pub async fn close(mut self) {
-        let client = self.client.clone();
-        let _ = client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // A failed test still stops chromedriver (and with it, Chromium).
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-/// Where screenshots go.
-pub fn screenshots() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
 }
 
 /// Defines each browser test for both backends, ignored with the reason when the browser is

@@ -40,7 +40,7 @@ browser_tests! {
             "other", "secret-import", "secret.csv", b"email\nsecret@example.com\n", 64, finish(),
         );
         ops.upload_import(tokio_stream::iter(messages)).await.unwrap();
-        let browser = Browser::open(&app, &format!("{backend:?}-auth").to_lowercase()).await;
+        let browser = Browser::open(app.console_addr.unwrap(), &format!("{backend:?}-auth").to_lowercase()).await;
 
         browser.goto("/accounts/acme/imports").await;
         browser.wait_text("h1", "Sign in").await;
@@ -88,7 +88,7 @@ browser_tests! {
     /// import's Errors, and Users hold no element the file wrote, and no script ran.
     async fn hostile_values_are_shown_as_text(backend) {
         let app = console_app(backend, |_| {}).await;
-        let browser = Browser::open(&app, &format!("{backend:?}-hostile").to_lowercase()).await;
+        let browser = Browser::open(app.console_addr.unwrap(), &format!("{backend:?}-hostile").to_lowercase()).await;
         let name = "<img src=x onerror=alert(1)>.csv";
         let file = "email,first_name,last_name,role,job_title,external_id\n\
                     \"<script>window.pwned=1</script>@x\",A,B,,,\n\
