@@ -2,6 +2,7 @@
 //! console's browser tests (`tests/api/console/`) and the benchmark's browser upload.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,7 +44,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // In a process group of its own, with the Chromium it starts, so that a test that
+        // fails (and never ends its session) still takes both down (`Drop`).
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -184,18 +188,20 @@ impl Browser {
     }
 
     /// Ends the WebDriver session, then chromedriver.
-    pub async fn close(mut self) {
-        let client = self.client.clone();
-        let _ = client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+    pub async fn close(self) {
+        let _ = self.client.clone().close().await;
+        // `Drop` stops chromedriver.
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // A failed test still stops chromedriver (and with it, Chromium).
-        let _ = self.driver.kill();
+        // A failed test still stops chromedriver and its Chromium: the whole process group.
+        // SAFETY: kill(2) with a negative pid signals the group chromedriver leads; it touches
+        // no memory of this process.
+        unsafe {
+            libc::kill(-(self.driver.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.driver.wait();
     }
 }
@@ -211,7 +217,7 @@ pub async fn upload_in_browser(
 ) -> (Duration, i64) {
     let browser = Browser::open(addr, "upload").await;
     browser
-        .goto(&format!("/accounts/{account}/imports/new"))
+        .goto(&format!("/accounts/{account}/new-import"))
         .await;
     let input = browser.find("#file").await;
     input.send_keys(file.to_str().unwrap()).await.unwrap();

@@ -13,7 +13,8 @@
 //! # Start-up
 //!
 //! [`Application::bind`] does everything that can fail because of the configuration: it binds
-//! the gRPC port (and `--metrics-listen`), reads the tokens file and loads the TLS files. A
+//! the gRPC port (and `--metrics-listen` and `--console-listen`), reads the tokens file and
+//! loads the TLS files. A
 //! mistake there stops the process at once, with the reason, before anything is served.
 //! [`Application::run_until`] then serves gRPC, health and reflection *before* the database
 //! is open: liveness answers, readiness says NOT_SERVING, and calls that need the database are
@@ -32,7 +33,8 @@
 //!    meanwhile, so that their life signs stay fresh and no other replica reaps them;
 //! 3. the relay to NATS stops and gives its lease up, the upkeep stops, and tonic stops taking calls, giving open ones (watchers, reads)
 //!    `DRAIN_TIMEOUT` before they are cut;
-//! 4. the file watchers and the metrics listener stop;
+//! 4. the file watchers, the metrics listener and the web console stop (the console's uploads
+//!    are uploads like the others: they had the grace period of step 2);
 //! 5. last, the store is closed, which for SQLite lets go of the database file's lock, so that
 //!    the next server can open it at once.
 
@@ -54,7 +56,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::Authenticator;
 use crate::config::ServeArgs;
-use crate::config::console::ConsoleListen;
+use crate::config::console::{ConsoleListen, DEFAULT_CONSOLE_LISTEN};
 use crate::console::Console;
 use crate::grpc::auth::CheckToken;
 use crate::grpc::pending::PendingRequests;
@@ -190,21 +192,30 @@ impl Application {
             ),
             None => None,
         };
-        let console_listener =
-            match args.console_listen {
-                ConsoleListen::At(addr) => Some(TcpListener::bind(addr).await.map_err(
-                    |source| StartError::Listen {
-                        addr,
-                        source: std::io::Error::new(
-                            source.kind(),
-                            format!(
-                                "{source} (the web console; --console-listen off turns it off)"
-                            ),
-                        ),
-                    },
-                )?),
-                ConsoleListen::Off => None,
-            };
+        let console_listener = match args.console_listen {
+            Some(ConsoleListen::At(addr)) => Some(TcpListener::bind(addr).await.map_err(
+                |source| StartError::Listen {
+                    addr,
+                    source: std::io::Error::new(
+                        source.kind(),
+                        format!("{source} (the web console; --console-listen off turns it off)"),
+                    ),
+                },
+            )?),
+            Some(ConsoleListen::Off) => None,
+            None => match TcpListener::bind(DEFAULT_CONSOLE_LISTEN).await {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    tracing::warn!(
+                        addr = %DEFAULT_CONSOLE_LISTEN, %error,
+                        "the web console is off: its default address cannot be bound (another \
+                         server on this machine?); --console-listen ADDR serves it elsewhere, \
+                         --console-listen off silences this"
+                    );
+                    None
+                }
+            },
+        };
         let importer = Importer::new(args.import_config());
         Ok(Self {
             listener,
@@ -352,10 +363,20 @@ impl Application {
                 signin = !self.auth.is_open(),
                 "serving the web console"
             );
+            let listen = listener.local_addr().unwrap_or(DEFAULT_CONSOLE_LISTEN);
+            if self.tls.is_some() && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    %addr,
+                    "the web console serves plain HTTP while gRPC serves TLS: put a \
+                     TLS-terminating proxy in front of it, so that tokens typed into its \
+                     sign-in do not cross the network in clear"
+                );
+            }
             let console = Console::new(
                 self.importer.clone(),
                 self.auth.clone(),
                 self.args.console_session_ttl,
+                listen,
             );
             tokio::spawn(async move {
                 let stopped = async {

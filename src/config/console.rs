@@ -1,6 +1,12 @@
 //! `--console-listen`: where the web console is served, or `off`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// Where the console listens when `--console-listen` is not given: the loopback interface. A
+/// port taken there (another server on the machine) leaves the console off, with a warning,
+/// rather than stopping the server; an address given on purpose that cannot be bound stops it.
+pub const DEFAULT_CONSOLE_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
 
 /// Where the console listens: an address, or nowhere.
 ///

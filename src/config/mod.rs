@@ -289,17 +289,17 @@ pub struct ServeArgs {
         value_parser = duration::positive
     )]
     pub resume_window: Duration,
-    /// Serves the web console on this address, such as 127.0.0.1:8080 (loopback only, the
-    /// default) or 0.0.0.0:8080; `off` serves none. Its sign-in takes the tokens of
-    /// --auth-tokens-file; without that file it is as open as the gRPC port.
+    /// Serves the web console on this address, such as 0.0.0.0:8080; `off` serves none. Not
+    /// given: 127.0.0.1:8080 (loopback only), or no console if that port is taken. Its sign-in
+    /// takes the tokens of --auth-tokens-file; without that file it is as open as the gRPC
+    /// port.
     #[arg(
         long,
         env = "BULK_IMPORT_CONSOLE_LISTEN",
         value_name = "ADDR|off",
-        default_value = "127.0.0.1:8080",
         value_parser = console::console_listen
     )]
-    pub console_listen: console::ConsoleListen,
+    pub console_listen: Option<console::ConsoleListen>,
     /// How long a console session lasts after its sign-in, such as 8h or 30m.
     #[arg(
         long,

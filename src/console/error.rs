@@ -28,6 +28,9 @@ pub enum PageError {
     Csrf,
     /// No such page.
     Missing,
+    /// A loopback console asked for under another name: a page of another site whose name
+    /// was rebound to this machine (DNS rebinding).
+    ForeignHost,
     /// The import layer refused, as it refuses a gRPC call.
     Import(ImportError),
 }
@@ -37,6 +40,11 @@ impl From<ImportError> for PageError {
         PageError::Import(error)
     }
 }
+
+/// Why a loopback console refuses another name.
+const FOREIGN_HOST: &str = "This console listens on this machine only: open it as \
+                            http://localhost:PORT/ or http://127.0.0.1:PORT/. To serve it under \
+                            another name, start the server with --console-listen 0.0.0.0:PORT.";
 
 /// The HTTP status of an import layer's error: the one mapping, exhaustive.
 fn http_status(error: &ImportError) -> StatusCode {
@@ -94,6 +102,11 @@ impl IntoResponse for PageError {
                 "Page not found",
                 "There is no such page in the console.".to_owned(),
             ),
+            PageError::ForeignHost => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "Wrong address",
+                FOREIGN_HOST.to_owned(),
+            ),
             PageError::Import(error) => {
                 let (status, message) = answer(error);
                 let title = match status {
@@ -143,9 +156,12 @@ impl IntoResponse for JsonError {
             ),
             PageError::Csrf => (
                 StatusCode::FORBIDDEN,
-                "this page is too old; reload it and try again".to_owned(),
+                "this page is too old (the server restarted, or you signed out); reload it and \
+                 try again"
+                    .to_owned(),
             ),
             PageError::Missing => (StatusCode::NOT_FOUND, "no such page".to_owned()),
+            PageError::ForeignHost => (StatusCode::MISDIRECTED_REQUEST, FOREIGN_HOST.to_owned()),
             PageError::Import(error) => answer(error),
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()

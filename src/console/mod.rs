@@ -18,7 +18,8 @@
 //! - `imports`, `new_import`, `users`, `sign_in`: the screens; `live`: an import's counters
 //!   as Server-Sent Events; `layout` and `view`: the frame and shared pieces of pages;
 //!   `paths`: every address, percent-encoded in one place; `error`: the one mapping to HTTP;
-//!   `assets`: the stylesheet and script, compiled in.
+//!   `assets`: the stylesheet and script, compiled in; `serve`: the HTTP server and its
+//!   bounds (connections, slow headers).
 
 mod assets;
 mod error;
@@ -27,13 +28,13 @@ mod layout;
 mod live;
 mod new_import;
 mod paths;
+mod serve;
 pub mod session;
 mod sign_in;
 mod users;
 mod view;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,18 +68,27 @@ struct Inner {
     sessions: session::Sessions,
     /// The console is served over TLS: cookies are `Secure`.
     secure: bool,
+    /// It listens on a loopback address: only loopback names are answered (`session`).
+    loopback: bool,
 }
 
 impl Console {
     /// A console over `importer`, signing in with the tokens of `auth`; sessions last
-    /// `session_ttl`.
-    pub fn new(importer: Importer, auth: Arc<Authenticator>, session_ttl: Duration) -> Self {
+    /// `session_ttl`. `listen` is where it is served: on a loopback address it answers only
+    /// requests addressed to a loopback name.
+    pub fn new(
+        importer: Importer,
+        auth: Arc<Authenticator>,
+        session_ttl: Duration,
+        listen: std::net::SocketAddr,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 importer,
                 auth,
                 sessions: session::Sessions::new(session_ttl),
                 secure: false,
+                loopback: listen.ip().is_loopback(),
             }),
         }
     }
@@ -96,10 +106,14 @@ impl Console {
             .route(assets::JS_PATH, get(assets::js))
             .route("/templates/users.csv", get(new_import::template_file))
             .route(&format!("{account}/imports"), get(imports::list))
-            .route(&format!("{account}/imports/new"), get(new_import::form))
-            .route(&format!("{account}/imports/check"), post(new_import::check))
+            // Not under imports/: every word there may be an import's id.
+            .route(&format!("{account}/new-import"), get(new_import::form))
             .route(
-                &format!("{account}/imports/upload"),
+                &format!("{account}/new-import/check"),
+                post(new_import::check),
+            )
+            .route(
+                &format!("{account}/new-import/upload"),
                 // Streamed, never read whole: the body limit is the pipeline's.
                 post(new_import::upload).layer(DefaultBodyLimit::disable()),
             )
@@ -122,17 +136,12 @@ impl Console {
     }
 
     /// Serves the console on `listener` until `shutdown` resolves; requests in flight then
-    /// finish (axum's graceful shutdown), which `app` bounds.
+    /// finish, which `app` bounds. See `serve` for the bounds on connections.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        serve::serve(self.router(), listener, shutdown).await
     }
 }

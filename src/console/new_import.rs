@@ -3,11 +3,11 @@
 //!
 //! The browser sends the file in two requests, each through the import layer:
 //!
-//! 1. `…/imports/check`, with the form's fields, the file's size and its first bytes: the
+//! 1. `…/new-import/check`, with the form's fields, the file's size and its first bytes: the
 //!    metadata is parsed as gRPC parses `ImportMetadata` (`convert::new_import`, so a bad
 //!    name is refused in the same words), and the size and first bytes get the door's verdict
 //!    (`Importer::check_upload`): a refusal shows at once on the form, before any upload;
-//! 2. `…/imports/upload`, the whole file as the request's body, streamed into the same
+//! 2. `…/new-import/upload`, the whole file as the request's body, streamed into the same
 //!    `Importer::upload` as a gRPC upload: metadata, then each piece of the body as it arrives
 //!    (so the server holds no more of a 200 MiB file than of a gRPC upload), then the finish
 //!    with the size the browser gave. The browser shows a progress bar as it sends, and the
@@ -40,7 +40,7 @@ pub struct FormQuery {
     retry_of: String,
 }
 
-/// `GET /accounts/{account}/imports/new`: Type, Choose File, the options, Save; the template
+/// `GET /accounts/{account}/new-import`: Type, Choose File, the options, Save; the template
 /// on the right.
 pub async fn form(
     State(console): State<Console>,
@@ -58,6 +58,7 @@ pub async fn form(
         }
     };
     let imports = paths::imports(&account);
+    let here = paths::new_import(&account);
     let template = template::template(ImportType::Users);
     let limit_mib = console.inner.importer.config().max_upload_bytes / (1024 * 1024);
     let body = html! {
@@ -65,7 +66,7 @@ pub async fn form(
         h1 { "New Import" }
         div.columns {
             form #new-import.card method="post" novalidate
-                data-check=(format!("{imports}/check")) data-upload=(format!("{imports}/upload"))
+                data-check=(format!("{here}/check")) data-upload=(format!("{here}/upload"))
                 data-imports=(imports) data-csrf=(visit.csrf) {
                 @if let Some(import) = &retry_of {
                     p.note { "Importing the fixed file of " strong { (import.filename.as_str()) }
@@ -208,7 +209,7 @@ impl UploadQuery {
     }
 }
 
-/// `POST …/imports/check` (body: the file's first bytes): the door's verdict before the
+/// `POST …/new-import/check` (body: the file's first bytes): the door's verdict before the
 /// upload, and the import id the upload will take, so that the page can follow it.
 pub async fn check(
     State(console): State<Console>,
@@ -217,12 +218,13 @@ pub async fn check(
     Query(query): Query<UploadQuery>,
     head: Bytes,
 ) -> Result<Json<serde_json::Value>, JsonError> {
-    let caller = visit.caller("/")?;
+    // The account first, as gRPC checks it, with the refusal in the audit log.
+    let scope = visit.scope(&account, "/")?;
     let new = query.new_import(&account)?;
     console
         .inner
         .importer
-        .check_upload(caller, &new, query.size, &head)?;
+        .check_upload(scope.caller(), &new, query.size, &head)?;
     let import_id = ImportId::generate();
     Ok(Json(serde_json::json!({
         "import_id": import_id.as_str(),
@@ -230,7 +232,7 @@ pub async fn check(
     })))
 }
 
-/// `POST …/imports/upload` (body: the file): the upload, streamed into the import layer;
+/// `POST …/new-import/upload` (body: the file): the upload, streamed into the import layer;
 /// answers the ended import's address and status, or the refusal in the service's words.
 pub async fn upload(
     State(console): State<Console>,
@@ -239,7 +241,7 @@ pub async fn upload(
     Query(query): Query<UploadQuery>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, JsonError> {
-    let caller = visit.caller("/")?.clone();
+    let caller = visit.scope(&account, "/")?.caller().clone();
     let new = query.new_import(&account)?;
     let finish = FinishCheck {
         size_bytes: Some(query.size),

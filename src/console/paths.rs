@@ -31,9 +31,9 @@ pub fn import(account_id: &str, import_id: &str) -> String {
     format!("{}/{}", imports(account_id), query_value(import_id))
 }
 
-/// The New Import form.
+/// The New Import form; its check and upload are under it.
 pub fn new_import(account_id: &str) -> String {
-    format!("{}/new", imports(account_id))
+    format!("{}/new-import", account(account_id))
 }
 
 /// The Users list, of one import when given.
@@ -48,10 +48,12 @@ pub fn users(account_id: &str, import_id: Option<&str>) -> String {
     }
 }
 
-/// A path of this console to go back to after sign-in: a path that starts with one `/`, so
-/// that `next` can never send the browser to another site.
+/// A path of this console to go back to after sign-in: one that starts with a single `/` and
+/// holds only printable ASCII without spaces or backslashes, so that `next` can never send the
+/// browser to another site (browsers drop tabs and read `\\` as `/`) nor break a header.
 pub fn local(next: &str) -> &str {
-    let ok = next.starts_with('/') && !next.starts_with("//") && !next.contains('\\');
+    let printable = next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    let ok = printable && next.starts_with('/') && !next.starts_with("//");
     if ok { next } else { "/" }
 }
 
@@ -66,6 +68,8 @@ mod tests {
         assert_eq!(local("//evil.example/x"), "/");
         assert_eq!(local("https://evil.example"), "/");
         assert_eq!(local("/\\evil.example"), "/");
+        assert_eq!(local("/\t/evil.example/x"), "/");
+        assert_eq!(local("/a\nb"), "/");
         assert_eq!(local("/accounts/acme/imports"), "/accounts/acme/imports");
     }
 }

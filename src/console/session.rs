@@ -1,21 +1,25 @@
 //! Console sessions: who a browser is, and the CSRF token of its forms.
 //!
-//! A session is a random id in an HttpOnly, SameSite=Strict cookie (Secure when the browser
-//! came over HTTPS), mapped in this process to what it may do and its CSRF token. It keeps the
-//! *digest* of the token it signed in with, never the token, and asks the [`Authenticator`]
-//! on every request who that digest is now: a token removed from the tokens file stops its
-//! sessions within a second, as it stops gRPC calls.
+//! Every browser gets a random id in a cookie that is HttpOnly, SameSite=Strict and `Secure`
+//! when it came over HTTPS. The id alone is nothing: only a sign-in puts it in this process's
+//! map, with the *digest* of the token it signed in with (never the token) and its end; the
+//! [`Authenticator`](crate::auth::Authenticator) is asked on every request who that digest is now, so a token removed from
+//! the tokens file stops its sessions within a second, as it stops gRPC calls. An id that is
+//! not in the map is an anonymous visitor: on an open server, anyone; else someone who can only
+//! sign in. Anonymous visitors cost no memory, so a flood of them evicts nobody; sign-in
+//! gives a new id, so an id planted before it is worth nothing after.
 //!
-//! Every request gets a session (the middleware [`visit`] makes one when the cookie names
-//! none): on a server with tokens an anonymous one, which can only sign in; on an open server
-//! one that may do what any gRPC caller may. So every form, the sign-in's included, carries a
-//! CSRF token bound to a session, and a state-changing request without it is refused before its
-//! handler runs. Sign-in replaces the session id, so that an id planted before it is worth
-//! nothing after.
+//! The CSRF token of a browser's forms is an HMAC of its id under a key drawn at start: only
+//! the console's pages show it, another site can neither read nor compute it, and it needs no
+//! storage. A state-changing request without it is refused before its handler runs.
 //!
-//! Sessions live in memory, bounded ([`MAX_SESSIONS`]): with several replicas, a browser must
-//! come back to the replica it signed in on (the chart's Service sets client affinity), and a
-//! restart signs everyone out.
+//! On a loopback address the console answers only requests addressed to a loopback name
+//! (`localhost`, `127.0.0.1`, `[::1]`): a page of another site whose name an attacker rebinds
+//! to 127.0.0.1 (DNS rebinding) gets a refusal, not an open server's console.
+//!
+//! Signed-in sessions live in memory, bounded ([`MAX_SESSIONS`]): with several replicas, a
+//! browser must come back to the replica it signed in on (the chart's Service sets client
+//! affinity), and a restart signs everyone out.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,52 +35,37 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};
 
 use super::Console;
-use super::error::PageError;
-use crate::auth::Authenticator;
+use super::error::{JsonError, PageError};
 use crate::domain::{Caller, Scope};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "bulk_import_session";
-/// Sessions kept at once; past it the oldest-expiring goes, so a flood of new browsers (or a
-/// script that drops its cookies) costs bounded memory.
+/// Signed-in sessions kept at once; past it the oldest-expiring goes. Only a valid token
+/// makes one, so this bounds what the holders of tokens can cost.
 pub const MAX_SESSIONS: usize = 10_000;
-/// How long a session that has not signed in lasts: long enough to fill in the sign-in form.
-const ANONYMOUS_TTL: Duration = Duration::from_secs(30 * 60);
 /// The most of a form body the CSRF check reads: the console's forms are a few fields.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// A session id: 32 random bytes.
 type SessionId = [u8; 32];
 
-/// Who a session is.
+/// A signed-in session.
 #[derive(Debug, Clone, Copy)]
-enum Who {
-    /// A server with tokens, before sign-in: may only sign in.
-    Anonymous,
-    /// Signed in with the token of this digest.
-    Token([u8; 32]),
-    /// An open server: anyone, everywhere.
-    Open,
-}
-
-/// One session.
-#[derive(Debug, Clone)]
 struct Session {
-    /// Who it is.
-    who: Who,
-    /// The CSRF token its pages' forms carry: random, and only in those pages (never in a
-    /// cookie), so that another site can neither read nor guess it.
-    csrf: String,
+    /// The digest of the token it signed in with.
+    digest: [u8; 32],
     /// When it ends, whatever it does meanwhile.
     expires: Instant,
 }
 
-/// Every session of this process.
+/// The signed-in sessions of this process, and the key of every CSRF token.
 pub struct Sessions {
     /// By id.
     map: Mutex<HashMap<SessionId, Session>>,
     /// How long a signed-in session lasts (`--console-session-ttl`).
     ttl: Duration,
+    /// The HMAC key of CSRF tokens, drawn at start: a restart makes old pages' forms stale.
+    key: [u8; 32],
 }
 
 impl Sessions {
@@ -85,14 +74,15 @@ impl Sessions {
         Self {
             map: Mutex::new(HashMap::new()),
             ttl,
+            key: random(),
         }
     }
 
-    /// The live session of `id`; an expired one is removed.
+    /// The live signed-in session of `id`; an expired one is removed.
     fn get(&self, id: &SessionId) -> Option<Session> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(id) {
-            Some(session) if session.expires > Instant::now() => Some(session.clone()),
+            Some(session) if session.expires > Instant::now() => Some(*session),
             Some(_) => {
                 map.remove(id);
                 None
@@ -101,16 +91,11 @@ impl Sessions {
         }
     }
 
-    /// A new session for `who`, making room for it when the map is full.
-    fn create(&self, who: Who) -> (SessionId, Session) {
-        let ttl = match who {
-            Who::Anonymous => ANONYMOUS_TTL.min(self.ttl),
-            Who::Token(_) | Who::Open => self.ttl,
-        };
+    /// A new signed-in session for the token of `digest`, making room when the map is full.
+    fn create(&self, digest: [u8; 32]) -> SessionId {
         let session = Session {
-            who,
-            csrf: URL_SAFE_NO_PAD.encode(random()),
-            expires: Instant::now() + ttl,
+            digest,
+            expires: Instant::now() + self.ttl,
         };
         let id = random();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -123,16 +108,25 @@ impl Sessions {
                 map.remove(&oldest);
             }
         }
-        map.insert(id, session.clone());
-        (id, session)
+        map.insert(id, session);
+        id
     }
 
-    /// Ends a session (sign-out, or the old id of a sign-in).
+    /// Ends a session (sign-out).
     fn remove(&self, id: &SessionId) {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+    }
+
+    /// The CSRF token of the browser with `id`: HMAC-SHA256 of the id under the key.
+    fn csrf(&self, id: &SessionId) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key)
+            .expect("HMAC takes a key of any length");
+        mac.update(id);
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 }
 
@@ -188,77 +182,96 @@ impl Visit {
     }
 }
 
-/// The console's middleware, around every route: finds or makes the session, refuses a
-/// state-changing request without the session's CSRF token, and adds the security headers
-/// to every answer.
+/// The console's middleware, around every route: refuses a request addressed to another name
+/// on a loopback console, finds the session, refuses a state-changing request without the
+/// browser's CSRF token, and adds the security headers to every answer.
 pub async fn visit(State(console): State<Console>, mut request: Request, next: Next) -> Response {
     let sessions = &console.inner.sessions;
     let auth = &console.inner.auth;
-    let found = session_id(request.headers()).and_then(|id| Some((id, sessions.get(&id)?)));
-    let (id, session, new) = match found {
-        Some((id, session)) => (id, session, false),
-        None => {
-            let who = if auth.is_open() {
-                Who::Open
-            } else {
-                Who::Anonymous
-            };
-            let (id, session) = sessions.create(who);
-            (id, session, true)
-        }
+    if console.inner.loopback && !loopback_host(request.headers()) {
+        let mut response = PageError::ForeignHost.into_response();
+        secure_headers(response.headers_mut());
+        return response;
+    }
+    let (id, new) = match session_id(request.headers()) {
+        Some(id) => (id, false),
+        None => (random(), true),
     };
-    let caller = resolve(auth, session.who);
+    let caller = match sessions.get(&id) {
+        Some(session) => auth.caller_of(&session.digest),
+        None if auth.is_open() => Some(Caller::open()),
+        None => None,
+    };
+    let csrf = sessions.csrf(&id);
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let secure = console.inner.secure || forwarded_https(request.headers());
+    // The console's script sends its token in a header, and reads JSON answers.
+    let scripted = request.headers().contains_key("x-csrf-token");
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         match csrf_of(request).await {
-            Ok((token, rebuilt)) if token.as_deref() == Some(session.csrf.as_str()) => {
-                request = rebuilt;
-            }
+            Ok((Some(token), rebuilt)) if same(&token, &csrf) => request = rebuilt,
             Ok(_) | Err(_) => {
-                let mut response = PageError::Csrf.into_response();
+                let mut response = if scripted {
+                    JsonError(PageError::Csrf).into_response()
+                } else {
+                    PageError::Csrf.into_response()
+                };
                 secure_headers(response.headers_mut());
                 return response;
             }
         }
     }
+    // Assets are cached, and must carry no cookie.
+    let asset = request.uri().path().starts_with("/assets/");
     request.extensions_mut().insert(Visit {
         id,
-        csrf: session.csrf.clone(),
+        csrf,
         caller,
         open: auth.is_open(),
         peer,
     });
     request.extensions_mut().insert(Secure(secure));
     let mut response = next.run(request).await;
-    if new && !response.headers().contains_key(header::SET_COOKIE) {
-        set_cookie(
-            response.headers_mut(),
-            &id,
-            console.inner.sessions.ttl,
-            secure,
-        );
+    if new && !asset && !response.headers().contains_key(header::SET_COOKIE) {
+        set_cookie(response.headers_mut(), &id, None, secure);
     }
     secure_headers(response.headers_mut());
     response
 }
 
+/// Compares two tokens in a time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Whether the request is addressed to a loopback name: `localhost` (or a name under it), a
+/// 127.0.0.0/8 address or `[::1]`, with any port.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether the browser came over HTTPS: the session cookie is then `Secure`.
 #[derive(Debug, Clone, Copy)]
 pub struct Secure(pub bool);
-
-/// Who a session is now: an open server's anyone, the current holder of its token's digest,
-/// or nobody.
-fn resolve(auth: &Authenticator, who: Who) -> Option<Caller> {
-    match who {
-        Who::Open => Some(Caller::open()),
-        Who::Token(digest) => auth.caller_of(&digest),
-        Who::Anonymous => None,
-    }
-}
 
 /// A TLS-terminating proxy in front (an ingress) says the browser used HTTPS. Believing it can
 /// only make the cookie stricter.
@@ -320,53 +333,45 @@ fn csrf_field(body: &[u8]) -> Option<String> {
         .and_then(|f| f.csrf)
 }
 
-/// Signs a session in with `token`: a new session id for the token's digest, the old one
-/// ended. `None` for a token the file does not list.
-pub fn sign_in(console: &Console, visit: &Visit, token: &str) -> Option<(Caller, SessionCookie)> {
+/// Signs a browser in with `token`: a new session id for the token's digest (the id it had
+/// before stays anonymous). `None` for a token the file does not list.
+pub fn sign_in(console: &Console, token: &str) -> Option<(Caller, SessionCookie)> {
     let (digest, caller) = console.inner.auth.sign_in(token)?;
-    let sessions = &console.inner.sessions;
-    sessions.remove(&visit.id);
-    let (id, _) = sessions.create(Who::Token(digest));
-    Some((caller, SessionCookie(id)))
+    let id = console.inner.sessions.create(digest);
+    Some((caller, SessionCookie(id, true)))
 }
 
-/// Ends a session: its id is forgotten, and a new anonymous one takes its place.
+/// Ends a session: its id is forgotten, and the browser gets a new anonymous one.
 pub fn sign_out(console: &Console, visit: &Visit) -> SessionCookie {
-    let sessions = &console.inner.sessions;
-    sessions.remove(&visit.id);
-    let who = if console.inner.auth.is_open() {
-        Who::Open
-    } else {
-        Who::Anonymous
-    };
-    SessionCookie(sessions.create(who).0)
+    console.inner.sessions.remove(&visit.id);
+    SessionCookie(random(), false)
 }
 
-/// A new session's id, for its cookie.
-pub struct SessionCookie(SessionId);
+/// A new id for the browser's cookie, and whether it is a signed-in session's.
+pub struct SessionCookie(SessionId, bool);
 
 impl SessionCookie {
-    /// Sets the cookie on `response`.
+    /// Sets the cookie on `response`: a signed-in session's ends with the session, an
+    /// anonymous one with the browser's.
     pub fn set(&self, console: &Console, secure: Secure, response: &mut Response) {
-        set_cookie(
-            response.headers_mut(),
-            &self.0,
-            console.inner.sessions.ttl,
-            secure.0,
-        );
+        let ttl = self.1.then_some(console.inner.sessions.ttl);
+        set_cookie(response.headers_mut(), &self.0, ttl, secure.0);
     }
 }
 
 /// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's page
-/// sends it), `Secure` over HTTPS, and gone when the session ends.
-fn set_cookie(headers: &mut HeaderMap, id: &SessionId, ttl: Duration, secure: bool) {
-    let cookie = Cookie::build((COOKIE, URL_SAFE_NO_PAD.encode(id)))
+/// sends it), `Secure` over HTTPS, and gone when the session ends (`ttl`), or when the browser
+/// closes for an anonymous one.
+fn set_cookie(headers: &mut HeaderMap, id: &SessionId, ttl: Option<Duration>, secure: bool) {
+    let mut cookie = Cookie::build((COOKIE, URL_SAFE_NO_PAD.encode(id)))
         .http_only(true)
         .same_site(SameSite::Strict)
         .secure(secure)
-        .path("/")
-        .max_age(cookie::time::Duration::seconds(ttl.as_secs() as i64))
-        .build();
+        .path("/");
+    if let Some(ttl) = ttl {
+        cookie = cookie.max_age(cookie::time::Duration::seconds(ttl.as_secs() as i64));
+    }
+    let cookie = cookie.build();
     if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         headers.insert(header::SET_COOKIE, value);
     }

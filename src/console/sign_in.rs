@@ -105,7 +105,7 @@ pub async fn submit(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Form(fields): Form<SignIn>,
 ) -> Response {
-    match session::sign_in(&console, &visit, &fields.token) {
+    match session::sign_in(&console, &fields.token) {
         Some((caller, cookie)) => {
             tracing::info!(token = caller.name(), %peer, "console sign-in");
             let mut response = Redirect::to(paths::local(&fields.next)).into_response();

@@ -90,6 +90,9 @@ pub fn summary(import: &Import, events: &str) -> Markup {
         section.summary data-events=[running.then_some(events)] aria-live="polite" {
             p.status-line { "Status: " (status_badge(import.status)) }
             p.explanation data-explanation { (explanation(import.status)) }
+            @if running {
+                p.note data-live-note hidden {}
+            }
             @if import.validate_only {
                 p.note { "A dry run: the file was checked as an import would be, and no user \
                           was written." }

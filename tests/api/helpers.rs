@@ -139,7 +139,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         events_nats_url: None,
         resume_window: Duration::from_secs(86_400),
         // The console tests turn it on, on a port of their own.
-        console_listen: bulk_import::config::console::ConsoleListen::Off,
+        console_listen: Some(bulk_import::config::console::ConsoleListen::Off),
         console_session_ttl: Duration::from_secs(8 * 3600),
     }
 }

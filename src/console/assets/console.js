@@ -34,6 +34,15 @@
     return p.toString();
   }
 
+  // The server's answer as JSON; a page that is not (a proxy's error page) becomes a message.
+  async function answer(response) {
+    const type = response.headers.get("content-type") || "";
+    if (type.startsWith("application/json")) {
+      return response.json();
+    }
+    return { error: "The server answered " + response.status + " " + response.statusText + "; reload the page and try again." };
+  }
+
   function mib(bytes) {
     return (bytes / 1048576).toFixed(1);
   }
@@ -74,7 +83,7 @@
           body: head,
           credentials: "same-origin",
         });
-        checked = await response.json();
+        checked = await answer(response);
         if (!response.ok) {
           fail(checked.error);
           return;
@@ -146,8 +155,23 @@
         window.location.reload();
       }
     });
-    source.addEventListener("failed", function () {
+    // The live view stopped (the server refused or lost the watch): the page says so, and a
+    // reload shows the import as it stands.
+    function stopped(message) {
       source.close();
+      const note = section.querySelector("[data-live-note]");
+      if (note) {
+        note.textContent = message + " Reload the page to see the import as it stands now.";
+        note.hidden = false;
+      }
+    }
+    source.addEventListener("failed", function (e) {
+      stopped("The live counters stopped: " + e.data + ".");
+    });
+    source.addEventListener("error", function () {
+      if (source.readyState === EventSource.CLOSED) {
+        stopped("The live counters stopped.");
+      }
     });
   }
 })();

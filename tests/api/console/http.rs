@@ -45,7 +45,8 @@ async fn send(
 ) -> Answer {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        addr.port(),
         body.len()
     );
     for (name, value) in headers {
@@ -59,7 +60,12 @@ async fn send(
         .await
         .unwrap()
         .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    parse(&raw)
+}
+
+/// An HTTP/1.1 answer, read whole.
+fn parse(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
     let status = lines
@@ -98,9 +104,12 @@ async fn answers_carry_a_strict_policy_and_cookie() {
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert_eq!(home.header("x-content-type-options"), Some("nosniff"));
     let cookie = home.header("set-cookie").unwrap();
-    for part in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(part), "{cookie}");
     }
+    // An anonymous visitor's id lasts as long as the browser; a signed-in session's, its TTL
+    // (`a_revoked_token_ends_its_sessions`).
+    assert!(!cookie.contains("Max-Age"), "{cookie}");
     assert!(!cookie.contains("Secure"), "{cookie}");
     assert!(!home.body.contains("<script>"), "no inline script");
     let https = send(addr, "GET", "/", &[("X-Forwarded-Proto", "https")], b"").await;
@@ -172,7 +181,7 @@ async fn a_request_without_its_csrf_token_changes_nothing() {
     let upload = send(
         addr,
         "POST",
-        "/accounts/acme/imports/upload?filename=x.csv&size=22",
+        "/accounts/acme/new-import/upload?filename=x.csv&size=22",
         &[("Cookie", cookie.as_str()), ("x-csrf-token", "guess")],
         b"email\nb@example.com\n",
     )
@@ -239,6 +248,12 @@ async fn a_revoked_token_ends_its_sessions() {
     assert_eq!(signed.header("location"), Some("/accounts/acme/imports"));
     let session = signed.session();
     assert_ne!(session, anonymous, "sign-in gives a new session id");
+    assert!(
+        signed
+            .header("set-cookie")
+            .unwrap()
+            .contains("Max-Age=28800")
+    );
     let old = send(
         addr,
         "GET",
@@ -289,4 +304,102 @@ async fn a_revoked_token_ends_its_sessions() {
 async fn off_serves_no_console() {
     let app = spawn_app(Backend::Sqlite).await;
     assert_eq!(app.console_addr, None);
+}
+
+/// Without `--console-listen`, a taken default port (another server on the machine) leaves the
+/// console off and the server serving; an address given on purpose that is taken stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_default_port_leaves_the_console_off() {
+    use bulk_import::config::console::{ConsoleListen, DEFAULT_CONSOLE_LISTEN};
+    // Held by this test, or already by someone else: taken either way.
+    let _holder = std::net::TcpListener::bind(DEFAULT_CONSOLE_LISTEN);
+    let app = spawn_app_with(Backend::Sqlite, |args| args.console_listen = None).await;
+    assert_eq!(app.console_addr, None);
+    assert!(app.list(ACCOUNT).await.is_empty(), "gRPC serves");
+
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut args = serve_args(&database.url);
+    args.console_listen = Some(ConsoleListen::At(DEFAULT_CONSOLE_LISTEN));
+    let error = bulk_import::app::Application::bind(args)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains("--console-listen off turns it off"),
+        "{error}"
+    );
+}
+
+/// A console on a loopback address answers only loopback names: a page of another site whose
+/// name was rebound to 127.0.0.1 (DNS rebinding) gets 421, not an open server's console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebound_name_gets_no_console() {
+    let app = console_app(Backend::Sqlite, |_| {}).await;
+    let addr = app.console_addr.unwrap();
+    for host in [
+        "rebind.attacker.example:8080",
+        "127.0.0.1.attacker.example",
+        "evil",
+        "",
+    ] {
+        let page = send_host(addr, host).await;
+        assert_eq!(page.status, 421, "{host}: {}", page.body);
+        assert!(page.header("set-cookie").is_none(), "{host}");
+        assert!(!page.body.contains("csrf"), "{host}");
+    }
+    for host in ["localhost:8080", "127.0.0.1", "[::1]:9", "app.localhost"] {
+        assert_eq!(send_host(addr, host).await.status, 200, "{host}");
+    }
+}
+
+/// `GET /accounts/acme/new-import` with this `Host` header.
+async fn send_host(addr: SocketAddr, host: &str) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /accounts/acme/new-import HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    parse(&raw)
+}
+
+/// A connection that trickles its headers, or says nothing, is closed after the header
+/// timeout (10 s); a flood of them is held to the console's connection cap, so the gRPC port
+/// keeps serving and the console answers again once they are cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_connections_are_cut_and_bounded() {
+    let app = console_app(Backend::Sqlite, |_| {}).await;
+    let addr = app.console_addr.unwrap();
+    let started = Instant::now();
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickle
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // Far more than the cap (256): the rest wait in the kernel's queue, not in the server.
+    let mut silent = Vec::new();
+    for _ in 0..400 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    assert!(app.list(ACCOUNT).await.is_empty(), "gRPC serves meanwhile");
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, trickle.read(&mut buffer))
+        .await
+        .expect("cut");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the trickling connection was closed: {read:?}"
+    );
+    let cut_after = started.elapsed();
+    assert!(cut_after >= Duration::from_secs(9), "{cut_after:?}");
+    // Once the held ones are cut, a real request is served.
+    let page = send(addr, "GET", "/", &[], b"").await;
+    assert_eq!(page.status, 200);
+    drop(silent);
 }

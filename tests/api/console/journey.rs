@@ -118,7 +118,7 @@ browser_tests! {
         let named = dir.path().join("users.xlsx");
         std::fs::copy(&fixture, &named).unwrap();
 
-        browser.goto("/accounts/acme/imports/new").await;
+        browser.goto("/accounts/acme/new-import").await;
         browser.find("#file").await.send_keys(named.to_str().unwrap()).await.unwrap();
         browser.find("#save").await.click().await.unwrap();
         let refusal = browser.wait_text("#form-error", "filename").await;

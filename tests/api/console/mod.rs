@@ -11,6 +11,7 @@
 mod actions;
 mod http;
 mod journey;
+mod memory;
 mod security;
 
 use std::time::{Duration, Instant};
@@ -25,8 +26,9 @@ pub async fn console_app(
     configure: impl FnOnce(&mut bulk_import::config::ServeArgs),
 ) -> TestApp {
     spawn_app_with(backend, |args| {
-        args.console_listen =
-            bulk_import::config::console::ConsoleListen::At("127.0.0.1:0".parse().unwrap());
+        args.console_listen = Some(bulk_import::config::console::ConsoleListen::At(
+            "127.0.0.1:0".parse().unwrap(),
+        ));
         configure(args);
     })
     .await

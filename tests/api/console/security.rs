@@ -97,7 +97,7 @@ browser_tests! {
         let path = dir.path().join(name);
         std::fs::write(&path, file).unwrap();
 
-        browser.goto("/accounts/acme/imports/new").await;
+        browser.goto("/accounts/acme/new-import").await;
         browser.find("#file").await.send_keys(path.to_str().unwrap()).await.unwrap();
         browser.find("#save").await.click().await.unwrap();
         browser.wait_text("[data-status]", "Completed - Partial").await;

@@ -1,0 +1,83 @@
+//! The console's HTTP/1.1 server: hyper's, with the bounds a browser-facing port needs and
+//! axum's `serve` does not set.
+//!
+//! - a request's headers must arrive within [`HEADER_TIMEOUT`]: a client that trickles them
+//!   (slowloris) is closed, rather than holding its connection for ever;
+//! - at most [`MAX_CONNECTIONS`] connections at once: past it, new ones wait in the kernel's
+//!   queue until one closes, so that a flood costs bounded memory and never reaches the gRPC
+//!   port's own limits;
+//! - on shutdown, open connections finish the request they serve (hyper's graceful shutdown),
+//!   which `app` bounds.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::Service;
+
+/// How long a request's headers may take to arrive whole.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. A browser opens about six; a page that follows a running
+/// import holds one more.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets the open connections
+/// finish their requests.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was taken:
+                    // a pause, then the next one.
+                    tracing::debug!(%error, "the console could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
+            let mut router = router.clone();
+            async move { router.call(request).await }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "a console connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
