@@ -28,6 +28,8 @@ pub enum PageError {
     Csrf,
     /// No such page.
     Missing,
+    /// A request's body that did not arrive whole, small and in time.
+    Body,
     /// A loopback console asked for under another name: a page of another site whose name
     /// was rebound to this machine (DNS rebinding).
     ForeignHost,
@@ -45,6 +47,10 @@ impl From<ImportError> for PageError {
 const FOREIGN_HOST: &str = "This console listens on this machine only: open it as \
                             http://localhost:PORT/ or http://127.0.0.1:PORT/. To serve it under \
                             another name, start the server with --console-listen 0.0.0.0:PORT.";
+
+/// Why a request's body was refused.
+const BODY: &str = "the request's body did not arrive whole within 10 s, or is larger than \
+                    64 KiB; send the form again";
 
 /// The HTTP status of an import layer's error: the one mapping, exhaustive.
 fn http_status(error: &ImportError) -> StatusCode {
@@ -107,6 +113,11 @@ impl IntoResponse for PageError {
                 "Wrong address",
                 FOREIGN_HOST.to_owned(),
             ),
+            PageError::Body => (
+                StatusCode::BAD_REQUEST,
+                "That did not work",
+                BODY.to_owned(),
+            ),
             PageError::Import(error) => {
                 let (status, message) = answer(error);
                 let title = match status {
@@ -162,6 +173,7 @@ impl IntoResponse for JsonError {
             ),
             PageError::Missing => (StatusCode::NOT_FOUND, "no such page".to_owned()),
             PageError::ForeignHost => (StatusCode::MISDIRECTED_REQUEST, FOREIGN_HOST.to_owned()),
+            PageError::Body => (StatusCode::BAD_REQUEST, BODY.to_owned()),
             PageError::Import(error) => answer(error),
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()

@@ -114,11 +114,10 @@ pub async fn show(
     let scope = visit.scope(&account, &uri.to_string())?;
     let import_id = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
     let importer = &console.inner.importer;
-    let import = importer.get(&scope, &import_id).await?;
-    let (errors, next) = pages::row_errors(
+    let (import, errors, next) = pages::import_with_errors(
         importer,
         &scope,
-        &import,
+        &import_id,
         "errors_page_token",
         &query.errors_page_token,
         ERRORS_PAGE,

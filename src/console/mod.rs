@@ -49,7 +49,7 @@ use error::PageError;
 
 /// The largest request body the console reads whole: forms and the check's first bytes. The
 /// upload's body is streamed, never read whole, and bounded by `--max-upload-bytes`.
-const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The console's shared state: cheap to clone, as axum clones it for each request.
 #[derive(Clone)]

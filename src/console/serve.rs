@@ -2,7 +2,9 @@
 //! axum's `serve` does not set.
 //!
 //! - a request's headers must arrive within [`HEADER_TIMEOUT`]: a client that trickles them
-//!   (slowloris) is closed, rather than holding its connection for ever;
+//!   (slowloris) is closed, rather than holding its connection for ever; a body, within
+//!   `session::BODY_TIMEOUT` (but the upload's, which the pipeline's idle timeout bounds); a
+//!   client that stops reading its answers is cut after [`WRITE_TIMEOUT`];
 //! - at most [`MAX_CONNECTIONS`] connections at once: past it, new ones wait in the kernel's
 //!   queue until one closes, so that a flood costs bounded memory and never reaches the gRPC
 //!   port's own limits;
@@ -26,6 +28,9 @@ use tower::Service;
 
 /// How long a request's headers may take to arrive whole.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write may wait for the client to read: past it, the connection is cut. Live
+/// counters write at least every 15 s, so a browser that follows an import reads well within.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once. A browser opens about six; a page that follows a running
 /// import holds one more.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -70,7 +75,11 @@ pub async fn serve(
             let mut router = router.clone();
             async move { router.call(request).await }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        // A client that stops reading its answers is cut once a write has waited this long.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let io = TokioIo::new(Box::pin(stream));
+        let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "a console connection ended with an error");

@@ -40,11 +40,14 @@ use crate::domain::{Caller, Scope};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "bulk_import_session";
+/// Its name over HTTPS: the `__Host-` prefix makes browsers refuse it from a sibling domain
+/// (or with a narrower path), so no other site can plant an id for this one.
+pub const SECURE_COOKIE: &str = "__Host-bulk_import_session";
 /// Signed-in sessions kept at once; past it the oldest-expiring goes. Only a valid token
 /// makes one, so this bounds what the holders of tokens can cost.
 pub const MAX_SESSIONS: usize = 10_000;
-/// The most of a form body the CSRF check reads: the console's forms are a few fields.
-const MAX_FORM_BYTES: usize = 16 * 1024;
+/// How long a request's body (a form, the check's first bytes) may take to arrive whole.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A session id: 32 random bytes.
 type SessionId = [u8; 32];
@@ -193,7 +196,8 @@ pub async fn visit(State(console): State<Console>, mut request: Request, next: N
         secure_headers(response.headers_mut());
         return response;
     }
-    let (id, new) = match session_id(request.headers()) {
+    let secure = console.inner.secure || forwarded_https(request.headers());
+    let (id, new) = match session_id(request.headers(), secure) {
         Some(id) => (id, false),
         None => (random(), true),
     };
@@ -207,22 +211,23 @@ pub async fn visit(State(console): State<Console>, mut request: Request, next: N
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let secure = console.inner.secure || forwarded_https(request.headers());
     // The console's script sends its token in a header, and reads JSON answers.
     let scripted = request.headers().contains_key("x-csrf-token");
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        match csrf_of(request).await {
-            Ok((Some(token), rebuilt)) if same(&token, &csrf) => request = rebuilt,
-            Ok(_) | Err(_) => {
-                let mut response = if scripted {
-                    JsonError(PageError::Csrf).into_response()
-                } else {
-                    PageError::Csrf.into_response()
-                };
-                secure_headers(response.headers_mut());
-                return response;
-            }
-        }
+        let refuse = |refusal: PageError| {
+            let mut response = if scripted {
+                JsonError(refusal).into_response()
+            } else {
+                refusal.into_response()
+            };
+            secure_headers(response.headers_mut());
+            response
+        };
+        request = match csrf_of(request).await {
+            Ok((Some(token), rebuilt)) if same(&token, &csrf) => rebuilt,
+            Ok(_) => return refuse(PageError::Csrf),
+            Err(error) => return refuse(error),
+        };
     }
     // Assets are cached, and must carry no cookie.
     let asset = request.uri().path().starts_with("/assets/");
@@ -282,38 +287,48 @@ fn forwarded_https(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
-/// The session id the request's cookie names, if well formed.
-fn session_id(headers: &HeaderMap) -> Option<SessionId> {
+/// The session id the request's cookie names, if well formed: over HTTPS only the
+/// `__Host-` cookie, which no other site can have set.
+fn session_id(headers: &HeaderMap, secure: bool) -> Option<SessionId> {
+    let name = if secure { SECURE_COOKIE } else { COOKIE };
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE)
+        .find(|c| c.name() == name)
         .and_then(|c| URL_SAFE_NO_PAD.decode(c.value()).ok())
         .and_then(|bytes| bytes.try_into().ok())
 }
 
 /// The CSRF token a state-changing request carries: the `x-csrf-token` header (the console's
-/// script sends it), else the `csrf` field of a form, whose body is read (it is small) and put
-/// back for the handler.
-async fn csrf_of(request: Request) -> Result<(Option<String>, Request), axum::Error> {
-    if let Some(token) = request.headers().get("x-csrf-token") {
-        let token = token.to_str().ok().map(str::to_owned);
-        return Ok((token, request));
+/// script sends it), else the `csrf` field of a form. Every body but the upload's is read here,
+/// whole, small and in time (`MAX_BODY_BYTES`, `BODY_TIMEOUT`), and put back for the handler:
+/// a client that sends headers and then trickles or withholds its body is answered within
+/// the timeout rather than holding a connection. The upload's body is streamed to the
+/// pipeline, whose idle timeout bounds it.
+async fn csrf_of(request: Request) -> Result<(Option<String>, Request), PageError> {
+    let header = request
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if request.uri().path().ends_with("/new-import/upload") {
+        return Ok((header, request));
     }
     let is_form = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
-        return Ok((None, request));
-    }
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES).await?;
-    let token = csrf_field(&bytes);
+    let read = axum::body::to_bytes(body, super::MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) | Err(_) => return Err(PageError::Body),
+    };
+    let token = header.or_else(|| is_form.then(|| csrf_field(&bytes)).flatten());
     Ok((
         token,
         Request::from_parts(parts, axum::body::Body::from(bytes)),
@@ -363,7 +378,8 @@ impl SessionCookie {
 /// sends it), `Secure` over HTTPS, and gone when the session ends (`ttl`), or when the browser
 /// closes for an anonymous one.
 fn set_cookie(headers: &mut HeaderMap, id: &SessionId, ttl: Option<Duration>, secure: bool) {
-    let mut cookie = Cookie::build((COOKIE, URL_SAFE_NO_PAD.encode(id)))
+    let name = if secure { SECURE_COOKIE } else { COOKIE };
+    let mut cookie = Cookie::build((name, URL_SAFE_NO_PAD.encode(id)))
         .http_only(true)
         .same_site(SameSite::Strict)
         .secure(secure)

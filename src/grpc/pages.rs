@@ -45,22 +45,25 @@ pub async fn imports(
     Ok((imports, next))
 }
 
-/// A page of an import's row errors, in file order. `import` was found in `scope`'s account.
-pub async fn row_errors(
+/// An import and a page of its row errors, in file order. The token is read before the
+/// import is looked up, so that a bad token is INVALID_ARGUMENT whether or not the import
+/// exists.
+pub async fn import_with_errors(
     importer: &Importer,
     scope: &Scope,
-    import: &Import,
+    import_id: &ImportId,
     field: &'static str,
     token: &str,
     limit: u32,
-) -> Result<(Vec<StoredRowError>, String), ImportError> {
-    let list = page_token::scope(&[scope.account_id().as_str(), import.import_id.as_str()]);
+) -> Result<(Import, Vec<StoredRowError>, String), ImportError> {
+    let list = page_token::scope(&[scope.account_id().as_str(), import_id.as_str()]);
     let after = page_token::decode(field, token, list)?;
-    let mut errors = importer.row_errors(import, after, limit + 1).await?;
+    let import = importer.get(scope, import_id).await?;
+    let mut errors = importer.row_errors(&import, after, limit + 1).await?;
     let next = cut(&mut errors, limit, |last| {
         page_token::encode(list, last.seq)
     });
-    Ok((errors, next))
+    Ok((import, errors, next))
 }
 
 /// A page of the account's users by email; only those `import_id` created, and only those

@@ -132,11 +132,10 @@ impl ImportService for ImportServiceImpl {
             DEFAULT_ERRORS_PAGE,
             MAX_PAGE,
         )?;
-        let import = self.importer.get(&scope, &import_id).await?;
-        let (errors, next_errors_page_token) = pages::row_errors(
+        let (import, errors, next_errors_page_token) = pages::import_with_errors(
             &self.importer,
             &scope,
-            &import,
+            &import_id,
             "errors_page_token",
             &req.errors_page_token,
             limit,

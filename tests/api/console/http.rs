@@ -113,7 +113,11 @@ async fn answers_carry_a_strict_policy_and_cookie() {
     assert!(!cookie.contains("Secure"), "{cookie}");
     assert!(!home.body.contains("<script>"), "no inline script");
     let https = send(addr, "GET", "/", &[("X-Forwarded-Proto", "https")], b"").await;
-    assert!(https.header("set-cookie").unwrap().contains("Secure"));
+    let secure = https.header("set-cookie").unwrap();
+    assert!(
+        secure.starts_with("__Host-bulk_import_session=") && secure.contains("Secure"),
+        "{secure}"
+    );
     // The assets are the console's own, compiled in.
     let js = home
         .body
@@ -370,7 +374,7 @@ async fn send_host(addr: SocketAddr, host: &str) -> Answer {
 }
 
 /// A connection that trickles its headers, or says nothing, is closed after the header
-/// timeout (10 s); a flood of them is held to the console's connection cap, so the gRPC port
+/// timeout (10 s), one that withholds its body is answered 400 after the body timeout (10 s); a flood of them is held to the console's connection cap, so the gRPC port
 /// keeps serving and the console answers again once they are cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_silent_connections_are_cut_and_bounded() {
@@ -380,6 +384,15 @@ async fn slow_and_silent_connections_are_cut_and_bounded() {
     let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
     trickle
         .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // Whole headers, then a body that never comes.
+    let mut withheld = tokio::net::TcpStream::connect(addr).await.unwrap();
+    withheld
+        .write_all(
+            b"POST /sign-in HTTP/1.1\r\nHost: localhost\r\nContent-Length: 16000\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\r\ncsrf=",
+        )
         .await
         .unwrap();
     // Far more than the cap (256): the rest wait in the kernel's queue, not in the server.
@@ -398,6 +411,18 @@ async fn slow_and_silent_connections_are_cut_and_bounded() {
     );
     let cut_after = started.elapsed();
     assert!(cut_after >= Duration::from_secs(9), "{cut_after:?}");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, withheld.read_to_end(&mut raw))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = parse(&raw);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(
+        answer.body.contains("did not arrive whole within 10 s"),
+        "{}",
+        answer.body
+    );
     // Once the held ones are cut, a real request is served.
     let page = send(addr, "GET", "/", &[], b"").await;
     assert_eq!(page.status, 200);
