@@ -165,6 +165,16 @@ impl Browser {
         rows
     }
 
+    /// The controls of the page that no label names (by name or id): none, on every page.
+    pub async fn unlabelled(&self) -> Vec<String> {
+        let script = "return Array.from(document.querySelectorAll(\
+                      'input:not([type=hidden]), select, textarea, button'))\
+                      .filter(e => e.tagName === 'BUTTON' ? !e.textContent.trim() : e.labels.length === 0)\
+                      .map(e => e.name || e.id || e.tagName);";
+        let value = self.client.execute(script, vec![]).await.unwrap();
+        serde_json::from_value(value).unwrap()
+    }
+
     /// What the browser gets at `href` (relative to the page), fetched by the page itself with
     /// its cookie, as a download would.
     pub async fn fetch(&self, href: &str) -> String {

@@ -358,25 +358,19 @@ impl Application {
             let addr = listener
                 .local_addr()
                 .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
             tracing::info!(
-                url = format!("http://{addr}/"),
+                url = format!("{scheme}://{addr}/"),
                 signin = !self.auth.is_open(),
                 "serving the web console"
             );
             let listen = listener.local_addr().unwrap_or(DEFAULT_CONSOLE_LISTEN);
-            if self.tls.is_some() && !listen.ip().is_loopback() {
-                tracing::warn!(
-                    %addr,
-                    "the web console serves plain HTTP while gRPC serves TLS: put a \
-                     TLS-terminating proxy in front of it, so that tokens typed into its \
-                     sign-in do not cross the network in clear"
-                );
-            }
             let console = Console::new(
                 self.importer.clone(),
                 self.auth.clone(),
                 self.args.console_session_ttl,
                 listen,
+                self.tls.clone(),
             );
             tokio::spawn(async move {
                 let stopped = async {

@@ -45,6 +45,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::import::Importer;
+use crate::tls::Tls;
 use error::PageError;
 
 /// The largest request body the console reads whole: forms and the check's first bytes. The
@@ -70,25 +71,29 @@ struct Inner {
     secure: bool,
     /// It listens on a loopback address: only loopback names are answered (`session`).
     loopback: bool,
+    /// The gRPC port's TLS, which the console serves too.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Console {
     /// A console over `importer`, signing in with the tokens of `auth`; sessions last
     /// `session_ttl`. `listen` is where it is served: on a loopback address it answers only
-    /// requests addressed to a loopback name.
+    /// requests addressed to a loopback name. With `tls` (the server's), it serves HTTPS.
     pub fn new(
         importer: Importer,
         auth: Arc<Authenticator>,
         session_ttl: Duration,
         listen: std::net::SocketAddr,
+        tls: Option<Arc<Tls>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 importer,
                 auth,
                 sessions: session::Sessions::new(session_ttl),
-                secure: false,
+                secure: tls.is_some(),
                 loopback: listen.ip().is_loopback(),
+                tls,
             }),
         }
     }
@@ -142,6 +147,7 @@ impl Console {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        serve::serve(self.router(), listener, shutdown).await
+        let tls = self.inner.tls.clone();
+        serve::serve(self.router(), listener, shutdown, tls).await
     }
 }

@@ -21,10 +21,12 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::Service;
+
+use crate::tls::Tls;
 
 /// How long a request's headers may take to arrive whole.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,11 +38,13 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets the open connections
-/// finish their requests.
+/// finish their requests. With `tls`, over TLS with the gRPC port's certificates (reloaded with
+/// them, and with its client CA when it asks for client certificates), speaking HTTP/1.1.
 pub async fn serve(
     router: Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
+    tls: Option<Arc<Tls>>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
@@ -67,7 +71,60 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let router = router.clone();
+        let one = One {
+            router: router.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            peer,
+        };
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    one.serve(stream).await;
+                    drop(slot);
+                });
+            }
+            Some(tls) => {
+                let mut config = (*tls.current()).clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                tokio::spawn(async move {
+                    // The handshake within the header timeout, as the headers would be.
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => one.serve(stream).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "a console TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "a console TLS handshake timed out"),
+                    }
+                    drop(slot);
+                });
+            }
+        }
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// What serving one connection needs.
+struct One {
+    /// The console's routes.
+    router: Router,
+    /// hyper's settings: the header timeout.
+    builder: http1::Builder,
+    /// Graceful shutdown's hold on the connection.
+    watcher: Watcher,
+    /// Who it is, for the audit log (`ConnectInfo`).
+    peer: SocketAddr,
+}
+
+impl One {
+    /// Serves the connection `stream` until it closes.
+    async fn serve<IO>(self, stream: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (router, peer) = (self.router, self.peer);
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request
                 .extensions_mut()
@@ -79,14 +136,11 @@ pub async fn serve(
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
         stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let io = TokioIo::new(Box::pin(stream));
-        let connection = graceful.watch(builder.serve_connection(io, service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "a console connection ended with an error");
-            }
-            drop(slot);
-        });
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(io, service));
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, %peer, "a console connection ended with an error");
+        }
     }
-    graceful.shutdown().await;
-    Ok(())
 }

@@ -428,3 +428,76 @@ async fn slow_and_silent_connections_are_cut_and_bounded() {
     assert_eq!(page.status, 200);
     drop(silent);
 }
+
+/// With `--tls-cert` the console serves HTTPS with the same certificate (HTTP/1.1 by ALPN),
+/// and its cookie is `__Host-…; Secure`; a plaintext request gets no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_serves_https_with_the_servers_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::Pki::new(dir.path(), "console");
+    let (cert, key) = pki.issue("server", &["localhost"]);
+    // The gRPC port speaks TLS too: no plaintext test client; the server alone.
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut args = serve_args(&database.url);
+    args.tls_cert = Some(cert);
+    args.tls_key = Some(key);
+    args.console_listen = Some(bulk_import::config::console::ConsoleListen::At(
+        "127.0.0.1:0".parse().unwrap(),
+    ));
+    let app = bulk_import::app::Application::bind(args).await.unwrap();
+    let addr = app.console_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(dir.path().join("console-ca.pem")).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.expect("a TLS handshake");
+    assert_eq!(
+        stream.get_ref().1.alpn_protocol(),
+        Some(b"http/1.1".as_slice())
+    );
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+        addr.port()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap();
+    let home = parse(&raw);
+    assert_eq!(home.status, 200, "{}", home.body);
+    let cookie = home.header("set-cookie").unwrap();
+    assert!(
+        cookie.starts_with("__Host-bulk_import_session=") && cookie.contains("Secure"),
+        "{cookie}"
+    );
+
+    // Plain HTTP to the TLS port: no page.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut raw))
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains("200 OK"));
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(WAIT, server).await;
+}

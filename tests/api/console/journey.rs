@@ -20,8 +20,11 @@ browser_tests! {
         // The account picker of an open server, which says it is open.
         browser.goto("/").await;
         assert!(browser.text(".banner").await.contains("This console is open"));
-        browser.find("#account").await.send_keys(ACCOUNT).await.unwrap();
-        browser.find("form button[type=submit]").await.click().await.unwrap();
+        // By the keyboard: the field has the focus, Enter submits.
+        assert!(browser.unlabelled().await.is_empty());
+        let focused = browser.client.execute("return document.activeElement.id", vec![]).await.unwrap();
+        assert_eq!(focused.as_str(), Some("account"));
+        browser.find("#account").await.send_keys(&format!("{ACCOUNT}\u{E007}")).await.unwrap();
         browser.wait_text("h1", "Imports").await;
         assert_eq!(browser.path().await, "/accounts/acme/imports");
         assert!(browser.text(".empty").await.contains("No imports yet"));
@@ -35,6 +38,7 @@ browser_tests! {
         let columns = browser.table("table.columns-help").await;
         assert_eq!(columns.len(), 6, "{columns:?}");
         assert!(columns[0][0].contains("email (required)"), "{columns:?}");
+        assert_eq!(browser.unlabelled().await, Vec::<String>::new());
         browser.screenshot("new-import").await;
 
         // The template, as the link downloads it, with rows added.

@@ -50,6 +50,7 @@ browser_tests! {
             Some("password")
         );
         assert!(browser.all(".banner").await.is_empty(), "not an open console");
+        assert_eq!(browser.unlabelled().await, Vec::<String>::new());
         browser.screenshot("sign-in").await;
 
         browser.find("#token").await.send_keys("not-the-token").await.unwrap();
