@@ -16,8 +16,8 @@ use super::error::PageError;
 use super::layout::{self, Area};
 use super::session::Visit;
 use super::{Console, paths, view};
-use crate::domain::{Import, ImportId, ImportStatus};
-use crate::grpc::{convert, pages};
+use crate::domain::{Import, ImportStatus};
+use crate::grpc::pages;
 
 /// Imports on a page of the list.
 const IMPORTS_PAGE: u32 = 25;
@@ -111,8 +111,7 @@ pub async fn show(
     Query(query): Query<ErrorsQuery>,
     uri: Uri,
 ) -> Result<Html<String>, PageError> {
-    let scope = visit.scope(&account, &uri.to_string())?;
-    let import_id = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
+    let (scope, import_id) = visit.import(&account, &import_id, &uri.to_string())?;
     let importer = &console.inner.importer;
     let (import, errors, next) = pages::import_with_errors(
         importer,
@@ -182,8 +181,7 @@ pub async fn cancel(
     Extension(visit): Extension<Visit>,
     Path((account, import_id)): Path<(String, String)>,
 ) -> Result<Redirect, PageError> {
-    let scope = visit.scope(&account, &paths::import(&account, &import_id))?;
-    let id = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
+    let (scope, id) = visit.import(&account, &import_id, &paths::import(&account, &import_id))?;
     console.inner.importer.cancel(&scope, &id).await?;
     Ok(Redirect::to(&paths::import(&account, id.as_str())))
 }
@@ -195,8 +193,7 @@ pub async fn confirm_revert(
     Path((account, import_id)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Html<String>, PageError> {
-    let scope = visit.scope(&account, &uri.to_string())?;
-    let id = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
+    let (scope, id) = visit.import(&account, &import_id, &uri.to_string())?;
     let import = console.inner.importer.get(&scope, &id).await?;
     let here = paths::import(&account, id.as_str());
     let body = html! {
@@ -226,8 +223,7 @@ pub async fn revert(
     Extension(visit): Extension<Visit>,
     Path((account, import_id)): Path<(String, String)>,
 ) -> Result<Redirect, PageError> {
-    let scope = visit.scope(&account, &paths::import(&account, &import_id))?;
-    let id = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
+    let (scope, id) = visit.import(&account, &import_id, &paths::import(&account, &import_id))?;
     console.inner.importer.revert(&scope, &id).await?;
     Ok(Redirect::to(&paths::import(&account, id.as_str())))
 }
@@ -240,8 +236,7 @@ pub async fn fix_up(
     Path((account, import_id)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let scope = visit.scope(&account, &uri.to_string())?;
-    let id: ImportId = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
+    let (scope, id) = visit.import(&account, &import_id, &uri.to_string())?;
     let import = console.inner.importer.get(&scope, &id).await?;
     let chunks = console.inner.importer.error_report(&scope, &id).await?;
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));

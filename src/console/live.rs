@@ -19,7 +19,6 @@ use super::error::PageError;
 use super::session::Visit;
 use super::{Console, view};
 use crate::domain::Import;
-use crate::grpc::convert;
 
 /// `GET …/{import}/events`: `import` events with the counters and the status, then the end.
 pub async fn events(
@@ -28,10 +27,19 @@ pub async fn events(
     Path((account, import_id)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
-    let scope = visit.scope(&account, &uri.to_string())?;
-    let import_id = convert::import_id(&import_id).map_err(|e| PageError::Import(e.into()))?;
+    let (scope, import_id) = visit.import(&account, &import_id, &uri.to_string())?;
+    // Beyond the importer's watcher places, a share of the console's connections: live views
+    // can never take them all. Past it, the page says its counters stopped.
+    let place = console.live_place().ok_or_else(|| {
+        PageError::Import(crate::import::ImportError::LimitReached(format!(
+            "{} pages already follow imports live on this console; reload later",
+            super::MAX_LIVE
+        )))
+    })?;
     let updates = console.inner.importer.watch(&scope, &import_id).await?;
-    let events = updates.map(|update| {
+    let events = updates.map(move |update| {
+        // Held while the stream lives.
+        let _place = &place;
         Ok(match update {
             Ok(import) => Event::default()
                 .event("import")

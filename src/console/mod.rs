@@ -8,13 +8,14 @@
 //! written here.
 //!
 //! ```text
-//!  browser ─► session::visit ─► a page handler ─► Importer ─► (the pipeline, the store)
+//!  browser ─► guard::visit ──► a page handler ─► Importer ─► (the pipeline, the store)
 //!             (cookie → Visit,   imports, new_import,
 //!              CSRF, headers)    users, live, sign_in
 //!  browser ◄─ layout + view (maud: every value escaped) ◄──┘
 //! ```
 //!
-//! - [`session`]: sessions, sign-in, CSRF, and the security headers of every answer;
+//! - [`session`]: sessions, sign-in and sign-out, CSRF tokens; `guard`: the middleware in
+//!   front of every route (the `Host`, the session, the CSRF check, security headers);
 //! - `imports`, `new_import`, `users`, `sign_in`: the screens; `live`: an import's counters
 //!   as Server-Sent Events; `layout` and `view`: the frame and shared pieces of pages;
 //!   `paths`: every address, percent-encoded in one place; `error`: the one mapping to HTTP;
@@ -23,6 +24,7 @@
 
 mod assets;
 mod error;
+mod guard;
 mod imports;
 mod layout;
 mod live;
@@ -52,6 +54,10 @@ use error::PageError;
 /// upload's body is streamed, never read whole, and bounded by `--max-upload-bytes`.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Live views (`live`) open at once: half the console's connections, so that pages and
+/// uploads always have the other half.
+pub(crate) const MAX_LIVE: usize = serve::MAX_CONNECTIONS / 2;
+
 /// The console's shared state: cheap to clone, as axum clones it for each request.
 #[derive(Clone)]
 pub struct Console {
@@ -73,6 +79,8 @@ struct Inner {
     loopback: bool,
     /// The gRPC port's TLS, which the console serves too.
     tls: Option<Arc<Tls>>,
+    /// Places of live views (`MAX_LIVE`).
+    live: Arc<tokio::sync::Semaphore>,
 }
 
 impl Console {
@@ -94,8 +102,14 @@ impl Console {
                 secure: tls.is_some(),
                 loopback: listen.ip().is_loopback(),
                 tls,
+                live: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE)),
             }),
         }
+    }
+
+    /// A place for one more live view, or `None` when `MAX_LIVE` are open.
+    fn live_place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.live.clone().try_acquire_owned().ok()
     }
 
     /// Every route, behind the session middleware.
@@ -135,7 +149,7 @@ impl Console {
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
-                session::visit,
+                guard::visit,
             ))
             .with_state(self.clone())
     }

@@ -3,7 +3,7 @@
 //!
 //! - a request's headers must arrive within [`HEADER_TIMEOUT`]: a client that trickles them
 //!   (slowloris) is closed, rather than holding its connection for ever; a body, within
-//!   `session::BODY_TIMEOUT` (but the upload's, which the pipeline's idle timeout bounds); a
+//!   `guard::BODY_TIMEOUT` (but the upload's, which the pipeline's idle timeout bounds); a
 //!   client that stops reading its answers is cut after [`WRITE_TIMEOUT`];
 //! - at most [`MAX_CONNECTIONS`] connections at once: past it, new ones wait in the kernel's
 //!   queue until one closes, so that a flood costs bounded memory and never reaches the gRPC

@@ -11,11 +11,7 @@
 //!
 //! The CSRF token of a browser's forms is an HMAC of its id under a key drawn at start: only
 //! the console's pages show it, another site can neither read nor compute it, and it needs no
-//! storage. A state-changing request without it is refused before its handler runs.
-//!
-//! On a loopback address the console answers only requests addressed to a loopback name
-//! (`localhost`, `127.0.0.1`, `[::1]`): a page of another site whose name an attacker rebinds
-//! to 127.0.0.1 (DNS rebinding) gets a refusal, not an open server's console.
+//! storage. A state-changing request without it is refused before its handler runs (`guard`).
 //!
 //! Signed-in sessions live in memory, bounded ([`MAX_SESSIONS`]): with several replicas, a
 //! browser must come back to the replica it signed in on (the chart's Service sets client
@@ -26,16 +22,14 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};
 
 use super::Console;
-use super::error::{JsonError, PageError};
+use super::error::PageError;
 use crate::domain::{Caller, Scope};
 
 /// The session cookie's name.
@@ -46,17 +40,18 @@ pub const SECURE_COOKIE: &str = "__Host-bulk_import_session";
 /// Signed-in sessions kept at once; past it the oldest-expiring goes. Only a valid token
 /// makes one, so this bounds what the holders of tokens can cost.
 pub const MAX_SESSIONS: usize = 10_000;
-/// How long a request's body (a form, the check's first bytes) may take to arrive whole.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Signed-in sessions of one token: past it, that token's own oldest goes, so that one
+/// token's holder signing in again and again cannot sign the others out.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 100;
 
 /// A session id: 32 random bytes.
-type SessionId = [u8; 32];
+pub(super) type SessionId = [u8; 32];
 
 /// A signed-in session.
 #[derive(Debug, Clone, Copy)]
-struct Session {
+pub(super) struct Session {
     /// The digest of the token it signed in with.
-    digest: [u8; 32],
+    pub(super) digest: [u8; 32],
     /// When it ends, whatever it does meanwhile.
     expires: Instant,
 }
@@ -66,7 +61,7 @@ pub struct Sessions {
     /// By id.
     map: Mutex<HashMap<SessionId, Session>>,
     /// How long a signed-in session lasts (`--console-session-ttl`).
-    ttl: Duration,
+    pub(super) ttl: Duration,
     /// The HMAC key of CSRF tokens, drawn at start: a restart makes old pages' forms stale.
     key: [u8; 32],
 }
@@ -82,7 +77,7 @@ impl Sessions {
     }
 
     /// The live signed-in session of `id`; an expired one is removed.
-    fn get(&self, id: &SessionId) -> Option<Session> {
+    pub(super) fn get(&self, id: &SessionId) -> Option<Session> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(id) {
             Some(session) if session.expires > Instant::now() => Some(*session),
@@ -102,14 +97,22 @@ impl Sessions {
         };
         let id = random();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_SESSIONS {
-            let now = Instant::now();
-            map.retain(|_, s| s.expires > now);
-            if map.len() >= MAX_SESSIONS
-                && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
-            {
-                map.remove(&oldest);
-            }
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        let mine = map.values().filter(|s| s.digest == digest).count();
+        if mine >= MAX_SESSIONS_PER_TOKEN
+            && let Some(oldest) = map
+                .iter()
+                .filter(|(_, s)| s.digest == digest)
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
         }
         map.insert(id, session);
         id
@@ -124,7 +127,7 @@ impl Sessions {
     }
 
     /// The CSRF token of the browser with `id`: HMAC-SHA256 of the id under the key.
-    fn csrf(&self, id: &SessionId) -> String {
+    pub(super) fn csrf(&self, id: &SessionId) -> String {
         use hmac::{KeyInit, Mac};
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key)
             .expect("HMAC takes a key of any length");
@@ -134,7 +137,7 @@ impl Sessions {
 }
 
 /// Cryptographically random bytes from the operating system.
-fn random() -> [u8; 32] {
+pub(super) fn random() -> [u8; 32] {
     let mut bytes = [0u8; 32];
     // The OS's generator does not fail on the systems this runs on; if it ever did, a session
     // must not get a guessable id, so the request fails instead.
@@ -147,15 +150,15 @@ fn random() -> [u8; 32] {
 #[derive(Debug, Clone)]
 pub struct Visit {
     /// The session's id.
-    id: SessionId,
+    pub(super) id: SessionId,
     /// The CSRF token its forms must carry.
     pub csrf: String,
     /// Who it is now; `None` before sign-in (or after its token was revoked).
-    caller: Option<Caller>,
+    pub(super) caller: Option<Caller>,
     /// The server runs without tokens: every page says so.
     pub open: bool,
     /// The peer's address, for the audit log.
-    peer: Option<SocketAddr>,
+    pub(super) peer: Option<SocketAddr>,
 }
 
 impl Visit {
@@ -183,113 +186,28 @@ impl Visit {
             PageError::Import(crate::import::ImportError::PermissionDenied(account))
         })
     }
-}
-
-/// The console's middleware, around every route: refuses a request addressed to another name
-/// on a loopback console, finds the session, refuses a state-changing request without the
-/// browser's CSRF token, and adds the security headers to every answer.
-pub async fn visit(State(console): State<Console>, mut request: Request, next: Next) -> Response {
-    let sessions = &console.inner.sessions;
-    let auth = &console.inner.auth;
-    if console.inner.loopback && !loopback_host(request.headers()) {
-        let mut response = PageError::ForeignHost.into_response();
-        secure_headers(response.headers_mut());
-        return response;
+    /// The caller's right to `account` and the import id of the address, both checked as
+    /// gRPC checks them (the account first).
+    pub fn import(
+        &self,
+        account: &str,
+        import_id: &str,
+        next: &str,
+    ) -> Result<(Scope, crate::domain::ImportId), PageError> {
+        let scope = self.scope(account, next)?;
+        let id =
+            crate::grpc::convert::import_id(import_id).map_err(|e| PageError::Import(e.into()))?;
+        Ok((scope, id))
     }
-    let secure = console.inner.secure || forwarded_https(request.headers());
-    let (id, new) = match session_id(request.headers(), secure) {
-        Some(id) => (id, false),
-        None => (random(), true),
-    };
-    let caller = match sessions.get(&id) {
-        Some(session) => auth.caller_of(&session.digest),
-        None if auth.is_open() => Some(Caller::open()),
-        None => None,
-    };
-    let csrf = sessions.csrf(&id);
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    // The console's script sends its token in a header, and reads JSON answers.
-    let scripted = request.headers().contains_key("x-csrf-token");
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        let refuse = |refusal: PageError| {
-            let mut response = if scripted {
-                JsonError(refusal).into_response()
-            } else {
-                refusal.into_response()
-            };
-            secure_headers(response.headers_mut());
-            response
-        };
-        request = match csrf_of(request).await {
-            Ok((Some(token), rebuilt)) if same(&token, &csrf) => rebuilt,
-            Ok(_) => return refuse(PageError::Csrf),
-            Err(error) => return refuse(error),
-        };
-    }
-    // Assets are cached, and must carry no cookie.
-    let asset = request.uri().path().starts_with("/assets/");
-    request.extensions_mut().insert(Visit {
-        id,
-        csrf,
-        caller,
-        open: auth.is_open(),
-        peer,
-    });
-    request.extensions_mut().insert(Secure(secure));
-    let mut response = next.run(request).await;
-    if new && !asset && !response.headers().contains_key(header::SET_COOKIE) {
-        set_cookie(response.headers_mut(), &id, None, secure);
-    }
-    secure_headers(response.headers_mut());
-    response
-}
-
-/// Compares two tokens in a time that does not depend on where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-/// Whether the request is addressed to a loopback name: `localhost` (or a name under it), a
-/// 127.0.0.0/8 address or `[::1]`, with any port.
-fn loopback_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether the browser came over HTTPS: the session cookie is then `Secure`.
 #[derive(Debug, Clone, Copy)]
 pub struct Secure(pub bool);
 
-/// A TLS-terminating proxy in front (an ingress) says the browser used HTTPS. Believing it can
-/// only make the cookie stricter.
-fn forwarded_https(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
-}
-
 /// The session id the request's cookie names, if well formed: over HTTPS only the
 /// `__Host-` cookie, which no other site can have set.
-fn session_id(headers: &HeaderMap, secure: bool) -> Option<SessionId> {
+pub(super) fn session_id(headers: &HeaderMap, secure: bool) -> Option<SessionId> {
     let name = if secure { SECURE_COOKIE } else { COOKIE };
     headers
         .get_all(header::COOKIE)
@@ -300,52 +218,6 @@ fn session_id(headers: &HeaderMap, secure: bool) -> Option<SessionId> {
         .find(|c| c.name() == name)
         .and_then(|c| URL_SAFE_NO_PAD.decode(c.value()).ok())
         .and_then(|bytes| bytes.try_into().ok())
-}
-
-/// The CSRF token a state-changing request carries: the `x-csrf-token` header (the console's
-/// script sends it), else the `csrf` field of a form. Every body but the upload's is read here,
-/// whole, small and in time (`MAX_BODY_BYTES`, `BODY_TIMEOUT`), and put back for the handler:
-/// a client that sends headers and then trickles or withholds its body is answered within
-/// the timeout rather than holding a connection. The upload's body is streamed to the
-/// pipeline, whose idle timeout bounds it.
-async fn csrf_of(request: Request) -> Result<(Option<String>, Request), PageError> {
-    let header = request
-        .headers()
-        .get("x-csrf-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if request.uri().path().ends_with("/new-import/upload") {
-        return Ok((header, request));
-    }
-    let is_form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let (parts, body) = request.into_parts();
-    let read = axum::body::to_bytes(body, super::MAX_BODY_BYTES);
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) | Err(_) => return Err(PageError::Body),
-    };
-    let token = header.or_else(|| is_form.then(|| csrf_field(&bytes)).flatten());
-    Ok((
-        token,
-        Request::from_parts(parts, axum::body::Body::from(bytes)),
-    ))
-}
-
-/// The `csrf` field of a URL-encoded form.
-fn csrf_field(body: &[u8]) -> Option<String> {
-    /// The one field read; the handler reads the rest.
-    #[derive(serde::Deserialize)]
-    struct Field {
-        /// The form's CSRF token.
-        csrf: Option<String>,
-    }
-    serde_urlencoded::from_bytes::<Field>(body)
-        .ok()
-        .and_then(|f| f.csrf)
 }
 
 /// Signs a browser in with `token`: a new session id for the token's digest (the id it had
@@ -377,7 +249,12 @@ impl SessionCookie {
 /// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's page
 /// sends it), `Secure` over HTTPS, and gone when the session ends (`ttl`), or when the browser
 /// closes for an anonymous one.
-fn set_cookie(headers: &mut HeaderMap, id: &SessionId, ttl: Option<Duration>, secure: bool) {
+pub(super) fn set_cookie(
+    headers: &mut HeaderMap,
+    id: &SessionId,
+    ttl: Option<Duration>,
+    secure: bool,
+) {
     let name = if secure { SECURE_COOKIE } else { COOKIE };
     let mut cookie = Cookie::build((name, URL_SAFE_NO_PAD.encode(id)))
         .http_only(true)
@@ -393,27 +270,39 @@ fn set_cookie(headers: &mut HeaderMap, id: &SessionId, ttl: Option<Duration>, se
     }
 }
 
-/// The headers of every answer: a Content-Security-Policy that allows the console's own
-/// script and style only (no inline script, no other origin, no framing), no MIME sniffing,
-/// no referrer to other sites, and no caching of pages that show an account's data.
-fn secure_headers(headers: &mut HeaderMap) {
-    const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
-                       base-uri 'none'";
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_token_signing_in_again_and_again_signs_only_itself_out() {
+        let sessions = Sessions::new(Duration::from_secs(3600));
+        let other = sessions.create([2; 32]);
+        let first = sessions.create([1; 32]);
+        for _ in 0..MAX_SESSIONS_PER_TOKEN * 3 {
+            sessions.create([1; 32]);
+        }
+        assert!(
+            sessions.get(&other).is_some(),
+            "another token's session stays"
+        );
+        assert!(sessions.get(&first).is_none(), "its own oldest went");
+        let map = sessions.map.lock().unwrap();
+        assert_eq!(
+            map.values().filter(|s| s.digest == [1; 32]).count(),
+            MAX_SESSIONS_PER_TOKEN
+        );
+    }
+
+    #[test]
+    fn csrf_tokens_are_bound_to_the_id_and_the_process() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (a, b) = ([7; 32], [8; 32]);
+        assert_eq!(sessions.csrf(&a), sessions.csrf(&a));
+        assert_ne!(sessions.csrf(&a), sessions.csrf(&b));
+        assert_ne!(
+            sessions.csrf(&a),
+            Sessions::new(Duration::from_secs(60)).csrf(&a)
+        );
+    }
 }
