@@ -83,21 +83,46 @@ browser_tests! {
         assert!(rows[0].starts_with("email,first_name,last_name,role,job_title,external_id"), "{fix_up}");
         assert!(rows[1].starts_with("not-an-address,Alan,Turing"), "{fix_up}");
         assert!(rows[2].starts_with("linus@example.com,Linus,Torvalds,owner"), "{fix_up}");
+        let first_import = browser.path().await;
+
+        // Import the fixed file: the two rows corrected, as a retry of this import.
+        let fixed = fix_up
+            .replace("not-an-address,", "alan@example.com,")
+            .replace(",owner,", ",admin,");
+        let fixed_path = dir.path().join("team-fixed.csv");
+        std::fs::write(&fixed_path, fixed).unwrap();
+        browser.find("a[href*='retry_of=']").await.click().await.unwrap();
+        browser.wait_text("h1", "New Import").await;
+        assert!(browser.text("form .note").await.contains("team.csv"));
+        browser.find("#file").await.send_keys(fixed_path.to_str().unwrap()).await.unwrap();
+        browser.find("#save").await.click().await.unwrap();
+        browser.wait_text("[data-status]", "Completed - Success").await;
+        assert_eq!(browser.text("[data-counter=rows_imported]").await, "2");
+        assert_eq!(browser.text("h1").await, "team-fixed.csv");
+        // Its details name the import it fixes.
+        let fixes = browser.find(".settings a").await.attr("href").await.unwrap();
+        assert_eq!(fixes.as_deref(), Some(first_import.as_str()));
+        assert_eq!(app.user_count().await, 4);
 
         // The Imports list, as the help page shows it.
         browser.find("nav.sidebar a[href$='/imports']").await.click().await.unwrap();
         browser.wait_text("h1", "Imports").await;
         let list = browser.table("table.imports").await;
-        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list.len(), 2, "{list:?}");
         assert_eq!(
             &list[0][..5],
+            ["team-fixed.csv", "Users (CSV)", "Completed - Success", "2", "0"],
+            "{list:?}"
+        );
+        assert_eq!(
+            &list[1][..5],
             ["team.csv", "Users (CSV)", "Completed - Partial", "2", "2"],
             "{list:?}"
         );
         browser.screenshot("imports").await;
 
         // A click on the row opens the import.
-        browser.find("table.imports a").await.click().await.unwrap();
+        browser.find("table.imports tbody tr:nth-child(2) a").await.click().await.unwrap();
         browser.wait_text("[data-status]", "Completed - Partial").await;
 
         // Users: the two created, with their import.
@@ -105,16 +130,20 @@ browser_tests! {
         browser.wait_text("h1", "Users").await;
         let users = browser.table("table.users").await;
         let emails: Vec<&str> = users.iter().map(|u| u[0].as_str()).collect();
-        assert_eq!(emails, ["ada.lovelace@example.com", "grace@example.com"], "{users:?}");
+        assert_eq!(
+            emails,
+            ["ada.lovelace@example.com", "alan@example.com", "grace@example.com", "linus@example.com"],
+            "{users:?}"
+        );
         browser.screenshot("users").await;
-        assert_eq!(app.user_count().await, 2);
         browser.close().await;
     }
 
     /// An `.xlsx` is refused on the form at once, in the service's words, whether its name or
-    /// only its content gives it away; nothing is imported and no import is left.
+    /// only its content gives it away, and so is a file over the size limit; nothing is
+    /// imported and no import is left.
     async fn a_refused_xlsx_is_shown_on_the_form(backend) {
-        let app = console_app(backend, |_| {}).await;
+        let app = console_app(backend, |args| args.max_upload_bytes = 4096).await;
         let browser = Browser::open(app.console_addr.unwrap(), &format!("{backend:?}-xlsx").to_lowercase()).await;
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/saved_as_xlsx.csv");
@@ -138,6 +167,16 @@ browser_tests! {
             .await;
         assert!(!refusal.starts_with("chunk"), "{refusal}");
         assert!(refusal.contains("save it as CSV"), "{refusal}");
+
+        // Over the limit (4096 bytes here).
+        let large = dir.path().join("large.csv");
+        let rows: String = (0..200).map(|i| format!("user{i}@example.com,A,B,,,\n")).collect();
+        std::fs::write(&large, format!("{HEADER}{rows}")).unwrap();
+        browser.find("#file").await.clear().await.unwrap();
+        browser.find("#file").await.send_keys(large.to_str().unwrap()).await.unwrap();
+        browser.find("#save").await.click().await.unwrap();
+        let refusal = browser.wait_text("#form-error", "larger than the limit of 4096 bytes").await;
+        assert!(refusal.contains("split it into smaller files"), "{refusal}");
         assert!(app.list(ACCOUNT).await.is_empty());
         assert_eq!(app.user_count().await, 0);
         browser.close().await;
