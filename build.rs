@@ -11,7 +11,8 @@
 //! - `cfg(nats_tests)`: `nats-server` is installed, which the relay's tests start on ports
 //!   of their own (so that they can stop and start it), or CI asks;
 //! - `cfg(browser_tests)`: Debian's `chromium` and `chromium-driver` are installed (the
-//!   console's browser tests drive them), or CI asks;
+//!   console's browser tests drive them), or CI asks; `cfg(firefox_tests)`: Debian's
+//!   `firefox-esr` and `geckodriver` (built from crates.io by `.ci/run`), or CI asks;
 //! - `cfg(helm_tests)`: the Python packages that check the Helm chart (`helm_python`,
 //!   `kubernetes_validate`) import, in `.ci/tools/venv` or the system's python3; or CI asks.
 
@@ -33,6 +34,7 @@ fn test_environment() {
         "helm_tests",
         "nats_tests",
         "browser_tests",
+        "firefox_tests",
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
@@ -54,6 +56,9 @@ fn test_environment() {
     }
     if required || (installed("chromedriver") && installed("chromium")) {
         println!("cargo:rustc-cfg=browser_tests");
+    }
+    if required || (installed("geckodriver") && installed("firefox-esr")) {
+        println!("cargo:rustc-cfg=firefox_tests");
     }
     let venv = PathBuf::from(".ci/tools/venv/bin/python");
     println!("cargo:rerun-if-changed=.ci/tools/venv/bin/python");

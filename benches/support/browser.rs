@@ -1,5 +1,6 @@
-//! A headless Chromium driven through chromedriver (fantoccini), on the web console: for the
-//! console's browser tests (`tests/api/console/`) and the benchmark's browser upload.
+//! A headless Chromium (through chromedriver) or Firefox (through geckodriver), driven by
+//! fantoccini on the web console: for the console's browser tests (`tests/api/console/`) and
+//! the benchmark's browser upload.
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -14,11 +15,20 @@ use hyper_util::client::legacy::connect::HttpConnector;
 /// How long any one wait of a browser test lasts at most.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// Chromium runs one at a time: each takes most of a core while it starts, and the machine has
+/// Browsers run one at a time: each takes most of a core while it starts, and the machine has
 /// two.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A headless Chromium, with a fresh profile, on the console at `base`.
+/// Which browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Debian's Chromium, through chromedriver.
+    Chromium,
+    /// Debian's Firefox ESR, through geckodriver.
+    Firefox,
+}
+
+/// A headless browser, with a fresh profile, on the console at `base`.
 pub struct Browser {
     /// The WebDriver session.
     pub client: Client,
@@ -38,48 +48,82 @@ impl Browser {
     /// Starts chromedriver and Chromium on the console at `addr`; screenshots are named after
     /// `label`.
     pub async fn open(addr: SocketAddr, label: &str) -> Self {
+        Self::open_in(Engine::Chromium, addr, label).await
+    }
+
+    /// [`open`](Self::open), in the browser `engine`.
+    pub async fn open_in(engine: Engine, addr: SocketAddr, label: &str) -> Self {
         let turn = ONE_BROWSER.lock().await;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        // In a process group of its own, with the Chromium it starts, so that a test that
+        let profile = tempfile::tempdir().unwrap();
+        let (driver, capability, options) = match engine {
+            Engine::Chromium => {
+                let mut options = serde_json::json!({
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--no-first-run",
+                        "--disable-quic", "--window-size=1280,900",
+                        format!("--user-data-dir={}", profile.path().display()),
+                    ],
+                });
+                if std::path::Path::new("/usr/bin/chromium").exists() {
+                    options["binary"] = "/usr/bin/chromium".into();
+                }
+                let mut driver = Command::new("chromedriver");
+                driver.arg(format!("--port={port}"));
+                (driver, "goog:chromeOptions", options)
+            }
+            Engine::Firefox => {
+                let mut options = serde_json::json!({
+                    "args": ["-headless", "-width=1280", "-height=900"],
+                    // No update checks, telemetry or other traffic this machine would refuse.
+                    "prefs": {
+                        "app.update.enabled": false,
+                        "datareporting.policy.dataSubmissionEnabled": false,
+                        "network.captive-portal-service.enabled": false,
+                        "browser.shell.checkDefaultBrowser": false,
+                    },
+                });
+                if std::path::Path::new("/usr/bin/firefox-esr").exists() {
+                    options["binary"] = "/usr/bin/firefox-esr".into();
+                }
+                let mut driver = Command::new("geckodriver");
+                driver.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+                (driver, "moz:firefoxOptions", options)
+            }
+        };
+        // In a process group of its own, with the browser it starts, so that a test that
         // fails (and never ends its session) still takes both down (`Drop`).
-        let driver = Command::new("chromedriver")
+        let mut driver = driver;
+        let driver = driver
             .process_group(0)
-            .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("chromedriver runs (.ci/run installs chromium-driver)");
+            .unwrap_or_else(|e| panic!("{engine:?}'s WebDriver runs (.ci/run installs it): {e}"));
         let deadline = Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
+            assert!(
+                Instant::now() < deadline,
+                "{engine:?}'s WebDriver did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let profile = tempfile::tempdir().unwrap();
-        let mut options = serde_json::json!({
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic", "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        });
-        if std::path::Path::new("/usr/bin/chromium").exists() {
-            options["binary"] = "/usr/bin/chromium".into();
-        }
         let mut capabilities = serde_json::Map::new();
-        capabilities.insert("goog:chromeOptions".into(), options);
+        capabilities.insert(capability.into(), options);
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(capabilities)
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
-            .expect("Chromium starts under chromedriver");
+            .unwrap_or_else(|e| panic!("{engine:?} starts under its WebDriver: {e}"));
         Self {
             client,
             base: format!("http://{addr}"),
