@@ -4,7 +4,7 @@
 //! Fed by the import layer's watch (`Importer::watch`, as `WatchImport`): a snapshot at once,
 //! another whenever the counters move, the terminal one last, then the stream ends. The watch
 //! takes one of the `--max-watchers` places while the page is open, and lets it go when the
-//! browser leaves (axum drops the stream).
+//! browser leaves (axum drops the stream), or when the session ends or its token is revoked.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 
 use super::error::PageError;
-use super::session::Visit;
+use super::session::{self, Visit};
 use super::{Console, view};
 use crate::domain::Import;
 
@@ -37,6 +37,11 @@ pub async fn events(
         )))
     })?;
     let updates = console.inner.importer.watch(&scope, &import_id).await?;
+    // The session is asked again at every update: a sign-out or a revoked token ends the
+    // stream (and the browser's retry meets the sign-in).
+    let (guard, account) = (console.clone(), scope.account_id().clone());
+    let still = move || session::still_allowed(&guard, &visit, &account);
+    let updates = updates.take_while(move |_| std::future::ready(still()));
     let events = updates.map(move |update| {
         // Held while the stream lives.
         let _place = &place;

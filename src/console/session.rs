@@ -220,6 +220,22 @@ pub(super) fn session_id(headers: &HeaderMap, secure: bool) -> Option<SessionId>
         .and_then(|bytes| bytes.try_into().ok())
 }
 
+/// Whether the browser of `visit` may still act in `account`: its session still there and
+/// its token still in the file with the account (an open server: always). For streams, which
+/// outlive the check of the request that opened them.
+pub fn still_allowed(console: &Console, visit: &Visit, account: &crate::domain::AccountId) -> bool {
+    let auth = &console.inner.auth;
+    if auth.is_open() {
+        return true;
+    }
+    console
+        .inner
+        .sessions
+        .get(&visit.id)
+        .and_then(|session| auth.caller_of(&session.digest))
+        .is_some_and(|caller| caller.may_act_in(account))
+}
+
 /// Signs a browser in with `token`: a new session id for the token's digest (the id it had
 /// before stays anonymous). `None` for a token the file does not list.
 pub fn sign_in(console: &Console, token: &str) -> Option<(Caller, SessionCookie)> {

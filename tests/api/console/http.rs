@@ -501,3 +501,112 @@ async fn the_console_serves_https_with_the_servers_certificate() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(WAIT, server).await;
 }
+
+/// A live view ends when its session does: signed out while an import runs, the stream of
+/// counters stops at the next update instead of following the import to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_view_ends_with_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    let (token, ops) = ("live-view-token-0b9c2f", "live-view-ops-7e51aa");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tokens]]\nname = \"person\"\nsha256 = \"{}\"\naccounts = [\"acme\"]\n\n\
+             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\naccounts = [\"*\"]\n",
+            bulk_import::auth::digest(token),
+            bulk_import::auth::digest(ops)
+        ),
+    )
+    .unwrap();
+    let app = console_app(Backend::Sqlite, |args| {
+        args.auth_tokens_file = Some(path);
+        args.batch_rows = Some(50);
+    })
+    .await;
+    let addr = app.console_addr.unwrap();
+    // An upload that runs: the test holds its stream open.
+    let mut client =
+        bulk_import::proto::import_service_client::ImportServiceClient::with_interceptor(
+            app.channel(),
+            bulk_import::cli::Bearer::new(Some(ops)).unwrap(),
+        );
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let upload = tokio::spawn(async move {
+        client
+            .upload_import(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(metadata(ACCOUNT, "live", "live.csv"))
+        .await
+        .unwrap();
+    let rows = |from: usize| -> String {
+        (from..from + 400)
+            .map(|i| format!("u{i}@example.com,A,B,,,\n"))
+            .collect()
+    };
+    tx.send(chunk(format!("{HEADER}{}", rows(0)).as_bytes()))
+        .await
+        .unwrap();
+
+    // Signed in, following the import.
+    let page = send(addr, "GET", "/sign-in", &[], b"").await;
+    let body = format!("csrf={}&token={token}&next=%2F", page.csrf());
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let anonymous = page.session();
+    let signed = send(
+        addr,
+        "POST",
+        "/sign-in",
+        &[("Cookie", anonymous.as_str()), form],
+        body.as_bytes(),
+    )
+    .await;
+    let session = signed.session();
+    let deadline = Instant::now() + WAIT;
+    let mut live = loop {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /accounts/acme/imports/live/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nCookie: {session}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut first = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut first))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&first[..n]).into_owned();
+        if text.starts_with("HTTP/1.1 200") {
+            break stream;
+        }
+        // The import is not there yet: the page would not be offered either.
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Signed out: the next update ends the stream.
+    let page = send(
+        addr,
+        "GET",
+        "/accounts/acme/imports",
+        &[("Cookie", session.as_str())],
+        b"",
+    )
+    .await;
+    let out = format!("csrf={}", page.csrf());
+    let gone = send(
+        addr,
+        "POST",
+        "/sign-out",
+        &[("Cookie", session.as_str()), form],
+        out.as_bytes(),
+    )
+    .await;
+    assert_eq!(gone.status, 303);
+    tx.send(chunk(rows(400).as_bytes())).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(WAIT, live.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the live view went on after sign-out");
+    drop(tx);
+    let _ = upload.await;
+}
