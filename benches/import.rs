@@ -11,6 +11,7 @@
 //! cargo bench --bench import -- --parse-only         # parsing and validation alone
 //! cargo bench --bench import -- --resumable-only     # resumable uploads against plain ones
 //! cargo bench --bench import -- --console-only       # Chromium through the console vs gRPC
+//! cargo bench --bench import -- --loader-only        # vs the loader: alternating, CHECKPOINT, WAL
 //! ```
 //!
 //! Every server run prints its own CPU time (utime + stime) per million rows beside wall time
@@ -61,6 +62,8 @@ struct Options {
     resumable_only: bool,
     /// Only uploads through the web console in Chromium against gRPC ones.
     console_only: bool,
+    /// Only the service against the database's own loader, order alternating.
+    loader_only: bool,
 }
 
 fn options() -> Options {
@@ -89,6 +92,7 @@ fn options() -> Options {
         parse_only: args.iter().any(|a| a == "--parse-only"),
         resumable_only: args.iter().any(|a| a == "--resumable-only"),
         console_only: args.iter().any(|a| a == "--console-only"),
+        loader_only: args.iter().any(|a| a == "--loader-only"),
     }
 }
 
@@ -527,6 +531,11 @@ async fn main() {
         println!("\n{}", backend.name());
         if options.resumable_only {
             resumable(backend, &server, &big, options.size_mb).await;
+            continue;
+        }
+        if options.loader_only {
+            let postgres = (backend == Backend::Postgres).then_some(server.as_str());
+            support::loader::compare(postgres, &big).await;
             continue;
         }
         if options.console_only {

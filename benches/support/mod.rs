@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod loader;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
