@@ -14,8 +14,8 @@
 //!
 //! [`Application::bind`] does everything that can fail because of the configuration: it binds
 //! the gRPC port (and `--metrics-listen` and `--console-listen`), reads the tokens file and
-//! loads the TLS files. A
-//! mistake there stops the process at once, with the reason, before anything is served.
+//! loads the TLS files. A mistake there stops the process at once, with the reason, before
+//! anything is served (but a taken *default* console port, which only turns the console off).
 //! [`Application::run_until`] then serves gRPC, health and reflection *before* the database
 //! is open: liveness answers, readiness says NOT_SERVING, and calls that need the database are
 //! UNAVAILABLE (`NOT_READY`) until `database` has opened and migrated it and ended the
