@@ -24,7 +24,6 @@ use super::outcome::{CliError, CliResult, Outcome};
 use super::upload::{read_full, request};
 use super::{json, show};
 use crate::config::{ResumeArgs, UploadArgs};
-use crate::domain::ImportId;
 use crate::proto::{self, upload_import_request::Payload};
 
 /// How long, at most, the reconnecting upload keeps trying: long enough for a replica that
@@ -42,26 +41,7 @@ struct Whole {
 pub(super) async fn upload(args: UploadArgs) -> CliResult {
     let whole = read_whole(&args.file)?;
     let mut client = client(&args.target).await?;
-    let import_id = match args.import_id.as_str() {
-        "" => ImportId::generate().to_string(),
-        id => id.to_owned(),
-    };
-    let metadata = proto::ImportMetadata {
-        account_id: args.target.account.clone(),
-        r#type: proto::ImportType::Users as i32,
-        filename: file_name(&args.file),
-        import_id: import_id.clone(),
-        validate_only: args.dry_run,
-        on_conflict: args.on_conflict.proto() as i32,
-        retry_of_import_id: args.retry_of.clone().unwrap_or_default(),
-        invitations: if args.hold_invitations {
-            proto::InvitationPolicy::Hold
-        } else {
-            proto::InvitationPolicy::Send
-        } as i32,
-        resumable: true,
-        resume_offset: 0,
-    };
+    let metadata = super::upload::metadata(&args);
     let attempt = || {
         let (mut client, metadata) = (client.clone(), metadata.clone());
         let (file, whole) = (&args.file, &whole);
@@ -289,13 +269,6 @@ fn read_whole(path: &Path) -> Result<Whole, CliError> {
         size,
         sha256: hex::encode(hasher.finalize()),
     })
-}
-
-/// The file's name without its directory: the import's `filename`.
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// Prints the ended import as `upload` does, and exits with its status.

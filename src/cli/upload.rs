@@ -61,35 +61,14 @@ pub async fn upload(args: UploadArgs) -> CliResult {
         .map_err(|e| CliError::io(format!("cannot read {}", path.display()), e))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut client = client(&args.target).await?;
-    let filename = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     // Known before the upload, so that its progress can be followed.
-    let import_id = match args.import_id.as_str() {
-        "" => ImportId::generate().to_string(),
-        id => id.to_owned(),
-    };
+    let metadata = metadata(&args);
+    let import_id = metadata.import_id.clone();
     let bar = (!args.target.json && std::io::stderr().is_terminal()).then(|| progress_bar(size));
     let (tx, rx) = mpsc::channel(4);
-    tx.send(request(Payload::Metadata(proto::ImportMetadata {
-        account_id: args.target.account.clone(),
-        r#type: proto::ImportType::Users as i32,
-        filename,
-        import_id: import_id.clone(),
-        validate_only: args.dry_run,
-        on_conflict: args.on_conflict.proto() as i32,
-        retry_of_import_id: args.retry_of.clone().unwrap_or_default(),
-        invitations: if args.hold_invitations {
-            proto::InvitationPolicy::Hold
-        } else {
-            proto::InvitationPolicy::Send
-        } as i32,
-        resumable: false,
-        resume_offset: 0,
-    })))
-    .await
-    .map_err(|_| CliError::new("the upload stopped before it started"))?;
+    tx.send(request(Payload::Metadata(metadata)))
+        .await
+        .map_err(|_| CliError::new("the upload stopped before it started"))?;
     let chunk_size = args.chunk_size.max(1);
     let sent = bar.clone();
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -274,6 +253,36 @@ pub(super) fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Re
         }
     }
     Ok(filled)
+}
+
+/// The upload's metadata as the command line gives it, for a plain and a resumable upload
+/// alike: the file's name without its directory, and the import id given, or a fresh one
+/// (known before the upload, so that its progress can be followed).
+pub(super) fn metadata(args: &UploadArgs) -> proto::ImportMetadata {
+    let import_id = match args.import_id.as_str() {
+        "" => ImportId::generate().to_string(),
+        id => id.to_owned(),
+    };
+    proto::ImportMetadata {
+        account_id: args.target.account.clone(),
+        r#type: proto::ImportType::Users as i32,
+        filename: args
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        import_id,
+        validate_only: args.dry_run,
+        on_conflict: args.on_conflict.proto() as i32,
+        retry_of_import_id: args.retry_of.clone().unwrap_or_default(),
+        invitations: if args.hold_invitations {
+            proto::InvitationPolicy::Hold
+        } else {
+            proto::InvitationPolicy::Send
+        } as i32,
+        resumable: args.resumable,
+        resume_offset: 0,
+    }
 }
 
 /// One message of the upload stream: the proto wraps each payload in a `oneof`.
