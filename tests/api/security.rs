@@ -28,7 +28,7 @@ fn code<T>(result: Result<T, tonic::Status>) -> Option<Code> {
 }
 
 /// A tokens file: `(name, token, accounts)`.
-fn tokens_file(path: &Path, tokens: &[(&str, &str, &[&str])]) {
+pub(crate) fn tokens_file(path: &Path, tokens: &[(&str, &str, &[&str])]) {
     let text: String = tokens
         .iter()
         .map(|(name, token, accounts)| {

@@ -215,17 +215,13 @@ async fn a_revoked_token_ends_its_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.toml");
     let token = "revoked-soon-5c1e0d9f2a";
-    let entry = |name: &str, token: &str| {
-        format!(
-            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\naccounts = [\"acme\"]\n\n",
-            bulk_import::auth::digest(token)
-        )
-    };
-    std::fs::write(
+    crate::security::tokens_file(
         &path,
-        entry("leaving", token) + &entry("staying", "another-one-77"),
-    )
-    .unwrap();
+        &[
+            ("leaving", token, &["acme"]),
+            ("staying", "another-one-77", &["acme"]),
+        ],
+    );
     let app = console_app(Backend::Sqlite, |args| {
         args.auth_tokens_file = Some(path.clone())
     })
@@ -280,7 +276,7 @@ async fn a_revoked_token_ends_its_sessions() {
     .await;
     assert_eq!(list.status, 200);
 
-    std::fs::write(&path, entry("staying", "another-one-77")).unwrap();
+    crate::security::tokens_file(&path, &[("staying", "another-one-77", &["acme"])]);
     let deadline = Instant::now() + WAIT;
     loop {
         let list = send(
@@ -509,16 +505,7 @@ async fn a_live_view_ends_with_its_session() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.toml");
     let (token, ops) = ("live-view-token-0b9c2f", "live-view-ops-7e51aa");
-    std::fs::write(
-        &path,
-        format!(
-            "[[tokens]]\nname = \"person\"\nsha256 = \"{}\"\naccounts = [\"acme\"]\n\n\
-             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\naccounts = [\"*\"]\n",
-            bulk_import::auth::digest(token),
-            bulk_import::auth::digest(ops)
-        ),
-    )
-    .unwrap();
+    crate::security::tokens_file(&path, &[("person", token, &["acme"]), ("ops", ops, &["*"])]);
     let app = console_app(Backend::Sqlite, |args| {
         args.auth_tokens_file = Some(path);
         args.batch_rows = Some(50);

@@ -10,16 +10,10 @@ const OPS: &str = "console-test-ops-8d2e41b6a0";
 /// A tokens file with [`TOKEN`] (`hr-admin`, acme) and [`OPS`] (every account).
 fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("tokens.toml");
-    std::fs::write(
+    crate::security::tokens_file(
         &path,
-        format!(
-            "[[tokens]]\nname = \"hr-admin\"\nsha256 = \"{}\"\naccounts = [\"acme\"]\n\n\
-             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\naccounts = [\"*\"]\n",
-            bulk_import::auth::digest(TOKEN),
-            bulk_import::auth::digest(OPS),
-        ),
-    )
-    .unwrap();
+        &[("hr-admin", TOKEN, &["acme"]), ("ops", OPS, &["*"])],
+    );
     path
 }
 
