@@ -311,28 +311,9 @@ impl TestApp {
 
     /// Every row error of an import, following the pages.
     pub async fn errors(&self, account: &str, import_id: &str) -> Vec<RowError> {
-        let mut client = self.client.clone();
-        let mut token = String::new();
-        let mut errors = Vec::new();
-        // Bounded: a server that handed out tokens forever must fail the test, not hang it.
-        for _ in 0..10_000 {
-            let page = client
-                .get_import(proto::GetImportRequest {
-                    account_id: account.into(),
-                    import_id: import_id.into(),
-                    errors_page_size: 1000,
-                    errors_page_token: token,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            errors.extend(page.errors);
-            token = page.next_errors_page_token;
-            if token.is_empty() {
-                return errors;
-            }
-        }
-        panic!("more than 10,000 pages of row errors");
+        import_and_errors(&mut self.client.clone(), account, import_id)
+            .await
+            .1
     }
 
     pub async fn list(&self, account: &str) -> Vec<Import> {
@@ -447,6 +428,36 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// An import as its last page of row errors shows it, and every row error, following the
+/// pages, through `client` (any server's).
+pub async fn import_and_errors(
+    client: &mut ImportServiceClient<Channel>,
+    account: &str,
+    import_id: &str,
+) -> (Import, Vec<RowError>) {
+    let mut token = String::new();
+    let mut errors = Vec::new();
+    // Bounded: a server that handed out tokens forever must fail the test, not hang it.
+    for _ in 0..10_000 {
+        let page = client
+            .get_import(proto::GetImportRequest {
+                account_id: account.into(),
+                import_id: import_id.into(),
+                errors_page_size: 1000,
+                errors_page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        errors.extend(page.errors);
+        token = page.next_errors_page_token;
+        if token.is_empty() {
+            return (page.import.unwrap(), errors);
+        }
+    }
+    panic!("more than 10,000 pages of row errors");
 }
 
 pub fn finish() -> proto::UploadFinish {

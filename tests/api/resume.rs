@@ -71,29 +71,11 @@ pub(crate) struct Came {
 }
 
 pub(crate) async fn came_to(client: &mut Client, account: &str, import_id: &str) -> Came {
-    let mut errors = Vec::new();
-    let mut token = String::new();
-    let import = loop {
-        let page = client
-            .get_import(proto::GetImportRequest {
-                account_id: account.into(),
-                import_id: import_id.into(),
-                errors_page_size: 1000,
-                errors_page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        errors.extend(
-            page.errors
-                .into_iter()
-                .map(|e| (e.row_number, e.column, e.code, e.message)),
-        );
-        token = page.next_errors_page_token;
-        if token.is_empty() {
-            break page.import.unwrap();
-        }
-    };
+    let (import, errors) = import_and_errors(client, account, import_id).await;
+    let errors = errors
+        .into_iter()
+        .map(|e| (e.row_number, e.column, e.code, e.message))
+        .collect();
     let mut users = Vec::new();
     let mut token = String::new();
     loop {
