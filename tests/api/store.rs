@@ -9,25 +9,30 @@ use bulk_import::store::{self, BatchTarget, Conclusion, Guard, OpenOptions, Stor
 
 use crate::helpers::*;
 
+/// An import of `users.csv` into [`ACCOUNT`], with the defaults, resumable or not.
+fn new_import(import_id: &str, resumable: bool) -> NewImport {
+    NewImport {
+        account_id: AccountId::parse(ACCOUNT).unwrap(),
+        import_id: ImportId::parse(import_id).unwrap(),
+        kind: ImportType::Users,
+        filename: Filename::parse("users.csv").unwrap(),
+        created_by: String::new(),
+        validate_only: false,
+        on_conflict: Default::default(),
+        retry_of: None,
+        invitations: Default::default(),
+        resumable,
+        resume_offset: 0,
+    }
+}
+
 backend_tests! {
     async fn a_batch_for_an_import_that_already_ended_writes_nothing(backend) {
         let database = TestDatabase::new(backend).await;
         let store = store::open(&database.url, OpenOptions::default()).await.unwrap();
         let account_id = AccountId::parse(ACCOUNT).unwrap();
         let import = store
-            .create_import(&NewImport {
-                account_id: account_id.clone(),
-                import_id: ImportId::parse("ended").unwrap(),
-                kind: ImportType::Users,
-                filename: Filename::parse("users.csv").unwrap(),
-                created_by: String::new(),
-                validate_only: false,
-                on_conflict: Default::default(),
-                retry_of: None,
-                invitations: Default::default(),
-                resumable: false,
-                resume_offset: 0,
-            })
+            .create_import(&new_import("ended", false))
             .await
             .unwrap();
         let ended = Conclusion::new(
@@ -109,19 +114,7 @@ async fn a_replica_that_lost_an_import_to_a_resume_elsewhere_cannot_touch_it() {
         .unwrap();
     let account_id = AccountId::parse(ACCOUNT).unwrap();
     let import = first
-        .create_import(&NewImport {
-            account_id: account_id.clone(),
-            import_id: ImportId::parse("lost").unwrap(),
-            kind: ImportType::Users,
-            filename: Filename::parse("users.csv").unwrap(),
-            created_by: String::new(),
-            validate_only: false,
-            on_conflict: Default::default(),
-            retry_of: None,
-            invitations: Default::default(),
-            resumable: true,
-            resume_offset: 0,
-        })
+        .create_import(&new_import("lost", true))
         .await
         .unwrap();
     // Made to wait (here by its own replica, as the reaper would), then resumed elsewhere.
