@@ -132,7 +132,7 @@ async fn csrf_of(request: Request) -> Result<(Option<String>, Request), PageErro
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    if request.uri().path().ends_with("/new-import/upload") {
+    if request.uri().path().ends_with(super::paths::UPLOAD) {
         return Ok((header, request));
     }
     let is_form = request

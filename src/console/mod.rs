@@ -126,13 +126,16 @@ impl Console {
             .route("/templates/users.csv", get(new_import::template_file))
             .route(&format!("{account}/imports"), get(imports::list))
             // Not under imports/: every word there may be an import's id.
-            .route(&format!("{account}/new-import"), get(new_import::form))
             .route(
-                &format!("{account}/new-import/check"),
+                &format!("{account}{}", paths::NEW_IMPORT),
+                get(new_import::form),
+            )
+            .route(
+                &format!("{account}{}", paths::CHECK),
                 post(new_import::check),
             )
             .route(
-                &format!("{account}/new-import/upload"),
+                &format!("{account}{}", paths::UPLOAD),
                 // Streamed, never read whole: the body limit is the pipeline's.
                 post(new_import::upload).layer(DefaultBodyLimit::disable()),
             )

@@ -58,7 +58,7 @@ pub async fn form(
         }
     };
     let imports = paths::imports(&account);
-    let here = paths::new_import(&account);
+    let account_path = paths::account(&account);
     let template = template::template(ImportType::Users);
     let limit_mib = console.inner.importer.config().max_upload_bytes / (1024 * 1024);
     let body = html! {
@@ -66,7 +66,8 @@ pub async fn form(
         h1 { "New Import" }
         div.columns {
             form #new-import.card method="post" novalidate
-                data-check=(format!("{here}/check")) data-upload=(format!("{here}/upload"))
+                data-check=(format!("{account_path}{}", paths::CHECK))
+                data-upload=(format!("{account_path}{}", paths::UPLOAD))
                 data-imports=(imports) data-csrf=(visit.csrf) {
                 @if let Some(import) = &retry_of {
                     p.note { "Importing the fixed file of " strong { (import.filename.as_str()) }

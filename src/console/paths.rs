@@ -31,9 +31,17 @@ pub fn import(account_id: &str, import_id: &str) -> String {
     format!("{}/{}", imports(account_id), query_value(import_id))
 }
 
-/// The New Import form; its check and upload are under it.
+/// Under an account: the New Import form (not under imports/, where every word may be an
+/// import's id), its check, and its upload, whose body the guard leaves to the pipeline.
+pub const NEW_IMPORT: &str = "/new-import";
+/// See [`NEW_IMPORT`].
+pub const CHECK: &str = "/new-import/check";
+/// See [`NEW_IMPORT`].
+pub const UPLOAD: &str = "/new-import/upload";
+
+/// The New Import form.
 pub fn new_import(account_id: &str) -> String {
-    format!("{}/new-import", account(account_id))
+    format!("{}{NEW_IMPORT}", account(account_id))
 }
 
 /// The Users list, of one import when given.
