@@ -6,7 +6,7 @@
 //! cargo bench --bench import                         # 199 MiB, both backends, scaling lines
 //! cargo bench --bench import -- --size-mb 50         # another size
 //! cargo bench --bench import -- --backend sqlite     # one backend
-//! cargo bench --bench import -- --policies-only      # dry run, SKIP and UPDATE only
+//! cargo bench --bench import -- --policies-only      # dry runs, SKIP, UPDATE, re-syncs (--rounds N)
 //! cargo bench --bench import -- --populated-only     # three files into one growing account
 //! cargo bench --bench import -- --parse-only         # parsing and validation alone
 //! cargo bench --bench import -- --resumable-only     # resumable uploads against plain ones
@@ -17,9 +17,9 @@
 //! Every server run prints its own CPU time (utime + stime) per million rows beside wall time
 //! and peak RSS; the parsing and validation alone are timed in this process (`parse_cost`).
 //!
-//! Besides the plain import, it times on one server a dry run of the file into an empty
-//! account, then SKIP and UPDATE of the same file into an account that already holds every
-//! one of its users, each against the plain import of that file on that server.
+//! Besides the plain import, it times dry runs, SKIP and UPDATE of the same file, of a renamed
+//! copy and of a re-sync file, each against plain imports in the same round
+//! (`support::policies`).
 //!
 //! PostgreSQL runs when `BENCH_DATABASE_URL` or `TEST_DATABASE_URL` names a server (default:
 //! postgres://postgres@127.0.0.1:5432/postgres, skipped when it does not answer).
@@ -64,6 +64,8 @@ struct Options {
     console_only: bool,
     /// Only the service against the database's own loader, order alternating.
     loader_only: bool,
+    /// Rounds of the policies' comparison.
+    rounds: usize,
 }
 
 fn options() -> Options {
@@ -93,6 +95,7 @@ fn options() -> Options {
         resumable_only: args.iter().any(|a| a == "--resumable-only"),
         console_only: args.iter().any(|a| a == "--console-only"),
         loader_only: args.iter().any(|a| a == "--loader-only"),
+        rounds: value("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3),
     }
 }
 
@@ -152,54 +155,17 @@ async fn measure(backend: Backend, server: &str, files: &[PathBuf]) -> Run {
     }
 }
 
-/// A dry run, SKIP and UPDATE of `file`, each against a plain import of it, on one server: the
-/// plain import fills an account; the dry run goes into an empty one; SKIP and UPDATE go into
-/// the filled one, where every row's user exists.
-async fn policies(backend: Backend, server: &str, file: &Path, size_mb: u32) {
-    use bulk_import::proto::ConflictPolicy;
-    let database = fresh_database(backend, server).await;
-    let app = Server::start_this(&database.url).await;
-    let rows = data_rows(file) as i64;
-    let (plain, plain_time) = upload(app.channel.clone(), "filled", file).await;
-    assert_eq!(plain.rows_imported, rows, "{}", plain.error_message);
-    let line = |label: &str, time: Duration| {
-        println!(
-            "  {label:<40} {:>8.2} s   ratio to the plain import: {:.2}",
-            time.as_secs_f64(),
-            time.as_secs_f64() / plain_time.as_secs_f64()
-        );
-    };
-    line(&format!("plain import, {size_mb} MiB"), plain_time);
-    let (dry, dry_time) = upload_with(app.channel.clone(), "empty", file, |m| {
-        m.validate_only = true;
-    })
-    .await;
-    assert_eq!(dry.rows_imported, rows, "{}", dry.error_message);
-    line("dry run, empty account", dry_time);
+/// Dry runs, SKIP and UPDATE against plain imports: `policies::compare`.
+async fn policies(backend: Backend, server: &str, file: &Path, options: &Options) {
     let renamed = renamed_copy(file);
-    for (label, policy, file) in [
-        ("SKIP, every user exists", ConflictPolicy::Skip, file),
-        (
-            "UPDATE, same values (nothing to write)",
-            ConflictPolicy::Update,
-            file,
-        ),
-        (
-            "UPDATE, first names changed",
-            ConflictPolicy::Update,
-            renamed.as_path(),
-        ),
-    ] {
-        let (import, time) = upload_with(app.channel.clone(), "filled", file, |m| {
-            m.on_conflict = policy as i32;
-        })
-        .await;
-        assert_eq!(import.status, proto_success(), "{}", import.error_message);
-        assert_eq!(import.rows_skipped + import.rows_updated, rows);
-        line(label, time);
-    }
-    println!("  peak RSS over the five: {:.1} MiB", mib(app.peak_rss()));
-    app.stop();
+    let resync = resync_file(options.size_mb, 1);
+    let files = support::policies::Files {
+        same: file,
+        renamed: &renamed,
+        resync: &resync,
+    };
+    let postgres = (backend == Backend::Postgres).then_some(server);
+    support::policies::compare(postgres, &files, options.rounds).await;
 }
 
 /// Uninterrupted resumable uploads of `file` against plain ones, on one server, each into an
@@ -517,7 +483,7 @@ async fn main() {
         return;
     }
     let postgres = postgres_server();
-    for backend in options.backends {
+    for &backend in &options.backends {
         let server = match backend {
             Backend::Sqlite => String::new(),
             Backend::Postgres => match &postgres {
@@ -547,7 +513,7 @@ async fn main() {
             continue;
         }
         if options.policies || options.policies_only {
-            policies(backend, &server, &big, options.size_mb).await;
+            policies(backend, &server, &big, &options).await;
         }
         if options.policies_only {
             continue;

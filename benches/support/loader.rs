@@ -30,9 +30,14 @@ fn psql_value(url: &str, sql: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// A checkpoint: no timed step that follows pays for the dirty pages of the one before.
+pub fn checkpoint(server: &str) {
+    psql_value(server, "CHECKPOINT").expect("CHECKPOINT (needs a superuser)");
+}
+
 /// A checkpoint, then the WAL position: what a timed step starts from.
 fn checkpoint_then_lsn(server: &str) -> String {
-    psql_value(server, "CHECKPOINT").expect("CHECKPOINT (needs a superuser)");
+    checkpoint(server);
     psql_value(server, "SELECT pg_current_wal_lsn()").expect("the WAL position")
 }
 

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod loader;
+pub mod policies;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -136,26 +137,54 @@ pub fn users_file(size_mb: u32, seed: u32) -> PathBuf {
 /// `users_file` whose users are numbered from `start`: files with ranges that do not overlap
 /// hold different users (the generator's `--start`), for accounts that already hold some.
 pub fn users_file_from(size_mb: u32, seed: u32, start: u64) -> PathBuf {
+    let name = match start {
+        0 => format!("users-{size_mb}mb-seed{seed}.csv"),
+        start => format!("users-{size_mb}mb-seed{seed}-from{start}.csv"),
+    };
+    generated(
+        &name,
+        &[
+            "--size-mb",
+            &size_mb.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--start",
+            &start.to_string(),
+        ],
+    )
+}
+
+/// The re-sync of `users_file(size_mb, seed)`: the same users, 5% of them with another first
+/// name and 5% replaced by new users (the generator's `--changed-rate 0.05 --new-rate 0.05`).
+pub fn resync_file(size_mb: u32, seed: u32) -> PathBuf {
+    let name = format!("users-{size_mb}mb-seed{seed}-resync.csv");
+    generated(
+        &name,
+        &[
+            "--size-mb",
+            &size_mb.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--changed-rate",
+            "0.05",
+            "--new-rate",
+            "0.05",
+        ],
+    )
+}
+
+/// The generator's output for `args`, cached under `target/bench-data` as `name`.
+fn generated(name: &str, args: &[&str]) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = match start {
-        0 => dir.join(format!("users-{size_mb}mb-seed{seed}.csv")),
-        start => dir.join(format!("users-{size_mb}mb-seed{seed}-from{start}.csv")),
-    };
+    let path = dir.join(name);
     if !path.exists() {
         // Written aside, then renamed: tests running at once may generate the same file.
         let partial = tempfile::NamedTempFile::new_in(&dir).unwrap();
         let out = partial.reopen().unwrap();
         let status = Command::new("python3")
             .arg(generator())
-            .args([
-                "--size-mb",
-                &size_mb.to_string(),
-                "--seed",
-                &seed.to_string(),
-                "--start",
-                &start.to_string(),
-            ])
+            .args(args)
             .stdout(out)
             .status()
             .expect("python3 runs the generator");
@@ -287,6 +316,13 @@ impl Server {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kib| kib * 1024)
+    }
+
+    /// Starts the peak resident memory (VmHWM) afresh from the current one, so that the next
+    /// `peak_rss` is that of what runs in between (`clear_refs`, Linux 4.0 and later).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("the server's peak RSS can be reset");
     }
 
     /// Peak resident memory so far (VmHWM), in bytes.

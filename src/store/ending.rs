@@ -114,8 +114,6 @@ const RESTORE_UPDATED: &str = "UPDATE users AS u SET first_name = s.first_name, 
     FROM import_user_updates AS s \
     WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email";
 
-/// The values a running import's rows took in the file: needed only to judge its later rows.
-const FORGET_FILE_KEYS: &str = "DELETE FROM import_file_keys WHERE import_key = $1";
 /// The values its updates replaced: needed only to undo them, which an ended import no longer can
 /// be (a revert removes created users, it does not undo updates).
 const FORGET_UPDATES: &str = "DELETE FROM import_user_updates WHERE import_key = $1";
@@ -142,10 +140,11 @@ async fn undo<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), St
     Ok(())
 }
 
-/// What an ended import no longer needs: the values its rows held in the file, and the values
-/// its updates replaced.
+/// What an ended import no longer needs: the values its rows held in the file (needed only to
+/// judge its later rows: their table goes at once, `claims`), and the values its updates
+/// replaced.
 async fn forget<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), StoreError> {
-    steps.execute(FORGET_FILE_KEYS, &[Param::Int(key)]).await?;
+    steps.execute_claims(&super::claims::drop(key)).await?;
     steps.execute(FORGET_UPDATES, &[Param::Int(key)]).await?;
     Ok(())
 }

@@ -7,10 +7,10 @@
 //!   with what a dry run, SKIP and UPDATE need to decide a row (`plan::Existing`);
 //! - `holders`: who holds a value the unique indexes refused, for its row error
 //!   (`conflicts::Holder`);
-//! - `file_keys`: the values earlier rows of the same import took without becoming users
-//!   (`plan::FileKey`).
+//! - the values earlier rows of the same import took without becoming users (`plan::FileKey`)
+//!   are looked up in the import's own table (`claims::lookup`), and decoded here (`FileKeyRow`).
 //!
-//! Each takes the account (or import) as `$1` and the value as `$2`. How `$2` matches is the
+//! Each takes the account as `$1` and the value as `$2`. How `$2` matches is the
 //! one thing the backends write differently (`Match`): SQLite steps a point lookup per value
 //! through its C API, PostgreSQL binds all the values as one array.
 //!
@@ -35,11 +35,19 @@ pub(crate) enum Match {
 }
 
 impl Match {
-    /// The text that follows the column in the `WHERE` clause.
+    /// The text that follows the column in the `WHERE` clause, the values being `$2`.
     fn sql(self) -> &'static str {
         match self {
             Match::One => "= $2",
             Match::Any => "= ANY($2)",
+        }
+    }
+
+    /// The same, the values being parameter `n`.
+    pub(crate) fn sql_at(self, n: u8) -> String {
+        match self {
+            Match::One => format!("= ${n}"),
+            Match::Any => format!("= ANY(${n})"),
         }
     }
 }
@@ -143,41 +151,6 @@ pub(crate) fn holders_by_value(
         .collect()
 }
 
-/// The columns of `import_file_keys` a file key lookup may match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FileKeyColumn {
-    /// The email key a row took.
-    Email,
-    /// The external id a row took.
-    ExternalId,
-    /// The external id an update took away from its user: free for later rows.
-    Released,
-}
-
-impl FileKeyColumn {
-    /// The column's name in `import_file_keys`.
-    fn name(self) -> &'static str {
-        match self {
-            FileKeyColumn::Email => "email",
-            FileKeyColumn::ExternalId => "external_id",
-            FileKeyColumn::Released => "released_external_id",
-        }
-    }
-}
-
-/// The file keys of import `$1` whose `column` is one of the values, in `FileKeyRow` order.
-///
-/// Email and external id have unique indexes per import, so those lookups find at most one row
-/// per value.
-pub(crate) fn file_keys(column: FileKeyColumn, matching: Match) -> String {
-    format!(
-        "SELECT email, external_id, source_row, released_external_id FROM import_file_keys \
-         WHERE import_key = $1 AND {} {}",
-        column.name(),
-        matching.sql()
-    )
-}
-
 /// A file key lookup's row.
 ///
 /// Email, external id, source row and released external id, as `FileKey` has them.
@@ -205,9 +178,5 @@ mod tests {
         assert_eq!(one.replace("= $2", "= ANY($2)"), any);
         assert!(one.ends_with("u.email = $2"), "{one}");
         assert!(holders(Column::ExternalId, Match::One).starts_with("SELECT u.external_id,"));
-        assert!(
-            file_keys(FileKeyColumn::Released, Match::Any)
-                .ends_with("released_external_id = ANY($2)")
-        );
     }
 }

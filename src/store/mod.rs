@@ -65,6 +65,7 @@
 //!   arrays), `copy.rs` (binary `COPY` of users), `liveness.rs` (owner locks and heartbeats),
 //!   `notify.rs` (`LISTEN`/`NOTIFY`), `tx.rs` (transactions run again after a lost deadlock).
 
+mod claims;
 mod codec;
 mod conflicts;
 mod ending;

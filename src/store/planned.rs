@@ -1,7 +1,8 @@
 //! A dry run, or the SKIP and UPDATE policies, as both stores write a batch of one, in one
 //! transaction: the import held, the values of the batch looked up (`Steps::known`), every
 //! row decided (`plan::decide`), what the plan says written (`Steps::apply`), then the
-//! batch's record.
+//! batch's record. The values its rows take in the file go to a table of the import's own
+//! (`claims`), made by its first planned batch.
 //!
 //! Another replica may take a value between the lookup and the write: an insert is then
 //! refused by the unique indexes and gets its row error as in a plain import; an update fails
@@ -34,6 +35,7 @@ pub(crate) async fn write<S: Steps + ?Sized>(
     if !steps.lock_processing(target.key).await? {
         return Err(StoreError::NotProcessing);
     }
+    super::claims::ensure(steps, target.key).await?;
     let known = steps.known(target, mode, batch).await?;
     let plan = plan::decide(mode, batch, &known);
     let refused = steps.apply(target, batch, &plan).await?;

@@ -8,7 +8,8 @@
 //! - `revert`: the users of a finished import removed, and the note it keeps;
 //! - `record`: a batch's row errors, failed rows' cells and progress, and the row errors of
 //!   the values the unique indexes refused;
-//! - `planned`: dry runs, SKIP and UPDATE (lookups, `plan::decide`, writes);
+//! - `planned`: dry runs, SKIP and UPDATE (lookups, `plan::decide`, writes), with the values
+//!   their rows took in a table of each import's own (`claims`);
 //! - `rekey`: the one-off rekeying of old email addresses;
 //! - `retention`: a finished import's details removed, a step at a time.
 //!
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
+use super::claims::ClaimsSql;
 use super::conflicts::Holder;
 use super::failed::FailedLine;
 use super::plan::{Known, Mode, Plan};
@@ -142,6 +144,20 @@ pub(crate) trait Steps: Send {
 
     /// The number a shared `SELECT count(*)` selects.
     async fn count(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, StoreError>;
+
+    /// The import keys a shared statement selects (one integer column).
+    async fn import_keys(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<ImportKey>, StoreError>;
+
+    /// Runs a statement on an import's file keys table (`claims`), which takes no parameter;
+    /// the number of rows it changed.
+    async fn execute_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError>;
+
+    /// Whether import `key` has its file keys table (`claims::ensure`).
+    async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError>;
 
     /// Tells the followers of these imports on other servers that they changed, once the
     /// transaction commits. Nothing to do where one server runs.

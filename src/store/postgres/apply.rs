@@ -11,6 +11,7 @@ use super::plain::UNNEST_ROWS;
 use crate::domain::batch::UserRef;
 use crate::domain::{ImportKey, UserBatch};
 use crate::store::plan::{Claim, Update};
+use crate::store::steps::Dialect;
 use crate::store::{BatchTarget, StoreError};
 
 /// Updates the users of `updates` with their rows' non-empty cells (an empty cell, bound as
@@ -92,29 +93,28 @@ pub(super) async fn update_users(
     Ok(())
 }
 
-/// Records the values that rows not inserted as users took in the file.
+/// Records the values that rows not inserted as users took in the file, in the import's own
+/// table (`claims`).
 pub(super) async fn insert_file_keys(
     conn: &mut PgConnection,
     key: ImportKey,
     claims: &[Claim<'_>],
 ) -> Result<(), StoreError> {
+    let sql = crate::store::claims::insert(Dialect::Postgres, key);
     for part in claims.chunks(UNNEST_ROWS * 4) {
         let emails: Vec<&str> = part.iter().map(|c| c.email).collect();
         let ids: Vec<Option<&str>> = part.iter().map(|c| c.external_id).collect();
         let rows: Vec<i64> = part.iter().map(|c| c.row_number as i64).collect();
         let released: Vec<Option<&str>> = part.iter().map(|c| c.released_external_id).collect();
-        sqlx::query(
-            "INSERT INTO import_file_keys (import_key, email, external_id, source_row, \
-             released_external_id) \
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[])",
-        )
-        .bind(key)
-        .bind(&emails)
-        .bind(&ids)
-        .bind(&rows)
-        .bind(&released)
-        .execute(&mut *conn)
-        .await?;
+        // Not prepared: the statement names a table that goes with its import.
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
+            .persistent(false)
+            .bind(&emails)
+            .bind(&ids)
+            .bind(&rows)
+            .bind(&released)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use super::tx::{in_transaction, only_conflicts};
 use super::{PostgresStore, liveness, plain};
 use crate::store::StoreError;
 use crate::store::error::FaultLatch;
-use crate::store::rekey;
+use crate::store::{claims, rekey};
 
 impl PostgresStore {
     /// Connects, applies `migrations/postgres` (sqlx's migrator takes a lock, so replicas that
@@ -38,7 +38,13 @@ impl PostgresStore {
             &AtomicU64::new(0),
             &(),
             only_conflicts,
-            |mut steps, ()| Box::pin(async move { rekey::rekey(&mut steps).await }),
+            |mut steps, ()| {
+                Box::pin(async move {
+                    let rekeyed = rekey::rekey(&mut steps).await?;
+                    claims::adopt(&mut steps).await?;
+                    Ok(rekeyed)
+                })
+            },
         )
         .await?;
         rekeyed.log();

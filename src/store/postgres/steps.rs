@@ -17,10 +17,11 @@ use super::{IMPORT_COLUMNS, apply, liveness, record};
 use crate::domain::{
     AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
 };
+use crate::store::claims::{self, ClaimColumn, ClaimsSql};
 use crate::store::codec::{ClaimedRow, ImportRow, format_columns};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
-use crate::store::lookup::{self, FileKeyColumn, HolderRow, Match};
+use crate::store::lookup::{self, HolderRow, Match};
 use crate::store::plan::{Existing, FileKey, Known, Mode, Plan};
 use crate::store::steps::{Dialect, Param, RevertState, Steps, wait_condition};
 use crate::store::{BatchTarget, Committed, Conclusion, Guard, StoreError};
@@ -171,6 +172,37 @@ impl Steps for PgSteps<'_> {
             };
         }
         Ok(query.fetch_one(&mut *self.conn).await? as u64)
+    }
+
+    async fn import_keys(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<ImportKey>, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = match *param {
+                Param::Int(value) => query.bind(value),
+                Param::Text(value) => query.bind(value),
+            };
+        }
+        Ok(query.fetch_all(&mut *self.conn).await?)
+    }
+
+    /// Not prepared: a table made and dropped would leave a stale statement behind.
+    async fn execute_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError> {
+        Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected())
+    }
+
+    /// By the catalog, rather than `IF NOT EXISTS`, whose notice every batch would log.
+    async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(crate::store::claims::table(key))
+            .fetch_one(&mut *self.conn)
+            .await?)
     }
 
     /// An advisory lock of the transaction, held to its commit: transactions that write
@@ -429,19 +461,21 @@ impl Steps for PgSteps<'_> {
             known.users.extend(rows.into_iter().map(Existing::from));
         }
         for (column, values) in [
-            (FileKeyColumn::Email, &emails),
-            (FileKeyColumn::ExternalId, &ids),
-            (FileKeyColumn::Released, &ids),
+            (ClaimColumn::Email, &emails),
+            (ClaimColumn::ExternalId, &ids),
+            (ClaimColumn::Released, &ids),
         ] {
             if values.is_empty() {
                 continue;
             }
-            let sql = lookup::file_keys(column, Match::Any);
-            let rows: Vec<lookup::FileKeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(target.key)
-                .bind(values)
-                .fetch_all(&mut *self.conn)
-                .await?;
+            let sql = claims::lookup(target.key, column, Match::Any);
+            // Not prepared: the statement names a table that goes with its import.
+            let rows: Vec<lookup::FileKeyRow> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
+                    .persistent(false)
+                    .bind(values)
+                    .fetch_all(&mut *self.conn)
+                    .await?;
             known.file_keys.extend(rows.into_iter().map(FileKey::from));
         }
         Ok(known)

@@ -24,9 +24,11 @@ use libsqlite3_sys as ffi;
 use sqlx::sqlite::LockedSqliteHandle;
 
 use crate::domain::{Column, UserBatch};
+use crate::store::claims::{self, ClaimColumn};
 use crate::store::conflicts::Holder;
-use crate::store::lookup::{self, ExistingRow, FileKeyColumn, FileKeyRow, HolderRow, Match};
+use crate::store::lookup::{self, ExistingRow, FileKeyRow, HolderRow, Match};
 use crate::store::plan::{Claim, Existing, FileKey, Update};
+use crate::store::steps::Dialect;
 
 use super::statement::{SqliteFailure, Statement};
 
@@ -53,10 +55,6 @@ const UPDATE_USER: &str = "UPDATE users SET first_name = coalesce(?3, first_name
     job_title = coalesce(?6, job_title), external_id = coalesce(?7, external_id), \
     update_time = ?8, updated_by = ?9 WHERE account_id = ?1 AND email = ?2";
 
-/// One value a row took in the file (`plan::Claim`).
-const INSERT_FILE_KEY: &str = "INSERT INTO import_file_keys (import_key, email, external_id, \
-    source_row, released_external_id) VALUES (?1, ?2, ?3, ?4, ?5)";
-
 /// The lookups, built once from the statements both backends share (`store::lookup`).
 struct Lookups {
     /// Existing users by email (`lookup::existing_users`).
@@ -67,8 +65,6 @@ struct Lookups {
     holders_by_email: String,
     /// Holders of a refused external id.
     holders_by_external_id: String,
-    /// File keys by email, by external id, and by released external id.
-    file_keys: [String; 3],
 }
 
 /// Built on first use and kept: the statements are the same for every batch, only their
@@ -78,12 +74,6 @@ static LOOKUPS: LazyLock<Lookups> = LazyLock::new(|| Lookups {
     users_by_external_id: lookup::existing_users(Column::ExternalId, Match::One),
     holders_by_email: lookup::holders(Column::Email, Match::One),
     holders_by_external_id: lookup::holders(Column::ExternalId, Match::One),
-    file_keys: [
-        FileKeyColumn::Email,
-        FileKeyColumn::ExternalId,
-        FileKeyColumn::Released,
-    ]
-    .map(|column| lookup::file_keys(column, Match::One)),
 });
 
 /// What inserting a batch did.
@@ -200,24 +190,25 @@ fn given(value: &str) -> Option<&str> {
     (!value.is_empty()).then_some(value)
 }
 
-/// Records the values that rows not inserted as users took in the file.
+/// Records the values that rows not inserted as users took in the file, in the import's own
+/// table (`claims`).
 ///
-/// A file key already there fails the batch (`AlreadyExists`, from the unique indexes of
-/// `import_file_keys`): the plan never claims a value twice, so that would be a bug.
+/// A file key already there fails the batch (`AlreadyExists`, from the table's unique keys):
+/// the plan never claims a value twice, so that would be a bug.
 pub(super) fn insert_file_keys(
     handle: &mut LockedSqliteHandle<'_>,
     import_key: i64,
     claims: &[Claim<'_>],
 ) -> Result<(), SqliteFailure> {
     let db = handle.as_raw_handle();
+    let sql = claims::insert(Dialect::Sqlite, import_key);
     // SAFETY: as in `insert_users`.
-    let mut insert = unsafe { Statement::prepare(db, INSERT_FILE_KEY)? };
+    let mut insert = unsafe { Statement::prepare(db, sql.as_str())? };
     for claim in claims {
-        insert.int(1, import_key)?;
-        insert.text(2, claim.email)?;
-        insert.optional_text(3, claim.external_id)?;
-        insert.int(4, claim.row_number as i64)?;
-        insert.optional_text(5, claim.released_external_id)?;
+        insert.text(1, claim.email)?;
+        insert.optional_text(2, claim.external_id)?;
+        insert.int(3, claim.row_number as i64)?;
+        insert.optional_text(4, claim.released_external_id)?;
         insert.execute()?;
     }
     Ok(())
@@ -311,18 +302,20 @@ pub(super) fn file_keys(
     released: bool,
 ) -> Result<Vec<FileKey>, SqliteFailure> {
     let db = handle.as_raw_handle();
-    let [by_email, by_id, by_released] = &LOOKUPS.file_keys;
-    let mut lookups = vec![(by_email, emails), (by_id, external_ids)];
+    let mut lookups = vec![
+        (ClaimColumn::Email, emails),
+        (ClaimColumn::ExternalId, external_ids),
+    ];
     if released {
-        lookups.push((by_released, external_ids));
+        lookups.push((ClaimColumn::Released, external_ids));
     }
     let mut found = Vec::new();
-    for (sql, values) in lookups {
+    for (column, values) in lookups {
+        let sql = claims::lookup(import_key, column, Match::One);
         // SAFETY: as in `insert_users`.
-        let mut lookup = unsafe { Statement::prepare(db, sql)? };
+        let mut lookup = unsafe { Statement::prepare(db, sql.as_str())? };
         for value in values {
-            lookup.int(1, import_key)?;
-            lookup.text(2, value)?;
+            lookup.text(1, value)?;
             lookup.rows(|row| {
                 let columns: FileKeyRow = (
                     row.text(0).unwrap_or_default(),

@@ -48,8 +48,8 @@ use super::{
     BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
     FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, LifeSign, OpenOptions,
     Processing, RelayLease, Removed, Reverted, Store, StoreError, StoredRowError, StoredUser,
-    UserFilter, ending, events, invitations, plan, planned, queries, record, rekey, relay, resume,
-    retention, revert,
+    UserFilter, claims, ending, events, invitations, plan, planned, queries, record, rekey, relay,
+    resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -139,7 +139,10 @@ impl SqliteStore {
         let rekeyed = {
             let mut conn = writer.acquire().await?;
             let mut tx = begin(&mut conn).await?;
-            let rekeyed = rekey::rekey(&mut SqliteSteps::new(&mut tx, &AtomicU64::new(0))).await?;
+            let told = AtomicU64::new(0);
+            let mut steps = SqliteSteps::new(&mut tx, &told);
+            let rekeyed = rekey::rekey(&mut steps).await?;
+            claims::adopt(&mut steps).await?;
             tx.commit().await?;
             rekeyed
         };

@@ -19,6 +19,7 @@ use crate::domain::{
     AccountId, Column, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, NewImport,
     RowError, TextFormat, UserBatch,
 };
+use crate::store::claims::ClaimsSql;
 use crate::store::codec::ClaimedRow;
 use crate::store::codec::{ImportRow, format_columns, micros};
 use crate::store::conflicts::Holder;
@@ -192,6 +193,39 @@ impl Steps for SqliteSteps<'_> {
             };
         }
         Ok(query.fetch_one(&mut *self.conn).await? as u64)
+    }
+
+    async fn import_keys(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<ImportKey>, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = match *param {
+                Param::Int(value) => query.bind(value),
+                Param::Text(value) => query.bind(value),
+            };
+        }
+        Ok(query.fetch_all(&mut *self.conn).await?)
+    }
+
+    /// Not cached: a table made and dropped would leave a stale statement behind.
+    async fn execute_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError> {
+        Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError> {
+        let found: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = $1",
+        )
+        .bind(crate::store::claims::table(key))
+        .fetch_one(&mut *self.conn)
+        .await?;
+        Ok(found > 0)
     }
 
     /// Nothing to wait for: the one writer orders the events already.
