@@ -438,7 +438,8 @@ impl Steps for PgSteps<'_> {
     }
 
     /// At most five queries, each over all the batch's values as one array: users by email and by
-    /// external id, file keys by email, external id and released external id. `mode` is not
+    /// the external ids they do not hold (`plan::ids_not_found`), file keys by email, external id
+    /// and released external id. `mode` is not
     /// needed: a lookup that cannot match finds nothing.
     async fn known(
         &mut self,
@@ -448,14 +449,18 @@ impl Steps for PgSteps<'_> {
     ) -> Result<Known, StoreError> {
         let (emails, ids) = crate::store::plan::values(batch);
         let mut known = Known::default();
-        for (column, values) in [(Column::Email, &emails), (Column::ExternalId, &ids)] {
+        for column in [Column::Email, Column::ExternalId] {
+            let values = match column {
+                Column::Email => emails.clone(),
+                _ => crate::store::plan::ids_not_found(&ids, &known.users),
+            };
             if values.is_empty() {
                 continue;
             }
             let sql = lookup::existing_users(column, Match::Any);
             let rows: Vec<lookup::ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(target.account_id.as_str())
-                .bind(values)
+                .bind(&values)
                 .fetch_all(&mut *self.conn)
                 .await?;
             known.users.extend(rows.into_iter().map(Existing::from));
