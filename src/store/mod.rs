@@ -84,11 +84,13 @@ mod relay;
 mod resume;
 mod retention;
 mod revert;
+mod seen;
 mod sqlite;
 mod steps;
 mod types;
 
 pub use invitations::Invitees;
+pub use seen::SeenValues;
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -35,6 +35,7 @@
 use std::collections::HashMap;
 
 use super::BatchTarget;
+use super::seen::{Kind, SeenValues};
 use crate::domain::batch::UserRef;
 use crate::domain::{Column, ConflictPolicy, ImportKey, RowError, UserBatch};
 
@@ -166,6 +167,71 @@ pub(crate) fn values(batch: &UserBatch) -> (Vec<&str>, Vec<&str>) {
     (emails, ids)
 }
 
+/// What a planned batch looks up (`Steps::known`), built by `lookups`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Lookups<'b> {
+    /// The batch's emails, to find among the account's users (sorted, distinct); none when the
+    /// account holds no user.
+    pub user_emails: Vec<&'b str>,
+    /// Its external ids likewise, of which a backend looks up only those that no user found by
+    /// email holds (`ids_not_found`).
+    pub user_ids: Vec<&'b str>,
+    /// Its emails an earlier row of the import may have taken, to find among its file keys.
+    pub claimed_emails: Vec<&'b str>,
+    /// Its external ids an earlier row may have taken.
+    pub claimed_ids: Vec<&'b str>,
+    /// Its external ids an earlier update of the import may have released (UPDATE only, the
+    /// one policy that releases any).
+    pub released_ids: Vec<&'b str>,
+}
+
+/// The lookups a batch needs: its values (`values`), less what cannot be there. An account
+/// with no user (`account_empty`) has none of them; a value the import's filter has not seen
+/// (`seen`, see `SeenValues`) was taken by no earlier row; only UPDATE releases ids.
+pub(crate) fn lookups<'b>(
+    batch: &'b UserBatch,
+    mode: Mode,
+    account_empty: bool,
+    seen: Option<&SeenValues>,
+) -> Lookups<'b> {
+    let (emails, ids) = values(batch);
+    let may = |kind: Kind, values: &[&'b str]| -> Vec<&'b str> {
+        match seen {
+            Some(seen) => values
+                .iter()
+                .copied()
+                .filter(|value| seen.may_hold(kind, value))
+                .collect(),
+            None => values.to_vec(),
+        }
+    };
+    let released_ids = if mode.policy == ConflictPolicy::Update {
+        may(Kind::Released, &ids)
+    } else {
+        Vec::new()
+    };
+    Lookups {
+        claimed_emails: may(Kind::Email, &emails),
+        claimed_ids: may(Kind::ExternalId, &ids),
+        released_ids,
+        user_emails: if account_empty { Vec::new() } else { emails },
+        user_ids: if account_empty { Vec::new() } else { ids },
+    }
+}
+
+/// Notes in the import's filter the values a plan's rows take in its file (`Plan::claims`).
+pub(crate) fn remember(seen: &SeenValues, plan: &Plan<'_>) {
+    for claim in &plan.claims {
+        seen.insert(Kind::Email, claim.email);
+        if let Some(id) = claim.external_id {
+            seen.insert(Kind::ExternalId, id);
+        }
+        if let Some(id) = claim.released_external_id {
+            seen.insert(Kind::Released, id);
+        }
+    }
+}
+
 /// Of the batch's external ids, those that the users found by email do not hold: only they need
 /// a lookup. An external id is unique in the account, so the user found by email that holds one
 /// is the only user a lookup of it could find. In a re-sync nearly every row's user holds the
@@ -175,7 +241,10 @@ pub(crate) fn ids_not_found<'v>(ids: &[&'v str], found: &[Existing]) -> Vec<&'v 
         .iter()
         .filter_map(|user| user.external_id.as_deref())
         .collect();
-    ids.iter().copied().filter(|id| !held.contains(id)).collect()
+    ids.iter()
+        .copied()
+        .filter(|id| !held.contains(id))
+        .collect()
 }
 
 /// How rows are decided when the unique indexes alone cannot decide them: a dry run writes no

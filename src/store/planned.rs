@@ -16,9 +16,14 @@
 use super::conflicts::merge_by_row;
 use super::plan::{self, Mode};
 use super::record::{self, Written};
-use super::steps::Steps;
+use super::steps::{Param, Steps};
 use super::{BatchTarget, BatchWritten, StoreError};
 use crate::domain::UserBatch;
+
+/// Whether the account holds a user (1) or none (0): a first import into an account needs no
+/// lookup of its users.
+const ANY_USER: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM users WHERE account_id = $1 LIMIT 1) AS any_user";
 
 /// Writes a planned batch; `NotProcessing`, with nothing written, when the import ended.
 ///
@@ -36,9 +41,18 @@ pub(crate) async fn write<S: Steps + ?Sized>(
         return Err(StoreError::NotProcessing);
     }
     super::claims::ensure(steps, target.key).await?;
-    let known = steps.known(target, mode, batch).await?;
+    let account_empty = steps
+        .count(ANY_USER, &[Param::Text(target.account_id.as_str())])
+        .await?
+        == 0;
+    let lookups = plan::lookups(batch, mode, account_empty, target.seen);
+    let known = steps.known(target, &lookups).await?;
     let plan = plan::decide(mode, batch, &known);
     let refused = steps.apply(target, batch, &plan).await?;
+    if let Some(seen) = target.seen {
+        // Before the commit: if it rolls back, these values only cost a lookup later.
+        plan::remember(seen, &plan);
+    }
     let refused_errors = record::conflicts(steps, target, batch, &refused, false).await?;
     let mut conflicted = plan.conflicted.clone();
     conflicted.extend(&refused);

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use super::claims::ClaimsSql;
 use super::conflicts::Holder;
 use super::failed::FailedLine;
-use super::plan::{Known, Mode, Plan};
+use super::plan::{Known, Lookups, Plan};
 use super::{BatchTarget, Committed, Conclusion, Guard, StoreError};
 use crate::domain::{
     AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
@@ -281,16 +281,11 @@ pub(crate) trait Steps: Send {
     ) -> Result<(), StoreError>;
 
     /// What a planned batch must know before it is decided: the account's users and the
-    /// import's file keys that hold one of its values.
-    ///
-    /// `mode` lets a backend leave out lookups its policy cannot need: only an UPDATE releases
-    /// external ids, so SQLite looks those up only then (PostgreSQL always does, and finds none
-    /// otherwise).
+    /// import's file keys that hold one of the values `lookups` lists (`plan::lookups`).
     async fn known(
         &mut self,
         target: &BatchTarget<'_>,
-        mode: Mode,
-        batch: &UserBatch,
+        lookups: &Lookups<'_>,
     ) -> Result<Known, StoreError>;
 
     /// Writes what a plan says, in this order: updates (an update may free an external id a

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::SeenValues;
+
 use crate::domain::{
     AccountId, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, InvitationState, Role,
     RowError, TextFormat, UserEventKind,
@@ -84,6 +86,9 @@ pub struct BatchTarget<'a> {
     pub on_conflict: ConflictPolicy,
     /// A dry run: every check, no user written.
     pub validate_only: bool,
+    /// The values the upload's planned batches took so far, when it saw all of them (an
+    /// upload that began the import): most lookups of earlier rows' values are skipped.
+    pub seen: Option<&'a SeenValues>,
 }
 
 /// Where a file stands once a batch is stored: the end of its last row, and, for a resumable

@@ -71,6 +71,7 @@ backend_tests! {
             format: None,
             on_conflict: Default::default(),
             validate_only: false,
+            seen: None,
         };
         let written = store.write_batch(&target, &batch).await;
         assert!(matches!(written, Err(StoreError::NotProcessing)), "{written:?}");
@@ -149,6 +150,7 @@ async fn a_replica_that_lost_an_import_to_a_resume_elsewhere_cannot_touch_it() {
         format: None,
         on_conflict: Default::default(),
         validate_only: false,
+        seen: None,
     };
     let written = first.write_batch(&target, &batch).await;
     assert!(

@@ -16,8 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::tally::{Reads, Tally};
-use crate::domain::{Import, TextFormat, UserBatch};
-use crate::store::{BatchTarget, Committed, Store, StoreError};
+use crate::domain::{ConflictPolicy, Import, TextFormat, UserBatch};
+use crate::store::{BatchTarget, Committed, SeenValues, Store, StoreError};
 
 /// Batches queued for the writer: one being written, one waiting, one being filled. So an
 /// upload holds at most three batches, each with its grant from the shared memory budget.
@@ -73,6 +73,12 @@ impl Writer {
         let (tx, mut rx) = mpsc::channel::<Queued>(WRITER_QUEUE);
         let (key, account_id) = (import.key, import.account_id.clone());
         let (on_conflict, validate_only) = (import.on_conflict, import.validate_only);
+        // Only an upload that begins its import sees every value its rows take (a resume does
+        // not): only then may its filter rule lookups out (`SeenValues`). Only planned imports
+        // (dry runs, SKIP, UPDATE) look values up.
+        let planned = validate_only || on_conflict != ConflictPolicy::Error;
+        let seen = (planned && import.counters.rows_processed == 0 && import.committed_bytes == 0)
+            .then(SeenValues::new);
         let (idle_tx, idle) = watch::channel(true);
         let task = tokio::spawn(async move {
             loop {
@@ -103,6 +109,7 @@ impl Writer {
                     format,
                     on_conflict,
                     validate_only,
+                    seen: seen.as_ref(),
                 };
                 let written = store.write_batch(&target, &batch).await?;
                 tally.written(&written, format, committed.bytes);

@@ -22,7 +22,7 @@ use crate::store::codec::{ClaimedRow, ImportRow, format_columns};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
 use crate::store::lookup::{self, HolderRow, Match};
-use crate::store::plan::{Existing, FileKey, Known, Mode, Plan};
+use crate::store::plan::{Existing, FileKey, Known, Lookups, Plan};
 use crate::store::steps::{Dialect, Param, RevertState, Steps, wait_condition};
 use crate::store::{BatchTarget, Committed, Conclusion, Guard, StoreError};
 
@@ -437,22 +437,19 @@ impl Steps for PgSteps<'_> {
         record::insert_failed_rows(self.conn, key, lines).await
     }
 
-    /// At most five queries, each over all the batch's values as one array: users by email and by
-    /// the external ids they do not hold (`plan::ids_not_found`), file keys by email, external id
-    /// and released external id. `mode` is not
-    /// needed: a lookup that cannot match finds nothing.
+    /// At most five queries, each over its values as one array: users by email and by the
+    /// external ids they do not hold (`plan::ids_not_found`), file keys by email, external id
+    /// and released external id.
     async fn known(
         &mut self,
         target: &BatchTarget<'_>,
-        _mode: Mode,
-        batch: &UserBatch,
+        lookups: &Lookups<'_>,
     ) -> Result<Known, StoreError> {
-        let (emails, ids) = crate::store::plan::values(batch);
         let mut known = Known::default();
         for column in [Column::Email, Column::ExternalId] {
             let values = match column {
-                Column::Email => emails.clone(),
-                _ => crate::store::plan::ids_not_found(&ids, &known.users),
+                Column::Email => lookups.user_emails.clone(),
+                _ => crate::store::plan::ids_not_found(&lookups.user_ids, &known.users),
             };
             if values.is_empty() {
                 continue;
@@ -466,9 +463,9 @@ impl Steps for PgSteps<'_> {
             known.users.extend(rows.into_iter().map(Existing::from));
         }
         for (column, values) in [
-            (ClaimColumn::Email, &emails),
-            (ClaimColumn::ExternalId, &ids),
-            (ClaimColumn::Released, &ids),
+            (ClaimColumn::Email, &lookups.claimed_emails),
+            (ClaimColumn::ExternalId, &lookups.claimed_ids),
+            (ClaimColumn::Released, &lookups.released_ids),
         ] {
             if values.is_empty() {
                 continue;

@@ -27,7 +27,7 @@ use crate::domain::{Column, UserBatch};
 use crate::store::claims::{self, ClaimColumn};
 use crate::store::conflicts::Holder;
 use crate::store::lookup::{self, ExistingRow, FileKeyRow, HolderRow, Match};
-use crate::store::plan::{self, Claim, Existing, FileKey, Update};
+use crate::store::plan::{self, Claim, Existing, FileKey, Lookups, Update};
 use crate::store::steps::Dialect;
 
 use super::statement::{SqliteFailure, Statement};
@@ -56,7 +56,7 @@ const UPDATE_USER: &str = "UPDATE users SET first_name = coalesce(?3, first_name
     update_time = ?8, updated_by = ?9 WHERE account_id = ?1 AND email = ?2";
 
 /// The lookups, built once from the statements both backends share (`store::lookup`).
-struct Lookups {
+struct Statements {
     /// Existing users by email (`lookup::existing_users`).
     users_by_email: String,
     /// Existing users by external id.
@@ -69,7 +69,7 @@ struct Lookups {
 
 /// Built on first use and kept: the statements are the same for every batch, only their
 /// preparation is per batch.
-static LOOKUPS: LazyLock<Lookups> = LazyLock::new(|| Lookups {
+static LOOKUPS: LazyLock<Statements> = LazyLock::new(|| Statements {
     users_by_email: lookup::existing_users(Column::Email, Match::One),
     users_by_external_id: lookup::existing_users(Column::ExternalId, Match::One),
     holders_by_email: lookup::holders(Column::Email, Match::One),
@@ -300,27 +300,23 @@ pub(super) fn holders(
     Ok(lookup::holders_by_value(rows))
 }
 
-/// The file keys of import `import_key` that hold one of `emails` or `external_ids`, or (with
-/// `released`) that released one of the external ids.
-///
-/// `released` is set for the UPDATE policy only, the one that releases external ids.
+/// The file keys of import `import_key` that hold one of the claimed emails or external ids of
+/// `lookups`, or released one of its released ids.
 pub(super) fn file_keys(
     handle: &mut LockedSqliteHandle<'_>,
     import_key: i64,
-    emails: &[&str],
-    external_ids: &[&str],
-    released: bool,
+    lookups: &Lookups<'_>,
 ) -> Result<Vec<FileKey>, SqliteFailure> {
     let db = handle.as_raw_handle();
-    let mut lookups = vec![
-        (ClaimColumn::Email, emails),
-        (ClaimColumn::ExternalId, external_ids),
-    ];
-    if released {
-        lookups.push((ClaimColumn::Released, external_ids));
-    }
     let mut found = Vec::new();
-    for (column, values) in lookups {
+    for (column, values) in [
+        (ClaimColumn::Email, &lookups.claimed_emails),
+        (ClaimColumn::ExternalId, &lookups.claimed_ids),
+        (ClaimColumn::Released, &lookups.released_ids),
+    ] {
+        if values.is_empty() {
+            continue;
+        }
         let sql = claims::lookup(import_key, column, Match::One);
         // SAFETY: as in `insert_users`.
         let mut lookup = unsafe { Statement::prepare(db, sql.as_str())? };

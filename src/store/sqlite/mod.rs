@@ -107,8 +107,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(settings.busy_timeout)
             .foreign_keys(true)
-            // Statement journals (a multi-row INSERT may need to undo itself) stay in memory.
-            .pragma("temp_store", "MEMORY");
+            // Statement journals (a multi-row INSERT may need to undo itself) stay in memory up
+            // to 64 KiB (SQLITE_STMTJRNL_SPILL), then go to a temporary file: an ending that
+            // writes an event per updated user (650,000 for a 50 MiB file) kept its whole
+            // statement journal in memory with `MEMORY`, 300 MiB of peak RSS.
+            .pragma("temp_store", "FILE");
         let path = options.get_filename().to_owned();
         let in_memory = path.as_os_str() == ":memory:";
         // Before anything is read or written: a second server must not end the first one's

@@ -16,15 +16,15 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{IMPORT_COLUMNS, capi, ranges, statement};
 use crate::domain::{
-    AccountId, Column, ConflictPolicy, Counters, Import, ImportKey, ImportStatus, NewImport,
-    RowError, TextFormat, UserBatch,
+    AccountId, Column, Counters, Import, ImportKey, ImportStatus, NewImport, RowError, TextFormat,
+    UserBatch,
 };
 use crate::store::claims::ClaimsSql;
 use crate::store::codec::ClaimedRow;
 use crate::store::codec::{ImportRow, format_columns, micros};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
-use crate::store::plan::{Known, Mode, Plan};
+use crate::store::plan::{Known, Lookups, Plan};
 use crate::store::steps::{Dialect, Param, RevertState, Steps, wait_condition};
 use crate::store::{BatchTarget, Committed, Conclusion, Guard, StoreError};
 
@@ -472,21 +472,22 @@ impl Steps for SqliteSteps<'_> {
     }
 
     /// Point lookups through the C API, each on an index: emails and external ids among the
-    /// account's users, then the import's file keys (released external ids only under UPDATE, the
-    /// one policy that releases any).
+    /// account's users, then the import's file keys.
     async fn known(
         &mut self,
         target: &BatchTarget<'_>,
-        mode: Mode,
-        batch: &UserBatch,
+        lookups: &Lookups<'_>,
     ) -> Result<Known, StoreError> {
         let account_id = target.account_id.as_str();
-        let (emails, ids) = crate::store::plan::values(batch);
-        let released = mode.policy == ConflictPolicy::Update;
         statement::on_handle(self.conn, |handle| {
             Ok(Known {
-                users: capi::existing_users(handle, account_id, &emails, &ids)?,
-                file_keys: capi::file_keys(handle, target.key, &emails, &ids, released)?,
+                users: capi::existing_users(
+                    handle,
+                    account_id,
+                    &lookups.user_emails,
+                    &lookups.user_ids,
+                )?,
+                file_keys: capi::file_keys(handle, target.key, lookups)?,
             })
         })
         .await
