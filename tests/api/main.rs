@@ -27,6 +27,7 @@ mod rejections;
 mod relay;
 mod replicas;
 mod resume;
+mod resume_planned;
 mod resume_servers;
 mod retention;
 mod row_by_row;
