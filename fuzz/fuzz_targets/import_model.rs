@@ -95,7 +95,7 @@ async fn import(
         .await
         .expect("the import completes");
     let errors = importer
-        .row_errors(imported.key, None, 100_000)
+        .row_errors(&imported, None, 100_000)
         .await
         .unwrap();
     let c = imported.counters;

@@ -20,10 +20,13 @@ use super::steps::{Param, Steps};
 use super::{BatchTarget, BatchWritten, StoreError};
 use crate::domain::UserBatch;
 
-/// Whether the account holds a user (1) or none (0): a first import into an account needs no
-/// lookup of its users.
-const ANY_USER: &str =
-    "SELECT count(*) FROM (SELECT 1 FROM users WHERE account_id = $1 LIMIT 1) AS any_user";
+/// Whether the account may hold a user: whether an import that was not a dry run ever ran in it
+/// (this one included). Users come only from such imports, so with none the account holds no
+/// user and a dry run into it (a first import, checked before it runs) needs no lookup of its
+/// users. Asked of `imports`, whose index leads with the account on both backends (PostgreSQL's
+/// users are keyed by email first: asking them was a scan of the whole table).
+const MAY_HOLD_USERS: &str = "SELECT count(*) FROM (SELECT 1 FROM imports \
+    WHERE account_id = $1 AND NOT validate_only LIMIT 1) AS any_import";
 
 /// Writes a planned batch; `NotProcessing`, with nothing written, when the import ended.
 ///
@@ -41,10 +44,8 @@ pub(crate) async fn write<S: Steps + ?Sized>(
         return Err(StoreError::NotProcessing);
     }
     super::claims::ensure(steps, target.key).await?;
-    let account_empty = steps
-        .count(ANY_USER, &[Param::Text(target.account_id.as_str())])
-        .await?
-        == 0;
+    let account = Param::Text(target.account_id.as_str());
+    let account_empty = steps.count(MAY_HOLD_USERS, &[account]).await? == 0;
     let lookups = plan::lookups(batch, mode, account_empty, target.seen);
     let known = steps.known(target, &lookups).await?;
     let plan = plan::decide(mode, batch, &known);
