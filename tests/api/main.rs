@@ -2,6 +2,7 @@
 
 mod backends;
 mod chart;
+mod claims;
 mod cli;
 mod cli_connect;
 mod console;

@@ -11,7 +11,7 @@ use crate::resume::{Came, came_to, finish_of, send, until};
 
 /// The first message of an upload of `import_id` into `account` with these options, resumable
 /// from `offset`.
-fn first(
+pub(crate) fn first(
     account: &str,
     import_id: &str,
     offset: u64,

@@ -1,0 +1,148 @@
+//! The values a planned import's rows took in its file (its file keys) live in a table of the
+//! import's own while it runs (`import_file_keys_{key}`), and the table goes with its ending;
+//! the rows of earlier versions' shared table are moved into such tables at start.
+
+use bulk_import::domain::{AccountId, Filename, ImportId, ImportType, NewImport};
+use bulk_import::proto;
+use bulk_import::store::{self, OpenOptions};
+
+use crate::helpers::*;
+use crate::resume::{finish_of, send, until};
+use crate::resume_planned::first;
+
+/// Runs `sql` (one value per row, as text) on the database at `url`.
+async fn texts(backend: Backend, url: &str, sql: &str) -> Vec<String> {
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            let rows = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            rows
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let rows = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            rows
+        }
+    }
+}
+
+/// The file key tables of the database, by name.
+async fn claim_tables(backend: Backend, url: &str) -> Vec<String> {
+    let sql = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_schema WHERE type = 'table' \
+             AND name LIKE 'import\\_file\\_keys\\_%' ESCAPE '\\' ORDER BY name"
+        }
+        Backend::Postgres => {
+            "SELECT tablename::text FROM pg_tables \
+             WHERE tablename LIKE 'import\\_file\\_keys\\_%' ESCAPE '\\' ORDER BY tablename"
+        }
+    };
+    texts(backend, url, sql).await
+}
+
+backend_tests! {
+    async fn a_planned_import_s_file_keys_live_in_its_own_table_until_it_ends(backend) {
+        let app = spawn_app_with(backend, |a| a.batch_rows = Some(20)).await;
+        let (file, _) = generate(&["--rows", "300", "--dup-rate", "0.05", "--seed", "43"]);
+        let dry = |m: &mut proto::ImportMetadata| m.validate_only = true;
+        let mut client = app.client.clone();
+        // Half the file, then the client goes: the import waits, its file keys kept.
+        let mut messages = vec![first(ACCOUNT, "r", 0, &dry)];
+        messages.extend(file[..file.len() / 2].chunks(2000).map(chunk));
+        send(&mut client, messages).await.unwrap_err();
+        let waiting = until(&mut client, ACCOUNT, "r", std::time::Duration::from_secs(30), |i| {
+            i.resume_deadline.is_some()
+        })
+        .await;
+        let tables = claim_tables(backend, &app.database_url).await;
+        assert_eq!(tables.len(), 1, "{tables:?}");
+        let keys = texts(backend, &app.database_url,
+            &format!("SELECT email FROM {}", tables[0])).await;
+        // Every valid row before the cut took its email (a dry run inserts no user).
+        let rows = waiting.rows_processed - waiting.rows_failed;
+        assert_eq!(keys.len() as i64, rows, "{waiting:?}");
+        // The rest: the import completes, and its table goes.
+        let offset = waiting.committed_bytes as usize;
+        let mut messages = vec![first(ACCOUNT, "r", offset as u64, &dry)];
+        messages.extend(file[offset..].chunks(2000).map(chunk));
+        messages.push(finish_of(&file));
+        let done = send(&mut client, messages).await.unwrap();
+        assert_eq!(done.rows_imported, done.rows_processed - done.rows_failed);
+        assert_eq!(claim_tables(backend, &app.database_url).await, Vec::<String>::new());
+        // A SKIP import that fails a batch ends too: cancelled while it waits, its table goes.
+        let skip = |m: &mut proto::ImportMetadata| {
+            m.on_conflict = proto::ConflictPolicy::Skip as i32
+        };
+        let mut messages = vec![first(ACCOUNT, "s", 0, &skip)];
+        messages.extend(file[..file.len() / 2].chunks(2000).map(chunk));
+        send(&mut client, messages).await.unwrap_err();
+        until(&mut client, ACCOUNT, "s", std::time::Duration::from_secs(30), |i| {
+            i.resume_deadline.is_some()
+        })
+        .await;
+        assert_eq!(claim_tables(backend, &app.database_url).await.len(), 1);
+        client
+            .cancel_import(proto::CancelImportRequest {
+                account_id: ACCOUNT.into(),
+                import_id: "s".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(claim_tables(backend, &app.database_url).await, Vec::<String>::new());
+    }
+
+    async fn the_shared_file_keys_of_earlier_versions_move_to_their_import_s_table(backend) {
+        let database = TestDatabase::new(backend).await;
+        let store = store::open(&database.url, OpenOptions::default()).await.unwrap();
+        let import = store
+            .create_import(&NewImport {
+                account_id: AccountId::parse(ACCOUNT).unwrap(),
+                import_id: ImportId::parse("waiting").unwrap(),
+                kind: ImportType::Users,
+                filename: Filename::parse("users.csv").unwrap(),
+                created_by: String::new(),
+                validate_only: true,
+                on_conflict: Default::default(),
+                retry_of: None,
+                invitations: Default::default(),
+                resumable: true,
+                resume_offset: 0,
+            })
+            .await
+            .unwrap();
+        store.close().await;
+        drop(store);
+        // What an earlier version left of an import that waited for its client's resume.
+        let legacy = format!(
+            "INSERT INTO import_file_keys (import_key, email, external_id, source_row, \
+             released_external_id) VALUES ({k}, 'a@example.com', 'E1', 2, NULL), \
+             ({k}, 'b@example.com', NULL, 3, 'E9') RETURNING email",
+            k = import.key
+        );
+        assert_eq!(texts(backend, &database.url, &legacy).await.len(), 2);
+
+        let store = store::open(&database.url, OpenOptions::default()).await.unwrap();
+        let table = format!("import_file_keys_{}", import.key);
+        assert_eq!(claim_tables(backend, &database.url).await, vec![table.clone()]);
+        let moved = texts(backend, &database.url, &format!(
+            "SELECT email || '|' || coalesce(external_id, '') || '|' || \
+             CAST(source_row AS TEXT) || '|' || coalesce(released_external_id, '') \
+             FROM {table} ORDER BY email"
+        ))
+        .await;
+        assert_eq!(moved, ["a@example.com|E1|2|", "b@example.com||3|E9"]);
+        let left = texts(backend, &database.url,
+            "SELECT email FROM import_file_keys").await;
+        assert_eq!(left, Vec::<String>::new());
+        store.close().await;
+    }
+}
