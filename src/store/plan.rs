@@ -35,6 +35,7 @@
 use std::collections::HashMap;
 
 use super::BatchTarget;
+use super::claims::ClaimColumn;
 use super::seen::{Kind, SeenValues};
 use crate::domain::batch::UserRef;
 use crate::domain::{Column, ConflictPolicy, ImportKey, RowError, UserBatch};
@@ -183,6 +184,21 @@ pub(crate) struct Lookups<'b> {
     /// Its external ids an earlier update of the import may have released (UPDATE only, the
     /// one policy that releases any).
     pub released_ids: Vec<&'b str>,
+}
+
+impl<'b> Lookups<'b> {
+    /// The file key lookups to run: each column of the import's table with its values, the
+    /// columns with none left out.
+    pub(crate) fn of_file_keys(&self) -> impl Iterator<Item = (ClaimColumn, &[&'b str])> {
+        [
+            (ClaimColumn::Email, &self.claimed_emails),
+            (ClaimColumn::ExternalId, &self.claimed_ids),
+            (ClaimColumn::Released, &self.released_ids),
+        ]
+        .into_iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(column, values)| (column, values.as_slice()))
+    }
 }
 
 /// The lookups a batch needs: its values (`values`), less what cannot be there. An account

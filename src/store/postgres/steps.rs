@@ -17,7 +17,7 @@ use super::{IMPORT_COLUMNS, apply, liveness, record};
 use crate::domain::{
     AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
 };
-use crate::store::claims::{self, ClaimColumn, ClaimsSql};
+use crate::store::claims::{self, ClaimsSql};
 use crate::store::codec::{ClaimedRow, ImportRow, format_columns};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
@@ -179,14 +179,11 @@ impl Steps for PgSteps<'_> {
         sql: &'static str,
         params: &[Param<'_>],
     ) -> Result<Vec<ImportKey>, StoreError> {
-        let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for param in params {
-            query = match *param {
-                Param::Int(value) => query.bind(value),
-                Param::Text(value) => query.bind(value),
-            };
-        }
-        Ok(query.fetch_all(&mut *self.conn).await?)
+        let rows = Self::query(sql, params).fetch_all(&mut *self.conn).await?;
+        Ok(rows
+            .iter()
+            .map(|row| sqlx::Row::try_get::<i64, _>(row, 0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Not prepared: a table made and dropped would leave a stale statement behind.
@@ -462,14 +459,7 @@ impl Steps for PgSteps<'_> {
                 .await?;
             known.users.extend(rows.into_iter().map(Existing::from));
         }
-        for (column, values) in [
-            (ClaimColumn::Email, &lookups.claimed_emails),
-            (ClaimColumn::ExternalId, &lookups.claimed_ids),
-            (ClaimColumn::Released, &lookups.released_ids),
-        ] {
-            if values.is_empty() {
-                continue;
-            }
+        for (column, values) in lookups.of_file_keys() {
             let sql = claims::lookup(target.key, column, Match::Any);
             // Not prepared: the statement names a table that goes with its import.
             let rows: Vec<lookup::FileKeyRow> =

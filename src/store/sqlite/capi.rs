@@ -24,7 +24,7 @@ use libsqlite3_sys as ffi;
 use sqlx::sqlite::LockedSqliteHandle;
 
 use crate::domain::{Column, UserBatch};
-use crate::store::claims::{self, ClaimColumn};
+use crate::store::claims;
 use crate::store::conflicts::Holder;
 use crate::store::lookup::{self, ExistingRow, FileKeyRow, HolderRow, Match};
 use crate::store::plan::{self, Claim, Existing, FileKey, Lookups, Update};
@@ -309,14 +309,7 @@ pub(super) fn file_keys(
 ) -> Result<Vec<FileKey>, SqliteFailure> {
     let db = handle.as_raw_handle();
     let mut found = Vec::new();
-    for (column, values) in [
-        (ClaimColumn::Email, &lookups.claimed_emails),
-        (ClaimColumn::ExternalId, &lookups.claimed_ids),
-        (ClaimColumn::Released, &lookups.released_ids),
-    ] {
-        if values.is_empty() {
-            continue;
-        }
+    for (column, values) in lookups.of_file_keys() {
         let sql = claims::lookup(import_key, column, Match::One);
         // SAFETY: as in `insert_users`.
         let mut lookup = unsafe { Statement::prepare(db, sql.as_str())? };

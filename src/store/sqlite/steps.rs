@@ -200,14 +200,11 @@ impl Steps for SqliteSteps<'_> {
         sql: &'static str,
         params: &[Param<'_>],
     ) -> Result<Vec<ImportKey>, StoreError> {
-        let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for param in params {
-            query = match *param {
-                Param::Int(value) => query.bind(value),
-                Param::Text(value) => query.bind(value),
-            };
-        }
-        Ok(query.fetch_all(&mut *self.conn).await?)
+        let rows = Self::query(sql, params).fetch_all(&mut *self.conn).await?;
+        Ok(rows
+            .iter()
+            .map(|row| sqlx::Row::try_get::<i64, _>(row, 0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Not cached: a table made and dropped would leave a stale statement behind.
