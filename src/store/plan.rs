@@ -120,8 +120,8 @@ impl Busy<'_> {
 /// A value an earlier row of the import took in its file, without being inserted as a user.
 ///
 /// Rows the import skipped or updated, and every valid row of a dry run, are not (as theirs) in
-/// the users table, yet their values count for the rows after them: they are kept in
-/// `import_file_keys` until the import ends (`ending::forget`).
+/// the users table, yet their values count for the rows after them: they are kept in a table of
+/// the import's own (`claims`) until the import ends (`ending::forget`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FileKey {
     /// The email key the row took.
