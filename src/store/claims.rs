@@ -42,10 +42,15 @@ pub(crate) fn table(key: ImportKey) -> String {
 pub(crate) fn create(dialect: Dialect, key: ImportKey) -> [ClaimsSql; 3] {
     let table = table(key);
     let without_rowid = dialect.pick::<&str>(&" WITHOUT ROWID", &"");
+    // Byte order on PostgreSQL, as the `users` columns whose values these are (and the shared
+    // table of earlier versions): a database's default collation (`en_US.UTF-8`, even
+    // `C.UTF-8`) compares through the C library's collation, 13% of these inserts' time on
+    // a `C.UTF-8` database (SKIP, 50 MiB). SQLite compares bytes already.
+    let text = dialect.pick::<&str>(&"TEXT", &"TEXT COLLATE \"C\"");
     [
         format!(
-            "CREATE TABLE IF NOT EXISTS {table} (email TEXT NOT NULL PRIMARY KEY, \
-             external_id TEXT, source_row BIGINT NOT NULL, released_external_id TEXT)\
+            "CREATE TABLE IF NOT EXISTS {table} (email {text} NOT NULL PRIMARY KEY, \
+             external_id {text}, source_row BIGINT NOT NULL, released_external_id {text})\
              {without_rowid}"
         ),
         format!(
@@ -166,10 +171,12 @@ mod tests {
         let create = create(Dialect::Sqlite, 42);
         assert!(create[0].as_str().contains("import_file_keys_42 (email"));
         assert!(create[0].as_str().ends_with("WITHOUT ROWID"));
+        let postgres = super::create(Dialect::Postgres, 42);
+        assert!(!postgres[0].as_str().contains("ROWID"));
         assert!(
-            !super::create(Dialect::Postgres, 42)[0]
+            postgres[0]
                 .as_str()
-                .contains("ROWID")
+                .contains("(email TEXT COLLATE \"C\" NOT NULL PRIMARY KEY")
         );
         assert_eq!(drop(7).as_str(), "DROP TABLE IF EXISTS import_file_keys_7");
         assert!(
