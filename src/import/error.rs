@@ -138,6 +138,9 @@ impl From<StoreError> for ImportError {
                 "import '{import_id}', still running, is updating some of this import's users; \
                  revert once it has ended"
             )),
+            e @ StoreError::FileKeysLost(_) => ImportError::FailedPrecondition(format!(
+                "{e}; upload the whole file again as a new import"
+            )),
             // The callers that can meet a taken id handle it with its context.
             StoreError::AlreadyExists => {
                 ImportError::Internal("unexpected uniqueness violation".to_owned())

@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::domain::ImportKey;
+
 /// The backend's error behind a classified one, for the log only.
 ///
 /// Never shown to a client: its text may hold SQL, paths or values (`StoreError::detail` joins it
@@ -76,6 +78,14 @@ pub enum StoreError {
     /// done.
     #[error("the database kept aborting this write in favour of another import's")]
     Conflict(#[source] Source),
+    /// The file keys table of this import (`claims`) lost its rows: PostgreSQL empties its
+    /// unlogged tables when it recovers from a crash, or on a standby that takes over. The
+    /// import cannot tell a row's duplicates before the cut any more, so it must fail.
+    #[error(
+        "the database lost what it kept of this import's earlier rows (PostgreSQL recovered from a \
+         crash)"
+    )]
+    FileKeysLost(ImportKey),
     /// The database URL, the SQLite file or its lock cannot be used as given (a bad URL, another
     /// server holding the file): the service must not start. The message names what to fix.
     #[error("invalid database url: {0}")]
@@ -167,7 +177,8 @@ impl StoreError {
             StoreError::AlreadyExists
             | StoreError::NotProcessing
             | StoreError::StillRunning
-            | StoreError::BeingUpdated(_) => true,
+            | StoreError::BeingUpdated(_)
+            | StoreError::FileKeysLost(_) => true,
             StoreError::Unavailable { .. }
             | StoreError::Fault { .. }
             | StoreError::Conflict(_)

@@ -156,6 +156,9 @@ pub(crate) trait Steps: Send {
     /// the number of rows it changed.
     async fn execute_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError>;
 
+    /// The number a `SELECT count(*)` on an import's file keys table selects.
+    async fn count_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError>;
+
     /// Whether import `key` has its file keys table (`claims::ensure`).
     async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError>;
 

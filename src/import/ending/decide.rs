@@ -248,6 +248,10 @@ fn write_failed(error: &StoreError) -> String {
         StoreError::NotProcessing => "the import was ended by another server while it ran, so \
                                       nothing was imported; upload the file again"
             .to_owned(),
+        e @ StoreError::FileKeysLost(_) => format!(
+            "the import failed because {e}, so nothing was imported; upload the whole file \
+             again"
+        ),
         StoreError::AlreadyExists
         | StoreError::StillRunning
         | StoreError::BeingUpdated(_)

@@ -159,6 +159,7 @@ fn worth_waiting(error: &StoreError) -> bool {
         | StoreError::NotProcessing
         | StoreError::StillRunning
         | StoreError::BeingUpdated(_)
+        | StoreError::FileKeysLost(_)
         | StoreError::Config(_)
         | StoreError::Migrate(_)
         | StoreError::Corrupt(_)

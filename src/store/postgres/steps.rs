@@ -194,6 +194,14 @@ impl Steps for PgSteps<'_> {
             .rows_affected())
     }
 
+    /// Not prepared, as `execute_claims`.
+    async fn count_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError> {
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Ok(sqlx::Row::try_get::<i64, _>(&row, 0)? as u64)
+    }
+
     /// By the catalog, rather than `IF NOT EXISTS`, whose notice every batch would log.
     async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")

@@ -215,6 +215,14 @@ impl Steps for SqliteSteps<'_> {
             .rows_affected())
     }
 
+    /// Not cached, as `execute_claims`.
+    async fn count_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError> {
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Ok(sqlx::Row::try_get::<i64, _>(&row, 0)? as u64)
+    }
+
     async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError> {
         let found: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = $1",
