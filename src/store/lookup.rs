@@ -57,22 +57,31 @@ impl Match {
 const USERS_WITH_CREATOR: &str =
     "FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_id = $1";
 
-/// The columns of an `Existing` lookup, in `ExistingRow` order.
+/// The columns of an `Existing` lookup, in `ExistingRow` order, up to the user's other values.
 ///
 /// The running imports' ids come from the same statement, so that whether a holder's import still
 /// runs is read in the transaction that acts on it.
 const EXISTING_COLUMNS: &str = "u.email, u.external_id, u.import_key, u.source_row, \
     CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
     (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING'), \
-    u.first_name, u.last_name, u.role, u.job_title";
+     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING')";
 
-/// The account's users whose `column` (email or external_id) is one of the values.
+/// The user's other values, which only an UPDATE that writes compares with its row's
+/// (`plan::Existing::changed_by`).
+const EXISTING_VALUES: &str = "u.first_name, u.last_name, u.role, u.job_title";
+
+/// In their place for every other lookup: empty texts, which neither backend reads off the
+/// user's row, sends or copies (an empty `String` holds no allocation). SKIP's, and dry runs'.
+const NO_VALUES: &str = "'', '', '', ''";
+
+/// The account's users whose `column` (email or external_id) is one of the values, with their
+/// other values when `values` (`plan::Lookups::user_values`).
 ///
 /// Both columns have a unique index per account, so each value finds at most one user.
-pub(crate) fn existing_users(column: Column, matching: Match) -> String {
+pub(crate) fn existing_users(column: Column, matching: Match, values: bool) -> String {
     format!(
-        "SELECT {EXISTING_COLUMNS} {USERS_WITH_CREATOR} AND u.{} {}",
+        "SELECT {EXISTING_COLUMNS}, {} {USERS_WITH_CREATOR} AND u.{} {}",
+        if values { EXISTING_VALUES } else { NO_VALUES },
         column.name(),
         matching.sql()
     )
@@ -173,10 +182,20 @@ mod tests {
 
     #[test]
     fn both_backends_look_up_the_same_columns() {
-        let one = existing_users(Column::Email, Match::One);
-        let any = existing_users(Column::Email, Match::Any);
-        assert_eq!(one.replace("= $2", "= ANY($2)"), any);
-        assert!(one.ends_with("u.email = $2"), "{one}");
+        for values in [false, true] {
+            let one = existing_users(Column::Email, Match::One, values);
+            let any = existing_users(Column::Email, Match::Any, values);
+            assert_eq!(one.replace("= $2", "= ANY($2)"), any);
+            assert!(one.ends_with("u.email = $2"), "{one}");
+        }
+        // Without the other values, as many columns, empty: `ExistingRow` reads both alike.
+        let keys = existing_users(Column::Email, Match::Any, false);
+        let all = existing_users(Column::Email, Match::Any, true);
+        assert_eq!(keys.replace(NO_VALUES, EXISTING_VALUES), all);
+        assert_eq!(
+            NO_VALUES.split(',').count(),
+            EXISTING_VALUES.split(',').count()
+        );
         assert!(holders(Column::ExternalId, Match::One).starts_with("SELECT u.external_id,"));
     }
 }

@@ -62,7 +62,8 @@ pub(crate) struct Existing {
     pub updated_by: Option<ImportKey>,
     /// `updated_by`'s import id while that import still runs (`busy_with`).
     pub running_update: Option<String>,
-    /// Its other values, to tell whether an update changes anything.
+    /// Its other values, to tell whether an update changes anything: empty unless the plan may
+    /// write an update (`Lookups::user_values`).
     pub first_name: String,
     /// Its stored last name.
     pub last_name: String,
@@ -154,7 +155,7 @@ pub(crate) struct Known {
 /// Emails, then external ids, each sorted and without repeats: the lookups then walk their
 /// indexes in order, each on a page the one before left in the cache. A failed row adds only
 /// the values it has that are valid (its normalised email, its external id).
-pub(crate) fn values(batch: &UserBatch) -> (Vec<&str>, Vec<&str>) {
+fn values(batch: &UserBatch) -> (Vec<&str>, Vec<&str>) {
     let mut emails: Vec<&str> = batch.users().map(|u| u.email).collect();
     let mut ids: Vec<&str> = batch.users().filter_map(|u| u.external_id).collect();
     for probe in batch.probes() {
@@ -184,6 +185,9 @@ pub(crate) struct Lookups<'b> {
     /// Its external ids an earlier update of the import may have released (UPDATE only, the
     /// one policy that releases any).
     pub released_ids: Vec<&'b str>,
+    /// Whether the users found need their other values (`Existing::first_name` ...): only an
+    /// UPDATE that writes compares them with its rows'; SKIP and dry runs read only the keys.
+    pub user_values: bool,
 }
 
 impl<'b> Lookups<'b> {
@@ -232,6 +236,7 @@ pub(crate) fn lookups<'b>(
         released_ids,
         user_emails: if account_empty { Vec::new() } else { emails },
         user_ids: if account_empty { Vec::new() } else { ids },
+        user_values: mode.policy == ConflictPolicy::Update && !mode.dry_run,
     }
 }
 

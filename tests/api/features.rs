@@ -304,6 +304,34 @@ backend_tests! {
         assert_eq!(a.import_id, "existing");
     }
 
+    /// A row whose cells are the user's values already is counted as updated but writes
+    /// nothing: the user keeps its update time (the lookups of SKIP and dry runs leave the
+    /// values out, an UPDATE's must not).
+    async fn an_update_row_that_changes_nothing_writes_nothing(backend) {
+        let app = spawn_app(backend).await;
+        let existing = format!("{HEADER}a@x.io,Ann,Old,admin,Engineer,E1\nb@x.io,Bob,Old,,,E2\n");
+        app.upload(ACCOUNT, "existing", existing.as_bytes(), 1 << 16).await.unwrap();
+        let before = app.users(ACCOUNT).await;
+        let same = format!("{HEADER}a@x.io,Ann,Old,admin,Engineer,E1\nB@x.io,Bob,,,,\n");
+        for dry_run in [true, false] {
+            let id = if dry_run { "dry" } else { "same" };
+            let options = |m: &mut proto::ImportMetadata| {
+                m.on_conflict = ConflictPolicy::Update as i32;
+                m.validate_only = dry_run;
+            };
+            let done = app.upload_with(ACCOUNT, id, same.as_bytes(), 9, options).await.unwrap();
+            assert_eq!(status(&done), ImportStatus::CompletedSuccess, "{id}");
+            assert_eq!(counters(&done).1, [2, 0, 0, 0, 2], "{id}");
+        }
+        assert_eq!(app.users(ACCOUNT).await, before);
+        let (users, _) = list_users(&app, ACCOUNT, "", 100).await;
+        assert_eq!(users.len(), 2);
+        for user in users {
+            assert_eq!(user.update_time, user.create_time, "{}", user.email);
+            assert_eq!(user.import_id, "existing");
+        }
+    }
+
     /// An UPDATE import that ends without completing (here, cancelled) puts every value back.
     async fn an_update_that_does_not_complete_changes_nothing(backend) {
         let app = spawn_app(backend).await;

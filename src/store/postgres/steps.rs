@@ -6,6 +6,7 @@
 //! Times are the server's `now()`, the transaction's start time, so that every replica stamps
 //! rows by one clock. Nothing here begins, commits or rolls back: `tx::in_transaction` does.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -452,17 +453,17 @@ impl Steps for PgSteps<'_> {
     ) -> Result<Known, StoreError> {
         let mut known = Known::default();
         for column in [Column::Email, Column::ExternalId] {
-            let values = match column {
-                Column::Email => lookups.user_emails.clone(),
-                _ => crate::store::plan::ids_not_found(&lookups.user_ids, &known.users),
+            let values: Cow<'_, [&str]> = match column {
+                Column::Email => Cow::Borrowed(&lookups.user_emails),
+                _ => crate::store::plan::ids_not_found(&lookups.user_ids, &known.users).into(),
             };
             if values.is_empty() {
                 continue;
             }
-            let sql = lookup::existing_users(column, Match::Any);
+            let sql = lookup::existing_users(column, Match::Any, lookups.user_values);
             let rows: Vec<lookup::ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(target.account_id.as_str())
-                .bind(&values)
+                .bind(&*values)
                 .fetch_all(&mut *self.conn)
                 .await?;
             known.users.extend(rows.into_iter().map(Existing::from));

@@ -17,6 +17,7 @@
 //! classifies them like any other SQLite error (`StoreError::from_sqlite_code`): a full disk on
 //! this path is the same `Fault` as on sqlx's.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -57,10 +58,11 @@ const UPDATE_USER: &str = "UPDATE users SET first_name = coalesce(?3, first_name
 
 /// The lookups, built once from the statements both backends share (`store::lookup`).
 struct Statements {
-    /// Existing users by email (`lookup::existing_users`).
-    users_by_email: String,
-    /// Existing users by external id.
-    users_by_external_id: String,
+    /// Existing users by email (`lookup::existing_users`): without their other values, then
+    /// with them, indexed by `Lookups::user_values`.
+    users_by_email: [String; 2],
+    /// Existing users by external id, likewise.
+    users_by_external_id: [String; 2],
     /// Holders of a refused email (`lookup::holders`).
     holders_by_email: String,
     /// Holders of a refused external id.
@@ -70,8 +72,10 @@ struct Statements {
 /// Built on first use and kept: the statements are the same for every batch, only their
 /// preparation is per batch.
 static LOOKUPS: LazyLock<Statements> = LazyLock::new(|| Statements {
-    users_by_email: lookup::existing_users(Column::Email, Match::One),
-    users_by_external_id: lookup::existing_users(Column::ExternalId, Match::One),
+    users_by_email: [false, true]
+        .map(|values| lookup::existing_users(Column::Email, Match::One, values)),
+    users_by_external_id: [false, true]
+        .map(|values| lookup::existing_users(Column::ExternalId, Match::One, values)),
     holders_by_email: lookup::holders(Column::Email, Match::One),
     holders_by_external_id: lookup::holders(Column::ExternalId, Match::One),
 });
@@ -227,24 +231,26 @@ pub(super) fn insert_file_keys(
 pub(super) fn existing_users(
     handle: &mut LockedSqliteHandle<'_>,
     account_id: &str,
-    emails: &[&str],
-    external_ids: &[&str],
+    lookups: &Lookups<'_>,
 ) -> Result<Vec<Existing>, SqliteFailure> {
     let db = handle.as_raw_handle();
-    let lookups = &*LOOKUPS;
+    let with_values = usize::from(lookups.user_values);
     let mut found = Vec::new();
     for by_email in [true, false] {
-        let (sql, values) = if by_email {
-            (&lookups.users_by_email, emails.to_vec())
+        let (sql, values): (_, Cow<'_, [&str]>) = if by_email {
+            (
+                &LOOKUPS.users_by_email[with_values],
+                Cow::Borrowed(&lookups.user_emails),
+            )
         } else {
             (
-                &lookups.users_by_external_id,
-                plan::ids_not_found(external_ids, &found),
+                &LOOKUPS.users_by_external_id[with_values],
+                plan::ids_not_found(&lookups.user_ids, &found).into(),
             )
         };
         // SAFETY: as in `insert_users`.
         let mut lookup = unsafe { Statement::prepare(db, sql)? };
-        for value in values {
+        for value in values.iter() {
             lookup.text(1, account_id)?;
             lookup.text(2, value)?;
             lookup.rows(|row| {

@@ -486,12 +486,7 @@ impl Steps for SqliteSteps<'_> {
         let account_id = target.account_id.as_str();
         statement::on_handle(self.conn, |handle| {
             Ok(Known {
-                users: capi::existing_users(
-                    handle,
-                    account_id,
-                    &lookups.user_emails,
-                    &lookups.user_ids,
-                )?,
+                users: capi::existing_users(handle, account_id, lookups)?,
                 file_keys: capi::file_keys(handle, target.key, lookups)?,
             })
         })
