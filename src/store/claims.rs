@@ -17,9 +17,10 @@
 //! time, SKIP, 50 MiB), and they are worth nothing once the import ends. The price: PostgreSQL
 //! empties an unlogged table when it recovers from a crash, and a standby that takes over has
 //! it empty. Only an import that outlives its connection can meet that, one waiting for its
-//! client's resume; so each table holds one more row from its making, the `SENTINEL`, and a
-//! table without it lost its keys: the import fails (`StoreError::FileKeysLost`) rather than
-//! take duplicates for new rows.
+//! client's resume; so each table holds one more row from its making, the `SENTINEL`, and an
+//! unlogged table without it lost its keys: the import fails (`StoreError::FileKeysLost`)
+//! rather than take duplicates for new rows. A logged table (the versions before, whose
+//! waiting imports a new version resumes) has no sentinel, and loses nothing.
 //!
 //! The shared `import_file_keys` table of earlier versions is read once at start (`adopt`): an
 //! import that waited for a resume across an upgrade keeps the values its rows took.
@@ -137,17 +138,35 @@ pub(crate) fn insert(dialect: Dialect, key: ImportKey) -> ClaimsSql {
     ))
 }
 
+/// What an import's file keys table is, if it has one (`Steps::claims_table`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimsTable {
+    /// None yet: the import's first planned batch makes it.
+    Missing,
+    /// One whose rows outlive any crash: SQLite's, and PostgreSQL's logged tables of the
+    /// versions before the unlogged ones (an import that waited for a resume across the
+    /// upgrade, or ran on an older replica during a rolling one). Nothing to check.
+    Durable,
+    /// PostgreSQL's unlogged table, which its crash recovery empties: its `SENTINEL` says
+    /// whether it still holds its rows.
+    Unlogged,
+}
+
 /// Makes import `key`'s table unless it has one: before the lookups of each planned batch.
 /// `FileKeysLost` when its table lost its rows (a crash of PostgreSQL, see the module's doc).
 pub(crate) async fn ensure<S: Steps + ?Sized>(
     steps: &mut S,
     key: ImportKey,
 ) -> Result<(), StoreError> {
-    if steps.claims_exist(key).await? {
-        return match steps.count_claims(&sentinel(key)).await? {
-            0 => Err(StoreError::FileKeysLost(key)),
-            _ => Ok(()),
-        };
+    match steps.claims_table(key).await? {
+        ClaimsTable::Durable => return Ok(()),
+        ClaimsTable::Unlogged => {
+            return match steps.count_claims(&sentinel(key)).await? {
+                0 => Err(StoreError::FileKeysLost(key)),
+                _ => Ok(()),
+            };
+        }
+        ClaimsTable::Missing => {}
     }
     for sql in create(steps.dialect(), key) {
         steps.execute_claims(&sql).await?;

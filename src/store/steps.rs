@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::claims::ClaimsSql;
+use super::claims::{ClaimsSql, ClaimsTable};
 use super::conflicts::Holder;
 use super::failed::FailedLine;
 use super::plan::{Known, Lookups, Plan};
@@ -159,8 +159,8 @@ pub(crate) trait Steps: Send {
     /// The number a `SELECT count(*)` on an import's file keys table selects.
     async fn count_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError>;
 
-    /// Whether import `key` has its file keys table (`claims::ensure`).
-    async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError>;
+    /// Whether import `key` has its file keys table, and of which kind (`claims::ensure`).
+    async fn claims_table(&mut self, key: ImportKey) -> Result<ClaimsTable, StoreError>;
 
     /// Tells the followers of these imports on other servers that they changed, once the
     /// transaction commits. Nothing to do where one server runs.

@@ -18,7 +18,7 @@ use super::{IMPORT_COLUMNS, apply, liveness, record};
 use crate::domain::{
     AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
 };
-use crate::store::claims::{self, ClaimsSql};
+use crate::store::claims::{self, ClaimsSql, ClaimsTable};
 use crate::store::codec::{ClaimedRow, ImportRow, format_columns};
 use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
@@ -203,12 +203,20 @@ impl Steps for PgSteps<'_> {
         Ok(sqlx::Row::try_get::<i64, _>(&row, 0)? as u64)
     }
 
-    /// By the catalog, rather than `IF NOT EXISTS`, whose notice every batch would log.
-    async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(crate::store::claims::table(key))
-            .fetch_one(&mut *self.conn)
-            .await?)
+    /// By the catalog, rather than `IF NOT EXISTS`, whose notice every batch would log; its
+    /// persistence tells this version's unlogged tables from earlier versions' logged ones.
+    async fn claims_table(&mut self, key: ImportKey) -> Result<ClaimsTable, StoreError> {
+        let persistence: Option<String> = sqlx::query_scalar(
+            "SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($1)",
+        )
+        .bind(crate::store::claims::table(key))
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        Ok(match persistence.as_deref() {
+            None => ClaimsTable::Missing,
+            Some("u") => ClaimsTable::Unlogged,
+            Some(_) => ClaimsTable::Durable,
+        })
     }
 
     /// An advisory lock of the transaction, held to its commit: transactions that write

@@ -19,7 +19,7 @@ use crate::domain::{
     AccountId, Column, Counters, Import, ImportKey, ImportStatus, NewImport, RowError, TextFormat,
     UserBatch,
 };
-use crate::store::claims::ClaimsSql;
+use crate::store::claims::{ClaimsSql, ClaimsTable};
 use crate::store::codec::ClaimedRow;
 use crate::store::codec::{ImportRow, format_columns, micros};
 use crate::store::conflicts::Holder;
@@ -223,14 +223,18 @@ impl Steps for SqliteSteps<'_> {
         Ok(sqlx::Row::try_get::<i64, _>(&row, 0)? as u64)
     }
 
-    async fn claims_exist(&mut self, key: ImportKey) -> Result<bool, StoreError> {
+    /// SQLite's tables are all durable: what a batch committed survives a crash.
+    async fn claims_table(&mut self, key: ImportKey) -> Result<ClaimsTable, StoreError> {
         let found: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = $1",
         )
         .bind(crate::store::claims::table(key))
         .fetch_one(&mut *self.conn)
         .await?;
-        Ok(found > 0)
+        Ok(match found {
+            0 => ClaimsTable::Missing,
+            _ => ClaimsTable::Durable,
+        })
     }
 
     /// Nothing to wait for: the one writer orders the events already.
