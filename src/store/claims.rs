@@ -159,19 +159,18 @@ pub(crate) async fn ensure<S: Steps + ?Sized>(
     key: ImportKey,
 ) -> Result<(), StoreError> {
     match steps.claims_table(key).await? {
-        ClaimsTable::Durable => return Ok(()),
-        ClaimsTable::Unlogged => {
-            return match steps.count_claims(&sentinel(key)).await? {
-                0 => Err(StoreError::FileKeysLost(key)),
-                _ => Ok(()),
-            };
+        ClaimsTable::Durable => Ok(()),
+        ClaimsTable::Unlogged => match steps.count_claims(&sentinel(key)).await? {
+            0 => Err(StoreError::FileKeysLost(key)),
+            _ => Ok(()),
+        },
+        ClaimsTable::Missing => {
+            for sql in create(steps.dialect(), key) {
+                steps.execute_claims(&sql).await?;
+            }
+            Ok(())
         }
-        ClaimsTable::Missing => {}
     }
-    for sql in create(steps.dialect(), key) {
-        steps.execute_claims(&sql).await?;
-    }
-    Ok(())
 }
 
 /// The imports with rows in the shared table of earlier versions.

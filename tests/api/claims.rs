@@ -34,23 +34,6 @@ async fn texts(backend: Backend, url: &str, sql: &str) -> Vec<String> {
     }
 }
 
-/// Runs `sql`, which returns no rows, on the database at `url`.
-async fn execute(backend: Backend, url: &str, sql: &str) {
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    match backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
-            pool.close().await;
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
-            pool.close().await;
-        }
-    }
-}
-
 /// The file key tables of the database, by name.
 async fn claim_tables(backend: Backend, url: &str) -> Vec<String> {
     let sql = match backend {
@@ -70,32 +53,14 @@ backend_tests! {
     async fn a_planned_import_s_file_keys_live_in_its_own_table_until_it_ends(backend) {
         let app = spawn_app_with(backend, |a| a.batch_rows = Some(20)).await;
         let (file, _) = generate(&["--rows", "300", "--dup-rate", "0.05", "--seed", "43"]);
-        let dry = |m: &mut proto::ImportMetadata| m.validate_only = true;
-        let mut client = app.client.clone();
-        // Half the file, then the client goes: the import waits, its file keys kept.
-        let mut messages = vec![first(ACCOUNT, "r", 0, &dry)];
-        messages.extend(file[..file.len() / 2].chunks(2000).map(chunk));
-        send(&mut client, messages).await.unwrap_err();
-        let waiting = until(&mut client, ACCOUNT, "r", std::time::Duration::from_secs(30), |i| {
-            i.resume_deadline.is_some()
-        })
-        .await;
-        let tables = claim_tables(backend, &app.database_url).await;
-        assert_eq!(tables.len(), 1, "{tables:?}");
-        let keys = texts(backend, &app.database_url,
-            &format!("SELECT email FROM {}", tables[0])).await;
-        // Every valid row before the cut took its email (a dry run inserts no user), besides
-        // the table's sentinel (`claims::SENTINEL`).
-        let rows = waiting.rows_processed - waiting.rows_failed;
-        assert_eq!(keys.len() as i64, rows + 1, "{waiting:?}");
+        // Half the file, then the client goes: the import waits, its file keys kept (one per
+        // valid row before the cut, a dry run inserting no user, and the sentinel).
+        waiting_dry_run(&app, backend, "r", &file).await;
         // The rest: the import completes, and its table goes.
-        let offset = waiting.committed_bytes as usize;
-        let mut messages = vec![first(ACCOUNT, "r", offset as u64, &dry)];
-        messages.extend(file[offset..].chunks(2000).map(chunk));
-        messages.push(finish_of(&file));
-        let done = send(&mut client, messages).await.unwrap();
+        let done = resume_dry_run(&app, "r", &file).await.unwrap();
         assert_eq!(done.rows_imported, done.rows_processed - done.rows_failed);
         assert_eq!(claim_tables(backend, &app.database_url).await, Vec::<String>::new());
+        let mut client = app.client.clone();
         // A SKIP import that fails a batch ends too: cancelled while it waits, its table goes.
         let skip = |m: &mut proto::ImportMetadata| {
             m.on_conflict = proto::ConflictPolicy::Skip as i32
@@ -127,9 +92,9 @@ backend_tests! {
             &format!("DELETE FROM {table} WHERE email = '' RETURNING email")).await;
         assert_eq!(sentinel, [String::new()]);
         if backend == Backend::Postgres {
-            execute(backend, &app.database_url, &format!("ALTER TABLE {table} SET LOGGED")).await;
+            app.execute(&format!("ALTER TABLE {table} SET LOGGED")).await;
         }
-        let done = resume_dry_run(&app, "earlier", &file).await;
+        let done = resume_dry_run(&app, "earlier", &file).await.unwrap();
         // Its rows still judge the rows after the cut: every duplicate is found.
         assert_eq!(status(&done), proto::ImportStatus::CompletedPartial, "{done:?}");
         assert_eq!(done.rows_processed, stats.rows);
@@ -199,13 +164,8 @@ async fn a_resume_whose_file_keys_were_lost_fails_the_import_and_says_why() {
     let app = spawn_app_with(backend, |a| a.batch_rows = Some(20)).await;
     let (file, _) = generate(&["--rows", "300", "--dup-rate", "0.05", "--seed", "44"]);
     let table = waiting_dry_run(&app, backend, "lost", &file).await;
-    execute(backend, &app.database_url, &format!("TRUNCATE {table}")).await;
-    let mut client = app.client.clone();
-    let offset = waiting_offset(&app, "lost").await;
-    let mut messages = vec![first(ACCOUNT, "lost", offset as u64, &dry)];
-    messages.extend(file[offset..].chunks(2000).map(chunk));
-    messages.push(finish_of(&file));
-    let refused = send(&mut client, messages).await.unwrap_err();
+    app.execute(&format!("TRUNCATE {table}")).await;
+    let refused = resume_dry_run(&app, "lost", &file).await.unwrap_err();
     assert_eq!(
         refused.code(),
         tonic::Code::FailedPrecondition,
@@ -217,7 +177,7 @@ async fn a_resume_whose_file_keys_were_lost_fails_the_import_and_says_why() {
          from a crash); upload the whole file again as a new import"
     );
     let ended = until(
-        &mut client,
+        &mut app.client.clone(),
         ACCOUNT,
         "lost",
         std::time::Duration::from_secs(30),
@@ -276,18 +236,16 @@ async fn waiting_dry_run(app: &TestApp, backend: Backend, id: &str, file: &[u8])
     tables[0].clone()
 }
 
-/// Where the waiting import `id` resumes.
-async fn waiting_offset(app: &TestApp, id: &str) -> usize {
-    let shown = app.get(ACCOUNT, id).await.unwrap();
-    shown.committed_bytes as usize
-}
-
-/// The rest of `file`, from where the waiting dry run `id` resumes; its answer.
-async fn resume_dry_run(app: &TestApp, id: &str, file: &[u8]) -> proto::Import {
+/// The rest of `file`, from where the waiting dry run `id` resumes; the server's answer.
+async fn resume_dry_run(
+    app: &TestApp,
+    id: &str,
+    file: &[u8],
+) -> Result<proto::Import, tonic::Status> {
     let mut client = app.client.clone();
-    let offset = waiting_offset(app, id).await;
+    let offset = app.get(ACCOUNT, id).await.unwrap().committed_bytes as usize;
     let mut messages = vec![first(ACCOUNT, id, offset as u64, &dry)];
     messages.extend(file[offset..].chunks(2000).map(chunk));
     messages.push(finish_of(file));
-    send(&mut client, messages).await.unwrap()
+    send(&mut client, messages).await
 }

@@ -403,8 +403,10 @@ impl TestApp {
         .unwrap()
     }
 
-    /// Runs a statement on the database directly, as another program would.
-    pub async fn execute(&self, sql: &'static str) {
+    /// Runs a statement on the database directly, as another program would. Tests only: the
+    /// text may be built (a table's name), never from a client's input.
+    pub async fn execute(&self, sql: &str) {
+        let sql = AssertSqlSafe(sql.to_owned());
         if self.database_url.starts_with("sqlite:") {
             let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
                 .await
