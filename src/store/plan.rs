@@ -62,6 +62,9 @@ pub(crate) struct Existing {
     pub updated_by: Option<ImportKey>,
     /// `updated_by`'s import id while that import still runs (`busy_with`).
     pub running_update: Option<String>,
+    /// SQLite's rowid of the user (`lookup::Match::row_id`), by which its update finds the row
+    /// again in the same transaction; `None` on PostgreSQL, whose updates are set-based.
+    pub row_id: Option<i64>,
     /// Its other values, to tell whether an update changes anything: empty unless the plan may
     /// write an update (`Lookups::user_values`).
     pub first_name: String,
@@ -295,12 +298,14 @@ pub(crate) struct Mode {
 
 /// An existing user a row updates.
 ///
-/// Only rows that change something are listed; the user is found again by its email when the
-/// update is written.
+/// Only rows that change something are listed; the user is found again when the update is
+/// written: by its rowid on SQLite, by its email on PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Update {
     /// The row's user in the batch.
     pub index: usize,
+    /// The user's SQLite rowid, as the lookup found it (`Existing::row_id`).
+    pub row_id: Option<i64>,
 }
 
 /// A value a row takes in the file, to be stored as a file key.
@@ -548,7 +553,10 @@ pub(crate) fn decide<'a>(mode: Mode, batch: &'a UserBatch, known: &'a Known) -> 
             (Some(existing), ConflictPolicy::Update) => {
                 plan.updated += 1;
                 if !mode.dry_run && existing.changed_by(&user) {
-                    plan.updates.push(Update { index });
+                    plan.updates.push(Update {
+                        index,
+                        row_id: existing.row_id,
+                    });
                 }
                 released = existing
                     .external_id

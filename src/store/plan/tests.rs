@@ -31,6 +31,7 @@ fn existing(email: &str, external_id: Option<&str>, import_key: ImportKey) -> Ex
         running_import: None,
         updated_by: None,
         running_update: None,
+        row_id: Some(import_key * 1000 + email.len() as i64),
         first_name: String::new(),
         last_name: String::new(),
         role: "member".to_owned(),
@@ -95,7 +96,19 @@ fn update_refuses_an_external_id_of_another_user() {
     let plan = decide(mode(ConflictPolicy::Update, false), &batch, &known);
     assert_eq!(plan.updated, 2);
     // Row 2 gives a@x.io the id it has: counted, but nothing to write.
-    assert_eq!(plan.updates, vec![Update { index: 2 }]);
+    // ... and the update carries the rowid its lookup found, by which SQLite writes it.
+    let b = known
+        .users
+        .iter()
+        .find(|user| user.email == "b@x.io")
+        .unwrap();
+    assert_eq!(
+        plan.updates,
+        vec![Update {
+            index: 2,
+            row_id: b.row_id
+        }]
+    );
     assert_eq!(
         codes(&plan),
         vec![(3, Column::ExternalId, ErrorCode::DuplicateInFile)]
