@@ -353,11 +353,21 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The scheme of a database URL, which chooses the store.
+fn scheme(url: &str) -> &str {
+    url.split(':').next().unwrap_or_default()
+}
+
+/// Whether a database URL names the embedded store (SQLite): one writer in this process.
+pub fn is_embedded(url: &str) -> bool {
+    scheme(url) == "sqlite"
+}
+
 /// Opens the store a database URL names: `sqlite:` (the embedded default) or `postgres:`, and
 /// applies its migrations. An error that `is_transient` is worth retrying (a PostgreSQL server
 /// still starting); any other is a configuration to fix.
 pub async fn open(url: &str, options: OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
-    match url.split(':').next().unwrap_or_default() {
+    match scheme(url) {
         "sqlite" => Ok(Arc::new(sqlite::SqliteStore::open(url, options).await?)),
         "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresStore::open(url).await?)),
         scheme => Err(StoreError::Config(format!(
