@@ -132,18 +132,19 @@ fn init_tracing(format: LogFormat) {
 /// A server on SQLite also keeps one malloc arena instead of glibc's one per thread (up to
 /// eight per core): memory a thread frees stays in its own arena, where no other thread reuses
 /// it, and the threads that take turns at SQLite's one writer (the tokio workers, sqlx's
-/// connection threads) each kept their own. A planned import's peak RSS (50 MiB, one server:
-/// SKIP, UPDATE, dry runs) was 99 – 127 MiB, 92 – 98 MiB with one arena, in the same times;
-/// eight plain or planned uploads at once took the same time with one (8.5 – 9.4 s against
-/// 8.5 – 9.0 s, 7.8 – 8.1 s against 7.4 – 8.1 s). PostgreSQL's replicas write on several
-/// connections at once and keep glibc's default. `MALLOC_ARENA_MAX`, when set, wins.
+/// connection threads) each kept their own. A planned import's peak RSS (50 MiB, one server,
+/// UPDATE and dry runs) was 94 – 98 MiB with one arena, 114 MiB with eight and up to 148 MiB
+/// before, in the same times; eight plain or planned uploads at once took the same time with
+/// one (8.6 – 9.4 s against 8.5 – 9.0 s, 7.8 – 8.1 s against 7.4 – 8.1 s; README, "Re-imports").
+/// PostgreSQL's replicas write on several connections at once and keep glibc's default. An
+/// operator's choice in the environment (`MALLOC_ARENA_MAX`, or glibc's tunable
+/// `glibc.malloc.arena_max` in `GLIBC_TUNABLES`) is left alone.
 fn flat_malloc(command: &Command) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let one_arena = match command {
             Command::Serve(serve) => {
-                bulk_import::store::is_embedded(&serve.database_url)
-                    && std::env::var_os("MALLOC_ARENA_MAX").is_none()
+                bulk_import::store::is_embedded(&serve.database_url) && !arenas_chosen()
             }
             _ => false,
         };
@@ -158,6 +159,13 @@ fn flat_malloc(command: &Command) {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = command;
+}
+
+/// Whether the environment sets glibc's number of arenas, which then stands.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn arenas_chosen() -> bool {
+    std::env::var_os("MALLOC_ARENA_MAX").is_some_and(|value| !value.is_empty())
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"))
 }
 
 /// A client command whose output goes to a pipe that closes early (`bulk-import users | head`)

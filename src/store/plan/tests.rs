@@ -31,7 +31,8 @@ fn existing(email: &str, external_id: Option<&str>, import_key: ImportKey) -> Ex
         running_import: None,
         updated_by: None,
         running_update: None,
-        row_id: Some(import_key * 1000 + email.len() as i64),
+        // One per user of these tests (their addresses start with different letters).
+        row_id: Some(import_key * 1_000 + i64::from(email.as_bytes()[0])),
         first_name: String::new(),
         last_name: String::new(),
         role: "member".to_owned(),
@@ -96,17 +97,17 @@ fn update_refuses_an_external_id_of_another_user() {
     let plan = decide(mode(ConflictPolicy::Update, false), &batch, &known);
     assert_eq!(plan.updated, 2);
     // Row 2 gives a@x.io the id it has: counted, but nothing to write.
-    // ... and the update carries the rowid its lookup found, by which SQLite writes it.
-    let b = known
+    // Row 4 updates c@x.io, with the rowid its lookup found, by which SQLite writes it.
+    let c = known
         .users
         .iter()
-        .find(|user| user.email == "b@x.io")
+        .find(|user| user.email == "c@x.io")
         .unwrap();
     assert_eq!(
         plan.updates,
         vec![Update {
             index: 2,
-            row_id: b.row_id
+            row_id: c.row_id
         }]
     );
     assert_eq!(

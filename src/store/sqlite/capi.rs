@@ -47,8 +47,8 @@ const INSERT_USER: &str = "INSERT INTO users (account_id, email, first_name, las
 /// SQLite keep a statement journal, a copy of every page the statement touches, so that a
 /// failure could undo the rows it inserted before; this one inserts at most one row (the user
 /// is found by a unique key), and a failure fails the whole batch's transaction anyway. The
-/// journal, spilled to a file once it outgrew 64 KiB, was 9% of an UPDATE that changed every
-/// user (a `pwrite` per page).
+/// journal, written to a temporary file (a `pwrite` per page), was 9% of the samples of an
+/// UPDATE that changed every user.
 const SAVE_USER: &str = "INSERT OR FAIL INTO import_user_updates (import_key, account_id, email, \
     first_name, last_name, role, job_title, external_id, update_time, updated_by) \
     SELECT ?1, account_id, email, first_name, last_name, role, job_title, external_id, \
@@ -150,10 +150,10 @@ pub(super) fn insert_users(
 /// Updates the users of `updates` with their rows' non-empty cells, keeping the values they
 /// replace. The caller holds the write transaction.
 ///
-/// Two statements per user: `SAVE_USER` copies the old values into `import_user_updates` only
-/// when the row changes something, and only then does `UPDATE_USER` run, so that the saved copy
-/// and the update agree on whether anything changed. Both find the user by the rowid its lookup
-/// read in this transaction, and check that it is still the account's user of that address.
+/// Two statements per user: `SAVE_USER` copies the old values into `import_user_updates` (it
+/// keeps its guard that the row changes something, which the plan already found), then
+/// `UPDATE_USER` writes the row. Both find the user by the rowid its lookup read in this
+/// transaction, and check that it is still the account's user of that address.
 pub(super) fn update_users(
     handle: &mut LockedSqliteHandle<'_>,
     target: Target<'_>,
@@ -171,10 +171,7 @@ pub(super) fn update_users(
     for &Update { index, row_id } in updates {
         // SQLite's lookups always read it (`lookup::Match::row_id`): a plan without it is a bug,
         // told rather than written as an update that finds nothing.
-        let row_id = row_id.ok_or_else(|| SqliteFailure {
-            code: ffi::SQLITE_INTERNAL,
-            message: "an update's user was looked up without its rowid".to_owned(),
-        })?;
+        let row_id = row_id.ok_or_else(|| not_found("was looked up without its rowid"))?;
         let user = batch.user(index);
         let role = user.role_given.then(|| user.role.as_str());
         save.int(1, target.import_key)?;
@@ -186,9 +183,11 @@ pub(super) fn update_users(
         save.optional_text(7, given(user.job_title))?;
         save.optional_text(8, user.external_id)?;
         save.int(9, row_id)?;
-        // A row that changes nothing writes nothing: the user keeps its update time.
+        // The plan lists only rows that change something (`plan::Existing::changed_by`, which
+        // compares as this statement does, on values read in this transaction): a save or an
+        // update that finds nothing is a bug, told rather than counted as an update.
         if !save.execute()? {
-            continue;
+            return Err(not_found("was not found again, or changes nothing"));
         }
         update.text(1, target.account_id)?;
         update.text(2, user.email)?;
@@ -200,9 +199,19 @@ pub(super) fn update_users(
         update.int(8, target.now)?;
         update.int(9, target.import_key)?;
         update.int(10, row_id)?;
-        update.execute()?;
+        if !update.execute()? {
+            return Err(not_found("was not found again"));
+        }
     }
     Ok(())
+}
+
+/// An update's user not where its lookup found it: a bug, which fails the batch.
+fn not_found(what: &str) -> SqliteFailure {
+    SqliteFailure {
+        code: ffi::SQLITE_INTERNAL,
+        message: format!("an updated user {what}"),
+    }
 }
 
 /// A cell that is not empty: an empty one keeps the stored value.
