@@ -1,17 +1,26 @@
 //! The values a planned import's rows took in its file (`plan::FileKey`), kept in a table of the
-//! import's own, `import_file_keys_{key}`, from its first planned batch to its ending, which
+//! import's own, `import_claims_{key}`, from its first planned batch to its ending, which
 //! drops the table.
 //!
 //! Why a table per import and not one shared table keyed by import: an import's file keys live
 //! only while it runs, and a dry run or a re-sync claims a value for every row of the file
 //! (2.6 million rows for a 199 MiB file). Removing them from a shared table cost a delete per
 //! row from the table and each of its three indexes: on SQLite that was 39% of a dry run's time
-//! (perf, 50 MiB). A table of its own goes at once (`DROP TABLE` frees its pages), and its keys
-//! need no import key in front, so its indexes are smaller.
+//! (perf, 50 MiB). A table of its own goes at once (`DROP TABLE` frees its pages).
+//!
+//! Why keyed by generation first: a file's addresses come in no particular order, so a table
+//! keyed by address alone took each batch's keys all over its b-tree, and every batch rewrote
+//! most of its pages (on SQLite, each into the write-ahead log): the inserts were 42% of a dry
+//! run's samples (50 MiB), and their cost grew with the table. A row's generation is its row
+//! number divided by `GENERATION_ROWS`, so each batch writes into the newest generation's part
+//! of the b-tree only, at most `GENERATION_ROWS` keys, which stays in the page cache; older
+//! generations are never written again. The price is on the lookups: a value is looked up
+//! once per generation before its row's. The import's filter (`seen`) rules out nearly every
+//! value first, so that few are.
 //!
 //! Every statement on such a table is built here, from the import's integer key alone (a
 //! `ClaimsSql` can only be made in this module), so nothing bound can change what a statement
-//! does. Both backends run the same statements; SQLite's table is `WITHOUT ROWID`, keyed by email.
+//! does. Both backends run the same statements; SQLite's table is `WITHOUT ROWID`.
 //!
 //! On PostgreSQL the table is `UNLOGGED`: its rows write no WAL (the inserts took 17% less
 //! time, SKIP, 50 MiB), and they are worth nothing once the import ends. The price: PostgreSQL
@@ -19,11 +28,12 @@
 //! it empty. Only an import that outlives its connection can meet that, one waiting for its
 //! client's resume; so each table holds one more row from its making, the `SENTINEL`, and an
 //! unlogged table without it lost its keys: the import fails (`StoreError::FileKeysLost`)
-//! rather than take duplicates for new rows. A logged table (the versions before, whose
-//! waiting imports a new version resumes) has no sentinel, and loses nothing.
+//! rather than take duplicates for new rows.
 //!
-//! The shared `import_file_keys` table of earlier versions is read once at start (`adopt`): an
-//! import that waited for a resume across an upgrade keeps the values its rows took.
+//! Earlier versions' keys are taken over, so that an import that waited for its client's resume
+//! across an upgrade keeps the values its rows took: the shared `import_file_keys` table of the
+//! first versions once at start (`adopt`), and an import's table keyed by address
+//! (`import_file_keys_{key}`, `legacy_table`) by the first batch that finds it (`ensure`).
 
 use super::StoreError;
 use super::lookup::Match;
@@ -41,8 +51,25 @@ impl ClaimsSql {
     }
 }
 
+/// How many rows of the file share a generation, as a power of two: 2^17 = 131,072 rows.
+///
+/// Large enough that a 199 MiB file (2.6 million rows) has 20, so a value is looked up at most
+/// 20 times; small enough that a generation's keys (about 11 MiB of pages with their index)
+/// stay in SQLite's 32 MiB page cache while its batches write them.
+const GENERATION_SHIFT: u32 = 17;
+
+/// The generation of the file row `row` (`GENERATION_SHIFT`).
+pub(crate) fn generation(row: u64) -> i64 {
+    (row >> GENERATION_SHIFT) as i64
+}
+
 /// The table of import `key`'s file keys.
 pub(crate) fn table(key: ImportKey) -> String {
+    format!("import_claims_{key}")
+}
+
+/// The table of import `key`'s file keys as the version before made it: keyed by address.
+pub(crate) fn legacy_table(key: ImportKey) -> String {
     format!("import_file_keys_{key}")
 }
 
@@ -50,48 +77,70 @@ pub(crate) fn table(key: ImportKey) -> String {
 /// finds it, and a table without it lost its rows (see the module's doc).
 const SENTINEL: &str = "''";
 
-/// The statements that make import `key`'s table, in order: the table keyed by email, the
-/// unique external ids, the released ones (an update's, see `plan::FileKey`), and its
-/// `SENTINEL`.
-pub(crate) fn create(dialect: Dialect, key: ImportKey) -> [ClaimsSql; 4] {
+/// The statements that make import `key`'s table, in order: the table keyed by generation and
+/// email, the unique external ids of each generation, and the released ones (an update's, see
+/// `plan::FileKey`). The `SENTINEL` is added apart (`add_sentinel`).
+fn create(dialect: Dialect, key: ImportKey) -> [ClaimsSql; 3] {
     let table = table(key);
     let without_rowid = dialect.pick::<&str>(&" WITHOUT ROWID", &"");
     let unlogged = dialect.pick::<&str>(&"", &"UNLOGGED ");
-    // Byte order on PostgreSQL, as the `users` columns whose values these are (and the shared
-    // table of earlier versions): a database's default collation (`en_US.UTF-8`, even
-    // `C.UTF-8`) compares through the C library's collation, 13% of these inserts' time on
-    // a `C.UTF-8` database (SKIP, 50 MiB). SQLite compares bytes already.
+    // Byte order on PostgreSQL, as the `users` columns whose values these are: a database's
+    // default collation (`en_US.UTF-8`, even `C.UTF-8`) compares through the C library's
+    // collation, 13% of these inserts' time on a `C.UTF-8` database (SKIP, 50 MiB). SQLite
+    // compares bytes already.
     let text = dialect.pick::<&str>(&"TEXT", &"TEXT COLLATE \"C\"");
     [
         format!(
-            "CREATE {unlogged}TABLE IF NOT EXISTS {table} (email {text} NOT NULL PRIMARY KEY, \
-             external_id {text}, source_row BIGINT NOT NULL, released_external_id {text})\
-             {without_rowid}"
+            "CREATE {unlogged}TABLE IF NOT EXISTS {table} (generation BIGINT NOT NULL, \
+             email {text} NOT NULL, external_id {text}, source_row BIGINT NOT NULL, \
+             released_external_id {text}, PRIMARY KEY (generation, email)){without_rowid}"
         ),
         format!(
-            "CREATE UNIQUE INDEX IF NOT EXISTS {table}_external_id ON {table} (external_id) \
-             WHERE external_id IS NOT NULL"
+            "CREATE UNIQUE INDEX IF NOT EXISTS {table}_external_id ON {table} \
+             (generation, external_id) WHERE external_id IS NOT NULL"
         ),
         format!(
-            "CREATE INDEX IF NOT EXISTS {table}_released ON {table} (released_external_id) \
-             WHERE released_external_id IS NOT NULL"
+            "CREATE INDEX IF NOT EXISTS {table}_released ON {table} \
+             (generation, released_external_id) WHERE released_external_id IS NOT NULL"
         ),
-        format!("INSERT INTO {table} (email, source_row) VALUES ({SENTINEL}, 0)"),
     ]
     .map(ClaimsSql)
+}
+
+/// Adds the `SENTINEL` to import `key`'s table, unless a copy brought it.
+fn add_sentinel(key: ImportKey) -> ClaimsSql {
+    ClaimsSql(format!(
+        "INSERT INTO {} (generation, email, source_row) VALUES (0, {SENTINEL}, 0) \
+         ON CONFLICT DO NOTHING",
+        table(key)
+    ))
 }
 
 /// Counts the `SENTINEL` of import `key`'s table: 0 when the table lost its rows.
 fn sentinel(key: ImportKey) -> ClaimsSql {
     ClaimsSql(format!(
-        "SELECT count(*) FROM {} WHERE email = {SENTINEL}",
+        "SELECT count(*) FROM {} WHERE generation = 0 AND email = {SENTINEL}",
         table(key)
     ))
 }
 
-/// Drops import `key`'s table, if it has one: its ending (`ending::forget`).
-pub(crate) fn drop(key: ImportKey) -> ClaimsSql {
-    ClaimsSql(format!("DROP TABLE IF EXISTS {}", table(key)))
+/// Copies the rows of `from` that `filter` keeps (with the columns of the tables keyed by
+/// address) into import `key`'s table, each in its row's generation.
+///
+/// The `WHERE` is always there: SQLite would read `ON CONFLICT` after a bare `FROM` as a join's.
+fn copy_from(key: ImportKey, from: &str, filter: &str) -> ClaimsSql {
+    ClaimsSql(format!(
+        "INSERT INTO {} (generation, email, external_id, source_row, released_external_id) \
+         SELECT source_row >> {GENERATION_SHIFT}, email, external_id, source_row, \
+         released_external_id FROM {from} WHERE {filter} ON CONFLICT DO NOTHING",
+        table(key)
+    ))
+}
+
+/// Drops import `key`'s table, and one the version before made, if it has them: its ending
+/// (`ending::forget`).
+pub(crate) fn drop(key: ImportKey) -> [ClaimsSql; 2] {
+    [table(key), legacy_table(key)].map(|table| ClaimsSql(format!("DROP TABLE IF EXISTS {table}")))
 }
 
 /// The columns of a file keys table a lookup may match.
@@ -115,37 +164,40 @@ impl ClaimColumn {
     }
 }
 
-/// Import `key`'s file keys whose `column` is one of the values (`$1`), in `FileKeyRow` order
-/// (`lookup`).
+/// Import `key`'s file keys whose `column` is one of the values (`$1`) in one of the
+/// generations (`$2`), in `FileKeyRow` order (`lookup`). (In that order in the text too:
+/// SQLite numbers `$N` parameters as they first appear.)
 pub(crate) fn lookup(key: ImportKey, column: ClaimColumn, matching: Match) -> ClaimsSql {
     ClaimsSql(format!(
-        "SELECT email, external_id, source_row, released_external_id FROM {} WHERE {} {}",
+        "SELECT email, external_id, source_row, released_external_id FROM {} \
+         WHERE {} {} AND generation {}",
         table(key),
         column.name(),
-        matching.sql_at(1)
+        matching.sql_at(1),
+        matching.sql_at(2)
     ))
 }
 
-/// One file key (SQLite: `?1` to `?4`), or many as arrays (PostgreSQL: `unnest`).
+/// One file key (SQLite: `$1` to `$5`), or many as arrays (PostgreSQL: `unnest`).
 pub(crate) fn insert(dialect: Dialect, key: ImportKey) -> ClaimsSql {
     let table = table(key);
     let values = dialect.pick::<&str>(
-        &"VALUES ($1, $2, $3, $4)",
-        &"SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])",
+        &"VALUES ($1, $2, $3, $4, $5)",
+        &"SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])",
     );
     ClaimsSql(format!(
-        "INSERT INTO {table} (email, external_id, source_row, released_external_id) {values}"
+        "INSERT INTO {table} (generation, email, external_id, source_row, \
+         released_external_id) {values}"
     ))
 }
 
-/// What an import's file keys table is, if it has one (`Steps::claims_table`).
+/// What a file keys table is, if there is one (`Steps::claims_table`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClaimsTable {
-    /// None yet: the import's first planned batch makes it.
+    /// None.
     Missing,
     /// One whose rows outlive any crash: SQLite's, and PostgreSQL's logged tables of the
-    /// versions before the unlogged ones (an import that waited for a resume across the
-    /// upgrade, or ran on an older replica during a rolling one). Nothing to check.
+    /// versions before the unlogged ones. Nothing to check.
     Durable,
     /// PostgreSQL's unlogged table, which its crash recovery empties: its `SENTINEL` says
     /// whether it still holds its rows.
@@ -154,22 +206,43 @@ pub(crate) enum ClaimsTable {
 
 /// Makes import `key`'s table unless it has one: before the lookups of each planned batch.
 /// `FileKeysLost` when its table lost its rows (a crash of PostgreSQL, see the module's doc).
+///
+/// A table the version before made (`legacy_table`) is copied into the new one and dropped, its
+/// sentinel with it: an unlogged one that lost its rows makes a new table that lost them too.
 pub(crate) async fn ensure<S: Steps + ?Sized>(
     steps: &mut S,
     key: ImportKey,
 ) -> Result<(), StoreError> {
-    match steps.claims_table(key).await? {
-        ClaimsTable::Durable => Ok(()),
-        ClaimsTable::Unlogged => match steps.count_claims(&sentinel(key)).await? {
-            0 => Err(StoreError::FileKeysLost(key)),
-            _ => Ok(()),
-        },
+    let kept = match steps.claims_table(&table(key)).await? {
+        ClaimsTable::Durable => return Ok(()),
+        ClaimsTable::Unlogged => steps.count_claims(&sentinel(key)).await?,
         ClaimsTable::Missing => {
             for sql in create(steps.dialect(), key) {
                 steps.execute_claims(&sql).await?;
             }
-            Ok(())
+            let legacy = legacy_table(key);
+            let earlier = steps.claims_table(&legacy).await?;
+            if earlier != ClaimsTable::Missing {
+                steps
+                    .execute_claims(&copy_from(key, &legacy, "true"))
+                    .await?;
+                steps
+                    .execute_claims(&ClaimsSql(format!("DROP TABLE {legacy}")))
+                    .await?;
+            }
+            // A durable table had nothing to lose, and the first tables had no sentinel.
+            if earlier != ClaimsTable::Unlogged {
+                steps.execute_claims(&add_sentinel(key)).await?;
+            }
+            match steps.claims_table(&table(key)).await? {
+                ClaimsTable::Unlogged => steps.count_claims(&sentinel(key)).await?,
+                _ => 1,
+            }
         }
+    };
+    match kept {
+        0 => Err(StoreError::FileKeysLost(key)),
+        _ => Ok(()),
     }
 }
 
@@ -189,12 +262,7 @@ pub(crate) async fn adopt<S: Steps + ?Sized>(steps: &mut S) -> Result<(), StoreE
     let keys = steps.import_keys(LEGACY_IMPORTS, &[]).await?;
     for &key in &keys {
         ensure(steps, key).await?;
-        let copy = ClaimsSql(format!(
-            "INSERT INTO {} (email, external_id, source_row, released_external_id) \
-             SELECT email, external_id, source_row, released_external_id FROM import_file_keys \
-             WHERE import_key = {key} ON CONFLICT DO NOTHING",
-            table(key)
-        ));
+        let copy = copy_from(key, "import_file_keys", &format!("import_key = {key}"));
         steps.execute_claims(&copy).await?;
         steps.execute(LEGACY_FORGET, &[Param::Int(key)]).await?;
     }
@@ -214,31 +282,68 @@ mod tests {
     #[test]
     fn every_statement_names_the_import_s_own_table() {
         let create = create(Dialect::Sqlite, 42);
-        assert!(create[0].as_str().contains("import_file_keys_42 (email"));
-        assert!(create[0].as_str().ends_with("WITHOUT ROWID"));
+        assert!(
+            create[0]
+                .as_str()
+                .contains("import_claims_42 (generation BIGINT NOT NULL, email TEXT NOT NULL")
+        );
+        assert!(
+            create[0]
+                .as_str()
+                .ends_with("PRIMARY KEY (generation, email)) WITHOUT ROWID")
+        );
         let postgres = super::create(Dialect::Postgres, 42);
         assert!(!postgres[0].as_str().contains("ROWID"));
         assert!(postgres[0].as_str().starts_with("CREATE UNLOGGED TABLE"));
         assert!(create[0].as_str().starts_with("CREATE TABLE"));
-        assert_eq!(
-            create[3].as_str(),
-            "INSERT INTO import_file_keys_42 (email, source_row) VALUES ('', 0)"
-        );
         assert!(
             postgres[0]
                 .as_str()
-                .contains("(email TEXT COLLATE \"C\" NOT NULL PRIMARY KEY")
+                .contains("email TEXT COLLATE \"C\" NOT NULL")
         );
-        assert_eq!(drop(7).as_str(), "DROP TABLE IF EXISTS import_file_keys_7");
+        assert_eq!(
+            add_sentinel(42).as_str(),
+            "INSERT INTO import_claims_42 (generation, email, source_row) VALUES (0, '', 0) \
+             ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            drop(7).map(|sql| sql.0),
+            [
+                "DROP TABLE IF EXISTS import_claims_7",
+                "DROP TABLE IF EXISTS import_file_keys_7"
+            ]
+        );
         assert!(
             lookup(7, ClaimColumn::Released, Match::Any)
                 .as_str()
-                .ends_with("FROM import_file_keys_7 WHERE released_external_id = ANY($1)")
+                .ends_with(
+                    "FROM import_claims_7 WHERE released_external_id = ANY($1) \
+                            AND generation = ANY($2)"
+                )
+        );
+        assert!(
+            lookup(7, ClaimColumn::Email, Match::One)
+                .as_str()
+                .ends_with("WHERE email = $1 AND generation = $2")
         );
         assert!(
             insert(Dialect::Sqlite, 7)
                 .as_str()
-                .ends_with("VALUES ($1, $2, $3, $4)")
+                .ends_with("VALUES ($1, $2, $3, $4, $5)")
         );
+        assert!(
+            copy_from(7, "import_file_keys_7", "true")
+                .as_str()
+                .contains("SELECT source_row >> 17, email")
+        );
+    }
+
+    #[test]
+    fn a_generation_is_a_run_of_rows_of_the_file() {
+        assert_eq!(generation(0), 0);
+        assert_eq!(generation(131_071), 0);
+        assert_eq!(generation(131_072), 1);
+        // The last row of a 199 MiB file (2,591,138 rows): 20 generations.
+        assert_eq!(generation(2_591_139), 19);
     }
 }

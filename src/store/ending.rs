@@ -144,7 +144,9 @@ async fn undo<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), St
 /// judge its later rows: their table goes at once, `claims`), and the values its updates
 /// replaced.
 async fn forget<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), StoreError> {
-    steps.execute_claims(&super::claims::drop(key)).await?;
+    for drop in super::claims::drop(key) {
+        steps.execute_claims(&drop).await?;
+    }
     steps.execute(FORGET_UPDATES, &[Param::Int(key)]).await?;
     Ok(())
 }

@@ -32,11 +32,9 @@
 //! that are easy to get wrong: one address in two cases, an id an update gives up, a running
 //! import, failed rows.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::BatchTarget;
-use super::claims::ClaimColumn;
-use super::seen::{Kind, SeenValues};
 use crate::domain::batch::UserRef;
 use crate::domain::{Column, ConflictPolicy, ImportKey, RowError, UserBatch};
 
@@ -152,125 +150,6 @@ pub(crate) struct Known {
     pub file_keys: Vec<FileKey>,
 }
 
-/// The values of a batch that `Known` must cover: every email and every external id of its
-/// users and of its failed rows.
-///
-/// Emails, then external ids, each sorted and without repeats: the lookups then walk their
-/// indexes in order, each on a page the one before left in the cache. A failed row adds only
-/// the values it has that are valid (its normalised email, its external id).
-fn values(batch: &UserBatch) -> (Vec<&str>, Vec<&str>) {
-    let mut emails: Vec<&str> = batch.users().map(|u| u.email).collect();
-    let mut ids: Vec<&str> = batch.users().filter_map(|u| u.external_id).collect();
-    for probe in batch.probes() {
-        emails.extend(probe.email.map(|(normalised, _)| normalised));
-        ids.extend(probe.external_id);
-    }
-    for values in [&mut emails, &mut ids] {
-        values.sort_unstable();
-        values.dedup();
-    }
-    (emails, ids)
-}
-
-/// What a planned batch looks up (`Steps::known`), built by `lookups`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Lookups<'b> {
-    /// The batch's emails, to find among the account's users (sorted, distinct); none when the
-    /// account holds no user.
-    pub user_emails: Vec<&'b str>,
-    /// Its external ids likewise, of which a backend looks up only those that no user found by
-    /// email holds (`ids_not_found`).
-    pub user_ids: Vec<&'b str>,
-    /// Its emails an earlier row of the import may have taken, to find among its file keys.
-    pub claimed_emails: Vec<&'b str>,
-    /// Its external ids an earlier row may have taken.
-    pub claimed_ids: Vec<&'b str>,
-    /// Its external ids an earlier update of the import may have released (UPDATE only, the
-    /// one policy that releases any).
-    pub released_ids: Vec<&'b str>,
-    /// Whether the users found need their other values (`Existing::first_name` ...): only an
-    /// UPDATE that writes compares them with its rows'; SKIP and dry runs read only the keys.
-    pub user_values: bool,
-}
-
-impl<'b> Lookups<'b> {
-    /// The file key lookups to run: each column of the import's table with its values, the
-    /// columns with none left out.
-    pub(crate) fn of_file_keys(&self) -> impl Iterator<Item = (ClaimColumn, &[&'b str])> {
-        [
-            (ClaimColumn::Email, &self.claimed_emails),
-            (ClaimColumn::ExternalId, &self.claimed_ids),
-            (ClaimColumn::Released, &self.released_ids),
-        ]
-        .into_iter()
-        .filter(|(_, values)| !values.is_empty())
-        .map(|(column, values)| (column, values.as_slice()))
-    }
-}
-
-/// The lookups a batch needs: its values (`values`), less what cannot be there. An account
-/// with no user (`account_empty`) has none of them; a value the import's filter has not seen
-/// (`seen`, see `SeenValues`) was taken by no earlier row; only UPDATE releases ids.
-pub(crate) fn lookups<'b>(
-    batch: &'b UserBatch,
-    mode: Mode,
-    account_empty: bool,
-    seen: Option<&SeenValues>,
-) -> Lookups<'b> {
-    let (emails, ids) = values(batch);
-    let may = |kind: Kind, values: &[&'b str]| -> Vec<&'b str> {
-        match seen {
-            Some(seen) => values
-                .iter()
-                .copied()
-                .filter(|value| seen.may_hold(kind, value))
-                .collect(),
-            None => values.to_vec(),
-        }
-    };
-    let released_ids = if mode.policy == ConflictPolicy::Update {
-        may(Kind::Released, &ids)
-    } else {
-        Vec::new()
-    };
-    Lookups {
-        claimed_emails: may(Kind::Email, &emails),
-        claimed_ids: may(Kind::ExternalId, &ids),
-        released_ids,
-        user_emails: if account_empty { Vec::new() } else { emails },
-        user_ids: if account_empty { Vec::new() } else { ids },
-        user_values: mode.policy == ConflictPolicy::Update && !mode.dry_run,
-    }
-}
-
-/// Notes in the import's filter the values a plan's rows take in its file (`Plan::claims`).
-pub(crate) fn remember(seen: &SeenValues, plan: &Plan<'_>) {
-    for claim in &plan.claims {
-        seen.insert(Kind::Email, claim.email);
-        if let Some(id) = claim.external_id {
-            seen.insert(Kind::ExternalId, id);
-        }
-        if let Some(id) = claim.released_external_id {
-            seen.insert(Kind::Released, id);
-        }
-    }
-}
-
-/// Of the batch's external ids, those that the users found by email do not hold: only they need
-/// a lookup. An external id is unique in the account, so the user found by email that holds one
-/// is the only user a lookup of it could find. In a re-sync nearly every row's user holds the
-/// row's own id: this halves the lookups of existing users.
-pub(crate) fn ids_not_found<'v>(ids: &[&'v str], found: &[Existing]) -> Vec<&'v str> {
-    let held: std::collections::HashSet<&str> = found
-        .iter()
-        .filter_map(|user| user.external_id.as_deref())
-        .collect();
-    ids.iter()
-        .copied()
-        .filter(|id| !held.contains(id))
-        .collect()
-}
-
 /// How rows are decided when the unique indexes alone cannot decide them: a dry run writes no
 /// user, and SKIP and UPDATE must know the user before writing. `None` for the plain import,
 /// which inserts and lets the indexes refuse.
@@ -368,6 +247,10 @@ enum Held<'a> {
 
 /// The values the earlier rows hold, built from `Known` and then from the batch as it is read.
 ///
+/// Hashed with foldhash: the maps hold values the batch and the store gave, never probed by
+/// anyone else, so SipHash's defence against flooding buys nothing (it was 5% of a SKIP's
+/// samples, 50 MiB).
+///
 /// Rows are judged in file order, and each valid row adds its values before the next is judged,
 /// so that a lookup here answers "held before this row?" and not "held at all?".
 struct Holders<'a> {
@@ -386,13 +269,15 @@ struct Holders<'a> {
 impl<'a> Holders<'a> {
     /// Sorts what the store found: the import's own users and file keys become earlier rows of
     /// the file, other users stay users (for a dry run, not those an import still running adds).
-    fn new(known: &'a Known, mode: Mode) -> Self {
+    ///
+    /// Sized for the batch's `rows` at once: each valid row adds its values as it is decided.
+    fn new(known: &'a Known, mode: Mode, rows: usize) -> Self {
         let mut holders = Self {
-            file_email: HashMap::new(),
-            file_id: HashMap::new(),
+            file_email: HashMap::with_capacity(rows + known.file_keys.len()),
+            file_id: HashMap::with_capacity(rows + known.file_keys.len()),
             released: HashMap::new(),
-            user_by_email: HashMap::new(),
-            user_by_id: HashMap::new(),
+            user_by_email: HashMap::with_capacity(known.users.len()),
+            user_by_id: HashMap::with_capacity(known.users.len()),
         };
         for user in &known.users {
             if user.import_key == mode.key {
@@ -518,7 +403,7 @@ fn judge<'a>(
 /// rows, each against the values of the valid rows before it (a failed row takes nothing, so it
 /// never makes a later row fail). The errors come out in file order.
 pub(crate) fn decide<'a>(mode: Mode, batch: &'a UserBatch, known: &'a Known) -> Plan<'a> {
-    let mut holders = Holders::new(known, mode);
+    let mut holders = Holders::new(known, mode, batch.len());
     let mut plan = Plan::default();
     for (index, user) in batch.users().enumerate() {
         let row = user.row_number;
@@ -591,6 +476,10 @@ pub(crate) fn decide<'a>(mode: Mode, batch: &'a UserBatch, known: &'a Known) -> 
     plan.errors.sort_by_key(|e| e.row_number);
     plan
 }
+
+mod lookups;
+
+pub(crate) use lookups::{Lookups, ids_not_found, lookups, remember};
 
 #[cfg(test)]
 mod tests;

@@ -159,8 +159,9 @@ pub(crate) trait Steps: Send {
     /// The number a `SELECT count(*)` on an import's file keys table selects.
     async fn count_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError>;
 
-    /// Whether import `key` has its file keys table, and of which kind (`claims::ensure`).
-    async fn claims_table(&mut self, key: ImportKey) -> Result<ClaimsTable, StoreError>;
+    /// Whether the file keys table `table` (named by `claims`) exists, and of which kind
+    /// (`claims::ensure`).
+    async fn claims_table(&mut self, table: &str) -> Result<ClaimsTable, StoreError>;
 
     /// Tells the followers of these imports on other servers that they changed, once the
     /// transaction commits. Nothing to do where one server runs.

@@ -1,6 +1,7 @@
 //! The values a planned import's rows took in its file (its file keys) live in a table of the
-//! import's own while it runs (`import_file_keys_{key}`), and the table goes with its ending;
-//! the rows of earlier versions' shared table are moved into such tables at start.
+//! import's own while it runs (`import_claims_{key}`), and the table goes with its ending; the
+//! rows of earlier versions' shared table are moved into such tables at start, and an import's
+//! table of the version before (`import_file_keys_{key}`, keyed by address) by its first batch.
 
 use bulk_import::domain::{AccountId, Filename, ImportId, ImportType, NewImport};
 use bulk_import::proto;
@@ -34,19 +35,57 @@ async fn texts(backend: Backend, url: &str, sql: &str) -> Vec<String> {
     }
 }
 
-/// The file key tables of the database, by name.
+/// The file key tables of the database, by name: this version's and the version before's.
 async fn claim_tables(backend: Backend, url: &str) -> Vec<String> {
     let sql = match backend {
         Backend::Sqlite => {
             "SELECT name FROM sqlite_schema WHERE type = 'table' \
-             AND name LIKE 'import\\_file\\_keys\\_%' ESCAPE '\\' ORDER BY name"
+             AND (name LIKE 'import\\_claims\\_%' ESCAPE '\\' \
+                  OR name LIKE 'import\\_file\\_keys\\_%' ESCAPE '\\') ORDER BY name"
         }
         Backend::Postgres => {
             "SELECT tablename::text FROM pg_tables \
-             WHERE tablename LIKE 'import\\_file\\_keys\\_%' ESCAPE '\\' ORDER BY tablename"
+             WHERE tablename LIKE 'import\\_claims\\_%' ESCAPE '\\' \
+                OR tablename LIKE 'import\\_file\\_keys\\_%' ESCAPE '\\' ORDER BY tablename"
         }
     };
     texts(backend, url, sql).await
+}
+
+/// What the versions before made of a waiting import's file keys table `table`: a table keyed
+/// by address, `import_file_keys_{key}`, with the same rows, unlogged or not (PostgreSQL), with
+/// its sentinel or not. This version's table goes. The earlier table's name.
+async fn as_the_version_before(
+    app: &TestApp,
+    backend: Backend,
+    table: &str,
+    unlogged: bool,
+    sentinel: bool,
+) -> String {
+    let earlier = table.replace("import_claims_", "import_file_keys_");
+    let unlogged = if unlogged { "UNLOGGED " } else { "" };
+    app.execute(&format!(
+        "CREATE {unlogged}TABLE {earlier} (email TEXT NOT NULL PRIMARY KEY, external_id TEXT, \
+         source_row BIGINT NOT NULL, released_external_id TEXT)"
+    ))
+    .await;
+    app.execute(&format!(
+        "CREATE UNIQUE INDEX {earlier}_external_id ON {earlier} (external_id) \
+         WHERE external_id IS NOT NULL"
+    ))
+    .await;
+    let keep = if sentinel { "" } else { " WHERE email <> ''" };
+    app.execute(&format!(
+        "INSERT INTO {earlier} SELECT email, external_id, source_row, released_external_id \
+         FROM {table}{keep}"
+    ))
+    .await;
+    app.execute(&format!("DROP TABLE {table}")).await;
+    assert_eq!(
+        claim_tables(backend, &app.database_url).await,
+        std::slice::from_ref(&earlier)
+    );
+    earlier
 }
 
 backend_tests! {
@@ -87,13 +126,9 @@ backend_tests! {
         let app = spawn_app_with(backend, |a| a.batch_rows = Some(20)).await;
         let (file, stats) = generate(&["--rows", "300", "--dup-rate", "0.1", "--seed", "45"]);
         let table = waiting_dry_run(&app, backend, "earlier", &file).await;
-        // What the version before made: a logged table, without a sentinel.
-        let sentinel = texts(backend, &app.database_url,
-            &format!("DELETE FROM {table} WHERE email = '' RETURNING email")).await;
-        assert_eq!(sentinel, [String::new()]);
-        if backend == Backend::Postgres {
-            app.execute(&format!("ALTER TABLE {table} SET LOGGED")).await;
-        }
+        // What the versions before the unlogged tables made: a logged table keyed by address,
+        // without a sentinel.
+        as_the_version_before(&app, backend, &table, false, false).await;
         let done = resume_dry_run(&app, "earlier", &file).await.unwrap();
         // Its rows still judge the rows after the cut: every duplicate is found.
         assert_eq!(status(&done), proto::ImportStatus::CompletedPartial, "{done:?}");
@@ -101,6 +136,90 @@ backend_tests! {
         assert_eq!(done.rows_failed, stats.rows - stats.valid);
         assert!(stats.duplicates > 0);
         assert_eq!(claim_tables(backend, &app.database_url).await, Vec::<String>::new());
+    }
+
+    async fn a_table_keyed_by_address_moves_into_generations_with_its_rows(backend) {
+        let app = spawn_app_with(backend, |a| a.batch_rows = Some(20)).await;
+        let (file, stats) = generate(&["--rows", "300", "--dup-rate", "0.1", "--seed", "46"]);
+        let table = waiting_dry_run(&app, backend, "before", &file).await;
+        let kept = texts(backend, &app.database_url, &format!(
+            "SELECT email FROM {table} ORDER BY email")).await;
+        // The version just before: unlogged on PostgreSQL, with its sentinel.
+        as_the_version_before(&app, backend, &table, backend == Backend::Postgres, true).await;
+        // Another import's batch takes nothing over: the table is the waiting import's.
+        app.upload_with(ACCOUNT, "other", &file, 4096, dry).await.unwrap();
+        assert_eq!(claim_tables(backend, &app.database_url).await.len(), 1);
+        // The resume's first batch moves the rows (sentinel included) before its lookups.
+        let mut client = app.client.clone();
+        let offset = app.get(ACCOUNT, "before").await.unwrap().committed_bytes as usize;
+        let mut messages = vec![first(ACCOUNT, "before", offset as u64, &dry)];
+        messages.extend(file[offset..].chunks(2000).map(chunk));
+        let sent = send(&mut client, messages).await;
+        assert!(sent.is_err(), "no finish message: the import waits again");
+        until(&mut client, ACCOUNT, "before", std::time::Duration::from_secs(30), |i| {
+            i.resume_deadline.is_some()
+        })
+        .await;
+        assert_eq!(
+            claim_tables(backend, &app.database_url).await,
+            std::slice::from_ref(&table)
+        );
+        let moved = texts(backend, &app.database_url, &format!(
+            "SELECT email FROM {table} WHERE source_row <= {} ORDER BY email",
+            stats.rows / 2
+        ))
+        .await;
+        assert!(kept.iter().all(|email| moved.contains(email)), "{kept:?} {moved:?}");
+        let done = resume_dry_run(&app, "before", &file).await.unwrap();
+        assert_eq!(status(&done), proto::ImportStatus::CompletedPartial, "{done:?}");
+        assert_eq!(done.rows_processed, stats.rows);
+        assert_eq!(done.rows_failed, stats.rows - stats.valid);
+        assert_eq!(claim_tables(backend, &app.database_url).await, Vec::<String>::new());
+    }
+
+    async fn a_file_longer_than_a_generation_finds_its_duplicates_in_every_one(backend) {
+        let app = spawn_app(backend).await;
+        // 140,000 rows: two generations of file keys (`claims::generation`), and duplicates
+        // of rows of the first in the second.
+        let (mut file, stats) =
+            generate(&["--rows", "140000", "--dup-rate", "0.002", "--seed", "48"]);
+        // And an external id of the first row taken again by the last: found in generation 0.
+        let first_line = file.split(|&b| b == b'\n').nth(1).unwrap();
+        let first_id = std::str::from_utf8(first_line).unwrap().rsplit(',').next().unwrap();
+        let last = format!("someone.new@example.org,Some,One,member,Tester,{first_id}\n");
+        file.extend_from_slice(last.as_bytes());
+        let (rows, failed) = (stats.rows + 1, stats.rows - stats.valid + 1);
+        assert!(stats.duplicates > 100, "{stats:?}");
+        let dry = app.upload_with(ACCOUNT, "dry", &file, 64 * 1024, dry).await.unwrap();
+        assert_eq!(
+            (dry.rows_processed, dry.rows_imported, dry.rows_failed),
+            (rows, rows - failed, failed),
+            "{dry:?}"
+        );
+        let plain = app.upload(ACCOUNT, "plain", &file, 64 * 1024).await.unwrap();
+        assert_eq!(
+            (plain.rows_processed, plain.rows_imported, plain.rows_failed),
+            (rows, rows - failed, failed)
+        );
+        let skip = app
+            .upload_with(ACCOUNT, "skip", &file, 64 * 1024, |m| {
+                m.on_conflict = proto::ConflictPolicy::Skip as i32
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (skip.rows_processed, skip.rows_skipped, skip.rows_failed),
+            (rows, rows - failed, failed),
+            "{skip:?}"
+        );
+        let errors = app.errors(ACCOUNT, "skip").await;
+        assert!(
+            errors.iter().any(|e| e.row_number == rows + 1
+                && e.column == "external_id"
+                && e.code == "DUPLICATE_IN_FILE"),
+            "{:?}",
+            errors.last()
+        );
     }
 
     async fn the_shared_file_keys_of_earlier_versions_move_to_their_import_s_table(backend) {
@@ -134,7 +253,7 @@ backend_tests! {
         assert_eq!(texts(backend, &database.url, &legacy).await.len(), 2);
 
         let store = store::open(&database.url, OpenOptions::default()).await.unwrap();
-        let table = format!("import_file_keys_{}", import.key);
+        let table = format!("import_claims_{}", import.key);
         assert_eq!(claim_tables(backend, &database.url).await, vec![table.clone()]);
         let moved = texts(backend, &database.url, &format!(
             "SELECT email || '|' || coalesce(external_id, '') || '|' || \
@@ -194,6 +313,45 @@ async fn a_resume_whose_file_keys_were_lost_fails_the_import_and_says_why() {
         "the import failed because the database lost what it kept of this import's earlier \
          rows (PostgreSQL recovered from a crash), so nothing was imported; upload the whole \
          file again"
+    );
+    assert_eq!(
+        claim_tables(backend, &app.database_url).await,
+        Vec::<String>::new()
+    );
+}
+
+/// The same for a table of the version before (unlogged, keyed by address) that lost its rows:
+/// the first batch that finds it moves nothing, and the resume fails the import the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_DATABASE_URL is not set (.ci/run sets it)"
+)]
+async fn a_table_of_the_version_before_that_lost_its_rows_fails_the_import() {
+    let backend = Backend::Postgres;
+    let app = spawn_app_with(backend, |a| a.batch_rows = Some(20)).await;
+    let (file, _) = generate(&["--rows", "300", "--dup-rate", "0.05", "--seed", "47"]);
+    let table = waiting_dry_run(&app, backend, "lost", &file).await;
+    let earlier = as_the_version_before(&app, backend, &table, true, true).await;
+    app.execute(&format!("TRUNCATE {earlier}")).await;
+    let refused = resume_dry_run(&app, "lost", &file).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let ended = until(
+        &mut app.client.clone(),
+        ACCOUNT,
+        "lost",
+        std::time::Duration::from_secs(30),
+        |i| i.status != proto::ImportStatus::Processing as i32,
+    )
+    .await;
+    assert_eq!(
+        status(&ended),
+        proto::ImportStatus::ErrorUnknown,
+        "{ended:?}"
     );
     assert_eq!(
         claim_tables(backend, &app.database_url).await,

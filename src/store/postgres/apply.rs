@@ -102,6 +102,10 @@ pub(super) async fn insert_file_keys(
 ) -> Result<(), StoreError> {
     let sql = crate::store::claims::insert(Dialect::Postgres, key);
     for part in claims.chunks(UNNEST_ROWS * 4) {
+        let generations: Vec<i64> = part
+            .iter()
+            .map(|c| crate::store::claims::generation(c.row_number))
+            .collect();
         let emails: Vec<&str> = part.iter().map(|c| c.email).collect();
         let ids: Vec<Option<&str>> = part.iter().map(|c| c.external_id).collect();
         let rows: Vec<i64> = part.iter().map(|c| c.row_number as i64).collect();
@@ -109,6 +113,7 @@ pub(super) async fn insert_file_keys(
         // Not prepared: the statement names a table that goes with its import.
         sqlx::query(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
             .persistent(false)
+            .bind(&generations)
             .bind(&emails)
             .bind(&ids)
             .bind(&rows)

@@ -205,11 +205,11 @@ impl Steps for PgSteps<'_> {
 
     /// By the catalog, rather than `IF NOT EXISTS`, whose notice every batch would log; its
     /// persistence tells this version's unlogged tables from earlier versions' logged ones.
-    async fn claims_table(&mut self, key: ImportKey) -> Result<ClaimsTable, StoreError> {
+    async fn claims_table(&mut self, table: &str) -> Result<ClaimsTable, StoreError> {
         let persistence: Option<String> = sqlx::query_scalar(
             "SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($1)",
         )
-        .bind(crate::store::claims::table(key))
+        .bind(table)
         .fetch_optional(&mut *self.conn)
         .await?;
         Ok(match persistence.as_deref() {
@@ -476,6 +476,7 @@ impl Steps for PgSteps<'_> {
                 .await?;
             known.users.extend(rows.into_iter().map(Existing::from));
         }
+        let generations: Vec<i64> = lookups.generations.clone().collect();
         for (column, values) in lookups.of_file_keys() {
             let sql = claims::lookup(target.key, column, Match::Any);
             // Not prepared: the statement names a table that goes with its import.
@@ -483,6 +484,7 @@ impl Steps for PgSteps<'_> {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
                     .persistent(false)
                     .bind(values)
+                    .bind(&generations)
                     .fetch_all(&mut *self.conn)
                     .await?;
             known.file_keys.extend(rows.into_iter().map(FileKey::from));

@@ -233,15 +233,19 @@ pub(super) fn insert_file_keys(
     let sql = claims::insert(Dialect::Sqlite, import_key);
     // SAFETY: as in `insert_users`.
     let mut insert = unsafe { Statement::prepare(db, sql.as_str())? };
-    // In the table's order (its key is the email): each insert lands beside the one before, on
-    // a page still in the cache. Distinct values, so the order changes nothing else.
-    let mut sorted: Vec<&Claim<'_>> = claims.iter().collect();
-    sorted.sort_unstable_by_key(|claim| claim.email);
-    for claim in sorted {
-        insert.text(1, claim.email)?;
-        insert.optional_text(2, claim.external_id)?;
-        insert.int(3, claim.row_number as i64)?;
-        insert.optional_text(4, claim.released_external_id)?;
+    // In the table's order (generation, then email): each insert lands beside the one before,
+    // on a page still in the cache. Distinct values, so the order changes nothing else.
+    let mut sorted: Vec<(i64, &Claim<'_>)> = claims
+        .iter()
+        .map(|claim| (claims::generation(claim.row_number), claim))
+        .collect();
+    sorted.sort_unstable_by_key(|&(generation, claim)| (generation, claim.email));
+    for (generation, claim) in sorted {
+        insert.int(1, generation)?;
+        insert.text(2, claim.email)?;
+        insert.optional_text(3, claim.external_id)?;
+        insert.int(4, claim.row_number as i64)?;
+        insert.optional_text(5, claim.released_external_id)?;
         insert.execute()?;
     }
     Ok(())
@@ -333,7 +337,7 @@ pub(super) fn holders(
 }
 
 /// The file keys of import `import_key` that hold one of the claimed emails or external ids of
-/// `lookups`, or released one of its released ids.
+/// `lookups`, or released one of its released ids: a point lookup per value and generation.
 pub(super) fn file_keys(
     handle: &mut LockedSqliteHandle<'_>,
     import_key: i64,
@@ -345,8 +349,14 @@ pub(super) fn file_keys(
         let sql = claims::lookup(import_key, column, Match::One);
         // SAFETY: as in `insert_users`.
         let mut lookup = unsafe { Statement::prepare(db, sql.as_str())? };
-        for value in values {
+        // Generation by generation, the values in order: each walks its part of the b-tree.
+        for (generation, value) in lookups
+            .generations
+            .clone()
+            .flat_map(|g| values.iter().map(move |value| (g, value)))
+        {
             lookup.text(1, value)?;
+            lookup.int(2, generation)?;
             lookup.rows(|row| {
                 let columns: FileKeyRow = (
                     row.text(0).unwrap_or_default(),

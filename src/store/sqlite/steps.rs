@@ -224,11 +224,11 @@ impl Steps for SqliteSteps<'_> {
     }
 
     /// SQLite's tables are all durable: what a batch committed survives a crash.
-    async fn claims_table(&mut self, key: ImportKey) -> Result<ClaimsTable, StoreError> {
+    async fn claims_table(&mut self, table: &str) -> Result<ClaimsTable, StoreError> {
         let found: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = $1",
         )
-        .bind(crate::store::claims::table(key))
+        .bind(table)
         .fetch_one(&mut *self.conn)
         .await?;
         Ok(match found {
