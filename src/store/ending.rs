@@ -1,8 +1,8 @@
 //! An import's ending as both stores write it, in one order, in one transaction: the status
 //! first, so that only an import still PROCESSING (and whose guard holds) loses anything;
 //! then, for an ending that is not a completion, its users removed and its updates undone;
-//! then what only a running import needs (its file keys, the values its updates replaced);
-//! and a change notification last. What the ending *is* was decided in the import layer
+//! then, for a completion, its events; then what only a running import needs (its file keys,
+//! the values its updates replaced); and a change notification last. What the ending *is* was decided in the import layer
 //! (`import::ending`); this only stores it.
 //!
 //! Why this order:
@@ -38,13 +38,14 @@ pub(crate) async fn conclude<S: Steps + ?Sized>(
     if conclusion.removes_users() {
         undo(steps, key).await?;
     }
-    forget(steps, key).await?;
     if import.status.is_completed() && !import.validate_only {
-        // What the commit tells the feed, in its transaction.
+        // What the commit tells the feed, in its transaction: before `forget`, since the users
+        // it updated are found through the values their updates replaced.
         let invited =
             (import.invitations == InvitationPolicy::Send).then_some(import.counters.rows_imported);
         super::events::at_commit(steps, key, invited).await?;
     }
+    forget(steps, key).await?;
     steps.changed(&[key]).await?;
     Ok(import)
 }

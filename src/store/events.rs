@@ -41,8 +41,32 @@ struct Told {
     origin: bool,
 }
 
-/// `INSERT ... SELECT` of one event per user `u` that `filter` keeps, in address order.
-fn insert(dialect: Dialect, told: Told, filter: &str) -> String {
+/// Where a statement's users `u` come from, and the column that gives their address order.
+struct Source {
+    from: &'static str,
+    order: &'static str,
+}
+
+/// Every user, as `u`.
+const USERS: Source = Source {
+    from: "users u",
+    order: "u.email",
+};
+
+/// The users an import updated, as `u`, found from the values its updates replaced (`s`),
+/// whose index on the import holds them in address order (an import's users are of one account;
+/// byte order on both backends, as `u.email`), so that nothing is sorted: a filter on
+/// `users.updated_by`, which no index holds, read every user of every account, then sorted them.
+const UPDATED_USERS: Source = Source {
+    from: "import_user_updates s \
+           JOIN users u ON u.account_id = s.account_id AND u.email = s.email",
+    order: "s.account_id, s.email",
+};
+
+/// `INSERT ... SELECT` of one event per user `u` of `source` that `filter` keeps, in address
+/// order.
+fn insert(dialect: Dialect, told: Told, source: Source, filter: &str) -> String {
+    let Source { from, order } = source;
     let Told {
         import_id,
         kind,
@@ -62,8 +86,8 @@ fn insert(dialect: Dialect, told: Told, filter: &str) -> String {
          SELECT u.account_id, {import_id}, '{kind}', u.email, u.first_name, u.last_name, \
          u.role, u.job_title, u.external_id, i.import_id, u.create_time, \
          coalesce(u.update_time, u.create_time), {state}, {invite_time}, {sent}, {now}, \
-         {origin} FROM users u JOIN imports i ON i.import_key = u.import_key \
-         WHERE {filter} ORDER BY u.email"
+         {origin} FROM {from} JOIN imports i ON i.import_key = u.import_key \
+         WHERE {filter} ORDER BY {order}"
     )
 }
 
@@ -142,8 +166,10 @@ impl Statements {
                     "UPDATED",
                     stored(),
                 ),
+                UPDATED_USERS,
                 &format!(
-                    "u.updated_by = $1 AND u.import_key <> $1 AND {} <> 'HELD'",
+                    "s.import_key = $1 AND u.updated_by = $1 AND u.import_key <> $1 \
+                     AND {} <> 'HELD'",
                     stored().0
                 ),
             ),
@@ -156,6 +182,7 @@ impl Statements {
                     "INVITED",
                     ("'SENT'".to_owned(), now.clone(), format!("{sent} + 1")),
                 ),
+                USERS,
                 &format!("{} AND {} = 'HELD'", scope(), stored().0),
             ),
             resent: insert(
@@ -165,18 +192,21 @@ impl Statements {
                     "INVITATION_RESENT",
                     ("'SENT'".to_owned(), now, format!("{sent} + 1")),
                 ),
+                USERS,
                 &format!("{} AND {} = 'SENT'", scope(), stored().0),
             ),
             // $1 account, $2 address: after `invitations::accept` changed it.
             accepted: insert(
                 dialect,
                 told("i.import_id", "INVITATION_ACCEPTED", stored()),
+                USERS,
                 "u.account_id = $1 AND u.email = $2",
             ),
             // $1: the import reverted; the users `delete_reverted` is about to remove.
             removed: insert(
                 dialect,
                 told("i.import_id", "REMOVED", stored()),
+                USERS,
                 &format!(
                     "u.import_key = $1 AND (u.updated_by IS NULL OR u.updated_by = $1) \
                      AND coalesce(u.invitation_state, '') <> 'ACCEPTED' AND {} <> 'HELD'",

@@ -65,18 +65,25 @@ impl Match {
 }
 
 /// The users table joined to the import that created each user: whether that import still
-/// runs decides whether its user may be skipped or updated yet.
+/// runs decides whether a holder's conflict names it (`holders`).
 const USERS_WITH_CREATOR: &str =
     "FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_id = $1";
 
+/// The account's imports still running, by key, with their ids: read once per batch, in the
+/// batch's transaction, for the users its lookups find (`Existing::found`). A user's creating
+/// import and its last update are then told apart from the rest without a join per user,
+/// which cost two more descents (of `imports`, by key) per user found.
+pub(crate) const RUNNING_IMPORTS: &str =
+    "SELECT import_key, import_id FROM imports WHERE account_id = $1 AND status = 'PROCESSING'";
+
+/// A `RUNNING_IMPORTS` row.
+pub(crate) type RunningRow = (i64, String);
+
+/// The running imports of an account, by key (`RUNNING_IMPORTS`).
+pub(crate) type Running = foldhash::HashMap<i64, String>;
+
 /// The columns of an `Existing` lookup, in `ExistingRow` order, up to SQLite's rowid.
-///
-/// The running imports' ids come from the same statement, so that whether a holder's import still
-/// runs is read in the transaction that acts on it.
-const EXISTING_COLUMNS: &str = "u.email, u.external_id, u.import_key, u.source_row, \
-    CASE WHEN i.status = 'PROCESSING' THEN i.import_id END, u.updated_by, \
-    (SELECT w.import_id FROM imports w \
-     WHERE w.import_key = u.updated_by AND w.status = 'PROCESSING')";
+const EXISTING_COLUMNS: &str = "u.email, u.external_id, u.import_key, u.source_row, u.updated_by";
 
 /// The user's other values, which only an UPDATE that writes compares with its row's
 /// (`plan::Existing::changed_by`).
@@ -89,10 +96,11 @@ const NO_VALUES: &str = "'', '', '', ''";
 /// The account's users whose `column` (email or external_id) is one of the values, with their
 /// other values when `values` (`plan::Lookups::user_values`).
 ///
-/// Both columns have a unique index per account, so each value finds at most one user.
+/// Both columns have a unique index per account, so each value finds at most one user: a
+/// descent of that index and a read of the user's row, nothing else.
 pub(crate) fn existing_users(column: Column, matching: Match, values: bool) -> String {
     format!(
-        "SELECT {EXISTING_COLUMNS}, {}, {} {USERS_WITH_CREATOR} AND u.{} {}",
+        "SELECT {EXISTING_COLUMNS}, {}, {} FROM users u WHERE u.account_id = $1 AND u.{} {}",
         matching.row_id(),
         if values { EXISTING_VALUES } else { NO_VALUES },
         column.name(),
@@ -100,17 +108,14 @@ pub(crate) fn existing_users(column: Column, matching: Match, values: bool) -> S
     )
 }
 
-/// An `Existing` lookup's row: email, external id, creating import and its row, the
-/// creating import's id while it runs, the last updating import and its id while it runs,
-/// SQLite's rowid, then the other values.
+/// An `Existing` lookup's row: email, external id, creating import and its row, the last
+/// updating import, SQLite's rowid, then the other values.
 pub(crate) type ExistingRow = (
     String,
     Option<String>,
     i64,
     i64,
-    Option<String>,
     Option<i64>,
-    Option<String>,
     Option<i64>,
     String,
     String,
@@ -118,23 +123,25 @@ pub(crate) type ExistingRow = (
     String,
 );
 
-impl From<ExistingRow> for Existing {
-    fn from(row: ExistingRow) -> Self {
-        let (email, external_id, import_key, source_row, running_import, updated_by) =
+impl Existing {
+    /// The user of a lookup's `row`, with the ids of its creating import and of its last update
+    /// while they still run (`running`, read in the same transaction).
+    pub(crate) fn found(row: ExistingRow, running: &Running) -> Self {
+        let (email, external_id, import_key, source_row, updated_by, row_id) =
             (row.0, row.1, row.2, row.3, row.4, row.5);
         Self {
             email,
             external_id,
             import_key,
             source_row: source_row as u64,
-            running_import,
+            running_import: running.get(&import_key).cloned(),
             updated_by,
-            running_update: row.6,
-            row_id: row.7,
-            first_name: row.8,
-            last_name: row.9,
-            role: row.10,
-            job_title: row.11,
+            running_update: updated_by.and_then(|key| running.get(&key).cloned()),
+            row_id,
+            first_name: row.6,
+            last_name: row.7,
+            role: row.8,
+            job_title: row.9,
         }
     }
 }
@@ -196,6 +203,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_user_found_knows_which_of_its_imports_still_run() {
+        let running: Running = [(7, "creating".to_owned()), (9, "updating".to_owned())]
+            .into_iter()
+            .collect();
+        let row = |import_key, updated_by| -> ExistingRow {
+            let text = String::new;
+            let email = "a@x.io".to_owned();
+            (
+                email,
+                None,
+                import_key,
+                2,
+                updated_by,
+                Some(5),
+                text(),
+                text(),
+                text(),
+                text(),
+            )
+        };
+        let both = Existing::found(row(7, Some(9)), &running);
+        assert_eq!(both.running_import.as_deref(), Some("creating"));
+        assert_eq!(both.running_update.as_deref(), Some("updating"));
+        assert_eq!(
+            (both.updated_by, both.row_id, both.source_row),
+            (Some(9), Some(5), 2)
+        );
+        let ended = Existing::found(row(3, Some(4)), &running);
+        assert_eq!((ended.running_import, ended.running_update), (None, None));
+        let never_updated = Existing::found(row(9, None), &running);
+        assert_eq!(never_updated.running_import.as_deref(), Some("updating"));
+        assert_eq!(never_updated.running_update, None);
+    }
+
+    #[test]
     fn both_backends_look_up_the_same_columns() {
         for values in [false, true] {
             let one = existing_users(Column::Email, Match::One, values);
@@ -207,6 +249,8 @@ mod tests {
                 any
             );
             assert!(one.ends_with("u.email = $2"), "{one}");
+            // No join: whether the user's imports run comes from `RUNNING_IMPORTS`.
+            assert!(!one.contains("JOIN"), "{one}");
         }
         // Without the other values, as many columns, empty: `ExistingRow` reads both alike.
         let keys = existing_users(Column::Email, Match::Any, false);

@@ -460,6 +460,17 @@ impl Steps for PgSteps<'_> {
         lookups: &Lookups<'_>,
     ) -> Result<Known, StoreError> {
         let mut known = Known::default();
+        let running: lookup::Running =
+            if lookups.user_emails.is_empty() && lookups.user_ids.is_empty() {
+                lookup::Running::default()
+            } else {
+                sqlx::query_as::<_, lookup::RunningRow>(lookup::RUNNING_IMPORTS)
+                    .bind(target.account_id.as_str())
+                    .fetch_all(&mut *self.conn)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
         for column in [Column::Email, Column::ExternalId] {
             let values: Cow<'_, [&str]> = match column {
                 Column::Email => Cow::Borrowed(&lookups.user_emails),
@@ -474,7 +485,9 @@ impl Steps for PgSteps<'_> {
                 .bind(&*values)
                 .fetch_all(&mut *self.conn)
                 .await?;
-            known.users.extend(rows.into_iter().map(Existing::from));
+            known
+                .users
+                .extend(rows.into_iter().map(|row| Existing::found(row, &running)));
         }
         let generations: Vec<i64> = lookups.generations.clone().collect();
         for (column, values) in lookups.of_file_keys() {

@@ -27,7 +27,7 @@ use sqlx::sqlite::LockedSqliteHandle;
 use crate::domain::{Column, UserBatch};
 use crate::store::claims;
 use crate::store::conflicts::Holder;
-use crate::store::lookup::{self, ExistingRow, FileKeyRow, HolderRow, Match};
+use crate::store::lookup::{self, ExistingRow, FileKeyRow, HolderRow, Match, Running, RunningRow};
 use crate::store::plan::{self, Claim, Existing, FileKey, Lookups, Update};
 use crate::store::steps::Dialect;
 
@@ -265,6 +265,10 @@ pub(super) fn existing_users(
     let db = handle.as_raw_handle();
     let with_values = usize::from(lookups.user_values);
     let mut found = Vec::new();
+    if lookups.user_emails.is_empty() && lookups.user_ids.is_empty() {
+        return Ok(found);
+    }
+    let running = running_imports(handle, account_id)?;
     for by_email in [true, false] {
         let (sql, values): (_, Cow<'_, [&str]>) = if by_email {
             (
@@ -288,20 +292,35 @@ pub(super) fn existing_users(
                     row.text(1),
                     row.int(2),
                     row.int(3),
-                    row.text(4),
+                    row.optional_int(4),
                     row.optional_int(5),
-                    row.text(6),
-                    row.optional_int(7),
+                    row.text(6).unwrap_or_default(),
+                    row.text(7).unwrap_or_default(),
                     row.text(8).unwrap_or_default(),
                     row.text(9).unwrap_or_default(),
-                    row.text(10).unwrap_or_default(),
-                    row.text(11).unwrap_or_default(),
                 );
-                found.push(Existing::from(columns));
+                found.push(Existing::found(columns, &running));
             })?;
         }
     }
     Ok(found)
+}
+
+/// The account's imports still running (`lookup::RUNNING_IMPORTS`).
+fn running_imports(
+    handle: &mut LockedSqliteHandle<'_>,
+    account_id: &str,
+) -> Result<Running, SqliteFailure> {
+    let db = handle.as_raw_handle();
+    // SAFETY: as in `insert_users`.
+    let mut running = unsafe { Statement::prepare(db, lookup::RUNNING_IMPORTS)? };
+    running.text(1, account_id)?;
+    let mut imports = Running::default();
+    running.rows(|row| {
+        let (key, id): RunningRow = (row.int(0), row.text(1).unwrap_or_default());
+        imports.insert(key, id);
+    })?;
+    Ok(imports)
 }
 
 /// Who holds each of `values` in `column` in the account: a point lookup per value.
