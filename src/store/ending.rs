@@ -1,9 +1,9 @@
 //! An import's ending as both stores write it, in one order, in one transaction: the status
 //! first, so that only an import still PROCESSING (and whose guard holds) loses anything;
 //! then, for an ending that is not a completion, its users removed and its updates undone;
-//! then, for a completion, its events; then what only a running import needs (its file keys,
-//! the values its updates replaced); and a change notification last. What the ending *is* was decided in the import layer
-//! (`import::ending`); this only stores it.
+//! then what only a running import needs (its file keys, the values its updates replaced);
+//! then, for a completion, its events; and a change notification last. What the ending *is*
+//! was decided in the import layer (`import::ending`); this only stores it.
 //!
 //! Why this order:
 //!
@@ -13,6 +13,8 @@
 //!   that still runs nor undo again what another ending undid;
 //! - the users created before the updates undone: a restored user may take back an external id
 //!   that one of the import's own new users holds;
+//! - the events after everything that takes time: they take the feed's turn (PostgreSQL), which
+//!   every transaction that writes events waits for, held to the commit;
 //! - the notification last: PostgreSQL delivers it at commit, and a follower that wakes reads the
 //!   import as this transaction leaves it.
 
@@ -38,14 +40,14 @@ pub(crate) async fn conclude<S: Steps + ?Sized>(
     if conclusion.removes_users() {
         undo(steps, key).await?;
     }
+    forget(steps, key).await?;
     if import.status.is_completed() && !import.validate_only {
-        // What the commit tells the feed, in its transaction: before `forget`, since the users
-        // it updated are found through the values their updates replaced.
+        // What the commit tells the feed, in its transaction: last, since it holds the feed's
+        // turn (PostgreSQL) until the commit.
         let invited =
             (import.invitations == InvitationPolicy::Send).then_some(import.counters.rows_imported);
         super::events::at_commit(steps, key, invited).await?;
     }
-    forget(steps, key).await?;
     steps.changed(&[key]).await?;
     Ok(import)
 }

@@ -47,20 +47,11 @@ struct Source {
     order: &'static str,
 }
 
-/// Every user, as `u`.
+/// Every user, as `u`. The UPDATED events of an import find its users by `updated_by` through
+/// their partial index (`users_updated_by`), not by a read of every user of every account.
 const USERS: Source = Source {
     from: "users u",
     order: "u.email",
-};
-
-/// The users an import updated, as `u`, found from the values its updates replaced (`s`),
-/// whose index on the import holds them in address order (an import's users are of one account;
-/// byte order on both backends, as `u.email`), so that nothing is sorted: a filter on
-/// `users.updated_by`, which no index holds, read every user of every account, then sorted them.
-const UPDATED_USERS: Source = Source {
-    from: "import_user_updates s \
-           JOIN users u ON u.account_id = s.account_id AND u.email = s.email",
-    order: "s.account_id, s.email",
 };
 
 /// `INSERT ... SELECT` of one event per user `u` of `source` that `filter` keeps, in address
@@ -166,10 +157,9 @@ impl Statements {
                     "UPDATED",
                     stored(),
                 ),
-                UPDATED_USERS,
+                USERS,
                 &format!(
-                    "s.import_key = $1 AND u.updated_by = $1 AND u.import_key <> $1 \
-                     AND {} <> 'HELD'",
+                    "u.updated_by = $1 AND u.import_key <> $1 AND {} <> 'HELD'",
                     stored().0
                 ),
             ),

@@ -70,7 +70,7 @@ const USERS_WITH_CREATOR: &str =
     "FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_id = $1";
 
 /// The account's imports still running, by key, with their ids: read once per batch, in the
-/// batch's transaction, for the users its lookups find (`Existing::found`). A user's creating
+/// batch's transaction, for the users its lookups find (`Existing::noting`). A user's creating
 /// import and its last update are then told apart from the rest without a join per user,
 /// which cost two more descents (of `imports`, by key) per user found.
 pub(crate) const RUNNING_IMPORTS: &str =
@@ -125,7 +125,7 @@ pub(crate) type ExistingRow = (
 
 impl Existing {
     /// The user of a lookup's `row`, with the ids of its creating import and of its last update
-    /// while they still run (`running`, read in the same transaction).
+    /// while they still run (`running`, see `noting`).
     pub(crate) fn found(row: ExistingRow, running: &Running) -> Self {
         let (email, external_id, import_key, source_row, updated_by, row_id) =
             (row.0, row.1, row.2, row.3, row.4, row.5);
@@ -134,15 +134,28 @@ impl Existing {
             external_id,
             import_key,
             source_row: source_row as u64,
-            running_import: running.get(&import_key).cloned(),
+            running_import: None,
             updated_by,
-            running_update: updated_by.and_then(|key| running.get(&key).cloned()),
+            running_update: None,
             row_id,
             first_name: row.6,
             last_name: row.7,
             role: row.8,
             job_title: row.9,
         }
+        .noting(running)
+    }
+
+    /// The same user, its creating import's id and its last update's set from `running`: those
+    /// of them that still run.
+    ///
+    /// `running` is read after the users in the same transaction (on PostgreSQL, whose reads
+    /// each see what committed before them): a user found belongs to an import that ran or had
+    /// ended then, and one that still runs when `running` is read is in it.
+    pub(crate) fn noting(mut self, running: &Running) -> Self {
+        self.running_import = running.get(&self.import_key).cloned();
+        self.running_update = self.updated_by.and_then(|key| running.get(&key).cloned());
+        self
     }
 }
 

@@ -248,9 +248,9 @@ enum Held<'a> {
 
 /// The values the earlier rows hold, built from `Known` and then from the batch as it is read.
 ///
-/// Hashed with foldhash: the maps hold values the batch and the store gave, never probed by
-/// anyone else, so SipHash's defence against flooding buys nothing (it was 5% of a SKIP's
-/// samples, 50 MiB).
+/// Hashed with foldhash, seeded per map: a file crafted to collide would have to guess the seed,
+/// and the maps live for one batch of at most the batch's rows; SipHash's stronger defence was
+/// 5% of a SKIP's samples (50 MiB).
 ///
 /// Rows are judged in file order, and each valid row adds its values before the next is judged,
 /// so that a lookup here answers "held before this row?" and not "held at all?".

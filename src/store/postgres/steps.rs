@@ -460,17 +460,6 @@ impl Steps for PgSteps<'_> {
         lookups: &Lookups<'_>,
     ) -> Result<Known, StoreError> {
         let mut known = Known::default();
-        let running: lookup::Running =
-            if lookups.user_emails.is_empty() && lookups.user_ids.is_empty() {
-                lookup::Running::default()
-            } else {
-                sqlx::query_as::<_, lookup::RunningRow>(lookup::RUNNING_IMPORTS)
-                    .bind(target.account_id.as_str())
-                    .fetch_all(&mut *self.conn)
-                    .await?
-                    .into_iter()
-                    .collect()
-            };
         for column in [Column::Email, Column::ExternalId] {
             let values: Cow<'_, [&str]> = match column {
                 Column::Email => Cow::Borrowed(&lookups.user_emails),
@@ -485,9 +474,25 @@ impl Steps for PgSteps<'_> {
                 .bind(&*values)
                 .fetch_all(&mut *self.conn)
                 .await?;
+            let none = lookup::Running::default();
             known
                 .users
-                .extend(rows.into_iter().map(|row| Existing::found(row, &running)));
+                .extend(rows.into_iter().map(|row| Existing::found(row, &none)));
+        }
+        if !known.users.is_empty() {
+            // After the users, so that an import that still runs once they are read is named
+            // (see `Existing::noting`).
+            let running: lookup::Running =
+                sqlx::query_as::<_, lookup::RunningRow>(lookup::RUNNING_IMPORTS)
+                    .bind(target.account_id.as_str())
+                    .fetch_all(&mut *self.conn)
+                    .await?
+                    .into_iter()
+                    .collect();
+            known.users = std::mem::take(&mut known.users)
+                .into_iter()
+                .map(|user| user.noting(&running))
+                .collect();
         }
         let generations: Vec<i64> = lookups.generations.clone().collect();
         for (column, values) in lookups.of_file_keys() {

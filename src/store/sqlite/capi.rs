@@ -265,10 +265,7 @@ pub(super) fn existing_users(
     let db = handle.as_raw_handle();
     let with_values = usize::from(lookups.user_values);
     let mut found = Vec::new();
-    if lookups.user_emails.is_empty() && lookups.user_ids.is_empty() {
-        return Ok(found);
-    }
-    let running = running_imports(handle, account_id)?;
+    let none = Running::default();
     for by_email in [true, false] {
         let (sql, values): (_, Cow<'_, [&str]>) = if by_email {
             (
@@ -299,11 +296,20 @@ pub(super) fn existing_users(
                     row.text(8).unwrap_or_default(),
                     row.text(9).unwrap_or_default(),
                 );
-                found.push(Existing::found(columns, &running));
+                found.push(Existing::found(columns, &none));
             })?;
         }
     }
-    Ok(found)
+    if found.is_empty() {
+        return Ok(found);
+    }
+    // After the users, as on PostgreSQL (`Existing::noting`); here the write transaction
+    // holds the database, so nothing changes in between anyway.
+    let running = running_imports(handle, account_id)?;
+    Ok(found
+        .into_iter()
+        .map(|user| user.noting(&running))
+        .collect())
 }
 
 /// The account's imports still running (`lookup::RUNNING_IMPORTS`).
