@@ -38,6 +38,7 @@
 
 use super::StoreError;
 use super::lookup::Match;
+use super::seen::SeenValues;
 use super::steps::{Dialect, Param, Steps};
 use crate::domain::ImportKey;
 
@@ -245,6 +246,22 @@ pub(crate) async fn ensure<S: Steps + ?Sized>(
         0 => Err(StoreError::FileKeysLost(key)),
         _ => Ok(()),
     }
+}
+
+/// Notes in `seen` every value import `key`'s table holds, in one read of it: the filter of an
+/// upload that resumes the import, which did not see the rows before it. The table is made
+/// first, or taken over from the version before, as a batch would (`ensure`).
+pub(crate) async fn remember<S: Steps + ?Sized>(
+    steps: &mut S,
+    key: ImportKey,
+    seen: &SeenValues,
+) -> Result<(), StoreError> {
+    ensure(steps, key).await?;
+    let values = ClaimsSql(format!(
+        "SELECT email, external_id, released_external_id FROM {}",
+        table(key)
+    ));
+    steps.remember_claims(&values, seen).await
 }
 
 /// The imports with rows in the shared table of earlier versions.

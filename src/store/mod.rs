@@ -187,6 +187,12 @@ pub trait Store: Send + Sync + 'static {
         batch: &UserBatch,
     ) -> Result<BatchWritten, StoreError>;
 
+    /// Notes in `seen` every value import `key`'s earlier rows took in its file (its file keys,
+    /// `claims`): the filter of an upload that resumes a planned import, made before its first
+    /// batch. `FileKeysLost` as a batch would get it.
+    async fn remember_file_keys(&self, key: ImportKey, seen: &SeenValues)
+    -> Result<(), StoreError>;
+
     /// Stores an import's ending, if `guard` still holds: the status, the counters and the
     /// message of the conclusion as they are; a conclusion that `removes_users` also removes
     /// the users the import created and restores those it updated, in the same transaction.

@@ -159,6 +159,14 @@ pub(crate) trait Steps: Send {
     /// The number a `SELECT count(*)` on an import's file keys table selects.
     async fn count_claims(&mut self, sql: &ClaimsSql) -> Result<u64, StoreError>;
 
+    /// Notes in `seen` each row a `SELECT email, external_id, released_external_id` on an
+    /// import's file keys table selects, as they come (`claims::remember`).
+    async fn remember_claims(
+        &mut self,
+        sql: &ClaimsSql,
+        seen: &crate::store::SeenValues,
+    ) -> Result<(), StoreError>;
+
     /// Whether the file keys table `table` (named by `claims`) exists, and of which kind
     /// (`claims::ensure`).
     async fn claims_table(&mut self, table: &str) -> Result<ClaimsTable, StoreError>;

@@ -86,8 +86,9 @@ pub struct BatchTarget<'a> {
     pub on_conflict: ConflictPolicy,
     /// A dry run: every check, no user written.
     pub validate_only: bool,
-    /// The values the upload's planned batches took so far, when it saw all of them (an
-    /// upload that began the import): most lookups of earlier rows' values are skipped.
+    /// The values the import's planned batches took so far (a resumed upload's noted from the
+    /// store first): most lookups of earlier rows' values are skipped. `None` for a plain
+    /// import, which looks nothing up.
     pub seen: Option<&'a SeenValues>,
 }
 

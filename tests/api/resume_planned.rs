@@ -1,8 +1,8 @@
 //! A planned import (a dry run, SKIP) whose upload stops half way and is resumed judges its rows
 //! as the same file uploaded whole: the rows after the resume still see the values the rows
 //! before it took. The upload that began the import also kept them in memory (a filter that
-//! lets most lookups be skipped, `SeenValues`); the resumed upload has not seen them and must
-//! look every value up.
+//! lets most lookups be skipped, `SeenValues`); the resumed upload has not seen them, and notes
+//! them from the store before its first batch: a value it missed would be taken for new.
 
 use bulk_import::proto::{self, ImportStatus, upload_import_request::Payload};
 

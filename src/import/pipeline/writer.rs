@@ -73,14 +73,17 @@ impl Writer {
         let (tx, mut rx) = mpsc::channel::<Queued>(WRITER_QUEUE);
         let (key, account_id) = (import.key, import.account_id.clone());
         let (on_conflict, validate_only) = (import.on_conflict, import.validate_only);
-        // Only an upload that begins its import sees every value its rows take (a resume does
-        // not): only then may its filter rule lookups out (`SeenValues`). Only planned imports
-        // (dry runs, SKIP, UPDATE) look values up.
+        // Only planned imports (dry runs, SKIP, UPDATE) look values up, and only they have a
+        // filter (`SeenValues`). An upload that resumes its import did not see the values of
+        // the rows before it: its filter notes them from the store before its first batch.
         let planned = validate_only || on_conflict != ConflictPolicy::Error;
-        let seen = (planned && import.counters.rows_processed == 0 && import.committed_bytes == 0)
-            .then(SeenValues::new);
+        let resumed = import.counters.rows_processed > 0 || import.committed_bytes > 0;
+        let seen = planned.then(SeenValues::new);
         let (idle_tx, idle) = watch::channel(true);
         let task = tokio::spawn(async move {
+            if let Some(seen) = seen.as_ref().filter(|_| resumed) {
+                store.remember_file_keys(key, seen).await?;
+            }
             loop {
                 idle_tx.send_replace(rx.is_empty());
                 let Some(Queued {

@@ -124,13 +124,7 @@ fn first_row(batch: &UserBatch) -> u64 {
 /// Notes in the import's filter the values a plan's rows take in its file (`Plan::claims`).
 pub(crate) fn remember(seen: &SeenValues, plan: &Plan<'_>) {
     for claim in &plan.claims {
-        seen.insert(Kind::Email, claim.email);
-        if let Some(id) = claim.external_id {
-            seen.insert(Kind::ExternalId, id);
-        }
-        if let Some(id) = claim.released_external_id {
-            seen.insert(Kind::Released, id);
-        }
+        seen.insert_claim(claim.email, claim.external_id, claim.released_external_id);
     }
 }
 

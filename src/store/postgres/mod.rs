@@ -44,8 +44,8 @@ use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
     FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, Processing, RelayLease,
-    Removed, Reverted, Store, StoreError, StoredRowError, StoredUser, UserFilter, ending, events,
-    invitations, plan, planned, queries, relay, resume, retention, revert,
+    Removed, Reverted, SeenValues, Store, StoreError, StoredRowError, StoredUser, UserFilter,
+    claims, ending, events, invitations, plan, planned, queries, relay, resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use notify::Changes;
@@ -253,6 +253,23 @@ impl Store for PostgresStore {
         discarded?;
         self.plain.forget(key);
         Ok(())
+    }
+
+    async fn remember_file_keys(
+        &self,
+        key: ImportKey,
+        seen: &SeenValues,
+    ) -> Result<(), StoreError> {
+        in_transaction(
+            &self.pool,
+            &self.events_written,
+            &(key, seen),
+            only_conflicts,
+            |mut steps, &(key, seen)| {
+                Box::pin(async move { claims::remember(&mut steps, key, seen).await })
+            },
+        )
+        .await
     }
 
     /// A planned batch is one transaction, run again when another replica took a value between

@@ -47,9 +47,9 @@ use super::error::FaultLatch;
 use super::{
     BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
     FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, LifeSign, OpenOptions,
-    Processing, RelayLease, Removed, Reverted, Store, StoreError, StoredRowError, StoredUser,
-    UserFilter, claims, ending, events, invitations, plan, planned, queries, record, rekey, relay,
-    resume, retention, revert,
+    Processing, RelayLease, Removed, Reverted, SeenValues, Store, StoreError, StoredRowError,
+    StoredUser, UserFilter, claims, ending, events, invitations, plan, planned, queries, record,
+    rekey, relay, resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -348,6 +348,17 @@ impl Store for SqliteStore {
     /// One transaction for the whole batch, whatever its path: the plain import inserts through
     /// the C API and lets the unique indexes refuse, a planned batch looks up, decides and
     /// writes. A batch that fails leaves nothing.
+    async fn remember_file_keys(
+        &self,
+        key: ImportKey,
+        seen: &SeenValues,
+    ) -> Result<(), StoreError> {
+        self.write(&(key, seen), |mut steps, &(key, seen)| {
+            Box::pin(async move { claims::remember(&mut steps, key, seen).await })
+        })
+        .await
+    }
+
     async fn write_batch(
         &self,
         target: &BatchTarget<'_>,
