@@ -8,7 +8,8 @@
 //! row from the table and each of its three indexes: on SQLite that was 39% of a dry run's time
 //! (perf, 50 MiB). A table of its own goes at once (`DROP TABLE` frees its pages).
 //!
-//! Why keyed by generation first: a file's addresses come in no particular order, so a table
+//! Why keyed by generation first (on SQLite; PostgreSQL's keys lead with the value, see
+//! `create`): a file's addresses come in no particular order, so a table
 //! keyed by address alone took each batch's keys all over its b-tree, and every batch rewrote
 //! most of its pages (on SQLite, each into the write-ahead log): the inserts were 42% of a dry
 //! run's samples (50 MiB), and their cost grew with the table. A row's generation is its row
