@@ -223,22 +223,12 @@ impl Steps for SqliteSteps<'_> {
         Ok(sqlx::Row::try_get::<i64, _>(&row, 0)? as u64)
     }
 
-    /// Streamed: a table of a 199 MiB file holds 2.6 million rows.
     async fn remember_claims(
         &mut self,
         sql: &ClaimsSql,
         seen: &crate::store::SeenValues,
     ) -> Result<(), StoreError> {
-        use futures::TryStreamExt;
-        let mut rows = sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
-            sqlx::AssertSqlSafe(sql.as_str().to_owned()),
-        )
-        .persistent(false)
-        .fetch(&mut *self.conn);
-        while let Some((email, id, released)) = rows.try_next().await? {
-            seen.insert_claim(&email, id.as_deref(), released.as_deref());
-        }
-        Ok(())
+        crate::store::claims::note_rows(&mut *self.conn, sql, seen).await
     }
 
     /// SQLite's tables are all durable: what a batch committed survives a crash.
