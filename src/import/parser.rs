@@ -292,6 +292,19 @@ impl CsvParser {
     /// same rows, row numbers and errors as that one would have given for the rest of the text.
     pub fn resume(delimiter: u8, limits: Limits, mark: Mark) -> Self {
         let mut parser = Self::new(delimiter, limits);
+        // `csv_core` strips a UTF-8 byte order mark at the start of its first read, which for
+        // a resumed parser is the middle of the file: there the other parser keeps the mark
+        // as text, so this one must too. A line break at a record's start is skipped without
+        // a trace, so reading one makes `csv_core` past its first read and changes nothing
+        // else (its line count, which is not used).
+        let (result, nin, nout, nend) =
+            parser
+                .core
+                .read_record(b"\n", &mut parser.out, &mut parser.ends);
+        debug_assert_eq!(
+            (result, nin, nout, nend),
+            (ReadRecordResult::InputEmpty, 1, 0, 0)
+        );
         parser.rows_before = mark.rows_before;
         parser.after_cr = mark.after_cr;
         parser.fed = mark.end;

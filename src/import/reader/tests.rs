@@ -173,3 +173,20 @@ fn a_checkpoint_counts_the_file_s_bytes_not_the_text_s() {
     assert_eq!(outcome, check::read(&file, &[], LIMITS));
     assert_eq!(outcome.rows.len(), 2);
 }
+
+/// A row that starts with a byte order mark, right after a checkpoint: the reader of the whole
+/// file reads the mark as a cell's text (a row of the wrong width here), so the resumed reader
+/// must too. `csv_core` strips a mark at the start of its first read, and a resumed parser's
+/// first read is the middle of the file: it once lost the row. Found by the property test
+/// above in CI.
+#[test]
+fn a_byte_order_mark_after_the_checkpoint_stays_in_its_row() {
+    let file = b"email,first_name,role\n\xEF\xBB\xBF,".to_vec();
+    let whole = check::read(&file, &[], LIMITS);
+    assert_eq!(whole.rows, vec!["2|:FIELD_COUNT".to_owned()]);
+    for cuts in [&[][..], &[23], &[24, 25]] {
+        let (resumed, _, offset) = check::resumed(&file, 22, cuts, LIMITS);
+        assert_eq!(offset, Some(22));
+        assert_eq!(resumed, whole, "cut at {cuts:?}");
+    }
+}
