@@ -95,31 +95,28 @@ const REQUEST_CANCEL: &str = "UPDATE imports SET cancel_requested = true \
 
 /// The external ids of the users an import updated are cleared before their old values come
 /// back: the unique index checks row by row, and the import may have given an id one user
-/// released to another (or to a user it created).
-const CLEAR_RESTORED_IDS: &str = "UPDATE users AS u SET external_id = NULL \
-    FROM import_user_updates AS s \
-    WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email \
-    AND u.external_id IS NOT NULL";
+/// released to another (or to a user it created). The users an import updated are the ones
+/// whose `updated_by` it is (through their partial index), and their `old_*` columns hold what
+/// it replaced (`sqlite::capi::UPDATE_USER`, `postgres::apply::update_users`).
+const CLEAR_RESTORED_IDS: &str = "UPDATE users SET external_id = NULL \
+    WHERE updated_by = $1 AND external_id IS NOT NULL";
 
 /// Old external ids that cannot come back: another import took them meanwhile.
-const LOST_IDS: &str = "SELECT count(*) FROM import_user_updates AS s WHERE s.import_key = $1 \
-    AND s.external_id IS NOT NULL AND EXISTS (SELECT 1 FROM users AS o \
-        WHERE o.account_id = s.account_id AND o.external_id = s.external_id)";
+const LOST_IDS: &str = "SELECT count(*) FROM users AS u WHERE u.updated_by = $1 \
+    AND u.old_external_id IS NOT NULL AND EXISTS (SELECT 1 FROM users AS o \
+        WHERE o.account_id = u.account_id AND o.external_id = u.old_external_id)";
 
-/// The values an import's updates replaced, put back; an old external id another user holds
-/// now stays cleared.
-const RESTORE_UPDATED: &str = "UPDATE users AS u SET first_name = s.first_name, \
-    last_name = s.last_name, role = s.role, job_title = s.job_title, \
-    update_time = s.update_time, updated_by = s.updated_by, \
+/// The values an import's updates replaced, put back, its mark included (`updated_by` goes
+/// back to the import before, if any); an old external id another user holds now stays
+/// cleared. The `old_*` columns are left as they are: they mean something only while the
+/// user's `updated_by` import runs, and readers ask that first.
+const RESTORE_UPDATED: &str = "UPDATE users SET first_name = old_first_name, \
+    last_name = old_last_name, role = old_role, job_title = old_job_title, \
+    update_time = old_update_time, updated_by = old_updated_by, \
     external_id = CASE WHEN EXISTS (SELECT 1 FROM users AS o \
-        WHERE o.account_id = s.account_id AND o.external_id = s.external_id) \
-        THEN NULL ELSE s.external_id END \
-    FROM import_user_updates AS s \
-    WHERE s.import_key = $1 AND u.account_id = s.account_id AND u.email = s.email";
-
-/// The values its updates replaced: needed only to undo them, which an ended import no longer can
-/// be (a revert removes created users, it does not undo updates).
-const FORGET_UPDATES: &str = "DELETE FROM import_user_updates WHERE import_key = $1";
+        WHERE o.account_id = users.account_id AND o.external_id = users.old_external_id) \
+        THEN NULL ELSE old_external_id END \
+    WHERE updated_by = $1";
 
 /// Puts back what a failed or cancelled import changed: the users it created go, then the
 /// users it updated get their values back (with their external ids cleared first, see
@@ -144,12 +141,11 @@ async fn undo<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), St
 }
 
 /// What an ended import no longer needs: the values its rows held in the file (needed only to
-/// judge its later rows: their table goes at once, `claims`), and the values its updates
-/// replaced.
+/// judge its later rows: their table goes at once, `claims`). The values its updates replaced
+/// stay in its users' rows, where nothing reads them once it ended (`RESTORE_UPDATED`).
 async fn forget<S: Steps + ?Sized>(steps: &mut S, key: ImportKey) -> Result<(), StoreError> {
     for drop in super::claims::drop(key) {
         steps.execute_claims(&drop).await?;
     }
-    steps.execute(FORGET_UPDATES, &[Param::Int(key)]).await?;
     Ok(())
 }

@@ -214,9 +214,9 @@ pub(crate) fn invite_time(u: &str, i: Creator<'_>) -> String {
 
 /// The users of an account's completed imports, by email (byte order on both backends), as
 /// committed: a user that an UPDATE import still running has changed shows the values it had
-/// before that import (kept in `import_user_updates` to put back if it fails), until the import
-/// completes. So no reader sees values that may yet be undone, as no reader sees the users of
-/// an import still running. `micros` says how the backend reads a time column as microseconds.
+/// before that import (kept in the user's `old_*` columns to put back if it fails), until the
+/// import completes. So no reader sees values that may yet be undone, as no reader sees the
+/// users of an import still running. `micros` says how the backend reads a time column as microseconds.
 ///
 /// Absent filters and `after` are bound as sentinels (-1, the empty string), so that one
 /// statement serves every page. A user never updated reads its create time as its update time.
@@ -234,10 +234,11 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
 {
-    // `s` is the user as it was before the UPDATE import still running that changed it, if
-    // one did: its values are shown instead.
-    let committed =
-        |column: &str| format!("CASE WHEN s.email IS NULL THEN u.{column} ELSE s.{column} END");
+    // `w` is the UPDATE import still running that changed the user, if one did: the values
+    // from before it, in the row's `old_*` columns, are shown instead.
+    let committed = |column: &str| {
+        format!("CASE WHEN w.import_key IS NULL THEN u.{column} ELSE u.old_{column} END")
+    };
     let creator = Creator::Joined("i");
     let state = invitation_state("u", creator);
     let sql = format!(
@@ -247,8 +248,6 @@ where
          {state} AS invitation_state, {invited} AS invite_time, {sent} AS invitations_sent \
          FROM users u JOIN imports i ON i.import_key = u.import_key \
          LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
-         LEFT JOIN import_user_updates s ON s.import_key = w.import_key \
-              AND s.account_id = u.account_id AND s.email = u.email \
          WHERE u.account_id = $1 AND u.email > $2 AND ($3 < 0 OR u.import_key = $3) \
          AND ($5 = '' OR {state} = $5) AND ($6 = '' OR u.email = $6) \
          AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL', \

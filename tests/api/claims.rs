@@ -12,7 +12,7 @@ use crate::resume::{finish_of, send, until};
 use crate::resume_planned::first;
 
 /// Runs `sql` (one value per row, as text) on the database at `url`.
-async fn texts(backend: Backend, url: &str, sql: &str) -> Vec<String> {
+pub(crate) async fn texts(backend: Backend, url: &str, sql: &str) -> Vec<String> {
     match backend {
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(url).await.unwrap();

@@ -32,6 +32,7 @@ mod resume_planned;
 mod resume_servers;
 mod retention;
 mod row_by_row;
+mod saved_values;
 mod security;
 mod store;
 mod tls;

@@ -19,8 +19,8 @@ use crate::store::{BatchTarget, StoreError};
 ///
 /// `in_order` is the plan's `releases`: when an update frees an external id, the updates go one
 /// statement per row, in file order, so that a later row may take the id in the same batch.
-/// Otherwise `UNNEST_ROWS` per statement. The old values are saved from the same statement that
-/// replaces them, so they are exactly what was replaced.
+/// Otherwise `UNNEST_ROWS` per statement. The old values are kept in the row by the statement
+/// that replaces them, so they are exactly what was replaced.
 pub(super) async fn update_users(
     conn: &mut PgConnection,
     target: &BatchTarget<'_>,
@@ -43,41 +43,37 @@ pub(super) async fn update_users(
             .collect();
         let job_titles: Vec<Option<String>> = users.iter().map(|u| given(u.job_title)).collect();
         let external_ids: Vec<Option<&str>> = users.iter().map(|u| u.external_id).collect();
-        // One pass over the users: each row found once, updated by its tuple id, and its old
-        // values, as the statement's snapshot has them, kept from its RETURNING. Only the
-        // rows that change something (the plan holds no other, but a concurrent change may
-        // have made one a no-op since its lookup): a row that changes nothing writes
-        // nothing, and the user keeps its update time. A row another transaction changed
-        // meanwhile has another tuple id: neither updated nor kept.
+        // One pass over the users: each row found once and updated by its tuple id, its old
+        // values, as the statement's snapshot has them, kept in its `old_*` columns (every
+        // right-hand side reads the row as it was). Only the rows that change something (the
+        // plan holds no other, but a concurrent change may have made one a no-op since its
+        // lookup): a row that changes nothing writes nothing, and the user keeps its update
+        // time. A row another transaction changed meanwhile has another tuple id: not updated.
         sqlx::query(
             "WITH n AS (SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], \
                                              $7::text[], $8::text[]) \
-                        AS n(email, first_name, last_name, role, job_title, external_id)), \
-             updated AS ( \
-               UPDATE users u SET first_name = coalesce(o.new_first_name, u.first_name), \
-                 last_name = coalesce(o.new_last_name, u.last_name), \
-                 role = coalesce(o.new_role, u.role), \
-                 job_title = coalesce(o.new_job_title, u.job_title), \
-                 external_id = coalesce(o.new_external_id, u.external_id), \
-                 update_time = now(), updated_by = $2 \
-               FROM (SELECT v.ctid AS tid, v.account_id, v.email, v.first_name, v.last_name, \
-                            v.role, v.job_title, v.external_id, v.update_time, v.updated_by, \
-                            n.first_name AS new_first_name, n.last_name AS new_last_name, \
-                            n.role AS new_role, n.job_title AS new_job_title, \
-                            n.external_id AS new_external_id \
-                     FROM n JOIN users v ON v.account_id = $1 AND v.email = n.email \
-                     WHERE v.first_name IS DISTINCT FROM coalesce(n.first_name, v.first_name) \
-                        OR v.last_name IS DISTINCT FROM coalesce(n.last_name, v.last_name) \
-                        OR v.role IS DISTINCT FROM coalesce(n.role, v.role) \
-                        OR v.job_title IS DISTINCT FROM coalesce(n.job_title, v.job_title) \
-                        OR v.external_id IS DISTINCT FROM \
-                           coalesce(n.external_id, v.external_id)) o \
-               WHERE u.ctid = o.tid \
-               RETURNING o.account_id, o.email, o.first_name, o.last_name, o.role, \
-                         o.job_title, o.external_id, o.update_time, o.updated_by) \
-             INSERT INTO import_user_updates (import_key, account_id, email, first_name, \
-               last_name, role, job_title, external_id, update_time, updated_by) \
-             SELECT $2, * FROM updated",
+                        AS n(email, first_name, last_name, role, job_title, external_id)) \
+             UPDATE users u SET old_first_name = u.first_name, old_last_name = u.last_name, \
+               old_role = u.role, old_job_title = u.job_title, \
+               old_external_id = u.external_id, old_update_time = u.update_time, \
+               old_updated_by = u.updated_by, \
+               first_name = coalesce(o.new_first_name, u.first_name), \
+               last_name = coalesce(o.new_last_name, u.last_name), \
+               role = coalesce(o.new_role, u.role), \
+               job_title = coalesce(o.new_job_title, u.job_title), \
+               external_id = coalesce(o.new_external_id, u.external_id), \
+               update_time = now(), updated_by = $2 \
+             FROM (SELECT v.ctid AS tid, n.first_name AS new_first_name, \
+                          n.last_name AS new_last_name, n.role AS new_role, \
+                          n.job_title AS new_job_title, n.external_id AS new_external_id \
+                   FROM n JOIN users v ON v.account_id = $1 AND v.email = n.email \
+                   WHERE v.first_name IS DISTINCT FROM coalesce(n.first_name, v.first_name) \
+                      OR v.last_name IS DISTINCT FROM coalesce(n.last_name, v.last_name) \
+                      OR v.role IS DISTINCT FROM coalesce(n.role, v.role) \
+                      OR v.job_title IS DISTINCT FROM coalesce(n.job_title, v.job_title) \
+                      OR v.external_id IS DISTINCT FROM \
+                         coalesce(n.external_id, v.external_id)) o \
+             WHERE u.ctid = o.tid",
         )
         .bind(target.account_id.as_str())
         .bind(target.key)

@@ -40,28 +40,26 @@ const INSERT_USER: &str = "INSERT INTO users (account_id, email, first_name, las
     job_title, external_id, import_key, source_row, create_time) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING";
 
-/// Keeps what an update replaces, for an import that fails or is cancelled; only when the row
-/// changes something (an empty cell, bound as NULL, keeps the stored value).
+/// One user's update with its row's non-empty cells (an empty cell, bound as NULL, keeps the
+/// stored value), keeping the values it replaces in the row's `old_*` columns for an import
+/// that fails or is cancelled (`store::ending`): SQLite reads every right-hand side from the
+/// row as it was. Only when the row changes something, so that 0 changes tells a row that
+/// does not.
 ///
-/// `OR FAIL`: an `INSERT ... SELECT` that may abort (the table's `NOT NULL` columns) makes
-/// SQLite keep a statement journal, a copy of every page the statement touches, so that a
-/// failure could undo the rows it inserted before; this one inserts at most one row (the user
-/// is found by a unique key), and a failure fails the whole batch's transaction anyway. The
-/// journal, written to a temporary file (a `pwrite` per page), was 9% of the samples of an
-/// UPDATE that changed every user.
-const SAVE_USER: &str = "INSERT OR FAIL INTO import_user_updates (import_key, account_id, email, \
-    first_name, last_name, role, job_title, external_id, update_time, updated_by) \
-    SELECT ?1, account_id, email, first_name, last_name, role, job_title, external_id, \
-    update_time, updated_by FROM users WHERE rowid = ?9 AND account_id = ?2 AND email = ?3 \
-    AND (first_name IS NOT coalesce(?4, first_name) OR last_name IS NOT coalesce(?5, last_name) \
-         OR role IS NOT coalesce(?6, role) OR job_title IS NOT coalesce(?7, job_title) \
-         OR external_id IS NOT coalesce(?8, external_id))";
-
-/// Run once `SAVE_USER` kept the old values, that is when the row changes something.
-const UPDATE_USER: &str = "UPDATE users SET first_name = coalesce(?3, first_name), \
-    last_name = coalesce(?4, last_name), role = coalesce(?5, role), \
-    job_title = coalesce(?6, job_title), external_id = coalesce(?7, external_id), \
-    update_time = ?8, updated_by = ?9 WHERE rowid = ?10 AND account_id = ?1 AND email = ?2";
+/// `OR FAIL`, not the default `ABORT`: a statement that may abort halfway makes SQLite keep a
+/// statement journal, a copy of every page it touches, so that the failure could undo it; this
+/// one changes at most one row (found by its rowid), and a failure fails the whole batch's
+/// transaction anyway.
+const UPDATE_USER: &str = "UPDATE OR FAIL users SET old_first_name = first_name, \
+    old_last_name = last_name, old_role = role, old_job_title = job_title, \
+    old_external_id = external_id, old_update_time = update_time, old_updated_by = updated_by, \
+    first_name = coalesce(?3, first_name), last_name = coalesce(?4, last_name), \
+    role = coalesce(?5, role), job_title = coalesce(?6, job_title), \
+    external_id = coalesce(?7, external_id), update_time = ?8, updated_by = ?9 \
+    WHERE rowid = ?10 AND account_id = ?1 AND email = ?2 \
+    AND (first_name IS NOT coalesce(?3, first_name) OR last_name IS NOT coalesce(?4, last_name) \
+         OR role IS NOT coalesce(?5, role) OR job_title IS NOT coalesce(?6, job_title) \
+         OR external_id IS NOT coalesce(?7, external_id))";
 
 /// The lookups, built once from the statements both backends share (`store::lookup`).
 struct Statements {
@@ -150,10 +148,8 @@ pub(super) fn insert_users(
 /// Updates the users of `updates` with their rows' non-empty cells, keeping the values they
 /// replace. The caller holds the write transaction.
 ///
-/// Two statements per user: `SAVE_USER` copies the old values into `import_user_updates` (it
-/// keeps its guard that the row changes something, which the plan already found), then
-/// `UPDATE_USER` writes the row. Both find the user by the rowid its lookup read in this
-/// transaction, and check that it is still the account's user of that address.
+/// One statement per user (`UPDATE_USER`), which finds the user by the rowid its lookup read in
+/// this transaction and checks that it is still the account's user of that address.
 pub(super) fn update_users(
     handle: &mut LockedSqliteHandle<'_>,
     target: Target<'_>,
@@ -162,33 +158,13 @@ pub(super) fn update_users(
 ) -> Result<(), SqliteFailure> {
     let db = handle.as_raw_handle();
     // SAFETY: as in `insert_users`.
-    let (mut save, mut update) = unsafe {
-        (
-            Statement::prepare(db, SAVE_USER)?,
-            Statement::prepare(db, UPDATE_USER)?,
-        )
-    };
+    let mut update = unsafe { Statement::prepare(db, UPDATE_USER)? };
     for &Update { index, row_id } in updates {
         // SQLite's lookups always read it (`lookup::Match::row_id`): a plan without it is a bug,
         // told rather than written as an update that finds nothing.
         let row_id = row_id.ok_or_else(|| not_found("was looked up without its rowid"))?;
         let user = batch.user(index);
         let role = user.role_given.then(|| user.role.as_str());
-        save.int(1, target.import_key)?;
-        save.text(2, target.account_id)?;
-        save.text(3, user.email)?;
-        save.optional_text(4, given(user.first_name))?;
-        save.optional_text(5, given(user.last_name))?;
-        save.optional_text(6, role)?;
-        save.optional_text(7, given(user.job_title))?;
-        save.optional_text(8, user.external_id)?;
-        save.int(9, row_id)?;
-        // The plan lists only rows that change something (`plan::Existing::changed_by`, which
-        // compares as this statement does, on values read in this transaction): a save or an
-        // update that finds nothing is a bug, told rather than counted as an update.
-        if !save.execute()? {
-            return Err(not_found("was not found again, or changes nothing"));
-        }
         update.text(1, target.account_id)?;
         update.text(2, user.email)?;
         update.optional_text(3, given(user.first_name))?;
@@ -199,8 +175,11 @@ pub(super) fn update_users(
         update.int(8, target.now)?;
         update.int(9, target.import_key)?;
         update.int(10, row_id)?;
+        // The plan lists only rows that change something (`plan::Existing::changed_by`, which
+        // compares as this statement does, on values read in this transaction): an update that
+        // finds nothing is a bug, told rather than counted as an update.
         if !update.execute()? {
-            return Err(not_found("was not found again"));
+            return Err(not_found("was not found again, or changes nothing"));
         }
     }
     Ok(())
