@@ -1,7 +1,8 @@
 //! An import's ending as both stores write it, in one order, in one transaction: the status
 //! first, so that only an import still PROCESSING (and whose guard holds) loses anything;
 //! then, for an ending that is not a completion, its users removed and its updates undone;
-//! then what only a running import needs (its file keys, the values its updates replaced);
+//! then what only a running import needs (its file keys; the values its updates replaced stay
+//! in its users' rows, where nothing reads them once it ended);
 //! then, for a completion, its events; and a change notification last. What the ending *is*
 //! was decided in the import layer (`import::ending`); this only stores it.
 //!
