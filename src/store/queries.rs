@@ -216,7 +216,8 @@ pub(crate) fn invite_time(u: &str, i: Creator<'_>) -> String {
 /// committed: a user that an UPDATE import still running has changed shows the values it had
 /// before that import (kept in the user's `old_*` columns to put back if it fails), until the
 /// import completes. So no reader sees values that may yet be undone, as no reader sees the
-/// users of an import still running. `micros` says how the backend reads a time column as microseconds.
+/// users of an import still running. `micros` says how the backend reads a time column as
+/// microseconds.
 ///
 /// Absent filters and `after` are bound as sentinels (-1, the empty string), so that one
 /// statement serves every page. A user never updated reads its create time as its update time.

@@ -101,7 +101,8 @@ backend_tests! {
         })
         .await;
         let url = app.database_url.clone();
-        let changed = count(backend, &url, "SELECT 1 FROM users WHERE first_name LIKE 'New%'").await;
+        let renamed = "SELECT 1 FROM users WHERE first_name LIKE 'New%'";
+        let changed = count(backend, &url, renamed).await;
         assert_eq!(changed as i64, waiting.rows_processed, "{waiting:?}");
         assert!((20..2000).contains(&changed), "{changed} {waiting:?}");
         let kept = "SELECT 1 FROM users WHERE old_first_name LIKE 'Old%' \
