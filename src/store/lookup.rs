@@ -123,10 +123,10 @@ pub(crate) type ExistingRow = (
     String,
 );
 
-impl Existing {
-    /// The user of a lookup's `row`, with the ids of its creating import and of its last update
-    /// while they still run (`running`, see `noting`).
-    pub(crate) fn found(row: ExistingRow, running: &Running) -> Self {
+impl From<ExistingRow> for Existing {
+    /// The user of a lookup's `row`, as yet without the ids of its imports that still run:
+    /// `noting` sets them, once the account's running imports were read after the users.
+    fn from(row: ExistingRow) -> Self {
         let (email, external_id, import_key, source_row, updated_by, row_id) =
             (row.0, row.1, row.2, row.3, row.4, row.5);
         Self {
@@ -143,9 +143,10 @@ impl Existing {
             role: row.8,
             job_title: row.9,
         }
-        .noting(running)
     }
+}
 
+impl Existing {
     /// The same user, its creating import's id and its last update's set from `running`: those
     /// of them that still run.
     ///
@@ -236,16 +237,16 @@ mod tests {
                 text(),
             )
         };
-        let both = Existing::found(row(7, Some(9)), &running);
+        let both = Existing::from(row(7, Some(9))).noting(&running);
         assert_eq!(both.running_import.as_deref(), Some("creating"));
         assert_eq!(both.running_update.as_deref(), Some("updating"));
         assert_eq!(
             (both.updated_by, both.row_id, both.source_row),
             (Some(9), Some(5), 2)
         );
-        let ended = Existing::found(row(3, Some(4)), &running);
+        let ended = Existing::from(row(3, Some(4))).noting(&running);
         assert_eq!((ended.running_import, ended.running_update), (None, None));
-        let never_updated = Existing::found(row(9, None), &running);
+        let never_updated = Existing::from(row(9, None)).noting(&running);
         assert_eq!(never_updated.running_import.as_deref(), Some("updating"));
         assert_eq!(never_updated.running_update, None);
     }

@@ -41,7 +41,7 @@ use crate::domain::{Column, ConflictPolicy, ImportKey, RowError, UserBatch};
 /// A user of the account that holds an email or external id of the batch.
 ///
 /// Read by `lookup::existing_users`, with its imports' ids while they run
-/// (`Existing::found`).
+/// (`Existing::from`, then `Existing::noting`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Existing {
     /// Its email key, unique in the account.

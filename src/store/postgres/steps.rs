@@ -482,10 +482,7 @@ impl Steps for PgSteps<'_> {
                 .bind(&*values)
                 .fetch_all(&mut *self.conn)
                 .await?;
-            let none = lookup::Running::default();
-            known
-                .users
-                .extend(rows.into_iter().map(|row| Existing::found(row, &none)));
+            known.users.extend(rows.into_iter().map(Existing::from));
         }
         if !known.users.is_empty() {
             // After the users, so that an import that still runs once they are read is named

@@ -244,7 +244,6 @@ pub(super) fn existing_users(
     let db = handle.as_raw_handle();
     let with_values = usize::from(lookups.user_values);
     let mut found = Vec::new();
-    let none = Running::default();
     for by_email in [true, false] {
         let (sql, values): (_, Cow<'_, [&str]>) = if by_email {
             (
@@ -275,7 +274,7 @@ pub(super) fn existing_users(
                     row.text(8).unwrap_or_default(),
                     row.text(9).unwrap_or_default(),
                 );
-                found.push(Existing::found(columns, &none));
+                found.push(Existing::from(columns));
             })?;
         }
     }
