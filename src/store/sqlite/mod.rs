@@ -345,9 +345,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    /// One transaction for the whole batch, whatever its path: the plain import inserts through
-    /// the C API and lets the unique indexes refuse, a planned batch looks up, decides and
-    /// writes. A batch that fails leaves nothing.
     async fn remember_file_keys(
         &self,
         key: ImportKey,
@@ -359,6 +356,9 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// One transaction for the whole batch, whatever its path: the plain import inserts through
+    /// the C API and lets the unique indexes refuse, a planned batch looks up, decides and
+    /// writes. A batch that fails leaves nothing.
     async fn write_batch(
         &self,
         target: &BatchTarget<'_>,
