@@ -9,7 +9,7 @@ use std::time::Duration;
 use bulk_import::proto;
 
 use crate::claims::texts;
-use crate::features::list_users;
+use crate::features::{cancel, list_users};
 use crate::helpers::*;
 use crate::resume::{send, until};
 use crate::resume_planned::first;
@@ -128,14 +128,7 @@ backend_tests! {
         assert_eq!(listed_first_names(&restarted).await, listed);
 
         // Cancelled, the import puts back every value it replaced.
-        let mut client = restarted.client.clone();
-        client
-            .cancel_import(proto::CancelImportRequest {
-                account_id: ACCOUNT.into(),
-                import_id: "update".into(),
-            })
-            .await
-            .unwrap();
+        cancel(&restarted, ACCOUNT, "update").await.unwrap();
         let cancelled = restarted.get(ACCOUNT, "update").await.unwrap();
         assert_eq!(status(&cancelled), proto::ImportStatus::Cancelled);
         assert_eq!(restarted.users(ACCOUNT).await, before);
