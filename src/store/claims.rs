@@ -17,8 +17,8 @@
 //! of the b-tree only, at most `GENERATION_ROWS` keys, which stays in the page cache; older
 //! generations are never written again. The price is on the lookups: a value is looked up
 //! once per generation up to its batch's. The import's filter (`seen`) rules out nearly every
-//! value first, so that few are; an upload that resumes an import has no filter, and looks
-//! every value up in every generation.
+//! value first, so that few are; an upload that resumes an import fills its filter from the
+//! table before its first batch (`remember`).
 //!
 //! Every statement on such a table is built here, from the import's integer key alone (a
 //! `ClaimsSql` can only be made in this module), so nothing bound can change what a statement
