@@ -174,25 +174,44 @@ impl Publisher {
     /// relay publishes again from the first refused. The first goes without the header: after
     /// a restart NATS knows the last id only within its duplicate window, and nothing of the
     /// relay's is in flight then to overtake it.
+    ///
+    /// An event that `max_payload` takes only without that header (its 47 bytes) starts a
+    /// chain of its own, once what went before is acknowledged: an event is refused only for
+    /// what it is, never for where it fell in a batch.
     pub async fn publish(&self, events: &[FeedEvent]) -> Result<Published, Broken> {
         let mut published = Published::default();
-        let broken = |acknowledged, published, (error, too_large)| Broken {
-            acknowledged,
-            published,
-            error,
-            too_large,
-        };
-        let Some((first, rest)) = events.split_first() else {
-            return Ok(published);
-        };
-        let (ack, mut previous) = match self.send(first, None).await {
-            Ok((ack, id)) => (ack.await.map_err(|e| (e.to_string(), false)), id),
-            Err(error) => (Err(error), String::new()),
-        };
-        match ack {
-            Ok(ack) => published.count(ack.duplicate),
-            Err(error) => return Err(broken(0, published, error)),
+        let mut done = 0;
+        while done < events.len() {
+            match self.publish_chain(&events[done..], &mut published).await {
+                Ok(sent) => done += sent,
+                Err((error, too_large)) => {
+                    return Err(Broken {
+                        acknowledged: usize::try_from(published.stored + published.duplicates)
+                            .unwrap_or(usize::MAX),
+                        published,
+                        error,
+                        too_large,
+                    });
+                }
+            }
         }
+        Ok(published)
+    }
+
+    /// Publishes the first of `events` alone, then as many of the rest as fit chained to it
+    /// (see [`Publisher::publish`]), counting each acknowledgement into `published` as it
+    /// comes: `Ok` with how many were published, fewer than all when the next one fits only
+    /// at the head of a chain.
+    async fn publish_chain(
+        &self,
+        events: &[FeedEvent],
+        published: &mut Published,
+    ) -> Result<usize, (String, bool)> {
+        let Some((first, rest)) = events.split_first() else {
+            return Ok(0);
+        };
+        let (ack, mut previous) = self.send(first, None).await?;
+        published.count(ack.await.map_err(|e| (e.to_string(), false))?.duplicate);
         let mut pending = Vec::with_capacity(rest.len());
         let mut cut = None;
         for event in rest {
@@ -201,25 +220,21 @@ impl Publisher {
                     pending.push(ack);
                     previous = id;
                 }
+                // Too large with the header: the head of the next chain, without it.
+                Err((_, true)) => break,
                 Err(error) => {
                     cut = Some(error);
                     break;
                 }
             }
         }
-        for (i, ack) in pending.into_iter().enumerate() {
-            match ack.await {
-                Ok(ack) => published.count(ack.duplicate),
-                Err(e) => return Err(broken(1 + i, published, (e.to_string(), false))),
-            }
+        let sent = 1 + pending.len();
+        for ack in pending {
+            published.count(ack.await.map_err(|e| (e.to_string(), false))?.duplicate);
         }
         match cut {
-            None => Ok(published),
-            Some(error) => Err(broken(
-                usize::try_from(published.stored + published.duplicates).unwrap_or(usize::MAX),
-                published,
-                error,
-            )),
+            None => Ok(sent),
+            Some(error) => Err(error),
         }
     }
 
