@@ -35,15 +35,17 @@ pub(crate) enum Match {
 }
 
 impl Match {
-    /// The user's rowid, for `plan::Existing::row_id`: SQLite's update of a user it looked up
-    /// finds the row again by it in the same transaction (the table's own key, rather than a
-    /// descent of the email index for the saved values and another for the update: the
-    /// updates' share of an UPDATE that changed every user, 50 MiB, 32% → 26% of the samples).
-    /// PostgreSQL's updates are set-based statements by email and need none.
+    /// Where the user's row is, for `plan::Existing::row_id`: an update of a user looked up
+    /// finds the row again by it in the same transaction, rather than by a descent of the email
+    /// index. SQLite's rowid (the updates' share of an UPDATE that changed every user, 50 MiB:
+    /// 32% → 26% of the samples); PostgreSQL's tuple id, `(block, offset)` as
+    /// `block << 16 | offset` (an offset is 16 bits), which `postgres::apply` turns back.
     fn row_id(self) -> &'static str {
         match self {
             Match::One => "u.rowid",
-            Match::Any => "NULL::bigint",
+            Match::Any => {
+                "((u.ctid::text::point)[0]::bigint << 16) | (u.ctid::text::point)[1]::bigint"
+            }
         }
     }
 

@@ -61,8 +61,8 @@ pub(crate) struct Existing {
     pub updated_by: Option<ImportKey>,
     /// `updated_by`'s import id while that import still runs (`busy_with`).
     pub running_update: Option<String>,
-    /// SQLite's rowid of the user (`lookup::Match::row_id`), by which its update finds the row
-    /// again in the same transaction; `None` on PostgreSQL, whose updates are set-based.
+    /// Where the user's row is (`lookup::Match::row_id`: SQLite's rowid, PostgreSQL's tuple
+    /// id), by which its update finds the row again in the same transaction.
     pub row_id: Option<i64>,
     /// Its other values, to tell whether an update changes anything: empty unless the plan may
     /// write an update (`Lookups::user_values`).
@@ -179,12 +179,12 @@ pub(crate) struct Mode {
 /// An existing user a row updates.
 ///
 /// Only rows that change something are listed; the user is found again when the update is
-/// written: by its rowid on SQLite, by its email on PostgreSQL.
+/// written, by where its lookup found its row (`Existing::row_id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Update {
     /// The row's user in the batch.
     pub index: usize,
-    /// The user's SQLite rowid, as the lookup found it (`Existing::row_id`).
+    /// Where the user's row is, as the lookup found it (`Existing::row_id`).
     pub row_id: Option<i64>,
 }
 

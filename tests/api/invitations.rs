@@ -204,4 +204,77 @@ backend_tests! {
             [("grace@example.com".into(), InvitationState::Accepted as i32, 1)]
         );
     }
+
+    /// Users accepting their invitations while an UPDATE import renames them: each row the
+    /// import counts as updated was, and told the feed once; no acceptance is lost under it.
+    /// (On PostgreSQL an update finds its user again where its lookup saw the row; a user an
+    /// acceptance changed in between is looked up again, not passed over and counted.)
+    async fn acceptances_meanwhile_lose_no_update_and_count_none_twice(backend) {
+        const USERS: usize = 3_000;
+        let app = spawn_app(backend).await;
+        let emails: Vec<String> = (0..USERS).map(|i| format!("u{i}@x.io")).collect();
+        let file = |name: &str| -> String {
+            let rows: String = emails.iter().map(|e| format!("{e},{name},,,,\n")).collect();
+            format!("{HEADER}{rows}")
+        };
+        let base = app.upload(ACCOUNT, "base", file("Old").as_bytes(), 1 << 16).await.unwrap();
+        assert_eq!(base.rows_imported, USERS as i64);
+        let mut events = app
+            .client
+            .clone()
+            .watch_user_events(proto::WatchUserEventsRequest {
+                account_id: ACCOUNT.into(),
+                after_cursor: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Small chunks: many batches, each with its own lookups, while the acceptances go in
+        // file order from the first user on.
+        let acceptor = {
+            let app_client = app.client.clone();
+            let emails = emails.clone();
+            tokio::spawn(async move {
+                for email in &emails {
+                    let mut client = app_client.clone();
+                    let user = client
+                        .accept_invitation(proto::AcceptInvitationRequest {
+                            account_id: ACCOUNT.into(),
+                            email: email.clone(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .user
+                        .unwrap();
+                    assert_eq!(user.invitation_state, InvitationState::Accepted as i32);
+                }
+            })
+        };
+        let update = app
+            .upload_with(ACCOUNT, "rename", file("New").as_bytes(), 512, |m| {
+                m.on_conflict = proto::ConflictPolicy::Update as i32
+            })
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(120), acceptor)
+            .await
+            .expect("the acceptances end")
+            .unwrap();
+        assert_eq!(update.status, proto::ImportStatus::CompletedSuccess as i32);
+        assert_eq!((update.rows_updated, update.rows_failed), (USERS as i64, 0));
+        let (all, _) = crate::features::list_users(&app, ACCOUNT, "", 1000).await;
+        assert_eq!(all.len(), USERS);
+        for user in &all {
+            assert_eq!(user.first_name, "New", "{user:?}");
+            assert_eq!(user.invitation_state, InvitationState::Accepted as i32, "{user:?}");
+        }
+        // INVITED by the first import, UPDATED by the second, ACCEPTED: each user once each.
+        let told = crate::feed::next(&mut events, 3 * USERS).await;
+        let mut kinds = std::collections::HashMap::<(i32, &str), usize>::new();
+        for event in &told {
+            *kinds.entry((event.r#type, event.user.as_ref().unwrap().email.as_str())).or_default() += 1;
+        }
+        assert_eq!(kinds.len(), 3 * USERS, "an event twice, or one missing");
+    }
 }
