@@ -186,6 +186,12 @@ pub(crate) struct Update {
     pub index: usize,
     /// Where the user's row is, as the lookup found it (`Existing::row_id`).
     pub row_id: Option<i64>,
+    /// The import that created the user and the one that changed it last, as the lookup found
+    /// them: a user found again after another transaction changed it is the one this plan
+    /// judged only while both are the same (`postgres::apply`).
+    pub import_key: ImportKey,
+    /// See `import_key`.
+    pub updated_by: Option<ImportKey>,
 }
 
 /// A value a row takes in the file, to be stored as a file key.
@@ -442,6 +448,8 @@ pub(crate) fn decide<'a>(mode: Mode, batch: &'a UserBatch, known: &'a Known) -> 
                     plan.updates.push(Update {
                         index,
                         row_id: existing.row_id,
+                        import_key: existing.import_key,
+                        updated_by: existing.updated_by,
                     });
                 }
                 released = existing

@@ -423,4 +423,59 @@ backend_tests! {
         assert_eq!(app.users(ACCOUNT).await, vec!["u@x.io|Una||member||"]);
         assert_eq!(revert(&app, ACCOUNT, "existing").await.unwrap().users_removed, 1);
     }
+
+    /// Two UPDATE imports of the same users at once: a user one of them holds is refused to the
+    /// other (ALREADY_EXISTS), and each counts what it did, no more: as many UPDATED events as
+    /// it counts, each user once, and every user ends with the values of its last event.
+    async fn two_updates_of_the_same_users_at_once_count_what_they_did(backend) {
+        const USERS: usize = 2_000;
+        let app = spawn_app(backend).await;
+        let file = |name: &str| -> String {
+            let rows: String = (0..USERS).map(|i| format!("u{i}@x.io,{name},,,,\n")).collect();
+            format!("{HEADER}{rows}")
+        };
+        app.upload(ACCOUNT, "base", file("Base").as_bytes(), 1 << 16).await.unwrap();
+        let (file_a, file_b) = (file("A"), file("B"));
+        let (a, b) = tokio::join!(
+            app.upload_with(ACCOUNT, "a", file_a.as_bytes(), 512, policy(ConflictPolicy::Update)),
+            app.upload_with(ACCOUNT, "b", file_b.as_bytes(), 512, policy(ConflictPolicy::Update)),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        for import in [&a, &b] {
+            assert_eq!(import.rows_updated + import.rows_failed, USERS as i64, "{import:?}");
+            let errors = app.errors(ACCOUNT, &import.import_id).await;
+            assert_eq!(errors.len() as i64, import.rows_failed);
+            assert!(errors.iter().all(|e| e.code == "ALREADY_EXISTS"), "{errors:?}");
+        }
+        assert!(a.rows_updated + b.rows_updated >= USERS as i64, "a user updated by neither");
+        let mut stream = app
+            .client
+            .clone()
+            .watch_user_events(proto::WatchUserEventsRequest {
+                account_id: ACCOUNT.into(),
+                after_cursor: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let told = USERS + (a.rows_updated + b.rows_updated) as usize;
+        let events = crate::feed::next(&mut stream, told).await;
+        let mut last = std::collections::HashMap::new();
+        let mut once = std::collections::HashSet::new();
+        for event in &events[USERS..] {
+            assert_eq!(event.r#type, proto::UserEventType::Updated as i32);
+            let user = event.user.as_ref().unwrap();
+            assert!(once.insert((event.import_id.clone(), user.email.clone())), "{event:?}");
+            last.insert(user.email.clone(), user.first_name.clone());
+        }
+        for import in [&a, &b] {
+            let told = once.iter().filter(|(id, _)| *id == import.import_id).count();
+            assert_eq!(told as i64, import.rows_updated, "{}", import.import_id);
+        }
+        let (users, _) = list_users(&app, ACCOUNT, "", 1000).await;
+        assert_eq!(users.len(), USERS);
+        for user in &users {
+            assert_eq!(Some(&user.first_name), last.get(&user.email), "{user:?}");
+        }
+    }
 }

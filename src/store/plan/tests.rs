@@ -107,7 +107,9 @@ fn update_refuses_an_external_id_of_another_user() {
         plan.updates,
         vec![Update {
             index: 2,
-            row_id: c.row_id
+            row_id: c.row_id,
+            import_key: c.import_key,
+            updated_by: c.updated_by,
         }]
     );
     assert_eq!(

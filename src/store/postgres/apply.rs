@@ -35,40 +35,114 @@ macro_rules! update_users_set {
 /// Each user found again by the tuple id its lookup read in this transaction (`$3`, as
 /// `lookup::Match::row_id` packs it): a TID scan, rather than a descent of the email index and
 /// a read of the row. A user another transaction changed since has another tuple id, and is
-/// not updated.
+/// not updated; its old tuple's place may even hold another user's tuple by then (pruning
+/// frees the place of a heap-only tuple at once), so the row found must also be the user
+/// looked up, as the plan judged it: its email (`$9`), creating import (`$10`) and last
+/// update (`$11`), all read from the tuple the scan fetched anyway.
 const BY_TUPLE_ID: &str = concat!(
     update_users_set!(),
-    "FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-          AS o(id, first_name, last_name, role, job_title, external_id) \
-     WHERE u.ctid = format('(%s,%s)', o.id >> 16, o.id & 65535)::tid AND u.account_id = $1"
+    "FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                 $9::text[], $10::bigint[], $11::bigint[]) \
+          AS o(id, first_name, last_name, role, job_title, external_id, email, import_key, \
+               updated_by) \
+     WHERE u.ctid = format('(%s,%s)', o.id >> 16, o.id & 65535)::tid AND u.account_id = $1 \
+       AND u.email = o.email AND u.import_key = o.import_key \
+       AND u.updated_by IS NOT DISTINCT FROM o.updated_by"
 );
 
-/// Each user found again by its email (`$3`), as it stands now, and updated only if the file
-/// changes something of it: for the users `BY_TUPLE_ID` missed. Those it did update hold the
-/// file's values now, and are passed over.
+/// Each user found again by its email (`$9`), as it stands now, and updated only if it is
+/// still the user the plan judged (the same creating import, `$10`, and last update, `$11`:
+/// an acceptance changed it, not another import) and the file changes something of it: for
+/// the users `BY_TUPLE_ID` missed. Those it did update hold the file's values now, and are
+/// passed over.
 const BY_EMAIL: &str = concat!(
     update_users_set!(),
     "FROM (SELECT v.ctid AS tid, n.first_name, n.last_name, n.role, n.job_title, \
                   n.external_id \
-           FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                       $8::text[]) AS n(email, first_name, last_name, role, job_title, \
-                                        external_id) \
+           FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                       $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
+                AS n(id, first_name, last_name, role, job_title, external_id, email, \
+                     import_key, updated_by) \
            JOIN users v ON v.account_id = $1 AND v.email = n.email \
-           WHERE v.first_name IS DISTINCT FROM coalesce(n.first_name, v.first_name) \
+           WHERE v.import_key = n.import_key \
+             AND v.updated_by IS NOT DISTINCT FROM n.updated_by \
+             AND (v.first_name IS DISTINCT FROM coalesce(n.first_name, v.first_name) \
               OR v.last_name IS DISTINCT FROM coalesce(n.last_name, v.last_name) \
               OR v.role IS DISTINCT FROM coalesce(n.role, v.role) \
               OR v.job_title IS DISTINCT FROM coalesce(n.job_title, v.job_title) \
-              OR v.external_id IS DISTINCT FROM coalesce(n.external_id, v.external_id)) o \
+              OR v.external_id IS DISTINCT FROM coalesce(n.external_id, v.external_id))) o \
      WHERE u.ctid = o.tid"
 );
 
-/// The cells an update writes, one array per column, in the order of its users.
-struct Cells<'a> {
+/// What the update statements take, one array per parameter, in the order of the users.
+struct Users<'a> {
+    /// Where the lookup found each (`$3`).
+    ids: Vec<i64>,
+    /// The file's cells (`$4` – `$8`).
     first_names: Vec<Option<&'a str>>,
     last_names: Vec<Option<&'a str>>,
     roles: Vec<Option<&'a str>>,
     job_titles: Vec<Option<&'a str>>,
     external_ids: Vec<Option<&'a str>>,
+    /// The user as the plan judged it: its email, creating import and last update (`$9` –
+    /// `$11`).
+    emails: Vec<&'a str>,
+    creators: Vec<i64>,
+    updaters: Vec<Option<i64>>,
+}
+
+impl<'a> Users<'a> {
+    /// The arrays of `part`, whose rows are in `batch`.
+    fn of(batch: &'a UserBatch, part: &[Update]) -> Result<Self, StoreError> {
+        let users: Vec<UserRef<'a>> = part.iter().map(|u| batch.user(u.index)).collect();
+        Ok(Self {
+            ids: part
+                .iter()
+                .map(|u| u.row_id)
+                .collect::<Option<Vec<i64>>>()
+                // The lookups always read it (`lookup::Match::row_id`): without it, a bug.
+                .ok_or_else(|| {
+                    StoreError::Database(
+                        "a user to update was looked up without its tuple id".into(),
+                    )
+                })?,
+            first_names: users.iter().map(|u| given(u.first_name)).collect(),
+            last_names: users.iter().map(|u| given(u.last_name)).collect(),
+            roles: users
+                .iter()
+                .map(|u| u.role_given.then(|| u.role.as_str()))
+                .collect(),
+            job_titles: users.iter().map(|u| given(u.job_title)).collect(),
+            external_ids: users.iter().map(|u| u.external_id).collect(),
+            emails: users.iter().map(|u| u.email).collect(),
+            creators: part.iter().map(|u| u.import_key).collect(),
+            updaters: part.iter().map(|u| u.updated_by).collect(),
+        })
+    }
+
+    /// Runs `sql` (`BY_TUPLE_ID` or `BY_EMAIL`) for these users: how many it updated.
+    async fn update(
+        &self,
+        conn: &mut PgConnection,
+        sql: &'static str,
+        target: &BatchTarget<'_>,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql)
+            .bind(target.account_id.as_str())
+            .bind(target.key)
+            .bind(&self.ids)
+            .bind(&self.first_names)
+            .bind(&self.last_names)
+            .bind(&self.roles)
+            .bind(&self.job_titles)
+            .bind(&self.external_ids)
+            .bind(&self.emails)
+            .bind(&self.creators)
+            .bind(&self.updaters)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected())
+    }
 }
 
 /// Updates the users of `updates` with their rows' non-empty cells, keeping the values they
@@ -80,9 +154,12 @@ struct Cells<'a> {
 ///
 /// By tuple id first (for the updates of every user of 50 MiB, batch by batch in file order:
 /// 12.5 s by email, 9.9 s by tuple id with the lookups). A user that another transaction
-/// changed since its lookup (an acceptance, say) is missed, and found again by email; if even
-/// then fewer users change than the plan counts, the race is lost, and the whole transaction
-/// runs again with fresh lookups (`tx`), rather than count an update that did not happen.
+/// changed since its lookup is missed. One that an acceptance changed is found again by email,
+/// as is: acceptances come at any time, and would otherwise rerun the batch as often as they
+/// keep pace with it. If any other is missed (another import changed or removed it: the
+/// plan's judgement of it may no longer hold), the race is lost, and the whole transaction runs
+/// again with fresh lookups (`tx`), rather than count an update that did not happen or write
+/// one the rules would refuse.
 pub(super) async fn update_users(
     conn: &mut PgConnection,
     target: &BatchTarget<'_>,
@@ -94,40 +171,20 @@ pub(super) async fn update_users(
     // update frees an external id that a later one takes, they go one at a time, in file order.
     let rows = if in_order { 1 } else { UNNEST_ROWS };
     for part in updates.chunks(rows) {
-        let users: Vec<UserRef<'_>> = part.iter().map(|u| batch.user(u.index)).collect();
-        let cells = Cells {
-            first_names: users.iter().map(|u| given(u.first_name)).collect(),
-            last_names: users.iter().map(|u| given(u.last_name)).collect(),
-            roles: users
-                .iter()
-                .map(|u| u.role_given.then(|| u.role.as_str()))
-                .collect(),
-            job_titles: users.iter().map(|u| given(u.job_title)).collect(),
-            external_ids: users.iter().map(|u| u.external_id).collect(),
-        };
-        let ids = part
-            .iter()
-            .map(|u| u.row_id)
-            .collect::<Option<Vec<i64>>>()
-            // The lookups always read it (`lookup::Match::row_id`): a plan without it is a bug.
-            .ok_or_else(|| {
-                StoreError::Database("a user to update was looked up without its tuple id".into())
-            })?;
+        let users = Users::of(batch, part)?;
         let asked = part.len() as u64;
-        let updated = update(conn, BY_TUPLE_ID, target, &ids, &cells).await?;
+        let updated = users.update(conn, BY_TUPLE_ID, target).await?;
         if updated < asked {
             tracing::debug!(
                 missed = asked - updated,
                 "users changed since their lookup; finding them again by email"
             );
-            let emails: Vec<&str> = users.iter().map(|u| u.email).collect();
-            let again = update(conn, BY_EMAIL, target, &emails, &cells).await?;
+            let again = users.update(conn, BY_EMAIL, target).await?;
             if updated + again != asked {
                 return Err(StoreError::Conflict(
                     format!(
-                        "{} of {asked} users to update were changed by another transaction \
-                         meanwhile",
-                        asked - updated
+                        "{} of {asked} users to update were changed by another import meanwhile",
+                        (asked - updated).saturating_sub(again)
                     )
                     .into(),
                 ));
@@ -140,32 +197,6 @@ pub(super) async fn update_users(
 /// A cell that is not empty: an empty one keeps the stored value.
 fn given(value: &str) -> Option<&str> {
     (!value.is_empty()).then_some(value)
-}
-
-/// Runs `sql` (`BY_TUPLE_ID` or `BY_EMAIL`) for the users of `keys` and their `cells`: how many
-/// it updated.
-async fn update<'q, K>(
-    conn: &mut PgConnection,
-    sql: &'static str,
-    target: &BatchTarget<'_>,
-    keys: &'q K,
-    cells: &'q Cells<'q>,
-) -> Result<u64, StoreError>
-where
-    K: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Sync,
-{
-    Ok(sqlx::query(sql)
-        .bind(target.account_id.as_str())
-        .bind(target.key)
-        .bind(keys)
-        .bind(&cells.first_names)
-        .bind(&cells.last_names)
-        .bind(&cells.roles)
-        .bind(&cells.job_titles)
-        .bind(&cells.external_ids)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected())
 }
 
 /// Records the values that rows not inserted as users took in the file, in the import's own

@@ -159,7 +159,7 @@ pub(super) fn update_users(
     let db = handle.as_raw_handle();
     // SAFETY: as in `insert_users`.
     let mut update = unsafe { Statement::prepare(db, UPDATE_USER)? };
-    for &Update { index, row_id } in updates {
+    for &Update { index, row_id, .. } in updates {
         // SQLite's lookups always read it (`lookup::Match::row_id`): a plan without it is a bug,
         // told rather than written as an update that finds nothing.
         let row_id = row_id.ok_or_else(|| not_found("was looked up without its rowid"))?;
