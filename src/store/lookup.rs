@@ -258,10 +258,11 @@ mod tests {
         for values in [false, true] {
             let one = existing_users(Column::Email, Match::One, values);
             let any = existing_users(Column::Email, Match::Any, values);
-            // The same but for the match and the rowid, which only SQLite has.
+            // The same but for the match and where the row is: SQLite's rowid, PostgreSQL's
+            // tuple id.
             assert_eq!(
                 one.replace("= $2", "= ANY($2)")
-                    .replace("u.rowid", "NULL::bigint"),
+                    .replace(Match::One.row_id(), Match::Any.row_id()),
                 any
             );
             assert!(one.ends_with("u.email = $2"), "{one}");
