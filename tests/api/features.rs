@@ -448,16 +448,7 @@ backend_tests! {
             assert!(errors.iter().all(|e| e.code == "ALREADY_EXISTS"), "{errors:?}");
         }
         assert!(a.rows_updated + b.rows_updated >= USERS as i64, "a user updated by neither");
-        let mut stream = app
-            .client
-            .clone()
-            .watch_user_events(proto::WatchUserEventsRequest {
-                account_id: ACCOUNT.into(),
-                after_cursor: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = crate::feed::follow(&app, ACCOUNT, "").await;
         let told = USERS + (a.rows_updated + b.rows_updated) as usize;
         let events = crate::feed::next(&mut stream, told).await;
         let mut last = std::collections::HashMap::new();

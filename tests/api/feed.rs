@@ -14,7 +14,12 @@ const FILE: &str = "email,first_name,last_name,role,job_title,external_id\n\
                     grace@example.com,Grace,,,,\n\
                     not-an-address,Bad,,,,\n";
 
-async fn follow(app: &TestApp, account: &str, after: &str) -> tonic::Streaming<proto::UserEvent> {
+/// The account's feed after the cursor `after` (from its start when empty).
+pub(crate) async fn follow(
+    app: &TestApp,
+    account: &str,
+    after: &str,
+) -> tonic::Streaming<proto::UserEvent> {
     let mut client = app.client.clone();
     client
         .watch_user_events(proto::WatchUserEventsRequest {

@@ -219,48 +219,26 @@ backend_tests! {
         };
         let base = app.upload(ACCOUNT, "base", file("Old").as_bytes(), 1 << 16).await.unwrap();
         assert_eq!(base.rows_imported, USERS as i64);
-        let mut events = app
-            .client
-            .clone()
-            .watch_user_events(proto::WatchUserEventsRequest {
-                account_id: ACCOUNT.into(),
-                after_cursor: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut events = crate::feed::follow(&app, ACCOUNT, "").await;
         // Small chunks: many batches, each with its own lookups, while the acceptances go in
         // file order from the first user on.
-        let acceptor = {
-            let app_client = app.client.clone();
-            let emails = emails.clone();
-            tokio::spawn(async move {
-                for email in &emails {
-                    let mut client = app_client.clone();
-                    let user = client
-                        .accept_invitation(proto::AcceptInvitationRequest {
-                            account_id: ACCOUNT.into(),
-                            email: email.clone(),
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .user
-                        .unwrap();
-                    assert_eq!(user.invitation_state, InvitationState::Accepted as i32);
-                }
-            })
+        let acceptances = async {
+            for email in &emails {
+                let user = accept(&app, email).await.unwrap();
+                assert_eq!(user.invitation_state, InvitationState::Accepted as i32);
+            }
         };
-        let update = app
-            .upload_with(ACCOUNT, "rename", file("New").as_bytes(), 512, |m| {
-                m.on_conflict = proto::ConflictPolicy::Update as i32
-            })
-            .await
-            .unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(120), acceptor)
-            .await
-            .expect("the acceptances end")
-            .unwrap();
+        let renamed = file("New");
+        let update = app.upload_with(ACCOUNT, "rename", renamed.as_bytes(), 512, |m| {
+            m.on_conflict = proto::ConflictPolicy::Update as i32
+        });
+        let ((), update) = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            async { tokio::join!(acceptances, update) },
+        )
+        .await
+        .expect("the import and the acceptances end");
+        let update = update.unwrap();
         assert_eq!(update.status, proto::ImportStatus::CompletedSuccess as i32);
         assert_eq!((update.rows_updated, update.rows_failed), (USERS as i64, 0));
         let (all, _) = crate::features::list_users(&app, ACCOUNT, "", 1000).await;
