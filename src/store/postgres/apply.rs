@@ -1,5 +1,6 @@
 //! What a plan writes on PostgreSQL (see `store::planned`): updates that keep the values they
-//! replace, and the values rows took in the file, each statement over arrays (`unnest`).
+//! replace, each statement over arrays (`unnest`), and the values rows took in the file, in one
+//! `COPY`.
 //!
 //! Both run inside the planned batch's transaction (`planned::write`), after its lookups: the
 //! updates before its inserts, the file keys after them. A unique violation here fails the
@@ -11,7 +12,6 @@ use super::plain::UNNEST_ROWS;
 use crate::domain::batch::UserRef;
 use crate::domain::{ImportKey, UserBatch};
 use crate::store::plan::{Claim, Update};
-use crate::store::steps::Dialect;
 use crate::store::{BatchTarget, StoreError};
 
 /// What an update writes: the file's non-empty cells (`o`, NULL for an empty one, which keeps
@@ -200,32 +200,11 @@ fn given(value: &str) -> Option<&str> {
 }
 
 /// Records the values that rows not inserted as users took in the file, in the import's own
-/// table (`claims`).
+/// table (`claims`), in one `COPY` (`copy::copy_claims`).
 pub(super) async fn insert_file_keys(
     conn: &mut PgConnection,
     key: ImportKey,
     claims: &[Claim<'_>],
 ) -> Result<(), StoreError> {
-    let sql = crate::store::claims::insert(Dialect::Postgres, key);
-    for part in claims.chunks(UNNEST_ROWS * 4) {
-        let generations: Vec<i64> = part
-            .iter()
-            .map(|c| crate::store::claims::generation(c.row_number))
-            .collect();
-        let emails: Vec<&str> = part.iter().map(|c| c.email).collect();
-        let ids: Vec<Option<&str>> = part.iter().map(|c| c.external_id).collect();
-        let rows: Vec<i64> = part.iter().map(|c| c.row_number as i64).collect();
-        let released: Vec<Option<&str>> = part.iter().map(|c| c.released_external_id).collect();
-        // Not prepared: the statement names a table that goes with its import.
-        sqlx::query(sqlx::AssertSqlSafe(sql.as_str().to_owned()))
-            .persistent(false)
-            .bind(&generations)
-            .bind(&emails)
-            .bind(&ids)
-            .bind(&rows)
-            .bind(&released)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    Ok(super::copy::copy_claims(conn, key, claims).await?)
 }

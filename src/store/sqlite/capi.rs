@@ -29,7 +29,6 @@ use crate::store::claims;
 use crate::store::conflicts::Holder;
 use crate::store::lookup::{self, ExistingRow, FileKeyRow, HolderRow, Match, Running, RunningRow};
 use crate::store::plan::{self, Claim, Existing, FileKey, Lookups, Update};
-use crate::store::steps::Dialect;
 
 use super::statement::{SqliteFailure, Statement};
 
@@ -209,7 +208,7 @@ pub(super) fn insert_file_keys(
     claims: &[Claim<'_>],
 ) -> Result<(), SqliteFailure> {
     let db = handle.as_raw_handle();
-    let sql = claims::insert(Dialect::Sqlite, import_key);
+    let sql = claims::insert(import_key);
     // SAFETY: as in `insert_users`.
     let mut insert = unsafe { Statement::prepare(db, sql.as_str())? };
     // In the table's order (generation, then email): each insert lands beside the one before,
