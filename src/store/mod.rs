@@ -62,8 +62,9 @@
 //!   lock, the pool whose connections carry the owner), `steps.rs` (its dialect),
 //!   `plain.rs` (the plain import's batches), `parallel.rs` (a large batch in two parts at
 //!   once), `apply.rs` (what a plan writes), `record.rs` (a batch's row errors and cells over
-//!   arrays), `copy.rs` (binary `COPY` of users), `liveness.rs` (owner locks and heartbeats),
-//!   `notify.rs` (`LISTEN`/`NOTIFY`), `tx.rs` (transactions run again after a lost deadlock).
+//!   arrays), `copy.rs` (binary `COPY` of users and of a planned batch's file keys),
+//!   `liveness.rs` (owner locks and heartbeats), `notify.rs` (`LISTEN`/`NOTIFY`), `tx.rs`
+//!   (transactions run again after a lost deadlock).
 
 mod claims;
 mod codec;
