@@ -7,9 +7,10 @@
 //!   the slower insert that follows (`plain::insert_users`). Nothing of a failed `COPY` stays.
 //! - a planned import's file keys, into its own table (`claims`). A dry run writes one per row
 //!   of the file and nothing else, so this is its whole cost: as an `INSERT` over `unnest`
-//!   arrays they took as long as a plain import's `COPY` of the users (50 MiB: 2.7 s against
-//!   2.3 s). No savepoint: the plan never claims a value twice, so a unique violation is a bug
-//!   or a race, and fails the transaction as the insert did (`tx::taken_meanwhile`).
+//!   arrays they took longer than a plain import's `COPY` of the users (a dry run of 50 MiB:
+//!   2.6 s against 2.3 s). No savepoint: the plan never claims a value twice, so a unique
+//!   violation is a bug or a race, and fails the transaction as the insert did
+//!   (`tx::taken_meanwhile`).
 
 use sqlx::PgConnection;
 
@@ -109,7 +110,7 @@ fn encode_row(data: &mut Vec<u8>, account: &str, import_key: ImportKey, user: &U
 }
 
 /// Copies `claims` into import `key`'s file keys table, in its key's order (by email): each
-/// index entry then lands beside the one before, on a page still in the buffers.
+/// entry of the key's index then lands beside the one before, on a page still in the buffers.
 pub(super) async fn copy_claims(
     conn: &mut PgConnection,
     key: ImportKey,
