@@ -109,8 +109,9 @@ fn encode_row(data: &mut Vec<u8>, account: &str, import_key: ImportKey, user: &U
     put_bigint(data, user.row_number as i64);
 }
 
-/// Copies `claims` into import `key`'s file keys table, in its key's order (by email): each
-/// entry of the key's index then lands beside the one before, on a page still in the buffers.
+/// Copies `claims` into import `key`'s file keys table, in the plan's order. (Sorted by email,
+/// the table's key, they took no less time: 50 MiB dry runs, three alternating pairs, 2.39 –
+/// 2.69 s sorted against 2.26 – 2.63 s not.)
 pub(super) async fn copy_claims(
     conn: &mut PgConnection,
     key: ImportKey,
@@ -119,12 +120,10 @@ pub(super) async fn copy_claims(
     if claims.is_empty() {
         return Ok(());
     }
-    let mut sorted: Vec<&Claim<'_>> = claims.iter().collect();
-    sorted.sort_unstable_by_key(|claim| claim.email);
     let mut copy = conn.copy_in_raw(claims::copy(key).as_str()).await?;
     let mut data = Vec::with_capacity(COPY_PIECE_BYTES + 4 * 1024);
     data.extend_from_slice(COPY_BINARY_HEADER);
-    for claim in sorted {
+    for claim in claims {
         encode_claim(&mut data, claim);
         if data.len() >= COPY_PIECE_BYTES {
             copy.send(data.as_slice()).await?;
