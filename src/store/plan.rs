@@ -88,14 +88,16 @@ impl Existing {
             .map(Busy::Updating)
     }
 
-    /// Whether `row`'s non-empty cells change any of the user's values.
+    /// Whether `row`'s non-empty cells change any of the user's values: what its update
+    /// writes (`Cells`) differs from what is stored.
     fn changed_by(&self, row: &UserRef<'_>) -> bool {
-        let differs = |cell: &str, stored: &str| !cell.is_empty() && cell != stored;
-        differs(row.first_name, &self.first_name)
-            || differs(row.last_name, &self.last_name)
-            || (row.role_given && row.role.as_str() != self.role)
-            || differs(row.job_title, &self.job_title)
-            || row
+        let cells = Cells::of(row);
+        let differs = |cell: Option<&str>, stored: &str| cell.is_some_and(|cell| cell != stored);
+        differs(cells.first_name, &self.first_name)
+            || differs(cells.last_name, &self.last_name)
+            || differs(cells.role, &self.role)
+            || differs(cells.job_title, &self.job_title)
+            || cells
                 .external_id
                 .is_some_and(|id| self.external_id.as_deref() != Some(id))
     }
@@ -174,6 +176,33 @@ pub(crate) struct Mode {
     /// A dry run: it sees no running import's users (two imports running side by side must
     /// not see each other's would-be users), and its own rows are all file keys.
     pub dry_run: bool,
+}
+
+/// What an update writes of a row: its non-empty cells. `None`, an empty cell (for the role, a
+/// cell left empty, read as `member` for a new user), keeps the stored value. The one home of
+/// that rule: the plan judges by it whether a row changes its user (`Existing::changed_by`),
+/// and both backends write by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cells<'a> {
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub role: Option<&'a str>,
+    pub job_title: Option<&'a str>,
+    pub external_id: Option<&'a str>,
+}
+
+impl<'a> Cells<'a> {
+    /// The cells an update of `row` writes.
+    pub(crate) fn of(row: &UserRef<'a>) -> Self {
+        let given = |value: &'a str| (!value.is_empty()).then_some(value);
+        Self {
+            first_name: given(row.first_name),
+            last_name: given(row.last_name),
+            role: row.role_given.then(|| row.role.as_str()),
+            job_title: given(row.job_title),
+            external_id: row.external_id,
+        }
+    }
 }
 
 /// An existing user a row updates.

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use super::plain::UNNEST_ROWS;
 use crate::domain::batch::UserRef;
 use crate::domain::{ImportKey, UserBatch};
-use crate::store::plan::{Claim, Update};
+use crate::store::plan::{Cells, Claim, Update};
 use crate::store::{BatchTarget, StoreError};
 
 /// What an update writes: the file's non-empty cells (`o`, NULL for an empty one, which keeps
@@ -95,6 +95,7 @@ impl<'a> Users<'a> {
     /// The arrays of `part`, whose rows are in `batch`.
     fn of(batch: &'a UserBatch, part: &[Update]) -> Result<Self, StoreError> {
         let users: Vec<UserRef<'a>> = part.iter().map(|u| batch.user(u.index)).collect();
+        let cells: Vec<Cells<'a>> = users.iter().map(Cells::of).collect();
         Ok(Self {
             ids: part
                 .iter()
@@ -106,14 +107,11 @@ impl<'a> Users<'a> {
                         "a user to update was looked up without its tuple id".into(),
                     )
                 })?,
-            first_names: users.iter().map(|u| given(u.first_name)).collect(),
-            last_names: users.iter().map(|u| given(u.last_name)).collect(),
-            roles: users
-                .iter()
-                .map(|u| u.role_given.then(|| u.role.as_str()))
-                .collect(),
-            job_titles: users.iter().map(|u| given(u.job_title)).collect(),
-            external_ids: users.iter().map(|u| u.external_id).collect(),
+            first_names: cells.iter().map(|c| c.first_name).collect(),
+            last_names: cells.iter().map(|c| c.last_name).collect(),
+            roles: cells.iter().map(|c| c.role).collect(),
+            job_titles: cells.iter().map(|c| c.job_title).collect(),
+            external_ids: cells.iter().map(|c| c.external_id).collect(),
             emails: users.iter().map(|u| u.email).collect(),
             creators: part.iter().map(|u| u.import_key).collect(),
             updaters: part.iter().map(|u| u.updated_by).collect(),
@@ -192,11 +190,6 @@ pub(super) async fn update_users(
         }
     }
     Ok(())
-}
-
-/// A cell that is not empty: an empty one keeps the stored value.
-fn given(value: &str) -> Option<&str> {
-    (!value.is_empty()).then_some(value)
 }
 
 /// Records the values that rows not inserted as users took in the file, in the import's own

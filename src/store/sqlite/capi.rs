@@ -163,14 +163,14 @@ pub(super) fn update_users(
         // told rather than written as an update that finds nothing.
         let row_id = row_id.ok_or_else(|| not_found("was looked up without its rowid"))?;
         let user = batch.user(index);
-        let role = user.role_given.then(|| user.role.as_str());
+        let cells = plan::Cells::of(&user);
         update.text(1, target.account_id)?;
         update.text(2, user.email)?;
-        update.optional_text(3, given(user.first_name))?;
-        update.optional_text(4, given(user.last_name))?;
-        update.optional_text(5, role)?;
-        update.optional_text(6, given(user.job_title))?;
-        update.optional_text(7, user.external_id)?;
+        update.optional_text(3, cells.first_name)?;
+        update.optional_text(4, cells.last_name)?;
+        update.optional_text(5, cells.role)?;
+        update.optional_text(6, cells.job_title)?;
+        update.optional_text(7, cells.external_id)?;
         update.int(8, target.now)?;
         update.int(9, target.import_key)?;
         update.int(10, row_id)?;
@@ -190,11 +190,6 @@ fn not_found(what: &str) -> SqliteFailure {
         code: ffi::SQLITE_INTERNAL,
         message: format!("an updated user {what}"),
     }
-}
-
-/// A cell that is not empty: an empty one keeps the stored value.
-fn given(value: &str) -> Option<&str> {
-    (!value.is_empty()).then_some(value)
 }
 
 /// Records the values that rows not inserted as users took in the file, in the import's own
