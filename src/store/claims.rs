@@ -135,15 +135,19 @@ fn sentinel(key: ImportKey) -> ClaimsSql {
     ))
 }
 
+/// The columns a file key is written in, in this order by every insert: `copy_from`, `insert`,
+/// and `copy`, whose binary rows `postgres::copy::encode_claim` encodes in it.
+const COLUMNS: &str = "generation, email, external_id, source_row, released_external_id";
+
 /// Copies the rows of `from` that `filter` keeps (with the columns of the tables keyed by
 /// address) into import `key`'s table, each in its row's generation.
 ///
 /// The `WHERE` is always there: SQLite would read `ON CONFLICT` after a bare `FROM` as a join's.
 fn copy_from(key: ImportKey, from: &str, filter: &str) -> ClaimsSql {
     ClaimsSql(format!(
-        "INSERT INTO {} (generation, email, external_id, source_row, released_external_id) \
-         SELECT source_row >> {GENERATION_SHIFT}, email, external_id, source_row, \
-         released_external_id FROM {from} WHERE {filter} ON CONFLICT DO NOTHING",
+        "INSERT INTO {} ({COLUMNS}) SELECT source_row >> {GENERATION_SHIFT}, email, \
+         external_id, source_row, released_external_id FROM {from} WHERE {filter} \
+         ON CONFLICT DO NOTHING",
         table(key)
     ))
 }
@@ -192,18 +196,16 @@ pub(crate) fn lookup(key: ImportKey, column: ClaimColumn, matching: Match) -> Cl
 /// One file key, `$1` to `$5`: SQLite's insert, one row at a time through its C interface.
 pub(crate) fn insert(key: ImportKey) -> ClaimsSql {
     ClaimsSql(format!(
-        "INSERT INTO {} (generation, email, external_id, source_row, released_external_id) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
         table(key)
     ))
 }
 
-/// A batch's file keys in one binary `COPY`, in the columns of `insert`: PostgreSQL's insert
+/// A batch's file keys in one binary `COPY`, in `COLUMNS`: PostgreSQL's insert
 /// (`postgres::copy`).
 pub(crate) fn copy(key: ImportKey) -> ClaimsSql {
     ClaimsSql(format!(
-        "COPY {} (generation, email, external_id, source_row, released_external_id) \
-         FROM STDIN (FORMAT binary)",
+        "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
         table(key)
     ))
 }
