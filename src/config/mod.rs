@@ -243,6 +243,16 @@ pub struct ServeArgs {
     /// which writes fail as on a full disk. For tests of that fault.
     #[arg(long, env = "BULK_IMPORT_SQLITE_MAX_PAGES", hide = true)]
     pub sqlite_max_pages: Option<u64>,
+    /// PostgreSQL only: file keys per planned batch from which part of them are written on a
+    /// second connection. For tests: no split may change an import's outcome.
+    #[arg(
+        long,
+        env = "BULK_IMPORT_FILE_KEYS_BESIDE_FROM",
+        default_value_t = OpenOptions::default().file_keys_beside_from,
+        hide = true,
+        value_parser = limit::at_least_one::<usize>
+    )]
+    pub file_keys_beside_from: usize,
     /// How long a finished import keeps its row errors and fix-up file, such as 90d; then
     /// they are removed (the import stays, with its counters). `off`: for ever.
     #[arg(
@@ -343,12 +353,13 @@ impl ServeArgs {
         }
     }
 
-    /// How the store opens the database: the SQLite-only settings; a PostgreSQL URL opens
-    /// without them.
+    /// How the store opens the database: the SQLite-only settings, and PostgreSQL's split of a
+    /// planned batch's file keys.
     pub fn store_options(&self) -> OpenOptions {
         OpenOptions {
             busy_timeout: Duration::from_millis(self.sqlite_busy_timeout_ms),
             max_pages: self.sqlite_max_pages,
+            file_keys_beside_from: self.file_keys_beside_from,
         }
     }
 

@@ -158,6 +158,32 @@ pub(crate) fn drop(key: ImportKey) -> [ClaimsSql; 2] {
     [table(key), legacy_table(key)].map(|table| ClaimsSql(format!("DROP TABLE IF EXISTS {table}")))
 }
 
+/// Deletes import `key`'s file keys of the rows after row `rows`: keys a batch whose record did
+/// not commit left (`postgres::beside`). The row number is an integer, written into the text.
+pub(crate) fn unrecorded(key: ImportKey, rows: u64) -> ClaimsSql {
+    ClaimsSql(format!(
+        "DELETE FROM {} WHERE source_row > {rows}",
+        table(key)
+    ))
+}
+
+/// Removes import `key`'s file keys of the rows after its recorded `rows`, if it has a table: a
+/// resume's, which writes those rows again, as it removes their users
+/// (`Steps::drop_unrecorded`). On SQLite a batch's keys commit with its record, so there are
+/// none; on PostgreSQL a batch's part beside commits before it (`postgres::beside`).
+///
+/// A scan of the table: once per resume.
+pub(crate) async fn drop_unrecorded<S: Steps + ?Sized>(
+    steps: &mut S,
+    key: ImportKey,
+    rows: u64,
+) -> Result<(), StoreError> {
+    if steps.claims_table(&table(key)).await? != ClaimsTable::Missing {
+        steps.execute_claims(&unrecorded(key, rows)).await?;
+    }
+    Ok(())
+}
+
 /// The columns of a file keys table a lookup may match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClaimColumn {
@@ -386,6 +412,10 @@ mod tests {
                 .ends_with("WHERE email = $1 AND generation = $2")
         );
         assert!(insert(7).as_str().ends_with("VALUES ($1, $2, $3, $4, $5)"));
+        assert_eq!(
+            unrecorded(7, 131_073).as_str(),
+            "DELETE FROM import_claims_7 WHERE source_row > 131073"
+        );
         assert_eq!(
             copy(7).as_str(),
             "COPY import_claims_7 (generation, email, external_id, source_row, \

@@ -376,7 +376,9 @@ pub fn is_embedded(url: &str) -> bool {
 pub async fn open(url: &str, options: OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
     match scheme(url) {
         "sqlite" => Ok(Arc::new(sqlite::SqliteStore::open(url, options).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresStore::open(url).await?)),
+        "postgres" | "postgresql" => {
+            Ok(Arc::new(postgres::PostgresStore::open(url, options).await?))
+        }
         scheme => Err(StoreError::Config(format!(
             "unsupported database url scheme '{scheme}:'; use sqlite://PATH or \
              postgres://USER@HOST/DATABASE"

@@ -30,7 +30,8 @@ pub(crate) async fn park<S: Steps + ?Sized>(
 
 /// Takes waiting import `key` for a resume at `offset`; `NotProcessing` when it does not wait
 /// (any more) or stands elsewhere, with nothing changed. Users past its committed rows, left
-/// by a batch whose record did not commit, go first: the resume writes their rows again.
+/// by a batch whose record did not commit, go first, and so do their file keys: the resume
+/// writes their rows again.
 pub(crate) async fn claim<S: Steps + ?Sized>(
     steps: &mut S,
     key: ImportKey,
@@ -40,6 +41,7 @@ pub(crate) async fn claim<S: Steps + ?Sized>(
         return Err(StoreError::NotProcessing);
     };
     steps.drop_unrecorded(key, rows).await?;
+    super::claims::drop_unrecorded(steps, key, rows).await?;
     let errors_stored = steps.count(COUNT_ROW_ERRORS, &[Param::Int(key)]).await?;
     steps.changed(&[key]).await?;
     Ok(Claimed {

@@ -365,6 +365,10 @@ pub struct OpenOptions {
     /// Caps the SQLite file at this many pages (`PRAGMA max_page_count`): past it, writes fail
     /// as on a full disk. For tests of that fault, and to bound the file.
     pub max_pages: Option<u64>,
+    /// PostgreSQL: file keys per planned batch from which part of them go on a second
+    /// connection (`postgres::beside`). For tests, which lower it so that small files exercise
+    /// that path: no split may change an import's outcome.
+    pub file_keys_beside_from: usize,
 }
 
 impl Default for OpenOptions {
@@ -372,6 +376,7 @@ impl Default for OpenOptions {
         Self {
             busy_timeout: Duration::from_secs(30),
             max_pages: None,
+            file_keys_beside_from: 4096,
         }
     }
 }

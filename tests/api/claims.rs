@@ -237,6 +237,48 @@ backend_tests! {
         }
     }
 
+    async fn keys_past_the_recorded_rows_go_when_the_import_resumes(backend) {
+        // What a batch's keys written beside its transaction leave when that transaction does
+        // not commit (the server dies between them, `postgres::beside`): keys of rows past the
+        // import's recorded ones. The resume removes them, as it does their users; kept, they
+        // would make those rows duplicates of themselves.
+        let app = spawn_app_with(backend, |a| a.batch_rows = Some(20)).await;
+        let (file, stats) = generate(&["--rows", "300", "--dup-rate", "0.05", "--seed", "49"]);
+        let table = waiting_dry_run(&app, backend, "left", &file).await;
+        let waiting = app.get(ACCOUNT, "left").await.unwrap();
+        // The header and the rows processed are the recorded spreadsheet rows; the next 20
+        // lines of the file are rows the resume writes again.
+        let recorded = waiting.rows_processed as usize + 1;
+        let text = std::str::from_utf8(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut left = 0;
+        for (line, row) in lines[recorded..recorded + 20].iter().zip(recorded + 1..) {
+            let email = line.split(',').next().unwrap().to_lowercase();
+            let id = line.rsplit(',').next().unwrap();
+            let before = texts(backend, &app.database_url, &format!("SELECT email FROM {table}"))
+                .await
+                .len();
+            app.execute(&format!(
+                "INSERT INTO {table} (generation, email, external_id, source_row) \
+                 VALUES (0, '{email}', '{id}', {row}) ON CONFLICT DO NOTHING"
+            ))
+            .await;
+            let after = texts(backend, &app.database_url, &format!("SELECT email FROM {table}"))
+                .await
+                .len();
+            left += after - before;
+        }
+        assert!(left >= 15, "the rows after the cut are new addresses: {left} keys left");
+        let done = resume_dry_run(&app, "left", &file).await.unwrap();
+        assert_eq!(status(&done), proto::ImportStatus::CompletedPartial, "{done:?}");
+        assert_eq!(
+            (done.rows_processed, done.rows_failed),
+            (stats.rows, stats.rows - stats.valid),
+            "{done:?}"
+        );
+        assert_eq!(claim_tables(backend, &app.database_url).await, Vec::<String>::new());
+    }
+
     async fn the_shared_file_keys_of_earlier_versions_move_to_their_import_s_table(backend) {
         let database = TestDatabase::new(backend).await;
         let store = store::open(&database.url, OpenOptions::default()).await.unwrap();
@@ -412,4 +454,100 @@ async fn resume_dry_run(
     messages.extend(file[offset..].chunks(2000).map(chunk));
     messages.push(finish_of(file));
     send(&mut client, messages).await
+}
+
+/// PostgreSQL: a planned batch whose file keys were written partly beside its transaction, by a
+/// second connection that committed (`postgres::beside`), and whose own transaction then lost
+/// a race and ran again: the second run removes the keys the first left beside before its
+/// lookups, and judges its rows as the first time. The race is a serialization failure raised
+/// once by a trigger on the batch's record, which also notes how many transactions had written
+/// the batch's keys by then (a sequence: what a failed transaction does to one stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_DATABASE_URL is not set (.ci/run sets it)"
+)]
+async fn a_batch_run_again_after_its_keys_beside_committed_judges_its_rows_afresh() {
+    // Every batch's keys split, whatever its size: the reader may cut a batch short.
+    let app = spawn_app_with(Backend::Postgres, |a| {
+        a.batch_rows = Some(5000);
+        a.file_keys_beside_from = 1;
+    })
+    .await;
+    for sql in [
+        "CREATE SEQUENCE beside_attempts",
+        "CREATE SEQUENCE beside_writers",
+        "CREATE FUNCTION fail_second_batch_once() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         DECLARE writers bigint; \
+         BEGIN \
+           IF NEW.import_id = 'again' AND OLD.rows_processed > 0 \
+              AND NEW.rows_processed > OLD.rows_processed \
+              AND nextval('beside_attempts') = 1 THEN \
+             EXECUTE format('SELECT count(DISTINCT xmin::text) FROM import_claims_%s \
+                             WHERE source_row > %s', NEW.import_key, OLD.rows_processed + 1) \
+               INTO writers; \
+             PERFORM setval('beside_writers', writers); \
+             RAISE EXCEPTION 'a race lost, for the test' USING ERRCODE = '40001'; \
+           END IF; \
+           RETURN NEW; \
+         END $$",
+        "CREATE TRIGGER fail_second_batch_once BEFORE UPDATE ON imports \
+         FOR EACH ROW EXECUTE FUNCTION fail_second_batch_once()",
+    ] {
+        app.execute(sql).await;
+    }
+    // Three batches of up to 5,000 rows, with duplicates of earlier batches' rows in later ones.
+    let (file, stats) = generate(&["--rows", "15000", "--dup-rate", "0.01", "--seed", "50"]);
+    assert!(stats.duplicates > 50, "{stats:?}");
+    let again = app
+        .upload_with(ACCOUNT, "again", &file, 64 * 1024, dry)
+        .await
+        .unwrap();
+    let noted = |sql: &'static str| {
+        let url = app.database_url.clone();
+        async move { texts(Backend::Postgres, &url, sql).await }
+    };
+    // The second batch failed once, with its keys written by two transactions, then ran again
+    // (and so did every batch after it: one number each).
+    let attempts = noted(
+        "SELECT coalesce(CASE WHEN is_called THEN last_value END, 0)::text FROM beside_attempts",
+    )
+    .await;
+    assert!(
+        attempts[0].parse::<i64>().unwrap() >= 2,
+        "the second batch ran twice: {attempts:?}"
+    );
+    assert_eq!(
+        noted(
+            "SELECT coalesce(CASE WHEN is_called THEN last_value END, 0)::text \
+             FROM beside_writers"
+        )
+        .await,
+        ["2"],
+        "the keys of the failed attempt were written beside it"
+    );
+    assert_eq!(
+        status(&again),
+        proto::ImportStatus::CompletedPartial,
+        "{again:?}"
+    );
+    assert_eq!(
+        (again.rows_processed, again.rows_imported, again.rows_failed),
+        (stats.rows, stats.valid, stats.rows - stats.valid),
+        "{again:?}"
+    );
+    // The same row errors as a dry run with no failure.
+    let plain = app
+        .upload_with(ACCOUNT, "plain", &file, 64 * 1024, dry)
+        .await
+        .unwrap();
+    assert_eq!(
+        codes(&app.errors(ACCOUNT, "again").await),
+        codes(&app.errors(ACCOUNT, "plain").await)
+    );
+    assert_eq!(plain.rows_failed, again.rows_failed);
+    assert_eq!(
+        claim_tables(Backend::Postgres, &app.database_url).await,
+        Vec::<String>::new()
+    );
 }

@@ -113,6 +113,7 @@ pub fn serve_args(database_url: &str) -> ServeArgs {
         log_format: LogFormat::Text,
         sqlite_busy_timeout_ms: 30_000,
         sqlite_max_pages: None,
+        file_keys_beside_from: bulk_import::store::OpenOptions::default().file_keys_beside_from,
         batch_rows: None,
         auth_tokens_file: None,
         tls_cert: None,

@@ -1,5 +1,6 @@
-//! The row errors are exactly those of reading the file row by row, whatever the chunking and
-//! however small the batches: the service against the reference model (`tests/model`), over
+//! The row errors are exactly those of reading the file row by row, whatever the chunking,
+//! however small the batches, and however PostgreSQL splits a batch's file keys between its
+//! transaction and a second one (`postgres::beside`, here for every batch): the service against the reference model (`tests/model`), over
 //! random files full of collisions, into accounts that already hold some of their values, under
 //! every conflict policy. Each file is first checked by a dry run, whose outcome must be the
 //! same, with nothing written. The users the import leaves are the model's too: the files mix
@@ -163,7 +164,15 @@ fn check(backend: Backend, cases: u32) {
     let apps: Vec<TestApp> = runtime.block_on(async {
         let mut apps = Vec::new();
         for rows in BATCH_ROWS {
-            apps.push(spawn_app_with(backend, |args| args.batch_rows = Some(rows)).await);
+            apps.push(
+                spawn_app_with(backend, |args| {
+                    args.batch_rows = Some(rows);
+                    // On PostgreSQL, part of every batch's file keys go on a second connection
+                    // (`postgres::beside`), as a large batch's do.
+                    args.file_keys_beside_from = 1;
+                })
+                .await,
+            );
         }
         apps
     });

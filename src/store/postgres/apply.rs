@@ -1,17 +1,17 @@
-//! What a plan writes on PostgreSQL (see `store::planned`): updates that keep the values they
-//! replace, each statement over arrays (`unnest`), and the values rows took in the file, in one
-//! `COPY`.
+//! What a plan's updates write on PostgreSQL (see `store::planned`): the users' new values, with
+//! the values they replace, each statement over arrays (`unnest`). The values rows took in the
+//! file go by `COPY` (`copy::copy_claims`, part of them `beside`).
 //!
-//! Both run inside the planned batch's transaction (`planned::write`), after its lookups: the
-//! updates before its inserts, the file keys after them. A unique violation here fails the
-//! transaction, which `tx` runs again with fresh lookups (`tx::taken_meanwhile`).
+//! They run inside the planned batch's transaction (`planned::write`), after its lookups and
+//! before its inserts. A unique violation here fails the transaction, which `tx` runs again
+//! with fresh lookups (`tx::taken_meanwhile`).
 
 use sqlx::PgConnection;
 
 use super::plain::UNNEST_ROWS;
+use crate::domain::UserBatch;
 use crate::domain::batch::UserRef;
-use crate::domain::{ImportKey, UserBatch};
-use crate::store::plan::{Cells, Claim, Update};
+use crate::store::plan::{Cells, Update};
 use crate::store::{BatchTarget, StoreError};
 
 /// What an update writes: the file's non-empty cells (`o`, NULL for an empty one, which keeps
@@ -190,14 +190,4 @@ pub(super) async fn update_users(
         }
     }
     Ok(())
-}
-
-/// Records the values that rows not inserted as users took in the file, in the import's own
-/// table (`claims`), in one `COPY` (`copy::copy_claims`).
-pub(super) async fn insert_file_keys(
-    conn: &mut PgConnection,
-    key: ImportKey,
-    claims: &[Claim<'_>],
-) -> Result<(), StoreError> {
-    Ok(super::copy::copy_claims(conn, key, claims).await?)
 }

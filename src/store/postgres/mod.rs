@@ -6,7 +6,8 @@
 //! - [`plain`]: the plain import's batches, with uniqueness decided by the unique indexes
 //!   whichever replica writes; the users of a batch by [`copy`] (binary `COPY`) when it has no
 //!   duplicates, a large batch in two parts at once ([`parallel`]);
-//! - [`apply`] and [`record`]: what a plan and a batch's record write, over arrays;
+//! - [`apply`] and [`record`]: what a plan and a batch's record write, over arrays; a planned
+//!   batch's file keys in two parts at once, one on a second connection ([`beside`]);
 //! - [`notify`]: progress everywhere, through `LISTEN`/`NOTIFY`;
 //! - [`liveness`]: an owner lock and heartbeats per replica, the signs by which the reaper
 //!   above the store judges an import abandoned;
@@ -19,6 +20,7 @@
 //! guarded by that import's life sign (`Guard::Abandoned`).
 
 mod apply;
+mod beside;
 mod copy;
 mod liveness;
 mod notify;
@@ -48,6 +50,7 @@ use super::{
     claims, ending, events, invitations, plan, planned, queries, relay, resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
+use beside::Beside;
 use notify::Changes;
 use std::time::SystemTime;
 use tx::{in_transaction, only_conflicts, taken_meanwhile};
@@ -84,6 +87,8 @@ pub struct PostgresStore {
     owner: i64,
     /// The plain path's state: `COPY` backoff and second writers.
     plain: plain::PlainWrites,
+    /// File keys per planned batch from which part of them go beside (`OpenOptions`).
+    beside_from: usize,
     /// The watchers of imports, woken by the listener's notifications.
     changes: Arc<Changes>,
     /// The last write fault, until a write probe clears it (`Store::fault`).
@@ -273,7 +278,8 @@ impl Store for PostgresStore {
     }
 
     /// A planned batch is one transaction, run again when another replica took a value between
-    /// its lookup and its write (`taken_meanwhile`); a plain batch goes through `plain`, in up to
+    /// its lookup and its write (`taken_meanwhile`), with part of its file keys in a second one
+    /// when a second writer is free (`beside`); a plain batch goes through `plain`, in up to
     /// three transactions, whose failure between them leaves users for the import's ending to
     /// remove.
     async fn write_batch(
@@ -283,13 +289,18 @@ impl Store for PostgresStore {
     ) -> Result<BatchWritten, StoreError> {
         let written = match plan::planned(target) {
             Some(mode) => {
-                let args = (target, mode, batch);
+                let beside = Beside::new(&self.pool, self.beside_from, batch.len(), || {
+                    self.plain.second_writer()
+                });
+                let args = (target, mode, batch, beside);
                 in_transaction(
                     &self.pool,
                     &self.events_written,
                     &args,
                     taken_meanwhile,
-                    |mut steps, &(target, mode, batch)| {
+                    |steps, (target, mode, batch, beside)| {
+                        let (target, mode, batch) = (*target, *mode, *batch);
+                        let mut steps = steps.with_beside(beside);
                         Box::pin(async move {
                             tx::commit_lazily(steps.connection()).await?;
                             planned::write(&mut steps, target, mode, batch).await

@@ -12,8 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use super::notify::{self, Changes};
 use super::tx::{in_transaction, only_conflicts};
 use super::{PostgresStore, liveness, plain};
-use crate::store::StoreError;
 use crate::store::error::FaultLatch;
+use crate::store::{OpenOptions, StoreError};
 use crate::store::{claims, rekey};
 
 impl PostgresStore {
@@ -23,7 +23,7 @@ impl PostgresStore {
     /// Returns once the owner lock is held, so that no import is created before its owner's lock
     /// can be seen. A server that does not answer yet is `Unavailable` (worth retrying, see
     /// `store::open`); a bad URL is `Config`.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, settings: OpenOptions) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
             .application_name("bulk-import");
@@ -66,6 +66,7 @@ impl PostgresStore {
             pool,
             owner,
             plain: plain::PlainWrites::new(),
+            beside_from: settings.file_keys_beside_from,
             changes,
             faults: FaultLatch::default(),
             tasks: vec![lock_task, listen_task],

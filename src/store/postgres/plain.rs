@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::copy::copy_users;
 use super::parallel::split;
@@ -86,7 +86,7 @@ impl PlainWrites {
     ) -> Result<BatchWritten, StoreError> {
         let try_copy = self.copy_worth_trying(target.key);
         let second_writer = (batch.len() >= PARALLEL_MIN_USERS)
-            .then(|| self.second_writers.clone().try_acquire_owned().ok())
+            .then(|| self.second_writer())
             .flatten();
         let parts = split(batch, if second_writer.is_some() { 2 } else { 1 });
         let written = futures::future::join_all(parts.iter().map(|users| async move {
@@ -130,6 +130,13 @@ impl PlainWrites {
             },
         )
         .await
+    }
+
+    /// A second writer, if one is free: taken without waiting, so that a batch goes on alone
+    /// rather than queue behind other uploads. Also a planned batch's, for its file keys
+    /// (`beside`).
+    pub(super) fn second_writer(&self) -> Option<OwnedSemaphorePermit> {
+        self.second_writers.clone().try_acquire_owned().ok()
     }
 
     /// Forgets an import that ended.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use sqlx::{PgConnection, Postgres};
 
+use super::beside::{self, Beside};
 use super::notify::notify;
 use super::{IMPORT_COLUMNS, apply, liveness, record};
 use crate::domain::{
@@ -34,12 +35,24 @@ pub(crate) struct PgSteps<'c> {
     conn: &'c mut PgConnection,
     /// The events it wrote (`Steps::told`), counted by `in_transaction` once it commits.
     told: &'c AtomicU64,
+    /// A planned batch's second connection for part of its file keys (`beside`), if it has one.
+    beside: Option<&'c Beside<'c>>,
 }
 
 impl<'c> PgSteps<'c> {
     /// Steps on `conn`, which must be inside the transaction `tx::in_transaction` began.
     pub(super) fn new(conn: &'c mut PgConnection, told: &'c AtomicU64) -> Self {
-        Self { conn, told }
+        Self {
+            conn,
+            told,
+            beside: None,
+        }
+    }
+
+    /// These steps with part of a planned batch's file keys written beside (`Steps::apply`).
+    pub(super) fn with_beside(mut self, beside: &'c Beside<'c>) -> Self {
+        self.beside = Some(beside);
+        self
     }
 
     /// The transaction's connection, for what only this backend does (`COPY`).
@@ -467,6 +480,9 @@ impl Steps for PgSteps<'_> {
         target: &BatchTarget<'_>,
         lookups: &Lookups<'_>,
     ) -> Result<Known, StoreError> {
+        if let Some(beside) = self.beside {
+            beside.clear_leftovers(self, target.key).await?;
+        }
         let mut known = Known::default();
         for column in [Column::Email, Column::ExternalId] {
             let values: Cow<'_, [&str]> = match column {
@@ -516,17 +532,23 @@ impl Steps for PgSteps<'_> {
     }
 
     /// Updates (one at a time, in file order, when an update releases an external id), then
-    /// inserts with `ON CONFLICT DO NOTHING` (`plain::insert_users`), then file keys.
+    /// inserts with `ON CONFLICT DO NOTHING` (`plain::insert_users`), then file keys; part of
+    /// those on a second connection meanwhile, when the batch has one (`beside`).
     async fn apply(
         &mut self,
         target: &BatchTarget<'_>,
         batch: &UserBatch,
         plan: &Plan<'_>,
     ) -> Result<Vec<usize>, StoreError> {
-        apply::update_users(self.conn, target, batch, &plan.updates, plan.releases).await?;
-        let refused = super::plain::insert_users(self.conn, target, batch, &plan.inserts).await?;
-        apply::insert_file_keys(self.conn, target.key, &plan.claims).await?;
-        Ok(refused)
+        let split = match self.beside {
+            Some(beside) => beside.split(plan),
+            None => beside::Split::alone(plan),
+        };
+        beside::write_both(self.conn, self.beside, target.key, split, async |conn| {
+            apply::update_users(conn, target, batch, &plan.updates, plan.releases).await?;
+            super::plain::insert_users(conn, target, batch, &plan.inserts).await
+        })
+        .await
     }
 
     /// Non-ASCII addresses: more bytes than characters. Oldest first, so that of two rows that

@@ -1,0 +1,267 @@
+//! A planned batch's file keys written in two parts at once: part by the batch's own
+//! transaction, part beside it, by a transaction of its own on a second connection.
+//!
+//! Why: a dry run writes nothing but file keys, and on PostgreSQL one server process inserting
+//! them into the table and its two unique indexes is the whole of its time (`pg_stat_activity`,
+//! 50 MiB: the `COPY` in 88 of 90 samples), while the plain import writes with two (`parallel`).
+//! Outside the service, two sessions inserting half the keys each took 0.58 of one session's time.
+//!
+//! The price is atomicity: the part beside commits on its own, before the batch's transaction.
+//! Should that transaction then fail, the keys beside are left in the table for rows whose batch
+//! did not commit. Nothing may judge a row by them, so each place where a batch goes on after
+//! such a failure removes them first:
+//! - the same batch run again (`tx`: it lost a race, or the `COPY` met a leftover key): its
+//!   transaction deletes the keys from the first row the part beside wrote on, before its
+//!   lookups (`Beside::clear_leftovers`);
+//! - a resume, after a crash or a lost connection: it deletes every key past the rows recorded
+//!   (`claims::drop_unrecorded`, as it does the users);
+//! - any other failure ends the import, whose ending drops the table.
+//!
+//! The part beside runs within the batch's hold on its import (`Steps::lock_processing`, taken
+//! first and kept until the batch's transaction ends, which waits for the part beside): no
+//! ending can drop the table meanwhile, and the replica that owns the import is the one writing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::copy::copy_claims;
+use crate::domain::ImportKey;
+use crate::store::StoreError;
+use crate::store::claims;
+use crate::store::plan::{Claim, Plan};
+use crate::store::steps::Steps;
+
+/// How long the part beside waits for a lock before it gives up. It never should: the plan
+/// gives every key of a batch once, and a batch runs alone per import. Were it to wait for a
+/// key the batch's own transaction holds, which waits for it in turn, PostgreSQL could not see
+/// the cycle; this ends it with an error.
+const BESIDE_LOCK_TIMEOUT: &str = "10s";
+
+/// What one planned batch's transactions share across its attempts (`tx::in_transaction`):
+/// where the second connection comes from, and whether an attempt left keys beside.
+pub(super) struct Beside<'a> {
+    pool: &'a PgPool,
+    /// The second writer, taken by `plain::PlainWrites::second_writer` once per batch: `None`
+    /// when every second writer was busy, and the batch writes its keys alone.
+    writer: Option<OwnedSemaphorePermit>,
+    /// Keys from which a part goes beside: fewer are not worth a transaction
+    /// (`OpenOptions::file_keys_beside_from`, 4,096 unless a test lowers it).
+    from: usize,
+    /// A part beside committed in an attempt: the next attempt removes its keys first.
+    committed: AtomicBool,
+    /// The first row of the keys the part beside wrote (the least, whatever the order).
+    from_row: AtomicU64,
+}
+
+/// What the batch's own transaction writes of the plan's keys, and what goes beside.
+pub(super) struct Split<'p, 'a> {
+    pub here: &'p [Claim<'a>],
+    pub there: &'p [Claim<'a>],
+}
+
+impl<'p, 'a> Split<'p, 'a> {
+    /// Every key written by the batch's own transaction.
+    pub(super) fn alone(plan: &'p Plan<'a>) -> Self {
+        Self {
+            here: &plan.claims,
+            there: &[],
+        }
+    }
+}
+
+impl<'a> Beside<'a> {
+    /// For one batch of `rows` users, on `pool`, with a second writer from `take` if the batch
+    /// may have `from` keys or more and one is free.
+    pub(super) fn new(
+        pool: &'a PgPool,
+        from: usize,
+        rows: usize,
+        take: impl FnOnce() -> Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            pool,
+            writer: (rows >= from).then(take).flatten(),
+            from,
+            committed: AtomicBool::new(false),
+            from_row: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Which of `plan`'s keys go beside: none without a second writer or with few keys; else a
+    /// share that leaves each transaction about as much to do. The batch's own does its updates
+    /// and inserts too, each about twice a key's work (an update writes a new tuple and its
+    /// index entries), so the part beside takes more of the keys the more of those there are.
+    ///
+    /// None either once an attempt left keys beside: this attempt's transaction deletes them
+    /// (`clear_leftovers`), and holds their index entries until it ends; a part beside that
+    /// wrote one of those keys again would wait for it, while it waits for the part beside, a
+    /// cycle PostgreSQL cannot see (it would end only by `BESIDE_LOCK_TIMEOUT`).
+    pub(super) fn split<'p, 'c>(&self, plan: &'p Plan<'c>) -> Split<'p, 'c> {
+        let claims = plan.claims.as_slice();
+        let left_keys = self.committed.load(Ordering::Relaxed);
+        if self.writer.is_none() || left_keys || claims.len() < self.from {
+            return Split::alone(plan);
+        }
+        let work = claims.len() + 2 * (plan.updates.len() + plan.inserts.len());
+        let there = (work / 2).min(claims.len());
+        let (here, there) = claims.split_at(claims.len() - there);
+        Split { here, there }
+    }
+
+    /// Writes `claims` for import `key` in a transaction of its own, which commits before the
+    /// batch's. `Ok(false)` when it could not, and the batch's transaction must write them: the
+    /// table is not there for it (the batch's own transaction made it, and has not committed),
+    /// or the pool had no connection for it in time (the batch's has one).
+    pub(super) async fn write(
+        &self,
+        key: ImportKey,
+        claims: &[Claim<'_>],
+    ) -> Result<bool, StoreError> {
+        if claims.is_empty() {
+            return Ok(true);
+        }
+        let mut conn = match self.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(sqlx::Error::PoolTimedOut) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut tx = sqlx::Acquire::begin(&mut conn).await?;
+        // Lazily, as the batch's (`tx::commit_lazily`); a lock wait bounded; and whether the
+        // table is visible, in one round trip.
+        let visible: bool = sqlx::query_scalar(
+            "SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL \
+               AND set_config('lock_timeout', $1, true) IS NOT NULL \
+               AND to_regclass($2) IS NOT NULL",
+        )
+        .bind(BESIDE_LOCK_TIMEOUT)
+        .bind(claims::table(key))
+        .fetch_one(&mut *tx)
+        .await?;
+        if !visible {
+            return Ok(false);
+        }
+        copy_claims(&mut tx, key, claims).await?;
+        // Before the commit: a commit whose answer is lost may still have happened.
+        let first = claims
+            .iter()
+            .map(|c| c.row_number)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.from_row.fetch_min(first, Ordering::Relaxed);
+        self.committed.store(true, Ordering::Relaxed);
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Removes the keys an earlier attempt of this batch left beside, in this attempt's
+    /// transaction, before its lookups. Nothing to do after a first attempt, or when no part
+    /// beside committed.
+    ///
+    /// A scan of the import's table (no index leads with the row), paid only after a failure.
+    pub(super) async fn clear_leftovers(
+        &self,
+        steps: &mut impl Steps,
+        key: ImportKey,
+    ) -> Result<(), StoreError> {
+        if !self.committed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let from = self.from_row.load(Ordering::Relaxed);
+        tracing::debug!(
+            import_key = key,
+            from_row = from,
+            "removing the file keys a failed attempt left beside"
+        );
+        steps
+            .execute_claims(&claims::unrecorded(key, from.saturating_sub(1)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Writes `here` on the batch's own connection, after `before` (its updates and inserts), and
+/// `there` beside it at the same time; `there` too on the batch's connection when the part
+/// beside could not see the table. `before`'s value, once both have written.
+pub(super) async fn write_both<T>(
+    conn: &mut PgConnection,
+    beside: Option<&Beside<'_>>,
+    key: ImportKey,
+    split: Split<'_, '_>,
+    before: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let own = async {
+        let value = before(&mut *conn).await?;
+        copy_claims(&mut *conn, key, split.here).await?;
+        Ok::<T, StoreError>(value)
+    };
+    let Some(beside) = beside.filter(|_| !split.there.is_empty()) else {
+        return own.await;
+    };
+    let (own, there) = tokio::join!(own, beside.write(key, split.there));
+    let value = own?;
+    if !there? {
+        copy_claims(conn, key, split.there).await?;
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::store::plan::Update;
+
+    fn plan(claims: usize, updates: usize, inserts: usize) -> Plan<'static> {
+        let claim = Claim {
+            email: "a@example.com",
+            external_id: None,
+            row_number: 2,
+            released_external_id: None,
+        };
+        let update = Update {
+            index: 0,
+            row_id: None,
+            import_key: 1,
+            updated_by: None,
+        };
+        Plan {
+            claims: vec![claim; claims],
+            updates: vec![update; updates],
+            inserts: vec![0; inserts],
+            ..Plan::default()
+        }
+    }
+
+    fn writer() -> Option<OwnedSemaphorePermit> {
+        Arc::new(Semaphore::new(1)).try_acquire_owned().ok()
+    }
+
+    fn sizes(split: Split<'_, '_>) -> (usize, usize) {
+        (split.here.len(), split.there.len())
+    }
+
+    #[tokio::test]
+    async fn the_keys_beside_leave_each_transaction_about_as_much_to_do() {
+        let pool = PgPool::connect_lazy("postgres://nowhere/none").unwrap();
+        let beside = Beside::new(&pool, 4096, 32_768, writer);
+        // A dry run: keys only, half each.
+        assert_eq!(sizes(beside.split(&plan(10_000, 0, 0))), (5_000, 5_000));
+        assert_eq!(sizes(beside.split(&plan(10_001, 0, 0))), (5_001, 5_000));
+        // A re-sync's SKIP: the batch's transaction inserts the new users too.
+        assert_eq!(sizes(beside.split(&plan(9_000, 0, 1_000))), (3_500, 5_500));
+        // UPDATE of every user: the updates are the batch's, every key beside.
+        assert_eq!(sizes(beside.split(&plan(10_000, 10_000, 0))), (0, 10_000));
+        // Too few keys to be worth a transaction.
+        assert_eq!(sizes(beside.split(&plan(4_095, 0, 0))), (4_095, 0));
+        // No second writer free, or a small batch, which takes none.
+        let alone = Beside::new(&pool, 4096, 32_768, || None);
+        assert_eq!(sizes(alone.split(&plan(10_000, 0, 0))), (10_000, 0));
+        let small = Beside::new(&pool, 4096, 4_000, || panic!("no writer for a small batch"));
+        assert_eq!(sizes(small.split(&plan(4_000, 0, 0))), (4_000, 0));
+    }
+}
