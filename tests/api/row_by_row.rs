@@ -1,8 +1,8 @@
 //! The row errors are exactly those of reading the file row by row, whatever the chunking,
 //! however small the batches, and however PostgreSQL splits a batch's file keys between its
-//! transaction and a second one (`postgres::beside`, here for every batch): the service against the reference model (`tests/model`), over
-//! random files full of collisions, into accounts that already hold some of their values, under
-//! every conflict policy. Each file is first checked by a dry run, whose outcome must be the
+//! transaction and a second one (`postgres::beside`, here for every batch): the service
+//! against the reference model (`tests/model`), over random files full of collisions, into
+//! accounts that already hold some of their values, under every conflict policy. Each file is first checked by a dry run, whose outcome must be the
 //! same, with nothing written. The users the import leaves are the model's too: the files mix
 //! existing users unchanged, existing users with another first name or external id, and new
 //! ones, so that SKIP must leave alone what UPDATE must change.

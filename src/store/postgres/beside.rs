@@ -8,25 +8,32 @@
 //!
 //! The price is atomicity: the part beside commits on its own, before the batch's transaction.
 //! Should that transaction then fail, the keys beside are left in the table for rows whose batch
-//! did not commit. Nothing may judge a row by them, so each place where a batch goes on after
-//! such a failure removes them first:
+//! did not commit. Nothing may judge a row by them, so each way an import goes on after such a
+//! failure removes them first:
 //! - the same batch run again (`tx`: it lost a race, or the `COPY` met a leftover key): its
 //!   transaction deletes the keys from the first row the part beside wrote on, before its
 //!   lookups (`Beside::clear_leftovers`);
-//! - a resume, after a crash or a lost connection: it deletes every key past the rows recorded
-//!   (`claims::drop_unrecorded`, as it does the users);
+//! - a resume, whatever left the import waiting for its client (a failed batch of an upload
+//!   whose client stalled or went, a shutdown, a server that died): it deletes every key past
+//!   the rows recorded (`claims::drop_unrecorded`, as it does their users);
 //! - any other failure ends the import, whose ending drops the table.
 //!
-//! The part beside runs within the batch's hold on its import (`Steps::lock_processing`, taken
-//! first and kept until the batch's transaction ends, which waits for the part beside): no
-//! ending can drop the table meanwhile, and the replica that owns the import is the one writing.
+//! The part beside holds the import as the batch's transaction does (`hold_processing!`, a key
+//! share lock both may have at once), and the batch's transaction keeps its hold until it ends,
+//! after the part beside: no ending can drop the table meanwhile, the reaper passes the import
+//! by, and only the replica that owns it writes. The second connection is waited for briefly
+//! (`BESIDE_ACQUIRE_WAIT`): the batch's transaction holds a connection and its locks while it
+//! waits, and a pool that many such batches emptied would otherwise stall every other request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::copy::copy_claims;
+use super::plain::PlainWrites;
+use super::steps::hold_processing;
 use crate::domain::ImportKey;
 use crate::store::StoreError;
 use crate::store::claims;
@@ -39,13 +46,27 @@ use crate::store::steps::Steps;
 /// the cycle; this ends it with an error.
 const BESIDE_LOCK_TIMEOUT: &str = "10s";
 
+/// How long the part beside waits for a connection before the batch's transaction writes its
+/// keys itself: enough to open one (a few milliseconds on a local network), not to queue
+/// behind other requests while holding the batch's.
+const BESIDE_ACQUIRE_WAIT: Duration = Duration::from_millis(100);
+
+/// The part beside's start, once its transaction's settings are made: the import held as the
+/// batch holds it (`$1`), and whether its table (`$2`) is visible to this transaction.
+const HOLD_AND_SEE: &str = concat!(
+    "WITH held AS (",
+    hold_processing!(),
+    ") SELECT EXISTS (SELECT 1 FROM held) AND to_regclass($2) IS NOT NULL"
+);
+
 /// What one planned batch's transactions share across its attempts (`tx::in_transaction`):
-/// where the second connection comes from, and whether an attempt left keys beside.
+/// where the second connection and its writer come from, and whether an attempt left keys
+/// beside.
 pub(super) struct Beside<'a> {
     pool: &'a PgPool,
-    /// The second writer, taken by `plain::PlainWrites::second_writer` once per batch: `None`
-    /// when every second writer was busy, and the batch writes its keys alone.
-    writer: Option<OwnedSemaphorePermit>,
+    /// Whose second writers a part beside takes one of (`PlainWrites::second_writer`), for as
+    /// long as it writes: one per spare core, across uploads.
+    writers: &'a PlainWrites,
     /// Keys from which a part goes beside: fewer are not worth a transaction
     /// (`OpenOptions::file_keys_beside_from`, 4,096 unless a test lowers it).
     from: usize,
@@ -55,10 +76,13 @@ pub(super) struct Beside<'a> {
     from_row: AtomicU64,
 }
 
-/// What the batch's own transaction writes of the plan's keys, and what goes beside.
+/// What the batch's own transaction writes of the plan's keys, and what goes beside, with the
+/// second writer it takes.
 pub(super) struct Split<'p, 'a> {
     pub here: &'p [Claim<'a>],
     pub there: &'p [Claim<'a>],
+    /// Held until both parts are written; `None` when nothing goes beside.
+    writer: Option<OwnedSemaphorePermit>,
 }
 
 impl<'p, 'a> Split<'p, 'a> {
@@ -67,32 +91,29 @@ impl<'p, 'a> Split<'p, 'a> {
         Self {
             here: &plan.claims,
             there: &[],
+            writer: None,
         }
     }
 }
 
 impl<'a> Beside<'a> {
-    /// For one batch of `rows` users, on `pool`, with a second writer from `take` if the batch
-    /// may have `from` keys or more and one is free.
-    pub(super) fn new(
-        pool: &'a PgPool,
-        from: usize,
-        rows: usize,
-        take: impl FnOnce() -> Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    /// For one batch's attempts, on `pool`, with a second writer of `writers` when a part goes
+    /// beside, from `from` keys on.
+    pub(super) fn new(pool: &'a PgPool, writers: &'a PlainWrites, from: usize) -> Self {
         Self {
             pool,
-            writer: (rows >= from).then(take).flatten(),
+            writers,
             from,
             committed: AtomicBool::new(false),
             from_row: AtomicU64::new(u64::MAX),
         }
     }
 
-    /// Which of `plan`'s keys go beside: none without a second writer or with few keys; else a
-    /// share that leaves each transaction about as much to do. The batch's own does its updates
-    /// and inserts too, each about twice a key's work (an update writes a new tuple and its
-    /// index entries), so the part beside takes more of the keys the more of those there are.
+    /// Which of `plan`'s keys go beside: none with few keys or without a free second writer
+    /// (taken here, without waiting, and held by the split); else a share that leaves each
+    /// transaction about as much to do. The batch's own does its updates and inserts too, each
+    /// about twice a key's work (an update writes a new tuple and its index entries), so the
+    /// part beside takes more of the keys the more of those there are.
     ///
     /// None either once an attempt left keys beside: this attempt's transaction deletes them
     /// (`clear_leftovers`), and holds their index entries until it ends; a part beside that
@@ -101,45 +122,49 @@ impl<'a> Beside<'a> {
     pub(super) fn split<'p, 'c>(&self, plan: &'p Plan<'c>) -> Split<'p, 'c> {
         let claims = plan.claims.as_slice();
         let left_keys = self.committed.load(Ordering::Relaxed);
-        if self.writer.is_none() || left_keys || claims.len() < self.from {
+        if left_keys || claims.len() < self.from {
             return Split::alone(plan);
         }
+        let Some(writer) = self.writers.second_writer() else {
+            return Split::alone(plan);
+        };
         let work = claims.len() + 2 * (plan.updates.len() + plan.inserts.len());
         let there = (work / 2).min(claims.len());
         let (here, there) = claims.split_at(claims.len() - there);
-        Split { here, there }
+        Split {
+            here,
+            there,
+            writer: Some(writer),
+        }
     }
 
     /// Writes `claims` for import `key` in a transaction of its own, which commits before the
     /// batch's. `Ok(false)` when it could not, and the batch's transaction must write them: the
-    /// table is not there for it (the batch's own transaction made it, and has not committed),
-    /// or the pool had no connection for it in time (the batch's has one).
-    pub(super) async fn write(
-        &self,
-        key: ImportKey,
-        claims: &[Claim<'_>],
-    ) -> Result<bool, StoreError> {
+    /// pool had no connection for it in time (the batch's has one), or the table is not there
+    /// for it (the batch's own transaction made it, and has not committed), or the import is no
+    /// longer this replica's to write (the batch's transaction then fails as well).
+    async fn write(&self, key: ImportKey, claims: &[Claim<'_>]) -> Result<bool, StoreError> {
         if claims.is_empty() {
             return Ok(true);
         }
-        let mut conn = match self.pool.acquire().await {
-            Ok(conn) => conn,
-            Err(sqlx::Error::PoolTimedOut) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        let mut conn = match tokio::time::timeout(BESIDE_ACQUIRE_WAIT, self.pool.acquire()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => return Ok(false),
+            Ok(Err(e)) => return Err(e.into()),
         };
         let mut tx = sqlx::Acquire::begin(&mut conn).await?;
-        // Lazily, as the batch's (`tx::commit_lazily`); a lock wait bounded; and whether the
-        // table is visible, in one round trip.
-        let visible: bool = sqlx::query_scalar(
-            "SELECT set_config('synchronous_commit', 'off', true) IS NOT NULL \
-               AND set_config('lock_timeout', $1, true) IS NOT NULL \
-               AND to_regclass($2) IS NOT NULL",
-        )
-        .bind(BESIDE_LOCK_TIMEOUT)
-        .bind(claims::table(key))
-        .fetch_one(&mut *tx)
+        // Lazily, as the batch's (`tx::commit_lazily`); every lock wait bounded, the hold's too.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL synchronous_commit = off; SET LOCAL lock_timeout = '{BESIDE_LOCK_TIMEOUT}'"
+        )))
+        .execute(&mut *tx)
         .await?;
-        if !visible {
+        let ready: bool = sqlx::query_scalar(HOLD_AND_SEE)
+            .bind(key)
+            .bind(claims::table(key))
+            .fetch_one(&mut *tx)
+            .await?;
+        if !ready {
             return Ok(false);
         }
         copy_claims(&mut tx, key, claims).await?;
@@ -183,7 +208,7 @@ impl<'a> Beside<'a> {
 
 /// Writes `here` on the batch's own connection, after `before` (its updates and inserts), and
 /// `there` beside it at the same time; `there` too on the batch's connection when the part
-/// beside could not see the table. `before`'s value, once both have written.
+/// beside could not write it. `before`'s value, once both have written.
 pub(super) async fn write_both<T>(
     conn: &mut PgConnection,
     beside: Option<&Beside<'_>>,
@@ -191,28 +216,30 @@ pub(super) async fn write_both<T>(
     split: Split<'_, '_>,
     before: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    // The writer is held until both parts are written, or one failed.
+    let Split {
+        here,
+        there,
+        writer: _writer,
+    } = split;
     let own = async {
         let value = before(&mut *conn).await?;
-        copy_claims(&mut *conn, key, split.here).await?;
+        copy_claims(&mut *conn, key, here).await?;
         Ok::<T, StoreError>(value)
     };
-    let Some(beside) = beside.filter(|_| !split.there.is_empty()) else {
+    let Some(beside) = beside.filter(|_| !there.is_empty()) else {
         return own.await;
     };
-    let (own, there) = tokio::join!(own, beside.write(key, split.there));
+    let (own, wrote) = tokio::join!(own, beside.write(key, there));
     let value = own?;
-    if !there? {
-        copy_claims(conn, key, split.there).await?;
+    if !wrote? {
+        copy_claims(conn, key, there).await?;
     }
     Ok(value)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use tokio::sync::Semaphore;
-
     use super::*;
     use crate::store::plan::Update;
 
@@ -237,10 +264,6 @@ mod tests {
         }
     }
 
-    fn writer() -> Option<OwnedSemaphorePermit> {
-        Arc::new(Semaphore::new(1)).try_acquire_owned().ok()
-    }
-
     fn sizes(split: Split<'_, '_>) -> (usize, usize) {
         (split.here.len(), split.there.len())
     }
@@ -248,7 +271,8 @@ mod tests {
     #[tokio::test]
     async fn the_keys_beside_leave_each_transaction_about_as_much_to_do() {
         let pool = PgPool::connect_lazy("postgres://nowhere/none").unwrap();
-        let beside = Beside::new(&pool, 4096, 32_768, writer);
+        let writers = PlainWrites::new();
+        let beside = Beside::new(&pool, &writers, 4096);
         // A dry run: keys only, half each.
         assert_eq!(sizes(beside.split(&plan(10_000, 0, 0))), (5_000, 5_000));
         assert_eq!(sizes(beside.split(&plan(10_001, 0, 0))), (5_001, 5_000));
@@ -258,10 +282,20 @@ mod tests {
         assert_eq!(sizes(beside.split(&plan(10_000, 10_000, 0))), (0, 10_000));
         // Too few keys to be worth a transaction.
         assert_eq!(sizes(beside.split(&plan(4_095, 0, 0))), (4_095, 0));
-        // No second writer free, or a small batch, which takes none.
-        let alone = Beside::new(&pool, 4096, 32_768, || None);
-        assert_eq!(sizes(alone.split(&plan(10_000, 0, 0))), (10_000, 0));
-        let small = Beside::new(&pool, 4096, 4_000, || panic!("no writer for a small batch"));
-        assert_eq!(sizes(small.split(&plan(4_000, 0, 0))), (4_000, 0));
+        // A split holds its second writer: with every one taken, the batch writes alone.
+        let all = || std::iter::from_fn(|| writers.second_writer()).collect::<Vec<_>>();
+        let held = all();
+        let free = held.len();
+        assert!(free >= 1);
+        assert_eq!(sizes(beside.split(&plan(10_000, 0, 0))), (10_000, 0));
+        drop(held);
+        let keys = plan(10_000, 0, 0);
+        let split = beside.split(&keys);
+        assert_eq!(all().len(), free - 1);
+        drop(split);
+        assert_eq!(all().len(), free);
+        // After an attempt left keys beside, the batch writes alone.
+        beside.committed.store(true, Ordering::Relaxed);
+        assert_eq!(sizes(beside.split(&plan(10_000, 0, 0))), (10_000, 0));
     }
 }

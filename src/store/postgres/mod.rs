@@ -289,9 +289,7 @@ impl Store for PostgresStore {
     ) -> Result<BatchWritten, StoreError> {
         let written = match plan::planned(target) {
             Some(mode) => {
-                let beside = Beside::new(&self.pool, self.beside_from, batch.len(), || {
-                    self.plain.second_writer()
-                });
+                let beside = Beside::new(&self.pool, &self.plain, self.beside_from);
                 let args = (target, mode, batch, beside);
                 in_transaction(
                     &self.pool,

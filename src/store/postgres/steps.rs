@@ -76,6 +76,17 @@ impl<'c> PgSteps<'c> {
     }
 }
 
+/// Holds import `$1` while it is PROCESSING, not waiting for its client, and this replica's
+/// (`Steps::lock_processing`); also the hold of a planned batch's part beside (`beside`).
+macro_rules! hold_processing {
+    () => {
+        "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING' \
+         AND resume_deadline IS NULL \
+         AND owner = current_setting('bulk_import.owner', true)::bigint FOR KEY SHARE"
+    };
+}
+pub(super) use hold_processing;
+
 /// The import is this replica's: its `owner` is the owner number this replica's connections
 /// carry (`bulk_import.owner`, set when the pool connects, see `PostgresStore::open`). What
 /// fences a replica that lost an import (it was cut off, the reaper took it for dead, a resume
@@ -332,14 +343,10 @@ impl Steps for PgSteps<'_> {
     /// A key share lock: the parts of one batch, written at once, may all hold it, while the
     /// reaper's `FOR UPDATE SKIP LOCKED` passes the import by (see `Guard::Abandoned`).
     async fn lock_processing(&mut self, key: ImportKey) -> Result<bool, StoreError> {
-        let processing: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM imports WHERE import_key = $1 AND status = 'PROCESSING' \
-             AND resume_deadline IS NULL \
-             AND owner = current_setting('bulk_import.owner', true)::bigint FOR KEY SHARE",
-        )
-        .bind(key)
-        .fetch_optional(&mut *self.conn)
-        .await?;
+        let processing: Option<i32> = sqlx::query_scalar(hold_processing!())
+            .bind(key)
+            .fetch_optional(&mut *self.conn)
+            .await?;
         Ok(processing.is_some())
     }
 
