@@ -34,6 +34,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::copy::copy_claims;
 use super::plain::PlainWrites;
 use super::steps::hold_processing;
+use super::tx::commit_lazily;
 use crate::domain::ImportKey;
 use crate::store::StoreError;
 use crate::store::claims;
@@ -78,16 +79,16 @@ pub(super) struct Beside<'a> {
 
 /// What the batch's own transaction writes of the plan's keys, and what goes beside, with the
 /// second writer it takes.
-pub(super) struct Split<'p, 'a> {
-    pub here: &'p [Claim<'a>],
-    pub there: &'p [Claim<'a>],
+struct Split<'p, 'a> {
+    here: &'p [Claim<'a>],
+    there: &'p [Claim<'a>],
     /// Held until both parts are written; `None` when nothing goes beside.
     writer: Option<OwnedSemaphorePermit>,
 }
 
 impl<'p, 'a> Split<'p, 'a> {
     /// Every key written by the batch's own transaction.
-    pub(super) fn alone(plan: &'p Plan<'a>) -> Self {
+    fn alone(plan: &'p Plan<'a>) -> Self {
         Self {
             here: &plan.claims,
             there: &[],
@@ -119,7 +120,7 @@ impl<'a> Beside<'a> {
     /// (`clear_leftovers`), and holds their index entries until it ends; a part beside that
     /// wrote one of those keys again would wait for it, while it waits for the part beside, a
     /// cycle PostgreSQL cannot see (it would end only by `BESIDE_LOCK_TIMEOUT`).
-    pub(super) fn split<'p, 'c>(&self, plan: &'p Plan<'c>) -> Split<'p, 'c> {
+    fn split<'p, 'c>(&self, plan: &'p Plan<'c>) -> Split<'p, 'c> {
         let claims = plan.claims.as_slice();
         let left_keys = self.committed.load(Ordering::Relaxed);
         if left_keys || claims.len() < self.from {
@@ -144,18 +145,16 @@ impl<'a> Beside<'a> {
     /// for it (the batch's own transaction made it, and has not committed), or the import is no
     /// longer this replica's to write (the batch's transaction then fails as well).
     async fn write(&self, key: ImportKey, claims: &[Claim<'_>]) -> Result<bool, StoreError> {
-        if claims.is_empty() {
-            return Ok(true);
-        }
         let mut conn = match tokio::time::timeout(BESIDE_ACQUIRE_WAIT, self.pool.acquire()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => return Ok(false),
             Ok(Err(e)) => return Err(e.into()),
         };
         let mut tx = sqlx::Acquire::begin(&mut conn).await?;
-        // Lazily, as the batch's (`tx::commit_lazily`); every lock wait bounded, the hold's too.
+        // Lazily, as the batch's; every lock wait bounded, the hold's too.
+        commit_lazily(&mut tx).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "SET LOCAL synchronous_commit = off; SET LOCAL lock_timeout = '{BESIDE_LOCK_TIMEOUT}'"
+            "SET LOCAL lock_timeout = '{BESIDE_LOCK_TIMEOUT}'"
         )))
         .execute(&mut *tx)
         .await?;
@@ -206,16 +205,18 @@ impl<'a> Beside<'a> {
     }
 }
 
-/// Writes `here` on the batch's own connection, after `before` (its updates and inserts), and
-/// `there` beside it at the same time; `there` too on the batch's connection when the part
-/// beside could not write it. `before`'s value, once both have written.
-pub(super) async fn write_both<T>(
+/// Writes `plan`'s keys for import `key`: on the batch's own connection after `before` (its
+/// updates and inserts), and, when the batch has a `beside` and `Beside::split` sends some
+/// there, those beside it at the same time, or on the batch's connection too when the part
+/// beside could not write them. `before`'s value, once both have written.
+pub(super) async fn write_keys<T>(
     conn: &mut PgConnection,
     beside: Option<&Beside<'_>>,
     key: ImportKey,
-    split: Split<'_, '_>,
+    plan: &Plan<'_>,
     before: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    let split = beside.map_or_else(|| Split::alone(plan), |beside| beside.split(plan));
     // The writer is held until both parts are written, or one failed.
     let Split {
         here,

@@ -547,11 +547,7 @@ impl Steps for PgSteps<'_> {
         batch: &UserBatch,
         plan: &Plan<'_>,
     ) -> Result<Vec<usize>, StoreError> {
-        let split = match self.beside {
-            Some(beside) => beside.split(plan),
-            None => beside::Split::alone(plan),
-        };
-        beside::write_both(self.conn, self.beside, target.key, split, async |conn| {
+        beside::write_keys(self.conn, self.beside, target.key, plan, async |conn| {
             apply::update_users(conn, target, batch, &plan.updates, plan.releases).await?;
             super::plain::insert_users(conn, target, batch, &plan.inserts).await
         })
