@@ -105,7 +105,7 @@ const CLEAR_RESTORED_IDS: &str = "UPDATE users SET external_id = NULL \
 /// Old external ids that cannot come back: another import took them meanwhile.
 const LOST_IDS: &str = "SELECT count(*) FROM users AS u WHERE u.updated_by = $1 \
     AND u.old_external_id IS NOT NULL AND EXISTS (SELECT 1 FROM users AS o \
-        WHERE o.account_id = u.account_id AND o.external_id = u.old_external_id)";
+        WHERE o.account_key = u.account_key AND o.external_id = u.old_external_id)";
 
 /// The values an import's updates replaced, put back, its mark included (`updated_by` goes
 /// back to the import before, if any); an old external id another user holds now stays
@@ -115,7 +115,7 @@ const RESTORE_UPDATED: &str = "UPDATE users SET first_name = old_first_name, \
     last_name = old_last_name, role = old_role, job_title = old_job_title, \
     update_time = old_update_time, updated_by = old_updated_by, \
     external_id = CASE WHEN EXISTS (SELECT 1 FROM users AS o \
-        WHERE o.account_id = users.account_id AND o.external_id = users.old_external_id) \
+        WHERE o.account_key = users.account_key AND o.external_id = users.old_external_id) \
         THEN NULL ELSE old_external_id END \
     WHERE updated_by = $1";
 

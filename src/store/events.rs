@@ -19,6 +19,7 @@
 use std::sync::LazyLock;
 
 use super::StoreError;
+use super::accounts::key_of;
 use super::queries::{Creator, invitation_state, invitations_sent, invite_time};
 use super::steps::{Dialect, Param, Steps};
 use crate::domain::ImportKey;
@@ -74,7 +75,7 @@ fn insert(dialect: Dialect, told: Told, source: Source, filter: &str) -> String 
     };
     format!(
         "INSERT INTO user_events ({COLUMNS}) \
-         SELECT u.account_id, {import_id}, '{kind}', u.email, u.first_name, u.last_name, \
+         SELECT i.account_id, {import_id}, '{kind}', u.email, u.first_name, u.last_name, \
          u.role, u.job_title, u.external_id, i.import_id, u.create_time, \
          coalesce(u.update_time, u.create_time), {state}, {invite_time}, {sent}, {now}, \
          {origin} FROM {from} JOIN imports i ON i.import_key = u.import_key \
@@ -190,7 +191,7 @@ impl Statements {
                 dialect,
                 told("i.import_id", "INVITATION_ACCEPTED", stored()),
                 USERS,
-                "u.account_id = $1 AND u.email = $2",
+                concat!("u.account_key = ", key_of!("$1"), " AND u.email = $2"),
             ),
             // $1: the import reverted; the users `delete_reverted` is about to remove.
             removed: insert(
@@ -214,8 +215,12 @@ impl Statements {
 
 /// `invitations::send`'s users in scope, as `u`.
 fn scope() -> &'static str {
-    "u.account_id = $1 AND ($2 < 0 OR u.import_key = $2) AND ($3 = '' OR u.email = $3) \
+    concat!(
+        "u.account_key = ",
+        key_of!("$1"),
+        " AND ($2 < 0 OR u.import_key = $2) AND ($3 = '' OR u.email = $3) \
      AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL')"
+    )
 }
 
 /// The events of import `key`'s commit: INVITED for the `invited` users it created when it

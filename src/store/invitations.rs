@@ -12,6 +12,7 @@
 use std::sync::LazyLock;
 
 use super::StoreError;
+use super::accounts::key_of;
 use super::queries::{Creator, invitation_state, invitations_sent, invite_time};
 use super::steps::{Dialect, Param, Steps};
 use crate::domain::{AccountId, ImportKey};
@@ -78,9 +79,13 @@ struct Statements {
 
 /// `users` rows in scope: the account's, of completed imports, `$2` (the import key, -1 for
 /// any) and `$3` (the address, '' for any).
-const IN_SCOPE: &str = "users.account_id = $1 AND ($2 < 0 OR users.import_key = $2) \
+const IN_SCOPE: &str = concat!(
+    "users.account_key = ",
+    key_of!("$1"),
+    " AND ($2 < 0 OR users.import_key = $2) \
     AND ($3 = '' OR users.email = $3) AND users.import_key IN (SELECT import_key FROM imports \
-    WHERE account_id = $1 AND status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL'))";
+    WHERE account_id = $1 AND status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL'))"
+);
 
 impl Statements {
     fn of(dialect: Dialect) -> &'static Statements {
@@ -97,6 +102,7 @@ impl Statements {
         let sent = invitations_sent("users", creator);
         let invited = invite_time("users", creator);
         let now = dialect.now();
+        let account = key_of!("$1");
         let invite = |states: &str| {
             format!(
                 "UPDATE users SET invitation_state = 'SENT', invite_time = {now}, \
@@ -115,14 +121,18 @@ impl Statements {
             send_again: invite("'HELD', 'SENT'"),
             accept: format!(
                 "UPDATE users SET invitation_state = 'ACCEPTED', invite_time = {invited}, \
-                 invitations_sent = {sent} WHERE users.account_id = $1 AND users.email = $2 \
+                 invitations_sent = {sent} WHERE users.account_key = {account} \
+                 AND users.email = $2 \
                  AND users.import_key IN (SELECT import_key FROM imports WHERE account_id = $1 \
                  AND status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL')) \
                  AND {state} = 'SENT'"
             ),
-            accepted_before: "SELECT count(*) FROM users WHERE users.account_id = $1 \
-                 AND users.email = $2 AND users.invitation_state = 'ACCEPTED'"
-                .to_owned(),
+            accepted_before: concat!(
+                "SELECT count(*) FROM users WHERE users.account_key = ",
+                key_of!("$1"),
+                " AND users.email = $2 AND users.invitation_state = 'ACCEPTED'"
+            )
+            .to_owned(),
         }
     }
 }

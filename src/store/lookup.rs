@@ -10,7 +10,7 @@
 //! - the values earlier rows of the same import took without becoming users (`plan::FileKey`)
 //!   are looked up in the import's own table (`claims::lookup`), and decoded here (`FileKeyRow`).
 //!
-//! Each takes the account as `$1` and the value as `$2`. How `$2` matches is the
+//! Each takes the account's key (`store::accounts`) as `$1` and the value as `$2`. How `$2` matches is the
 //! one thing the backends write differently (`Match`): SQLite steps a point lookup per value
 //! through its C API, PostgreSQL binds all the values as one array.
 //!
@@ -69,7 +69,7 @@ impl Match {
 /// The users table joined to the import that created each user: whether that import still
 /// runs decides whether a holder's conflict names it (`holders`).
 const USERS_WITH_CREATOR: &str =
-    "FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_id = $1";
+    "FROM users u JOIN imports i ON i.import_key = u.import_key WHERE u.account_key = $1";
 
 /// The account's imports still running, by key, with their ids: read once per batch, in the
 /// batch's transaction, for the users its lookups find (`Existing::noting`). A user's creating
@@ -102,7 +102,7 @@ const NO_VALUES: &str = "'', '', '', ''";
 /// descent of that index and a read of the user's row, nothing else.
 pub(crate) fn existing_users(column: Column, matching: Match, values: bool) -> String {
     format!(
-        "SELECT {EXISTING_COLUMNS}, {}, {} FROM users u WHERE u.account_id = $1 AND u.{} {}",
+        "SELECT {EXISTING_COLUMNS}, {}, {} FROM users u WHERE u.account_key = $1 AND u.{} {}",
         matching.row_id(),
         if values { EXISTING_VALUES } else { NO_VALUES },
         column.name(),

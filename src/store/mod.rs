@@ -66,6 +66,7 @@
 //!   `liveness.rs` (owner locks and heartbeats), `notify.rs` (`LISTEN`/`NOTIFY`), `tx.rs`
 //!   (transactions run again after a lost deadlock).
 
+mod accounts;
 mod claims;
 mod codec;
 mod conflicts;
@@ -101,9 +102,10 @@ use async_trait::async_trait;
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 pub use error::{Fault, Outage, StoreError};
 pub use types::{
-    BatchOutcome, BatchTarget, BatchWritten, Batching, Claimed, Committed, Conclusion, FailedCells,
-    FeedRow, FeedState, Guard, ImportCursor, InvitedUser, LeaseStep, LifeSign, OpenOptions,
-    Processing, RelayLease, Removed, Reverted, StoredEvent, StoredRowError, StoredUser, UserFilter,
+    AccountKey, BatchOutcome, BatchTarget, BatchWritten, Batching, Claimed, Committed, Conclusion,
+    FailedCells, FeedRow, FeedState, Guard, ImportCursor, InvitedUser, LeaseStep, LifeSign,
+    OpenOptions, Processing, RelayLease, Removed, Reverted, StoredEvent, StoredRowError,
+    StoredUser, UserFilter,
 };
 
 /// The store as the import layer sees it, behind an `Arc<dyn Store>` chosen by [`open`].
@@ -171,6 +173,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates the import, PROCESSING. `AlreadyExists` when the id is taken in the account.
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError>;
+
+    /// The key of the account in the users table, its row made on its first use: what an
+    /// upload's batches are written and looked up with (`BatchTarget::account_key`). Asked once
+    /// per upload, before its first batch; an account's key never changes.
+    async fn account_key(&self, account: &AccountId) -> Result<AccountKey, StoreError>;
 
     /// Removes an import that was refused before anything was written.
     async fn discard_import(&self, key: ImportKey) -> Result<(), StoreError>;

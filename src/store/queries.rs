@@ -12,6 +12,7 @@
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
+use super::accounts::key_of;
 use super::codec::{ImportRow, RowErrorColumns, from_micros};
 use super::{
     FailedCells, FeedRow, FeedState, ImportCursor, InvitedUser, StoreError, StoredEvent,
@@ -249,11 +250,13 @@ where
          {state} AS invitation_state, {invited} AS invite_time, {sent} AS invitations_sent \
          FROM users u JOIN imports i ON i.import_key = u.import_key \
          LEFT JOIN imports w ON w.import_key = u.updated_by AND w.status = 'PROCESSING' \
-         WHERE u.account_id = $1 AND u.email > $2 AND ($3 < 0 OR u.import_key = $3) \
+         WHERE u.account_key = {account} AND u.email > $2 \
+         AND ($3 < 0 OR u.import_key = $3) \
          AND ($5 = '' OR {state} = $5) AND ($6 = '' OR u.email = $6) \
          AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL', \
                           'COMPLETED_NOTHING_TO_IMPORT') \
          ORDER BY u.email LIMIT $4",
+        account = key_of!("$1"),
         first = committed("first_name"),
         last = committed("last_name"),
         role = committed("role"),

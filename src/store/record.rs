@@ -114,10 +114,10 @@ pub(crate) async fn conflicts<S: Steps + ?Sized>(
     }
     let (emails, ids) = looked_up(batch, refused, probes);
     let by_email = steps
-        .holders(target.account_id, Column::Email, &emails)
+        .holders(target.account_key, Column::Email, &emails)
         .await?;
     let by_id = steps
-        .holders(target.account_id, Column::ExternalId, &ids)
+        .holders(target.account_key, Column::ExternalId, &ids)
         .await?;
     Ok(refusals(
         target.key, batch, refused, probes, &by_email, &by_id,

@@ -19,6 +19,7 @@
 //! it, the others wait for its commit and then find it claimed.
 
 use super::StoreError;
+use super::accounts::key_of;
 use super::steps::{Param, Steps};
 
 /// Its names in `data_migrations`, one per change of the key rule: a database that has not seen
@@ -35,8 +36,13 @@ const CLAIM: &str = "INSERT INTO data_migrations (name) VALUES ($1) ON CONFLICT 
 ///
 /// The `NOT EXISTS` keeps the unique index from failing the whole start-up: 0 rows changed is a
 /// clash, logged and counted, and the row keeps its old key.
-const MOVE_EMAIL: &str = "UPDATE users SET email = $1 WHERE account_id = $2 AND email = $3 \
-    AND NOT EXISTS (SELECT 1 FROM users WHERE account_id = $2 AND email = $1)";
+const MOVE_EMAIL: &str = concat!(
+    "UPDATE users SET email = $1 WHERE account_key = ",
+    key_of!("$2"),
+    " AND email = $3 AND NOT EXISTS (SELECT 1 FROM users WHERE account_key = ",
+    key_of!("$2"),
+    " AND email = $1)"
+);
 
 /// What the migration did.
 ///

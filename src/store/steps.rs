@@ -26,9 +26,9 @@ use super::claims::{ClaimsSql, ClaimsTable};
 use super::conflicts::Holder;
 use super::failed::FailedLine;
 use super::plan::{Known, Lookups, Plan};
-use super::{BatchTarget, Committed, Conclusion, Guard, StoreError};
+use super::{AccountKey, BatchTarget, Committed, Conclusion, Guard, StoreError};
 use crate::domain::{
-    AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
+    Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
 };
 
 /// What a revert must know of its import first.
@@ -230,7 +230,7 @@ pub(crate) trait Steps: Send {
     /// that was refused and this lookup. Empty `values`, empty map, without a query.
     async fn holders(
         &mut self,
-        account_id: &AccountId,
+        account: AccountKey,
         column: Column,
         values: &[&str],
     ) -> Result<HashMap<String, Holder>, StoreError>;

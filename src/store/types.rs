@@ -61,6 +61,11 @@ pub struct BatchWritten {
     pub progress: Counters,
 }
 
+/// An account's key in the users table (`Store::account_key`): a small integer, which the
+/// users' unique indexes compare and store in place of the account's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountKey(pub(crate) i32);
+
 /// Where a batch goes, how its errors are numbered, and the progress stored with it.
 ///
 /// Built by the pipeline's writer for each batch; the store reads it, never keeps it.
@@ -70,6 +75,9 @@ pub struct BatchTarget<'a> {
     pub key: ImportKey,
     /// Its account: uniqueness is per account.
     pub account_id: &'a AccountId,
+    /// The account's key (`Store::account_key`): what the batch's users are written and
+    /// looked up with.
+    pub account_key: AccountKey,
     /// Sequence number of the first row error this batch stores: errors are read back in
     /// this order, which is file order.
     pub next_error_seq: u64,

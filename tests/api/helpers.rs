@@ -368,7 +368,7 @@ impl TestApp {
         type Row = (String, String, String, String, String, Option<String>);
         // Byte order, the same on both backends whatever the collation.
         let sql = "SELECT email, first_name, last_name, role, job_title, external_id FROM users \
-                   WHERE account_id = $1";
+                   WHERE account_key = (SELECT account_key FROM accounts WHERE account_id = $1)";
         let mut rows: Vec<Row> = match &self.db {
             Reader::Sqlite(pool) => sqlx::query_as(sql).bind(account).fetch_all(pool).await,
             Reader::Postgres(pool) => sqlx::query_as(sql).bind(account).fetch_all(pool).await,

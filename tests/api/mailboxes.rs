@@ -83,9 +83,9 @@ backend_tests! {
         let old = format!("{HEADER}a@x.gr,,,,,\nb@x.gr,,,,,\nc@x.gr,,,,,\n");
         app.upload(other, "old", old.as_bytes(), 1 << 16).await.unwrap();
         // As a release that lower-cased stored them: ΣΣ as σς, and σσ as itself, two users.
-        app.execute("UPDATE users SET email = 'σς@x.gr' WHERE account_id = 'other' AND email = 'a@x.gr'").await;
-        app.execute("UPDATE users SET email = 'σσ@x.gr' WHERE account_id = 'other' AND email = 'b@x.gr'").await;
-        app.execute("UPDATE users SET email = 'ξς@x.gr' WHERE account_id = 'other' AND email = 'c@x.gr'").await;
+        app.execute("UPDATE users SET email = 'σς@x.gr' WHERE account_key = (SELECT account_key FROM accounts WHERE account_id = 'other') AND email = 'a@x.gr'").await;
+        app.execute("UPDATE users SET email = 'σσ@x.gr' WHERE account_key = (SELECT account_key FROM accounts WHERE account_id = 'other') AND email = 'b@x.gr'").await;
+        app.execute("UPDATE users SET email = 'ξς@x.gr' WHERE account_key = (SELECT account_key FROM accounts WHERE account_id = 'other') AND email = 'c@x.gr'").await;
         app.execute("DELETE FROM data_migrations WHERE name = 'email_keys_casefold'").await;
         app.stop().await;
         let restarted = spawn_on(&app.database().url, |_| {}).await;

@@ -1,5 +1,6 @@
 //! Integration tests: the real server, a temporary database, the generated client.
 
+mod account_keys;
 mod backends;
 mod chart;
 mod claims;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bulk_import::proto;
 
+use crate::account_keys::as_before_account_keys;
 use crate::claims::texts;
 use crate::features::{cancel, list_users};
 use crate::helpers::*;
@@ -40,6 +41,8 @@ async fn listed_first_names(app: &TestApp) -> Vec<String> {
 /// The database as the version before this one left it: the old values in a table of their
 /// own, with its index, and no `old_*` columns.
 async fn as_the_version_before(app: &TestApp, backend: Backend) {
+    // Before 0017, and so before 0018 too: 0017 reads the users by the account's text.
+    as_before_account_keys(app, backend).await;
     let (text, key, time) = match backend {
         Backend::Sqlite => ("TEXT", "INTEGER", "INTEGER"),
         Backend::Postgres => ("TEXT COLLATE \"C\"", "BIGINT", "TIMESTAMPTZ"),

@@ -61,9 +61,11 @@ backend_tests! {
             };
             batch.push_user(i as u64 + 2, &user);
         }
+        let account_key = store.account_key(&account_id).await.unwrap();
         let target = BatchTarget {
             key: import.key,
             account_id: &account_id,
+            account_key,
             next_error_seq: 0,
             error_budget: 100,
             progress: Counters::default(),
@@ -140,9 +142,11 @@ async fn a_replica_that_lost_an_import_to_a_resume_elsewhere_cannot_touch_it() {
         external_id: None,
     };
     batch.push_user(2, &user);
+    let account_key = first.account_key(&account_id).await.unwrap();
     let target = BatchTarget {
         key: import.key,
         account_id: &account_id,
+        account_key,
         next_error_seq: 0,
         error_budget: 100,
         progress: Counters::default(),

@@ -81,6 +81,7 @@ impl Writer {
         let seen = planned.then(SeenValues::new);
         let (idle_tx, idle) = watch::channel(true);
         let task = tokio::spawn(async move {
+            let account_key = store.account_key(&account_id).await?;
             if let Some(seen) = seen.as_ref().filter(|_| resumed) {
                 store.remember_file_keys(key, seen).await?;
             }
@@ -101,6 +102,7 @@ impl Writer {
                 let target = BatchTarget {
                     key,
                     account_id: &account_id,
+                    account_key,
                     next_error_seq: before.next_error_seq,
                     error_budget: before.error_budget,
                     progress: before.progress,

@@ -45,7 +45,7 @@ const BY_TUPLE_ID: &str = concat!(
                  $9::text[], $10::bigint[], $11::bigint[]) \
           AS o(id, first_name, last_name, role, job_title, external_id, email, import_key, \
                updated_by) \
-     WHERE u.ctid = format('(%s,%s)', o.id >> 16, o.id & 65535)::tid AND u.account_id = $1 \
+     WHERE u.ctid = format('(%s,%s)', o.id >> 16, o.id & 65535)::tid AND u.account_key = $1 \
        AND u.email = o.email AND u.import_key = o.import_key \
        AND u.updated_by IS NOT DISTINCT FROM o.updated_by"
 );
@@ -63,7 +63,7 @@ const BY_EMAIL: &str = concat!(
                        $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
                 AS n(id, first_name, last_name, role, job_title, external_id, email, \
                      import_key, updated_by) \
-           JOIN users v ON v.account_id = $1 AND v.email = n.email \
+           JOIN users v ON v.account_key = $1 AND v.email = n.email \
            WHERE v.import_key = n.import_key \
              AND v.updated_by IS NOT DISTINCT FROM n.updated_by \
              AND (v.first_name IS DISTINCT FROM coalesce(n.first_name, v.first_name) \
@@ -126,7 +126,7 @@ impl<'a> Users<'a> {
         target: &BatchTarget<'_>,
     ) -> Result<u64, StoreError> {
         Ok(sqlx::query(sql)
-            .bind(target.account_id.as_str())
+            .bind(target.account_key.0)
             .bind(target.key)
             .bind(&self.ids)
             .bind(&self.first_names)

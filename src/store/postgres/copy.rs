@@ -16,9 +16,9 @@ use sqlx::PgConnection;
 
 use crate::domain::batch::UserRef;
 use crate::domain::{ImportKey, UserBatch};
-use crate::store::BatchTarget;
 use crate::store::claims;
 use crate::store::plan::Claim;
+use crate::store::{AccountKey, BatchTarget};
 
 /// `COPY` data goes to the server in messages of this size, encoded as they are sent: the
 /// server starts on the first rows at once, and neither side holds the batch in another form.
@@ -51,15 +51,19 @@ pub(super) async fn copy_users(
     let copied = async {
         let mut copy = conn
             .copy_in_raw(
-                "COPY users (account_id, email, first_name, last_name, role, job_title, \
+                "COPY users (account_key, email, first_name, last_name, role, job_title, \
                  external_id, import_key, source_row) FROM STDIN (FORMAT binary)",
             )
             .await?;
         let mut data = Vec::with_capacity(COPY_PIECE_BYTES + 4 * 1024);
         data.extend_from_slice(COPY_BINARY_HEADER);
-        let account = target.account_id.as_str();
         for &index in users {
-            encode_row(&mut data, account, target.key, &batch.user(index));
+            encode_row(
+                &mut data,
+                target.account_key,
+                target.key,
+                &batch.user(index),
+            );
             if data.len() >= COPY_PIECE_BYTES {
                 copy.send(data.as_slice()).await?;
                 data.clear();
@@ -88,14 +92,15 @@ pub(super) async fn copy_users(
 }
 
 /// One user as a row of a binary `COPY`: the field count, then each field's length and bytes
-/// (text as UTF-8, bigints big-endian, -1 for NULL).
+/// (text as UTF-8, integers big-endian, -1 for NULL).
 ///
-/// Appends to `data`, in the nine columns of the `COPY` statement: account, email, the four text
-/// fields, external id, import key, source row.
-fn encode_row(data: &mut Vec<u8>, account: &str, import_key: ImportKey, user: &UserRef<'_>) {
+/// Appends to `data`, in the nine columns of the `COPY` statement: account key, email, the four
+/// text fields, external id, import key, source row.
+fn encode_row(data: &mut Vec<u8>, account: AccountKey, import_key: ImportKey, user: &UserRef<'_>) {
     data.extend_from_slice(&COPY_FIELDS.to_be_bytes());
+    data.extend_from_slice(&4_i32.to_be_bytes());
+    data.extend_from_slice(&account.0.to_be_bytes());
     for value in [
-        account,
         user.email,
         user.first_name,
         user.last_name,
@@ -184,9 +189,11 @@ mod tests {
             external_id: None,
         };
         let mut data = Vec::new();
-        encode_row(&mut data, "acme", 7, &user);
+        encode_row(&mut data, AccountKey(3), 7, &user);
         let mut expected = 9_i16.to_be_bytes().to_vec();
-        for text in ["acme", "a@x.io", "Ada", "", "admin", ""] {
+        expected.extend_from_slice(&4_i32.to_be_bytes());
+        expected.extend_from_slice(&3_i32.to_be_bytes());
+        for text in ["a@x.io", "Ada", "", "admin", ""] {
             expected.extend_from_slice(&(text.len() as i32).to_be_bytes());
             expected.extend_from_slice(text.as_bytes());
         }

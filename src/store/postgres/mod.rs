@@ -44,10 +44,11 @@ use super::codec::ImportRow;
 use super::codec::micros;
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
-    FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, Processing, RelayLease,
-    Removed, Reverted, SeenValues, Store, StoreError, StoredRowError, StoredUser, UserFilter,
-    claims, ending, events, invitations, plan, planned, queries, relay, resume, retention, revert,
+    AccountKey, BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault,
+    FeedRow, FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, Processing,
+    RelayLease, Removed, Reverted, SeenValues, Store, StoreError, StoredRowError, StoredUser,
+    UserFilter, accounts, claims, ending, events, invitations, plan, planned, queries, relay,
+    resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use beside::Beside;
@@ -242,6 +243,17 @@ impl Store for PostgresStore {
             .map_err(StoreError::from);
         self.faults.observe(&row);
         row?.try_into()
+    }
+
+    async fn account_key(&self, account: &AccountId) -> Result<AccountKey, StoreError> {
+        in_transaction(
+            &self.pool,
+            &self.events_written,
+            account,
+            only_conflicts,
+            |mut steps, account| Box::pin(async move { accounts::key(&mut steps, account).await }),
+        )
+        .await
     }
 
     /// Also forgets the import's `COPY` backoff.

@@ -227,7 +227,7 @@ async fn insert_part(
     let external_ids: Vec<Option<&str>> = users.iter().map(|(_, u)| u.external_id).collect();
     let rows: Vec<i64> = users.iter().map(|(_, u)| u.row_number as i64).collect();
     let inserted: HashSet<i64> = sqlx::query_scalar(
-        "INSERT INTO users (account_id, email, first_name, last_name, role, job_title, \
+        "INSERT INTO users (account_key, email, first_name, last_name, role, job_title, \
          external_id, import_key, source_row) \
          SELECT $1, u.email, u.first_name, u.last_name, u.role, u.job_title, u.external_id, $2, \
                 u.source_row \
@@ -237,7 +237,7 @@ async fn insert_part(
          ON CONFLICT DO NOTHING \
          RETURNING source_row",
     )
-    .bind(target.account_id.as_str())
+    .bind(target.account_key.0)
     .bind(target.key)
     .bind(&emails)
     .bind(&first_names)

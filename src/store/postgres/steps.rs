@@ -17,7 +17,7 @@ use super::beside::{self, Beside};
 use super::notify::notify;
 use super::{IMPORT_COLUMNS, apply, liveness, record};
 use crate::domain::{
-    AccountId, Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
+    Column, Counters, Import, ImportKey, ImportStatus, RowError, TextFormat, UserBatch,
 };
 use crate::store::claims::{self, ClaimsSql, ClaimsTable};
 use crate::store::codec::{ClaimedRow, ImportRow, format_columns};
@@ -26,7 +26,7 @@ use crate::store::failed::FailedLine;
 use crate::store::lookup::{self, HolderRow, Match};
 use crate::store::plan::{Existing, FileKey, Known, Lookups, Plan};
 use crate::store::steps::{Dialect, Param, RevertState, Steps, wait_condition};
-use crate::store::{BatchTarget, Committed, Conclusion, Guard, StoreError};
+use crate::store::{AccountKey, BatchTarget, Committed, Conclusion, Guard, StoreError};
 
 /// The steps on one transaction's connection.
 ///
@@ -353,7 +353,7 @@ impl Steps for PgSteps<'_> {
     /// One query for all the values, bound as an array (`= ANY($2)`).
     async fn holders(
         &mut self,
-        account_id: &AccountId,
+        account: AccountKey,
         column: Column,
         values: &[&str],
     ) -> Result<HashMap<String, Holder>, StoreError> {
@@ -362,7 +362,7 @@ impl Steps for PgSteps<'_> {
         }
         let rows: Vec<HolderRow> =
             sqlx::query_as(sqlx::AssertSqlSafe(lookup::holders(column, Match::Any)))
-                .bind(account_id.as_str())
+                .bind(account.0)
                 .bind(values)
                 .fetch_all(&mut *self.conn)
                 .await?;
@@ -501,7 +501,7 @@ impl Steps for PgSteps<'_> {
             }
             let sql = lookup::existing_users(column, Match::Any, lookups.user_values);
             let rows: Vec<lookup::ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(target.account_id.as_str())
+                .bind(target.account_key.0)
                 .bind(&*values)
                 .fetch_all(&mut *self.conn)
                 .await?;
@@ -558,8 +558,9 @@ impl Steps for PgSteps<'_> {
     /// now share a key, the older keeps it.
     async fn non_ascii_emails(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT account_id, email FROM users WHERE length(email) <> octet_length(email) \
-             ORDER BY create_time, email",
+            "SELECT a.account_id, u.email FROM users AS u \
+             JOIN accounts AS a ON a.account_key = u.account_key \
+             WHERE length(u.email) <> octet_length(u.email) ORDER BY u.create_time, u.email",
         )
         .fetch_all(&mut *self.conn)
         .await?)

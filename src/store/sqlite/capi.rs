@@ -35,7 +35,7 @@ use super::statement::{SqliteFailure, Statement};
 /// One user; `ON CONFLICT DO NOTHING` lets the unique indexes refuse a row without failing the
 /// statement, and `sqlite3_changes` then says 0. Positional `?N` parameters, bound by number
 /// below.
-const INSERT_USER: &str = "INSERT INTO users (account_id, email, first_name, last_name, role, \
+const INSERT_USER: &str = "INSERT INTO users (account_key, email, first_name, last_name, role, \
     job_title, external_id, import_key, source_row, create_time) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING";
 
@@ -55,7 +55,7 @@ const UPDATE_USER: &str = "UPDATE OR FAIL users SET old_first_name = first_name,
     first_name = coalesce(?3, first_name), last_name = coalesce(?4, last_name), \
     role = coalesce(?5, role), job_title = coalesce(?6, job_title), \
     external_id = coalesce(?7, external_id), update_time = ?8, updated_by = ?9 \
-    WHERE rowid = ?10 AND account_id = ?1 AND email = ?2 \
+    WHERE rowid = ?10 AND account_key = ?1 AND email = ?2 \
     AND (first_name IS NOT coalesce(?3, first_name) OR last_name IS NOT coalesce(?4, last_name) \
          OR role IS NOT coalesce(?5, role) OR job_title IS NOT coalesce(?6, job_title) \
          OR external_id IS NOT coalesce(?7, external_id))";
@@ -96,8 +96,10 @@ pub(super) struct Inserted {
 /// The import a batch is written for.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Target<'a> {
-    /// The account the users go into.
+    /// The account the users go into (`lookup::RUNNING_IMPORTS` reads its imports by it).
     pub account_id: &'a str,
+    /// Its key in the users table (`store::accounts`).
+    pub account_key: i64,
     /// The import that writes them.
     pub import_key: i64,
     /// Microseconds since the Unix epoch.
@@ -123,7 +125,7 @@ pub(super) fn insert_users(
     let mut rowids: Option<(i64, i64)> = None;
     for index in indexes {
         let user = batch.user(index);
-        statement.text(1, target.account_id)?;
+        statement.int(1, target.account_key)?;
         statement.text(2, user.email)?;
         statement.text(3, user.first_name)?;
         statement.text(4, user.last_name)?;
@@ -164,7 +166,7 @@ pub(super) fn update_users(
         let row_id = row_id.ok_or_else(|| not_found("was looked up without its rowid"))?;
         let user = batch.user(index);
         let cells = plan::Cells::of(&user);
-        update.text(1, target.account_id)?;
+        update.int(1, target.account_key)?;
         update.text(2, user.email)?;
         update.optional_text(3, cells.first_name)?;
         update.optional_text(4, cells.last_name)?;
@@ -232,7 +234,7 @@ pub(super) fn insert_file_keys(
 /// id may still be found twice, which the plan copes with (`plan::Holders`).
 pub(super) fn existing_users(
     handle: &mut LockedSqliteHandle<'_>,
-    account_id: &str,
+    account: Target<'_>,
     lookups: &Lookups<'_>,
 ) -> Result<Vec<Existing>, SqliteFailure> {
     let db = handle.as_raw_handle();
@@ -253,7 +255,7 @@ pub(super) fn existing_users(
         // SAFETY: as in `insert_users`.
         let mut lookup = unsafe { Statement::prepare(db, sql)? };
         for value in values.iter() {
-            lookup.text(1, account_id)?;
+            lookup.int(1, account.account_key)?;
             lookup.text(2, value)?;
             lookup.rows(|row| {
                 let columns: ExistingRow = (
@@ -277,7 +279,7 @@ pub(super) fn existing_users(
     }
     // After the users, as on PostgreSQL (`Existing::noting`); here the write transaction
     // holds the database, so nothing changes in between anyway.
-    let running = running_imports(handle, account_id)?;
+    let running = running_imports(handle, account.account_id)?;
     Ok(found
         .into_iter()
         .map(|user| user.noting(&running))
@@ -304,7 +306,7 @@ fn running_imports(
 /// Who holds each of `values` in `column` in the account: a point lookup per value.
 pub(super) fn holders(
     handle: &mut LockedSqliteHandle<'_>,
-    account_id: &str,
+    account_key: i64,
     column: Column,
     values: &[&str],
 ) -> Result<HashMap<String, Holder>, SqliteFailure> {
@@ -319,7 +321,7 @@ pub(super) fn holders(
     let mut lookup = unsafe { Statement::prepare(db, sql)? };
     let mut rows: Vec<HolderRow> = Vec::new();
     for value in values {
-        lookup.text(1, account_id)?;
+        lookup.int(1, account_key)?;
         lookup.text(2, value)?;
         lookup.rows(|row| {
             rows.push((

@@ -45,11 +45,11 @@ use sqlx::{Connection, Sqlite, SqliteConnection};
 use super::codec::{ImportRow, micros};
 use super::error::FaultLatch;
 use super::{
-    BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault, FeedRow,
-    FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, LifeSign, OpenOptions,
-    Processing, RelayLease, Removed, Reverted, SeenValues, Store, StoreError, StoredRowError,
-    StoredUser, UserFilter, claims, ending, events, invitations, plan, planned, queries, record,
-    rekey, relay, resume, retention, revert,
+    AccountKey, BatchTarget, BatchWritten, Batching, Claimed, Conclusion, FailedCells, Fault,
+    FeedRow, FeedState, Guard, ImportCursor, InvitedUser, Invitees, LeaseStep, LifeSign,
+    OpenOptions, Processing, RelayLease, Removed, Reverted, SeenValues, Store, StoreError,
+    StoredRowError, StoredUser, UserFilter, accounts, claims, ending, events, invitations, plan,
+    planned, queries, record, rekey, relay, resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
 use steps::SqliteSteps;
@@ -334,6 +334,13 @@ impl Store for SqliteStore {
     async fn create_import(&self, new: &NewImport) -> Result<Import, StoreError> {
         self.write(new, |mut steps, new| {
             Box::pin(async move { steps.create_import(new).await })
+        })
+        .await
+    }
+
+    async fn account_key(&self, account: &AccountId) -> Result<AccountKey, StoreError> {
+        self.write(account, |mut steps, account| {
+            Box::pin(async move { accounts::key(&mut steps, account).await })
         })
         .await
     }

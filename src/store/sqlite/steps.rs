@@ -16,8 +16,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{IMPORT_COLUMNS, capi, ranges, statement};
 use crate::domain::{
-    AccountId, Column, Counters, Import, ImportKey, ImportStatus, NewImport, RowError, TextFormat,
-    UserBatch,
+    Column, Counters, Import, ImportKey, ImportStatus, NewImport, RowError, TextFormat, UserBatch,
 };
 use crate::store::claims::{ClaimsSql, ClaimsTable};
 use crate::store::codec::ClaimedRow;
@@ -26,7 +25,7 @@ use crate::store::conflicts::Holder;
 use crate::store::failed::FailedLine;
 use crate::store::plan::{Known, Lookups, Plan};
 use crate::store::steps::{Dialect, Param, RevertState, Steps, wait_condition};
-use crate::store::{BatchTarget, Committed, Conclusion, Guard, StoreError};
+use crate::store::{AccountKey, BatchTarget, Committed, Conclusion, Guard, StoreError};
 
 /// SQLite allows 32,766 bound values per statement: 7 per row error, 9 per failed row.
 ///
@@ -76,6 +75,7 @@ impl<'c> SqliteSteps<'c> {
     fn target<'t>(&self, target: &'t BatchTarget<'_>) -> capi::Target<'t> {
         capi::Target {
             account_id: target.account_id.as_str(),
+            account_key: target.account_key.0.into(),
             import_key: target.key,
             now: self.now,
         }
@@ -329,16 +329,15 @@ impl Steps for SqliteSteps<'_> {
     /// A point lookup per value through the C API (`capi::holders`).
     async fn holders(
         &mut self,
-        account_id: &AccountId,
+        account: AccountKey,
         column: Column,
         values: &[&str],
     ) -> Result<HashMap<String, Holder>, StoreError> {
         if values.is_empty() {
             return Ok(HashMap::new());
         }
-        let account_id = account_id.as_str();
         statement::on_handle(self.conn, |handle| {
-            capi::holders(handle, account_id, column, values)
+            capi::holders(handle, account.0.into(), column, values)
         })
         .await
     }
@@ -495,10 +494,10 @@ impl Steps for SqliteSteps<'_> {
         target: &BatchTarget<'_>,
         lookups: &Lookups<'_>,
     ) -> Result<Known, StoreError> {
-        let account_id = target.account_id.as_str();
+        let account = self.target(target);
         statement::on_handle(self.conn, |handle| {
             Ok(Known {
-                users: capi::existing_users(handle, account_id, lookups)?,
+                users: capi::existing_users(handle, account, lookups)?,
                 file_keys: capi::file_keys(handle, target.key, lookups)?,
             })
         })
@@ -530,8 +529,10 @@ impl Steps for SqliteSteps<'_> {
     /// Non-ASCII addresses: more bytes than characters.
     async fn non_ascii_emails(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT account_id, email FROM users \
-             WHERE length(email) <> length(CAST(email AS BLOB)) ORDER BY create_time, rowid",
+            "SELECT a.account_id, u.email FROM users AS u \
+             JOIN accounts AS a ON a.account_key = u.account_key \
+             WHERE length(u.email) <> length(CAST(u.email AS BLOB)) \
+             ORDER BY u.create_time, u.rowid",
         )
         .fetch_all(&mut *self.conn)
         .await?)
