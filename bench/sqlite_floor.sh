@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SQLite's floor for the populated-account scenario (README, "Accounts that already hold
 # millions"): the bench's three files staged in a table, then one INSERT ... SELECT per file,
-# into the loaders' reference table (one unique index on email) and into the service's users
-# table (unique (account, email) and (account, external id)), and into that table with an
-# integer account key in place of the account's text ("int"), with the writer's settings.
+# into the loaders' reference table (one unique index on email, "ref"), into the service's users
+# table as it was before migration 0018 (unique (account, email) and (account, external id),
+# the account's text, "svc"), and into the table as it is since 0018, with the account's
+# integer key in place of its text ("int"), with the writer's settings.
 # No CSV parsing, no validation, one transaction per file. Prints seconds per file.
 # Run `cargo bench --bench import -- --populated-only --backend sqlite` first: it makes the files.
 set -euo pipefail

@@ -30,6 +30,7 @@
 //!
 //! # Layout
 //!
+//! - `accounts`: an account's integer key in the users table, in place of its text;
 //! - `types`: the values that cross the trait (re-exported here): batch targets and outcomes,
 //!   an import's `Conclusion` and its `Guard`, life signs, cursors, the rows queries return;
 //! - `steps`: the `Steps` trait, the statements a backend writes in its dialect inside one of
