@@ -10,9 +10,9 @@
 //! - the values earlier rows of the same import took without becoming users (`plan::FileKey`)
 //!   are looked up in the import's own table (`claims::lookup`), and decoded here (`FileKeyRow`).
 //!
-//! Each takes the account's key (`store::accounts`) as `$1` and the value as `$2`. How `$2` matches is the
-//! one thing the backends write differently (`Match`): SQLite steps a point lookup per value
-//! through its C API, PostgreSQL binds all the values as one array.
+//! Each takes the account's key (`store::accounts`) as `$1` and the value as `$2`. How `$2`
+//! matches is the one thing the backends write differently (`Match`): SQLite steps a point
+//! lookup per value through its C API, PostgreSQL binds all the values as one array.
 //!
 //! The lookups run inside the batch's write transaction: what they find is what the batch's
 //! writes then meet, on SQLite for certain (it holds the database), on PostgreSQL unless another

@@ -52,7 +52,7 @@ use super::{
     planned, queries, record, rekey, relay, resume, retention, revert,
 };
 use crate::domain::{AccountId, Import, ImportId, ImportKey, NewImport, UserBatch};
-use steps::SqliteSteps;
+use steps::{IMPORT_COLUMNS, SqliteSteps};
 
 /// Page cache of the writing connection, in KiB: the hot part of the email index stays in
 /// memory across batches. Bounded, so memory stays flat whatever the file size.
@@ -217,17 +217,6 @@ impl SqliteStore {
 async fn begin(conn: &mut SqliteConnection) -> Result<sqlx::Transaction<'_, Sqlite>, StoreError> {
     Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
 }
-
-/// The `imports` columns as `codec::ImportRow` names them. SQLite stores times as integer
-/// microseconds already, so they are selected as they are (PostgreSQL's list converts them).
-pub(super) const IMPORT_COLUMNS: &str = concat!(
-    "import_key, account_id, import_id, type, filename, created_by, status, \
-    bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
-    delimiter, error_message, create_time, update_time, complete_time, validate_only, \
-    on_conflict, rows_skipped, rows_updated, retry_of_import_id, revert_time, revert_note, \
-    details_removed_time, invitations, resumable, committed_bytes, resume_deadline, ",
-    crate::store::codec::users_invited_column!()
-);
 
 #[async_trait]
 impl Store for SqliteStore {

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::{IMPORT_COLUMNS, capi, ranges, statement};
+use super::{capi, ranges, statement};
 use crate::domain::{
     Column, Counters, Import, ImportKey, ImportStatus, NewImport, RowError, TextFormat, UserBatch,
 };
@@ -97,6 +97,17 @@ impl<'c> SqliteSteps<'c> {
         query
     }
 }
+
+/// The `imports` columns as `codec::ImportRow` names them. SQLite stores times as integer
+/// microseconds already, so they are selected as they are (PostgreSQL's list converts them).
+pub(super) const IMPORT_COLUMNS: &str = concat!(
+    "import_key, account_id, import_id, type, filename, created_by, status, \
+    bytes_received, rows_processed, rows_imported, rows_failed, row_errors_omitted, encoding, \
+    delimiter, error_message, create_time, update_time, complete_time, validate_only, \
+    on_conflict, rows_skipped, rows_updated, retry_of_import_id, revert_time, revert_note, \
+    details_removed_time, invitations, resumable, committed_bytes, resume_deadline, ",
+    crate::store::codec::users_invited_column!()
+);
 
 impl SqliteSteps<'_> {
     /// Creates the import, PROCESSING, at the transaction's time. `AlreadyExists` from the
