@@ -98,8 +98,7 @@ pub(super) async fn copy_users(
 /// text fields, external id, import key, source row.
 fn encode_row(data: &mut Vec<u8>, account: AccountKey, import_key: ImportKey, user: &UserRef<'_>) {
     data.extend_from_slice(&COPY_FIELDS.to_be_bytes());
-    data.extend_from_slice(&4_i32.to_be_bytes());
-    data.extend_from_slice(&account.0.to_be_bytes());
+    put_int(data, account.0);
     for value in [
         user.email,
         user.first_name,
@@ -162,6 +161,12 @@ fn put_text(data: &mut Vec<u8>, value: Option<&str>) {
         }
         None => data.extend_from_slice(&(-1_i32).to_be_bytes()),
     }
+}
+
+/// An integer field: its length, 4, and its value, big-endian.
+fn put_int(data: &mut Vec<u8>, value: i32) {
+    data.extend_from_slice(&4_i32.to_be_bytes());
+    data.extend_from_slice(&value.to_be_bytes());
 }
 
 /// A bigint field: its length, 8, and its value, big-endian.
