@@ -20,6 +20,7 @@ use std::sync::LazyLock;
 
 use super::StoreError;
 use super::accounts::key_of;
+use super::invitations::chosen;
 use super::queries::{Creator, invitation_state, invitations_sent, invite_time};
 use super::steps::{Dialect, Param, Steps};
 use crate::domain::ImportKey;
@@ -213,13 +214,12 @@ impl Statements {
     }
 }
 
-/// `invitations::send`'s users in scope, as `u`.
+/// `invitations::send`'s users in scope, as `u` (`invitations::chosen`), their import `i`
+/// completed.
 fn scope() -> &'static str {
     concat!(
-        "u.account_key = ",
-        key_of!("$1"),
-        " AND ($2 < 0 OR u.import_key = $2) AND ($3 = '' OR u.email = $3) \
-     AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL')"
+        chosen!("u"),
+        " AND i.status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL')"
     )
 }
 

@@ -77,13 +77,30 @@ struct Statements {
     accepted_before: String,
 }
 
-/// `users` rows in scope: the account's, of completed imports, `$2` (the import key, -1 for
-/// any) and `$3` (the address, '' for any).
+/// The users `send` chooses, as the table or alias `$users`: the account's (`$1`), of import
+/// `$2` (-1 for any), with address `$3` ('' for any). The one statement of the rule, for the
+/// updates here and for their events (`events::scope`); each adds that the user's import
+/// completed, its own way.
+macro_rules! chosen {
+    ($users:literal) => {
+        concat!(
+            $users,
+            ".account_key = ",
+            $crate::store::accounts::key_of!("$1"),
+            " AND ($2 < 0 OR ",
+            $users,
+            ".import_key = $2) AND ($3 = '' OR ",
+            $users,
+            ".email = $3)"
+        )
+    };
+}
+pub(crate) use chosen;
+
+/// `users` rows in scope: those `chosen`, of completed imports.
 const IN_SCOPE: &str = concat!(
-    "users.account_key = ",
-    key_of!("$1"),
-    " AND ($2 < 0 OR users.import_key = $2) \
-    AND ($3 = '' OR users.email = $3) AND users.import_key IN (SELECT import_key FROM imports \
+    chosen!("users"),
+    " AND users.import_key IN (SELECT import_key FROM imports \
     WHERE account_id = $1 AND status IN ('COMPLETED_SUCCESS', 'COMPLETED_PARTIAL'))"
 );
 
